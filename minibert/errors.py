@@ -1,0 +1,33 @@
+"""The exceptions minibert raises. Every message says what is wrong, where, and what to do.
+
+MiniBertError
+├── ModelFileError      files missing, unreadable or corrupt; tensors missing, unexpected or misshapen
+├── ConfigError         config.json keys missing, unknown, impossible or unsupported
+├── TokenizerError      tokenizer files missing or inconsistent with the model
+├── InputError          texts or arrays given to tokenize/forward/encode that cannot be used
+└── BackendError        an unknown backend, or one this machine cannot run (e.g. no CUDA device)
+"""
+
+
+class MiniBertError(Exception):
+    """Root of every error minibert raises on purpose."""
+
+
+class ModelFileError(MiniBertError):
+    """A model file or tensor is missing, unreadable, corrupt, or has the wrong shape or dtype."""
+
+
+class ConfigError(MiniBertError):
+    """config.json is missing a key, has an unknown or impossible value, or asks for an unsupported feature."""
+
+
+class TokenizerError(MiniBertError):
+    """Tokenizer files are missing or do not fit the model."""
+
+
+class InputError(MiniBertError, ValueError):
+    """Texts or arrays passed in by the caller cannot be used."""
+
+
+class BackendError(MiniBertError):
+    """The requested compute backend is unknown or unavailable on this machine."""

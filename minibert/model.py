@@ -1,0 +1,108 @@
+"""The BERT encoder as pure functions over a weights dict and an `ops` backend.
+
+Axes: B batch, T tokens, H hidden, NH heads, HS head size (H // NH), I intermediate,
+      V vocabulary, P positions, TV token types.
+
+The numerics are BERT's: exact-erf GELU (or the config's activation), LayerNorm *after* each residual
+add (post-LN), and padding removed by adding a large negative number to masked keys' scores.
+`ops` (see minibert.backends) supplies embed, linear, layer_norm and attention; nothing here knows
+which device or library runs them.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+# Sub-layer activations each layer can return on request (forward's `capture`), as "layer.{i}.{name}".
+INTERNALS = ("query", "key", "value",          # [B, T, H] projections, heads not yet split
+             "attention.probs",                 # [B, NH, T, T] softmax of scaled, masked scores
+             "attention.context",               # [B, T, H] probabilities times values, heads merged
+             "attention.output",                # [B, T, H] output projection, before the residual
+             "attention.layer_norm",            # [B, T, H] LayerNorm(x + attention.output)
+             "ffn.intermediate",                # [B, T, I] after the activation
+             "ffn.output")                      # [B, T, H] second projection, before the residual
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: tuple            # num_hidden_layers + 1 arrays [B, T, H]: embedding output, then each layer
+    last_hidden_state: np.ndarray   # [B, T, H] == hidden_states[-1]
+    pooler_output: Optional[np.ndarray]   # [B, H] tanh(dense(first token)), None without a pooler
+    attentions: Optional[tuple]     # num_hidden_layers arrays [B, NH, T, T] when asked for, else None
+    attention_mask: np.ndarray      # [B, T] 1 for real tokens, 0 for padding
+    captured: dict                  # "layer.{i}.{name}" -> array, for the internals asked for
+
+
+def embeddings(input_ids, position_ids, token_type_ids, *, word, position, token_type, ln, ops, eps):
+    """Token + position + segment embeddings, then LayerNorm (BERT paper, section 3.2)."""
+    x = ops.embed(input_ids, position_ids, token_type_ids, word, position, token_type)   # [B, T, H]
+    return ops.layer_norm(x, ln["g"], ln["b"], eps)                                       # [B, T, H]
+
+
+def self_attention(x, mask_bias, *, qkv, attn_out, attn_ln, ops, num_heads, eps, return_probs):
+    """Multi-head self-attention, output projection, residual add, LayerNorm."""
+    H = x.shape[-1]
+    fused = ops.linear(x, qkv["w"], qkv["b"])                               # [B, T, 3H]
+    q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]       # 3 x [B, T, H]
+    context, probs = ops.attention(q, k, v, mask_bias, num_heads, return_probs)   # [B, T, H], [B, NH, T, T]
+    projected = ops.linear(context, attn_out["w"], attn_out["b"])           # [B, T, H]
+    out = ops.layer_norm(projected, attn_ln["g"], attn_ln["b"], eps, residual=x)   # [B, T, H]
+    return out, {"query": q, "key": k, "value": v, "attention.probs": probs,
+                 "attention.context": context, "attention.output": projected}
+
+
+def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops, activation, eps):
+    """Position-wise feed-forward: H -> I with the activation, I -> H, residual add, LayerNorm."""
+    intermediate = ops.linear(x, ffn_in["w"], ffn_in["b"], activation=activation)   # [B, T, I]
+    projected = ops.linear(intermediate, ffn_out["w"], ffn_out["b"])                 # [B, T, H]
+    out = ops.layer_norm(projected, ffn_ln["g"], ffn_ln["b"], eps, residual=x)       # [B, T, H]
+    return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
+
+
+def encoder_layer(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config, return_probs):
+    """One transformer encoder layer: attention block then feed-forward block, each post-LN."""
+    eps = config.layer_norm_eps
+    attended, inside_attention = self_attention(x, mask_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops,
+                                                num_heads=config.num_attention_heads, eps=eps,
+                                                return_probs=return_probs)   # [B, T, H]
+    out, inside_ffn = feed_forward(attended, ffn_in=ffn_in, ffn_out=ffn_out, ffn_ln=ffn_ln, ops=ops,
+                                   activation=config.hidden_act, eps=eps)    # [B, T, H]
+    return out, {**inside_attention, "attention.layer_norm": attended, **inside_ffn}
+
+
+def pooler(x, *, w, b, ops):
+    """BERT's pooler: tanh(dense(hidden state of the first token, [CLS]))."""
+    return ops.linear(x[:, 0], w, b, activation="tanh")                      # [B, H]
+
+
+def additive_mask(attention_mask, dtype):
+    """0 where a key is a real token, the dtype's most negative number where it is padding."""
+    return (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min        # [B, T]
+
+
+def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
+            dtype, output_attentions=False, num_layers=None, capture=frozenset()):
+    """Run embeddings and the first `num_layers` layers (all by default); keep every hidden state.
+
+    capture: names "layer.{i}.{internal}" of sub-layer activations to return, e.g. "layer.3.ffn.intermediate";
+    see minibert.capture for the full list.
+    """
+    num_layers = config.num_hidden_layers if num_layers is None else num_layers
+    mask_bias = additive_mask(attention_mask, dtype)                        # [B, T]
+    x = embeddings(input_ids, position_ids, token_type_ids, **weights["embeddings"], ops=ops,
+                   eps=config.layer_norm_eps)                               # [B, T, H]
+    hidden_states, attentions, captured = [x], [], {}
+    for i, layer_weights in enumerate(weights["layers"][:num_layers]):
+        want_probs = output_attentions or f"layer.{i}.attention.probs" in capture
+        x, internals = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
+                                     return_probs=want_probs)               # [B, T, H]
+        hidden_states.append(x)
+        attentions.append(internals["attention.probs"])
+        captured.update({f"layer.{i}.{name}": value for name, value in internals.items()
+                         if f"layer.{i}.{name}" in capture})
+    pooled = (pooler(x, **weights["pooler"], ops=ops)                       # [B, H]
+              if weights["pooler"] is not None and num_layers == config.num_hidden_layers else None)
+    return EncoderOutput(hidden_states=tuple(hidden_states), last_hidden_state=x, pooler_output=pooled,
+                         attentions=tuple(attentions) if output_attentions else None,
+                         attention_mask=attention_mask, captured=captured)

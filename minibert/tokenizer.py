@@ -1,0 +1,155 @@
+"""Text -> token ids, attention mask, token type ids, offsets and word ids, through `tokenizers`."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from .config import Config
+from .errors import InputError, TokenizerError
+
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray        # [B, T] int64, right-padded to the longest text in the batch
+    attention_mask: np.ndarray   # [B, T] int64, 1 for tokens, 0 for padding
+    token_type_ids: np.ndarray   # [B, T] int64, 0 for the first text, 1 for the pair's second
+    offsets: list                # B arrays [n_b, 2]: character span of each token in its own text
+    word_ids: list               # B arrays [n_b]: index of the word each token belongs to, -1 for special tokens
+    sequence_ids: list           # B arrays [n_b]: 0 first text, 1 second text, -1 special tokens
+    tokens: list                 # B lists of token strings
+    truncated: np.ndarray        # [B] bool, True where tokens were cut to fit max_length
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path}: cannot read as JSON ({e})") from None
+
+
+class Tokenizer:
+    """The model's own tokenizer: tokenizer.json when present, else WordPiece built from vocab.txt."""
+
+    def __init__(self, model_dir: Path, config: Config):
+        settings = read_json(model_dir / "tokenizer_config.json")
+        tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
+        if tokenizer_json.is_file():
+            try:
+                self.backend = HFTokenizer.from_file(str(tokenizer_json))
+            except Exception as e:
+                raise TokenizerError(f"{tokenizer_json}: not a valid tokenizers file ({e})") from None
+            self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
+            self.apply_bert_settings(settings)
+        elif vocab_txt.is_file():
+            self.backend = wordpiece_from_vocab(vocab_txt, settings)
+            self.kind = "vocab.txt (WordPiece)"
+        else:
+            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt; copy the tokenizer files "
+                                 "of the checkpoint into this directory")
+        # Files saved by Hugging Face often carry fixed padding and truncation; minibert pads and cuts itself.
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        if self.vocab_size > config.vocab_size:
+            raise TokenizerError(f"{model_dir}: the tokenizer has {self.vocab_size} tokens but the embedding "
+                                 f"matrix has {config.vocab_size} rows; the tokenizer belongs to another model")
+        limit = settings.get("model_max_length")
+        limit = limit if isinstance(limit, int) and 0 < limit <= config.max_position_embeddings else None
+        self.max_length = limit or config.max_position_embeddings
+        self.pad_id = config.pad_token_id
+
+    def apply_bert_settings(self, settings: dict) -> None:
+        """tokenizer_config.json overrides the BertNormalizer stored in tokenizer.json, as transformers does."""
+        normalizer = json.loads(self.backend.to_str()).get("normalizer") or {}
+        if normalizer.get("type") != "BertNormalizer":
+            return
+        wanted = {"lowercase": settings.get("do_lower_case", normalizer.get("lowercase")),
+                  "strip_accents": settings.get("strip_accents", normalizer.get("strip_accents")),
+                  "handle_chinese_chars": settings.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars"))}
+        if any(normalizer.get(key) != value for key, value in wanted.items()):
+            self.backend.normalizer = normalizers.BertNormalizer(clean_text=normalizer.get("clean_text", True), **wanted)
+
+    def __call__(self, texts, text_pairs=None, *, max_length=None, truncation=True) -> Batch:
+        texts = as_text_list(texts, "texts")
+        if text_pairs is not None:
+            text_pairs = as_text_list(text_pairs, "text_pairs")
+            if len(text_pairs) != len(texts):
+                raise InputError(f"text_pairs has {len(text_pairs)} texts but texts has {len(texts)}; "
+                                 "pass one pair text per text")
+        limit = self.max_length if max_length is None else max_length
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 2 + (text_pairs is not None):
+            raise InputError(f"max_length must be an int of at least {2 + (text_pairs is not None)}, found {limit!r}")
+        if limit > self.max_length:
+            raise InputError(f"max_length {limit} exceeds the model's {self.max_length} positions; "
+                             "use window/stride for longer texts")
+        if truncation:
+            self.backend.enable_truncation(limit, strategy="longest_first")
+        else:
+            self.backend.no_truncation()
+        inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
+        encodings = self.backend.encode_batch(inputs, add_special_tokens=True)
+        lengths = [len(e.ids) for e in encodings]
+        too_long = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if too_long:
+            raise InputError(f"text {too_long[0]} has {lengths[too_long[0]]} tokens, more than the model's "
+                             f"{self.max_length} positions; keep truncation=True or use window/stride")
+        B, T = len(encodings), max(lengths, default=0)
+        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((B, T), dtype=np.int64)
+        token_type_ids = np.zeros((B, T), dtype=np.int64)
+        for b, e in enumerate(encodings):
+            n = lengths[b]
+            input_ids[b, :n], attention_mask[b, :n], token_type_ids[b, :n] = e.ids, 1, e.type_ids
+        return Batch(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     offsets=[np.array(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings],
+                     word_ids=[np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64) for e in encodings],
+                     sequence_ids=[np.array([-1 if s is None else s for s in e.sequence_ids], dtype=np.int64)
+                                   for e in encodings],
+                     tokens=[list(e.tokens) for e in encodings],
+                     truncated=np.array([bool(e.overflowing) for e in encodings], dtype=bool))
+
+
+def as_text_list(texts, what: str) -> list:
+    """A str or a list/tuple of str; anything else is an InputError naming the offending item."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise InputError(f"{what} must be a str or a list of str, found {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{what}[{i}] is {type(text).__name__}, not str; decode bytes and convert "
+                             "numbers to text before encoding")
+    return list(texts)
+
+
+def wordpiece_from_vocab(vocab_txt: Path, settings: dict) -> HFTokenizer:
+    """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings."""
+    lowercase = settings.get("do_lower_case", True)
+    try:
+        vocab = {}
+        for line in vocab_txt.read_text(encoding="utf-8").splitlines():
+            vocab.setdefault(line.rstrip("\n"), len(vocab))
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{vocab_txt}: cannot read ({e})") from None
+    tokens = {name: settings.get(f"{name}_token", default) for name, default in
+              (("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"))}
+    tokens = {k: (v["content"] if isinstance(v, dict) else v) for k, v in tokens.items()}
+    for name, token in tokens.items():
+        if token not in vocab:
+            raise TokenizerError(f"{vocab_txt}: the {name} token {token!r} is not in the vocabulary")
+    tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token=tokens["unk"], max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, lowercase=lowercase,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        strip_accents=settings.get("strip_accents"))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = tokens["cls"], tokens["sep"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer

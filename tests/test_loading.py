@@ -1,0 +1,241 @@
+"""Loading checkpoints: layouts that must work, and bad models and inputs that must raise a minibert error."""
+
+import json
+import struct
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from tiny import tiny_config, tiny_tensors, write_tiny
+
+import minibert
+from minibert import ConfigError, InputError, ModelFileError, TokenizerError
+
+TEXTS = ["the cat sat on the mat", "hello world", "a dog ran"]
+
+
+def run(path, backend="numpy", dtype="float32"):
+    model = minibert.load(str(path), backend=backend, dtype=dtype)
+    return model, model(TEXTS, output_attentions=True)
+
+
+def test_tiny_checkpoint_numpy_and_cpu_agree(tmp_path):
+    write_tiny(tmp_path)
+    _, a = run(tmp_path, "numpy", "float64")
+    _, b = run(tmp_path, "cpu", "float32")
+    for x, y in zip(a.hidden_states + a.attentions, b.hidden_states + b.attentions):
+        assert np.abs(x - y).max() < 1e-5
+
+
+def test_bert_prefix_and_mlm_head_are_handled(tmp_path):
+    write_tiny(tmp_path / "plain")
+    config = tiny_config(architectures=["BertForMaskedLM"])
+    tensors = tiny_tensors(config, prefix="bert.")
+    tensors["cls.predictions.bias"] = np.zeros(config["vocab_size"], np.float32)
+    tensors["cls.predictions.transform.dense.weight"] = np.zeros((16, 16), np.float32)
+    write_tiny(tmp_path / "prefixed", config, tensors)
+    _, a = run(tmp_path / "plain")
+    _, b = run(tmp_path / "prefixed")
+    np.testing.assert_array_equal(a.last_hidden_state, b.last_hidden_state)
+
+
+def test_checkpoint_without_pooler_gives_none(tmp_path):
+    config = tiny_config()
+    write_tiny(tmp_path, config, tiny_tensors(config, pooler=False))
+    _, out = run(tmp_path)
+    assert out.pooler_output is None
+
+
+@pytest.mark.parametrize("stored", ["float16", "bfloat16", "float64"])
+def test_half_and_double_tensors_convert_to_compute_dtype(tmp_path, stored):
+    config = tiny_config()
+    tensors = tiny_tensors(config)
+    if stored == "bfloat16":
+        tensors = {k: (v.view(np.uint32) >> 16 << 16).view(np.float32) for k, v in tensors.items()}  # exactly bf16
+        write_tiny(tmp_path / "f32", config, tensors)
+        write_bf16(tmp_path / "f32" / "model.safetensors", tmp_path / "model.safetensors", tensors)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        (tmp_path / "vocab.txt").write_text((tmp_path / "f32" / "vocab.txt").read_text())
+        reference_dir = tmp_path / "f32"
+    else:
+        write_tiny(tmp_path / "f32", config, {k: v.astype(stored).astype(np.float32) for k, v in tensors.items()})
+        write_tiny(tmp_path, config, {k: v.astype(stored) for k, v in tensors.items()})
+        reference_dir = tmp_path / "f32"
+    model, out = run(tmp_path)
+    assert model.weights["layers"][0]["qkv"]["w"].dtype == np.float32
+    _, want = run(reference_dir)
+    np.testing.assert_array_equal(out.last_hidden_state, want.last_hidden_state)
+
+
+def write_bf16(_, path, tensors):
+    """A BF16 safetensors file by hand (NumPy has no bfloat16 dtype)."""
+    header, blobs, offset = {}, [], 0
+    for name, value in tensors.items():
+        raw = (value.view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def test_sharded_checkpoint(tmp_path):
+    config = tiny_config()
+    tensors = tiny_tensors(config)
+    write_tiny(tmp_path / "single", config, tensors)
+    write_tiny(tmp_path / "sharded", config, tensors)
+    (tmp_path / "sharded" / "model.safetensors").unlink()
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:])):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(tmp_path / "sharded" / file))
+        weight_map.update({n: file for n in part})
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    _, a = run(tmp_path / "single")
+    _, b = run(tmp_path / "sharded")
+    np.testing.assert_array_equal(a.last_hidden_state, b.last_hidden_state)
+
+
+def test_vocab_txt_tokenizer_matches_tokenizer_json_on_the_default_model(tmp_path):
+    from minibert.api import default_model_dir
+    source = default_model_dir()
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
+        (tmp_path / name).symlink_to(source / name)
+    from_vocab = minibert.load(str(tmp_path), backend="numpy")
+    from_json = minibert.load(str(source), backend="numpy")
+    assert "vocab.txt" in from_vocab.tokenizer.kind and "tokenizer.json" in from_json.tokenizer.kind
+    texts = ["Café Müller's naïve résumé", "北京是中国的首都 🍕", "unaffable pneumonoultramicroscopic", "  spaces\tand\nlines "]
+    a, b = from_vocab.tokenize(texts, texts[::-1]), from_json.tokenize(texts, texts[::-1])
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.token_type_ids, b.token_type_ids)
+
+
+# --- bad models: each must raise the right minibert error and say where ---
+
+def test_missing_directory_and_files(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model directory"):
+        minibert.load(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="config.json not found"):
+        minibert.load(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config()))
+    (tmp_path / "vocab.txt").write_text("[UNK]\n[CLS]\n[SEP]\n")
+    with pytest.raises(ModelFileError, match="no model.safetensors"):
+        minibert.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "xlnet"}, "model_type 'xlnet' is not supported; supported families: bert"),
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not supported"),
+    ({"mystery_switch": 3}, "unknown key\\(s\\) mystery_switch"),
+    ({"hidden_size": 18}, "hidden_size 18 is not divisible by num_attention_heads 4"),
+    ({"hidden_act": "swish2"}, "hidden_act 'swish2' is not supported"),
+    ({"num_hidden_layers": "2"}, "num_hidden_layers must be int"),
+    ({"layer_norm_eps": 0}, "layer_norm_eps must be in"),
+])
+def test_bad_config_values(tmp_path, change, message):
+    write_tiny(tmp_path, tiny_config(**change), tiny_tensors(tiny_config()))
+    with pytest.raises(ConfigError, match=message):
+        minibert.load(str(tmp_path))
+
+
+def test_missing_config_key(tmp_path):
+    config = tiny_config()
+    del config["intermediate_size"]
+    write_tiny(tmp_path, config, tiny_tensors(tiny_config()))
+    with pytest.raises(ConfigError, match="missing key\\(s\\) intermediate_size"):
+        minibert.load(str(tmp_path))
+
+
+def test_missing_unexpected_and_misshapen_tensors(tmp_path):
+    config = tiny_config()
+    tensors = tiny_tensors(config)
+    del tensors["encoder.layer.1.attention.self.key.bias"]
+    write_tiny(tmp_path / "missing", config, tensors)
+    with pytest.raises(ModelFileError, match="'encoder.layer.1.attention.self.key.bias'.*missing"):
+        minibert.load(str(tmp_path / "missing"))
+
+    tensors = tiny_tensors(config)
+    tensors["encoder.layer.2.output.dense.weight"] = np.zeros((16, 24), np.float32)
+    write_tiny(tmp_path / "extra", config, tensors)
+    with pytest.raises(ModelFileError, match="unexpected tensor\\(s\\) encoder.layer.2.output.dense.weight"):
+        minibert.load(str(tmp_path / "extra"))
+
+    tensors = tiny_tensors(config)
+    tensors["encoder.layer.0.intermediate.dense.weight"] = np.zeros((25, 16), np.float32)
+    write_tiny(tmp_path / "shape", config, tensors)
+    with pytest.raises(ModelFileError, match="intermediate.dense.weight has shape \\(25, 16\\); the config implies"):
+        minibert.load(str(tmp_path / "shape"))
+
+
+def test_corrupt_safetensors_header(tmp_path):
+    write_tiny(tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        minibert.load(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(ModelFileError):
+        minibert.load(str(tmp_path))
+
+
+def test_tokenizer_larger_than_embedding_matrix(tmp_path):
+    write_tiny(tmp_path)
+    with open(tmp_path / "vocab.txt", "a") as f:
+        f.write("\n".join(f"extra{i}" for i in range(10)) + "\n")
+    with pytest.raises(TokenizerError, match="the tokenizer has .* tokens but the embedding matrix has"):
+        minibert.load(str(tmp_path))
+
+
+def test_missing_tokenizer(tmp_path):
+    write_tiny(tmp_path, vocab=False)
+    with pytest.raises(TokenizerError, match="no tokenizer.json or vocab.txt"):
+        minibert.load(str(tmp_path))
+
+
+# --- bad inputs to forward: validated before any kernel runs ---
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return minibert.load(str(write_tiny(tmp_path_factory.mktemp("tiny"))), backend="cpu")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"input_ids": [[2, 500, 3]]}, "input_ids\\[0, 1\\] = 500 is outside the vocabulary"),
+    ({"input_ids": [[2, -1, 3]]}, "input_ids\\[0, 1\\] = -1 is outside the vocabulary"),
+    ({"input_ids": [[2, 5, 3]], "token_type_ids": [[0, 2, 0]]}, "token_type_ids\\[0, 1\\] = 2 is outside"),
+    ({"input_ids": [[2, 5, 3]], "attention_mask": [[1, 1]]}, "attention_mask has shape \\(1, 2\\)"),
+    ({"input_ids": [[2.0, 5.0, 3.0]]}, "input_ids must hold integers"),
+    ({"input_ids": [[2, 5, 3]], "attention_mask": [[1, 2, 1]]}, "attention_mask must hold only 0 and 1"),
+    ({"input_ids": np.ones((1, 40), dtype=np.int64)}, "more than the model's 32 positions"),
+    ({"input_ids": np.ones((1, 2, 3), dtype=np.int64)}, "must be 2-D"),
+])
+def test_bad_forward_inputs(tiny_model, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model.forward(**kwargs)
+
+
+def test_bad_texts(tiny_model):
+    with pytest.raises(InputError, match="texts\\[1\\] is bytes"):
+        tiny_model.tokenize(["ok", b"bytes"])
+    with pytest.raises(InputError, match="must be a str or a list of str"):
+        tiny_model.tokenize(None)
+    with pytest.raises(InputError, match="text_pairs has 1 texts but texts has 2"):
+        tiny_model.tokenize(["a", "b"], ["c"])
+
+
+def test_capture_names_and_patterns(tiny_model):
+    out = tiny_model(["the cat sat"], capture=["layer.*.ffn.intermediate", "layer.1.query"])
+    assert sorted(out.captured) == ["layer.0.ffn.intermediate", "layer.1.ffn.intermediate", "layer.1.query"]
+    assert out.captured["layer.0.ffn.intermediate"].shape[-1] == 24
+    with pytest.raises(InputError, match="matches no internal"):
+        tiny_model(["x"], capture=["layer.9.query"])
+
+
+def test_runtime_never_imports_torch():
+    import subprocess
+    code = "import minibert, sys; m = minibert.load(); m('hi'); print('torch' in sys.modules, 'transformers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

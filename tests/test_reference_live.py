@@ -1,0 +1,64 @@
+"""Live parity against transformers (pytest -m reference; needs the `reference` extra, skipped without torch)."""
+
+import json
+
+import numpy as np
+import pytest
+from tiny import tiny_config, write_tiny
+
+import minibert
+from minibert.parity import compare
+
+pytestmark = pytest.mark.reference
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["How old are you?", "Café Müller's naïve résumé, Ångström.", "北京是中国的首都 🍕 😀 ☃",
+         "A longer sentence about the quick brown fox that jumps over the lazy dog near the river bank."]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_default_model_float32(backend):
+    rows = compare(minibert.load(backend=backend), TEXTS)
+    worst = {name: stats["max_abs"] for name, stats in rows}
+    assert max(worst.values()) < 1e-4, worst
+    assert min(stats["min_cos"] for _, stats in rows) > 0.99999
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_default_model_float64(backend):
+    rows = compare(minibert.load(backend=backend, dtype="float64"), TEXTS + ["word " * 600])
+    worst = {name: stats["max_abs"] for name, stats in rows}
+    assert max(worst.values()) < 1e-10, worst
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "relu"])
+def test_random_checkpoints_made_by_transformers(tmp_path, seed, hidden_act):
+    """Fresh random BertModels saved by transformers itself load and match, with and without a pooler."""
+    torch.manual_seed(seed)
+    settings = tiny_config(hidden_act=hidden_act, hidden_size=16 * (seed + 1), num_attention_heads=4,
+                           num_hidden_layers=2 + seed, intermediate_size=40)
+    settings.pop("architectures")
+    config = transformers.BertConfig(**settings)
+    model = transformers.BertModel(config, add_pooling_layer=seed != 1)
+    with torch.no_grad():   # widen LayerNorm and bias values so every parameter shows in the outputs
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    write_tiny(tmp_path / "tok")   # borrow the tiny vocab for tokenization
+    (tmp_path / "vocab.txt").write_text((tmp_path / "tok" / "vocab.txt").read_text())
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
+    for backend, dtype, tol in [("cpu", "float32", 1e-4), ("numpy", "float64", 1e-10)]:
+        rows = compare(minibert.load(str(tmp_path), backend=backend, dtype=dtype), ["the cat sat on the mat", "hello"])
+        assert max(stats["max_abs"] for _, stats in rows) < tol, rows
+        assert any(name == "pooler" for name, _ in rows) == (seed != 1)
+
+
+def test_parity_command_exit_codes(capsys):
+    from minibert.cli import main
+    assert main(["parity", "--text", "hello world"]) == 0
+    assert "layer.5" in capsys.readouterr().out
+    assert main(["parity", "--text", "hello world", "--tolerance", "1e-12"]) == 1
+    assert "exceeds tolerance" in capsys.readouterr().err
