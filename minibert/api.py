@@ -103,6 +103,39 @@ class Model:
         return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                             output_attentions=output_attentions, capture=capture)
 
+    def iter_layers(self, input_ids, attention_mask, token_type_ids, *, num_layers, capture=frozenset()):
+        """Yield (hidden-state index, [B, T, H], captured internals of that layer) up to num_layers."""
+        out = self.forward(input_ids, attention_mask, token_type_ids, num_layers=num_layers, capture=capture)
+        for index, hidden in enumerate(out.hidden_states):
+            prefix = f"layer.{index - 1}."
+            yield index, hidden, {name: value for name, value in out.captured.items() if name.startswith(prefix)}
+
+    def encode(self, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
+               max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
+        """Sentence (or token) vectors from any layers.
+
+        layers: int (negative counts from the top, 0 = embedding output), list of ints, or "all".
+        combine: None keeps a layer axis (unless `layers` is a single int), or "mean", "sum", "concat".
+        pooling: "cls", "mean", "max", "mean_sqrt_len" -> array [N, (L,) H]; "none" -> list of N unpadded
+            arrays [n_tokens, (L,) H] over the text's full token sequence, special tokens included.
+        window/stride: cover long texts with windows of `window` tokens overlapping by `stride` tokens,
+            token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
+        capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
+        """
+        from .encode import encode
+        return encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
+                      batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                      progress=progress, dtype=dtype, capture=capture)
+
+    def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
+                     batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):
+        """Word vectors: list of WordVectors(words, spans, vectors) per text; subword pieces pooled by
+        `subword` = "first", "last", "mean" or "first_last". Accepts texts or lists of words."""
+        from .encode import encode_words
+        return encode_words(self, texts_or_words, layers=layers, combine=combine, subword=subword,
+                            normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
+                            stride=stride, progress=progress, dtype=dtype)
+
     def capture_names(self, patterns) -> frozenset:
         """Expand names and shell-style patterns into "layer.{i}.{internal}" names; unknown ones are errors."""
         if patterns is None:

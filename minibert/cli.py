@@ -82,6 +82,71 @@ def cmd_parity(args):
     print(f"OK: every tensor within {args.tolerance:.1e}")
 
 
+def parse_layers(text):
+    """--layers: "all", "-1", or a comma list such as "-4,-3,-2,-1"."""
+    if text == "all":
+        return "all"
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise MiniBertError(f"--layers takes 'all', an int or a comma list of ints, found {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def encoding_options(args):
+    return {"layers": parse_layers(args.layers), "combine": args.combine, "pooling": args.pooling,
+            "normalize": args.normalize, "batch_size": args.batch_size, "max_length": args.max_length,
+            "window": args.window, "stride": args.stride}
+
+
+def cmd_embed(args):
+    import minibert
+    model = minibert.load(args.model, backend=args.backend)
+    vectors = model.encode(args.texts, **encoding_options(args), dtype="float32")
+    if args.json:
+        rows = vectors if isinstance(vectors, list) else list(vectors)
+        print(json.dumps([{"text": t, "shape": list(v.shape), "vector": v.tolist()} for t, v in zip(args.texts, rows)]))
+        return
+    for text, v in zip(args.texts, vectors):
+        head = np.array2string(v.reshape(-1)[:6], precision=4, separator=", ")
+        print(f"{text[:40]!r:<44} shape {tuple(v.shape)}  {head[:-1]}, ...]  norm {np.linalg.norm(v):.4f}")
+
+
+def cmd_similarity(args):
+    import minibert
+    model = minibert.load(args.model, backend=args.backend)
+    vectors = model.encode([args.text_a, args.text_b], layers="all", pooling=args.pooling, normalize=True)
+    cosines = (vectors[0] * vectors[1]).sum(-1)                       # [layers]
+    print(f"cosine similarity per layer ({args.pooling} pooling)")
+    for i, c in enumerate(cosines):
+        name = "embeddings" if i == 0 else f"layer {i}"
+        print(f"{name:>10}  {c:+.4f}  {'#' * int(round(max(c, 0) * 40))}")
+
+
+def cmd_extract(args):
+    import minibert
+    from .extract import extract, read_texts
+    texts = read_texts(args.input, args.field)
+    model = minibert.load(args.model, backend=args.backend)
+    manifest = extract(model, texts, args.out, **encoding_options(args), fmt=args.format, dtype=args.dtype,
+                       overwrite=args.overwrite, source_file=args.input, progress=None if not args.quiet else False)
+    print(f"wrote {manifest['count']} texts x {manifest['row_shape']} ({args.format}, {args.dtype}) "
+          f"to {args.out}: {', '.join(manifest['files'])}")
+
+
+def add_encoding_arguments(p, pooling="mean"):
+    p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--layers", default="-1", help="'all', an int (0 = embeddings, -1 = last) or e.g. -4,-3,-2,-1")
+    p.add_argument("--combine", default=None, choices=["mean", "sum", "concat"])
+    p.add_argument("--pooling", default=pooling, choices=["cls", "mean", "max", "mean_sqrt_len", "none"])
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the final vectors")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--window", type=int, default=None, help="cover long texts with windows of this many tokens")
+    p.add_argument("--stride", type=int, default=None, help="overlap between windows, in tokens")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minibert", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -92,6 +157,38 @@ def build_parser():
     p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("embed", help="print the vectors of a few texts", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  minibert embed 'A cat.' 'A dog.'\n"
+                              "  minibert embed 'A cat.' --layers -4,-3,-2,-1 --combine concat --json")
+    p.add_argument("texts", nargs="+")
+    add_encoding_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("similarity", help="cosine similarity of two texts at every layer",
+                       epilog="example: minibert similarity 'A man plays guitar.' 'Someone plays music.'")
+    p.add_argument("text_a")
+    p.add_argument("text_b")
+    p.add_argument("--model", default=None)
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
+    p.set_defaults(run=cmd_similarity)
+
+    p = sub.add_parser("extract", help="embed a corpus into files, batch by batch",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  minibert extract corpus.txt --out vecs --layers all\n"
+                              "  minibert extract data.jsonl --field body --out vecs --format safetensors --dtype float16\n"
+                              "  cat corpus.txt | minibert extract - --out vecs --pooling none")
+    p.add_argument("input", help=".txt (a text per line), .jsonl, .csv, .tsv, or - for standard input")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text")
+    p.add_argument("--format", default="npy", choices=["npy", "npz", "safetensors", "jsonl"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing extraction in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_encoding_arguments(p)
+    p.set_defaults(run=cmd_extract)
 
     p = sub.add_parser("inspect", help="print config, parameters per block and tokenizer",
                        epilog="example: minibert inspect path/to/model --check")
@@ -112,9 +209,22 @@ def build_parser():
     return parser
 
 
+def join_negative_values(argv):
+    """Let `--layers -4,-3,-2,-1` through: argparse would take the value for an option."""
+    joined, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--layers" and i + 1 < len(argv):
+            joined.append(f"--layers={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "tolerance", 0) is None:
         args.tolerance = 1e-10 if args.dtype == "float64" else 1e-4
     try:

@@ -1,0 +1,263 @@
+"""Texts -> the embeddings users ask for, batch by batch: layer choice, pooling, word vectors, long texts.
+
+Batches are formed after sorting by length (each padded only to its own longest text) and results come
+back in input order. Pooled outputs are pooled layer by layer as the encoder produces them.
+"""
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .tokenizer import as_text_list
+
+OUTPUT_DTYPES = ("float32", "float16", "float64")
+
+
+@dataclass
+class Row:
+    """One encoder input row: a whole text, or one window of a long text."""
+    text: int                 # index of the text in the caller's list
+    ids: np.ndarray           # [n] token ids with special tokens
+    types: np.ndarray         # [n] token type ids
+    positions: np.ndarray     # [n] where each token sits in the text's full token sequence
+
+
+@dataclass
+class Tokenized:
+    ids: np.ndarray           # [n] full token sequence of one text, special tokens included
+    types: np.ndarray
+    offsets: np.ndarray       # [n, 2]
+    word_ids: np.ndarray      # [n], -1 for special tokens
+    truncated: bool
+
+
+@dataclass
+class WordVectors:
+    """Word-level output for one text: the words, their character spans, and one vector per word."""
+    words: list               # W strings
+    spans: np.ndarray         # [W, 2] character start and end in the text (for pre-split words: in " ".join(words))
+    vectors: np.ndarray       # [W, H], [W, L, H] with combine=None and several layers, or 2H for first_last
+
+
+@dataclass
+class EncodeResult:
+    """encode(..., capture=...) returns the vectors and, per captured internal, one unpadded array per text."""
+    vectors: object
+    captured: dict
+
+
+def tokenize_texts(model, texts, max_length, window, pretokenized=False):
+    """Each text's full token sequence: cut to max_length, or whole when windows will cover it."""
+    limit = None if window else (max_length or model.tokenizer.max_length)
+    backend = model.tokenizer.backend
+    if limit is None:
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(limit, strategy="longest_first")
+    encodings = backend.encode_batch(texts, is_pretokenized=pretokenized, add_special_tokens=True)
+    return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
+                      offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
+                      word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),
+                      truncated=bool(e.overflowing)) for e in encodings]
+
+
+def window_rows(index, tok, window, stride):
+    """Split one tokenized text into overlapping windows of at most `window` tokens (specials included).
+
+    `stride` is the overlap in tokens between consecutive windows (the convention of Hugging Face's
+    tokenizers); each window keeps the text's own leading and trailing special tokens.
+    """
+    n = len(tok.ids)
+    if window is None or n <= window:
+        return [Row(index, tok.ids, tok.types, np.arange(n))]
+    special = tok.word_ids < 0
+    lead = int(np.argmax(~special)) if (~special).any() else 1
+    trail = int(np.argmax(~special[::-1])) if (~special).any() else 1
+    content = np.arange(lead, n - trail)                                 # positions of real tokens
+    size = window - lead - trail
+    step = size - stride
+    rows, start = [], 0
+    while True:
+        chunk = content[start:start + size]
+        positions = np.concatenate([np.arange(lead), chunk, np.arange(n - trail, n)])
+        rows.append(Row(index, tok.ids[positions], np.zeros(len(positions), dtype=np.int64), positions))
+        if start + size >= len(content):
+            return rows
+        start += step
+
+
+def encode(model, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
+           max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
+    """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode."""
+    texts = as_text_list(texts, "texts")
+    check_options(pooling, combine)
+    out_dtype = check_dtype(dtype)
+    if capture is not None and window is not None:
+        raise InputError("capture with window= is not supported: captured internals are per window")
+    tokenized = tokenize_texts(model, texts, max_length, window)
+    warn_truncated(model, tokenized, max_length)
+    per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
+                              window=window, stride=stride, progress=progress, capture=capture)
+    if pooling == "none":
+        vectors = [finish(v, layers, combine, normalize, out_dtype) for v in per_layer]
+    else:
+        vectors = finish(per_layer, layers, combine, normalize, out_dtype)
+    if capture is None:
+        return vectors
+    return EncodeResult(vectors, {name: [v.astype(out_dtype) for v in values] for name, values in captured.items()})
+
+
+def warn_truncated(model, tokenized, max_length):
+    cut = sum(t.truncated for t in tokenized)
+    if cut:
+        warnings.warn(f"minibert: {cut} of {len(tokenized)} texts were longer than "
+                      f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
+                      "pass window= (and stride=) to cover long texts whole", stacklevel=4)
+
+
+def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture):
+    """The batching loop. Returns pooled [N, layers, H] (float64), or for pooling "none" a list of
+    per-text [n, layers, H]; plus captured internals per text (unpadded)."""
+    L, H = model.config.num_hidden_layers, model.config.hidden_size
+    chosen = resolve_layers(layers, L)
+    check_batching(batch_size, window, stride, model.tokenizer.max_length)
+    if stride is None and window is not None:
+        stride = window // 4
+    capture_names = model.capture_names(capture)
+    N = len(tokenized)
+    rows = [row for i, tok in enumerate(tokenized) for row in window_rows(i, tok, window, stride)]
+    token_level = pooling == "none"
+    # Texts whose token vectors must be kept: all of them for token-level output, else only windowed ones.
+    keep_tokens = set(range(N)) if token_level else \
+        {row.text for row in rows if len(row.positions) != len(tokenized[row.text].ids)}
+    pooled = np.zeros((N, len(chosen), H), dtype=np.float64)
+    sums = {i: np.zeros((len(tokenized[i].ids), len(chosen), H)) for i in keep_tokens}   # [n, layers, H]
+    counts = {i: np.zeros(len(tokenized[i].ids), dtype=np.int64) for i in keep_tokens}   # [n]
+    captured = {name: [None] * N for name in sorted(capture_names)}
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r].ids))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in progress_bar(batches, progress, len(rows)):
+        batch_rows = [rows[r] for r in batch]
+        ids, mask, types = pad(batch_rows, model.config.pad_token_id)
+        lengths = mask.sum(axis=1)
+        direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens]
+        for index, hidden, internals in model.iter_layers(ids, mask, types, num_layers=max(chosen),
+                                                          capture=capture_names):
+            for name, value in internals.items():           # internals are [B, T, ...] or [B, NH, T, T]
+                for k, row in enumerate(batch_rows):
+                    n = lengths[k]
+                    captured[name][row.text] = value[k, :, :n, :n] if value.ndim == 4 else value[k, :n]
+            slots = [s for s, c in enumerate(chosen) if c == index]
+            if not slots:
+                continue
+            if direct:
+                vectors = pool(hidden[direct], mask[direct], pooling)                       # [b, H]
+                for k, v in zip(direct, vectors):
+                    pooled[batch_rows[k].text, slots] = v
+            for k, row in enumerate(batch_rows):
+                if row.text in keep_tokens:
+                    sums[row.text][row.positions[:, None], slots] += hidden[k, :len(row.positions), None]
+        for row in batch_rows:
+            if row.text in keep_tokens:
+                counts[row.text][row.positions] += 1
+    merged = {i: sums[i] / counts[i][:, None, None] for i in keep_tokens}     # averaged over windows
+    if token_level:
+        return [merged[i] for i in range(N)], captured
+    for i in keep_tokens:
+        tokens = merged[i].transpose(1, 0, 2)                                   # [layers, n, H]
+        pooled[i] = pool(tokens, np.ones(tokens.shape[:2]), pooling)
+    return pooled, captured
+
+
+def finish(stacked, layers, combine, normalize, out_dtype):
+    """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; normalise; cast."""
+    layer_axis = stacked.ndim - 2
+    if isinstance(layers, (int, np.integer)):
+        out = np.take(stacked, 0, axis=layer_axis)
+    else:
+        out = combine_layers(stacked, combine, layer_axis)
+    if normalize:
+        out = l2_normalize(out)
+    return out.astype(out_dtype)
+
+
+def pad(rows, pad_id):
+    B, T = len(rows), max(len(r.ids) for r in rows)
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    types = np.zeros((B, T), dtype=np.int64)
+    for b, r in enumerate(rows):
+        ids[b, :len(r.ids)], mask[b, :len(r.ids)], types[b, :len(r.ids)] = r.ids, 1, r.types
+    return ids, mask, types
+
+
+def progress_bar(batches, progress, total_rows):
+    """tqdm over batches: on by default only when stderr is a terminal and the input is large."""
+    show = progress if progress is not None else (sys.stderr.isatty() and total_rows >= 2048)
+    if not show:
+        return batches
+    from tqdm.auto import tqdm
+    return tqdm(batches, desc="minibert", unit="batch")
+
+
+def check_dtype(dtype):
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in OUTPUT_DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, found {dtype!r}")
+    return np.dtype(name)
+
+
+def check_batching(batch_size, window, stride, limit):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, found {batch_size!r}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 8 <= window <= limit:
+            raise InputError(f"window must be an int between 8 and the model's {limit} tokens, found {window!r}")
+        if stride is not None and (not isinstance(stride, (int, np.integer)) or not 0 <= stride <= window // 2):
+            raise InputError(f"stride (the overlap between windows) must be between 0 and window // 2 = "
+                             f"{window // 2}, found {stride!r}")
+    elif stride is not None:
+        raise InputError("stride is the overlap between windows: pass window= too")
+
+
+def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
+                 batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):
+    """One vector per word: a list (one per text) of WordVectors.
+
+    Raw texts are split into words by the tokenizer's pre-tokenizer; a list of word lists (NER data)
+    keeps the caller's words, and spans then refer to " ".join(words).
+    """
+    check_options("none", combine)
+    out_dtype = check_dtype(dtype)
+    pretokenized = isinstance(texts_or_words, (list, tuple)) and bool(texts_or_words) and \
+        all(isinstance(t, (list, tuple)) for t in texts_or_words)
+    if pretokenized:
+        for i, words in enumerate(texts_or_words):
+            for j, word in enumerate(words):
+                if not isinstance(word, str):
+                    raise InputError(f"texts[{i}][{j}] is {type(word).__name__}, not str")
+        inputs = [list(words) for words in texts_or_words]
+    else:
+        inputs = as_text_list(texts_or_words, "texts")
+    tokenized = tokenize_texts(model, inputs, max_length, window, pretokenized=pretokenized)
+    warn_truncated(model, tokenized, max_length)
+    per_text, _ = run(model, tokenized, layers=layers, pooling="none", batch_size=batch_size, window=window,
+                      stride=stride, progress=progress, capture=None)
+    results = []
+    for i, tok in enumerate(tokenized):
+        vectors, word_index = pool_words(per_text[i], tok.word_ids, subword)       # [W, layers, H']
+        if pretokenized:
+            words = [inputs[i][w] for w in word_index]
+            starts = np.cumsum([0] + [len(w) + 1 for w in inputs[i]])
+            spans = np.array([[starts[w], starts[w] + len(inputs[i][w])] for w in word_index], dtype=np.int64)
+        else:
+            spans = np.array([[tok.offsets[tok.word_ids == w][0, 0], tok.offsets[tok.word_ids == w][-1, 1]]
+                              for w in word_index], dtype=np.int64)
+            words = [inputs[i][s:e] for s, e in spans]
+        results.append(WordVectors(words=words, spans=spans.reshape(-1, 2),
+                                   vectors=finish(vectors, layers, combine, normalize, out_dtype)))
+    return results

@@ -1,0 +1,93 @@
+"""Turning per-token vectors into the vectors users ask for: layer choice and combination, pooling,
+word pooling, normalisation. Plain NumPy; shapes in comments (B batch, T tokens, H hidden, L layers).
+"""
+
+import numpy as np
+
+from .errors import InputError
+
+POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "none")
+COMBINES = (None, "mean", "sum", "concat")
+SUBWORD_POOLINGS = ("first", "last", "mean", "first_last")
+
+
+def resolve_layers(layers, num_layers):
+    """layers -> a list of hidden-state indices in the order asked (0 = embedding output).
+
+    An int (negative counts from the top: -1 is the last layer), a list of ints, or "all".
+    """
+    if isinstance(layers, str):
+        if layers != "all":
+            raise InputError(f"layers must be an int, a list of ints or 'all', found {layers!r}")
+        return list(range(num_layers + 1))
+    single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
+    chosen = [layers] if single else layers
+    if not isinstance(chosen, (list, tuple)) or not chosen:
+        raise InputError(f"layers must be an int, a non-empty list of ints or 'all', found {layers!r}")
+    resolved = []
+    for layer in chosen:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -(num_layers + 1) <= layer <= num_layers:
+            raise InputError(f"layer {layer!r} does not exist: the model has hidden states 0..{num_layers} "
+                             f"(0 = embedding output) or -1..-{num_layers + 1} counting from the top")
+        resolved.append(int(layer) % (num_layers + 1))
+    return resolved
+
+
+def check_options(pooling, combine):
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, found {pooling!r}")
+    if combine not in COMBINES:
+        raise InputError(f"combine must be one of None, 'mean', 'sum', 'concat', found {combine!r}")
+
+
+def pool(hidden, mask, pooling):
+    """One layer's [B, T, H] with mask [B, T] -> [B, H] (pooling "none" is handled by the caller)."""
+    if pooling == "cls":
+        return hidden[:, 0]                                                    # [B, H]
+    m = mask[..., None].astype(hidden.dtype)                                   # [B, T, 1]
+    if pooling == "max":
+        return np.where(m > 0, hidden, -np.inf).max(axis=1).astype(hidden.dtype)  # [B, H]
+    total = (hidden * m).sum(axis=1)                                           # [B, H]
+    count = np.maximum(m.sum(axis=1), 1)                                       # [B, 1]
+    return total / (count if pooling == "mean" else np.sqrt(count))           # [B, H]
+
+
+def combine_layers(stacked, combine, layer_axis):
+    """Per-layer vectors stacked on `layer_axis` -> combined: None keeps the axis, mean/sum reduce it,
+    concat joins the layers along the feature axis."""
+    if combine is None:
+        return stacked
+    if combine == "mean":
+        return stacked.mean(axis=layer_axis)
+    if combine == "sum":
+        return stacked.sum(axis=layer_axis)
+    moved = np.moveaxis(stacked, layer_axis, -2)                              # [..., L, H]
+    return moved.reshape(moved.shape[:-2] + (-1,))                            # [..., L*H]
+
+
+def l2_normalize(x):
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, np.finfo(x.dtype).tiny)
+
+
+def pool_words(token_vectors, word_ids, subword):
+    """Token vectors [n, ...] and word_ids [n] (-1 for special tokens) -> word vectors [W, ...].
+
+    subword: "first" / "last" piece of each word, "mean" of its pieces, or "first_last" (both, concatenated).
+    """
+    if subword not in SUBWORD_POOLINGS:
+        raise InputError(f"subword must be one of {', '.join(SUBWORD_POOLINGS)}, found {subword!r}")
+    words = np.unique(word_ids[word_ids >= 0])
+    rows = []
+    for w in words:
+        pieces = token_vectors[word_ids == w]                                  # [pieces, ...]
+        if subword == "first":
+            rows.append(pieces[0])
+        elif subword == "last":
+            rows.append(pieces[-1])
+        elif subword == "mean":
+            rows.append(pieces.mean(axis=0))
+        else:
+            rows.append(np.concatenate([pieces[0], pieces[-1]], axis=-1))
+    width = token_vectors.shape[1:-1] + (token_vectors.shape[-1] * (2 if subword == "first_last" else 1),)
+    return np.stack(rows) if rows else np.zeros((0,) + width, dtype=token_vectors.dtype), words
