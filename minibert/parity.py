@@ -60,3 +60,66 @@ def compare(model, texts):
     if ours.pooler_output is not None and theirs["pooler_output"] is not None:
         rows.append(("pooler", difference(ours.pooler_output, theirs["pooler_output"])))
     return rows
+
+
+# Where each captured internal lives in transformers' BERT-style modules (BERT, RoBERTa, ELECTRA share
+# these names), for forward hooks: (our internal, module path under encoder.layer.{i}, which output).
+HOOKED_INTERNALS = [
+    ("query", "attention.self.query", "out"),
+    ("key", "attention.self.key", "out"),
+    ("value", "attention.self.value", "out"),
+    ("attention.context", "attention.self", "first"),
+    ("attention.output", "attention.output.dense", "out"),
+    ("attention.layer_norm", "attention.output", "out"),
+    ("ffn.intermediate", "intermediate", "out"),
+    ("ffn.output", "output.dense", "out"),
+]
+
+
+def compare_ops(model, texts):
+    """Every captured internal against the same tensor inside transformers, in the order they are computed.
+
+    Returns rows (operation name, stats); the embedding LayerNorm comes first, then per layer Q, K, V,
+    attention probabilities, context, output projection, LayerNorm, GELU intermediate, output projection,
+    and the layer output.
+    """
+    batch = model.tokenize(texts)
+    ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True,
+                         capture=["layer.*"])
+    reference, torch = reference_model(model.source, model.dtype)
+    layers = getattr(getattr(reference, "encoder", None), "layer", None)
+    if layers is None:
+        raise MiniBertError(f"--ops compares internals of BERT-style transformers modules; "
+                            f"{type(reference).__name__} names them differently (compare layers without --ops)")
+    seen = {}
+
+    def hook(name, which):
+        def record(module, inputs, output):
+            value = output[0] if which == "first" and isinstance(output, tuple) else output
+            seen[name] = value.detach().numpy()
+        return record
+
+    handles = []
+    for i, layer in enumerate(layers):
+        for internal, path, which in HOOKED_INTERNALS:
+            module = layer.get_submodule(path)
+            handles.append(module.register_forward_hook(hook(f"layer.{i}.{internal}", which)))
+    try:
+        with torch.no_grad():
+            out = reference(input_ids=torch.from_numpy(batch.input_ids),
+                            attention_mask=torch.from_numpy(batch.attention_mask),
+                            token_type_ids=torch.from_numpy(batch.token_type_ids),
+                            output_hidden_states=True, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    mask = batch.attention_mask
+    rows = [("embeddings.layer_norm", difference(ours.hidden_states[0], out.hidden_states[0].numpy(), mask))]
+    for i in range(model.config.num_hidden_layers):
+        for internal, _, _ in HOOKED_INTERNALS[:3]:
+            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], seen[f"layer.{i}.{internal}"], mask)))
+        rows.append((f"layer.{i}.attention.probs", difference(ours.attentions[i], out.attentions[i].numpy())))
+        for internal, _, _ in HOOKED_INTERNALS[3:]:
+            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], seen[f"layer.{i}.{internal}"], mask)))
+        rows.append((f"layer.{i}.output", difference(ours.hidden_states[i + 1], out.hidden_states[i + 1].numpy(), mask)))
+    return rows

@@ -62,3 +62,12 @@ def test_parity_command_exit_codes(capsys):
     assert "layer.5" in capsys.readouterr().out
     assert main(["parity", "--text", "hello world", "--tolerance", "1e-12"]) == 1
     assert "exceeds tolerance" in capsys.readouterr().err
+
+
+def test_parity_ops_locates_the_first_operation_above_tolerance(capsys):
+    from minibert.cli import main
+    assert main(["parity", "--ops", "--text", "hello world"]) == 0
+    out = capsys.readouterr().out
+    assert "layer.0.ffn.intermediate" in out and "layer.5.attention.probs" in out
+    assert main(["parity", "--ops", "--text", "hello world", "--tolerance", "1e-9"]) == 1
+    assert "first operation above it: embeddings.layer_norm" in capsys.readouterr().err
