@@ -10,7 +10,7 @@ import numpy as np
 from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError
-from .model import INTERNALS, encoder
+from .model import INTERNALS, encoder, make_position_ids
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -93,7 +93,7 @@ class Model:
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         num_layers = self.check_num_layers(num_layers)
         B, T = input_ids.shape
-        position_ids = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))           # [B, T]
+        position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
         return encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
                        self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,
                        capture=self.capture_names(capture))

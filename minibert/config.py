@@ -1,13 +1,47 @@
-"""config.json -> a frozen Config. Family differences are plain fields here, read by the model as data."""
+"""config.json -> a frozen Config. Family differences are plain fields here, read by the model as data.
+
+A family is recognised from config.json's model_type (or, for old files without one, its architectures).
+Each family's own key names are normalised into the common fields (DistilBERT's dim, n_layers, ...), and
+what its architecture fixes (RoBERTa's position rule, ALBERT's embedding projection, ...) is written into
+the switch fields, so nothing downstream needs to know which family it runs.
+"""
 
 import json
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
 
-SUPPORTED_FAMILIES = ("bert",)
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+POSITION_RULES = ("index", "skip_padding")   # see minibert.model.position_ids
+
+# Why some encoder-like families are not supported: they are not BERT's absolute-position, post-LN encoder.
+UNSUPPORTED_REASONS = {
+    "xlnet": "XLNet is a permutation language model with two-stream attention, relative positions and "
+             "Transformer-XL segment recurrence, not a BERT-style encoder",
+    "transfo-xl": "relative positions and segment recurrence",
+    "deberta": "disentangled attention over relative positions",
+    "deberta-v2": "disentangled attention over relative positions",
+    "mpnet": "relative position bias in every attention layer",
+    "funnel": "the sequence is pooled shorter between blocks",
+    "longformer": "sliding-window plus global attention",
+    "big_bird": "block-sparse attention",
+    "xlm-roberta-xl": "pre-LayerNorm layers",
+    "roformer": "rotary position embeddings",
+    "nezha": "relative position encodings",
+    "convbert": "span-based dynamic convolution heads",
+}
+
+# Class-name stems in config.json's "architectures" ("RobertaForMaskedLM" -> "Roberta") -> model_type.
+ARCHITECTURE_FAMILIES = {
+    "Bert": "bert", "Roberta": "roberta", "XLMRoberta": "xlm-roberta", "DistilBert": "distilbert",
+    "Electra": "electra", "Albert": "albert", "XLNet": "xlnet", "Deberta": "deberta", "DebertaV2": "deberta-v2",
+    "MPNet": "mpnet", "Funnel": "funnel", "Longformer": "longformer", "BigBird": "big_bird",
+    "XLMRobertaXL": "xlm-roberta-xl", "RoFormer": "roformer", "Nezha": "nezha", "ConvBert": "convbert",
+}
+ARCHITECTURE_SUFFIX = re.compile(r"(LMHeadModel|Model|For[A-Za-z]+)$")
 
 # Keys Hugging Face writes that never change an encoder's forward pass at inference time:
 # training settings, generation settings, task heads and bookkeeping.
@@ -28,12 +62,47 @@ IGNORED_KEYS = frozenset("""
     pooler_size_per_head pooler_type is_encoder_decoder tie_encoder_decoder
 """.split())
 
-# Keys that are known but only accepted at the value that means "plain BERT encoder".
+# Per family: keys its transformers model never reads in the encoder (task heads, dropout), ...
+FAMILY_IGNORED_KEYS = {
+    "electra": frozenset("summary_type summary_use_proj summary_activation summary_last_dropout "
+                         "summary_proj_to_labels".split()),      # the sequence-summary head
+    "albert": frozenset("classifier_dropout_prob down_scale_factor gap_size net_structure_type "
+                        "num_memory_blocks".split()),             # written by the original code, unused
+    # DistilBERT hard-codes LayerNorm eps 1e-12 whatever its config says.
+    "distilbert": frozenset("dropout attention_dropout qa_dropout seq_classif_dropout output_past "
+                            "tie_weights_ layer_norm_eps".split()),
+}
+# ... keys it renames to the common field names ...
+FAMILY_KEY_NAMES = {
+    "distilbert": {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                   "hidden_dim": "intermediate_size", "activation": "hidden_act",
+                   "sinusoidal_pos_embds": "sinusoidal_positions"},
+}
+# ... switch fields its config.json may set ...
+FAMILY_KEYS = {
+    "electra": ("embedding_size",),
+    "albert": ("embedding_size", "num_hidden_groups"),
+    "distilbert": ("sinusoidal_positions",),
+}
+# ... switch values that differ from BERT's when config.json does not set them ...
+FAMILY_DEFAULTS = {
+    "albert": {"num_hidden_groups": 1},           # AlbertConfig's default: every layer shares one set
+}
+# ... and switch values its architecture fixes, whatever config.json says.
+FAMILY_FIXED = {
+    "roberta": {"position_rule": "skip_padding"},
+    "xlm-roberta": {"position_rule": "skip_padding"},
+    "albert": {"embedding_projection": True},
+    "distilbert": {"token_type_embeddings": False, "type_vocab_size": 1, "layer_norm_eps": 1e-12},
+}
+
+# Keys that are known but only accepted at the value that means "plain absolute-position encoder".
 UNSUPPORTED_UNLESS = {
     "position_embedding_type": ("absolute",),
     "is_decoder": (False,),
     "add_cross_attention": (False,),
     "pruned_heads": ({},),
+    "inner_group_num": (1,),      # ALBERT with several layers per group: no published checkpoint uses it
 }
 
 
@@ -48,17 +117,39 @@ class Config:
     intermediate_size: int          # 3072
     hidden_act: str                 # "gelu": exact erf GELU
     max_position_embeddings: int    # 512
-    type_vocab_size: int            # 2
+    type_vocab_size: int            # 2; RoBERTa, XLM-R 1; DistilBERT (no segment embedding) 1, a zero row
     layer_norm_eps: float           # 1e-12
     pad_token_id: int               # 0
+    # Family switches.
+    embedding_size: int             # 768 (= hidden_size): width E of the embedding tables; ALBERT, ELECTRA differ
+    embedding_projection: bool      # False: True when a linear E -> H follows the embedding LayerNorm
+                                    #   (ALBERT always, ELECTRA when embedding_size != hidden_size)
+    num_hidden_groups: int          # 12 (= num_hidden_layers): distinct sets of layer weights; layer i uses
+                                    #   set int(i / (layers / groups)); ALBERT shares 1 set (or a few)
+    position_rule: str              # "index": token t has position t; "skip_padding" (RoBERTa, XLM-R): real
+                                    #   tokens count from pad_token_id + 1, padding gets pad_token_id
+    token_type_embeddings: bool     # True: False for DistilBERT, which has no segment table
+    sinusoidal_positions: bool      # False: True for DistilBERT's sinusoidal_pos_embds (fixed sin/cos table)
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens one row can hold: RoBERTa's positions start after pad_token_id, using up pad_token_id + 1 rows."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.position_rule == "skip_padding" else 0)
 
-REQUIRED_KEYS = tuple(f.name for f in fields(Config) if f.name not in ("layer_norm_eps", "pad_token_id"))
+
+# The family switches, for `minibert inspect` and anything else that reports them.
+SWITCH_FIELDS = ("embedding_size", "embedding_projection", "num_hidden_groups", "position_rule",
+                 "token_type_embeddings", "sinusoidal_positions")
+BERT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
+             "layer_norm_eps", "pad_token_id")
+REQUIRED_KEYS = tuple(k for k in BERT_KEYS if k not in ("layer_norm_eps", "pad_token_id"))
 DEFAULTS = {"layer_norm_eps": 1e-12, "pad_token_id": 0}
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 
 
 def read_config(path: Path) -> Config:
@@ -74,15 +165,42 @@ def read_config(path: Path) -> Config:
     return config_from_dict(raw, where=str(path))
 
 
-def config_from_dict(raw: dict, where: str = "config") -> Config:
+def detect_family(raw: dict, where: str) -> str:
+    """model_type, checked against the architectures list; old files with only architectures also work."""
+    architectures = raw.get("architectures") or []
+    named = {ARCHITECTURE_FAMILIES.get(ARCHITECTURE_SUFFIX.sub("", a)) for a in architectures if isinstance(a, str)}
+    named.discard(None)
     model_type = raw.get("model_type")
+    if model_type is None and len(named) == 1:
+        model_type = next(iter(named))
     if model_type not in SUPPORTED_FAMILIES:
-        raise ConfigError(f"{where}: model_type {model_type!r} is not supported; "
-                          f"supported families: {', '.join(SUPPORTED_FAMILIES)}")
-    missing = [k for k in REQUIRED_KEYS if k not in raw]
+        reason = UNSUPPORTED_REASONS.get(model_type,
+                                         "config.json names no model_type or known architecture" if model_type is None else None)
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported; supported families: "
+                          f"{', '.join(SUPPORTED_FAMILIES)}" + (f" ({reason})" if reason else ""))
+    if named - {model_type}:
+        raise ConfigError(f"{where}: model_type {model_type!r} disagrees with architectures {architectures}; "
+                          "config.json must describe one family")
+    return model_type
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    family = detect_family(raw, where)
+    renames = FAMILY_KEY_NAMES.get(family, {})
+    for theirs, ours in renames.items():
+        if theirs in raw and ours in raw:
+            raise ConfigError(f"{where}: both {theirs!r} and {ours!r} are set; {family} names it {theirs!r}")
+    raw = {renames.get(k, k): v for k, v in raw.items()}
+    raw["model_type"] = family
+    fixed = FAMILY_FIXED.get(family, {})
+    missing = [k for k in REQUIRED_KEYS if k not in raw and k not in fixed]
     if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)} for model_type {model_type!r}")
-    known = set(REQUIRED_KEYS) | set(DEFAULTS) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
+        their_names = {ours: theirs for theirs, ours in renames.items()}
+        raise ConfigError(f"{where}: missing key(s) {', '.join(their_names.get(k, k) for k in missing)} "
+                          f"for model_type {family!r}")
+    family_keys = FAMILY_KEYS.get(family, ())
+    known = (set(BERT_KEYS) | set(family_keys) | set(fixed) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
+             | FAMILY_IGNORED_KEYS.get(family, frozenset()))
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; minibert cannot tell whether they "
@@ -91,21 +209,35 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key}={raw[key]!r} is not supported (only {allowed[0]!r}); "
                               f"minibert supports absolute-position encoder-only families: {', '.join(SUPPORTED_FAMILIES)}")
-    values = {**DEFAULTS, **{k: raw[k] for k in REQUIRED_KEYS + tuple(DEFAULTS) if k in raw}}
-    for key, value in values.items():
-        want = float if key == "layer_norm_eps" else (str if key in ("model_type", "hidden_act") else int)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else \
-            isinstance(value, want) and not isinstance(value, bool)
-        if not ok:
-            raise ConfigError(f"{where}: {key} must be {want.__name__}, found {value!r}")
+    values = {**DEFAULTS, **FAMILY_DEFAULTS.get(family, {}),
+              **{k: raw[k] for k in BERT_KEYS + family_keys if k in raw}, **fixed}
+    # Switches a family leaves alone keep BERT's meaning.
+    values.setdefault("embedding_size", values["hidden_size"])
+    values.setdefault("embedding_projection", values["embedding_size"] != values["hidden_size"])  # ELECTRA's rule
+    values.setdefault("num_hidden_groups", values["num_hidden_layers"])
+    values.setdefault("position_rule", "index")
+    values.setdefault("token_type_embeddings", True)
+    values.setdefault("sinusoidal_positions", False)
+    check_types(values, where)
     config = Config(**values)
     check_values(config, where)
     return config
 
 
+def check_types(values: dict, where: str) -> None:
+    for key, value in values.items():
+        want = FIELD_TYPES[key]
+        if want is bool:
+            ok = isinstance(value, bool)
+        else:   # JSON has no int/bool distinction worth trusting: true is not a size
+            ok = isinstance(value, (int, float) if want is float else want) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {want.__name__}, found {value!r}")
+
+
 def check_values(c: Config, where: str) -> None:
     positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size")
+                "intermediate_size", "max_position_embeddings", "type_vocab_size", "embedding_size")
     for key in positive:
         if getattr(c, key) <= 0:
             raise ConfigError(f"{where}: {key} must be positive, found {getattr(c, key)}")
@@ -118,3 +250,14 @@ def check_values(c: Config, where: str) -> None:
         raise ConfigError(f"{where}: layer_norm_eps must be in (0, 1), found {c.layer_norm_eps}")
     if not 0 <= c.pad_token_id < c.vocab_size:
         raise ConfigError(f"{where}: pad_token_id {c.pad_token_id} is outside the vocabulary (size {c.vocab_size})")
+    if not 1 <= c.num_hidden_groups <= c.num_hidden_layers:
+        raise ConfigError(f"{where}: num_hidden_groups must be between 1 and num_hidden_layers "
+                          f"({c.num_hidden_layers}), found {c.num_hidden_groups}")
+    if not c.embedding_projection and c.embedding_size != c.hidden_size:
+        raise ConfigError(f"{where}: embedding_size {c.embedding_size} differs from hidden_size {c.hidden_size} "
+                          "but the family has no embedding projection")
+    if c.position_rule not in POSITION_RULES:
+        raise ConfigError(f"{where}: position_rule {c.position_rule!r} is not one of {', '.join(POSITION_RULES)}")
+    if c.max_tokens < 1:
+        raise ConfigError(f"{where}: max_position_embeddings {c.max_position_embeddings} leaves no position for a "
+                          f"token after pad_token_id {c.pad_token_id} (positions start at pad_token_id + 1)")

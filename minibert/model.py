@@ -1,18 +1,25 @@
 """The BERT encoder as pure functions over a weights dict and an `ops` backend.
 
 Axes: B batch, T tokens, H hidden, NH heads, HS head size (H // NH), I intermediate,
-      V vocabulary, P positions, TV token types.
+      V vocabulary, P positions, TV token types, E embedding width (H except for ALBERT, ELECTRA).
 
 The numerics are BERT's: exact-erf GELU (or the config's activation), LayerNorm *after* each residual
 add (post-LN), and padding removed by adding a large negative number to masked keys' scores.
 `ops` (see minibert.backends) supplies embed, linear, layer_norm and attention; nothing here knows
 which device or library runs them.
+
+Every supported family (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT) runs through the same `encoder`.
+Their differences arrive as data, never as a branch on the family's name: the config's position_rule
+(`make_position_ids`), an embedding projection present or None in the weights, a `layers` list that may hold
+one dict several times (ALBERT's shared layers), a zero token-type row (DistilBERT).
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from .errors import InputError
 
 # Sub-layer activations each layer can return on request (forward's `capture`), as "layer.{i}.{name}".
 INTERNALS = ("query", "key", "value",          # [B, T, H] projections, heads not yet split
@@ -34,10 +41,42 @@ class EncoderOutput:
     captured: dict                  # "layer.{i}.{name}" -> array, for the internals asked for
 
 
+def index_positions(input_ids, pad_token_id):
+    """BERT: token t sits at position t, padding or not."""
+    B, T = input_ids.shape
+    return np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))                 # [B, T]
+
+
+def skip_padding_positions(input_ids, pad_token_id):
+    """RoBERTa, XLM-R (fairseq's make_positions): real tokens are numbered from pad_token_id + 1 and padding
+    tokens get pad_token_id, so a row's positions do not depend on how much padding it has."""
+    real = (input_ids != pad_token_id).astype(np.int64)                          # [B, T]
+    return np.cumsum(real, axis=1) * real + pad_token_id                        # [B, T]
+
+
+POSITION_RULES = {"index": index_positions, "skip_padding": skip_padding_positions}
+
+
+def make_position_ids(input_ids, config):
+    """Each token's row of the position table, by config.position_rule; InputError past the table's end."""
+    positions = POSITION_RULES[config.position_rule](input_ids, config.pad_token_id)   # [B, T]
+    if positions.size and positions.max() >= config.max_position_embeddings:
+        b, t = np.argwhere(positions >= config.max_position_embeddings)[0]
+        raise InputError(f"input_ids[{b}, {t}] would need position {positions[b, t]}, past the model's "
+                         f"{config.max_position_embeddings} position rows (at most {config.max_tokens} tokens "
+                         "per row); truncate or use window/stride")
+    return positions
+
+
 def embeddings(input_ids, position_ids, token_type_ids, *, word, position, token_type, ln, ops, eps):
     """Token + position + segment embeddings, then LayerNorm (BERT paper, section 3.2)."""
-    x = ops.embed(input_ids, position_ids, token_type_ids, word, position, token_type)   # [B, T, H]
-    return ops.layer_norm(x, ln["g"], ln["b"], eps)                                       # [B, T, H]
+    x = ops.embed(input_ids, position_ids, token_type_ids, word, position, token_type)   # [B, T, E]
+    return ops.layer_norm(x, ln["g"], ln["b"], eps)                                       # [B, T, E]
+
+
+def project_embeddings(x, *, w, b, ops):
+    """ALBERT, ELECTRA: embeddings narrower (or wider) than the layers are mapped E -> H by one linear."""
+    return ops.linear(x, w, b)                                               # [B, T, H]
 
 
 def self_attention(x, mask_bias, *, qkv, attn_out, attn_ln, ops, num_heads, eps, return_probs):
@@ -85,13 +124,18 @@ def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, co
             dtype, output_attentions=False, num_layers=None, capture=frozenset()):
     """Run embeddings and the first `num_layers` layers (all by default); keep every hidden state.
 
+    position_ids [B, T]: rows of the position table, from `make_position_ids(input_ids, config)`.
+    hidden_states[0] is the embedding output after the projection where the model has one.
+
     capture: names "layer.{i}.{internal}" of sub-layer activations to return, e.g. "layer.3.ffn.intermediate";
     see minibert.capture for the full list.
     """
     num_layers = config.num_hidden_layers if num_layers is None else num_layers
     mask_bias = additive_mask(attention_mask, dtype)                        # [B, T]
     x = embeddings(input_ids, position_ids, token_type_ids, **weights["embeddings"], ops=ops,
-                   eps=config.layer_norm_eps)                               # [B, T, H]
+                   eps=config.layer_norm_eps)                               # [B, T, E]
+    if weights.get("embedding_projection") is not None:
+        x = project_embeddings(x, **weights["embedding_projection"], ops=ops)   # [B, T, H]
     hidden_states, attentions, captured = [x], [], {}
     for i, layer_weights in enumerate(weights["layers"][:num_layers]):
         want_probs = output_attentions or f"layer.{i}.attention.probs" in capture

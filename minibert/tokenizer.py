@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
@@ -16,7 +17,8 @@ from .errors import InputError, TokenizerError
 class Batch:
     input_ids: np.ndarray        # [B, T] int64, right-padded to the longest text in the batch
     attention_mask: np.ndarray   # [B, T] int64, 1 for tokens, 0 for padding
-    token_type_ids: np.ndarray   # [B, T] int64, 0 for the first text, 1 for the pair's second
+    token_type_ids: np.ndarray   # [B, T] int64, 0 for the first text, 1 for the pair's second (all 0 for
+                                 #   models with one token type: RoBERTa, XLM-R, DistilBERT)
     offsets: list                # B arrays [n_b, 2]: character span of each token in its own text
     word_ids: list               # B arrays [n_b]: index of the word each token belongs to, -1 for special tokens
     sequence_ids: list           # B arrays [n_b]: 0 first text, 1 second text, -1 special tokens
@@ -32,11 +34,14 @@ def read_json(path: Path) -> dict:
 
 
 class Tokenizer:
-    """The model's own tokenizer: tokenizer.json when present, else WordPiece built from vocab.txt."""
+    """The model's own tokenizer: tokenizer.json when present, else WordPiece built from vocab.txt, else
+    RoBERTa's byte-level BPE built from vocab.json + merges.txt (the files older checkpoints carry)."""
 
     def __init__(self, model_dir: Path, config: Config):
         settings = read_json(model_dir / "tokenizer_config.json")
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
+        vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
+        specials = {**settings, **read_json(model_dir / "special_tokens_map.json")}   # as transformers 4 merged them
         if tokenizer_json.is_file():
             try:
                 self.backend = HFTokenizer.from_file(str(tokenizer_json))
@@ -45,11 +50,14 @@ class Tokenizer:
             self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
             self.apply_bert_settings(settings)
         elif vocab_txt.is_file():
-            self.backend = wordpiece_from_vocab(vocab_txt, settings)
+            self.backend = wordpiece_from_vocab(vocab_txt, settings, specials)
             self.kind = "vocab.txt (WordPiece)"
+        elif vocab_json.is_file() and merges_txt.is_file():
+            self.backend = bytelevel_bpe_from_files(vocab_json, merges_txt, settings, specials)
+            self.kind = "vocab.json + merges.txt (byte-level BPE)"
         else:
-            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt; copy the tokenizer files "
-                                 "of the checkpoint into this directory")
+            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt); "
+                                 "copy the tokenizer files of the checkpoint into this directory")
         # Files saved by Hugging Face often carry fixed padding and truncation; minibert pads and cuts itself.
         self.backend.no_padding()
         self.backend.no_truncation()
@@ -58,9 +66,11 @@ class Tokenizer:
             raise TokenizerError(f"{model_dir}: the tokenizer has {self.vocab_size} tokens but the embedding "
                                  f"matrix has {config.vocab_size} rows; the tokenizer belongs to another model")
         limit = settings.get("model_max_length")
-        limit = limit if isinstance(limit, int) and 0 < limit <= config.max_position_embeddings else None
-        self.max_length = limit or config.max_position_embeddings
+        limit = limit if isinstance(limit, int) and 0 < limit <= config.max_tokens else None
+        self.max_length = limit or config.max_tokens
         self.pad_id = config.pad_token_id
+        # A second segment only means something to a model with a second token-type row.
+        self.single_segment = config.type_vocab_size == 1
 
     def apply_bert_settings(self, settings: dict) -> None:
         """tokenizer_config.json overrides the BertNormalizer stored in tokenizer.json, as transformers does."""
@@ -103,7 +113,8 @@ class Tokenizer:
         token_type_ids = np.zeros((B, T), dtype=np.int64)
         for b, e in enumerate(encodings):
             n = lengths[b]
-            input_ids[b, :n], attention_mask[b, :n], token_type_ids[b, :n] = e.ids, 1, e.type_ids
+            input_ids[b, :n], attention_mask[b, :n] = e.ids, 1
+            token_type_ids[b, :n] = 0 if self.single_segment else e.type_ids
         return Batch(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                      offsets=[np.array(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings],
                      word_ids=[np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64) for e in encodings],
@@ -126,7 +137,7 @@ def as_text_list(texts, what: str) -> list:
     return list(texts)
 
 
-def wordpiece_from_vocab(vocab_txt: Path, settings: dict) -> HFTokenizer:
+def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFTokenizer:
     """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings."""
     lowercase = settings.get("do_lower_case", True)
     try:
@@ -135,21 +146,69 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict) -> HFTokenizer:
             vocab.setdefault(line.rstrip("\n"), len(vocab))
     except (OSError, UnicodeDecodeError) as e:
         raise TokenizerError(f"{vocab_txt}: cannot read ({e})") from None
-    tokens = {name: settings.get(f"{name}_token", default) for name, default in
-              (("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"))}
-    tokens = {k: (v["content"] if isinstance(v, dict) else v) for k, v in tokens.items()}
-    for name, token in tokens.items():
+    added = special_tokens(specials, settings, {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
+                                                "mask": "[MASK]"})
+    unk, cls, sep = (added[name].content for name in ("unk", "cls", "sep"))
+    for name, token in (("unk", unk), ("cls", cls), ("sep", sep)):
         if token not in vocab:
             raise TokenizerError(f"{vocab_txt}: the {name} token {token!r} is not in the vocabulary")
-    tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token=tokens["unk"], max_input_chars_per_word=100))
+    tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, lowercase=lowercase,
         handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
         strip_accents=settings.get("strip_accents"))
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    cls, sep = tokens["cls"], tokens["sep"]
+    # Special tokens are matched whole before WordPiece sees the text: "[MASK]" stays one token.
+    tokenizer.add_special_tokens([token for token in added.values() if token.content in vocab])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
         special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
+
+
+def bytelevel_bpe_from_files(vocab_json: Path, merges_txt: Path, settings: dict, specials: dict) -> HFTokenizer:
+    """RoBERTa's pipeline: byte-level pre-tokenizer, BPE, <s> A </s></s> B </s> around the text.
+
+    Like transformers' RobertaTokenizer, <mask> swallows the space before it unless the files say otherwise,
+    so "the <mask> of" tokenizes as on the Hub.
+    """
+    try:
+        model = models.BPE.from_file(str(vocab_json), str(merges_txt))
+    except Exception as e:
+        raise TokenizerError(f"{vocab_json.parent}: cannot read vocab.json + merges.txt as byte-level BPE ({e})") from None
+    add_prefix_space = bool(settings.get("add_prefix_space", False))
+    tokenizer = HFTokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tokenizer.decoder = decoders.ByteLevel()
+    added = special_tokens(specials, settings, {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "</s>",
+                                                "cls": "<s>", "pad": "<pad>", "mask": "<mask>"}, lstrip=("mask",))
+    tokenizer.add_special_tokens(list(added.values()))
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    cls, sep = added["cls"].content, added["sep"].content
+    for token in (cls, sep):
+        if token not in vocab:
+            raise TokenizerError(f"{vocab_json}: the special token {token!r} is not in the vocabulary")
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (sep, vocab[sep]), (cls, vocab[cls]), trim_offsets=bool(settings.get("trim_offsets", True)),
+        add_prefix_space=add_prefix_space)
+    return tokenizer
+
+
+def special_tokens(specials: dict, settings: dict, defaults: dict, lstrip=()) -> dict:
+    """name ("unk", "cls", ...) -> AddedToken, from tokenizer_config.json / special_tokens_map.json.
+
+    A token is a plain string or a dict with lstrip/rstrip/... flags; tokenizer_config.json's
+    added_tokens_decoder (transformers >= 4.34) gives the final flags of every token it lists.
+    """
+    flags = {entry.get("content"): entry for entry in (settings.get("added_tokens_decoder") or {}).values()
+             if isinstance(entry, dict)}
+    tokens = {}
+    for name, default in defaults.items():
+        value = specials.get(f"{name}_token", default)
+        value = value if isinstance(value, dict) else {"content": value, "lstrip": name in lstrip}
+        value = {**value, **flags.get(value["content"], {})}
+        tokens[name] = AddedToken(value["content"], single_word=value.get("single_word", False),
+                                  lstrip=value.get("lstrip", False), rstrip=value.get("rstrip", False),
+                                  normalized=value.get("normalized", False), special=True)
+    return tokens

@@ -1,16 +1,23 @@
 """Checkpoint tensors -> minibert's weights dict. The only place Hugging Face tensor names appear.
 
 The result is a nested dict of arrays in the compute dtype, linear weights stored (in, out) so the
-model reads `x @ w + b`, and Q, K, V fused into one (H, 3H) projection:
+model reads `x @ w + b`, and Q, K, V fused into one (H, 3H) projection. E is the embedding width
+(hidden_size H except for ALBERT and ELECTRA):
 
-    {"embeddings": {"word": [V, H], "position": [P, H], "token_type": [TV, H], "ln": {"g": [H], "b": [H]}},
+    {"embeddings": {"word": [V, E], "position": [P, E], "token_type": [TV, E], "ln": {"g": [E], "b": [E]}},
+     "embedding_projection": {"w": [E, H], "b": [H]} or None,
      "layers": [{"qkv": {"w": [H, 3H], "b": [3H]}, "attn_out": {"w": [H, H], "b": [H]}, "attn_ln": {...},
                  "ffn_in": {"w": [H, I], "b": [I]}, "ffn_out": {"w": [I, H], "b": [H]}, "ffn_ln": {...}}, ...],
      "pooler": {"w": [H, H], "b": [H]} or None}
+
+Families differ only in names and in what is present: "layers" holds num_hidden_layers entries, but ALBERT's
+point to the same dict objects (one per hidden group), DistilBERT's token_type is one row of zeros (it has
+no segment embedding), and only ALBERT and ELECTRA have an embedding projection.
 """
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +26,16 @@ from safetensors import safe_open
 from .config import Config
 from .errors import ModelFileError
 
-# (minibert name, checkpoint name or names, arrangement). "{i}" is the layer index.
-EMBEDDING_TABLE = [
+# (minibert name, checkpoint name or names, arrangement). "{i}" is the index of a set of layer weights:
+# the layer for most families, the hidden group for ALBERT.
+BERT_EMBEDDINGS = [
     ("embeddings.word",       "embeddings.word_embeddings.weight",       "as_is"),
     ("embeddings.position",   "embeddings.position_embeddings.weight",   "as_is"),
     ("embeddings.token_type", "embeddings.token_type_embeddings.weight", "as_is"),
     ("embeddings.ln.g",       "embeddings.LayerNorm.weight",             "as_is"),
     ("embeddings.ln.b",       "embeddings.LayerNorm.bias",               "as_is"),
 ]
-LAYER_TABLE = [
+BERT_LAYER = [
     ("qkv.w", ("encoder.layer.{i}.attention.self.query.weight", "encoder.layer.{i}.attention.self.key.weight",
                "encoder.layer.{i}.attention.self.value.weight"), "transpose_concat"),
     ("qkv.b", ("encoder.layer.{i}.attention.self.query.bias", "encoder.layer.{i}.attention.self.key.bias",
@@ -43,28 +51,115 @@ LAYER_TABLE = [
     ("ffn_ln.g",   "encoder.layer.{i}.output.LayerNorm.weight",           "as_is"),
     ("ffn_ln.b",   "encoder.layer.{i}.output.LayerNorm.bias",             "as_is"),
 ]
-POOLER_TABLE = [
+BERT_POOLER = [
     ("pooler.w", "pooler.dense.weight", "transpose"),
     ("pooler.b", "pooler.dense.bias",   "as_is"),
 ]
-# Checkpoint prefixes of task heads and buffers that the encoder does not use.
-IGNORED_PREFIXES = ("cls.", "embeddings.position_ids")
-# Model prefixes that task-head checkpoints (BertForMaskedLM, ...) put before the encoder's names.
-MODEL_PREFIXES = ("bert.",)
+
+ELECTRA_PROJECTION = [
+    ("embedding_projection.w", "embeddings_project.weight", "transpose"),
+    ("embedding_projection.b", "embeddings_project.bias",   "as_is"),
+]
+
+# ALBERT: the projection lives in the encoder; groups hold one layer each (inner_group_num 1, see config).
+ALBERT_PROJECTION = [
+    ("embedding_projection.w", "encoder.embedding_hidden_mapping_in.weight", "transpose"),
+    ("embedding_projection.b", "encoder.embedding_hidden_mapping_in.bias",   "as_is"),
+]
+ALBERT_LAYER_PREFIX = "encoder.albert_layer_groups.{i}.albert_layers.0."
+ALBERT_LAYER = [(ours, tuple(ALBERT_LAYER_PREFIX + t for t in theirs) if isinstance(theirs, tuple)
+                 else ALBERT_LAYER_PREFIX + theirs, arrangement) for ours, theirs, arrangement in [
+    ("qkv.w", ("attention.query.weight", "attention.key.weight", "attention.value.weight"), "transpose_concat"),
+    ("qkv.b", ("attention.query.bias", "attention.key.bias", "attention.value.bias"), "concat"),
+    ("attn_out.w", "attention.dense.weight",            "transpose"),
+    ("attn_out.b", "attention.dense.bias",              "as_is"),
+    ("attn_ln.g",  "attention.LayerNorm.weight",        "as_is"),
+    ("attn_ln.b",  "attention.LayerNorm.bias",          "as_is"),
+    ("ffn_in.w",   "ffn.weight",                        "transpose"),
+    ("ffn_in.b",   "ffn.bias",                          "as_is"),
+    ("ffn_out.w",  "ffn_output.weight",                 "transpose"),
+    ("ffn_out.b",  "ffn_output.bias",                   "as_is"),
+    ("ffn_ln.g",   "full_layer_layer_norm.weight",      "as_is"),
+    ("ffn_ln.b",   "full_layer_layer_norm.bias",        "as_is"),
+]]
+ALBERT_POOLER = [
+    ("pooler.w", "pooler.weight", "transpose"),
+    ("pooler.b", "pooler.bias",   "as_is"),
+]
+
+# DistilBERT: no segment table (the loader supplies a zero row), its own layer names, no pooler.
+DISTILBERT_EMBEDDINGS = [row for row in BERT_EMBEDDINGS if row[0] != "embeddings.token_type"]
+DISTILBERT_LAYER = [
+    ("qkv.w", ("transformer.layer.{i}.attention.q_lin.weight", "transformer.layer.{i}.attention.k_lin.weight",
+               "transformer.layer.{i}.attention.v_lin.weight"), "transpose_concat"),
+    ("qkv.b", ("transformer.layer.{i}.attention.q_lin.bias", "transformer.layer.{i}.attention.k_lin.bias",
+               "transformer.layer.{i}.attention.v_lin.bias"), "concat"),
+    ("attn_out.w", "transformer.layer.{i}.attention.out_lin.weight",   "transpose"),
+    ("attn_out.b", "transformer.layer.{i}.attention.out_lin.bias",     "as_is"),
+    ("attn_ln.g",  "transformer.layer.{i}.sa_layer_norm.weight",       "as_is"),
+    ("attn_ln.b",  "transformer.layer.{i}.sa_layer_norm.bias",         "as_is"),
+    ("ffn_in.w",   "transformer.layer.{i}.ffn.lin1.weight",            "transpose"),
+    ("ffn_in.b",   "transformer.layer.{i}.ffn.lin1.bias",              "as_is"),
+    ("ffn_out.w",  "transformer.layer.{i}.ffn.lin2.weight",            "transpose"),
+    ("ffn_out.b",  "transformer.layer.{i}.ffn.lin2.bias",              "as_is"),
+    ("ffn_ln.g",   "transformer.layer.{i}.output_layer_norm.weight",   "as_is"),
+    ("ffn_ln.b",   "transformer.layer.{i}.output_layer_norm.bias",     "as_is"),
+]
+
+
+@dataclass(frozen=True)
+class Names:
+    """One family's checkpoint layout."""
+    embeddings: list
+    projection: list      # read only when config.embedding_projection
+    layer: list
+    pooler: list          # read when every tensor it names is present, else pooler None
+    model_prefixes: tuple  # what task-head checkpoints (BertForMaskedLM, ...) put before the encoder's names
+    ignored_prefixes: tuple  # task heads and buffers the encoder does not use
+
+
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+FAMILY_NAMES = {
+    "bert": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("bert.",), ("cls.",) + BUFFERS),
+    "roberta": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",), ("lm_head.",) + BUFFERS),
+    "xlm-roberta": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",), ("lm_head.",) + BUFFERS),
+    "electra": Names(BERT_EMBEDDINGS, ELECTRA_PROJECTION, BERT_LAYER, [], ("electra.",),
+                     ("generator_predictions.", "generator_lm_head.", "discriminator_predictions.") + BUFFERS),
+    "albert": Names(BERT_EMBEDDINGS, ALBERT_PROJECTION, ALBERT_LAYER, ALBERT_POOLER, ("albert.",),
+                    ("predictions.", "sop_classifier.") + BUFFERS),
+    "distilbert": Names(DISTILBERT_EMBEDDINGS, [], DISTILBERT_LAYER, [], ("distilbert.",),
+                        ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.") + BUFFERS),
+}
 # Older TensorFlow-converted checkpoints name LayerNorm parameters gamma/beta.
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 
 
 def expected_shapes(c: Config) -> dict:
-    H, I = c.hidden_size, c.intermediate_size
+    E, H, I = c.embedding_size, c.hidden_size, c.intermediate_size
     return {
-        "embeddings.word": (c.vocab_size, H), "embeddings.position": (c.max_position_embeddings, H),
-        "embeddings.token_type": (c.type_vocab_size, H), "embeddings.ln.g": (H,), "embeddings.ln.b": (H,),
+        "embeddings.word": (c.vocab_size, E), "embeddings.position": (c.max_position_embeddings, E),
+        "embeddings.token_type": (c.type_vocab_size, E), "embeddings.ln.g": (E,), "embeddings.ln.b": (E,),
+        "embedding_projection.w": (E, H), "embedding_projection.b": (H,),
         "qkv.w": (H, 3 * H), "qkv.b": (3 * H,), "attn_out.w": (H, H), "attn_out.b": (H,),
         "attn_ln.g": (H,), "attn_ln.b": (H,), "ffn_in.w": (H, I), "ffn_in.b": (I,),
         "ffn_out.w": (I, H), "ffn_out.b": (H,), "ffn_ln.g": (H,), "ffn_ln.b": (H,),
         "pooler.w": (H, H), "pooler.b": (H,),
     }
+
+
+def sinusoidal_positions(num_positions: int, width: int) -> np.ndarray:
+    """DistilBERT's fixed table: sin on even columns, cos on odd, of pos / 10000^(2 * (j // 2) / width).
+
+    Rounded through float32 because transformers builds it in float32, so float64 runs match too.
+    """
+    angle = np.arange(num_positions)[:, None] / np.power(10000.0, 2 * (np.arange(width) // 2) / width)   # [P, E]
+    return np.where(np.arange(width) % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)          # [P, E]
+
+
+def weight_set_of_layer(config: Config) -> list:
+    """Which set of layer weights each layer uses: ALBERT's group int(i / (L / G)); its own set when G == L."""
+    L, G = config.num_hidden_layers, config.num_hidden_groups
+    return [int(i / (L / G)) for i in range(L)]
 
 
 def checkpoint_files(model_dir: Path) -> list:
@@ -133,8 +228,8 @@ def read_bfloat16(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def canonical(name: str) -> str:
-    for prefix in MODEL_PREFIXES:
+def canonical(name: str, model_prefixes: tuple) -> str:
+    for prefix in model_prefixes:
         if name.startswith(prefix):
             name = name[len(prefix):]
     for old, new in LEGACY_SUFFIXES.items():
@@ -146,7 +241,8 @@ def canonical(name: str) -> str:
 def load_weights(model_dir: Path, config: Config, dtype) -> dict:
     """Read, check and arrange every tensor; raise ModelFileError naming any missing, extra or misshapen one."""
     checkpoint = Checkpoint(checkpoint_files(model_dir))
-    by_name = {canonical(n): n for n in checkpoint.names()}
+    names = FAMILY_NAMES[config.model_type]
+    by_name = {canonical(n, names.model_prefixes): n for n in checkpoint.names()}
     shapes = expected_shapes(config)
     used = set()
 
@@ -155,7 +251,8 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
         parts = []
         for name in names:
             if name not in by_name:
-                raise ModelFileError(f"{model_dir}: tensor {name!r} (minibert {ours}) is missing from the checkpoint")
+                raise ModelFileError(f"{model_dir}: tensor {name!r} (minibert {ours}) is missing from the checkpoint "
+                                     f"(model_type {config.model_type!r})")
             original = by_name[name]
             used.add(original)
             parts.append(checkpoint.read(original, dtype))
@@ -173,12 +270,12 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
                                  "- does config.json belong to this checkpoint?")
         return np.ascontiguousarray(array)
 
-    def nest(table, layer=None):
+    def nest(table, index=None):
         block = {}
         for ours, theirs, arrangement in table:
-            if layer is not None:
-                theirs = (theirs.format(i=layer) if isinstance(theirs, str)
-                          else tuple(t.format(i=layer) for t in theirs))
+            if index is not None:
+                theirs = (theirs.format(i=index) if isinstance(theirs, str)
+                          else tuple(t.format(i=index) for t in theirs))
             *path, leaf = ours.split(".")
             node = block
             for key in path:
@@ -186,22 +283,37 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
             node[leaf] = fetch(ours, theirs, arrangement, ours)
         return block
 
-    weights = {"embeddings": nest(EMBEDDING_TABLE)["embeddings"],
-               "layers": [nest(LAYER_TABLE, layer=i) for i in range(config.num_hidden_layers)]}
-    has_pooler = all(name in by_name for _, name, _ in POOLER_TABLE)
-    weights["pooler"] = nest(POOLER_TABLE)["pooler"] if has_pooler else None
+    embedding_table = names.embeddings
+    position_name = dict((ours, theirs) for ours, theirs, _ in embedding_table)["embeddings.position"]
+    generate_positions = config.sinusoidal_positions and position_name not in by_name
+    if generate_positions:   # transformers builds the fixed table itself when a checkpoint leaves it out
+        embedding_table = [row for row in embedding_table if row[0] != "embeddings.position"]
+    embeddings = nest(embedding_table)["embeddings"]
+    if generate_positions:
+        embeddings["position"] = sinusoidal_positions(config.max_position_embeddings, config.embedding_size).astype(dtype)
+    if not config.token_type_embeddings:   # no segment embedding: every token adds row 0, all zeros
+        embeddings["token_type"] = np.zeros((config.type_vocab_size, config.embedding_size), dtype=dtype)
+    weights = {"embeddings": embeddings}
+    weights["embedding_projection"] = (nest(names.projection)["embedding_projection"]
+                                       if config.embedding_projection else None)
+    # One dict per set of layer weights; layers sharing a set (ALBERT) hold the same dict object.
+    weight_sets = [nest(names.layer, index=g) for g in range(config.num_hidden_groups)]
+    weights["layers"] = [weight_sets[g] for g in weight_set_of_layer(config)]
+    has_pooler = bool(names.pooler) and all(name in by_name for _, name, _ in names.pooler)
+    weights["pooler"] = nest(names.pooler)["pooler"] if has_pooler else None
 
     unexpected = sorted(original for name, original in by_name.items()
-                        if original not in used and not name.startswith(IGNORED_PREFIXES))
+                        if original not in used and not name.startswith(names.ignored_prefixes))
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         raise ModelFileError(f"{model_dir}: unexpected tensor(s) {shown}; the checkpoint does not match "
-                             f"config.json ({config.num_hidden_layers} layers, model_type {config.model_type!r})")
+                             f"config.json ({config.num_hidden_layers} layers, {config.num_hidden_groups} sets of "
+                             f"layer weights, model_type {config.model_type!r})")
     return weights
 
 
 def parameter_counts(weights: dict) -> dict:
-    """Parameters per block, for `minibert inspect`."""
+    """Parameters per block, for `minibert inspect`; a set of layer weights shared by several layers counts once."""
     def count(tree):
         if tree is None:
             return 0
@@ -211,6 +323,15 @@ def parameter_counts(weights: dict) -> dict:
             return sum(count(v) for v in tree)
         return int(tree.size)
     counts = {"embeddings": count(weights["embeddings"])}
-    counts.update({f"layer.{i}": count(layer) for i, layer in enumerate(weights["layers"])})
+    if weights.get("embedding_projection") is not None:
+        counts["embedding_projection"] = count(weights["embedding_projection"])
+    users = {}   # id of a layer-weights dict -> the layers using it, in order
+    for i, layer in enumerate(weights["layers"]):
+        users.setdefault(id(layer), (layer, []))[1].append(i)
+    for layer, indices in users.values():
+        name = f"layer.{indices[0]}" if len(indices) == 1 else f"layer.{indices[0]}-{indices[-1]} (shared)"
+        if len(indices) > 1 and indices != list(range(indices[0], indices[-1] + 1)):
+            name = f"layer.{','.join(map(str, indices))} (shared)"
+        counts[name] = count(layer)
     counts["pooler"] = count(weights["pooler"])
     return counts

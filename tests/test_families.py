@@ -1,0 +1,305 @@
+"""Every supported family against goldens written by transformers (tests/fixtures/make_families.py), torch-free.
+
+Fixtures: tiny random checkpoints in tests/fixtures/families/<name>/ with their real tokenizer files. Each
+golden.npz holds a padded batch (a sentence pair among single sentences), every hidden state and attention
+map, the pooler output where the model has one, and the ids and offsets of awkward strings.
+"""
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import minibert
+from minibert import ConfigError, InputError, ModelFileError
+from minibert.config import config_from_dict
+from minibert.model import make_position_ids
+from minibert.weights import parameter_counts, sinusoidal_positions
+
+FAMILIES_DIR = Path(__file__).parent / "fixtures" / "families"
+FAMILIES = ["bert_cased", "bert_chinese", "bert_multilingual", "roberta", "xlm_roberta", "distilbert",
+            "distilbert_sinusoidal", "electra", "electra_generator", "albert", "albert_groups"]
+# The padded batch of make_families.py: (text, pair or None) per row.
+BATCH = [("Hello world!", None), ("The lazy dog sleeps in a café.", None),
+         ("Where is Zürich?", "Not in 北京."), ("Привет, мир! 🍕", None)]
+RUNS = [("numpy", "float32"), ("cpu", "float32"), ("numpy", "float64")]
+
+
+@functools.lru_cache(maxsize=None)
+def family_model(name, backend="numpy", dtype="float32"):
+    return minibert.load(str(FAMILIES_DIR / name), backend=backend, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def family_golden(name):
+    with np.load(FAMILIES_DIR / name / "golden.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def copy_family(name, to: Path, leave_out=()):
+    shutil.copytree(FAMILIES_DIR / name, to, ignore=shutil.ignore_patterns(*leave_out))
+    return to
+
+
+def rewrite_config(directory: Path, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del config[key]
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def max_differences(out, g):
+    hidden = max(np.abs(h - g[f"hidden_state_{i}"]).max() for i, h in enumerate(out.hidden_states))
+    attention = max(np.abs(a - g[f"attention_{i}"]).max() for i, a in enumerate(out.attentions))
+    pooler = np.abs(out.pooler_output - g["pooler_output"]).max() if "pooler_output" in g else 0.0
+    return hidden, attention, pooler
+
+
+# --- numerics: every layer of every family ---
+
+@pytest.mark.parametrize("backend, dtype", RUNS)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_hidden_state_attention_and_pooler_within_1e_4(name, backend, dtype):
+    """float32 on both backends, and float64 NumPy against the float32 goldens (so also 1e-4)."""
+    g, model = family_golden(name), family_model(name, backend, dtype)
+    out = model.forward(g["input_ids"], g["attention_mask"], g.get("token_type_ids"), output_attentions=True)
+    L = model.config.num_hidden_layers
+    assert len(out.hidden_states) == L + 1 == len([k for k in g if k.startswith("hidden_state_")])
+    assert len(out.attentions) == L
+    assert out.last_hidden_state.dtype == np.dtype(dtype)
+    assert (out.pooler_output is None) == ("pooler_output" not in g)
+    hidden, attention, pooler = max_differences(out, g)
+    assert hidden < 1e-4 and attention < 1e-4 and pooler < 1e-4, (hidden, attention, pooler)
+
+
+# --- tokenization: awkward strings and the batch, ids and offsets ---
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tricky_strings_tokenize_to_the_golden_ids_and_offsets(name):
+    g, tokenizer = family_golden(name), family_model(name).tokenizer
+    for i, text in enumerate(g["tricky_texts"].tolist()):
+        want_ids, want_offsets = g[f"tok_{i}_ids"].tolist(), g[f"tok_{i}_offsets"].tolist()
+        if len(want_ids) <= tokenizer.max_length:
+            batch = tokenizer(text)
+            assert batch.input_ids[0].tolist() == want_ids, text
+            assert batch.offsets[0].tolist() == want_offsets, text
+            assert not batch.truncated[0]
+        else:   # longer than the model takes: the untruncated pipeline agrees, and truncation keeps the end token
+            tokenizer.backend.no_truncation()         # each tokenizer call sets its own truncation again
+            full = tokenizer.backend.encode(text)
+            assert full.ids == want_ids and [list(o) for o in full.offsets] == want_offsets, text
+            batch = tokenizer(text)
+            n = tokenizer.max_length
+            assert batch.input_ids[0].tolist() == want_ids[:n - 1] + want_ids[-1:]
+            assert batch.truncated[0]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batch_tokenizes_to_the_golden_ids_mask_and_types(name):
+    g, model = family_golden(name), family_model(name)
+    for row, (text, pair) in enumerate(BATCH):
+        batch = model.tokenize([text], None if pair is None else [pair])
+        n = int(g["attention_mask"][row].sum())
+        assert batch.input_ids[0].tolist() == g["input_ids"][row, :n].tolist(), row
+        want_types = g["token_type_ids"][row, :n] if "token_type_ids" in g else np.zeros(n)   # one segment: zeros
+        assert batch.token_type_ids[0].tolist() == want_types.tolist(), row
+    singles = [text for text, pair in BATCH if pair is None]
+    batch = model.tokenize(singles)
+    rows = [row for row, (_, pair) in enumerate(BATCH) if pair is None]
+    np.testing.assert_array_equal(batch.attention_mask, g["attention_mask"][rows, :batch.input_ids.shape[1]])
+    np.testing.assert_array_equal(batch.input_ids, g["input_ids"][rows, :batch.input_ids.shape[1]])
+
+
+def test_roberta_vocab_json_and_merges_txt_without_tokenizer_json(tmp_path):
+    directory = copy_family("roberta", tmp_path / "roberta", leave_out=["tokenizer.json"])
+    model, g = minibert.load(str(directory), backend="numpy"), family_golden("roberta")
+    assert "merges.txt" in model.tokenizer.kind
+    for i, text in enumerate(g["tricky_texts"].tolist()):   # includes "<mask>", which swallows the space before it
+        e = model.tokenizer.backend.encode(text)
+        assert e.ids == g[f"tok_{i}_ids"].tolist(), text
+        assert [list(o) for o in e.offsets] == g[f"tok_{i}_offsets"].tolist(), text
+    for row, (text, pair) in enumerate(BATCH):
+        batch = model.tokenize([text], None if pair is None else [pair])
+        n = int(g["attention_mask"][row].sum())
+        assert batch.input_ids[0].tolist() == g["input_ids"][row, :n].tolist()
+    reference = family_model("roberta").tokenize(["Where is Zürich?"], ["Not in 北京."])
+    fallback = model.tokenize(["Where is Zürich?"], ["Not in 北京."])
+    assert [o.tolist() for o in fallback.offsets] == [o.tolist() for o in reference.offsets]
+
+
+# --- positions ---
+
+def test_skip_padding_positions_follow_fairseq():
+    config = family_model("roberta").config          # pad_token_id 1
+    ids = np.array([[0, 5, 6, 2, 1, 1],
+                    [0, 5, 6, 7, 8, 2]])
+    np.testing.assert_array_equal(make_position_ids(ids, config), [[2, 3, 4, 5, 1, 1], [2, 3, 4, 5, 6, 7]])
+    np.testing.assert_array_equal(make_position_ids(ids, family_model("bert_cased").config),
+                                  [[0, 1, 2, 3, 4, 5]] * 2)
+
+
+def test_padding_does_not_change_roberta_outputs():
+    """Real tokens' positions do not depend on padding: a row alone equals the same row padded."""
+    model = family_model("roberta")
+    alone = model(["Hello world!"])
+    padded = model(["Hello world!", "The lazy dog sleeps in a café, says the quick brown fox."])
+    n = alone.last_hidden_state.shape[1]
+    assert padded.last_hidden_state.shape[1] > n
+    assert np.abs(alone.last_hidden_state[0] - padded.last_hidden_state[0, :n]).max() < 1e-5
+
+
+def test_roberta_rows_cannot_run_past_the_position_table(tmp_path):
+    model = family_model("roberta")                  # 66 position rows, positions start at 2: 64 tokens
+    assert model.config.max_tokens == 64 == model.tokenizer.max_length
+    ids = np.full((1, 65), 5)
+    with pytest.raises(InputError, match="position 66, past the model's 66 position rows"):
+        model.forward(ids)
+    directory = copy_family("roberta", tmp_path / "roberta")
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    del settings["model_max_length"]                 # without a limit the tokenizer falls back to the table
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert minibert.load(str(directory), backend="numpy").tokenizer.max_length == 64
+
+
+# --- the weights dict: switches as data ---
+
+def test_albert_layers_share_one_dict_per_group():
+    layers = family_model("albert").weights["layers"]
+    assert len(layers) == 3 and layers[0] is layers[1] is layers[2]
+    layers = family_model("albert_groups").weights["layers"]     # 4 layers, 2 groups: int(i / 2)
+    assert layers[0] is layers[1] and layers[2] is layers[3] and layers[0] is not layers[2]
+    counts = parameter_counts(family_model("albert_groups").weights)
+    assert "layer.0-1 (shared)" in counts and "layer.2-3 (shared)" in counts
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_parameter_counts_cover_each_checkpoint_tensor_once(name):
+    """Shared layers count once; task heads are left out; DistilBERT's zero token-type row is the one extra."""
+    weights = family_model(name).weights
+    tensors = load_file(str(FAMILIES_DIR / name / "model.safetensors"))
+    heads = ("cls.", "generator_")
+    stored = sum(t.size for key, t in tensors.items() if not key.startswith(heads))
+    extra = weights["embeddings"]["token_type"].size if "distilbert" in name else 0
+    assert sum(parameter_counts(weights).values()) == stored + extra
+
+
+def test_family_switches_in_the_weights_dict():
+    E = {name: family_model(name).weights for name in FAMILIES}
+    assert all(E[n]["embedding_projection"] is None for n in FAMILIES if not n.startswith(("electra", "albert")))
+    assert E["electra"]["embedding_projection"]["w"].shape == (16, 32)             # E -> H
+    assert E["electra_generator"]["embedding_projection"]["w"].shape == (32, 16)   # wider embeddings
+    assert E["albert"]["embedding_projection"]["w"].shape == (16, 32)
+    token_type = E["distilbert"]["embeddings"]["token_type"]
+    assert token_type.shape == (1, 32) and not token_type.any()
+    assert family_model("distilbert").config.token_type_embeddings is False
+    assert family_model("xlm_roberta").config.position_rule == "skip_padding"
+
+
+def test_distilbert_sinusoidal_table_is_generated_when_left_out(tmp_path):
+    stored = load_file(str(FAMILIES_DIR / "distilbert_sinusoidal" / "model.safetensors"))
+    table = stored.pop("embeddings.position_embeddings.weight")
+    assert np.abs(sinusoidal_positions(*table.shape) - table).max() < 1e-6
+    directory = copy_family("distilbert_sinusoidal", tmp_path / "d", leave_out=["model.safetensors"])
+    save_file(stored, str(directory / "model.safetensors"))
+    g = family_golden("distilbert_sinusoidal")
+    out = minibert.load(str(directory), backend="numpy").forward(g["input_ids"], g["attention_mask"])
+    assert np.abs(out.last_hidden_state - g[f"hidden_state_{len(out.hidden_states) - 1}"]).max() < 1e-4
+    rewrite_config(directory, sinusoidal_pos_embds=False)      # learned table: its absence is an error
+    with pytest.raises(ModelFileError, match="embeddings.position_embeddings.weight"):
+        minibert.load(str(directory))
+
+
+def test_every_tensor_is_accounted_for(tmp_path):
+    directory = copy_family("albert", tmp_path / "albert", leave_out=["model.safetensors"])
+    tensors = load_file(str(FAMILIES_DIR / "albert" / "model.safetensors"))
+    prefix = "encoder.albert_layer_groups.0.albert_layers.0."
+    extra = {**tensors, **{k.replace("groups.0.", "groups.1."): v for k, v in tensors.items() if k.startswith(prefix)}}
+    save_file(extra, str(directory / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="unexpected tensor.*albert_layer_groups.1"):
+        minibert.load(str(directory))
+    rewrite_config(directory, num_hidden_groups=2, num_hidden_layers=4)   # now the second group is used
+    layers = minibert.load(str(directory), backend="numpy").weights["layers"]
+    assert layers[1] is layers[0] and layers[2] is not layers[0]
+    bad = {k: v for k, v in tensors.items() if not k.startswith("encoder.embedding_hidden_mapping_in.")}
+    save_file(bad, str(directory / "model.safetensors"))
+    rewrite_config(directory, num_hidden_groups=1, num_hidden_layers=3)
+    with pytest.raises(ModelFileError, match="embedding_hidden_mapping_in.weight.*missing"):
+        minibert.load(str(directory))
+    bad = dict(tensors, **{"encoder.embedding_hidden_mapping_in.weight": np.zeros((32, 8), np.float32)})
+    save_file(bad, str(directory / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="embedding_hidden_mapping_in.weight has shape \\(32, 8\\)"):
+        minibert.load(str(directory))
+
+
+def test_generator_and_mlm_heads_are_ignored_but_prefixes_are_stripped():
+    assert family_model("electra_generator").config.hidden_size == 16
+    assert family_model("bert_chinese").weights["pooler"] is None
+
+
+# --- config: detection, normalisation, unsupported families ---
+
+def fixture_config(name):
+    return json.loads((FAMILIES_DIR / name / "config.json").read_text())
+
+
+def test_distilbert_keys_are_normalised_into_the_common_fields():
+    c = family_model("distilbert_sinusoidal").config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.hidden_act) == \
+        (32, 2, 4, 64, "gelu")
+    assert c.sinusoidal_positions and c.layer_norm_eps == 1e-12 and c.type_vocab_size == 1
+    raw = fixture_config("distilbert")
+    del raw["dim"]
+    with pytest.raises(ConfigError, match="missing key\\(s\\) dim for model_type 'distilbert'"):
+        config_from_dict(raw)
+
+
+def test_family_detected_from_architectures_when_model_type_is_absent():
+    raw = fixture_config("electra")
+    del raw["model_type"]
+    assert config_from_dict(raw).model_type == "electra"
+    raw = dict(fixture_config("roberta"), architectures=["BertModel"])
+    with pytest.raises(ConfigError, match="model_type 'roberta' disagrees with architectures"):
+        config_from_dict(raw)
+
+
+SUPPORTED = "supported families: bert, roberta, xlm-roberta, distilbert, electra, albert"
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("bert_cased", {"model_type": "xlnet", "architectures": ["XLNetModel"]},
+     f"model_type 'xlnet' is not supported; {SUPPORTED} \\(XLNet is a permutation language model"),
+    ("bert_cased", {"model_type": "deberta-v2", "architectures": ["DebertaV2Model"]},
+     f"model_type 'deberta-v2' is not supported; {SUPPORTED} \\(disentangled attention"),
+    ("bert_cased", {"model_type": None, "architectures": ["XLNetLMHeadModel"]},
+     f"model_type 'xlnet' is not supported; {SUPPORTED}"),
+    ("bert_cased", {"model_type": None, "architectures": None}, f"model_type None is not supported; {SUPPORTED}"),
+    ("roberta", {"position_embedding_type": "relative_key_query"},
+     "position_embedding_type='relative_key_query' is not supported .*absolute-position encoder-only families: bert, roberta"),
+    ("electra", {"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not supported"),
+    ("albert", {"inner_group_num": 2}, "inner_group_num=2 is not supported"),
+    ("albert", {"num_hidden_groups": 4}, "num_hidden_groups must be between 1 and num_hidden_layers \\(3\\)"),
+    ("bert_cased", {"embedding_size": 16}, "unknown key\\(s\\) embedding_size"),
+    ("distilbert", {"hidden_size": 32}, "both 'dim' and 'hidden_size' are set"),
+])
+def test_unsupported_configs_raise_config_error(tmp_path, name, change, message):
+    directory = copy_family(name, tmp_path / name)
+    rewrite_config(directory, **change)
+    with pytest.raises(ConfigError, match=message):
+        minibert.load(str(directory))
+
+
+@pytest.mark.parametrize("name", ["bert_cased", "bert_chinese", "bert_multilingual", "distilbert", "electra"])
+def test_wordpiece_from_vocab_txt_without_tokenizer_json(tmp_path, name):
+    """Cased, Chinese-splitting and accent-keeping WordPiece rebuilt from vocab.txt + tokenizer_config.json."""
+    directory = copy_family(name, tmp_path / name, leave_out=["tokenizer.json"])
+    tokenizer, g = minibert.load(str(directory), backend="numpy").tokenizer, family_golden(name)
+    assert "vocab.txt" in tokenizer.kind
+    for i, text in enumerate(g["tricky_texts"].tolist()):
+        batch = tokenizer(text)
+        assert batch.input_ids[0].tolist() == g[f"tok_{i}_ids"].tolist(), text
+        assert batch.offsets[0].tolist() == g[f"tok_{i}_offsets"].tolist(), text
