@@ -36,8 +36,14 @@ def cmd_inspect(args):
     c = model.config
     print(f"source      {model.source}")
     print(f"family      {c.model_type}")
+    from .config import SWITCH_FIELDS
     for key, value in vars(c).items():
-        print(f"  {key:<26}{value}")
+        if key not in SWITCH_FIELDS:
+            print(f"  {key:<26}{value}")
+    print("switches")
+    for key in SWITCH_FIELDS:
+        print(f"  {key:<26}{getattr(c, key)}")
+    print(f"  {'max_tokens':<26}{c.max_tokens}")
     print(f"tokenizer   {model.tokenizer.kind}, vocabulary {model.tokenizer.vocab_size}, "
           f"max_length {model.tokenizer.max_length}")
     counts = parameter_counts(model.weights)
