@@ -92,7 +92,6 @@ class Model:
         """
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         num_layers = self.check_num_layers(num_layers)
-        B, T = input_ids.shape
         position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
         return encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
                        self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,

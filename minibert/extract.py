@@ -106,8 +106,8 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", n
         # Token counts first (the tokenizer is cheap), so the flat token array can be memory-mapped.
         offsets = np.zeros(N + 1, dtype=np.int64)
         for start in range(0, N, CHUNK):
-            for i, vecs in enumerate(encode_lengths(model, texts[start:start + CHUNK], max_length, window)):
-                offsets[start + i + 1] = vecs
+            for i, n_tokens in enumerate(encode_lengths(model, texts[start:start + CHUNK], max_length, window)):
+                offsets[start + i + 1] = n_tokens
         offsets = np.cumsum(offsets)
         tokens = np.lib.format.open_memmap(out / "tokens.npy.partial", mode="w+", dtype=dtype,
                                            shape=(int(offsets[-1]),) + row_shape)
