@@ -1,33 +1,182 @@
-"""Numba CPU kernels: outputs first, no model knowledge. Each mirrors a function in reference.py.
+"""Numba CPU kernels: outputs first, no model knowledge. Each is tested against its reference.py function.
 
-Rows are independent and each row is computed the same way whatever else is in the batch, so a
-text's numbers do not depend on the batch it lands in. Compiled lazily per dtype and cached on disk.
+Every kernel is single-threaded and releases the GIL (nogil): the "cpu" ops in minibert.backends split
+rows (or attention heads) into contiguous pieces and run the pieces on `WORKERS`, a small pool of Python
+threads, with NumPy's BLAS held to one thread meanwhile (`BLAS`), so one pool of threads does all the work
+and no second pool spins on the cores the first one needs.
+
+Rows are independent and each row is computed the same way whatever else is in the batch (attention
+stops at a text's last real key), so a text's numbers do not depend on the batch it lands in; see
+`minibert.backends.cpu_ops` for the one place BLAS makes that inexact (the projections). Compiled lazily per dtype and
+cached on disk. float32 kernels use the vectorisable `fast_exp` and `fast_erf` below instead of libm
+(which Numba cannot vectorise on this platform); float64 keeps libm's exp and erf.
 """
 
+import ctypes
+import glob
+import itertools
 import math
+import os
+import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+# fast-math without 'nnan'/'ninf': reductions vectorise and multiply-adds fuse, but NaN and Inf still
+# propagate as IEEE says.
+FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 def jit(**options):
-    """njit with an on-disk cache; when no cache directory is writable, compile in memory and say so."""
+    """njit (nogil; division by zero gives inf/NaN as in NumPy, so loops with a division vectorise) with an
+    on-disk cache; when no cache directory is writable, compile in memory and say so."""
     def decorate(function):
         try:
-            return numba.njit(cache=True, **options)(function)
+            return numba.njit(cache=True, nogil=True, error_model="numpy", **options)(function)
         except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
             warnings.warn(f"minibert: Numba cache unavailable ({e}); kernels will be recompiled in every "
                           "process. Set NUMBA_CACHE_DIR to a writable directory to fix this.", stacklevel=2)
-            return numba.njit(cache=False, **options)(function)
+            return numba.njit(cache=False, nogil=True, error_model="numpy", **options)(function)
     return decorate
 
 
-@jit(parallel=True)
+# ---------------------------------------------------------------------------------------------------
+# Vectorisable float32 exp and erf (no libm call, so loops over them compile to SIMD).
+
+@intrinsic
+def _pow2_f32(typingctx, n):
+    """2.0 ** n for a float32 n holding an integer in [-126, 127]: the exponent bits written directly."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        biased = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(biased, ir.Constant(i32, 23)), ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+F32 = np.float32
+LOG2E, LN2_HI, LN2_LO = F32(1.4426950408889634), F32(0.693359375), F32(-2.12194440e-4)
+EXP_LOW, EXP_HIGH = F32(-87.33), F32(88.0)           # below: 0 (exp is subnormal there); above: e**88
+INV_FACTORIAL = tuple(F32(1.0 / math.factorial(k)) for k in range(8))
+
+
+@jit(inline="always")
+def exp_f32(x):
+    """exp(x) in float32 for x in [-87.33, 88]; 0 below, e**88 above, NaN stays NaN.
+
+    Cody and Waite's range reduction (Software Manual for the Elementary Functions, 1980):
+    x = n ln2 + r with |r| <= ln2/2 and ln2 split in two so n * LN2_HI is exact, then exp(r) by its
+    Taylor series to degree 7 (remainder below 6e-9 relative) and 2**n from the exponent bits.
+    Within one ulp; in kernels compiled with reassociation LLVM may merge the two parts of ln2, which
+    leaves 3 ulp for |x| near 88 (one ulp still for |x| < 10, where softmax and the activations live).
+    """
+    c = min(max(x, EXP_LOW), EXP_HIGH)
+    n = np.floor(c * LOG2E + F32(0.5))
+    r = (c - n * LN2_HI) - n * LN2_LO
+    c1, c2, c3, c4, c5, c6, c7 = (INV_FACTORIAL[1], INV_FACTORIAL[2], INV_FACTORIAL[3], INV_FACTORIAL[4],
+                                  INV_FACTORIAL[5], INV_FACTORIAL[6], INV_FACTORIAL[7])
+    p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + F32(1.0)
+    y = p * _pow2_f32(n)
+    y = F32(0.0) if x < EXP_LOW else y
+    return y if x == x else x
+
+
+# erf on [0, 3.92] as two degree-12 polynomials in (|x| - centre), least-squares fits on 4000 Chebyshev
+# nodes of each piece against libm's float64 erf, coefficients rounded to float32 (fit_erf_pieces below
+# regenerates them). Evaluated in float32 the result is within 7e-8 of the true erf (about one float32
+# ulp near 1); from 3.84 on it is exactly 1, as erf is to float32 precision. The piece is picked by
+# selecting each coefficient, not by indexing a table, so the loop around it still vectorises.
+ERF_SPLIT = F32(1.4)
+ERF_CENTRES = (F32(0.699999988079071), F32(2.6600000858306885))
+ERF_LOW = tuple(F32(c) for c in (
+    0.6778011918067932, 0.691274881362915, -0.48389241099357605, -0.004608694463968277, 0.16291050612926483,
+    -0.04422928765416145, -0.03312268480658531, 0.017134085297584534, 0.0040999362245202065,
+    -0.003897364716976881, -0.00018626170640345663, 0.0005441147950477898, -2.9583465220639482e-05))
+ERF_HIGH = tuple(F32(c) for c in (
+    0.9998313188552856, 0.0009539021411910653, -0.0025376982521265745, 0.004184445831924677,
+    -0.004716603551059961, 0.0037520546466112137, -0.0020785105880349874, 0.0007099937065504491,
+    -1.1429365258663893e-05, -0.00015593774151057005, 7.21098404028453e-05, 2.970884452224709e-06,
+    -6.828218829468824e-06))
+ERF_END = F32(3.92)
+ERF_ONE = F32(3.84)          # from here on erf(x) rounds to 1.0 in float32 (1 - erf(3.84) < 2**-25)
+
+
+def fit_erf_pieces(split=1.4, end=3.92, degree=12, nodes=4000):
+    """Regenerate ERF_CENTRES, ERF_LOW, ERF_HIGH (float32): least squares on Chebyshev nodes per piece."""
+    pieces = []
+    for lo, hi in ((0.0, split), (split, end)):
+        x = (np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes) + 1) * (hi - lo) / 2 + lo
+        centre = np.float32((lo + hi) / 2)
+        exact = np.array([math.erf(v) for v in x])
+        pieces.append((centre, np.polynomial.polynomial.polyfit(x - float(centre), exact, degree).astype(np.float32)))
+    return pieces
+
+
+@jit(inline="always")
+def erf_f32(x):
+    """erf(x) in float32, within 1e-7 of libm's erf, vectorisable (see ERF_LOW / ERF_HIGH)."""
+    a = min(abs(x), ERF_END)
+    low = a < ERF_SPLIT
+    t = a - (ERF_CENTRES[0] if low else ERF_CENTRES[1])
+    lo, hi = ERF_LOW, ERF_HIGH
+    y = lo[12] if low else hi[12]
+    y = y * t + (lo[11] if low else hi[11])
+    y = y * t + (lo[10] if low else hi[10])
+    y = y * t + (lo[9] if low else hi[9])
+    y = y * t + (lo[8] if low else hi[8])
+    y = y * t + (lo[7] if low else hi[7])
+    y = y * t + (lo[6] if low else hi[6])
+    y = y * t + (lo[5] if low else hi[5])
+    y = y * t + (lo[4] if low else hi[4])
+    y = y * t + (lo[3] if low else hi[3])
+    y = y * t + (lo[2] if low else hi[2])
+    y = y * t + (lo[1] if low else hi[1])
+    y = y * t + (lo[0] if low else hi[0])
+    y = F32(1.0) if a >= ERF_ONE else min(y, F32(1.0))     # exactly 1: GELU(-30) is -0.0, not -30 * 3e-8
+    y = y if x >= F32(0.0) else -y
+    return y if x == x else x
+
+
+def fast_exp(x):
+    """exp: the vectorisable exp_f32 for float32, libm's for float64 (used inside kernels)."""
+    return math.exp(x)
+
+
+def fast_erf(x):
+    """erf: the vectorisable erf_f32 for float32, libm's for float64."""
+    return math.erf(x)
+
+
+@overload(fast_exp, inline="always")
+def _fast_exp(x):
+    if x == types.float32:
+        return lambda x: exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@overload(fast_erf, inline="always")
+def _fast_erf(x):
+    if x == types.float32:
+        return lambda x: erf_f32(x)
+    return lambda x: math.erf(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row kernels: out[n] from x[n] for every row n of the 2-D arrays given (callers pass row slices).
+
+@jit(fastmath=FAST)
 def layer_norm(out, x, gamma, beta, eps):
-    """out[n] = (x[n] - mean) / sqrt(var + eps) * gamma + beta, rows of x [N, C]."""
+    """out[n] = (x[n] - mean) / sqrt(var + eps) * gamma + beta, rows of x [N, C]; sums in float64."""
     N, C = x.shape
-    for n in numba.prange(N):
+    for n in range(N):
         mean = 0.0
         for c in range(C):
             mean += x[n, c]
@@ -41,11 +190,11 @@ def layer_norm(out, x, gamma, beta, eps):
             out[n, c] = (x[n, c] - mean) * inv * gamma[c] + beta[c]
 
 
-@jit(parallel=True)
+@jit(fastmath=FAST)
 def add_layer_norm(out, x, residual, gamma, beta, eps):
     """layer_norm of (x + residual) in one pass over memory; out may alias x."""
     N, C = x.shape
-    for n in numba.prange(N):
+    for n in range(N):
         mean = 0.0
         for c in range(C):
             s = x[n, c] + residual[n, c]
@@ -61,159 +210,379 @@ def add_layer_norm(out, x, residual, gamma, beta, eps):
             out[n, c] = (out[n, c] - mean) * inv * gamma[c] + beta[c]
 
 
-@jit(parallel=True)
-def bias_add(out, x, bias):
-    N, C = x.shape
-    for n in numba.prange(N):
+# The bias + activation kernels work in place on the matmul's output: y[n] = act(y[n] + bias). (With a
+# separate `out` that may alias `x`, LLVM's overlap check fails at run time and the scalar loop runs.)
+
+@jit(fastmath=FAST)
+def bias_add(y, bias):
+    N, C = y.shape
+    for n in range(N):
         for c in range(C):
-            out[n, c] = x[n, c] + bias[c]
+            y[n, c] += bias[c]
 
 
-def erf_table(width=0.5, pieces=8, degree=8):
-    """Coefficients of erf on [0, 4) as `pieces` polynomials in the offset from each piece's left edge.
-
-    Fitted once at import on Chebyshev nodes against libm's erf; evaluated in float32 the result is
-    within 1e-7 of the true erf (about one float32 ulp near 1), and needs no libm call, so it vectorises.
-    Beyond 4, erf is 1 to float32 precision.
-    """
-    table = np.zeros((pieces, degree + 1))
-    nodes = (np.cos(np.pi * (np.arange(200) + 0.5) / 200) + 1) * width / 2       # [200] in [0, width]
-    for p in range(pieces):
-        exact = np.array([math.erf(p * width + t) for t in nodes])
-        table[p] = np.polynomial.polynomial.polyfit(nodes, exact, degree)
-    return table.astype(np.float32)
-
-
-ERF_TABLE = erf_table()
-
-
-@numba.njit(inline="always", cache=True)
-def erf_piecewise(x, table):
-    """erf(x) from erf_table (float32): pick the piece, Horner in the offset, restore the sign."""
-    a = min(abs(x), np.float32(3.999))
-    piece = int(a * np.float32(2.0))
-    t = a - np.float32(piece) * np.float32(0.5)
-    degree = table.shape[1] - 1
-    y = table[piece, degree]
-    for d in range(degree - 1, -1, -1):
-        y = y * t + table[piece, d]
-    y = min(y, np.float32(1.0))
-    return y if x >= 0 else -y
-
-
-@jit(parallel=True)
-def bias_gelu(out, x, bias):
-    """Exact GELU of (x + bias): 0.5 * y * (1 + erf(y / sqrt(2))), libm erf (float64)."""
-    N, C = x.shape
-    for n in numba.prange(N):
+@jit(fastmath=FAST)
+def bias_gelu(y, bias):
+    """Exact-erf GELU of (y + bias): 0.5 * z * (1 + erf(z / sqrt(2))); erf is fast_erf."""
+    N, C = y.shape
+    half, one, rsqrt2 = y.dtype.type(0.5), y.dtype.type(1.0), y.dtype.type(0.7071067811865476)
+    for n in range(N):
         for c in range(C):
-            y = x[n, c] + bias[c]
-            out[n, c] = 0.5 * y * (1.0 + math.erf(y * 0.7071067811865476))
+            z = y[n, c] + bias[c]
+            y[n, c] = half * z * (one + fast_erf(z * rsqrt2))
 
 
-@jit(parallel=True, fastmath=True)
-def bias_gelu_fast(out, x, bias, erf_coefficients):
-    """GELU of (x + bias) for float32 with erf_piecewise: the same exact-erf formula, vectorised."""
-    N, C = x.shape
-    for n in numba.prange(N):
+@jit(fastmath=FAST)
+def bias_gelu_tanh(y, bias):
+    """tanh GELU of (y + bias) as z / (1 + exp(-2u)), u = sqrt(2/pi) (z + 0.044715 z^3), which equals
+    0.5 z (1 + tanh(u)) exactly and needs only the vectorisable exp."""
+    N, C = y.shape
+    one, k0, k1 = y.dtype.type(1.0), y.dtype.type(-2 * 0.7978845608028654), y.dtype.type(0.044715)
+    for n in range(N):
         for c in range(C):
-            y = x[n, c] + bias[c]
-            out[n, c] = np.float32(0.5) * y * (np.float32(1.0) + erf_piecewise(y * np.float32(0.70710677), erf_coefficients))
+            z = y[n, c] + bias[c]
+            y[n, c] = z / (one + fast_exp(k0 * (z + k1 * z * z * z)))
 
 
-@jit(parallel=True)
-def bias_gelu_tanh(out, x, bias):
-    N, C = x.shape
-    for n in numba.prange(N):
+@jit(fastmath=FAST)
+def bias_relu(y, bias):
+    N, C = y.shape
+    zero = y.dtype.type(0.0)
+    for n in range(N):
         for c in range(C):
-            y = x[n, c] + bias[c]
-            out[n, c] = 0.5 * y * (1.0 + math.tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
+            y[n, c] = max(y[n, c] + bias[c], zero)
 
 
-@jit(parallel=True)
-def bias_relu(out, x, bias):
-    N, C = x.shape
-    for n in numba.prange(N):
+@jit(fastmath=FAST)
+def bias_silu(y, bias):
+    N, C = y.shape
+    one = y.dtype.type(1.0)
+    for n in range(N):
         for c in range(C):
-            out[n, c] = max(x[n, c] + bias[c], 0.0)
+            z = y[n, c] + bias[c]
+            y[n, c] = z / (one + fast_exp(-z))
 
 
-@jit(parallel=True)
-def bias_silu(out, x, bias):
-    N, C = x.shape
-    for n in numba.prange(N):
+@jit(fastmath=FAST)
+def bias_tanh(y, bias):
+    N, C = y.shape
+    for n in range(N):
         for c in range(C):
-            y = x[n, c] + bias[c]
-            out[n, c] = y / (1.0 + math.exp(-y))
+            y[n, c] = math.tanh(y[n, c] + bias[c])
 
 
-@jit(parallel=True)
-def bias_tanh(out, x, bias):
-    N, C = x.shape
-    for n in numba.prange(N):
-        for c in range(C):
-            out[n, c] = math.tanh(x[n, c] + bias[c])
-
-
-@jit(parallel=True)
+@jit()
 def embed(out, input_ids, position_ids, token_type_ids, word, position, token_type):
-    """out[b, t] = word[id] + position[pos] + token_type[type]; ids must already be range-checked."""
-    B, T = input_ids.shape
-    E = word.shape[1]
-    for bt in numba.prange(B * T):
-        b, t = bt // T, bt % T
-        w, p, s = input_ids[b, t], position_ids[b, t], token_type_ids[b, t]
+    """out[n] = word[id] + position[pos] + token_type[type] for ids [N]; ids must already be range-checked."""
+    N, E = out.shape
+    for n in range(N):
+        w, p, s = input_ids[n], position_ids[n], token_type_ids[n]
         for e in range(E):
-            out[b, t, e] = word[w, e] + position[p, e] + token_type[s, e]
+            out[n, e] = word[w, e] + position[p, e] + token_type[s, e]
 
 
-@jit(parallel=True, fastmath=True)
-def attention(context, probs, q, k, v, mask_bias, num_heads, scale, keep_probs):
-    """Scaled dot-product attention per (batch, head): scores, additive mask, softmax, context.
+# ---------------------------------------------------------------------------------------------------
+# Attention
 
-    q, k, v [B, T, H] (any strides); mask_bias [B, T]; scale a scalar of q's dtype; context [B, T, H];
-    probs [B, NH, T, T] written only when keep_probs (otherwise pass any array).
-    Every accumulator stays in q's dtype so the inner loops vectorise.
+PADDING_BELOW = -1e30    # an additive mask below this removes the key: its exp underflows to exactly 0
+
+
+def key_lengths(mask_bias):
+    """[B] int64: 1 + the index of each row's last key that is not padding (all T when every key is).
+
+    Keys after it get probability exactly 0 in the reference, so the kernel can stop there: a text's
+    arithmetic then does not depend on how much padding its batch adds.
+    """
+    B, T = mask_bias.shape
+    real = mask_bias > PADDING_BELOW                                               # [B, T]
+    last = T - np.argmax(real[:, ::-1], axis=1)                                    # [B]
+    return np.where(real.any(axis=1), last, T).astype(np.int64)
+
+
+@jit(fastmath=FAST | {"nnan"})
+def softmax_scores(scores, mask_bias, scale, inverse_sums):
+    """In place: scores[g, h, i, j] <- exp(s - max_j s), s = scores[g, h, i, j] * scale + mask_bias[g, j],
+    and inverse_sums[g, h, i] <- 1 / sum_j of those: the softmax is scores * inverse_sums, left for the
+    caller to apply to probabilities @ values (a pass over the scores fewer).
+
+    scores [G, NH, M, L] C-contiguous, mask_bias [G, >= L], inverse_sums [G, NH, M]. The arithmetic order
+    is the reference's (scale, then mask, then exp(s - max)). fast-math here includes 'nnan' so the max
+    vectorises.
+    """
+    G, NH, M, L = scores.shape
+    zero = scale - scale
+    for g in range(G):
+        for h in range(NH):
+            for i in range(M):
+                top = scores[g, h, i, 0] * scale + mask_bias[g, 0]
+                for j in range(L):
+                    s = scores[g, h, i, j] * scale + mask_bias[g, j]
+                    scores[g, h, i, j] = s      # stored: fast-math must not regroup (s + mask) - max
+                    top = max(top, s)
+                total = zero
+                for j in range(L):
+                    e = fast_exp(scores[g, h, i, j] - top)
+                    scores[g, h, i, j] = e
+                    total += e
+                inverse_sums[g, h, i] = 1 / total
+
+
+@jit(fastmath=FAST)
+def scale_rows(context, inverse_sums, first):
+    """context [G, NH, M, HS] (any strides) rows times inverse_sums[g, h, first + i]."""
+    G, NH, M, HS = context.shape
+    for g in range(G):
+        for h in range(NH):
+            for i in range(M):
+                inv = inverse_sums[g, h, first + i]
+                for d in range(HS):
+                    context[g, h, i, d] *= inv
+
+
+SCORES_BUDGET = 1 << 18      # elements of scores [texts, heads, T, L] one BLAS step holds (1 MiB in float32)
+
+
+def attention_units(lengths, num_heads, T):
+    """Units of work (b0, b1, h0, h1): one text with all its heads, or, when a text's scores would pass
+    SCORES_BUDGET, as many of its heads as fit. Returns (units, cost of each)."""
+    units, cost = [], []
+    for b, L in enumerate(lengths.tolist()):
+        step = max(1, min(num_heads, SCORES_BUDGET // (T * L)))
+        for h in range(0, num_heads, step):
+            units.append((b, b + 1, h, min(h + step, num_heads)))
+            cost.append((min(h + step, num_heads) - h) * T * (L + 16))
+    return units, cost
+
+
+_scratch = threading.local()
+
+
+def scratch(size, dtype):
+    """A per-thread reusable buffer of at least `size` elements."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = _scratch.buffer = np.empty(size, dtype=dtype)
+    return buffer[:size]
+
+
+def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, scale, keep_probs, units):
+    """Scaled dot-product attention for `units` (from attention_units) on the calling thread.
+
+    q, k, v [B, T, H] (any strides, e.g. views into one fused QKV output); mask_bias [B, T]; lengths [B]
+    from key_lengths: keys at and past lengths[b] are padding and are skipped (their probability is exactly
+    0); scale a scalar of q's dtype; context [B, T, H]; probs [B, NH, T, T] written only when keep_probs.
+    Every query row, padding included, is computed, as the reference does.
+
+    Per block of heads: scores = q @ k^T and context = exp-scores @ v in BLAS (hold BLAS to one thread:
+    see BLAS), softmax_scores in between, the division by the sum applied to the context rows. Consecutive
+    whole texts of equal key length share one block (one stacked matmul). Real queries (before L) and
+    padding queries go to separate matmuls, so a text's scores come from matmuls of the same shapes whatever
+    padding its batch adds: a text's attention does not depend on its batch.
     """
     B, T, H = q.shape
-    HS = H // num_heads
-    for bh in numba.prange(B * num_heads):
-        b, h = bh // num_heads, bh % num_heads
-        lo = h * HS
-        qh = np.empty((T, HS), dtype=q.dtype)
-        kt = np.empty((HS, T), dtype=q.dtype)       # keys transposed: the score loop runs over contiguous keys
-        vh = np.empty((T, HS), dtype=q.dtype)
-        for t in range(T):
-            for d in range(HS):
-                qh[t, d] = q[b, t, lo + d] * scale
-                kt[d, t] = k[b, t, lo + d]
-                vh[t, d] = v[b, t, lo + d]
-        scores = np.empty(T, dtype=q.dtype)
-        acc = np.empty(HS, dtype=q.dtype)
-        for i in range(T):
-            for j in range(T):
-                scores[j] = mask_bias[b, j]
-            for d in range(HS):
-                qd = qh[i, d]
-                for j in range(T):
-                    scores[j] += qd * kt[d, j]
-            top = scores[0]
-            for j in range(1, T):
-                top = max(top, scores[j])
-            total = scores[0] - scores[0]
-            for j in range(T):
-                scores[j] = np.exp(scores[j] - top)
-                total += scores[j]
-            inv = 1 / total
-            for j in range(T):
-                scores[j] *= inv
-            if keep_probs:
-                for j in range(T):
-                    probs[b, h, i, j] = scores[j]
-            acc[:] = 0
-            for j in range(T):
-                p = scores[j]
-                for d in range(HS):
-                    acc[d] += p * vh[j, d]
-            for d in range(HS):
-                context[b, i, lo + d] = acc[d]
+    heads = (B, T, num_heads, H // num_heads)
+    q4, v4, context4 = (a.reshape(heads).transpose(0, 2, 1, 3) for a in (q, v, context))   # [B, NH, T, HS]
+    k4 = k.reshape(heads).transpose(0, 2, 3, 1)                                              # [B, NH, HS, T]
+    i = 0
+    while i < len(units):
+        b0, b1, h0, h1 = units[i]
+        L = int(lengths[b0])
+        i += 1
+        while (i < len(units) and h0 == 0 and h1 == num_heads and units[i][2] == 0 and units[i][3] == num_heads
+               and int(lengths[units[i][0]]) == L and (units[i][1] - b0) * num_heads * T * L <= SCORES_BUDGET):
+            b1 = units[i][1]
+            i += 1
+        G, NH = b1 - b0, h1 - h0
+        buffer = scratch(G * NH * (T * L + T), q.dtype)
+        scores, inverse_sums = buffer[:G * NH * T * L].reshape(G, NH, T, L), buffer[G * NH * T * L:].reshape(G, NH, T)
+        rows = ((0, L), (L, T)) if L < T else ((0, T),)
+        for lo, hi in rows:
+            np.matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, :L], out=scores[:, :, lo:hi])
+        softmax_scores(scores, mask_bias[b0:b1], scale, inverse_sums)
+        if keep_probs:
+            np.multiply(scores, inverse_sums[..., None], out=probs[b0:b1, h0:h1, :, :L])
+            probs[b0:b1, h0:h1, :, L:] = 0
+        for lo, hi in rows:
+            out = context4[b0:b1, h0:h1, lo:hi]
+            np.matmul(scores[:, :, lo:hi], v4[b0:b1, h0:h1, :L], out=out)
+            scale_rows(out, inverse_sums, lo)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Threads: one small pool for everything, and NumPy's OpenBLAS held to one thread while it is used.
+
+def thread_count():
+    """numba.get_num_threads(), without starting Numba's own threading layer just to ask."""
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized:
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
+
+
+class Workers:
+    """Runs the pieces of one op on `thread_count()` threads: the calling thread and helper threads each take
+    the next piece as they finish one, so a thread slowed by other programs on the machine just does fewer.
+
+    The helpers sleep on a queue between ops (no spinning). Re-created after a fork.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool, self._size, self._pid = None, 0, None
+
+    def _executor(self, helpers):
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid() or self._size < helpers:
+                if self._pool is not None and self._pid == os.getpid():
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="minibert")
+                self._size, self._pid = helpers, os.getpid()
+            return self._pool
+
+    def run(self, function, pieces):
+        """function(*piece) for every piece; returns when all are done. On an error the pieces not yet
+        started are skipped and the first error is raised."""
+        threads = min(len(pieces), thread_count())
+        if threads <= 1:
+            for piece in pieces:
+                function(*piece)
+            return
+        claim = itertools.count()           # next() on it is atomic under the GIL
+        errors = []
+
+        def work():
+            while not errors:
+                i = next(claim)
+                if i >= len(pieces):
+                    return
+                try:
+                    function(*pieces[i])
+                except BaseException as error:
+                    errors.append(error)
+                    return
+
+        pool = self._executor(threads - 1)
+        futures = [pool.submit(work) for _ in range(threads - 1)]
+        try:
+            work()
+        finally:
+            for future in futures:          # every piece has finished before the op returns
+                future.result()
+        if errors:
+            raise errors[0]
+
+
+WORKERS = Workers()
+
+
+def split(n, parts, cost=None):
+    """Cut range(n) into at most `parts` contiguous [lo, hi) ranges of about equal total cost."""
+    parts = max(1, min(parts, n))
+    if cost is None:
+        bounds = [n * p // parts for p in range(parts + 1)]
+    else:
+        cumulative = np.concatenate([[0], np.cumsum(cost, dtype=np.float64)])
+        targets = cumulative[-1] * np.arange(1, parts) / parts
+        bounds = [0, *np.searchsorted(cumulative, targets, side="left").tolist(), n]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+class BlasThreads:
+    """Holds the thread count of NumPy's OpenBLAS at 1 while minibert runs matmuls on its own threads.
+
+    Found once, through ctypes, in the OpenBLAS library NumPy itself loaded (numpy.libs, or the process's
+    mapped libraries). Nested and concurrent users share one hold; the count the process had is put back
+    when the last one leaves. `available` is False for other BLAS libraries (MKL, Accelerate): then
+    matmuls keep the BLAS's own threading and only the other work is split.
+    """
+
+    NAMES = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+             ("openblas_set_num_threads", "openblas_get_num_threads")]
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._found = None
+        self._holders, self._saved = 0, None
+
+    def _find(self):
+        if self._found is None:
+            self._found = False
+            try:
+                self._found = self._locate() or False
+            except Exception:          # any surprise here only costs speed, never correctness
+                self._found = False
+        return self._found
+
+    @classmethod
+    def _locate(cls):
+        try:
+            name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+        except Exception:
+            name = ""
+        if "openblas" not in str(name).lower():
+            return None
+        base = os.path.dirname(np.__file__)
+        candidates = sorted(glob.glob(base + ".libs/*openblas*") + glob.glob(base + "/.dylibs/*openblas*"))
+        if sys.platform.startswith("linux") and not candidates:
+            with open("/proc/self/maps") as maps:
+                candidates = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+        for path in candidates:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for set_name, get_name in cls.NAMES:
+                if hasattr(lib, set_name) and hasattr(lib, get_name):
+                    setter, getter = getattr(lib, set_name), getattr(lib, get_name)
+                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                    return setter, getter
+        return None
+
+    @property
+    def available(self):
+        return bool(self._find())
+
+    def __enter__(self):
+        found = self._find()
+        if found:
+            with self._lock:
+                if self._holders == 0:
+                    self._saved = found[1]()
+                    if self._saved != 1:
+                        found[0](1)
+                self._holders += 1
+        return self
+
+    def __exit__(self, *exc):
+        found = self._find()
+        if found:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._saved not in (None, 1):
+                    found[0](self._saved)
+        return False
+
+
+BLAS = BlasThreads()
+
+
+def warm_up(dtype=np.float32, activations=("gelu", "tanh")):
+    """Compile, or load from Numba's cache, the kernels a forward pass in `dtype` calls, by calling each
+    once on tiny arrays of the same types and layouts (for benchmarks and servers that want the first
+    request fast)."""
+    one = np.ones((2, 4), dtype=dtype)
+    vector, ids = one[0], np.zeros(2, dtype=np.int64)
+    embed(np.empty_like(one), ids, ids, ids, one, one, one)
+    layer_norm(np.empty_like(one), one, vector, vector, 1e-12)
+    add_layer_norm(np.empty_like(one), one, one, vector, vector, 1e-12)
+    bias_add(one.copy(), vector)
+    names = {"gelu": bias_gelu, "gelu_new": bias_gelu_tanh, "gelu_pytorch_tanh": bias_gelu_tanh,
+             "relu": bias_relu, "silu": bias_silu, "tanh": bias_tanh}
+    for activation in activations:
+        names[activation](one.copy(), vector)
+    scores = np.ones((1, 1, 2, 2), dtype=dtype)
+    softmax_scores(scores, one[:1], dtype(1), np.empty((1, 1, 2), dtype=dtype))
+    strided = np.ones((1, 2, 1, 8), dtype=dtype).transpose(0, 2, 1, 3)[..., :4]      # like a context view
+    scale_rows(strided, np.ones((1, 1, 2), dtype=dtype), 0)

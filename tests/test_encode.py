@@ -68,8 +68,8 @@ def test_token_level_output_is_unpadded_per_text(model, reference):
 def test_padding_and_batch_invariance(model):
     alone = np.stack([model.encode([t]) for t in TEXTS])[:, 0]
     together = model.encode(TEXTS, batch_size=len(TEXTS))
-    # Padding changes the length of the vectorised softmax sums: differences stay at float32 rounding.
-    assert np.abs(alone - together).max() < 1e-6
+    # OpenBLAS rounds a row differently with its place among a matmul's rows: measured up to 2.4e-6 here.
+    assert np.abs(alone - together).max() < 3e-6
 
 
 def test_windows_equal_unwindowed_when_text_fits(model):
@@ -88,7 +88,8 @@ def test_long_text_windows_cover_every_token(model):
     assert cut.shape[0] == 128 and whole.shape[0] == n_tokens > 512
     # Window 1 holds content tokens 1..126; window 2 starts 126 - 32 = 94 tokens later. Tokens 1..94 are
     # covered by window 1 alone, so they equal the truncated text's; [CLS] is averaged over every window.
-    np.testing.assert_allclose(whole[1:95], cut[1:95], atol=1e-6)
+    # The windows run as one batch, the truncated text alone: OpenBLAS row rounding, measured <= 2.4e-6.
+    np.testing.assert_allclose(whole[1:95], cut[1:95], rtol=0, atol=3e-6)
     assert np.abs(whole[0] - cut[0]).max() > 1e-3
 
 

@@ -1,7 +1,9 @@
-"""Each Numba CPU kernel against its plain-NumPy reference, in float32 and float64."""
+"""Each Numba CPU kernel against its plain-NumPy reference, in float32 and float64, and the threading
+around them (pieces, BLAS thread hold, batch invariance)."""
 
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -11,10 +13,19 @@ from minibert.kernels import cpu, reference
 # float32 kernels accumulate in a different order from NumPy; float64 differences are rounding only.
 TOL = {np.float32: 2e-6, np.float64: 1e-13}
 DTYPES = [np.float32, np.float64]
+ACTIVATIONS = [None, "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh"]
 
 
 def rand(rng, *shape, dtype, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """threads(n): make the cpu ops cut their work into n pieces (n > cores is fine: pieces just wait)."""
+    def set_threads(n):
+        monkeypatch.setattr(cpu, "thread_count", lambda: n)
+    return set_threads
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -27,10 +38,14 @@ def test_layer_norm_and_add_layer_norm(dtype):
     np.testing.assert_allclose(out, reference.layer_norm(x, g, b, 1e-12), atol=TOL[dtype] * 10, rtol=0)
     cpu.add_layer_norm(out, x, r, g, b, 1e-5)
     np.testing.assert_allclose(out, reference.layer_norm(x, g, b, 1e-5, residual=r), atol=TOL[dtype] * 10, rtol=0)
+    ops = cpu_ops()
+    np.testing.assert_allclose(ops.layer_norm(x.reshape(37, 4, 12)[..., :12], g[:12], b[:12], 1e-12),
+                               reference.layer_norm(x.reshape(37, 4, 12), g[:12], b[:12], 1e-12),
+                               atol=TOL[dtype] * 10, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", [None, "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_linear_with_fused_bias_activation(dtype, activation):
     rng = np.random.default_rng(1)
     x, w, b = rand(rng, 3, 5, 24, dtype=dtype), rand(rng, 24, 40, dtype=dtype, scale=0.5), rand(rng, 40, dtype=dtype)
@@ -40,10 +55,72 @@ def test_linear_with_fused_bias_activation(dtype, activation):
     np.testing.assert_allclose(ours, want, atol=TOL[dtype] * 5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_bias_activation_kernels_in_place_over_a_wide_range(dtype, activation):
+    name = {None: "bias_add", "gelu": "bias_gelu", "gelu_new": "bias_gelu_tanh", "gelu_pytorch_tanh": "bias_gelu_tanh",
+            "relu": "bias_relu", "silu": "bias_silu", "tanh": "bias_tanh"}[activation]
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rand(rng, 64, 130, dtype=dtype, scale=3),
+                        np.linspace(-30, 30, 64 * 130).astype(dtype).reshape(64, 130)])
+    bias = rand(rng, 130, dtype=dtype)
+    y = x.copy()
+    getattr(cpu, name)(y, bias)
+    exact = reference.linear(x.astype(np.float64), np.eye(130), bias.astype(np.float64), activation=activation)
+    error = np.abs(y - exact) / np.maximum(1, np.abs(exact))       # relative, absolute below 1
+    assert error.max() <= 6 * np.finfo(dtype).eps + (1e-7 if dtype == np.float32 else 0)   # + erf's 1e-7
+
+
 def test_reference_gelu_is_exact_erf_gelu():
     x = np.linspace(-6, 6, 101)
     want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
     np.testing.assert_array_equal(reference.gelu(x), want)
+
+
+@pytest.mark.parametrize("contract", [True, False])
+def test_float32_erf_is_within_1e_7_of_libm(contract):
+    @numba.njit(fastmath={"contract"} if contract else False)     # with and without fused multiply-adds
+    def evaluate(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = cpu.erf_f32(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(-9, 9, 400001), [0.0, 1.4, -1.4, 3.84, 3.92, 3.999, 4.0, 4.5, -4.0, 1e30, -1e30],
+                        np.float32(1.4) + np.arange(-50, 50) * np.spacing(np.float32(1.4))]).astype(np.float32)
+    exact = np.array([math.erf(float(v)) for v in x])
+    got = evaluate(x)
+    assert np.abs(got - exact).max() < 1e-7
+    assert (got[x > 0] >= 0).all() and (got[x < 0] <= 0).all() and (np.abs(got) <= 1).all()
+    assert (np.abs(got[np.abs(x) >= 3.84]) == 1).all()
+    assert np.isnan(evaluate(np.array([np.nan], dtype=np.float32))).all()
+
+
+def test_erf_coefficients_are_the_documented_fit():
+    (low_centre, low), (high_centre, high) = cpu.fit_erf_pieces()
+    assert (low_centre, high_centre) == cpu.ERF_CENTRES
+    np.testing.assert_allclose(low, np.array(cpu.ERF_LOW), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(high, np.array(cpu.ERF_HIGH), rtol=1e-4, atol=1e-9)
+
+
+def test_float32_exp_within_one_ulp_and_exact_zero_for_masked_scores():
+    @numba.njit(fastmath=cpu.FAST, error_model="numpy")
+    def evaluate(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = cpu.fast_exp(x[i])
+        return out
+
+    x = np.linspace(-87.3, 88, 2000001).astype(np.float32)
+    exact = np.exp(x.astype(np.float64))
+    error = np.abs(evaluate(x) - exact) / exact
+    assert error[np.abs(x) < 10].max() < 1.2e-7       # one float32 ulp is 1.19e-7 relative
+    assert error.max() < 3.6e-7                        # fast-math may merge the two-part ln2 for large |x|
+    special = np.array([-87.34, -100, -1e30, np.finfo(np.float32).min, 0.0, np.nan], dtype=np.float32)
+    got = evaluate(special)
+    np.testing.assert_array_equal(got[:5], [0, 0, 0, 0, 1])
+    assert np.isnan(got[5])
+    np.testing.assert_array_equal(evaluate(np.array([0.5, -3.0])), [math.exp(0.5), math.exp(-3.0)])   # float64: libm
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,18 +132,27 @@ def test_embed(dtype):
     np.testing.assert_array_equal(ours, reference.embed(ids, positions, types, word, pos, tt))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T", [1, 7, 33])
-def test_attention_with_padding_and_strided_inputs(dtype, T):
-    rng = np.random.default_rng(3)
-    B, NH, HS = 3, 4, 8
+def attention_case(dtype, T, B=4, NH=4, HS=8, seed=3):
+    """q, k, v as strided views of one fused array (as in the model) and a mask with right padding, a text
+    with no real token, and a text with a hole and left padding."""
+    rng = np.random.default_rng(seed)
     H = NH * HS
-    fused = rand(rng, B, T, 3 * H, dtype=dtype, scale=2)       # q, k, v are strided views, as in the model
+    fused = rand(rng, B, T, 3 * H, dtype=dtype, scale=2)
     q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]
     mask = np.ones((B, T))
     mask[1, T // 2 + 1:] = 0
-    mask[2, :] = 0                                                 # a row with no real token at all
+    mask[2, :] = 0
+    if T > 3:
+        mask[3, :2] = 0
+        mask[3, T // 2] = 0
     bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
+    return q, k, v, bias, NH
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 7, 33, 97])
+def test_attention_with_padding_and_strided_inputs(dtype, T):
+    q, k, v, bias, NH = attention_case(dtype, T)
     ctx, probs = cpu_ops().attention(q, k, v, bias, NH, True)
     want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True)
     np.testing.assert_allclose(probs, want_probs, atol=TOL[dtype], rtol=0)
@@ -77,6 +163,136 @@ def test_attention_with_padding_and_strided_inputs(dtype, T):
     np.testing.assert_array_equal(ctx_only, ctx)
 
 
+@pytest.mark.parametrize("T", [20, 300])
+def test_attention_splits_long_texts_by_heads(monkeypatch, T):
+    monkeypatch.setattr(cpu, "SCORES_BUDGET", 3 * T * T)      # at most 3 heads of scores per block
+    q, k, v, bias, NH = attention_case(np.float32, T, NH=8)
+    units, _ = cpu.attention_units(cpu.key_lengths(bias), NH, T)
+    assert any(h1 - h0 < NH for _, _, h0, h1 in units)
+    ctx, probs = cpu_ops().attention(q, k, v, bias, NH, True)
+    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True)
+    np.testing.assert_allclose(probs, want_probs, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(ctx, want_ctx, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5, 60])
+def test_attention_of_a_text_does_not_depend_on_its_batch_padding(dtype, n, threads):
+    """A text alone (T = n) and the same text padded to T = 130 next to others: bitwise equal."""
+    threads(2)
+    rng = np.random.default_rng(5)
+    NH, HS, T = 4, 8, 130
+    H = NH * HS
+    fused = rand(rng, 3, T, 3 * H, dtype=dtype)
+    mask = np.ones((3, T))
+    mask[1, n:] = 0
+    bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
+    batch, _ = cpu_ops().attention(fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:], bias, NH, False)
+    alone_fused = np.ascontiguousarray(fused[1:2, :n])
+    alone, _ = cpu_ops().attention(alone_fused[..., :H], alone_fused[..., H:2 * H], alone_fused[..., 2 * H:],
+                                   bias[1:2, :n], NH, False)
+    np.testing.assert_array_equal(batch[1, :n], alone[0])
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_ops_accept_empty_batches(shape):
+    ops = cpu_ops()
+    B, T = shape
+    fused, ones = np.ones((B, T, 3 * 16), np.float32), np.ones(8, np.float32)
+    ctx, probs = ops.attention(fused[..., :16], fused[..., 16:32], fused[..., 32:], np.zeros((B, T), np.float32),
+                               2, True)
+    assert ctx.shape == (B, T, 16) and probs.shape == (B, 2, T, T)
+    assert ops.linear(np.ones((B, T, 8), np.float32), np.ones((8, 4), np.float32), ones[:4], "gelu").shape == (B, T, 4)
+    assert ops.layer_norm(np.ones((B, T, 8), np.float32), ones, ones, 1e-12).shape == (B, T, 8)
+
+
+def test_key_lengths():
+    m = np.finfo(np.float32).min
+    bias = np.array([[0, 0, 0, 0], [0, 0, m, m], [m, m, m, m], [m, 0, m, 0], [0, m, 0, m]], dtype=np.float32)
+    np.testing.assert_array_equal(cpu.key_lengths(bias), [4, 2, 4, 4, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ops_give_the_same_numbers_on_any_number_of_threads(dtype, threads):
+    """Row kernels and attention: bitwise; matmuls: OpenBLAS rounds a row differently with the number of rows
+    in the call, so within float rounding."""
+    rng = np.random.default_rng(6)
+    ops = cpu_ops()
+    x, w, b = rand(rng, 7, 61, 96, dtype=dtype), rand(rng, 96, 384, dtype=dtype, scale=0.1), rand(rng, 384, dtype=dtype)
+    g, beta = rand(rng, 96, dtype=dtype), rand(rng, 96, dtype=dtype)
+    q, k, v, bias, NH = attention_case(dtype, 61, B=7, NH=12, HS=32)
+    results = []
+    for n in (1, 2, 3, 5):
+        threads(n)
+        results.append((ops.linear(x, w, b, "gelu"), ops.layer_norm(x, g, beta, 1e-12, residual=x * 2),
+                        *ops.attention(q, k, v, bias, NH, True)))
+    for other in results[1:]:
+        np.testing.assert_allclose(other[0], results[0][0], atol=TOL[dtype], rtol=TOL[dtype])
+        for ours, first in zip(other[1:], results[0][1:]):
+            np.testing.assert_array_equal(ours, first)
+
+
+def test_blas_thread_count_is_held_at_one_during_an_op_and_restored_after(monkeypatch):
+    blas = cpu.BLAS
+    if not blas.available:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS minibert can find")
+    setter, getter = blas._find()
+    before = getter()
+    seen = []
+    original = cpu.bias_add
+
+    def spy(y, bias):
+        seen.append(getter())
+        return original(y, bias)
+    monkeypatch.setattr(cpu, "bias_add", spy)
+    try:
+        setter(3)
+        cpu_ops().linear(np.ones((3000, 64), np.float32), np.ones((64, 64), np.float32), np.ones(64, np.float32))
+        assert seen and set(seen) == {1}
+        assert getter() == 3
+        with blas:
+            with blas:
+                assert getter() == 1
+            assert getter() == 1
+        assert getter() == 3
+        seen.clear()
+        with blas:
+            cpu.WORKERS.run(lambda lo, hi: seen.append(getter()), cpu.split(10, 3))
+        assert seen == [1, 1, 1]
+    finally:
+        setter(before)
+
+
+def test_workers_run_every_piece_and_raise_the_first_error(threads):
+    threads(3)
+    done = []
+    cpu.WORKERS.run(lambda lo, hi: done.append((lo, hi)), cpu.split(10, 4))
+    assert sorted(done) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+
+    def fail(lo, hi):
+        raise ValueError(f"piece {lo}")
+    with pytest.raises(ValueError, match="piece"):
+        cpu.WORKERS.run(fail, cpu.split(10, 5))
+    done.clear()
+    cpu.WORKERS.run(lambda lo, hi: done.append("again"), cpu.split(4, 2))        # still usable
+    assert done == ["again", "again"]
+    threads(1)
+    cpu.WORKERS.run(lambda lo, hi: done.append((lo, hi)), cpu.split(4, 2))       # one thread: in order
+    assert done[-2:] == [(0, 2), (2, 4)]
+
+
+def test_split_is_contiguous_and_balanced():
+    assert cpu.split(0, 3) == []
+    assert cpu.split(5, 1) == [(0, 5)]
+    assert cpu.split(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    cost = [1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    pieces = cpu.split(len(cost), 2, cost)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(cost)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    sums = [sum(cost[lo:hi]) for lo, hi in pieces]
+    assert max(sums) - min(sums) <= 10
+
+
 def test_numpy_ops_keep_dtype():
     ops = numpy_ops()
     x = np.ones((2, 3, 4), dtype=np.float32)
@@ -85,16 +301,17 @@ def test_numpy_ops_keep_dtype():
     assert ops.layer_norm(x, b[:4], b[:4], 1e-12).dtype == np.float32
 
 
-def test_float32_erf_is_within_1e_7_of_libm():
-    import numba
-
-    @numba.njit
-    def evaluate(x, table):
-        out = np.empty_like(x)
-        for i in range(x.size):
-            out[i] = cpu.erf_piecewise(x[i], table)
-        return out
-
-    x = np.concatenate([np.linspace(-9, 9, 400001), [0.0, 3.999, 4.0, 4.5, -4.0]]).astype(np.float32)
-    exact = np.array([math.erf(float(v)) for v in x])
-    assert np.abs(evaluate(x, cpu.ERF_TABLE) - exact).max() < 1e-7
+def test_model_vectors_barely_depend_on_the_batch(model_for):
+    """End to end on the default model: a text alone and in a padded batch. Attention and every row kernel
+    are batch-invariant; OpenBLAS's matmuls round a row differently with the rows around it, which moves
+    hidden states by a few float32 ulp (about 1e-6 here) and no more."""
+    model = model_for("cpu")
+    texts = ["A dog ran.", "The quick brown fox jumps over the lazy dog while the cat watches from the wall.",
+             "Hi"] * 6
+    batch = model(texts)
+    for i in (0, 1, 2):
+        alone = model([texts[i]])
+        n = int(alone.attention_mask.sum())
+        for a, b in zip(alone.hidden_states, batch.hidden_states):
+            np.testing.assert_allclose(a[0], b[i, :n], atol=2e-5, rtol=0)
+        np.testing.assert_array_equal(alone.hidden_states[0][0], batch.hidden_states[0][i, :n])
