@@ -93,9 +93,10 @@ class Model:
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         num_layers = self.check_num_layers(num_layers)
         position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
-        return encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
-                       self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,
-                       capture=self.capture_names(capture))
+        output = encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
+                         self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,
+                         capture=self.capture_names(capture))
+        return self.ops.to_host(output)
 
     def __call__(self, texts, text_pairs=None, *, max_length=None, output_attentions=False, capture=None):
         batch = self.tokenize(texts, text_pairs, max_length=max_length)

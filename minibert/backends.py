@@ -6,6 +6,7 @@ Every backend offers the same five functions with the same array-in, array-out c
     layer_norm(x, gamma, beta, eps, residual=None)    -> LayerNorm(x + residual)
     attention(q, k, v, mask_bias, num_heads, return_probs) -> (context [B, T, H], probs or None)
     prepare(weights) -> weights in the form this backend computes with
+    to_host(output)   -> the output with every array as a NumPy array (identity on the host backends)
 """
 
 import math
@@ -22,7 +23,7 @@ def numpy_ops():
     from .kernels import reference
     return SimpleNamespace(name="numpy", embed=reference.embed, linear=reference.linear,
                            layer_norm=reference.layer_norm, attention=reference.attention,
-                           prepare=lambda weights: weights)
+                           prepare=lambda weights: weights, to_host=lambda output: output)
 
 
 def cpu_ops():
@@ -123,7 +124,8 @@ def cpu_ops():
         return context, (probs if return_probs else None)
 
     return SimpleNamespace(name="cpu", embed=embed, linear=linear, layer_norm=layer_norm,
-                           attention=attention, prepare=lambda weights: weights)
+                           attention=attention, prepare=lambda weights: weights,
+                           to_host=lambda output: output)
 
 
 def make_ops(backend: str):
@@ -132,6 +134,6 @@ def make_ops(backend: str):
     if backend == "cpu":
         return cpu_ops()
     if backend == "cuda":
-        raise BackendError("backend 'cuda' is not available yet in this version of minibert; "
-                           "use backend='cpu' (Numba) or 'numpy' (reference)")
+        from .cuda_backend import cuda_ops     # the only import of CUDA machinery, and only on request
+        return cuda_ops()
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

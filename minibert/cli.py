@@ -146,7 +146,7 @@ def cmd_extract(args):
 
 def add_encoding_arguments(p, pooling="mean"):
     p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
     p.add_argument("--layers", default="-1", help="'all', an int (0 = embeddings, -1 = last) or e.g. -4,-3,-2,-1")
     p.add_argument("--combine", default=None, choices=["mean", "sum", "concat"])
     p.add_argument("--pooling", default=pooling, choices=["cls", "mean", "max", "mean_sqrt_len", "none"])
@@ -165,7 +165,7 @@ def build_parser():
     p = sub.add_parser("demo", help="embed a few sentences and print per-layer shapes and similarities",
                        epilog="example: minibert demo")
     p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("embed", help="print the vectors of a few texts", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -181,7 +181,7 @@ def build_parser():
     p.add_argument("text_a")
     p.add_argument("text_b")
     p.add_argument("--model", default=None)
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
     p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
     p.set_defaults(run=cmd_similarity)
 
@@ -210,7 +210,7 @@ def build_parser():
                        epilog="example: minibert parity --text 'Hello world' --dtype float64 --tolerance 1e-10")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--text", action="append", help="a text to compare on (repeatable)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu"])
+    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed "
                    "(default 1e-4 for float32, 1e-10 for float64)")
