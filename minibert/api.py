@@ -10,7 +10,7 @@ import numpy as np
 from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError
-from .model import INTERNALS, encoder, make_position_ids
+from .model import INTERNALS, encoder, encoder_layers, make_position_ids
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -103,12 +103,18 @@ class Model:
         return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                             output_attentions=output_attentions, capture=capture)
 
-    def iter_layers(self, input_ids, attention_mask, token_type_ids, *, num_layers, capture=frozenset()):
-        """Yield (hidden-state index, [B, T, H], captured internals of that layer) up to num_layers."""
-        out = self.forward(input_ids, attention_mask, token_type_ids, num_layers=num_layers, capture=capture)
-        for index, hidden in enumerate(out.hidden_states):
-            prefix = f"layer.{index - 1}."
-            yield index, hidden, {name: value for name, value in out.captured.items() if name.startswith(prefix)}
+    def iter_layers(self, input_ids, attention_mask=None, token_type_ids=None, *, num_layers=None,
+                    output_attentions=False, capture=None):
+        """Yield a LayerOutput (index, hidden_state [B, T, H], attention, captured) for the embedding output
+        and each layer up to num_layers, computing each only when the previous one has been taken: pool a
+        layer and drop it, and the batch's full stack of layers never exists."""
+        input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
+        num_layers = self.check_num_layers(num_layers)
+        position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
+        layers = encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
+                                self.ops, dtype=self.dtype, output_attentions=output_attentions,
+                                num_layers=num_layers, capture=self.capture_names(capture))
+        return (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
 
     def encode(self, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
                max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):

@@ -145,9 +145,9 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
         ids, mask, types = pad(batch_rows, model.config.pad_token_id)
         lengths = mask.sum(axis=1)
         direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens]
-        for index, hidden, internals in model.iter_layers(ids, mask, types, num_layers=max(chosen),
-                                                          capture=capture_names):
-            for name, value in internals.items():           # internals are [B, T, ...] or [B, NH, T, T]
+        for layer in model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names):
+            index, hidden = layer.index, layer.hidden_state                     # [B, T, H]
+            for name, value in layer.captured.items():      # internals are [B, T, ...] or [B, NH, T, T]
                 for k, row in enumerate(batch_rows):
                     n = lengths[k]
                     captured[name][row.text] = value[k, :, :n, :n] if value.ndim == 4 else value[k, :n]

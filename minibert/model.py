@@ -120,15 +120,22 @@ def additive_mask(attention_mask, dtype):
     return (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min        # [B, T]
 
 
-def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
-            dtype, output_attentions=False, num_layers=None, capture=frozenset()):
-    """Run embeddings and the first `num_layers` layers (all by default); keep every hidden state.
+@dataclass
+class LayerOutput:
+    index: int                      # 0: the embedding output; i: the output of layer i
+    hidden_state: np.ndarray        # [B, T, H]
+    attention: Optional[np.ndarray]  # [B, NH, T, T] when asked for (layers 1.. only), else None
+    captured: dict                  # "layer.{index - 1}.{name}" -> array, for the internals asked for
 
-    position_ids [B, T]: rows of the position table, from `make_position_ids(input_ids, config)`.
-    hidden_states[0] is the embedding output after the projection where the model has one.
 
-    capture: names "layer.{i}.{internal}" of sub-layer activations to return, e.g. "layer.3.ffn.intermediate";
-    see minibert.capture for the full list.
+def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
+                   dtype, output_attentions=False, num_layers=None, capture=frozenset()):
+    """Yield the embedding output, then each layer's output, one at a time (a LayerOutput each).
+
+    A caller that pools each layer and lets it go never holds the whole [layers, B, T, H] stack, and
+    nothing past `num_layers` is computed. position_ids [B, T]: rows of the position table, from
+    `make_position_ids(input_ids, config)`. Index 0 is the embedding output after the projection where
+    the model has one. capture: names "layer.{i}.{internal}" of sub-layer activations (see INTERNALS).
     """
     num_layers = config.num_hidden_layers if num_layers is None else num_layers
     mask_bias = additive_mask(attention_mask, dtype)                        # [B, T]
@@ -136,17 +143,30 @@ def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, co
                    eps=config.layer_norm_eps)                               # [B, T, E]
     if weights.get("embedding_projection") is not None:
         x = project_embeddings(x, **weights["embedding_projection"], ops=ops)   # [B, T, H]
-    hidden_states, attentions, captured = [x], [], {}
+    yield LayerOutput(index=0, hidden_state=x, attention=None, captured={})
     for i, layer_weights in enumerate(weights["layers"][:num_layers]):
         want_probs = output_attentions or f"layer.{i}.attention.probs" in capture
         x, internals = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
                                      return_probs=want_probs)               # [B, T, H]
-        hidden_states.append(x)
-        attentions.append(internals["attention.probs"])
-        captured.update({f"layer.{i}.{name}": value for name, value in internals.items()
-                         if f"layer.{i}.{name}" in capture})
+        yield LayerOutput(index=i + 1, hidden_state=x,
+                          attention=internals["attention.probs"] if output_attentions else None,
+                          captured={f"layer.{i}.{name}": value for name, value in internals.items()
+                                    if f"layer.{i}.{name}" in capture})
+
+
+def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
+            dtype, output_attentions=False, num_layers=None, capture=frozenset()):
+    """Run embeddings and the first `num_layers` layers (all by default), keep every hidden state, and pool
+    [CLS] when the model has a pooler and every layer ran. Arguments as for `encoder_layers`."""
+    layers = list(encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops,
+                                 dtype=dtype, output_attentions=output_attentions, num_layers=num_layers,
+                                 capture=capture))
+    x = layers[-1].hidden_state                                             # [B, T, H]
+    ran_every_layer = len(layers) == config.num_hidden_layers + 1
     pooled = (pooler(x, **weights["pooler"], ops=ops)                       # [B, H]
-              if weights["pooler"] is not None and num_layers == config.num_hidden_layers else None)
-    return EncoderOutput(hidden_states=tuple(hidden_states), last_hidden_state=x, pooler_output=pooled,
-                         attentions=tuple(attentions) if output_attentions else None,
-                         attention_mask=attention_mask, captured=captured)
+              if weights["pooler"] is not None and ran_every_layer else None)
+    return EncoderOutput(hidden_states=tuple(layer.hidden_state for layer in layers), last_hidden_state=x,
+                         pooler_output=pooled,
+                         attentions=tuple(layer.attention for layer in layers[1:]) if output_attentions else None,
+                         attention_mask=attention_mask,
+                         captured={name: value for layer in layers for name, value in layer.captured.items()})

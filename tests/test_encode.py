@@ -225,3 +225,45 @@ def test_cli_embed_similarity_and_errors():
     assert result.returncode == 0 and "layer 6" in result.stdout
     result = run_cli("embed", "x", "--layers", "12")
     assert result.returncode == 1 and result.stderr.startswith("minibert: error: layer 12 does not exist")
+
+
+def watched_model(model):
+    """The same model with ops that keep a weak reference to every LayerNorm output (each hidden state is
+    one) and record, at each linear call, how many of those are still alive."""
+    import weakref
+    from types import SimpleNamespace
+    outputs, alive_at_linear = [], []
+
+    def layer_norm(*args, **kwargs):
+        out = model.ops.layer_norm(*args, **kwargs)
+        outputs.append(weakref.ref(out))
+        return out
+
+    def linear(*args, **kwargs):
+        alive_at_linear.append(sum(ref() is not None for ref in outputs))
+        return model.ops.linear(*args, **kwargs)
+
+    ops = SimpleNamespace(**{**vars(model.ops), "layer_norm": layer_norm, "linear": linear})
+    watched = minibert.api.Model(config=model.config, weights=model.weights, tokenizer=model.tokenizer, ops=ops,
+                                 dtype=model.dtype, source=model.source, backend=model.backend)
+    return watched, alive_at_linear
+
+
+def test_iter_layers_computes_each_layer_only_when_taken(model):
+    watched, linear_calls = watched_model(model)
+    batch = model.tokenize(TEXTS[:2])
+    layers = watched.iter_layers(batch.input_ids, batch.attention_mask, batch.token_type_ids, num_layers=2)
+    assert linear_calls == []                                  # nothing runs before the first layer is taken
+    first = next(layers)
+    assert first.index == 0 and linear_calls == []             # the embedding output needs no linear
+    second = next(layers)
+    assert second.index == 1 and len(linear_calls) == 4        # fused QKV, attention output, FFN in, FFN out
+    np.testing.assert_array_equal(second.hidden_state, model(TEXTS[:2]).hidden_states[1])
+
+
+def test_pooled_encoding_never_holds_the_layer_stack(model):
+    watched, alive = watched_model(model)
+    watched.encode(TEXTS, layers="all", batch_size=len(TEXTS))
+    # Alive at a linear: the layer's input and, inside the FFN, the attention block's output (plus one
+    # whose last reference is being replaced). Keeping every layer, as forward does, reaches 8 here.
+    assert len(alive) == 6 * 4 and max(alive) <= 3, alive
