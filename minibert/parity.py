@@ -25,12 +25,19 @@ def reference_model(model_dir, dtype):
     return model.double() if dtype == np.float64 else model.float(), torch
 
 
-def run_reference(model_dir, batch, dtype):
-    model, torch = reference_model(model_dir, dtype)
+def reference_inputs(batch, config, torch):
+    """The batch as transformers' keyword arguments; DistilBERT takes no token types."""
+    inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
+    if config.token_type_embeddings:
+        inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids)
+    return inputs
+
+
+def run_reference(model, batch):
+    reference, torch = reference_model(model.source, model.dtype)
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
-                    token_type_ids=torch.from_numpy(batch.token_type_ids),
-                    output_hidden_states=True, output_attentions=True)
+        out = reference(**reference_inputs(batch, model.config, torch), output_hidden_states=True,
+                        output_attentions=True)
     pooled = getattr(out, "pooler_output", None)
     return {"hidden_states": [h.numpy() for h in out.hidden_states],
             "attentions": [a.numpy() for a in out.attentions],
@@ -53,7 +60,7 @@ def compare(model, texts):
     """Rows of (name, stats) for every hidden state, attention map and the pooler, minibert vs transformers."""
     batch = model.tokenize(texts)
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True)
-    theirs = run_reference(model.source, batch, model.dtype)
+    theirs = run_reference(model, batch)
     rows = [("embeddings" if i == 0 else f"layer.{i - 1}", difference(a, b, batch.attention_mask))
             for i, (a, b) in enumerate(zip(ours.hidden_states, theirs["hidden_states"]))]
     rows += [(f"attention.{i}", difference(a, b)) for i, (a, b) in enumerate(zip(ours.attentions, theirs["attentions"]))]
@@ -62,64 +69,79 @@ def compare(model, texts):
     return rows
 
 
-# Where each captured internal lives in transformers' BERT-style modules (BERT, RoBERTa, ELECTRA share
-# these names), for forward hooks: (our internal, module path under encoder.layer.{i}, which output).
-HOOKED_INTERNALS = [
-    ("query", "attention.self.query", "out"),
-    ("key", "attention.self.key", "out"),
-    ("value", "attention.self.value", "out"),
-    ("attention.context", "attention.self", "first"),
-    ("attention.output", "attention.output.dense", "out"),
-    ("attention.layer_norm", "attention.output", "out"),
-    ("ffn.intermediate", "intermediate", "out"),
-    ("ffn.output", "output.dense", "out"),
-]
+# Where each captured internal lives inside transformers' modules, for forward hooks: our internal ->
+# (module path under one layer, which tensor: "out" the output, "first" the output's first element, "in" the
+# input). "in" reads tensors transformers never returns: DistilBERT's and ALBERT's context enters the output
+# projection, their activation output enters the second feed-forward linear.
+BERT_STYLE = {     # BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i]
+    "query": ("attention.self.query", "out"), "key": ("attention.self.key", "out"),
+    "value": ("attention.self.value", "out"), "attention.context": ("attention.self", "first"),
+    "attention.output": ("attention.output.dense", "out"), "attention.layer_norm": ("attention.output", "out"),
+    "ffn.intermediate": ("intermediate", "out"), "ffn.output": ("output.dense", "out"),
+}
+DISTILBERT = {     # transformer.layer[i]
+    "query": ("attention.q_lin", "out"), "key": ("attention.k_lin", "out"), "value": ("attention.v_lin", "out"),
+    "attention.context": ("attention.out_lin", "in"), "attention.output": ("attention.out_lin", "out"),
+    "attention.layer_norm": ("sa_layer_norm", "out"), "ffn.intermediate": ("ffn.lin2", "in"),
+    "ffn.output": ("ffn.lin2", "out"),
+}
+ALBERT = {         # encoder.albert_layer_groups[g].albert_layers[j], each called once per layer that shares it
+    "query": ("attention.query", "out"), "key": ("attention.key", "out"), "value": ("attention.value", "out"),
+    "attention.context": ("attention.dense", "in"), "attention.output": ("attention.dense", "out"),
+    "attention.layer_norm": ("attention.LayerNorm", "out"), "ffn.intermediate": ("ffn_output", "in"),
+    "ffn.output": ("ffn_output", "out"),
+}
+ORDER = ("query", "key", "value", "attention.probs", "attention.context", "attention.output",
+         "attention.layer_norm", "ffn.intermediate", "ffn.output")
+
+
+def hooked_layers(reference):
+    """(distinct layer modules in call order, internal -> (path, which)) for the reference's layout."""
+    encoder = getattr(reference, "encoder", None)
+    if hasattr(encoder, "layer"):
+        return list(encoder.layer), BERT_STYLE
+    if hasattr(getattr(reference, "transformer", None), "layer"):
+        return list(reference.transformer.layer), DISTILBERT
+    if hasattr(encoder, "albert_layer_groups"):
+        return [layer for group in encoder.albert_layer_groups for layer in group.albert_layers], ALBERT
+    raise MiniBertError(f"--ops knows the modules of BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT and ALBERT; "
+                        f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
 
 
 def compare_ops(model, texts):
     """Every captured internal against the same tensor inside transformers, in the order they are computed.
 
-    Returns rows (operation name, stats); the embedding LayerNorm comes first, then per layer Q, K, V,
-    attention probabilities, context, output projection, LayerNorm, GELU intermediate, output projection,
+    Returns rows (operation name, stats); the embedding output comes first, then per layer Q, K, V,
+    attention probabilities, context, output projection, LayerNorm, activation output, output projection,
     and the layer output.
     """
     batch = model.tokenize(texts)
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True,
                          capture=["layer.*"])
     reference, torch = reference_model(model.source, model.dtype)
-    layers = getattr(getattr(reference, "encoder", None), "layer", None)
-    if layers is None:
-        raise MiniBertError(f"--ops compares internals of BERT-style transformers modules; "
-                            f"{type(reference).__name__} names them differently (compare layers without --ops)")
-    seen = {}
+    layers, where = hooked_layers(reference)
+    seen = {internal: [] for internal in where}         # internal -> one array per call, i.e. per layer
 
-    def hook(name, which):
+    def hook(internal, which):
         def record(module, inputs, output):
-            value = output[0] if which == "first" and isinstance(output, tuple) else output
-            seen[name] = value.detach().numpy()
+            value = inputs[0] if which == "in" else output[0] if which == "first" else output
+            seen[internal].append(value.detach().numpy())
         return record
 
-    handles = []
-    for i, layer in enumerate(layers):
-        for internal, path, which in HOOKED_INTERNALS:
-            module = layer.get_submodule(path)
-            handles.append(module.register_forward_hook(hook(f"layer.{i}.{internal}", which)))
+    handles = [layer.get_submodule(path).register_forward_hook(hook(internal, which))
+               for layer in layers for internal, (path, which) in where.items()]
     try:
         with torch.no_grad():
-            out = reference(input_ids=torch.from_numpy(batch.input_ids),
-                            attention_mask=torch.from_numpy(batch.attention_mask),
-                            token_type_ids=torch.from_numpy(batch.token_type_ids),
-                            output_hidden_states=True, output_attentions=True)
+            out = reference(**reference_inputs(batch, model.config, torch), output_hidden_states=True,
+                            output_attentions=True)
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     mask = batch.attention_mask
-    rows = [("embeddings.layer_norm", difference(ours.hidden_states[0], out.hidden_states[0].numpy(), mask))]
+    rows = [("embeddings", difference(ours.hidden_states[0], out.hidden_states[0].numpy(), mask))]
     for i in range(model.config.num_hidden_layers):
-        for internal, _, _ in HOOKED_INTERNALS[:3]:
-            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], seen[f"layer.{i}.{internal}"], mask)))
-        rows.append((f"layer.{i}.attention.probs", difference(ours.attentions[i], out.attentions[i].numpy())))
-        for internal, _, _ in HOOKED_INTERNALS[3:]:
-            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], seen[f"layer.{i}.{internal}"], mask)))
+        for internal in ORDER:
+            theirs = out.attentions[i].numpy() if internal == "attention.probs" else seen[internal][i]
+            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], theirs, mask)))
         rows.append((f"layer.{i}.output", difference(ours.hidden_states[i + 1], out.hidden_states[i + 1].numpy(), mask)))
     return rows
