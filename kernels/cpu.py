@@ -409,6 +409,72 @@ def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Batch invariance of x @ w: which matmul calls give a row the same bits wherever it sits among the rows.
+
+TILE_CANDIDATES = (2, 4, 8)
+CALL_ROWS = 512               # longest call (rows) whose invariance row_tile checks; longer calls are cut
+_tiles, _tiles_lock = {}, threading.Lock()
+
+
+def row_tile(k, c, dtype):
+    """The row count P such that, in calls of P, 2P, ... CALL_ROWS rows, np.matmul gives every row of
+    x [rows, k] @ w [k, c] the same bits wherever the row sits; None when no candidate does.
+
+    BLAS kernels compute a tile of rows at a time and use other code for the rows left over at the end,
+    and a one-row call is a matrix-vector product; those paths may sum in another order. Measured once
+    per (k, c, dtype) in this process by filling calls with copies of one random row and comparing every
+    output row bit for bit: OpenBLAS's float64 kernels on AVX2 give P = 2 (only a lone leftover row
+    differs); its float32 Haswell kernel gives None, since the two halves of each 12-row tile round
+    differently. Calls must run with BLAS held to one thread (`BLAS`), since a split between BLAS threads
+    would move rows between code paths too; None wherever BLAS cannot be held.
+    """
+    key = (k, c, np.dtype(dtype).str)
+    with _tiles_lock:
+        if key in _tiles:
+            return _tiles[key]
+    found = None
+    if BLAS.available:
+        rng = np.random.default_rng(7)
+        w = rng.standard_normal((k, c)).astype(dtype)
+        probes = rng.standard_normal((2, k)).astype(dtype)
+        with BLAS:
+            for tile in TILE_CANDIDATES:
+                small = [tile * m for m in range(1, 17)]          # the tile and leftover structure
+                if rows_agree(probes[0], w, small + [CALL_ROWS // 4, CALL_ROWS // 2, CALL_ROWS]) and \
+                        rows_agree(probes[1], w, small):
+                    found = tile
+                    break
+    with _tiles_lock:
+        _tiles[key] = found
+    return found
+
+
+def rows_agree(probe, w, sizes):
+    """True when every output row of calls with `sizes` rows, all copies of `probe`, has the same bits."""
+    first = None
+    for n in sizes:
+        out = np.matmul(np.broadcast_to(probe, (n, len(probe))).copy(), w)       # [n, c]
+        first = out[0].copy() if first is None else first
+        if not (out == first).all():
+            return False
+    return True
+
+
+def matmul_tiled(x, w, out, tile):
+    """out = x @ w in calls of whole tiles and at most CALL_ROWS rows: a call whose row count is not a
+    multiple of `tile` runs on a copy of its rows with zero rows added (one call, not two)."""
+    n = len(x)
+    for lo in range(0, n, CALL_ROWS):
+        hi = min(lo + CALL_ROWS, n)
+        if (hi - lo) % tile == 0:
+            np.matmul(x[lo:hi], w, out=out[lo:hi])
+        else:
+            padded = np.zeros((-(-(hi - lo) // tile) * tile, x.shape[1]), dtype=x.dtype)     # [whole tiles, k]
+            padded[:hi - lo] = x[lo:hi]
+            out[lo:hi] = np.matmul(padded, w)[:hi - lo]
+
+
+# ---------------------------------------------------------------------------------------------------
 # Threads: one small pool for everything, and NumPy's OpenBLAS held to one thread while it is used.
 
 def thread_count():

@@ -150,6 +150,8 @@ BERT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "nu
 REQUIRED_KEYS = tuple(k for k in BERT_KEYS if k not in ("layer_norm_eps", "pad_token_id"))
 DEFAULTS = {"layer_norm_eps": 1e-12, "pad_token_id": 0}
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+RESTORE = "config.json looks damaged or edited: restore the one from the model's repository"
+MAX_SIZE = 1 << 24          # no size of a BERT-family encoder comes near this (XLM-R's vocabulary: 250,002)
 
 
 def read_config(path: Path) -> Config:
@@ -158,8 +160,9 @@ def read_config(path: Path) -> Config:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config.json not found; a model directory needs config.json beside model.safetensors") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config.json as JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: cannot read config.json as JSON ({type(e).__name__}: {e}); "
+                          "re-download it or the model") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config.json must hold a JSON object, found {type(raw).__name__}")
     return config_from_dict(raw, where=str(path))
@@ -168,9 +171,13 @@ def read_config(path: Path) -> Config:
 def detect_family(raw: dict, where: str) -> str:
     """model_type, checked against the architectures list; old files with only architectures also work."""
     architectures = raw.get("architectures") or []
+    if not isinstance(architectures, list):
+        raise ConfigError(f"{where}: architectures must be a list of class names, found {architectures!r}")
     named = {ARCHITECTURE_FAMILIES.get(ARCHITECTURE_SUFFIX.sub("", a)) for a in architectures if isinstance(a, str)}
     named.discard(None)
     model_type = raw.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError(f"{where}: model_type must be a string, found {model_type!r}")
     if model_type is None and len(named) == 1:
         model_type = next(iter(named))
     if model_type not in SUPPORTED_FAMILIES:
@@ -197,7 +204,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
     if missing:
         their_names = {ours: theirs for theirs, ours in renames.items()}
         raise ConfigError(f"{where}: missing key(s) {', '.join(their_names.get(k, k) for k in missing)} "
-                          f"for model_type {family!r}")
+                          f"for model_type {family!r}; {RESTORE}")
     family_keys = FAMILY_KEYS.get(family, ())
     known = (set(BERT_KEYS) | set(family_keys) | set(fixed) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
              | FAMILY_IGNORED_KEYS.get(family, frozenset()))
@@ -218,9 +225,12 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
     values.setdefault("position_rule", "index")
     values.setdefault("token_type_embeddings", True)
     values.setdefault("sinusoidal_positions", False)
-    check_types(values, where)
-    config = Config(**values)
-    check_values(config, where)
+    try:
+        check_types(values, where)
+        config = Config(**values)
+        check_values(config, where)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; {RESTORE}") from None
     return config
 
 
@@ -241,6 +251,9 @@ def check_values(c: Config, where: str) -> None:
     for key in positive:
         if getattr(c, key) <= 0:
             raise ConfigError(f"{where}: {key} must be positive, found {getattr(c, key)}")
+        if getattr(c, key) > MAX_SIZE:     # tables minibert builds itself are sized from these before any check
+            raise ConfigError(f"{where}: {key} {getattr(c, key)} is implausibly large (above {MAX_SIZE:,}); "
+                              "is config.json corrupt?")
     if c.hidden_size % c.num_attention_heads:
         raise ConfigError(f"{where}: hidden_size {c.hidden_size} is not divisible by "
                           f"num_attention_heads {c.num_attention_heads}")

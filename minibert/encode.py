@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import InputError
 from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
-from .tokenizer import as_text_list
+from .tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
 
@@ -53,12 +53,7 @@ class EncodeResult:
 def tokenize_texts(model, texts, max_length, window, pretokenized=False):
     """Each text's full token sequence: cut to max_length, or whole when windows will cover it."""
     limit = None if window else (max_length or model.tokenizer.max_length)
-    backend = model.tokenizer.backend
-    if limit is None:
-        backend.no_truncation()
-    else:
-        backend.enable_truncation(limit, strategy="longest_first")
-    encodings = backend.encode_batch(texts, is_pretokenized=pretokenized, add_special_tokens=True)
+    encodings = encode_batch(model.tokenizer.backend, texts, limit, is_pretokenized=pretokenized)
     return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
                       offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
                       word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),

@@ -62,7 +62,7 @@ def combine_layers(stacked, combine, layer_axis):
     if combine == "sum":
         return stacked.sum(axis=layer_axis)
     moved = np.moveaxis(stacked, layer_axis, -2)                              # [..., L, H]
-    return moved.reshape(moved.shape[:-2] + (-1,))                            # [..., L*H]
+    return moved.reshape(moved.shape[:-2] + (moved.shape[-2] * moved.shape[-1],))   # [..., L*H] (also for 0 texts)
 
 
 def l2_normalize(x):

@@ -1,6 +1,7 @@
 """Text -> token ids, attention mask, token type ids, offsets and word ids, through `tokenizers`."""
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from .config import Config
-from .errors import InputError, TokenizerError
+from .errors import InputError, MiniBertError, TokenizerError
 
 
 @dataclass
@@ -28,9 +29,13 @@ class Batch:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: cannot read as JSON ({e})") from None
+        found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise TokenizerError(f"{path}: cannot read as JSON ({type(e).__name__}: {e}); "
+                             "copy the checkpoint's tokenizer files again") from None
+    if not isinstance(found, dict):
+        raise TokenizerError(f"{path}: must hold a JSON object, found {type(found).__name__}")
+    return found
 
 
 class Tokenizer:
@@ -38,6 +43,15 @@ class Tokenizer:
     RoBERTa's byte-level BPE built from vocab.json + merges.txt (the files older checkpoints carry)."""
 
     def __init__(self, model_dir: Path, config: Config):
+        try:
+            self.build(model_dir, config)
+        except (MiniBertError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:    # a setting of the wrong type, tokenizers refusing a value (or panicking)
+            raise TokenizerError(f"{model_dir}: the tokenizer files are inconsistent ({type(e).__name__}: {e}); "
+                                 "copy the checkpoint's tokenizer files again") from None
+
+    def build(self, model_dir: Path, config: Config):
         settings = read_json(model_dir / "tokenizer_config.json")
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
         vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
@@ -61,7 +75,8 @@ class Tokenizer:
         # Files saved by Hugging Face often carry fixed padding and truncation; minibert pads and cuts itself.
         self.backend.no_padding()
         self.backend.no_truncation()
-        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        ids = self.backend.get_vocab(with_added_tokens=True).values()
+        self.vocab_size = max(self.backend.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
         if self.vocab_size > config.vocab_size:
             raise TokenizerError(f"{model_dir}: the tokenizer has {self.vocab_size} tokens but the embedding "
                                  f"matrix has {config.vocab_size} rows; the tokenizer belongs to another model")
@@ -71,6 +86,22 @@ class Tokenizer:
         self.pad_id = config.pad_token_id
         # A second segment only means something to a model with a second token-type row.
         self.single_segment = config.type_vocab_size == 1
+        self.check_special_ids(model_dir, config)
+
+    def check_special_ids(self, model_dir, config):
+        """The ids the post-processor adds ([CLS], [SEP], <s>, ...) come from its own table, not the vocabulary:
+        encode probes so that a table pointing past the embedding matrix fails here, not in forward."""
+        probes = self.backend.encode_batch(["a"], add_special_tokens=True)
+        try:
+            probes += self.backend.encode_batch([("a", "b")], add_special_tokens=True)
+        except Exception:      # a tokenizer without a pair template: pairs fail when asked for, not here
+            pass
+        for e in probes:
+            outside = [(token, i) for token, i in zip(e.tokens, e.ids) if not 0 <= i < config.vocab_size]
+            if outside:
+                token, i = outside[0]
+                raise TokenizerError(f"{model_dir}: the tokenizer gives {token!r} the id {i}, outside the model's "
+                                     f"{config.vocab_size} embedding rows; the tokenizer files belong to another model")
 
     def apply_bert_settings(self, settings: dict) -> None:
         """tokenizer_config.json overrides the BertNormalizer stored in tokenizer.json, as transformers does."""
@@ -96,12 +127,9 @@ class Tokenizer:
         if limit > self.max_length:
             raise InputError(f"max_length {limit} exceeds the model's {self.max_length} positions; "
                              "use window/stride for longer texts")
-        if truncation:
-            self.backend.enable_truncation(limit, strategy="longest_first")
-        else:
-            self.backend.no_truncation()
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
-        encodings = self.backend.encode_batch(inputs, add_special_tokens=True)
+        encodings = encode_batch(self.backend, inputs, limit if truncation else None,
+                                 what="texts" if text_pairs is None else "text pairs")
         lengths = [len(e.ids) for e in encodings]
         too_long = [i for i, n in enumerate(lengths) if n > self.max_length]
         if too_long:
@@ -125,16 +153,56 @@ class Tokenizer:
 
 
 def as_text_list(texts, what: str) -> list:
-    """A str or a list/tuple of str; anything else is an InputError naming the offending item."""
+    """A str, or a list, tuple or 1-D NumPy array of str; anything else is an InputError naming the offending item."""
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, np.ndarray) and texts.ndim == 1:
+        texts = texts.tolist()
     if not isinstance(texts, (list, tuple)):
         raise InputError(f"{what} must be a str or a list of str, found {type(texts).__name__}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InputError(f"{what}[{i}] is {type(text).__name__}, not str; decode bytes and convert "
-                             "numbers to text before encoding")
+            hint = {bytes: "decode it first (b.decode('utf-8'))", list: "pass pre-split words to encode_words",
+                    tuple: "pass pre-split words to encode_words", type(None): "drop it or pass an empty string"}
+            raise InputError(f"{what}[{i}] is {type(text).__name__}, not str; "
+                             + hint.get(type(text), "convert it to text first (str(x))"))
     return list(texts)
+
+
+# Truncation is a setting of the tokenizers object, not an argument of encode_batch: setting it and encoding
+# happen under one lock, so that threads sharing a model cannot encode with each other's limit.
+TRUNCATION = threading.Lock()
+
+
+def encode_batch(backend, inputs, limit, what="texts", **options):
+    """backend.encode_batch with truncation to `limit` tokens (None: none), its errors turned into an
+    InputError naming the text at fault.
+
+    Lone surrogates (U+D800..U+DFFF on their own, e.g. from JSON escapes or surrogateescape decoding) cannot be
+    encoded as UTF-8; transformers' fast tokenizers refuse them too, so minibert refuses them rather than
+    guessing a replacement.
+    """
+    try:
+        with TRUNCATION:
+            if limit is None:
+                backend.no_truncation()
+            else:
+                backend.enable_truncation(limit, strategy="longest_first")
+            return backend.encode_batch(inputs, add_special_tokens=True, **options)
+    except Exception as e:
+        for i, item in enumerate(inputs):
+            for j, text in enumerate(item if isinstance(item, (list, tuple)) else [item]):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as bad:
+                    if what == "text pairs":
+                        where = f"{('texts', 'text_pairs')[j]}[{i}]"
+                    else:
+                        where = f"{what}[{i}]" + (f"[{j}]" if isinstance(item, (list, tuple)) else "")
+                    raise InputError(f"{where} holds a lone surrogate {text[bad.start]!r} at character {bad.start}, "
+                                     "which is not valid Unicode text; repair the input, e.g. "
+                                     "text.encode('utf-8', 'replace').decode('utf-8')") from None
+        raise InputError(f"the tokenizer cannot encode these {what} ({type(e).__name__}: {e})") from None
 
 
 def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFTokenizer:

@@ -170,62 +170,158 @@ def checkpoint_files(model_dir: Path) -> list:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            return [model_dir / name for name in sorted(set(weight_map.values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ModelFileError(f"{index}: cannot read the shard index ({e})") from None
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
+                                 "re-download it or the checkpoint") from None
+        for name in shards:
+            if not isinstance(name, str) or Path(name).name != name or not name:
+                raise ModelFileError(f"{index}: shard name {name!r} is not a file name in the model directory")
+        return [model_dir / name for name in shards]
     found = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = f" (found {', '.join(found)}: convert it to safetensors)" if found else ""
     raise ModelFileError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+# Bytes per element of every dtype the safetensors format defines.
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+HEADER_LIMIT = 100 * 1024 * 1024      # the safetensors library refuses larger headers too
+
+
+def read_header(path: Path) -> dict:
+    """Check a safetensors file's layout before the safetensors library sees it; returns its header.
+
+    The file is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
+    then the tensors' bytes. Every way that can be wrong (truncation, a length past the end, bad JSON,
+    unknown dtypes, offsets that disagree with the shape or leave gaps or overlaps) is a ModelFileError
+    here, so that the library (which may panic on some inputs) only ever opens files that are sound.
+    """
+    fix = "re-download or re-save the checkpoint"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{path}: truncated ({size} bytes): a safetensors file starts with an 8-byte "
+                                     f"header length; {fix}")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, HEADER_LIMIT):
+                raise ModelFileError(f"{path}: corrupt or truncated: the header claims {length} bytes but the file "
+                                     f"holds {size} bytes; {fix}")
+            raw = f.read(length)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: safetensors file not found") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file's permissions") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{path}: the header is not valid JSON ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: the header is not a JSON object; {fix}")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelFileError(f"{path}: __metadata__ must map names to strings; {fix}")
+    data_size = size - 8 - length
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        problem = entry_problem(entry, data_size)
+        if problem:
+            raise ModelFileError(f"{path}: tensor {name!r}: {problem}; {fix}")
+        spans.append((entry["data_offsets"][0], entry["data_offsets"][1], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise ModelFileError(f"{path}: tensor {name!r} starts at byte {start} of the data but the previous "
+                                 f"tensor ends at {end} ({'overlap' if start < end else 'gap'}); {fix}")
+        end = stop
+    if end != data_size:
+        raise ModelFileError(f"{path}: the tensors cover {end} bytes but the file holds {data_size} bytes of data "
+                             f"({'truncated' if end > data_size else 'trailing bytes'}); {fix}")
+    return header
+
+
+def entry_problem(entry, data_size):
+    """What is wrong with one header entry, or None."""
+    if not isinstance(entry, dict):
+        return "its entry is not a JSON object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        return f"shape {shape!r} is not a list of non-negative ints"
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        return f"data_offsets {offsets!r} are not a [start, end] pair of byte positions"
+    if offsets[1] > data_size:
+        return (f"data_offsets {offsets} end past the file's {data_size} bytes of data (the file is truncated "
+                "or its header is corrupt)")
+    count = 1
+    for n in shape:
+        count *= n
+    if count * SAFETENSORS_DTYPES[dtype] != offsets[1] - offsets[0]:
+        return (f"shape {shape} of {dtype} needs {count * SAFETENSORS_DTYPES[dtype]} bytes but data_offsets give "
+                f"{offsets[1] - offsets[0]}")
+    return None
 
 
 class Checkpoint:
     """Lazy access to the tensors of one or more safetensors files, by checkpoint name."""
 
     def __init__(self, files):
-        self.location = {}   # checkpoint name -> (file, dtype string, shape)
+        self.location = {}   # checkpoint name -> (file, dtype string, shape, data_offsets)
         self.handles = {}
         for path in files:
+            header = read_header(path)
             try:
                 handle = safe_open(str(path), framework="numpy")
-                names = list(handle.keys())
-            except FileNotFoundError:
-                raise ModelFileError(f"{path}: safetensors file not found") from None
-            except Exception as e:  # safetensors raises its own SafetensorError for corrupt headers
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # SafetensorError, or a Rust panic (a BaseException) read_header missed
                 raise ModelFileError(f"{path}: not a readable safetensors file ({e}); "
                                      "re-download or re-save the checkpoint") from None
             self.handles[path] = handle
-            for name in names:
-                piece = handle.get_slice(name)
-                self.location[name] = (path, piece.get_dtype(), tuple(piece.get_shape()))
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                if name in self.location:
+                    raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
+                                         "the shards must not repeat tensors")
+                self.location[name] = (path, entry["dtype"], tuple(entry["shape"]), entry["data_offsets"])
 
     def names(self):
         return self.location.keys()
 
     def read(self, name: str, dtype) -> np.ndarray:
-        path, stored, _ = self.location[name]
+        path, stored, shape, offsets = self.location[name]
         if stored in ("F32", "F16", "F64"):
             try:
                 array = self.handles[path].get_tensor(name)
-            except Exception as e:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
                 raise ModelFileError(f"{path}: tensor {name!r} cannot be read ({e})") from None
         elif stored == "BF16":
-            array = read_bfloat16(path, name)
+            array = read_bfloat16(path, offsets).reshape(shape)
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
         return array.astype(dtype, copy=False)
 
 
-def read_bfloat16(path: Path, name: str) -> np.ndarray:
-    """NumPy has no bfloat16: read the raw 16-bit words and widen them to float32 (exact)."""
+def read_bfloat16(path: Path, data_offsets) -> np.ndarray:
+    """NumPy has no bfloat16: read the raw 16-bit words (at offsets read_header checked) and widen them to
+    float32, which is exact. Returns a flat array."""
+    start, end = data_offsets
     with open(path, "rb") as f:
         (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-    entry = header[name]
-    start, end = entry["data_offsets"]
-    raw = np.memmap(path, dtype="<u2", mode="r", offset=8 + header_size + start,
-                    shape=((end - start) // 2,))
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+        f.seek(8 + header_size + start)
+        raw = np.fromfile(f, dtype="<u2", count=(end - start) // 2)
+    return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
 def canonical(name: str, model_prefixes: tuple) -> str:
@@ -310,6 +406,22 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
                              f"config.json ({config.num_hidden_layers} layers, {config.num_hidden_groups} sets of "
                              f"layer weights, model_type {config.model_type!r})")
     return weights
+
+
+def non_finite_tensors(model_dir: Path) -> list:
+    """(checkpoint tensor name, NaN count, Inf count, element count) for every floating-point tensor of the
+    checkpoint holding NaN or Inf, in file order; read one tensor at a time in its stored precision."""
+    checkpoint = Checkpoint(checkpoint_files(Path(model_dir)))
+    found = []
+    for name, (path, stored, *_) in checkpoint.location.items():
+        if stored not in ("F16", "BF16", "F32", "F64"):
+            continue
+        array = checkpoint.read(name, np.float64 if stored == "F64" else np.float32)
+        nan = int(np.isnan(array).sum())
+        inf = int(np.isinf(array).sum())
+        if nan or inf:
+            found.append((name, nan, inf, int(array.size)))
+    return found
 
 
 def parameter_counts(weights: dict) -> dict:

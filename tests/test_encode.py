@@ -210,10 +210,12 @@ def test_interrupted_extract_leaves_nothing_that_looks_complete(tmp_path, model,
     with pytest.raises(KeyboardInterrupt):
         extract_module.extract(model, TEXTS, tmp_path)
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "vectors.npy").exists()
-    with pytest.raises(MiniBertError, match="interrupted before it finished"):
+    with pytest.raises(MiniBertError, match="interrupted after 2 of 6 rows; .* --resume"):
         minibert.load_embeddings(tmp_path)
     monkeypatch.undo()
-    extract_module.extract(model, TEXTS, tmp_path)            # a re-run finishes the job
+    with pytest.raises(InputError, match="holds an interrupted extraction .*pass --resume"):
+        extract_module.extract(model, TEXTS, tmp_path)        # a plain re-run would throw the saved rows away
+    extract_module.extract(model, TEXTS, tmp_path, resume=True)   # --resume finishes the job
     assert minibert.load_embeddings(tmp_path).vectors.shape == (len(TEXTS), 384)
 
 

@@ -174,7 +174,7 @@ def test_corrupt_safetensors_header(tmp_path):
     write_tiny(tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
-    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+    with pytest.raises(ModelFileError, match="the header is not valid JSON"):
         minibert.load(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(data[:100])
     with pytest.raises(ModelFileError):
