@@ -142,6 +142,13 @@ class Model:
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
                             stride=stride, progress=progress, dtype=dtype)
 
+    def search(self, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
+        """Cosine top-k over a `minibert extract` directory (memory-mapped), queries encoded as the manifest
+        says. A query string gives a list of Hit(index, score, text); a list of queries, a list of lists."""
+        from .search import search
+        return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
+                      field=field)
+
     def capture_names(self, patterns) -> frozenset:
         """Expand names and shell-style patterns into "layer.{i}.{internal}" names; unknown ones are errors."""
         if patterns is None:
@@ -167,41 +174,67 @@ class Model:
         return int(num_layers)
 
     def check_inputs(self, input_ids, attention_mask, token_type_ids):
-        """Validate id arrays before any kernel sees them: no kernel may read outside a table."""
+        """Validate id arrays before any kernel sees them: no kernel may read outside a table.
+
+        Each array is [batch, tokens] (a 1-D array is one row) of integers; the mask may also be bool.
+        Ranges are checked on the values as given, before the cast to int64 could wrap them. An empty
+        batch is allowed; a row of zero tokens is not. A mask row of zeros is allowed: like transformers,
+        every key then gets the same score and the row attends uniformly to all of them.
+        """
         c = self.config
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        checked = {}
+        given = {}
         for name, array in arrays.items():
             if array is None:
                 continue
-            array = np.asarray(array)
-            if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-                raise InputError(f"{name} must hold integers, found dtype {array.dtype}")
+            try:
+                array = np.asarray(array)
+            except (ValueError, TypeError) as e:       # ragged nested lists
+                raise InputError(f"{name} cannot be read as an array ({e}); pass equal-length rows") from None
+            integer = np.issubdtype(array.dtype, np.integer) and array.dtype != object
+            if not (integer or (array.dtype == bool and name == "attention_mask")):
+                hint = " (cast it with .astype(np.int64) if it holds whole numbers)" if array.dtype.kind in "fc" else ""
+                raise InputError(f"{name} must hold integers{' or bools' if name == 'attention_mask' else ''}, "
+                                 f"found dtype {array.dtype}{hint}")
             if array.ndim == 1:
-                array = array[None, :]
+                array = array[None, :]                 # one row
             if array.ndim != 2:
-                raise InputError(f"{name} must be 2-D [batch, tokens], found shape {array.shape}")
-            checked[name] = np.ascontiguousarray(array, dtype=np.int64)
-        if "input_ids" not in checked:
+                raise InputError(f"{name} must be 2-D [batch, tokens] (or 1-D for one row), found shape {array.shape}")
+            given[name] = array
+        if "input_ids" not in given:
             raise InputError("input_ids is required")
-        ids = checked["input_ids"]
+        ids = given["input_ids"]
         for name in ("attention_mask", "token_type_ids"):
-            if name in checked and checked[name].shape != ids.shape:
-                raise InputError(f"{name} has shape {checked[name].shape} but input_ids has {ids.shape}")
+            if name in given and given[name].shape != ids.shape:
+                raise InputError(f"{name} has shape {given[name].shape} but input_ids has {ids.shape}")
         B, T = ids.shape
-        if T > c.max_position_embeddings:
+        if T == 0 and B > 0:
+            raise InputError(f"input_ids has {B} row(s) of zero tokens; every row needs at least one token "
+                             "(tokenize adds [CLS] and [SEP] even to an empty text)")
+        if c.position_rule == "index" and T > c.max_position_embeddings:   # skip_padding: make_position_ids
             raise InputError(f"input_ids has {T} tokens per row, more than the model's "
                              f"{c.max_position_embeddings} positions; truncate or use window/stride")
-        if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
-            bad = np.argwhere((ids < 0) | (ids >= c.vocab_size))[0]
-            raise InputError(f"input_ids[{bad[0]}, {bad[1]}] = {ids[tuple(bad)]} is outside the vocabulary "
-                             f"(0..{c.vocab_size - 1})")
-        mask = checked.get("attention_mask", np.ones((B, T), dtype=np.int64))
-        if mask.size and not np.isin(mask, (0, 1)).all():
-            raise InputError("attention_mask must hold only 0 and 1")
-        types = checked.get("token_type_ids", np.zeros((B, T), dtype=np.int64))
-        if types.size and (types.min() < 0 or types.max() >= c.type_vocab_size):
-            bad = np.argwhere((types < 0) | (types >= c.type_vocab_size))[0]
-            raise InputError(f"token_type_ids[{bad[0]}, {bad[1]}] = {types[tuple(bad)]} is outside "
-                             f"0..{c.type_vocab_size - 1} (type_vocab_size)")
+        first_outside("input_ids", ids, c.vocab_size, "the vocabulary",
+                      "ids must come from this model's own tokenizer (model.tokenize)")
+        mask = given.get("attention_mask")
+        if mask is not None and mask.size and mask.dtype != bool and ((mask != 0) & (mask != 1)).any():
+            bad = np.argwhere((mask != 0) & (mask != 1))[0]
+            raise InputError(f"attention_mask must hold only 0 and 1, found attention_mask[{bad[0]}, {bad[1]}] = "
+                             f"{mask[tuple(bad)]}")
+        types = given.get("token_type_ids")
+        if types is not None:
+            first_outside("token_type_ids", types, c.type_vocab_size, "the token types (type_vocab_size)",
+                          "use 0 for single texts" + (", 1 for the second text of a pair" if c.type_vocab_size > 1 else ""))
+        if B == 0:
+            T = max(T, 1)          # an empty batch: zero rows of one token, so every [:, 0] still exists
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(B, T)
+        mask = np.ones((B, T), dtype=np.int64) if mask is None else np.ascontiguousarray(mask, dtype=np.int64).reshape(B, T)
+        types = np.zeros((B, T), dtype=np.int64) if types is None else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T)
         return ids, mask, types
+
+
+def first_outside(name, array, size, what, fix):
+    """InputError naming the first entry of an integer array outside 0..size-1."""
+    if array.size and (array.min() < 0 or array.max() >= size):
+        bad = np.argwhere((array < 0) | (array >= size))[0]
+        raise InputError(f"{name}[{bad[0]}, {bad[1]}] = {array[tuple(bad)]} is outside {what} (0..{size - 1}); {fix}")
