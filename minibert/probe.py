@@ -1,0 +1,480 @@
+"""Layer-wise linear probes: which layer's vectors carry the information a task needs?
+
+A probe is a multinomial logistic regression fitted on one layer's frozen vectors, scored by k-fold
+cross-validation. Everything is NumPy, written here: the solver (L-BFGS), the folds, the metrics.
+
+Axes: N examples, D features, C classes, L layers.
+
+    sentence probe   texts + labels -> model.encode(layers=...) [N, L, D] -> per layer: accuracy, macro-F1
+    token probe      CoNLL sentences -> model.encode_words(...) [tokens, L, D] -> per layer: token accuracy,
+                     entity-level F1 over BIO spans (folds split by sentence, so no sentence is in both sides)
+"""
+
+import contextlib
+import csv
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+# ---------------------------------------------------------------------------------------------------------
+# The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def softmax_loss(theta, X, Y, l2):
+    """Mean cross-entropy + l2/2 ||W||^2 and its gradient.
+
+    theta [(D + 1) * C] holds W [D, C] then b [C]; X [N, D]; Y [N, C] one-hot.
+    """
+    N, D = X.shape
+    C = Y.shape[1]
+    W, b = theta[:D * C].reshape(D, C), theta[D * C:]
+    Z = X @ W + b                                                   # [N, C] logits
+    Z -= Z.max(axis=1, keepdims=True)                               # stable log-sum-exp
+    log_norm = np.log(np.exp(Z).sum(axis=1, keepdims=True))         # [N, 1]
+    log_p = Z - log_norm                                            # [N, C]
+    loss = -(Y * log_p).sum() / N + 0.5 * l2 * (W * W).sum()
+    R = (np.exp(log_p) - Y) / N                                     # [N, C] d loss / d logits
+    grad = np.concatenate([(X.T @ R + l2 * W).ravel(), R.sum(axis=0)])
+    return loss, grad
+
+
+def lbfgs(fun, x0, *, max_iter=500, tol=1e-6, memory=10):
+    """Minimise a smooth function with L-BFGS (Nocedal & Wright, algorithm 7.4) and a backtracking
+    Armijo line search. Stops when max |gradient| <= tol. Returns (x, info dict)."""
+    x = x0.copy()
+    f, g = fun(x)
+    S, Yd = [], []                                                  # recent steps and gradient changes
+    it = 0
+    for it in range(1, max_iter + 1):
+        if np.abs(g).max() <= tol:
+            it -= 1
+            break
+        # Two-loop recursion: d = -H g with H the inverse-Hessian estimate from the stored pairs.
+        q = g.copy()
+        alphas = []
+        for s, y in reversed(list(zip(S, Yd))):
+            a = (s @ q) / (y @ s)
+            alphas.append(a)
+            q -= a * y
+        if S:
+            q *= (S[-1] @ Yd[-1]) / (Yd[-1] @ Yd[-1])               # initial scaling gamma = s'y / y'y
+        else:
+            q /= max(np.linalg.norm(g), 1.0)                        # first step: short, along -g
+        for (s, y), a in zip(zip(S, Yd), reversed(alphas)):
+            q += s * (a - (y @ q) / (y @ s))
+        d = -q
+        slope = g @ d
+        if slope >= 0:                                              # not a descent direction: restart
+            S, Yd = [], []
+            d, slope = -g, -(g @ g)
+        step = 1.0
+        while True:
+            x_new = x + step * d
+            f_new, g_new = fun(x_new)
+            if f_new <= f + 1e-4 * step * slope or step < 1e-12:
+                break
+            step *= 0.5
+        s, y = x_new - x, g_new - g
+        if s @ y > 1e-10 * (y @ y):                                 # keep only pairs with positive curvature
+            S.append(s)
+            Yd.append(y)
+            if len(S) > memory:
+                S.pop(0)
+                Yd.pop(0)
+        x, f, g = x_new, f_new, g_new
+        if step < 1e-12:
+            break
+    grad_max = float(np.abs(g).max())
+    return x, {"iterations": it, "loss": float(f), "grad_max": grad_max, "converged": grad_max <= tol}
+
+
+@dataclass
+class LogisticRegression:
+    """Fitted probe: standardises features with the training mean/std, then softmax(x W + b)."""
+    mean: np.ndarray            # [D]
+    scale: np.ndarray           # [D]
+    W: np.ndarray               # [D, C]
+    b: np.ndarray               # [C]
+    classes: np.ndarray         # [C] the label of each column
+    info: dict
+
+    def decision(self, X):
+        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.W + self.b   # [N, C]
+
+    def predict_proba(self, X):
+        Z = self.decision(X)
+        Z -= Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        return P / P.sum(axis=1, keepdims=True)                    # [N, C]
+
+    def predict(self, X):
+        return self.classes[self.decision(X).argmax(axis=1)]
+
+
+def one_blas_thread():
+    """The solver's matmuls are thin ([N, D] x [D, C], C small): one OpenBLAS thread runs them fastest, and
+    measured 30x faster than OpenBLAS's own threads on a busy 2-core machine. Reuses the CPU backend's hold."""
+    try:
+        from .kernels.cpu import BLAS
+        return BLAS
+    except Exception:                   # no Numba CPU kernels here: keep BLAS as it is
+        return contextlib.nullcontext()
+
+
+def fit_logistic(X, y, *, l2=1e-2, standardize=True, max_iter=1000, tol=1e-5):
+    """Fit multinomial logistic regression on X [N, D] with labels y [N] (any hashable values).
+
+    Minimises mean cross-entropy + l2/2 ||W||^2, which is scikit-learn's objective with C = 1 / (l2 N).
+    Features are standardised first (layers differ in scale by orders of magnitude).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    classes, y_index = np.unique(np.asarray(y), return_inverse=True)
+    N, D = X.shape
+    C = len(classes)
+    if C < 2:
+        raise InputError(f"a probe needs at least 2 classes, found {C} ({classes.tolist()})")
+    mean = X.mean(axis=0) if standardize else np.zeros(D)
+    scale = X.std(axis=0) if standardize else np.ones(D)
+    scale = np.where(scale > 1e-12, scale, 1.0)                     # constant features stay at zero
+    Xs = (X - mean) / scale
+    Y = np.eye(C)[y_index]                                          # [N, C]
+    with one_blas_thread():
+        theta, info = lbfgs(lambda t: softmax_loss(t, Xs, Y, l2), np.zeros((D + 1) * C), max_iter=max_iter, tol=tol)
+    if not info["converged"]:
+        warnings.warn(f"minibert probe: L-BFGS stopped after {info['iterations']} iterations with max |gradient| "
+                      f"{info['grad_max']:.1e} > {tol:.0e}; raise l2 or max_iter", stacklevel=2)
+    return LogisticRegression(mean, scale, theta[:D * C].reshape(D, C), theta[D * C:], classes, info)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folds and metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def stratified_folds(y, k, seed=0):
+    """Fold number [N] for each example: each class dealt round-robin over the folds after a shuffle."""
+    y = np.asarray(y)
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise InputError(f"folds must be an int of at least 2, found {k!r}")
+    if len(y) < k:
+        raise InputError(f"{len(y)} examples cannot be split into {k} folds")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        fold[members] = (start + np.arange(len(members))) % k      # continue where the last class stopped
+        start += len(members)
+    return fold
+
+
+def group_folds(num_groups, k, seed=0):
+    """Fold number for each group (sentence): groups shuffled and dealt round-robin."""
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise InputError(f"folds must be an int of at least 2, found {k!r}")
+    if num_groups < k:
+        raise InputError(f"{num_groups} sentences cannot be split into {k} folds")
+    fold = np.empty(num_groups, dtype=np.int64)
+    fold[np.random.default_rng(seed).permutation(num_groups)] = np.arange(num_groups) % k
+    return fold
+
+
+def macro_f1(y_true, y_pred):
+    """Unweighted mean of per-class F1 over the classes found in either y_true or y_pred."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    scores = []
+    for c in np.union1d(y_true, y_pred):
+        tp = np.sum((y_true == c) & (y_pred == c))
+        fp = np.sum((y_true != c) & (y_pred == c))
+        fn = np.sum((y_true == c) & (y_pred != c))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def bio_spans(tags):
+    """Entity spans {(start, end, type)} of one sentence's tags, end exclusive.
+
+    B-X starts an entity; I-X continues one of type X and otherwise starts one (as conlleval does, so IOB1
+    data also works); S-X/E-X (BIOES) read as B-X/I-X; O and anything without a prefix end the entity.
+    """
+    spans, start, kind = set(), None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, t = tag.partition("-") if "-" in tag else ("O", "", None)
+        prefix = {"S": "B", "E": "I"}.get(prefix, prefix)
+        continues = prefix == "I" and kind == t
+        if start is not None and not continues:
+            spans.add((start, i, kind))
+            start, kind = None, None
+        if prefix in ("B", "I") and not continues:
+            start, kind = i, t
+    return spans
+
+
+def entity_f1(true_sentences, pred_sentences):
+    """Micro F1 over exact entity spans (type and boundaries), summed over sentences: CoNLL's measure."""
+    tp = n_true = n_pred = 0
+    for t, p in zip(true_sentences, pred_sentences):
+        ts, ps = bio_spans(t), bio_spans(p)
+        tp += len(ts & ps)
+        n_true += len(ts)
+        n_pred += len(ps)
+    if n_true + n_pred == 0:
+        return 1.0
+    return 2 * tp / (n_true + n_pred)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the user's data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_labelled(path, text_col="text", label_col="label"):
+    """(texts, labels) from .csv / .tsv (columns) or .jsonl (fields); labels are kept as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read as UTF-8 text ({e})") from None
+    suffix = path.suffix.lower()
+    texts, labels = [], []
+    if suffix == ".jsonl":
+        for n, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_col), str) or label_col not in record:
+                raise InputError(f"{path}:{n}: needs a string field {text_col!r} and a field {label_col!r} "
+                                 "(choose them with --text-col / --label-col)")
+            texts.append(record[text_col])
+            labels.append(str(record[label_col]))
+    elif suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
+        missing = [c for c in (text_col, label_col) if reader.fieldnames is None or c not in reader.fieldnames]
+        if missing:
+            raise InputError(f"{path}: no column {missing[0]!r}; columns are {reader.fieldnames} "
+                             "(choose them with --text-col / --label-col)")
+        for row in reader:
+            texts.append(row[text_col] or "")
+            labels.append(row[label_col] or "")
+    else:
+        raise InputError(f"{path}: labelled data must be .csv, .tsv or .jsonl (CoNLL token data: .conll or --conll)")
+    if not texts:
+        raise InputError(f"{path}: no examples")
+    return texts, labels
+
+
+def read_conll(path):
+    """CoNLL token data: one token per line with its label in the last column, a blank line between
+    sentences; -DOCSTART- lines are skipped. Returns (sentences [list of words], tags [list of labels])."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    sentences, tags, words, labels = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(words)
+                    tags.append(labels)
+                    words, labels = [], []
+                continue
+            if len(parts) < 2:
+                raise InputError(f"{path}:{n}: expected a token and a label separated by whitespace, found {line.strip()!r}")
+            words.append(parts[0])
+            labels.append(parts[-1])
+    if words:
+        sentences.append(words)
+        tags.append(labels)
+    if not sentences:
+        raise InputError(f"{path}: no sentences")
+    return sentences, tags
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probing every layer
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerScore:
+    layer: int                  # hidden-state index: 0 = embedding output
+    accuracy: float             # mean over folds (token accuracy for the token probe)
+    accuracy_std: float
+    f1: float                   # macro-F1 (sentence probe) or entity-level F1 (token probe), mean over folds
+
+
+@dataclass
+class ProbeResult:
+    task: str                   # "sentence" or "token"
+    rows: list                  # LayerScore per layer, in the order asked
+    chance: float               # accuracy of always predicting the most frequent label
+    examples: int               # texts, or tokens for the token probe
+    classes: list
+    folds: int
+    notes: list = field(default_factory=list)
+
+    @property
+    def best(self):
+        return max(self.rows, key=lambda r: (r.f1, r.accuracy))
+
+    @property
+    def f1_name(self):
+        return "macro-F1" if self.task == "sentence" else "entity F1"
+
+
+def cross_validate(X, y, *, folds=5, seed=0, l2=1e-2, fold_of=None):
+    """k-fold scores of a probe on X [N, D]: (accuracy mean, accuracy std, macro-F1 mean) over folds."""
+    y = np.asarray(y)
+    fold_of = stratified_folds(y, folds, seed) if fold_of is None else fold_of
+    accs, f1s = [], []
+    for k in range(folds):
+        test = fold_of == k
+        clf = fit_logistic(X[~test], y[~test], l2=l2)
+        pred = clf.predict(X[test])
+        accs.append(float(np.mean(pred == y[test])))
+        f1s.append(macro_f1(y[test], pred))
+    return float(np.mean(accs)), float(np.std(accs)), float(np.mean(f1s))
+
+
+def probe_sentences(model, texts, labels, *, layers="all", pooling="mean", folds=5, l2=1e-2, seed=0,
+                    batch_size=32, max_length=None):
+    """Fit and cross-validate a probe on each layer's pooled vectors of `texts`."""
+    from .pooling import resolve_layers
+    if len(texts) != len(labels):
+        raise InputError(f"{len(texts)} texts but {len(labels)} labels")
+    if pooling == "none":
+        raise InputError("the sentence probe needs one vector per text: choose cls, mean, max or mean_sqrt_len")
+    chosen = resolve_layers(layers, model.config.num_hidden_layers)
+    y = np.asarray(labels)
+    fold_of = stratified_folds(y, folds, seed)
+    vectors = model.encode(texts, layers=chosen, pooling=pooling, batch_size=batch_size,
+                           max_length=max_length)                   # [N, L, D]
+    rows = [LayerScore(layer, *cross_validate(vectors[:, i], y, folds=folds, l2=l2, fold_of=fold_of))
+            for i, layer in enumerate(chosen)]
+    classes, counts = np.unique(y, return_counts=True)
+    return ProbeResult("sentence", rows, float(counts.max() / counts.sum()), len(texts), classes.tolist(), folds)
+
+
+def align_words(words, kept):
+    """Indices into `words` of the words encode_words returned (`kept`, a subsequence: words with no
+    tokenizer pieces, such as a lone zero-width space, are dropped by the tokenizer)."""
+    index, j = [], 0
+    for w in kept:
+        while words[j] != w:
+            j += 1
+        index.append(j)
+        j += 1
+    return index
+
+
+def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=32):
+    """Fit and cross-validate a per-token tagger on each layer's word vectors; folds split by sentence."""
+    from .pooling import resolve_layers
+    if len(sentences) != len(tags):
+        raise InputError(f"{len(sentences)} sentences but {len(tags)} tag sequences")
+    chosen = resolve_layers(layers, model.config.num_hidden_layers)
+    # One window as long as the model allows: a sentence that fits is encoded exactly as without windows,
+    # and a longer one is covered whole, so every word gets a vector.
+    encoded = model.encode_words([list(s) for s in sentences], layers=chosen, subword=subword,
+                                 batch_size=batch_size, window=model.tokenizer.max_length)
+    feats, labels, sentence_of, kept_tags = [], [], [], []
+    dropped = 0
+    for s, (words, sentence_tags, wv) in enumerate(zip(sentences, tags, encoded)):
+        index = align_words(words, wv.words)
+        dropped += len(words) - len(index)
+        feats.append(wv.vectors)                                    # [W, L, D]
+        labels += [sentence_tags[i] for i in index]
+        kept_tags.append([sentence_tags[i] for i in index])
+        sentence_of += [s] * len(index)
+    X = np.concatenate(feats)                                       # [tokens, L, D]
+    y = np.asarray(labels)
+    sentence_of = np.asarray(sentence_of)
+    fold_of = group_folds(len(sentences), folds, seed)[sentence_of]
+    rows = []
+    for i, layer in enumerate(chosen):
+        accs, f1s = [], []
+        for k in range(folds):
+            test = fold_of == k
+            clf = fit_logistic(X[~test, i], y[~test], l2=l2)
+            pred = clf.predict(X[test, i])
+            accs.append(float(np.mean(pred == y[test])))
+            test_sentences = np.unique(sentence_of[test])
+            per_sentence = np.split(pred, np.cumsum([len(kept_tags[s]) for s in test_sentences])[:-1])
+            f1s.append(entity_f1([kept_tags[s] for s in test_sentences], [list(p) for p in per_sentence]))
+        rows.append(LayerScore(layer, float(np.mean(accs)), float(np.std(accs)), float(np.mean(f1s))))
+    classes, counts = np.unique(y, return_counts=True)
+    notes = [f"{dropped} word(s) produced no tokenizer pieces and were left out"] if dropped else []
+    return ProbeResult("token", rows, float(counts.max() / counts.sum()), len(y), classes.tolist(), folds, notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------------
+
+
+def layer_name(layer):
+    return "embeddings" if layer == 0 else f"layer {layer}"
+
+
+def format_table(result):
+    """The per-layer table, best layer marked, chance level last."""
+    acc_name = "accuracy" if result.task == "sentence" else "token acc"
+    lines = [f"{'':<12}{acc_name:>18}{result.f1_name:>12}"]
+    best = result.best
+    for r in result.rows:
+        mark = "  <- best" if r is best else ""
+        lines.append(f"{layer_name(r.layer):<12}{r.accuracy:>10.3f} ± {r.accuracy_std:.3f}{r.f1:>12.3f}{mark}")
+    lines.append(f"{'chance':<12}{result.chance:>10.3f}   (always the most frequent label)")
+    return "\n".join(lines)
+
+
+def write_csv(result, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "accuracy", "accuracy_std", "entity_f1" if result.task == "token" else "macro_f1"])
+        for r in result.rows:
+            w.writerow([r.layer, f"{r.accuracy:.6f}", f"{r.accuracy_std:.6f}", f"{r.f1:.6f}"])
+
+
+def write_plot(result, path):
+    """A PNG of the scores per layer when matplotlib is installed (the `plot` extra); otherwise a CSV
+    beside the asked path. Returns the path written."""
+    path = Path(path)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")                                       # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        csv_path = path.with_suffix(".csv")
+        write_csv(result, csv_path)
+        return csv_path
+    layers = [r.layer for r in result.rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(layers, [r.accuracy for r in result.rows], marker="o", label="accuracy" if result.task == "sentence"
+            else "token accuracy")
+    ax.plot(layers, [r.f1 for r in result.rows], marker="s", label=result.f1_name)
+    ax.axhline(result.chance, color="grey", linestyle="--", label="chance (majority)")
+    ax.set_xticks(layers)
+    ax.set_xticklabels(["emb" if layer == 0 else str(layer) for layer in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("score")
+    ax.set_title(f"{result.task} probe, {result.folds}-fold CV, {result.examples} examples")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

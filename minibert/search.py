@@ -1,0 +1,160 @@
+"""Similarity search over an extraction directory, and similarity matrices.
+
+    index: DIR/vectors.npy [N, D] (or [N, L, D]: one layer is chosen), memory-mapped, read CHUNK rows at a
+           time, each row divided by its norm -> cosine = query . row
+    query: encoded with the settings in DIR/manifest.json (layers, combine, pooling, max_length, window),
+           so query and corpus vectors come from the same layer and pooling
+    texts: the manifest's input file (checked against its sha256), the vectors.jsonl texts, or --texts FILE
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError, MiniBertError
+
+CHUNK = 65536
+
+
+@dataclass
+class Hit:
+    index: int                  # row of the extraction (line of the input, counting from 0)
+    score: float                # cosine similarity
+    text: Optional[str]         # the input text, when the input file can be read back
+
+
+def top_k(matrix, queries, k):
+    """Cosine top-k of queries [Q, D] against the rows of matrix [N, D], CHUNK rows at a time.
+    Returns (indices [Q, k'], scores [Q, k']) best first, k' = min(k, N)."""
+    q = np.asarray(queries, dtype=np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)                # [Q, D]
+    N = len(matrix)
+    k = min(k, N)
+    best_idx = np.zeros((len(q), 0), dtype=np.int64)
+    best = np.zeros((len(q), 0), dtype=np.float32)
+    for start in range(0, N, CHUNK):
+        block = np.asarray(matrix[start:start + CHUNK], dtype=np.float32)             # [b, D]
+        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
+        scores = np.concatenate([best, q @ block.T], axis=1)                          # [Q, k + b]
+        idx = np.concatenate([best_idx, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))],
+                             axis=1)
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else \
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        best = np.take_along_axis(scores, keep, axis=1)
+        best_idx = np.take_along_axis(idx, keep, axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    return np.take_along_axis(best_idx, order, axis=1), np.take_along_axis(best, order, axis=1)
+
+
+def config_sha256(model):
+    path = Path(model.source) / "config.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def read_index_texts(directory, emb, texts_file=None, field=None):
+    """The texts behind the rows, or None when they cannot be found (search then prints row numbers)."""
+    from .extract import read_texts, sha256_of
+    m = emb.manifest
+    if texts_file is not None:
+        texts = read_texts(texts_file, field or m.get("field") or "text")
+    elif emb.texts is not None:
+        return emb.texts
+    else:
+        source = m.get("input")
+        if source in (None, "-") or not Path(source).is_file() or sha256_of(source) != m.get("input_sha256"):
+            return None                                # gone, moved, or changed since the extraction
+        texts = read_texts(source, field or m.get("field") or "text")
+    if len(texts) != m["count"]:
+        raise InputError(f"{texts_file or m.get('input')}: {len(texts)} texts, but {directory} holds {m['count']} rows")
+    return texts
+
+
+class Index:
+    """An extraction directory opened for search: vectors memory-mapped, the manifest, the texts if found."""
+
+    def __init__(self, directory, *, layer=None, reduced=False, texts_file=None, field=None):
+        from .extract import load_embeddings
+        self.directory = Path(directory)
+        self.embeddings = emb = load_embeddings(directory)
+        self.manifest = emb.manifest
+        if emb.vectors is None:
+            raise InputError(f"{directory} holds token-level vectors (pooling none); search needs one vector "
+                             "per text: extract with --pooling mean (or cls, max)")
+        self.reduced = reduced
+        self.layer = layer
+        self.texts = read_index_texts(directory, emb, texts_file, field)
+
+    def matrix_and_query_options(self, model):
+        """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""
+        from .pooling import resolve_layers
+        from .reduce import load_reduced
+        m, vectors = self.manifest, self.embeddings.vectors
+        options = {"pooling": m["pooling"], "combine": m["combine"], "max_length": m.get("max_length"),
+                   "window": m.get("window"), "stride": m.get("stride"), "layers": m["layers"]}
+        if vectors.ndim == 3:                          # several layers kept: search one of them
+            chosen = resolve_layers(m["layers"], model.config.num_hidden_layers)
+            want = chosen[-1] if self.layer is None else resolve_layers(self.layer, model.config.num_hidden_layers)[0]
+            if want not in chosen:
+                raise InputError(f"layer {self.layer} was not extracted; {self.directory} holds hidden states {chosen}")
+            options.update(layers=want, combine=None)
+            matrix = vectors[:, chosen.index(want)]
+        else:
+            if self.layer is not None:
+                raise InputError(f"{self.directory} holds one vector per text (layers {m['layers']!r}, combine "
+                                 f"{m['combine']!r}); --layer only applies when several layers were kept")
+            matrix = vectors
+        if self.reduced:
+            if vectors.ndim != 2:
+                raise InputError("reduced vectors exist only for extractions with one vector per text")
+            matrix = load_reduced(self.directory, m)
+        return matrix, options
+
+    def search(self, model, queries, k=10):
+        """Top-k hits for each query: a list (per query) of Hit, best first."""
+        from .reduce import load_projection
+        if config_sha256(model) != self.manifest.get("config_sha256"):
+            raise MiniBertError(f"{self.directory} was extracted with {self.manifest.get('model_source')}, "
+                                f"not {model.source} (their config.json differ): load that model to search it")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive int, found {k!r}")
+        matrix, options = self.matrix_and_query_options(model)
+        q = model.encode(queries, **options, dtype="float32")                            # [Q, D]
+        if self.reduced:
+            q = load_projection(self.directory, self.manifest).transform(q)             # [Q, K]
+        indices, scores = top_k(matrix, q, k)
+        return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i]) for i, s in zip(row_i, row_s)]
+                for row_i, row_s in zip(indices, scores)]
+
+
+def search(model, directory, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
+    """Model.search: a query string gives a list of Hit; a list of queries gives a list of such lists."""
+    single = isinstance(queries, str)
+    hits = Index(directory, layer=layer, reduced=reduced, texts_file=texts_file, field=field).search(
+        model, [queries] if single else list(queries), k)
+    return hits[0] if single else hits
+
+
+def format_hits(query, hits):
+    lines = [f"query: {query!r}"]
+    for rank, hit in enumerate(hits, 1):
+        text = f"row {hit.index}" if hit.text is None else hit.text
+        lines.append(f"{rank:>3}. {hit.score:+.4f}  [{hit.index}] {text}")
+    return "\n".join(lines)
+
+
+def similarity_matrix(model, texts, *, layer=-1, pooling="mean"):
+    """Cosine similarity [N, N] of every pair of texts at one layer."""
+    vectors = model.encode(texts, layers=layer, pooling=pooling, normalize=True).astype(np.float64)   # [N, D]
+    return vectors @ vectors.T
+
+
+def format_matrix(texts, sims, width=40):
+    """The texts numbered, then the matrix with the same numbers on both axes."""
+    lines = [f"[{i}] {t if len(t) <= width else t[:width - 3] + '...'}" for i, t in enumerate(texts)]
+    lines.append("      " + "".join(f"{f'[{j}]':>8}" for j in range(len(texts))))
+    for i, row in enumerate(sims):
+        lines.append(f"{f'[{i}]':>6}" + "".join(f"{s:>+8.3f}" for s in row))
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""A guided run through the encoder for one sentence: `python -m minibert.walkthrough "text"`.
+
+At each step it prints where the code is, the shape, and a few numbers from minibert next to the same
+numbers recomputed here from the formula in plain NumPy (no minibert op is called for the recomputation;
+only the weights are shared). Read docs/walkthrough.md beside it.
+
+Axes: T tokens, H hidden, NH heads, HS head size, I intermediate.
+"""
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_TEXT = "The cat sat on the mat."
+
+
+@dataclass
+class Step:
+    name: str              # what this step computes
+    where: str             # "module: function" that computes it in minibert
+    formula: str           # the formula, as in docs/walkthrough.md
+    ours: np.ndarray       # minibert's result for the sentence (batch axis dropped)
+    theirs: np.ndarray     # the formula's result, computed here
+
+    @property
+    def max_diff(self):
+        return float(np.abs(np.asarray(self.ours, np.float64) - np.asarray(self.theirs, np.float64)).max())
+
+
+# The formulas, one small function each, on a single sentence (no batch axis, no padding).
+
+def layer_norm(x, g, b, eps):
+    mu = x.mean(-1, keepdims=True)                                  # [T, 1]
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)                   # [T, 1] biased, as BERT's code
+    return (x - mu) / np.sqrt(var + eps) * g + b                    # [T, H]
+
+
+_erf = np.vectorize(math.erf)
+ACTIVATIONS = {
+    "gelu": lambda x: 0.5 * x * (1 + _erf(x / math.sqrt(2))),      # exact GELU: x * Phi(x)
+    "gelu_new": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    "relu": lambda x: np.maximum(x, 0),
+    "silu": lambda x: x / (1 + np.exp(-x)),
+}
+ACTIVATIONS["gelu_pytorch_tanh"] = ACTIVATIONS["gelu_new"]
+
+
+def softmax(s):
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def formula_layer(x, w, config):
+    """One encoder layer from the formulas; returns every intermediate by name."""
+    H, NH = x.shape[-1], config.num_attention_heads
+    HS = H // NH
+    T = x.shape[0]
+    Wq, Wk, Wv = np.split(w["qkv"]["w"], 3, axis=1)                  # 3 x [H, H]
+    bq, bk, bv = np.split(w["qkv"]["b"], 3)
+    q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv                  # [T, H]
+    qh, kh, vh = (a.reshape(T, NH, HS).transpose(1, 0, 2) for a in (q, k, v))   # [NH, T, HS]
+    probs = softmax(qh @ kh.transpose(0, 2, 1) / math.sqrt(HS))     # [NH, T, T]
+    context = (probs @ vh).transpose(1, 0, 2).reshape(T, H)         # [T, H]
+    attn_out = context @ w["attn_out"]["w"] + w["attn_out"]["b"]    # [T, H]
+    a = layer_norm(x + attn_out, w["attn_ln"]["g"], w["attn_ln"]["b"], config.layer_norm_eps)
+    inter = ACTIVATIONS[config.hidden_act](a @ w["ffn_in"]["w"] + w["ffn_in"]["b"])   # [T, I]
+    ffn_out = inter @ w["ffn_out"]["w"] + w["ffn_out"]["b"]          # [T, H]
+    out = layer_norm(a + ffn_out, w["ffn_ln"]["g"], w["ffn_ln"]["b"], config.layer_norm_eps)
+    return {"query": q, "key": k, "value": v, "attention.probs": probs, "attention.context": context,
+            "attention.output": attn_out, "attention.layer_norm": a, "ffn.intermediate": inter,
+            "ffn.output": ffn_out, "out": out}
+
+
+def walkthrough(model, text=DEFAULT_TEXT):
+    """Run `text` through minibert and through the formulas; returns (tokens, ids, [Step, ...])."""
+    from .model import make_position_ids
+    from .pooling import l2_normalize, pool
+    c, w = model.config, model.weights
+    batch = model.tokenize([text])
+    ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids   # [1, T]
+    out = model.forward(ids, mask, types, output_attentions=True, capture="layer.0.*")
+    positions = make_position_ids(ids, c)[0]                        # [T]
+    steps = []
+    e = w["embeddings"]
+    x = e["word"][ids[0]] + e["position"][positions] + e["token_type"][types[0]]       # [T, E]
+    x = layer_norm(x, e["ln"]["g"], e["ln"]["b"], c.layer_norm_eps)
+    if w.get("embedding_projection") is not None:                   # ALBERT, ELECTRA: E -> H
+        x = x @ w["embedding_projection"]["w"] + w["embedding_projection"]["b"]
+    steps.append(Step("embeddings", "minibert/model.py: embeddings",
+                      "LayerNorm(word[ids] + position[positions] + token_type[types])", out.hidden_states[0][0], x))
+    inside = formula_layer(x, w["layers"][0], c)
+    detail = [("query", "x Wq + bq  (one fused matmul x [Wq|Wk|Wv] in minibert)"),
+              ("key", "x Wk + bk"), ("value", "x Wv + bv"),
+              ("attention.probs", "softmax(Q_h K_h^T / sqrt(HS) + mask), per head h"),
+              ("attention.context", "concat_h(probs_h V_h)"),
+              ("attention.output", "context Wo + bo"),
+              ("attention.layer_norm", "LayerNorm(x + attention.output)"),
+              ("ffn.intermediate", f"{c.hidden_act}(a W1 + b1)"),
+              ("ffn.output", "intermediate W2 + b2")]
+    for name, formula in detail:
+        where = "minibert/model.py: feed_forward" if name.startswith("ffn") else "minibert/model.py: self_attention"
+        ours = out.attentions[0][0] if name == "attention.probs" else out.captured[f"layer.0.{name}"][0]
+        steps.append(Step(f"layer 1 {name}", where, formula, ours, inside[name]))
+    x = inside["out"]
+    steps.append(Step("layer 1 output", "minibert/model.py: encoder_layer", "LayerNorm(a + ffn.output)",
+                      out.hidden_states[1][0], x))
+    for i in range(1, c.num_hidden_layers):
+        x = formula_layer(x, w["layers"][i], c)["out"]
+        steps.append(Step(f"layer {i + 1} output", "minibert/model.py: encoder_layer", "the same layer, its own weights",
+                          out.hidden_states[i + 1][0], x))
+    # What model.encode(text) does with the last layer (minibert/encode.py: encode calls these two).
+    pooled = pool(out.hidden_states[-1], mask, "mean")                  # [1, H]
+    steps.append(Step("mean pooling", "minibert/pooling.py: pool", "mean over the T tokens of the last layer",
+                      pooled[0], x.mean(0)))
+    steps.append(Step("normalised", "minibert/pooling.py: l2_normalize", "v / ||v||",
+                      l2_normalize(pooled)[0], x.mean(0) / np.linalg.norm(x.mean(0))))
+    if out.pooler_output is not None:
+        steps.append(Step("pooler", "minibert/model.py: pooler", "tanh(h_[CLS] Wp + bp)", out.pooler_output[0],
+                          np.tanh(x[0] @ w["pooler"]["w"] + w["pooler"]["b"])))
+    return batch.tokens[0], ids[0], steps
+
+
+def few(a, n=4):
+    flat = np.asarray(a, np.float64).reshape(-1)[:n]
+    return "[" + " ".join(f"{v:+.6f}" for v in flat) + (" ...]" if np.size(a) > n else "]")
+
+
+def report(tokens, ids, steps, model):
+    c = model.config
+    yield f"model  {model.source}\n       {c.num_hidden_layers} layers, H {c.hidden_size}, {c.num_attention_heads} heads " \
+          f"(HS {c.hidden_size // c.num_attention_heads}), I {c.intermediate_size}, {np.dtype(model.dtype).name}, " \
+          f"backend {model.backend}"
+    yield "\ntokens  minibert/tokenizer.py: Tokenizer.__call__"
+    yield f"        {tokens}\n        ids {ids.tolist()}  shape [1, {len(ids)}]"
+    for n, s in enumerate(steps, 1):
+        shape = list(np.shape(s.ours))
+        yield f"\n{n:>2}. {s.name:<28}{s.where}\n    formula   {s.formula}\n    shape     {shape}" \
+              f"\n    minibert  {few(s.ours)}\n    formula   {few(s.theirs)}\n    max |diff| {s.max_diff:.1e}"
+    worst = max(steps, key=lambda s: s.max_diff)
+    yield f"\nlargest difference: {worst.max_diff:.1e} ({worst.name})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minibert.walkthrough", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("text", nargs="?", default=DEFAULT_TEXT)
+    parser.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                        help="float64 (default) shows agreement to rounding; float32 is what encode uses")
+    args = parser.parse_args(argv)
+    import minibert
+    # The NumPy reference backend: the walkthrough reads the same code path a newcomer reads.
+    model = minibert.load(args.model, backend="numpy", dtype=args.dtype)
+    tokens, ids, steps = walkthrough(model, args.text)
+    for block in report(tokens, ids, steps, model):
+        print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

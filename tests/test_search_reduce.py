@@ -1,0 +1,158 @@
+"""PCA on extractions and search over them: against NumPy computed here (direct SVD, brute-force cosine)."""
+
+import numpy as np
+import pytest
+
+import minibert
+from minibert import reduce, search
+from minibert.cli import main
+from minibert.errors import InputError, MiniBertError
+from minibert.extract import extract
+from tiny import write_tiny
+
+CORPUS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today.",
+          "Shares dropped on Wall Street.", "A cat sleeps on the sofa.", "The kitten naps on the couch.",
+          "Heavy rain is expected tomorrow.", "The forecast says it will pour.", "He cooked pasta for dinner.",
+          "She baked bread this morning.", "The train was late again.", "Our flight was delayed by an hour."]
+
+
+@pytest.fixture(scope="module")
+def model(model_for):
+    return model_for("cpu")
+
+
+@pytest.fixture()
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(CORPUS) + "\n")
+    return path
+
+
+# ----- PCA ---------------------------------------------------------------------------------------------------
+
+def test_pca_matches_direct_svd_and_chunking(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 10)) @ rng.standard_normal((10, 10)) + 3.0     # correlated, off-centre
+    monkeypatch.setattr(reduce, "CHUNK", 7)                                       # several partial sums
+    pca = reduce.fit_pca(X, 4)
+    centred = X - X.mean(0)
+    _, s, Vt = np.linalg.svd(centred, full_matrices=False)                       # the textbook route
+    signs = np.sign((pca.components * Vt[:4]).sum(1))
+    np.testing.assert_allclose(pca.components, Vt[:4] * signs[:, None], atol=1e-10)
+    np.testing.assert_allclose(pca.explained_variance, s[:4] ** 2 / 49, rtol=1e-10)
+    assert pca.variance_kept == pytest.approx((s[:4] ** 2).sum() / (s ** 2).sum())
+    np.testing.assert_allclose(pca.transform(X), centred @ pca.components.T, atol=1e-10)
+
+
+def test_whitened_components_have_unit_variance():
+    X = np.random.default_rng(1).standard_normal((40, 6)) * [5, 3, 2, 1, 0.5, 0.1]
+    Z = reduce.fit_pca(X, 3, whiten=True).transform(X)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(Z.var(0, ddof=1), 1, rtol=1e-10)
+
+
+def test_bad_specs():
+    with pytest.raises(InputError, match="pca:K"):
+        reduce.parse_reduce("svd:3")
+    with pytest.raises(InputError, match="pca:K"):
+        reduce.parse_reduce("pca:0")
+    with pytest.raises(InputError, match="1 <= K <= 4"):
+        reduce.fit_pca(np.ones((5, 4)), 5)
+
+
+def test_extract_reduce_end_to_end(model, corpus_file, tmp_path, capsys):
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--reduce", "pca:5", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    emb = minibert.load_embeddings(out)
+    kept = emb.manifest["reduce"]
+    assert kept["k"] == 5 and {"pca.npz", "reduced.npy"} <= set(emb.manifest["files"])
+    assert not list(out.glob("*.partial"))
+    vectors = np.asarray(emb.vectors, dtype=np.float64)
+    centred = vectors - vectors.mean(0)
+    s = np.linalg.svd(centred, compute_uv=False)
+    assert kept["variance_kept"] == pytest.approx((s[:5] ** 2).sum() / (s ** 2).sum(), rel=1e-6)
+    assert f"{kept['variance_kept']:.1%}" in printed
+    np.testing.assert_allclose(emb.reduced, emb.project(vectors), atol=1e-5)
+    # New texts get the same projection: centre with the corpus mean, onto the stored components.
+    new = model.encode(["A woman plays the violin."])
+    pca = reduce.PCA.load(out / "pca.npz")
+    np.testing.assert_allclose(emb.project(new), (new - pca.mean) @ pca.components.T, atol=1e-6)
+    assert emb.project(new).shape == (1, 5)
+
+
+def test_reduce_needs_one_vector_per_row(model, tmp_path):
+    extract(model, CORPUS, tmp_path / "all", layers="all")
+    with pytest.raises(InputError, match="one vector per row"):
+        reduce.reduce_extraction(tmp_path / "all", "pca:4")
+    with pytest.raises(MiniBertError, match="no projection"):
+        minibert.load_embeddings(tmp_path / "all").project(np.zeros(384))
+
+
+# ----- search ------------------------------------------------------------------------------------------------
+
+def test_top_k_equals_brute_force_across_chunks(monkeypatch):
+    rng = np.random.default_rng(2)
+    matrix, queries = rng.standard_normal((103, 8)), rng.standard_normal((3, 8))
+    monkeypatch.setattr(search, "CHUNK", 10)
+    idx, scores = search.top_k(matrix, queries, 25)
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ \
+        (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).T
+    want = np.argsort(-cos, axis=1)[:, :25]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(cos, want, axis=1), atol=1e-6)
+    assert search.top_k(matrix[:4], queries, 10)[0].shape == (3, 4)      # k larger than the index
+
+
+def test_model_search_over_an_extraction(model, corpus_file, tmp_path):
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out, layers=[0, 2, -1], source_file=str(corpus_file))
+    hits = model.search(out, CORPUS[3], k=3)                              # the last layer kept, by default
+    assert hits[0].index == 3 and hits[0].text == CORPUS[3] and hits[0].score == pytest.approx(1, abs=1e-5)
+    # Scores at layer 2 are the cosines of encode(layers=2) vectors.
+    vecs = model.encode(CORPUS + ["Stocks tumbled."], layers=2, normalize=True).astype(np.float64)
+    cos = vecs[:-1] @ vecs[-1]
+    [hits] = model.search(out, ["Stocks tumbled."], k=len(CORPUS), layer=2)
+    assert [h.index for h in hits] == np.argsort(-cos).tolist()
+    np.testing.assert_allclose([h.score for h in hits], np.sort(cos)[::-1], atol=1e-5)
+    with pytest.raises(InputError, match="was not extracted"):
+        model.search(out, "x", layer=4)
+
+
+def test_search_command_texts_and_reduced(model, corpus_file, tmp_path, capsys):
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--reduce", "pca:6", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(out), "Someone plays an instrument.", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query: 'Someone plays an instrument.'" and lines[1].endswith("[1] Someone plays an instrument.")
+    assert main(["search", str(out), CORPUS[8], "-k", "1", "--reduced"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(f"[8] {CORPUS[8]}")
+    moved = tmp_path / "moved.txt"
+    corpus_file.rename(moved)                                             # the input is gone: row numbers only
+    assert main(["search", str(out), CORPUS[0], "-k", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "row 0" in printed and "pass --texts" in printed
+    assert main(["search", str(out), CORPUS[0], "-k", "1", "--texts", str(moved)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(f"[0] {CORPUS[0]}")
+
+
+def test_search_refuses_another_model_and_token_output(model, tmp_path):
+    extract(model, CORPUS[:4], tmp_path / "vecs")
+    tiny = minibert.load(write_tiny(tmp_path / "tiny"), backend="numpy")
+    with pytest.raises(MiniBertError, match="extracted with"):
+        tiny.search(tmp_path / "vecs", "the cat")
+    extract(model, CORPUS[:4], tmp_path / "tokens", pooling="none")
+    with pytest.raises(InputError, match="token-level"):
+        model.search(tmp_path / "tokens", "the cat")
+
+
+def test_similarity_matrix_command(model, corpus_file, capsys):
+    assert main(["similarity", "--matrix", str(corpus_file), "--layer", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "cosine similarity, layer 3, mean pooling"
+    rows = [line.split()[1:] for line in lines[2 + len(CORPUS):]]
+    printed = np.array(rows, dtype=float)
+    vecs = model.encode(CORPUS, layers=3, normalize=True).astype(np.float64)
+    np.testing.assert_allclose(printed, vecs @ vecs.T, atol=5e-4)          # printed to 3 decimals
+    assert main(["similarity", "only one text"]) == 1
