@@ -126,12 +126,15 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
     N = len(tokenized)
     rows = [row for i, tok in enumerate(tokenized) for row in window_rows(i, tok, window, stride)]
     token_level = pooling == "none"
-    # Texts whose token vectors must be kept: all of them for token-level output, else only windowed ones.
-    keep_tokens = set(range(N)) if token_level else \
-        {row.text for row in rows if len(row.positions) != len(tokenized[row.text].ids)}
+    windowed = {row.text for row in rows if len(row.positions) != len(tokenized[row.text].ids)}
+    # Texts whose token vectors must be kept: all for token-level output; windowed ones for max pooling,
+    # which needs each merged token. Other pooling of a windowed text is linear in the merged tokens, so
+    # each window adds its share as it comes (`shares`) and the text's tokens are never held.
+    keep_tokens = set(range(N)) if token_level else windowed if pooling == "max" else set()
     pooled = np.zeros((N, len(chosen), H), dtype=np.float64)
     sums = {i: np.zeros((len(tokenized[i].ids), len(chosen), H)) for i in keep_tokens}   # [n, layers, H]
     counts = {i: np.zeros(len(tokenized[i].ids), dtype=np.int64) for i in keep_tokens}   # [n]
+    shares = window_shares(rows, tokenized, windowed - keep_tokens, pooling)              # text -> [n]
     captured = {name: [None] * N for name in sorted(capture_names)}
     order = sorted(range(len(rows)), key=lambda r: len(rows[r].ids))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -139,7 +142,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
         batch_rows = [rows[r] for r in batch]
         ids, mask, types = pad(batch_rows, model.config.pad_token_id)
         lengths = mask.sum(axis=1)
-        direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens]
+        direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens and row.text not in shares]
         for layer in model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names):
             index, hidden = layer.index, layer.hidden_state                     # [B, T, H]
             for name, value in layer.captured.items():      # internals are [B, T, ...] or [B, NH, T, T]
@@ -156,6 +159,9 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
             for k, row in enumerate(batch_rows):
                 if row.text in keep_tokens:
                     sums[row.text][row.positions[:, None], slots] += hidden[k, :len(row.positions), None]
+                elif row.text in shares:
+                    share = shares[row.text][row.positions]                              # [window tokens]
+                    pooled[row.text, slots] += share @ hidden[k, :len(row.positions)].astype(np.float64)
         for row in batch_rows:
             if row.text in keep_tokens:
                 counts[row.text][row.positions] += 1
@@ -166,6 +172,25 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
         tokens = merged[i].transpose(1, 0, 2)                                   # [layers, n, H]
         pooled[i] = pool(tokens, np.ones(tokens.shape[:2]), pooling)
     return pooled, captured
+
+
+def window_shares(rows, tokenized, texts, pooling):
+    """Per token of each windowed text, the weight one window's vector carries in the pooled vector.
+
+    A merged token is the mean of the windows covering it (vector sum / coverage), and cls, mean and
+    mean_sqrt_len are weighted sums of merged tokens, so pooled = sum over windows of share . window tokens.
+    """
+    coverage = {i: np.zeros(len(tokenized[i].ids)) for i in texts}                 # text -> [n]
+    for row in rows:
+        if row.text in coverage:
+            coverage[row.text][row.positions] += 1
+    shares = {}
+    for i, covered in coverage.items():
+        n = len(covered)
+        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n),
+                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n))}[pooling]               # [n]
+        shares[i] = weight / covered
+    return shares
 
 
 def finish(stacked, layers, combine, normalize, out_dtype):

@@ -93,11 +93,14 @@ def test_long_text_windows_cover_every_token(model):
     assert np.abs(whole[0] - cut[0]).max() > 1e-3
 
 
-def test_windowed_mean_pooling_is_mean_of_merged_tokens(model):
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max", "mean_sqrt_len"])
+def test_windowed_pooling_pools_the_merged_tokens(model, pooling):
+    # cls, mean and mean_sqrt_len add each window's share as it comes; max pools the kept merged tokens.
     long_text = " ".join(["the cat sat on the mat"] * 60)
-    tokens = model.encode([long_text], pooling="none", window=100, stride=20)[0]
-    pooled = model.encode([long_text], window=100, stride=20)[0]
-    assert np.abs(pooled - tokens.mean(0)).max() < 1e-6
+    tokens = model.encode([long_text], pooling="none", window=100, stride=20)[0].astype(np.float64)
+    pooled = model.encode([long_text], pooling=pooling, window=100, stride=20)[0]
+    want = ref_pool(tokens[None], pooling)
+    assert np.abs(pooled - want).max() < 1e-6
 
 
 def test_encode_words_pools_subword_pieces(model):
