@@ -2,19 +2,24 @@
 
 Output directory:
     manifest.json            what was extracted, from what, by which minibert (written last)
-    vectors.npy              [N, D] (or [N, L, D]) pooled vectors, filled through a memory map   (npy)
+    vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
     tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
     vectors.npz | vectors-00000.safetensors ... | vectors.jsonl                                 (other formats)
+    progress.json            while a run is unfinished: rows done and the job they belong to
 Every file is written under a ".partial" name and renamed only when complete, manifest last, so an
-interrupted run never leaves a directory that looks finished.
+interrupted run never leaves a directory that looks finished; `resume=True` (`--resume`) finishes it.
 """
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +33,14 @@ SHARD_ROWS = 65536      # rows per safetensors shard
 
 
 def read_texts(path, field="text"):
-    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv (a column), or '-' for stdin."""
+    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin."""
     if path == "-":
         return [line.rstrip("\n") for line in sys.stdin]
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
+    if path.suffix.lower() == ".parquet":
+        return read_parquet_texts(path, field)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -60,6 +67,29 @@ def read_texts(path, field="text"):
     return text.splitlines()
 
 
+def read_parquet_texts(path, field):
+    """A string column of a Parquet file; needs pyarrow (it comes with the `ray` extra)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow "
+                         "(or pip install 'minibert[ray]', which brings it)") from None
+    try:
+        schema = pq.read_schema(path)
+        if field not in schema.names:
+            raise InputError(f"{path}: no column {field!r}; columns are {schema.names} (choose one with --field)")
+        column = pq.read_table(path, columns=[field]).column(field)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: cannot read as Parquet ({e})") from None
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise InputError(f"{path}: column {field!r} holds {column.type}, not strings")
+    if column.null_count:
+        first = column.is_null().to_pylist().index(True)
+        raise InputError(f"{path}: column {field!r} is null in {column.null_count} row(s), the first at row {first}")
+    return column.to_pylist()
+
+
 def sha256_of(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -70,109 +100,457 @@ def sha256_of(path):
 
 def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", normalize=False, fmt="npy",
             dtype="float32", batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
-            source_file=None, progress=None):
-    """Encode `texts` into files under out_dir; returns the manifest dict."""
+            resume=False, source_file=None, progress=None, encode_range=None, engine=None):
+    """Encode `texts` into files under out_dir; returns the manifest dict.
+
+    encode_range(start, stop), when given, must return what encode would for texts[start:stop]; it is
+    called with increasing, non-overlapping ranges (another engine, e.g. Ray, serves them). `engine` is
+    recorded in the manifest (default {"name": "local"}).
+
+    Interruptions: rows are written chunk by chunk into ".partial" files and progress.json records, after
+    each chunk is on disk (fsync), how many rows are done and what job they belong to (a checksum of the
+    texts, the model, the options). `resume=True` checks that the job is the same and continues from the
+    first row not done, through encode_range like any run; a different job is refused. Without resume or
+    overwrite, a directory holding an interrupted run is refused rather than silently discarded.
+    """
     from . import __version__
+    from .tokenizer import as_text_list
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, found {fmt!r}")
+    if pooling == "none" and fmt != "npy":
+        raise InputError("token-level output (pooling none) is written as npy (flat tokens + offsets)")
+    if overwrite and resume:
+        raise InputError("--overwrite discards an earlier run and --resume continues it: pass one of them")
+    texts = as_text_list(texts, "texts")
+    N = len(texts)
     out = Path(out_dir)
-    if (out / "manifest.json").exists() and not overwrite:
-        raise InputError(f"{out} already holds an extraction (manifest.json); pass --overwrite to replace it "
-                         "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.partial"):
-        stale.unlink()
-    if overwrite:
-        (out / "manifest.json").unlink(missing_ok=True)      # until the new run completes, nothing looks done
 
     def encode_chunk(chunk):
         return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
                             progress=progress, dtype=dtype)
 
-    probe = encode_chunk(["x"])                                           # the output's shape per text
-    token_level = pooling == "none"
-    row_shape = probe[0].shape[1:] if token_level else probe.shape[1:]
-    N = len(texts)
-    files = []
-    if fmt == "npy" and not token_level:
-        vectors = np.lib.format.open_memmap(out / "vectors.npy.partial", mode="w+", dtype=dtype, shape=(N,) + row_shape)
-        for start in range(0, N, CHUNK):
-            vectors[start:start + CHUNK] = encode_chunk(texts[start:start + CHUNK])
-        vectors.flush()
-        del vectors
-        files.append(finalise(out, "vectors.npy"))
-    elif fmt == "npy":
-        # Token counts first (the tokenizer is cheap), so the flat token array can be memory-mapped.
-        offsets = np.zeros(N + 1, dtype=np.int64)
-        for start in range(0, N, CHUNK):
-            for i, n_tokens in enumerate(encode_lengths(model, texts[start:start + CHUNK], max_length, window)):
-                offsets[start + i + 1] = n_tokens
-        offsets = np.cumsum(offsets)
-        tokens = np.lib.format.open_memmap(out / "tokens.npy.partial", mode="w+", dtype=dtype,
-                                           shape=(int(offsets[-1]),) + row_shape)
-        for start in range(0, N, CHUNK):
-            for i, vecs in enumerate(encode_chunk(texts[start:start + CHUNK])):
-                tokens[offsets[start + i]:offsets[start + i + 1]] = vecs
-        tokens.flush()
-        del tokens
-        with open(out / "offsets.npy.partial", "wb") as f:
-            np.save(f, offsets)
-        files += [finalise(out, "tokens.npy"), finalise(out, "offsets.npy")]
-    elif fmt == "jsonl":
-        with open(out / "vectors.jsonl.partial", "w", encoding="utf-8") as f:
-            for start in range(0, N, CHUNK):
-                for i, vecs in enumerate(encode_chunk(texts[start:start + CHUNK])):
-                    f.write(json.dumps({"index": start + i, "text": texts[start + i],
-                                        "vector": np.asarray(vecs, dtype=np.float64).tolist()}) + "\n")
-        files.append(finalise(out, "vectors.jsonl"))
-    elif fmt == "safetensors":
-        from safetensors.numpy import save_file
-        if token_level:
-            raise InputError("token-level output (pooling none) is written as npy (flat tokens + offsets)")
-        shard = 0
-        for start in range(0, max(N, 1), SHARD_ROWS):
-            part = [encode_chunk(texts[s:s + CHUNK]) for s in range(start, min(start + SHARD_ROWS, N), CHUNK)]
-            block = np.concatenate(part) if part else np.zeros((0,) + row_shape, dtype=dtype)
-            name = f"vectors-{shard:05d}.safetensors"
-            save_file({"vectors": np.ascontiguousarray(block)}, str(out / f"{name}.partial"),
-                      metadata={"first_row": str(start)})
-            files.append(finalise(out, name))
-            shard += 1
-    else:  # npz: built from a memory-mapped scratch file so the corpus never sits in memory
-        if token_level:
-            raise InputError("token-level output (pooling none) is written as npy (flat tokens + offsets)")
-        scratch = np.lib.format.open_memmap(out / "scratch.npy.partial", mode="w+", dtype=dtype, shape=(N,) + row_shape)
-        for start in range(0, N, CHUNK):
-            scratch[start:start + CHUNK] = encode_chunk(texts[start:start + CHUNK])
-        with open(out / "vectors.npz.partial", "wb") as f:
-            np.savez(f, vectors=scratch)
-        del scratch
-        (out / "scratch.npy.partial").unlink()
-        files.append(finalise(out, "vectors.npz"))
+    if encode_range is None:
+        def encode_range(start, stop):
+            return encode_chunk(texts[start:stop])
 
+    probe = encode_chunk(["x"])            # the output's shape per text; also checks every option up front
     config_path = Path(model.source) / "config.json"
+    job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model.source,
+           "config_sha256": sha256_of(config_path) if config_path.is_file() else None,
+           "weights": weights_fingerprint(model.source), "compute_dtype": np.dtype(model.dtype).name,
+           "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
+           "format": fmt, "batch_size": batch_size, "max_length": max_length, "window": window, "stride": stride,
+           "minibert_version": __version__}
+    job = json.loads(json.dumps(job, default=lambda v: v.item() if hasattr(v, "item") else str(v)))  # as saved
+    with disk_errors(out, 0, N):
+        finished, done = prepare_directory(out, job, overwrite=overwrite, resume=resume)
+    if finished:
+        return finished                                 # resume of a job that had already finished
+    token_level = pooling == "none"
+    row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
+    if token_level:
+        writer = TokenWriter(out, N, row_shape, dtype, token_counts(model, texts, max_length, window))
+    elif fmt == "jsonl":
+        writer = JsonlWriter(out, texts)
+    else:
+        writer = PooledWriter(out, N, row_shape, dtype, fmt)
+    try:
+        with sigterm_as_interrupt():
+            if done["writer"] is None or done["rows"] < N:      # else only finish() was left to do
+                with disk_errors(out, done["rows"], N):
+                    writer.open(done)
+            for start in range(done["rows"], N, CHUNK):
+                stop = min(start + CHUNK, N)
+                block = encode_range(start, stop)              # its own errors pass through unchanged
+                with disk_errors(out, done["rows"], N):
+                    writer.write(start, block)
+                    writer.sync()
+                    done = {**done, "rows": stop, "writer": writer.position()}
+                    save_progress(out, job, done)
+            with disk_errors(out, done["rows"], N):
+                writer.close()
+                files = writer.finish()
+    except KeyboardInterrupt as e:
+        raise type(e)(f"{done['rows']} of {N} rows are saved in {out}; run the same command with --resume to "
+                      "finish") from None
+    finally:
+        writer.close()
+
     manifest = {
-        "minibert_version": __version__, "model_source": model.source,
-        "config_sha256": sha256_of(config_path) if config_path.is_file() else None,
+        "minibert_version": __version__, "model_source": model.source, "config_sha256": job["config_sha256"],
         "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
         "format": fmt, "count": N, "row_shape": list(row_shape), "max_length": max_length, "window": window,
         "stride": stride, "input": None if source_file is None else str(source_file),
         "input_sha256": sha256_of(source_file) if source_file not in (None, "-") else None,
-        "files": files, "complete": True,
+        "engine": engine or {"name": "local"}, "files": files, "job": job, "resumed_at": done["resumed_at"],
+        "complete": True,
     }
-    (out / "manifest.json.partial").write_text(json.dumps(manifest, indent=2))
-    finalise(out, "manifest.json")
+    with disk_errors(out, N, N):
+        write_durably(out / "manifest.json.partial", json.dumps(manifest, indent=2))
+        finalise(out, "manifest.json")
+        (out / PROGRESS).unlink(missing_ok=True)
     return manifest
 
 
-def encode_lengths(model, texts, max_length, window):
+@contextmanager
+def disk_errors(out, rows, total):
+    """An OSError while writing becomes one MiniBertError that says how far the run got and how to go on."""
+    try:
+        yield
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise MiniBertError(f"{out}: {'disk full' if full else 'cannot write'} after {rows} of {total} rows "
+                            f"({e.strerror or e}); {'free some space' if full else 'fix the cause'} and run the same "
+                            "command with --resume to finish") from None
+
+
+PROGRESS = "progress.json"
+
+
+def prepare_directory(out, job, *, overwrite, resume):
+    """Decide where this run starts: (None, {"rows": first row to encode, "writer": writer state or None for a
+    fresh start, "resumed_at": [...]}), or (manifest, None) when resuming a job that already finished.
+    Refuses what would lose or mix work."""
+    manifest_path, progress_path = out / "manifest.json", out / PROGRESS
+    if manifest_path.exists() and not overwrite:
+        if resume:
+            manifest = read_json_file(manifest_path)
+            if manifest.get("complete") and manifest.get("job") == job:
+                return manifest, None
+            raise InputError(f"{out} already holds a complete extraction of another job{job_difference(manifest.get('job'), job)}; "
+                             "pass --overwrite to replace it or choose another --out")
+        raise InputError(f"{out} already holds an extraction (manifest.json); pass --overwrite to replace it "
+                         "or choose another --out")
+    if progress_path.exists() and not (resume or overwrite):
+        saved = read_json_file(progress_path)
+        raise InputError(f"{out} holds an interrupted extraction ({saved.get('rows', '?')} of "
+                         f"{saved.get('job', {}).get('count', '?')} rows done); pass --resume to finish it or "
+                         "--overwrite to start again")
+    if resume and progress_path.exists():
+        saved = read_json_file(progress_path)
+        if saved.get("job") != job:
+            raise InputError(f"cannot resume the extraction in {out}: it was started for another job"
+                             f"{job_difference(saved.get('job'), job)}; run it with the same input, model and "
+                             "options, or pass --overwrite to start again")
+        rows = saved.get("rows")
+        if not isinstance(rows, int) or not 0 <= rows <= job["count"]:
+            raise InputError(f"{out / PROGRESS}: unreadable progress (rows {rows!r}); pass --overwrite to start again")
+        return None, {"rows": rows, "writer": saved.get("writer"), "resumed_at": saved.get("resumed_at", []) + [rows]}
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob("*.partial")) + [progress_path, manifest_path]:
+        stale.unlink(missing_ok=True)                    # until this run completes, nothing looks done
+    return None, {"rows": 0, "writer": None, "resumed_at": []}
+
+
+def read_json_file(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e}); pass --overwrite to start again") from None
+
+
+def job_difference(old, new):
+    """': input texts differ (...)' naming the first fields in which two job records differ."""
+    if not isinstance(old, dict):
+        return ""
+    changed = [key for key in new if old.get(key) != new[key]]
+    if not changed:
+        return ""
+    shown = [f"{key} was {old.get(key)!r:.40}, now {new[key]!r:.40}" for key in changed[:3]]
+    return " (" + "; ".join(shown) + ")"
+
+
+def save_progress(out, job, done):
+    write_durably(out / PROGRESS, json.dumps({"job": job, **done}))
+
+
+def write_durably(path, text):
+    """Write a small file so that after a crash it is either the old one or the whole new one."""
+    scratch = path.with_name(path.name + ".tmp")
+    with open(scratch, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(scratch, path)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return                                           # not possible everywhere (Windows): best effort
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def texts_sha256(texts):
+    """Checksum of the texts themselves (so stdin and in-memory lists are covered too); also refuses,
+    before anything is encoded, a text that is not valid Unicode."""
+    digest = hashlib.sha256()
+    for i, text in enumerate(texts):
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"texts[{i}] holds a lone surrogate {text[e.start]!r} at character {e.start}, which "
+                             "is not valid Unicode text; repair the input") from None
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(source):
+    """A cheap identity of the checkpoint files: sizes, headers and 16 sampled 64 KiB blocks of each."""
+    from .weights import checkpoint_files
+    try:
+        files = checkpoint_files(Path(source))
+    except MiniBertError:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as f:
+            for k in range(17):
+                f.seek(size * k // 17)
+                digest.update(f.read(1 << 16))
+    return digest.hexdigest()
+
+
+def write_rows(f, offset, data):
+    """Write bytes at `offset` of an open file (one function, so tests can make the disk fill up here)."""
+    f.seek(offset)
+    f.write(data)
+
+
+def preallocate(f, size):
+    """Reserve the whole file now so that a full disk fails here, with an error, rather than later."""
+    f.truncate(size)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # EOPNOTSUPP and friends: this filesystem cannot reserve space; writes still report a full disk
+
+
+class NpyFile:
+    """A .npy file of a known shape written piece by piece with ordinary writes (not a memory map, whose
+    writes to a full disk end the process with SIGBUS instead of raising)."""
+
+    def __init__(self, path, shape, dtype):
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.f = None
+
+    def open(self, fresh):
+        if fresh:
+            with open(self.path, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                        "fortran_order": False, "shape": self.shape})
+                self.header = f.tell()
+                preallocate(f, self.header + self.shape[0] * self.row_bytes)
+        else:
+            try:
+                with open(self.path, "rb") as f:
+                    np.lib.format.read_magic(f)
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    self.header = f.tell()
+            except (OSError, ValueError) as e:
+                raise InputError(f"{self.path}: the rows of the interrupted run cannot be read ({e}); "
+                                 "pass --overwrite to start again") from None
+            if tuple(shape) != self.shape or dtype != self.dtype:
+                raise InputError(f"{self.path}: holds {shape} {dtype}, not {self.shape} {self.dtype}; "
+                                 "pass --overwrite to start again")
+        self.f = open(self.path, "r+b")
+
+    def write(self, row, array):
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        write_rows(self.f, self.header + row * self.row_bytes, array.tobytes())
+
+    def sync(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+class PooledWriter:
+    """npy, npz, safetensors: rows go into vectors.npy.partial as they come; at the end it becomes
+    vectors.npy, or is copied into vectors.npz or safetensors shards."""
+
+    def __init__(self, out, N, row_shape, dtype, fmt):
+        self.out, self.N, self.fmt, self.dtype = out, N, fmt, dtype
+        self.data = NpyFile(out / "vectors.npy.partial", (N,) + row_shape, dtype)
+
+    def open(self, done):
+        self.data.open(fresh=done["writer"] is None)
+
+    def write(self, start, block):
+        self.data.write(start, block)
+
+    def sync(self):
+        self.data.sync()
+
+    def position(self):
+        return {"file": self.data.path.name}
+
+    def close(self):
+        self.data.close()
+
+    def finish(self):
+        out = self.out
+        if self.fmt == "npy":
+            return [finalise(out, "vectors.npy")]
+        if not self.data.path.exists():          # a resumed run: the last one got as far as deleting it
+            names = (["vectors.npz"] if self.fmt == "npz" else
+                     [f"vectors-{shard:05d}.safetensors" for shard in range(max(1, -(-self.N // SHARD_ROWS)))])
+            return [finalise(out, name) for name in names]
+        rows = np.load(self.data.path, mmap_mode="r")
+        if self.fmt == "npz":
+            with open(out / "vectors.npz.partial", "wb") as f:
+                np.savez(f, vectors=rows)
+                f.flush()
+                os.fsync(f.fileno())
+            names = ["vectors.npz"]
+        else:
+            from safetensors.numpy import save_file
+            names = []
+            for shard, start in enumerate(range(0, max(self.N, 1), SHARD_ROWS)):
+                name = f"vectors-{shard:05d}.safetensors"
+                save_file({"vectors": np.ascontiguousarray(rows[start:start + SHARD_ROWS])},
+                          str(out / f"{name}.partial"), metadata={"first_row": str(start)})
+                names.append(name)
+        del rows
+        files = [finalise(out, name) for name in names]
+        self.data.path.unlink()
+        return files
+
+
+class TokenWriter:
+    """Token-level npy: tokens.npy.partial [total tokens, ...] filled text by text; offsets.npy last."""
+
+    def __init__(self, out, N, row_shape, dtype, counts):
+        self.out = out
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)   # [N + 1]
+        self.data = NpyFile(out / "tokens.npy.partial", (int(self.offsets[-1]),) + row_shape, dtype)
+
+    def open(self, done):
+        self.data.open(fresh=done["writer"] is None)
+
+    def write(self, start, vectors):
+        for i, v in enumerate(vectors):
+            if len(v) != self.offsets[start + i + 1] - self.offsets[start + i]:
+                raise MiniBertError(f"text {start + i} gave {len(v)} token vectors where its tokenization has "
+                                    f"{self.offsets[start + i + 1] - self.offsets[start + i]}")
+        if len(vectors):
+            self.data.write(int(self.offsets[start]), np.concatenate(vectors))
+
+    def sync(self):
+        self.data.sync()
+
+    def position(self):
+        return {"file": self.data.path.name, "tokens": int(self.offsets[-1])}
+
+    def close(self):
+        self.data.close()
+
+    def finish(self):
+        with open(self.out / "offsets.npy.partial", "wb") as f:
+            np.save(f, self.offsets)
+            f.flush()
+            os.fsync(f.fileno())
+        return [finalise(self.out, "tokens.npy"), finalise(self.out, "offsets.npy")]
+
+
+class JsonlWriter:
+    """vectors.jsonl.partial, a line per text appended in order; progress records its length in bytes, and a
+    resumed run cuts off whatever an interrupted write left after it."""
+
+    def __init__(self, out, texts):
+        self.out, self.texts = out, texts
+        self.path = out / "vectors.jsonl.partial"
+        self.f = None
+
+    def open(self, done):
+        state = done["writer"]
+        if state is None:
+            self.f = open(self.path, "wb")
+            return
+        if not self.path.is_file() or self.path.stat().st_size < state["bytes"]:
+            raise InputError(f"{self.path}: shorter than the {state['bytes']} bytes the interrupted run recorded; "
+                             "pass --overwrite to start again")
+        self.f = open(self.path, "r+b")
+        self.f.truncate(state["bytes"])
+        self.f.seek(state["bytes"])
+
+    def write(self, start, vectors):
+        lines = "".join(json.dumps({"index": start + i, "text": self.texts[start + i],
+                                    "vector": np.asarray(v, dtype=np.float64).tolist()}) + "\n"
+                        for i, v in enumerate(vectors))
+        write_rows(self.f, self.f.tell(), lines.encode("utf-8"))
+
+    def sync(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def position(self):
+        return {"file": self.path.name, "bytes": self.f.tell()}
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+    def finish(self):
+        return [finalise(self.out, "vectors.jsonl")]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during an extraction: unwinds like Ctrl-C so that files are closed and the message says how
+    to resume (the CLI exits 143)."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into Terminated while an extraction runs (main thread, default handler only)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def token_counts(model, texts, max_length, window):
+    """Tokens per text (the tokenizer is cheap), so the flat token array can be laid out before encoding."""
     from .encode import tokenize_texts
-    return [len(t.ids) for t in tokenize_texts(model, texts, max_length, window)]
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), CHUNK):
+        counts[start:start + CHUNK] = [len(t.ids) for t in tokenize_texts(model, texts[start:start + CHUNK],
+                                                                           max_length, window)]
+    return counts
 
 
 def finalise(out, name):
-    os.replace(out / f"{name}.partial", out / name)
+    """Rename name.partial to name; a run resumed after this already happened finds name in place."""
+    partial = out / f"{name}.partial"
+    if partial.exists() or not (out / name).exists():
+        os.replace(partial, out / name)
     return name
 
 
@@ -184,17 +562,40 @@ class Embeddings:
     tokens: object = None        # [total tokens, ...] token-level output, flat
     offsets: object = None       # [N + 1]: text i's tokens are tokens[offsets[i]:offsets[i + 1]]
     texts: list = None           # for jsonl output
+    directory: str = None        # where it was read from
 
     def token_vectors(self, i):
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
 
+    def project(self, vectors):
+        """Apply the PCA stored by `extract --reduce pca:K` to new vectors [..., D] -> [..., K]."""
+        from .reduce import load_projection
+        return load_projection(self.directory, self.manifest).transform(vectors)
+
+    @property
+    def reduced(self):
+        """The corpus projected by `extract --reduce pca:K`, [rows, K], memory-mapped."""
+        from .reduce import load_reduced
+        return load_reduced(self.directory, self.manifest)
+
 
 def load_embeddings(directory):
     """Read an extraction directory back; refuses one whose manifest is missing or incomplete."""
+    embeddings = read_embeddings(directory)
+    embeddings.directory = str(directory)
+    return embeddings
+
+
+def read_embeddings(directory):
     d = Path(directory)
     try:
         manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (d / PROGRESS).exists():
+            saved = read_json_file(d / PROGRESS)
+            raise MiniBertError(f"{d}: the extraction was interrupted after {saved.get('rows', '?')} of "
+                                f"{saved.get('job', {}).get('count', '?')} rows; run the same extract command "
+                                "with --resume to finish it") from None
         partial = any(d.glob("*.partial"))
         raise MiniBertError(f"{d}: no manifest.json" + ("; the extraction was interrupted before it finished: "
                             "run it again with --overwrite" if partial else "; not an extraction directory")) from None
