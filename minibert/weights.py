@@ -274,17 +274,15 @@ class Checkpoint:
 
     def __init__(self, files):
         self.location = {}   # checkpoint name -> (file, dtype string, shape, data_offsets)
-        self.handles = {}
         for path in files:
             header = read_header(path)
-            try:
-                handle = safe_open(str(path), framework="numpy")
+            try:   # the safetensors library's own check of the file, on top of read_header's
+                safe_open(str(path), framework="numpy")
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as e:  # SafetensorError, or a Rust panic (a BaseException) read_header missed
                 raise ModelFileError(f"{path}: not a readable safetensors file ({e}); "
                                      "re-download or re-save the checkpoint") from None
-            self.handles[path] = handle
             for name, entry in header.items():
                 if name == "__metadata__":
                     continue
@@ -296,32 +294,48 @@ class Checkpoint:
     def names(self):
         return self.location.keys()
 
-    def read(self, name: str, dtype) -> np.ndarray:
+    def read(self, name: str, dtype, mapped=False) -> np.ndarray:
+        """The tensor as `dtype`; mapped=True: a read-only view of the file where no conversion is needed,
+        so only the parts that are used become resident."""
         path, stored, shape, offsets = self.location[name]
+        if mapped and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
+            start = data_start(path) + offsets[0]
+            if start % np.dtype(dtype).itemsize == 0:         # Numba kernels need aligned arrays
+                return np.memmap(path, dtype=FLOAT_DTYPES[stored], mode="r", offset=start, shape=shape)
         if stored in ("F32", "F16", "F64"):
-            try:
-                array = self.handles[path].get_tensor(name)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:
-                raise ModelFileError(f"{path}: tensor {name!r} cannot be read ({e})") from None
-        elif stored == "BF16":
-            array = read_bfloat16(path, offsets).reshape(shape)
+            array = read_raw(path, offsets, FLOAT_DTYPES[stored]).reshape(shape)
+        elif stored == "BF16":        # NumPy has no bfloat16: widen the raw 16-bit words to float32 (exact)
+            array = (read_raw(path, offsets, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
         return array.astype(dtype, copy=False)
 
 
-def read_bfloat16(path: Path, data_offsets) -> np.ndarray:
-    """NumPy has no bfloat16: read the raw 16-bit words (at offsets read_header checked) and widen them to
-    float32, which is exact. Returns a flat array."""
+FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def read_raw(path: Path, data_offsets, dtype) -> np.ndarray:
+    """One tensor's bytes (at offsets read_header checked) as a flat array, read with ordinary reads.
+
+    Not through a memory map: a mapped file's pages count in the process's resident memory while it stays
+    mapped, which raised the peak of loading a model by the size of its checkpoint."""
     start, end = data_offsets
-    with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + header_size + start)
-        raw = np.fromfile(f, dtype="<u2", count=(end - start) // 2)
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    try:
+        with open(path, "rb") as f:
+            f.seek(data_start(path) + start)
+            return np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
+
+
+def data_start(path: Path) -> int:
+    """Byte position of the tensors' data: after the 8-byte header length and the header."""
+    try:
+        with open(path, "rb") as f:
+            return 8 + struct.unpack("<Q", f.read(8))[0]
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
 
 
 def canonical(name: str, model_prefixes: tuple) -> str:
@@ -351,7 +365,8 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
                                      f"(model_type {config.model_type!r})")
             original = by_name[name]
             used.add(original)
-            parts.append(checkpoint.read(original, dtype))
+            # The word table is most of a small model's bytes and a text reads a few of its rows: map it.
+            parts.append(checkpoint.read(original, dtype, mapped=ours == "embeddings.word"))
         if arrangement == "transpose":
             array = parts[0].T
         elif arrangement == "transpose_concat":
