@@ -51,11 +51,11 @@ def size_threads(num_threads=None):
     actor), else numba.set_num_threads, which is per calling thread and so is repeated before each batch.
     """
     n = num_threads
-    if n is None:
+    ray = sys.modules.get("ray")
+    if n is None and ray is not None and ray.is_initialized():   # else not in Ray: asking would start Ray
         try:
-            import ray
             n = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        except Exception:          # not inside a Ray worker: leave the process's own settings
+        except Exception:          # a driver, or a Ray without this API: leave the process's own settings
             n = None
     if not n:
         return None
