@@ -864,7 +864,10 @@ def test_resume_with_nothing_to_resume_starts_fresh(tiny_model, tmp_path):
 
 
 KILLED_RUN = """
-import sys, time
+import signal, sys, time
+# A shell's background jobs (CI runners among them) start with SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: give the child the handler an interactive user's minibert has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import minibert.api, minibert.extract
 minibert.extract.CHUNK = 4
 real = minibert.api.Model.encode
