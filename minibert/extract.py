@@ -48,13 +48,7 @@ def read_texts(path, field="text"):
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         texts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
+        for n, record in jsonl_records(path, text):
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{path}:{n}: no string field {field!r} (choose it with --field)")
             texts.append(record[field])
@@ -65,6 +59,16 @@ def read_texts(path, field="text"):
             raise InputError(f"{path}: no column {field!r}; columns are {reader.fieldnames} (choose one with --field)")
         return [row[field] or "" for row in reader]
     return text.splitlines()
+
+
+def jsonl_records(path, text):
+    """(line number, value) for each non-blank line of a JSON Lines file; InputError naming a bad line."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
 
 
 def read_parquet_texts(path, field):

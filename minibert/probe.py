@@ -13,7 +13,6 @@ Axes: N examples, D features, C classes, L layers.
 import contextlib
 import csv
 import io
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .extract import jsonl_records
 
 # ---------------------------------------------------------------------------------------------------------
 # The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
@@ -247,13 +247,7 @@ def read_labelled(path, text_col="text", label_col="label"):
     suffix = path.suffix.lower()
     texts, labels = [], []
     if suffix == ".jsonl":
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
+        for n, record in jsonl_records(path, content):
             if not isinstance(record, dict) or not isinstance(record.get(text_col), str) or label_col not in record:
                 raise InputError(f"{path}:{n}: needs a string field {text_col!r} and a field {label_col!r} "
                                  "(choose them with --text-col / --label-col)")
