@@ -273,9 +273,10 @@ class Checkpoint:
     """Lazy access to the tensors of one or more safetensors files, by checkpoint name."""
 
     def __init__(self, files):
-        self.location = {}   # checkpoint name -> (file, dtype string, shape, data_offsets)
+        self.location = {}   # checkpoint name -> (file, dtype string, shape, (first byte, end byte) in the file)
         for path in files:
             header = read_header(path)
+            base = data_start(path)
             try:   # the safetensors library's own check of the file, on top of read_header's
                 safe_open(str(path), framework="numpy")
             except (KeyboardInterrupt, SystemExit):
@@ -289,7 +290,8 @@ class Checkpoint:
                 if name in self.location:
                     raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
                                          "the shards must not repeat tensors")
-                self.location[name] = (path, entry["dtype"], tuple(entry["shape"]), entry["data_offsets"])
+                start, end = entry["data_offsets"]
+                self.location[name] = (path, entry["dtype"], tuple(entry["shape"]), (base + start, base + end))
 
     def names(self):
         return self.location.keys()
@@ -297,15 +299,14 @@ class Checkpoint:
     def read(self, name: str, dtype, mapped=False) -> np.ndarray:
         """The tensor as `dtype`; mapped=True: a read-only view of the file where no conversion is needed,
         so only the parts that are used become resident."""
-        path, stored, shape, offsets = self.location[name]
+        path, stored, shape, span = self.location[name]
         if mapped and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
-            start = data_start(path) + offsets[0]
-            if start % np.dtype(dtype).itemsize == 0:         # Numba kernels need aligned arrays
-                return np.memmap(path, dtype=FLOAT_DTYPES[stored], mode="r", offset=start, shape=shape)
+            if span[0] % np.dtype(dtype).itemsize == 0:         # Numba kernels need aligned arrays
+                return np.memmap(path, dtype=FLOAT_DTYPES[stored], mode="r", offset=span[0], shape=shape)
         if stored in ("F32", "F16", "F64"):
-            array = read_raw(path, offsets, FLOAT_DTYPES[stored]).reshape(shape)
+            array = read_raw(path, span, FLOAT_DTYPES[stored]).reshape(shape)
         elif stored == "BF16":        # NumPy has no bfloat16: widen the raw 16-bit words to float32 (exact)
-            array = (read_raw(path, offsets, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            array = (read_raw(path, span, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
@@ -315,15 +316,16 @@ class Checkpoint:
 FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 
 
-def read_raw(path: Path, data_offsets, dtype) -> np.ndarray:
-    """One tensor's bytes (at offsets read_header checked) as a flat array, read with ordinary reads.
+def read_raw(path: Path, span, dtype) -> np.ndarray:
+    """One tensor's bytes (the file's [first, end) span, which read_header checked) as a flat array, read
+    with ordinary reads.
 
     Not through a memory map: a mapped file's pages count in the process's resident memory while it stays
     mapped, which raised the peak of loading a model by the size of its checkpoint."""
-    start, end = data_offsets
+    start, end = span
     try:
         with open(path, "rb") as f:
-            f.seek(data_start(path) + start)
+            f.seek(start)
             return np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
