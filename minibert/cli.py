@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from .backends import BACKENDS
 from .errors import MiniBertError
 
 DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
@@ -242,9 +243,13 @@ def cmd_attention(args):
     print(f"wrote {' and '.join(p for p in (args.html, args.json) if p)}")
 
 
+def add_model_arguments(p, model_help="model directory or hub id (default: bundled all-MiniLM-L6-v2)"):
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--backend", default="cpu", choices=BACKENDS)
+
+
 def add_encoding_arguments(p, pooling="mean"):
-    p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p)
     p.add_argument("--layers", default="-1", help="'all', an int (0 = embeddings, -1 = last) or e.g. -4,-3,-2,-1")
     p.add_argument("--combine", default=None, choices=["mean", "sum", "concat"])
     p.add_argument("--pooling", default=pooling, choices=["cls", "mean", "max", "mean_sqrt_len", "none"])
@@ -262,8 +267,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="embed a few sentences and print per-layer shapes and similarities",
                        epilog="example: minibert demo")
-    p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p)
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("embed", help="print the vectors of a few texts", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -284,8 +288,7 @@ def build_parser():
                    help="print the similarity matrix of the texts in FILE (.txt a line each, .jsonl/.csv/.tsv with --field)")
     p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text (with --matrix)")
     p.add_argument("--layer", type=int, default=-1, help="layer for --matrix (0 = embeddings, -1 = last)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p)
     p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
     p.set_defaults(run=cmd_similarity)
 
@@ -337,8 +340,7 @@ def build_parser():
     p.add_argument("--plot", default="probe.png", help="PNG of the scores per layer (a CSV without matplotlib); "
                                                        "'' for none")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p)
     p.set_defaults(run=cmd_probe)
 
     p = sub.add_parser("search", help="cosine top-k over a `minibert extract` directory",
@@ -352,8 +354,7 @@ def build_parser():
     p.add_argument("--reduced", action="store_true", help="search the PCA-reduced vectors (extract --reduce)")
     p.add_argument("--texts", default=None, help="the input file, when it has moved since the extraction")
     p.add_argument("--field", default=None, help="JSON field or CSV/TSV column of the texts (default: text)")
-    p.add_argument("--model", default=None, help="default: the model recorded in the manifest")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p, model_help="default: the model recorded in the manifest")
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("attention", help="a self-contained HTML page (and/or JSON) of every head's attention",
@@ -364,8 +365,7 @@ def build_parser():
     p.add_argument("--pair", default=None, help="a second text, encoded as a pair")
     p.add_argument("--html", default=None, metavar="FILE", help="write the page (opens offline in any browser)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the data (format: minibert.attention_view)")
-    p.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    add_model_arguments(p)
     p.set_defaults(run=cmd_attention)
 
     p = sub.add_parser("inspect", help="print config, parameters per block and tokenizer",
@@ -378,7 +378,7 @@ def build_parser():
                        epilog="example: minibert parity --text 'Hello world' --dtype float64 --tolerance 1e-10")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--text", action="append", help="a text to compare on (repeatable)")
-    p.add_argument("--backend", default="cpu", choices=["numpy", "cpu", "cuda"])
+    p.add_argument("--backend", default="cpu", choices=BACKENDS)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed "
                    "(default 1e-4 for float32, 1e-10 for float64)")
