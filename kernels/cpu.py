@@ -416,7 +416,7 @@ CALL_ROWS = 512               # longest call (rows) whose invariance row_tile ch
 _tiles, _tiles_lock = {}, threading.Lock()
 
 
-def row_tile(k, c, dtype):
+def row_tile(w):
     """The row count P such that, in calls of P, 2P, ... CALL_ROWS rows, np.matmul gives every row of
     x [rows, k] @ w [k, c] the same bits wherever the row sits; None when no candidate does.
 
@@ -427,16 +427,18 @@ def row_tile(k, c, dtype):
     differs); its float32 Haswell kernel gives None, since the two halves of each 12-row tile round
     differently. Calls must run with BLAS held to one thread (`BLAS`), since a split between BLAS threads
     would move rows between code paths too; None wherever BLAS cannot be held.
+
+    w is the weight itself (any values but a degenerate matrix such as all zeros): probing with it rather
+    than a random matrix of its shape keeps a second copy of the largest weight out of a cold start's peak.
     """
-    key = (k, c, np.dtype(dtype).str)
+    k, c = w.shape
+    key = (k, c, w.dtype.str)
     with _tiles_lock:
         if key in _tiles:
             return _tiles[key]
     found = None
     if BLAS.available:
-        rng = np.random.default_rng(7)
-        w = rng.standard_normal((k, c)).astype(dtype)
-        probes = rng.standard_normal((2, k)).astype(dtype)
+        probes = np.random.default_rng(7).standard_normal((2, k), dtype=w.dtype)
         with BLAS:
             for tile in TILE_CANDIDATES:
                 small = [tile * m for m in range(1, 17)]          # the tile and leftover structure

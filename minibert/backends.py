@@ -82,7 +82,7 @@ def cpu_ops():
         y = np.empty((N, w.shape[1]), dtype=np.result_type(x2, w))         # [N, C_out]
         epilogue = bias_kernels[activation]
         cut = pieces(N, N * K * w.shape[1] // 32, per_thread=2 if N >= 2048 else 1)   # small pieces: slow matmuls
-        tile = cpu.row_tile(K, w.shape[1], y.dtype) if N else None       # None: this BLAS rounds by position
+        tile = cpu.row_tile(w) if N and w.dtype == y.dtype else None    # None: this BLAS rounds by position
         with cpu.BLAS:
             if tile:
                 def piece(lo, hi):                  # whole tiles only: a row's bits do not depend on its batch
