@@ -99,15 +99,21 @@ def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops, activation, eps):
     return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
 
 
-def encoder_layer(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config, return_probs):
-    """One transformer encoder layer: attention block then feed-forward block, each post-LN."""
+def encoder_layer(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config, keep=frozenset()):
+    """One transformer encoder layer: attention block then feed-forward block, each post-LN.
+
+    Returns the output and the internals named in `keep` (see INTERNALS). The others are let go as soon as
+    the next step no longer needs them: they are several times the size of the output.
+    """
     eps = config.layer_norm_eps
-    attended, inside_attention = self_attention(x, mask_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops,
-                                                num_heads=config.num_attention_heads, eps=eps,
-                                                return_probs=return_probs)   # [B, T, H]
-    out, inside_ffn = feed_forward(attended, ffn_in=ffn_in, ffn_out=ffn_out, ffn_ln=ffn_ln, ops=ops,
-                                   activation=config.hidden_act, eps=eps)    # [B, T, H]
-    return out, {**inside_attention, "attention.layer_norm": attended, **inside_ffn}
+    attended, inside = self_attention(x, mask_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops,
+                                      num_heads=config.num_attention_heads, eps=eps,
+                                      return_probs="attention.probs" in keep)   # [B, T, H]
+    kept = {name: value for name, value in {**inside, "attention.layer_norm": attended}.items() if name in keep}
+    del inside                  # q, k, v (one [B, T, 3H] array), context: not needed by the feed-forward
+    out, inside = feed_forward(attended, ffn_in=ffn_in, ffn_out=ffn_out, ffn_ln=ffn_ln, ops=ops,
+                               activation=config.hidden_act, eps=eps)          # [B, T, H]
+    return out, {**kept, **{name: value for name, value in inside.items() if name in keep}}
 
 
 def pooler(x, *, w, b, ops):
@@ -145,12 +151,13 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
         x = project_embeddings(x, **weights["embedding_projection"], ops=ops)   # [B, T, H]
     yield LayerOutput(index=0, hidden_state=x, attention=None, captured={})
     for i, layer_weights in enumerate(weights["layers"][:num_layers]):
-        want_probs = output_attentions or f"layer.{i}.attention.probs" in capture
-        x, internals = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
-                                     return_probs=want_probs)               # [B, T, H]
+        keep = {name for name in INTERNALS if f"layer.{i}.{name}" in capture}
+        keep |= {"attention.probs"} if output_attentions else set()
+        x, kept = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
+                                keep=frozenset(keep))                        # [B, T, H]
         yield LayerOutput(index=i + 1, hidden_state=x,
-                          attention=internals["attention.probs"] if output_attentions else None,
-                          captured={f"layer.{i}.{name}": value for name, value in internals.items()
+                          attention=kept["attention.probs"] if output_attentions else None,
+                          captured={f"layer.{i}.{name}": value for name, value in kept.items()
                                     if f"layer.{i}.{name}" in capture})
 
 
