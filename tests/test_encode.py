@@ -234,10 +234,11 @@ def test_cli_embed_similarity_and_errors():
 
 def watched_model(model):
     """The same model with ops that keep a weak reference to every LayerNorm output (each hidden state is
-    one) and record, at each linear call, how many of those are still alive."""
+    one) and every linear output, and record, at each linear call, how many of each are still alive.
+    Returns (model, hidden states alive at each linear call, linear outputs alive at each linear call)."""
     import weakref
     from types import SimpleNamespace
-    outputs, alive_at_linear = [], []
+    outputs, linear_outputs, alive_at_linear, linear_alive_at_linear = [], [], [], []
 
     def layer_norm(*args, **kwargs):
         out = model.ops.layer_norm(*args, **kwargs)
@@ -246,16 +247,19 @@ def watched_model(model):
 
     def linear(*args, **kwargs):
         alive_at_linear.append(sum(ref() is not None for ref in outputs))
-        return model.ops.linear(*args, **kwargs)
+        linear_alive_at_linear.append(sum(ref() is not None for ref in linear_outputs))
+        out = model.ops.linear(*args, **kwargs)
+        linear_outputs.append(weakref.ref(out))
+        return out
 
     ops = SimpleNamespace(**{**vars(model.ops), "layer_norm": layer_norm, "linear": linear})
     watched = minibert.api.Model(config=model.config, weights=model.weights, tokenizer=model.tokenizer, ops=ops,
                                  dtype=model.dtype, source=model.source, backend=model.backend)
-    return watched, alive_at_linear
+    return watched, alive_at_linear, linear_alive_at_linear
 
 
 def test_iter_layers_computes_each_layer_only_when_taken(model):
-    watched, linear_calls = watched_model(model)
+    watched, linear_calls, _ = watched_model(model)
     batch = model.tokenize(TEXTS[:2])
     layers = watched.iter_layers(batch.input_ids, batch.attention_mask, batch.token_type_ids, num_layers=2)
     assert linear_calls == []                                  # nothing runs before the first layer is taken
@@ -266,8 +270,21 @@ def test_iter_layers_computes_each_layer_only_when_taken(model):
     np.testing.assert_array_equal(second.hidden_state, model(TEXTS[:2]).hidden_states[1])
 
 
+def test_forward_lets_each_layer_s_internals_go_while_keeping_every_hidden_state(model):
+    """Internals not asked for (QKV, the attention output, the FFN intermediate: together several times a
+    hidden state) are freed as soon as they are used, not held into the feed-forward or the next layer."""
+    watched, _, linear_alive = watched_model(model)
+    watched(TEXTS)
+    # At most one earlier linear output is alive at a linear call: the fused QKV (q, k, v are its views)
+    # during the attention's output projection, the intermediate during the FFN's second matmul.
+    assert len(linear_alive) == 6 * 4 + 1 and max(linear_alive) <= 1, linear_alive
+    watched, _, linear_alive = watched_model(model)
+    watched(TEXTS, capture="layer.*.ffn.intermediate")
+    assert max(linear_alive) > 1                # what is asked for is kept: the check above can fail
+
+
 def test_pooled_encoding_never_holds_the_layer_stack(model):
-    watched, alive = watched_model(model)
+    watched, alive, _ = watched_model(model)
     watched.encode(TEXTS, layers="all", batch_size=len(TEXTS))
     # Alive at a linear: the layer's input and, inside the FFN, the attention block's output (plus one
     # whose last reference is being replaced). Keeping every layer, as forward does, reaches 8 here.
