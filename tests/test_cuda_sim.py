@@ -31,7 +31,6 @@ on_device = pytest.mark.skipif(not (SIMULATOR or REAL_GPU),
 in_plain_process = pytest.mark.skipif(SIMULATOR, reason="checks the process without the simulator")
 
 
-
 def one_shared_array_per_block(simulator_shared):
     """Replace the simulator's cuda.shared.array with one that cannot hand two threads different arrays.
 
@@ -43,11 +42,11 @@ def one_shared_array_per_block(simulator_shared):
     written (NaN), seen twice in CI-like runs. The kernels themselves are not at fault: on a GPU there is one
     array per block. Same keying as the simulator (call site), with the lookup and creation under a lock.
     """
-    import threading as _threading
-    from numba.core import types as _types
-    from numba.np import numpy_support as _numpy_support
+    import threading
+    from numba.core import types
+    from numba.np import numpy_support
     original = simulator_shared.array
-    lock = _threading.Lock()
+    lock = threading.Lock()
 
     def array(self, shape, dtype, *args, **kwargs):
         if shape == 0 or not hasattr(self, "_allocations"):        # dynamic shared memory: no lookup
@@ -57,7 +56,7 @@ def one_shared_array_per_block(simulator_shared):
         with lock:
             found = self._allocations.get(site)
             if found is None:
-                dtype = _numpy_support.as_dtype(dtype) if isinstance(dtype, _types.Type) else dtype
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
                 found = self._allocations[site] = np.empty(shape, dtype)
         return found
 
