@@ -279,8 +279,8 @@ def real_text(model, reference, tokenizer):
     for name, fn in runs.items():
         if name != "transformers, token-sorted":       # torch is warm after "transformers"
             fn([batches[0], batches[-1]])              # warm-up: the longest and the shortest batch
-    token_count = int(sum(model.tokenize(batch, max_length=max_length).attention_mask.sum() for batch in batches))
-    padded = sum(np.prod(model.tokenize(batch, max_length=max_length).input_ids.shape) for batch in batches)
+    masks = [model.tokenize(batch, max_length=max_length).attention_mask for batch in batches]    # [B, T] each
+    token_count, padded = int(sum(mask.sum() for mask in masks)), sum(mask.size for mask in masks)
     times = {name: [] for name in runs}
     cpu_times = {name: [] for name in runs}
     embeddings = {}
