@@ -6,8 +6,9 @@ threads, with NumPy's BLAS held to one thread meanwhile (`BLAS`), so one pool of
 and no second pool spins on the cores the first one needs.
 
 Rows are independent and each row is computed the same way whatever else is in the batch (attention
-stops at a text's last real key), so a text's numbers do not depend on the batch it lands in; see
-`minibert.backends.cpu_ops` for the one place BLAS makes that inexact (the projections). Compiled lazily per dtype and
+stops at a text's last real key), so a text's numbers do not depend on the batch it lands in. float64
+matmuls go through `matmul_ordered`, whose summation order is fixed, so that holds bit for bit; float32
+matmuls are BLAS, which may round a row by its place in the call (see `minibert.backends.cpu_ops`). Compiled lazily per dtype and
 cached on disk. float32 kernels use the vectorisable `fast_exp` and `fast_erf` below instead of libm
 (which Numba cannot vectorise on this platform); float64 keeps libm's exp and erf.
 """
@@ -373,13 +374,15 @@ def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, 
     0); scale a scalar of q's dtype; context [B, T, H]; probs [B, NH, T, T] written only when keep_probs.
     Every query row, padding included, is computed, as the reference does.
 
-    Per block of heads: scores = q @ k^T and context = exp-scores @ v in BLAS (hold BLAS to one thread:
-    see BLAS), softmax_scores in between, the division by the sum applied to the context rows. Consecutive
-    whole texts of equal key length share one block (one stacked matmul). Real queries (before L) and
-    padding queries go to separate matmuls, so a text's scores come from matmuls of the same shapes whatever
-    padding its batch adds: a text's attention does not depend on its batch.
+    Per block of heads: scores = q @ k^T and context = exp-scores @ v (float32: BLAS, held to one thread,
+    see BLAS; float64: matmul_ordered), softmax_scores in between, the division by the sum applied to the
+    context rows. Consecutive whole texts of equal key length share one block (one stacked matmul). Real
+    queries (before L) and padding queries go to separate matmuls, so a text's scores come from matmuls of
+    the same shapes whatever padding its batch adds; in float64 each element's arithmetic is fixed outright,
+    so a text's attention cannot depend on its batch.
     """
     B, T, H = q.shape
+    matmul = matmul_stacked_ordered if q.dtype == np.float64 else np.matmul    # float64: see matmul_ordered
     heads = (B, T, num_heads, H // num_heads)
     q4, v4, context4 = (a.reshape(heads).transpose(0, 2, 1, 3) for a in (q, v, context))   # [B, NH, T, HS]
     k4 = k.reshape(heads).transpose(0, 2, 3, 1)                                              # [B, NH, HS, T]
@@ -397,83 +400,57 @@ def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, 
         scores, inverse_sums = buffer[:G * NH * T * L].reshape(G, NH, T, L), buffer[G * NH * T * L:].reshape(G, NH, T)
         rows = ((0, L), (L, T)) if L < T else ((0, T),)
         for lo, hi in rows:
-            np.matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, :L], out=scores[:, :, lo:hi])
+            matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, :L], out=scores[:, :, lo:hi])
         softmax_scores(scores, mask_bias[b0:b1], scale, inverse_sums)
         if keep_probs:
             np.multiply(scores, inverse_sums[..., None], out=probs[b0:b1, h0:h1, :, :L])
             probs[b0:b1, h0:h1, :, L:] = 0
         for lo, hi in rows:
             out = context4[b0:b1, h0:h1, lo:hi]
-            np.matmul(scores[:, :, lo:hi], v4[b0:b1, h0:h1, :L], out=out)
+            matmul(scores[:, :, lo:hi], v4[b0:b1, h0:h1, :L], out=out)
             scale_rows(out, inverse_sums, lo)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Batch invariance of x @ w: which matmul calls give a row the same bits wherever it sits among the rows.
+# float64 matmul in a fixed summation order, the basis of the float64 batch-invariance promise.
 
-TILE_CANDIDATES = (2, 4, 8)
-CALL_ROWS = 512               # longest call (rows) whose invariance row_tile checks; longer calls are cut
-_tiles, _tiles_lock = {}, threading.Lock()
+ORDERED_ROWS, ORDERED_COLUMNS = 8, 128      # block of outputs accumulated together (8 x 128 doubles: 8 KiB)
 
 
-def row_tile(w):
-    """The row count P such that, in calls of P, 2P, ... CALL_ROWS rows, np.matmul gives every row of
-    x [rows, k] @ w [k, c] the same bits wherever the row sits; None when no candidate does.
+@jit()
+def matmul_ordered(out, x, w):
+    """out[n, c] = sum over k = 0, 1, ... K-1 of x[n, k] * w[k, c], in that order, each product rounded then
+    added (no fused multiply-add, no reassociation: compiled without fast-math).
 
-    BLAS kernels compute a tile of rows at a time and use other code for the rows left over at the end,
-    and a one-row call is a matrix-vector product; those paths may sum in another order. Measured once
-    per (k, c, dtype) in this process by filling calls with copies of one random row and comparing every
-    output row bit for bit: OpenBLAS's float64 kernels on AVX2 give P = 2 (only a lone leftover row
-    differs); its float32 Haswell kernel gives None, since the two halves of each 12-row tile round
-    differently. Calls must run with BLAS held to one thread (`BLAS`), since a split between BLAS threads
-    would move rows between code paths too; None wherever BLAS cannot be held.
-
-    w is the weight itself (any values but a degenerate matrix such as all zeros): probing with it rather
-    than a random matrix of its shape keeps a second copy of the largest weight out of a cold start's peak.
+    x [N, K], w [K, C], out [N, C], any strides. Every output element is computed by the same sequence of
+    IEEE operations whatever N is, where its row sits among the rows, or which CPU runs it (the loops
+    vectorise across columns only), so a row's bits cannot depend on its batch. It equals
+    `reference.matmul_in_k_order` bit for bit. BLAS makes no such promise: its kernels round a row by where
+    it lands in their tiles, and differently per CPU kernel (Haswell, SkylakeX, ...).
     """
-    k, c = w.shape
-    key = (k, c, w.dtype.str)
-    with _tiles_lock:
-        if key in _tiles:
-            return _tiles[key]
-    found = None
-    if BLAS.available:
-        probes = np.random.default_rng(7).standard_normal((2, k), dtype=w.dtype)
-        with BLAS:
-            for tile in TILE_CANDIDATES:
-                small = [tile * m for m in range(1, 17)]          # the tile and leftover structure
-                if rows_agree(probes[0], w, small + [CALL_ROWS // 4, CALL_ROWS // 2, CALL_ROWS]) and \
-                        rows_agree(probes[1], w, small):
-                    found = tile
-                    break
-    with _tiles_lock:
-        _tiles[key] = found
-    return found
+    N, K = x.shape
+    C = w.shape[1]
+    acc = np.empty((ORDERED_ROWS, ORDERED_COLUMNS), dtype=out.dtype)
+    for c0 in range(0, C, ORDERED_COLUMNS):
+        width = min(ORDERED_COLUMNS, C - c0)
+        for n0 in range(0, N, ORDERED_ROWS):
+            rows = min(ORDERED_ROWS, N - n0)
+            acc[:] = 0.0
+            for k in range(K):
+                w_row = w[k, c0:c0 + width]
+                for r in range(rows):
+                    xv = x[n0 + r, k]
+                    a = acc[r]
+                    for c in range(width):
+                        a[c] += xv * w_row[c]
+            for r in range(rows):
+                out[n0 + r, c0:c0 + width] = acc[r, :width]
 
 
-def rows_agree(probe, w, sizes):
-    """True when every output row of calls with `sizes` rows, all copies of `probe`, has the same bits."""
-    first = None
-    for n in sizes:
-        out = np.matmul(np.broadcast_to(probe, (n, len(probe))).copy(), w)       # [n, c]
-        first = out[0].copy() if first is None else first
-        if not (out == first).all():
-            return False
-    return True
-
-
-def matmul_tiled(x, w, out, tile):
-    """out = x @ w in calls of whole tiles and at most CALL_ROWS rows: a call whose row count is not a
-    multiple of `tile` runs on a copy of its rows with zero rows added (one call, not two)."""
-    n = len(x)
-    for lo in range(0, n, CALL_ROWS):
-        hi = min(lo + CALL_ROWS, n)
-        if (hi - lo) % tile == 0:
-            np.matmul(x[lo:hi], w, out=out[lo:hi])
-        else:
-            padded = np.zeros((-(-(hi - lo) // tile) * tile, x.shape[1]), dtype=x.dtype)     # [whole tiles, k]
-            padded[:hi - lo] = x[lo:hi]
-            out[lo:hi] = np.matmul(padded, w)[:hi - lo]
+def matmul_stacked_ordered(a, b, out):
+    """np.matmul(a, b, out=out) for [..., M, K] @ [..., K, L] stacks, each matrix by matmul_ordered."""
+    for index in np.ndindex(*out.shape[:-2]):
+        matmul_ordered(out[index], a[index], b[index])
 
 
 # ---------------------------------------------------------------------------------------------------

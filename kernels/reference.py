@@ -45,6 +45,15 @@ def linear(x, w, b, activation=None):
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
+def matmul_in_k_order(x, w):
+    """x [N, K] @ w [K, C] summed k = 0, 1, ... K-1, each product rounded before it is added: the order
+    the "cpu" backend's float64 matmuls promise (kernels.cpu.matmul_ordered), whatever BLAS would do."""
+    total = np.zeros((x.shape[0], w.shape[1]), dtype=np.result_type(x, w))   # [N, C]
+    for k in range(x.shape[1]):
+        total = total + x[:, k:k + 1] * w[k]                                  # [N, C]
+    return total
+
+
 def layer_norm(x, gamma, beta, eps, residual=None):
     """LayerNorm over the last axis of (x + residual), biased variance as in the BERT paper's code."""
     if residual is not None:

@@ -38,15 +38,14 @@ def cpu_ops():
 
     Batch invariance: the row kernels (embeddings, bias + activation, LayerNorm) and attention (which stops
     at each text's last real key and gives real and padding queries separate matmuls) compute a text the
-    same way whatever batch it is in. The projections are BLAS matmuls over all rows of the batch, and BLAS
-    kernels may round a row differently depending on where it falls among the call's rows (they work on
-    tiles of rows, with other code for a leftover partial tile or a single row). `kernels.cpu.row_tile`
-    measures, once per weight shape and dtype, whether calls made of whole tiles avoid that; where they do
-    (OpenBLAS float64), linear makes only such calls and a text's vectors are bit-identical whatever its
-    batch. Where no tile size helps (OpenBLAS's float32 Haswell kernel rounds the two halves of every
-    12-row tile differently), a text's numbers move by a few float32 ulp with the batch it lands in: up to
-    ~3.6e-6 absolute on all-MiniLM-L6-v2's hidden states (whose largest activations are near 10), ~1e-6 on
-    mean-pooled sentence vectors (tests/test_reliability.py measures and bounds both).
+    same way whatever batch it is in. The matmuls are where batches can leak in: BLAS kernels round a row by
+    where it lands among the call's rows (they work on tiles of rows, with other code for a leftover partial
+    tile or a single row), and each CPU kernel (Haswell, SkylakeX, ...) does it differently. So float64, the
+    dtype of the bit-identity promise, never uses BLAS: its matmuls run `kernels.cpu.matmul_ordered`, which
+    sums every output element in one fixed order on any CPU (slower than BLAS: float64 is the parity path).
+    float32 keeps BLAS for speed, and a text's numbers move by a few float32 ulp with the batch it lands
+    in: up to ~3.6e-6 absolute on all-MiniLM-L6-v2's hidden states (whose largest activations are near 10),
+    ~1e-6 on mean-pooled sentence vectors (tests/test_reliability.py measures and bounds both).
     """
     from .kernels import cpu
 
@@ -82,11 +81,10 @@ def cpu_ops():
         y = np.empty((N, w.shape[1]), dtype=np.result_type(x2, w))         # [N, C_out]
         epilogue = bias_kernels[activation]
         cut = pieces(N, N * K * w.shape[1] // 32, per_thread=2 if N >= 2048 else 1)   # small pieces: slow matmuls
-        tile = cpu.row_tile(w) if N and w.dtype == y.dtype else None    # None: this BLAS rounds by position
         with cpu.BLAS:
-            if tile:
-                def piece(lo, hi):                  # whole tiles only: a row's bits do not depend on its batch
-                    cpu.matmul_tiled(x2[lo:hi], w, y[lo:hi], tile)
+            if y.dtype == np.float64:
+                def piece(lo, hi):                  # fixed summation order: a row's bits ignore its batch
+                    cpu.matmul_ordered(y[lo:hi], x2[lo:hi], w)
                     epilogue(y[lo:hi], b)
             elif cpu.BLAS.available or len(cut) == 1:
                 def piece(lo, hi):                  # matmul, then bias + activation while the rows are in cache

@@ -56,6 +56,50 @@ def test_linear_with_fused_bias_activation(dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 3, 4), (1, 1, 1), (5, 7, 9), (9, 300, 129), (33, 64, 257)])
+def test_matmul_ordered_sums_in_k_order_bit_for_bit(dtype, shape):
+    """The float64 promise rests on this: every element is the k-ordered sum of rounded products, exactly,
+    on any CPU (no fused multiply-add, no reassociation), also for strided inputs and row slices."""
+    N, K, C = shape
+    rng = np.random.default_rng(2)
+    x, w = rand(rng, N, K, dtype=dtype), rand(rng, K, C, dtype=dtype)
+    want = reference.matmul_in_k_order(x, w)
+    out = np.full((N, C), np.nan, dtype=dtype)
+    cpu.matmul_ordered(out, x, w)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out, x @ w, atol=TOL[dtype] * K, rtol=0)
+    strided = np.full((N, 2 * C), np.nan, dtype=dtype)[:, ::2]
+    cpu.matmul_ordered(strided, np.asfortranarray(x), w[:, ::-1].copy()[:, ::-1])
+    np.testing.assert_array_equal(strided, want)
+    for lo in range(min(N, 4)):                  # a row alone gives the bits it has among all rows
+        alone = np.empty((1, C), dtype=dtype)
+        cpu.matmul_ordered(alone, x[lo:lo + 1], w)
+        np.testing.assert_array_equal(alone[0], out[lo])
+
+
+def test_float64_linear_and_attention_use_the_ordered_matmul():
+    """float64 "cpu" linear equals the k-ordered sum plus bias exactly, and its attention does not call BLAS."""
+    rng = np.random.default_rng(3)
+    x, w, b = rand(rng, 2, 7, 24, dtype=np.float64), rand(rng, 24, 40, dtype=np.float64), rand(rng, 40, dtype=np.float64)
+    np.testing.assert_array_equal(cpu_ops().linear(x, w, b),
+                                  reference.matmul_in_k_order(x.reshape(14, 24), w).reshape(2, 7, 40) + b)
+    q, k, v = (rand(rng, 2, 7, 24, dtype=np.float64) for _ in range(3))
+    blas_calls = []
+    real_matmul = np.matmul
+
+    class CountingNumpy:                 # kernels.cpu's `np`, with matmul calls counted
+        def __getattr__(self, name):
+            if name == "matmul":
+                return lambda *a, **kw: blas_calls.append(1) or real_matmul(*a, **kw)
+            return getattr(np, name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "np", CountingNumpy())
+        context, _ = cpu_ops().attention(q, k, v, np.zeros((2, 7)), 4, False)
+    assert not blas_calls
+    np.testing.assert_allclose(context, reference.attention(q, k, v, np.zeros((2, 7)), 4)[0], atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_bias_activation_kernels_in_place_over_a_wide_range(dtype, activation):
     name = {None: "bias_add", "gelu": "bias_gelu", "gelu_new": "bias_gelu_tanh", "gelu_pytorch_tanh": "bias_gelu_tanh",

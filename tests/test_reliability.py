@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from tiny import VOCAB, tiny_config, tiny_tensors, write_tiny
@@ -592,17 +592,103 @@ def check_invariance(source, dtype, case, compare):
                 compare(x, y)
 
 
+# Found failing on an AVX-512 machine (OpenBLAS's SkylakeX dgemm) when float64 matmuls still went to BLAS.
+SKYLAKEX_CASE = (tiny_config(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=25,
+                             hidden_act="gelu", max_position_embeddings=13, type_vocab_size=1), 2, [[2]], [[0]], 0)
+
+
 @settings(max_examples=30, deadline=None)
 @given(models_and_batches())
+@example(SKYLAKEX_CASE)
 def test_float64_results_are_bit_identical_whatever_the_batch(case):
     """Padding, batch order and batch size change nothing, bit for bit, in every layer, attention map and the
-    pooler: row_tile found a tile size for each projection, so every matmul call is made of whole tiles."""
+    pooler, on any CPU: float64 matmuls sum in one fixed order (kernels.cpu.matmul_ordered), not BLAS's."""
     config, seed, *_ = case
-    H, I = config["hidden_size"], config["intermediate_size"]
-    rng = np.random.default_rng(0)
-    if any(cpu.row_tile(rng.standard_normal((k, c))) is None for k, c in [(H, 3 * H), (H, H), (H, I), (I, H)]):
-        pytest.skip("this BLAS rounds float64 rows by position; the float32 bound applies instead")
     check_invariance(tiny_model_dir(config, seed), "float64", case, np.testing.assert_array_equal)
+
+
+def fixed_invariance_cases():
+    """A fixed spread of tiny models and batches (both position rules, every activation, 1-4 heads)."""
+    rng = np.random.default_rng(11)
+    cases = [SKYLAKEX_CASE]
+    for i, activation in enumerate(ACTIVATIONS * 2):
+        heads, head_size = [1, 2, 4][i % 3], [2, 4, 8][i % 3 - 1]
+        config = tiny_config(hidden_size=heads * head_size, num_attention_heads=heads, num_hidden_layers=1 + i % 3,
+                             intermediate_size=int(rng.integers(4, 41)), hidden_act=activation,
+                             max_position_embeddings=int(rng.integers(8, 41)), type_vocab_size=1 + i % 3)
+        if i % 2:
+            config.update(model_type="roberta", architectures=["RobertaModel"], pad_token_id=1)
+        max_tokens = config["max_position_embeddings"] - (2 if i % 2 else 0)
+        rows = [rng.integers(2, len(VOCAB), int(rng.integers(1, max_tokens + 1))).tolist()
+                for _ in range(int(rng.integers(1, 6)))]
+        types = [rng.integers(0, config["type_vocab_size"], len(row)).tolist() for row in rows]
+        cases.append((config, int(rng.integers(0, 2 ** 16)), rows, types, config["pad_token_id"]))
+    return cases
+
+
+def check_float64_invariance_fixed_cases():
+    """Run by test_float64_bit_identity_under_every_openblas_kernel in a child process per kernel."""
+    for case in fixed_invariance_cases():
+        check_invariance(tiny_model_dir(case[0], case[1]), "float64", case, np.testing.assert_array_equal)
+    model = minibert.load(backend="cpu", dtype="float64")
+    texts = ["A man is playing a guitar.", "x", "café 北京 🍕 " * 9, "the quick brown fox " * 20]
+    alone = [model([t]) for t in texts]
+    for batch in (texts, texts[::-1], texts[1:3]):
+        out = model(batch)
+        for k, text in enumerate(batch):
+            mine = alone[texts.index(text)]
+            n = int(mine.attention_mask.sum())
+            for a, b in zip(mine.hidden_states, out.hidden_states):
+                np.testing.assert_array_equal(a[0], b[k, :n])
+            np.testing.assert_array_equal(mine.pooler_output[0], out.pooler_output[k])
+
+
+# OpenBLAS kernels by the CPU flags each needs; numpy's OpenBLAS is built for all of them (DYNAMIC_ARCH).
+# (Older names such as Prescott and Core2 fall back to Katmai in NumPy's build; the test checks the name.)
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+OPENBLAS_CORES = {"SapphireRapids": AVX512 | {"avx512_bf16", "avx512_fp16", "amx_tile"},
+                  "Cooperlake": AVX512 | {"avx512_bf16"}, "SkylakeX": AVX512, "Haswell": {"avx2", "fma"},
+                  "Sandybridge": {"avx"}, "Nehalem": {"sse4_2"}, "Katmai": {"sse"}}
+CORE_NAME = """
+import ctypes, glob, os, numpy
+libs = glob.glob(os.path.dirname(numpy.__file__) + ".libs/*openblas*")
+for path in libs:
+    lib = ctypes.CDLL(path)
+    for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                 "openblas_get_corename"):
+        if hasattr(lib, name):
+            getattr(lib, name).restype = ctypes.c_char_p
+            print("openblas core:", getattr(lib, name)().decode())
+            raise SystemExit
+print("openblas core: unknown")
+"""
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("core", list(OPENBLAS_CORES))
+def test_float64_bit_identity_under_every_openblas_kernel(core):
+    """The float64 promise must not depend on which BLAS kernel the machine picks: the fixed cases above, and
+    the default model, run in a child process with OPENBLAS_CORETYPE forcing each kernel this CPU can run."""
+    preset = os.environ.get("OPENBLAS_CORETYPE")
+    if preset and preset.lower() != core.lower():
+        pytest.skip(f"this machine's environment fixes OPENBLAS_CORETYPE={preset}; it is not changed here")
+    if not OPENBLAS_CORES[core] <= cpu_flags():
+        pytest.skip(f"this CPU cannot run OpenBLAS's {core} kernel (needs {sorted(OPENBLAS_CORES[core])})")
+    env = {**os.environ, "OPENBLAS_CORETYPE": core}
+    found = subprocess.run([sys.executable, "-c", CORE_NAME], env=env, capture_output=True, text=True, timeout=60)
+    if "unknown" in found.stdout or found.returncode:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose kernel can be named")
+    assert found.stdout.split(":", 1)[1].strip().lower() == core.lower(), found.stdout
+    run = subprocess.run([sys.executable, "-c", "import test_reliability as t; t.check_float64_invariance_fixed_cases()"],
+                         env=env, cwd=Path(__file__).parent, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
