@@ -287,8 +287,8 @@ def read_labelled(path, text_col="text", label_col="label"):
             for row in reader:
                 texts.append(row[text_col] or "")
                 labels.append(row[label_col] or "")
-        except csv.Error as e:                      # e.g. a field beyond the csv module's size limit
-            raise InputError(f"{path}:{reader.line_num}: cannot read as {suffix[1:].upper()} ({e})") from None
+        except csv.Error as e:      # e.g. a field past the csv size limit; DictReader.line_num lags a row behind
+            raise InputError(f"{path}:{reader.reader.line_num}: cannot read as {suffix[1:].upper()} ({e})") from None
     else:
         raise InputError(f"{path}: labelled data must be .csv, .tsv or .jsonl (CoNLL token data: .conll or --conll)")
     if not texts:
