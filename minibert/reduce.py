@@ -99,7 +99,8 @@ def check_k(k, rows, width):
         raise InputError(f"PCA needs at least 2 vectors, found {rows}")
     if k > min(rows - 1, width):
         limit = "rows - 1" if rows - 1 < width else "the vector width"
-        raise InputError(f"PCA with K = {k} on {rows} vectors of {width} features: K can be at most "
+        features = f" of {width} features" if width < np.inf else ""      # the width may not be known yet
+        raise InputError(f"PCA with K = {k} on {rows} vectors{features}: K can be at most "
                          f"min(rows - 1, width) = {min(rows - 1, width)} ({limit}); choose a smaller K")
 
 

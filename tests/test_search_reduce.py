@@ -306,3 +306,15 @@ def test_reduce_on_a_really_full_disk(tmp_path):
     assert result["stderr"].startswith("minibert: error: ") and result["stderr"].count("\n") == 1
     assert "disk full" in result["stderr"] and "the extraction is intact" in result["stderr"]
     assert result["after"] == result["before"]                             # no .partial left, nothing changed
+
+
+def test_ray_extract_checks_k_against_the_rows_before_starting_ray(corpus_file, tmp_path, capsys, monkeypatch):
+    """The Ray engine loads the model on its workers, so only what needs no model is checked here: K
+    against the rows (the width is checked after the extraction, which then stays)."""
+    import minibert
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("the model was loaded here"))
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--engine", "ray", "--reduce", "pca:12"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("minibert: error: PCA with K = 12 on 12 vectors: K can be at most min(rows - 1, width) = 11 "
+                   "(rows - 1); choose a smaller K\n") and not out.exists()
