@@ -194,6 +194,7 @@ def cmd_extract(args):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
         raise MiniBertError("--whiten scales the PCA components of --reduce pca:K: pass --reduce too")
+    check_output_folder(args.out)
     texts = read_texts(args.input, args.field)
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
     model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
@@ -323,6 +324,18 @@ def check_writable(path, flag):
         raise MiniBertError(f"{flag} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise MiniBertError(f"{flag} {path}: permission denied; choose a writable place")
+
+
+def check_output_folder(out):
+    """--out is created with its parents: the nearest existing one must be a writable folder."""
+    from pathlib import Path
+    existing = Path(out).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MiniBertError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MiniBertError(f"--out {out}: cannot write in {existing} (permission denied); choose another --out")
 
 
 def int_at_least(low):
@@ -530,7 +543,7 @@ def stdout_is_closed_pipe():
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))   # Linux: ERR, BSD: HUP
     except (AttributeError, OSError, ValueError):     # no real file descriptor (e.g. captured by a test)
         return False
 

@@ -161,3 +161,14 @@ def test_main_leaves_warnings_as_it_found_them(capsys):
     before = warnings.showwarning
     assert main(["attention", "x", "--html", "/no/such/folder/a.html"]) == 1
     assert warnings.showwarning is before
+
+
+def test_extract_out_that_cannot_be_a_folder(tmp_path, capsys, monkeypatch):
+    import minibert
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "in.txt").write_text("the cat\n")
+    (tmp_path / "file").write_text("")
+    assert main(["extract", str(tmp_path / "in.txt"), "--out", str(tmp_path / "file" / "vecs")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"minibert: error: --out {tmp_path / 'file' / 'vecs'}: {tmp_path / 'file'} is a file, not a "
+                   "folder; choose another --out\n")
