@@ -375,7 +375,8 @@ def add_encoding_arguments(p, pooling="mean"):
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--max-length", type=int_at_least(2), default=None,
                    help="cut texts to this many tokens, special tokens included (default: the model's maximum)")
-    p.add_argument("--window", type=int_at_least(8), default=None, help="cover long texts with windows of this many tokens")
+    p.add_argument("--window", type=int_at_least(8), default=None,
+                   help="cover long texts with windows of this many tokens")
     p.add_argument("--stride", type=int_at_least(0), default=None, help="overlap between windows, in tokens")
 
 

@@ -3,7 +3,6 @@ pipe quiet, warnings in flag terms, options checked before any work. Real `minib
 terminal behaviour is the point (pipes, exit codes, what reaches stderr)."""
 
 import csv
-import os
 import subprocess
 import sys
 
