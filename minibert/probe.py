@@ -278,7 +278,9 @@ def read_labelled(path, text_col="text", label_col="label"):
             texts.append(record[text_col])
             labels.append(str(record[label_col]))
     elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
+        # TSV as GLUE writes it: tabs only, no quoting (a field that starts with '"' must not swallow rows).
+        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        reader = csv.DictReader(io.StringIO(content), **tsv)
         try:
             missing = [c for c in (text_col, label_col) if reader.fieldnames is None or c not in reader.fieldnames]
             if missing:

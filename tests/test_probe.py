@@ -308,3 +308,10 @@ def test_readers_name_the_bad_line(tmp_path):
         probe.read_labelled(tmp_path / "big.csv")
     (tmp_path / "bom.csv").write_text("text,label\nfine,a\n", encoding="utf-8-sig")   # as Excel saves it
     assert probe.read_labelled(tmp_path / "bom.csv") == (["fine"], ["a"])
+
+
+def test_tsv_fields_are_not_quoted(tmp_path):
+    """GLUE's .tsv files: tab-separated, no quoting; a text that starts with a quote is just a text."""
+    (tmp_path / "d.tsv").write_text('sentence\tlabel\n"quoted" start\tpos\nnext row\tneg\n"open\tneg\n')
+    assert probe.read_labelled(tmp_path / "d.tsv", "sentence") == (['"quoted" start', "next row", '"open'],
+                                                                   ["pos", "neg", "neg"])
