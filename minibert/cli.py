@@ -1,8 +1,20 @@
-"""The `minibert` command line. Errors print one line on stderr and exit non-zero (tracebacks with --debug)."""
+"""The `minibert` command line. Every failure prints one line on stderr (tracebacks with --debug).
+
+Exit codes: 0 done; 1 an error (`minibert: error: ...`); 2 a malformed command line; 130 Ctrl-C; 143 SIGTERM
+during extract; 141 when the reader of standard output went away (`minibert ... | head`), silently, as a
+Unix tool killed by SIGPIPE.
+"""
 
 import argparse
+import contextlib
+import csv
 import json
+import math
+import os
+import re
+import select
 import sys
+import warnings
 
 import numpy as np
 
@@ -115,6 +127,24 @@ def parse_layers(text):
     return values[0] if len(values) == 1 else values
 
 
+def check_lengths(args, model=None):
+    """--max-length, --window and --stride, against the model when it is given, before any text is encoded."""
+    limit = model.tokenizer.max_length if model is not None else math.inf
+    if args.max_length is not None and args.window is not None:
+        raise MiniBertError("--max-length cuts each text and --window covers each text whole: pass one of them")
+    if args.max_length is not None and not 2 <= args.max_length <= limit:
+        raise MiniBertError(f"--max-length must be between 2 (the special tokens) and the model's {limit} "
+                            f"positions, found {args.max_length}; use --window for longer texts")
+    if args.window is not None and not 8 <= args.window <= limit:
+        raise MiniBertError(f"--window must be between 8 and the model's {limit} positions, found {args.window}")
+    if args.stride is not None:
+        if args.window is None:
+            raise MiniBertError("--stride is the overlap between windows: pass --window too")
+        if args.stride > args.window // 2:
+            raise MiniBertError(f"--stride (the overlap between windows) must be at most --window // 2 = "
+                                f"{args.window // 2}, found {args.stride}")
+
+
 def encoding_options(args):
     return {"layers": parse_layers(args.layers), "combine": args.combine, "pooling": args.pooling,
             "normalize": args.normalize, "batch_size": args.batch_size, "max_length": args.max_length,
@@ -124,6 +154,7 @@ def encoding_options(args):
 def cmd_embed(args):
     import minibert
     model = minibert.load(args.model, backend=args.backend)
+    check_lengths(args, model)
     vectors = model.encode(args.texts, **encoding_options(args), dtype="float32")
     if args.json:
         rows = vectors if isinstance(vectors, list) else list(vectors)
@@ -161,7 +192,15 @@ def cmd_extract(args):
     from .extract import extract, read_texts
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
+    if args.whiten and not args.reduce:
+        raise MiniBertError("--whiten scales the PCA components of --reduce pca:K: pass --reduce too")
+    check_output_folder(args.out)
     texts = read_texts(args.input, args.field)
+    # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
+    model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
+    check_lengths(args, model)
+    if args.reduce:
+        check_reduce(args, model, texts)
     if args.engine == "ray":
         from .ray_data import extract as extract_on_ray
         manifest = extract_on_ray(texts, args.out, model=args.model, backend=args.backend, address=args.address,
@@ -170,7 +209,6 @@ def cmd_extract(args):
                                   overwrite=args.overwrite, resume=args.resume, source_file=args.input,
                                   progress=None if not args.quiet else False)
     else:
-        model = minibert.load(args.model, backend=args.backend)
         manifest = extract(model, texts, args.out, **encoding_options(args), fmt=args.format, dtype=args.dtype,
                            overwrite=args.overwrite, resume=args.resume, source_file=args.input,
                            progress=None if not args.quiet else False)
@@ -181,6 +219,24 @@ def cmd_extract(args):
         kept = reduce_extraction(args.out, args.reduce, whiten=args.whiten)["reduce"]
         print(f"PCA: {kept['k']} components keep {kept['variance_kept']:.1%} of the variance"
               f"{' (whitened)' if kept['whiten'] else ''}: pca.npz, reduced.npy [{kept['rows']}, {kept['k']}]")
+
+
+def check_reduce(args, model, texts):
+    """--reduce pca:K against the vectors the options give, before the extraction starts: one vector per row,
+    K <= min(rows - 1, width). Without the model (Ray) only K against the rows."""
+    from .extract import token_counts
+    from .reduce import check_k, check_reduce, parse_reduce
+    token_level = args.pooling == "none"
+    rows = len(texts)
+    if token_level and rows <= parse_reduce(args.reduce):         # each text has a few tokens: count them
+        if model is None:
+            return
+        rows = int(token_counts(model, texts, args.max_length, args.window).sum())
+    if model is None:
+        check_k(parse_reduce(args.reduce), rows, math.inf)
+        return
+    one = model.encode(["x"], **encoding_options(args), dtype=args.dtype)      # [1, ...] or [[n, ...]]
+    check_reduce(args.reduce, rows, one[0].shape[1:] if token_level else one.shape[1:])
 
 
 def layer_label(layer):
@@ -195,16 +251,23 @@ def cmd_probe(args):
     token_level = args.conll or str(args.data).lower().endswith(".conll")
     if args.plot and Path(args.data).resolve() in (Path(args.plot).resolve(), Path(args.plot).with_suffix(".csv").resolve()):
         raise MiniBertError(f"--plot {args.plot} would overwrite the data file {args.data}; choose another name")
-    model = minibert.load(args.model, backend=args.backend)
+    if args.plot:
+        check_writable(args.plot, "--plot")
     options = {"layers": parse_layers(args.layers), "folds": args.folds, "l2": args.l2, "seed": args.seed,
                "batch_size": args.batch_size}
+    # The data and every option that needs no model are checked before the model is loaded.
     if token_level:
         sentences, tags = probe.read_conll(args.data)
+        probe.token_probe_folds(tags, folds=args.folds, l2=args.l2, seed=args.seed)
+    else:
+        texts, labels = probe.read_labelled(args.data, args.text_col, args.label_col)
+        probe.sentence_probe_folds(labels, folds=args.folds, l2=args.l2, seed=args.seed)
+    model = minibert.load(args.model, backend=args.backend)
+    if token_level:
         result = probe.probe_tokens(model, sentences, tags, subword=args.subword, **options)
         print(f"token probe: {len(sentences)} sentences, {result.examples} words, {len(result.classes)} tags, "
               f"{args.folds}-fold CV by sentence, subword {args.subword}")
     else:
-        texts, labels = probe.read_labelled(args.data, args.text_col, args.label_col)
         result = probe.probe_sentences(model, texts, labels, pooling=args.pooling, **options)
         print(f"sentence probe: {result.examples} texts, {len(result.classes)} classes, {args.folds}-fold CV, "
               f"{args.pooling} pooling")
@@ -212,7 +275,8 @@ def cmd_probe(args):
     for note in result.notes:
         print(f"note: {note}")
     if args.plot:
-        written = probe.write_plot(result, args.plot)
+        with writing(args.plot, "--plot"):
+            written = probe.write_plot(result, args.plot)
         print(f"plot: {written}" if str(written).endswith(".png") else
               f"matplotlib is not installed (pip install 'minibert[plot]'), so no PNG: wrote the table to {written}")
 
@@ -233,14 +297,68 @@ def cmd_attention(args):
     from . import attention_view
     if not (args.html or args.json):
         raise MiniBertError("attention writes --html FILE and/or --json FILE")
+    for path, flag in ((args.html, "--html"), (args.json, "--json")):
+        if path:
+            check_writable(path, flag)
     model = minibert.load(args.model, backend=args.backend)
     data = attention_view.attention_data(model, args.text, args.pair)
     if args.html:
-        attention_view.write_html(data, args.html)
+        with writing(args.html, "--html"):
+            attention_view.write_html(data, args.html)
     if args.json:
-        attention_view.write_json(data, args.json)
+        with writing(args.json, "--json"):
+            attention_view.write_json(data, args.json)
     print(attention_view.summary_table(data))
     print(f"wrote {' and '.join(p for p in (args.html, args.json) if p)}")
+
+
+def check_writable(path, flag):
+    """An output file's folder exists and can be written, checked before any work (the write itself may
+    still fail, e.g. on a full disk: main() reports that in one line too)."""
+    from pathlib import Path
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise MiniBertError(f"{flag} {path} is a directory; give a file name")
+    if not folder.is_dir():
+        raise MiniBertError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise MiniBertError(f"{flag} {path}: permission denied; choose a writable place")
+
+
+def check_output_folder(out):
+    """--out is created with its parents: the nearest existing one must be a writable folder."""
+    from pathlib import Path
+    existing = Path(out).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MiniBertError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MiniBertError(f"--out {out}: cannot write in {existing} (permission denied); choose another --out")
+
+
+def int_at_least(low):
+    """An argparse type: an int >= low (argparse then reports a bad value as a one-line usage error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an int, found {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, found {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+@contextlib.contextmanager
+def writing(path, flag):
+    """An OSError while writing an output file becomes one line naming the option and the file."""
+    try:
+        yield
+    except OSError as e:
+        raise MiniBertError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
 
 
 def add_model_arguments(p, model_help="model directory or hub id (default: bundled all-MiniLM-L6-v2)"):
@@ -254,14 +372,16 @@ def add_encoding_arguments(p, pooling="mean"):
     p.add_argument("--combine", default=None, choices=["mean", "sum", "concat"])
     p.add_argument("--pooling", default=pooling, choices=["cls", "mean", "max", "mean_sqrt_len", "none"])
     p.add_argument("--normalize", action="store_true", help="L2-normalise the final vectors")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--window", type=int, default=None, help="cover long texts with windows of this many tokens")
-    p.add_argument("--stride", type=int, default=None, help="overlap between windows, in tokens")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--max-length", type=int_at_least(2), default=None,
+                   help="cut texts to this many tokens, special tokens included (default: the model's maximum)")
+    p.add_argument("--window", type=int_at_least(8), default=None,
+                   help="cover long texts with windows of this many tokens")
+    p.add_argument("--stride", type=int_at_least(0), default=None, help="overlap between windows, in tokens")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="minibert", description=__doc__)
+    parser = Parser(prog="minibert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -315,7 +435,7 @@ def build_parser():
                    help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert[ray]'`)")
     p.add_argument("--address", default=None, help="with --engine ray: auto, HOST:6379 or ray://HOST:10001 "
                    "(default: start a local Ray cluster on this machine)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int_at_least(1), default=None,
                    help="with --engine ray: actors, each with its own model (default: CPUs // --cpus-per-worker)")
     p.add_argument("--cpus-per-worker", type=float, default=1, help="with --engine ray: CPUs (threads) per actor")
     add_encoding_arguments(p)
@@ -334,12 +454,13 @@ def build_parser():
     p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
     p.add_argument("--subword", default="first", choices=["first", "last", "mean", "first_last"],
                    help="token probe: how a word's WordPiece vectors become one")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--l2", type=float, default=1e-2, help="L2 strength on the weights (mean loss + l2/2 |W|^2)")
-    p.add_argument("--seed", type=int, default=0, help="shuffles the folds")
+    p.add_argument("--folds", type=int_at_least(2), default=5)
+    p.add_argument("--l2", type=float, default=1e-2, help="L2 strength on the weights, >= 0 "
+                   "(mean loss + l2/2 |W|^2)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="shuffles the folds")
     p.add_argument("--plot", default="probe.png", help="PNG of the scores per layer (a CSV without matplotlib); "
                                                        "'' for none")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
     add_model_arguments(p)
     p.set_defaults(run=cmd_probe)
 
@@ -349,7 +470,7 @@ def build_parser():
                               "  minibert search vecs 'query one' 'query two' --layer 4 --texts corpus.txt")
     p.add_argument("index", help="directory written by minibert extract (pooled vectors)")
     p.add_argument("queries", nargs="+")
-    p.add_argument("-k", type=int, default=10, help="hits per query")
+    p.add_argument("-k", type=int_at_least(1), default=10, help="hits per query")
     p.add_argument("--layer", type=int, default=None, help="which extracted layer to search when several were kept")
     p.add_argument("--reduced", action="store_true", help="search the PCA-reduced vectors (extract --reduce)")
     p.add_argument("--texts", default=None, help="the input file, when it has moved since the extraction")
@@ -402,23 +523,87 @@ def join_negative_values(argv):
     return joined
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
-    if getattr(args, "tolerance", 0) is None:
-        args.tolerance = 1e-10 if args.dtype == "float64" else 1e-4
+# API parameter names in warnings, as the flags that set them (`window=` -> `--window`).
+FLAGS = {"max_length": "--max-length", "window": "--window", "stride": "--stride", "batch_size": "--batch-size",
+         "layers": "--layers", "combine": "--combine", "pooling": "--pooling", "l2": "--l2", "folds": "--folds"}
+
+
+def cli_terms(message):
+    """A warning or error message as the command line's user needs it: flags for API parameters, one line."""
+    message = re.sub(r"^minibert( \w+)?: ", "", " ".join(str(message).split()))
+    return re.sub(r"\b(" + "|".join(FLAGS) + r")=", lambda m: FLAGS[m.group(1)], message)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the command line: `minibert: warning: ...`, no Python source line."""
+    print(f"minibert: warning: {cli_terms(message)}", file=sys.stderr if file is None else file)
+
+
+def stdout_is_closed_pipe():
+    """True when standard output is a pipe whose reader has gone (`minibert ... | head` after head exits)."""
     try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))   # Linux: ERR, BSD: HUP
+    except (AttributeError, OSError, ValueError):     # no real file descriptor (e.g. captured by a test)
+        return False
+
+
+def error_line(e):
+    """One line for an error the commands did not turn into a MiniBertError (a file that cannot be written,
+    bytes that are not UTF-8, a malformed CSV): what failed, where."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not valid UTF-8 ({e.reason} at byte {e.start} of a block read); save the input as UTF-8"
+    if isinstance(e, csv.Error):
+        return f"cannot read the CSV/TSV input ({e})"
+    return f"{type(e).__name__}: {e}"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A malformed command line: one line on stderr, exit 2 (argparse's code), pointing at --help."""
+        self.exit(2, f"minibert: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv=None):
+    with warnings.catch_warnings():                    # restores showwarning when main() returns
+        warnings.showwarning = show_warning
+        return run_command(argv)
+
+
+def run_command(argv):
+    debug = False
+    try:
+        args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+        debug = args.debug
+        if getattr(args, "tolerance", 0) is None:
+            args.tolerance = 1e-10 if args.dtype == "float64" else 1e-4
         args.run(args)
-    except MiniBertError as e:
-        if args.debug:
-            raise
-        print(f"minibert: error: {' '.join(str(e).split())}", file=sys.stderr)    # one line, whatever it quotes
-        return 1
+        sys.stdout.flush()                             # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError as e:
+        if not stdout_is_closed_pipe():
+            return report(e, debug)
+        # Nobody reads any more: send what is left in the buffer nowhere, and exit as a tool killed by SIGPIPE.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (MiniBertError, OSError, UnicodeError, csv.Error) as e:
+        return report(e, debug)
     except KeyboardInterrupt as e:                     # Ctrl-C, or SIGTERM during extract (Terminated)
         terminated = type(e).__name__ == "Terminated"
         print(f"minibert: {'terminated' if terminated else 'interrupted'}{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 143 if terminated else 130
     return 0
+
+
+def report(e, debug):
+    if debug:
+        raise e
+    message = e if isinstance(e, MiniBertError) else error_line(e)
+    print(f"minibert: error: {cli_terms(message)}", file=sys.stderr)       # one line, whatever it quotes
+    return 1
 
 
 if __name__ == "__main__":

@@ -134,6 +134,7 @@ def fit_logistic(X, y, *, l2=1e-2, standardize=True, max_iter=1000, tol=1e-5):
     Minimises mean cross-entropy + l2/2 ||W||^2, which is scikit-learn's objective with C = 1 / (l2 N).
     Features are standardised first (layers differ in scale by orders of magnitude).
     """
+    check_l2(l2)
     X = np.asarray(X, dtype=np.float64)
     classes, y_index = np.unique(np.asarray(y), return_inverse=True)
     N, D = X.shape
@@ -149,8 +150,31 @@ def fit_logistic(X, y, *, l2=1e-2, standardize=True, max_iter=1000, tol=1e-5):
         theta, info = lbfgs(lambda t: softmax_loss(t, Xs, Y, l2), np.zeros((D + 1) * C), max_iter=max_iter, tol=tol)
     if not info["converged"]:
         warnings.warn(f"minibert probe: L-BFGS stopped after {info['iterations']} iterations with max |gradient| "
-                      f"{info['grad_max']:.1e} > {tol:.0e}; raise l2 or max_iter", stacklevel=2)
+                      f"{info['grad_max']:.1e} > {tol:.0e}; a larger l2= converges sooner", stacklevel=2)
     return LogisticRegression(mean, scale, theta[:D * C].reshape(D, C), theta[D * C:], classes, info)
+
+
+def check_l2(l2):
+    """The L2 strength is a finite number >= 0: NaN makes every loss NaN (the solver then returns zeros and
+    the scores look like chance), a negative one makes the loss unbounded below."""
+    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) or not 0 <= l2 < np.inf:
+        raise InputError(f"l2 (the L2 strength, --l2) must be a finite number >= 0, found {l2!r}")
+
+
+def check_labels(labels, fold_of, folds, unit="examples"):
+    """Every fold's training part needs two labels, or its probe cannot be fitted: refuse before encoding.
+    labels [N], fold_of [N] the fold of each label."""
+    labels, fold_of = np.asarray(labels), np.asarray(fold_of)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise InputError(f"a probe needs at least 2 different labels, but all {len(labels)} {unit} are "
+                         f"labelled {str(classes[0])!r}" if len(classes) else
+                         "a probe needs labelled examples, found none")
+    for k in range(folds):
+        train = np.unique(labels[fold_of != k])
+        if len(train) < 2:
+            raise InputError(f"with {folds} folds, fold {k}'s training part holds only the label "
+                             f"{str(train[0])!r}: give each label more {unit}, or use fewer --folds")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +265,7 @@ def read_labelled(path, text_col="text", label_col="label"):
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")            # a byte-order mark is not part of a column name
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read as UTF-8 text ({e})") from None
     suffix = path.suffix.lower()
@@ -254,14 +278,19 @@ def read_labelled(path, text_col="text", label_col="label"):
             texts.append(record[text_col])
             labels.append(str(record[label_col]))
     elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
-        missing = [c for c in (text_col, label_col) if reader.fieldnames is None or c not in reader.fieldnames]
-        if missing:
-            raise InputError(f"{path}: no column {missing[0]!r}; columns are {reader.fieldnames} "
-                             "(choose them with --text-col / --label-col)")
-        for row in reader:
-            texts.append(row[text_col] or "")
-            labels.append(row[label_col] or "")
+        # TSV as GLUE writes it: tabs only, no quoting (a field that starts with '"' must not swallow rows).
+        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        reader = csv.DictReader(io.StringIO(content), **tsv)
+        try:
+            missing = [c for c in (text_col, label_col) if reader.fieldnames is None or c not in reader.fieldnames]
+            if missing:
+                raise InputError(f"{path}: no column {missing[0]!r}; columns are {reader.fieldnames} "
+                                 "(choose them with --text-col / --label-col)")
+            for row in reader:
+                texts.append(row[text_col] or "")
+                labels.append(row[label_col] or "")
+        except csv.Error as e:      # e.g. a field past the csv size limit; DictReader.line_num lags a row behind
+            raise InputError(f"{path}:{reader.reader.line_num}: cannot read as {suffix[1:].upper()} ({e})") from None
     else:
         raise InputError(f"{path}: labelled data must be .csv, .tsv or .jsonl (CoNLL token data: .conll or --conll)")
     if not texts:
@@ -276,8 +305,15 @@ def read_conll(path):
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
     sentences, tags, words, labels = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    offset = 0
+    with open(path, "rb") as f:                     # bytes, so a bad byte is found on its own line
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {offset + e.start} of the "
+                                 "file); save the file as UTF-8") from None
+            offset += len(raw)
             parts = line.split()
             if not parts or parts[0] == "-DOCSTART-":
                 if words:
@@ -286,7 +322,8 @@ def read_conll(path):
                     words, labels = [], []
                 continue
             if len(parts) < 2:
-                raise InputError(f"{path}:{n}: expected a token and a label separated by whitespace, found {line.strip()!r}")
+                raise InputError(f"{path}:{n}: expected a token and a label separated by whitespace, "
+                                 f"found {line.strip()!r}")
             words.append(parts[0])
             labels.append(parts[-1])
     if words:
@@ -343,6 +380,25 @@ def cross_validate(X, y, *, folds=5, seed=0, l2=1e-2, fold_of=None):
     return float(np.mean(accs)), float(np.std(accs)), float(np.mean(f1s))
 
 
+def sentence_probe_folds(labels, *, folds=5, l2=1e-2, seed=0):
+    """The fold of each text [N], after checking every option that does not need the model (the command
+    line calls this before loading it)."""
+    check_l2(l2)
+    y = np.asarray(labels)
+    fold_of = stratified_folds(y, folds, seed)
+    check_labels(y, fold_of, folds, "texts")
+    return fold_of
+
+
+def token_probe_folds(tags, *, folds=5, l2=1e-2, seed=0):
+    """The fold of each sentence, after checking every option that does not need the model."""
+    check_l2(l2)
+    fold_of = group_folds(len(tags), folds, seed)
+    check_labels([t for sentence_tags in tags for t in sentence_tags],
+                 [fold_of[s] for s, sentence_tags in enumerate(tags) for _ in sentence_tags], folds, "words")
+    return fold_of
+
+
 def probe_sentences(model, texts, labels, *, layers="all", pooling="mean", folds=5, l2=1e-2, seed=0,
                     batch_size=32, max_length=None):
     """Fit and cross-validate a probe on each layer's pooled vectors of `texts`."""
@@ -351,9 +407,9 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling="mean", folds
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
     if pooling == "none":
         raise InputError("the sentence probe needs one vector per text: choose cls, mean, max or mean_sqrt_len")
+    fold_of = sentence_probe_folds(labels, folds=folds, l2=l2, seed=seed)
     chosen = resolve_layers(layers, model.config.num_hidden_layers)
     y = np.asarray(labels)
-    fold_of = stratified_folds(y, folds, seed)
     vectors = model.encode(texts, layers=chosen, pooling=pooling, batch_size=batch_size,
                            max_length=max_length)                   # [N, L, D]
     rows = [LayerScore(layer, *cross_validate(vectors[:, i], y, folds=folds, l2=l2, fold_of=fold_of))
@@ -379,6 +435,7 @@ def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds
     from .pooling import resolve_layers
     if len(sentences) != len(tags):
         raise InputError(f"{len(sentences)} sentences but {len(tags)} tag sequences")
+    sentence_folds = token_probe_folds(tags, folds=folds, l2=l2, seed=seed)
     chosen = resolve_layers(layers, model.config.num_hidden_layers)
     # One window as long as the model allows: a sentence that fits is encoded exactly as without windows,
     # and a longer one is covered whole, so every word gets a vector.
@@ -396,7 +453,7 @@ def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds
     X = np.concatenate(feats)                                       # [tokens, L, D]
     y = np.asarray(labels)
     sentence_of = np.asarray(sentence_of)
-    fold_of = group_folds(len(sentences), folds, seed)[sentence_of]
+    fold_of = sentence_folds[sentence_of]
     rows = []
     for i, layer in enumerate(chosen):
         accs, f1s = [], []

@@ -255,3 +255,63 @@ def test_probe_command(tmp_path, capsys):
         assert not png.exists() and "matplotlib is not installed" in out
         rows = csv_file.read_text().splitlines()
         assert rows[0] == "layer,accuracy,accuracy_std,macro_f1" and [r.split(",")[0] for r in rows[1:]] == ["0", "6"]
+
+
+# ----- options refused before any encoding --------------------------------------------------------------------
+# model=None: the checks must come before the probe touches the model (the old code encoded first).
+
+@pytest.mark.parametrize("l2", [float("nan"), -0.1, float("inf")])
+def test_l2_must_be_finite_and_non_negative(l2):
+    texts, labels = topic_data(n_per_topic=4)
+    with pytest.raises(probe.InputError, match=r"l2 .* must be a finite number >= 0"):
+        probe.probe_sentences(None, texts, labels, l2=l2, folds=2)
+    with pytest.raises(probe.InputError, match=r"l2 .* must be a finite number >= 0"):
+        probe.probe_tokens(None, *tagging_data(n=6), l2=l2, folds=2)
+    X, y = random_problem()
+    with pytest.raises(probe.InputError, match="finite number >= 0"):   # NaN made the solver return zeros
+        probe.fit_logistic(X, y, l2=l2)
+
+
+def test_one_class_is_refused_before_encoding():
+    with pytest.raises(probe.InputError, match="at least 2 different labels, but all 6 texts are labelled 'pos'"):
+        probe.probe_sentences(None, ["a", "b", "c", "d", "e", "f"], ["pos"] * 6, folds=2)
+    sentences, _ = tagging_data(n=6)
+    with pytest.raises(probe.InputError, match="labelled 'O'"):
+        probe.probe_tokens(None, sentences, [["O"] * len(s) for s in sentences], folds=2)
+    # Two labels, but one fold's training part would hold only one of them.
+    with pytest.raises(probe.InputError, match="training part holds only the label 'neg'"):
+        probe.probe_sentences(None, list("abcdef"), ["neg"] * 5 + ["pos"], folds=2)
+
+
+def test_probe_command_checks_data_and_options_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import minibert
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "one.csv").write_text("text,label\n" + "".join(f"text {i},pos\n" for i in range(6)))
+    (tmp_path / "two.csv").write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(6)))
+    for argv, message in [([str(tmp_path / "one.csv")], "all 6 texts are labelled 'pos'"),
+                          ([str(tmp_path / "two.csv"), "--l2", "nan"], "found nan"),
+                          ([str(tmp_path / "two.csv"), "--l2", "-1"], "found -1.0"),
+                          ([str(tmp_path / "two.csv"), "--plot", str(tmp_path / "no" / "p.png")], "does not exist")]:
+        assert main(["probe", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("minibert: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "probe.png").exists() and not (tmp_path / "probe.csv").exists()
+
+
+def test_readers_name_the_bad_line(tmp_path):
+    (tmp_path / "bad.conll").write_bytes(b"EU B-ORG\nrejects O\n\nPeter\xff B-PER\n")
+    with pytest.raises(probe.InputError, match=r"bad.conll:4: not valid UTF-8 \(invalid start byte at byte 25 "):
+        probe.read_conll(tmp_path / "bad.conll")
+    import csv
+    (tmp_path / "big.csv").write_text("text,label\nshort,a\n" + "x" * (csv.field_size_limit() + 1) + ",b\n")
+    with pytest.raises(probe.InputError, match=r"big.csv:3: cannot read as CSV \(field larger than field limit"):
+        probe.read_labelled(tmp_path / "big.csv")
+    (tmp_path / "bom.csv").write_text("text,label\nfine,a\n", encoding="utf-8-sig")   # as Excel saves it
+    assert probe.read_labelled(tmp_path / "bom.csv") == (["fine"], ["a"])
+
+
+def test_tsv_fields_are_not_quoted(tmp_path):
+    """GLUE's .tsv files: tab-separated, no quoting; a text that starts with a quote is just a text."""
+    (tmp_path / "d.tsv").write_text('sentence\tlabel\n"quoted" start\tpos\nnext row\tneg\n"open\tneg\n')
+    assert probe.read_labelled(tmp_path / "d.tsv", "sentence") == (['"quoted" start', "next row", '"open'],
+                                                                   ["pos", "neg", "neg"])

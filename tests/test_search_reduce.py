@@ -1,5 +1,11 @@
 """PCA on extractions and search over them: against NumPy computed here (direct SVD, brute-force cosine)."""
 
+import errno
+import json
+import os
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,8 +62,8 @@ def test_bad_specs():
         reduce.parse_reduce("svd:3")
     with pytest.raises(InputError, match="pca:K"):
         reduce.parse_reduce("pca:0")
-    with pytest.raises(InputError, match="1 <= K <= 4"):
-        reduce.fit_pca(np.ones((5, 4)), 5)
+    with pytest.raises(InputError, match=r"at most min\(rows - 1, width\) = 4 \(the vector width\)"):
+        reduce.fit_pca(np.ones((6, 4)), 5)
 
 
 def test_extract_reduce_end_to_end(model, corpus_file, tmp_path, capsys):
@@ -156,3 +162,159 @@ def test_similarity_matrix_command(model, corpus_file, capsys):
     vecs = model.encode(CORPUS, layers=3, normalize=True).astype(np.float64)
     np.testing.assert_allclose(printed, vecs @ vecs.T, atol=5e-4)          # printed to 3 decimals
     assert main(["similarity", "only one text"]) == 1
+
+
+# ----- PCA refusals and full disks ---------------------------------------------------------------------------
+
+def test_k_beyond_rows_minus_one_is_refused():
+    """5 centred vectors span at most 4 directions: a 5th component is rounding noise (whitened, it swamped
+    every cosine and search printed +0.0000 for all hits)."""
+    X = np.random.default_rng(3).standard_normal((5, 10))
+    assert reduce.fit_pca(X, 4).components.shape == (4, 10)
+    with pytest.raises(InputError, match=r"K = 5 on 5 vectors of 10 features: .* = 4 \(rows - 1\)"):
+        reduce.fit_pca(X, 5)
+
+
+def test_whiten_refuses_directions_without_variance():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((30, 2)) @ rng.standard_normal((2, 6))        # 30 rows spanning 2 dimensions
+    assert reduce.fit_pca(X, 3).components.shape == (3, 6)                # without --whiten a 3rd is harmless
+    assert reduce.fit_pca(X, 2, whiten=True).components.shape == (2, 6)
+    with pytest.raises(InputError, match="span only 2 dimension"):
+        reduce.fit_pca(X, 3, whiten=True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--reduce", "pca:12", "--whiten"], r"K = 12 on 12 vectors of 384 features: .* = 11"),
+    (["--reduce", "pca:4", "--layers", "all"], r"one vector per row, but the options give \[7, 384\]"),
+    (["--reduce", "pca:385", "--combine", "mean", "--layers", "-2,-1"], r"= 11 \(rows - 1\)"),
+    (["--whiten"], "pass --reduce too"),
+])
+def test_extract_refuses_reduce_options_before_any_work(model, corpus_file, tmp_path, capsys, monkeypatch, argv,
+                                                        message):
+    import minibert.extract
+    monkeypatch.setattr(minibert.extract, "extract", lambda *a, **k: pytest.fail("the extraction ran"))
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--quiet", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minibert: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert not out.exists()                                               # nothing on disk
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC, as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("full", ["pca.npz", "reduced.npy", "manifest.json"])
+def test_full_disk_during_reduce_leaves_the_extraction_intact(model, tmp_path, monkeypatch, full):
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out)
+    reduce.reduce_extraction(out, "pca:3")                # an earlier projection, which must survive
+    before = snapshot(out)
+    real_open = open
+
+    def open_on_full_disk(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        return FullDisk(f) if Path(path).name.startswith(full) else f
+    monkeypatch.setattr(reduce, "open", open_on_full_disk, raising=False)
+    with pytest.raises(MiniBertError, match=r"disk full while writing the PCA files \(No space left on device\); "
+                                            "the extraction is intact"):
+        reduce.reduce_extraction(out, "pca:5")
+    assert snapshot(out) == before                                         # no .partial, nothing replaced
+    assert minibert.load_embeddings(out).manifest["reduce"]["k"] == 3
+
+
+def test_reduce_writes_no_memory_map(model, tmp_path, monkeypatch):
+    """A write into a mapped page of a file on a full disk kills the process with SIGBUS: reduce may read
+    through memory maps but never write through one."""
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out)
+    real_memmap, real_open_memmap = np.memmap.__new__, np.lib.format.open_memmap
+
+    def read_only(mode):
+        assert mode in ("r", "c"), f"a memory map opened for writing (mode {mode!r})"
+
+    monkeypatch.setattr(np.memmap, "__new__", lambda cls, *a, mode="r+", **k:
+                        read_only(mode) or real_memmap(cls, *a, mode=mode, **k))
+    monkeypatch.setattr(np.lib.format, "open_memmap", lambda *a, mode="r+", **k:
+                        read_only(mode) or real_open_memmap(*a, mode=mode, **k))
+    kept = reduce.reduce_extraction(out, "pca:4")["reduce"]
+    emb = minibert.load_embeddings(out)
+    assert kept["k"] == 4 and emb.reduced.shape == (len(CORPUS), 4)
+    np.testing.assert_allclose(emb.reduced, emb.project(np.asarray(emb.vectors, dtype=np.float64)), atol=1e-5)
+
+
+FULL_DISK_SCRIPT = r"""
+import hashlib, json, os, subprocess, sys
+from pathlib import Path
+mount, corpus, tiny = map(Path, sys.argv[1:4])
+out = mount / "vecs"
+cli = [sys.executable, "-m", "minibert", "extract", str(corpus), "--out", str(out), "--model", str(tiny),
+       "--backend", "numpy", "--quiet"]
+subprocess.run(cli, check=True, capture_output=True)
+state = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+before = state()
+fs = os.statvfs(mount)
+with open(mount / "filler", "wb") as f:           # leave 16 KiB: room for pca.npz, not for reduced.npy
+    f.write(b"\0" * (fs.f_bavail * fs.f_frsize - 16384))
+run = subprocess.run(cli + ["--resume", "--reduce", "pca:8"], capture_output=True, text=True)
+print(json.dumps({"rc": run.returncode, "stderr": run.stderr, "before": before, "after": state()}))
+"""
+
+
+def test_reduce_on_a_really_full_disk(tmp_path):
+    """A 1 MiB tmpfs in a private mount namespace (`unshare -rm`, no root needed where user namespaces are
+    allowed): the extraction fits, reduced.npy (96 KiB) does not. Through a memory map this was SIGBUS."""
+    import shutil
+    import subprocess
+    import sys
+    from tiny import write_tiny
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm is not available here (no user namespaces)")
+    (tmp_path / "fs").mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the cat sat on the mat {'dog ' * (i % 5)}\n" for i in range(3000)))
+    (tmp_path / "full.py").write_text(FULL_DISK_SCRIPT)
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1" && shift && exec "$@"',
+                          "sh", str(tmp_path / "fs"), sys.executable, str(tmp_path / "full.py"), str(tmp_path / "fs"),
+                          str(corpus), str(write_tiny(tmp_path / "tiny"))], capture_output=True, text=True)
+    if run.returncode and "mount" in run.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["rc"] == 1, result                                       # -7 (SIGBUS) before
+    assert result["stderr"].startswith("minibert: error: ") and result["stderr"].count("\n") == 1
+    assert "disk full" in result["stderr"] and "the extraction is intact" in result["stderr"]
+    assert result["after"] == result["before"]                             # no .partial left, nothing changed
+
+
+def test_ray_extract_checks_k_against_the_rows_before_starting_ray(corpus_file, tmp_path, capsys, monkeypatch):
+    """The Ray engine loads the model on its workers, so only what needs no model is checked here: K
+    against the rows (the width is checked after the extraction, which then stays)."""
+    import minibert
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("the model was loaded here"))
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--engine", "ray", "--reduce", "pca:12"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("minibert: error: PCA with K = 12 on 12 vectors: K can be at most min(rows - 1, width) = 11 "
+                   "(rows - 1); choose a smaller K\n") and not out.exists()

@@ -1,0 +1,173 @@
+"""The command line as a user meets it: every failure one line on stderr with a documented exit code, a closed
+pipe quiet, warnings in flag terms, options checked before any work. Real `minibert` processes where the
+terminal behaviour is the point (pipes, exit codes, what reaches stderr)."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from minibert import cli
+from minibert.cli import main
+from tiny import write_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(write_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def minibert_process(*argv, **kwargs):
+    """A real `minibert` process (python -m minibert, the console script's entry point)."""
+    return subprocess.Popen([sys.executable, "-m", "minibert", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def one_line(err):
+    return err.count("\n") == 1 and "Traceback" not in err
+
+
+# ----- a closed pipe ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, head", [("similarity", "head -n 1"), ("embed", "head -c 100")])
+def test_closed_pipe_exits_quietly(tiny, tmp_path, command, head):
+    """`minibert ... | head`: head reads a little and exits; minibert's next write meets a closed pipe.
+    Exit 141 (128 + SIGPIPE, what `yes | head` shows under pipefail) and nothing on stderr."""
+    texts = [f"the cat sat on the mat number {i}" for i in range(1000)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts[:150]) + "\n")
+    argv = (["similarity", "--matrix", str(tmp_path / "texts.txt")] if command == "similarity"
+            else ["embed", *texts, "--json"])            # 150 x 150 matrix, 1000 JSON vectors: far over 64 KiB
+    script = f'"$@" | {head} > /dev/null; echo "${{PIPESTATUS[0]}}"'
+    run = subprocess.run(["bash", "-c", script, "bash", sys.executable, "-m", "minibert", *argv, "--model", tiny,
+                          "--backend", "numpy"], capture_output=True, text=True)
+    assert run.stdout.strip() == "141" and run.stderr == "", run.stderr
+
+
+def test_closed_pipe_before_the_first_write(tiny):
+    p = minibert_process("embed", "the cat", "--model", tiny, "--backend", "numpy")
+    p.stdout.close()                                           # the reader is gone before minibert writes
+    assert p.wait() == 141 and p.stderr.read() == ""
+
+
+def test_other_broken_pipes_are_errors(monkeypatch, capsys):
+    """A BrokenPipeError that is not about standard output (a socket, a child process) is an error."""
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "cmd_demo", broken)
+    assert main(["demo"]) == 1
+    assert capsys.readouterr().err == "minibert: error: BrokenPipeError: [Errno 32] Broken pipe\n"
+
+
+# ----- one line, a documented exit code --------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["embed", "x", "--max-length", "0"], "argument --max-length: must be at least 2, found 0"),
+    (["embed", "x", "--max-length", "-3"], "argument --max-length: must be at least 2, found -3"),
+    (["embed", "x", "--window", "abc"], "argument --window: takes an int, found 'abc'"),
+    (["embed", "x", "--batch-size", "0"], "argument --batch-size: must be at least 1, found 0"),
+    (["search", "dir", "q", "-k", "0"], "argument -k: must be at least 1, found 0"),
+    (["probe", "d.csv", "--folds", "1"], "argument --folds: must be at least 2, found 1"),
+    (["embed", "x", "--pooling", "avg"], "argument --pooling: invalid choice: 'avg'"),
+    (["nonsense"], "argument command: invalid choice: 'nonsense'"),
+])
+def test_a_malformed_command_line_is_one_line_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"minibert: error: {message}") and one_line(err), err
+    assert "--help" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-length", "33"], "--max-length must be between 2 (the special tokens) and the model's 32 positions, "
+                             "found 33"),
+    (["--window", "40"], "--window must be between 8 and the model's 32 positions, found 40"),
+    (["--max-length", "16", "--window", "16"], "--max-length cuts each text and --window covers each text whole"),
+    (["--stride", "2"], "--stride is the overlap between windows: pass --window too"),
+    (["--window", "16", "--stride", "9"], "--stride (the overlap between windows) must be at most --window // 2 = 8"),
+])
+@pytest.mark.parametrize("command", ["embed", "extract"])
+def test_lengths_checked_against_the_model_before_any_work(tiny, tmp_path, capsys, argv, message, command):
+    (tmp_path / "in.txt").write_text("the cat\n")
+    out = tmp_path / "out"
+    args = (["embed", "the cat"] if command == "embed" else ["extract", str(tmp_path / "in.txt"), "--out", str(out)])
+    assert main([*args, "--model", tiny, "--backend", "numpy", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err == f"minibert: error: {message}" + err[len(f"minibert: error: {message}"):] and one_line(err), err
+    assert not out.exists()                                    # a refused option leaves nothing on disk
+
+
+def test_unwritable_outputs_are_one_line(tiny, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for argv, message in [(["--html", str(tmp_path / "no" / "a.html")], "the folder"),
+                          (["--json", str(tmp_path / "file" / "a.json")], "the folder"),
+                          (["--html", str(tmp_path)], "is a directory"),
+                          (["--html", "/dev/full"], "--html /dev/full: cannot write (No space left on device)"),
+                          (["--json", "/dev/full"], "--json /dev/full: cannot write (No space left on device)")]:
+        assert main(["attention", "the cat", "--model", tiny, "--backend", "numpy", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("minibert: error: ") and message in err and one_line(err), err
+
+
+@pytest.mark.parametrize("error, line", [
+    (OSError(5, "Input/output error", "/data/x.txt"), "/data/x.txt: Input/output error"),
+    (PermissionError(13, "Permission denied", "vecs/manifest.json"), "vecs/manifest.json: Permission denied"),
+    (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"), "not valid UTF-8 (invalid start byte"),
+    (csv.Error("field larger than field limit (131072)"), "cannot read the CSV/TSV input (field larger than"),
+])
+def test_errors_the_commands_did_not_anticipate_are_one_line(monkeypatch, capsys, error, line):
+    """Whatever a command lets through of these (an input reader, a file system) still reaches the user as
+    one line and exit 1; --debug shows the traceback."""
+    def fails(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_demo", fails)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"minibert: error: {line}") and one_line(err), err
+    with pytest.raises(type(error)):
+        main(["--debug", "demo"])
+
+
+def test_errors_in_a_real_process(tmp_path):
+    """Invalid UTF-8 in CoNLL data and an unreadable file: one line on stderr, exit 1, nothing on stdout."""
+    (tmp_path / "bad.conll").write_bytes(b"EU B-ORG\n\nPeter\xff B-PER\n")
+    p = minibert_process("probe", str(tmp_path / "bad.conll"), "--plot", "")
+    out, err = p.communicate()
+    assert p.returncode == 1 and out == "" and one_line(err), err
+    assert err.startswith(f"minibert: error: {tmp_path / 'bad.conll'}:3: not valid UTF-8")
+
+
+# ----- warnings -------------------------------------------------------------------------------------------------
+
+def test_warnings_speak_in_flags(tiny):
+    p = minibert_process("embed", "the cat " * 40, "--model", tiny, "--backend", "numpy")
+    out, err = p.communicate()
+    assert p.returncode == 0 and out.count("\n") == 1
+    assert err == ("minibert: warning: 1 of 1 texts were longer than 32 tokens and were truncated; pass --window "
+                   "(and --stride) to cover long texts whole\n")     # no UserWarning, no file, no source line
+
+
+def test_cli_terms():
+    assert cli.cli_terms("minibert probe: L-BFGS stopped; a larger l2= converges sooner") == \
+        "L-BFGS stopped; a larger --l2 converges sooner"
+    assert cli.cli_terms("use max_length= or batch_size=\n  now") == "use --max-length or --batch-size now"
+    assert cli.cli_terms("max_lengths= stays") == "max_lengths= stays"
+
+
+def test_main_leaves_warnings_as_it_found_them(capsys):
+    import warnings
+    before = warnings.showwarning
+    assert main(["attention", "x", "--html", "/no/such/folder/a.html"]) == 1
+    assert warnings.showwarning is before
+
+
+def test_extract_out_that_cannot_be_a_folder(tmp_path, capsys, monkeypatch):
+    import minibert
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "in.txt").write_text("the cat\n")
+    (tmp_path / "file").write_text("")
+    assert main(["extract", str(tmp_path / "in.txt"), "--out", str(tmp_path / "file" / "vecs")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"minibert: error: --out {tmp_path / 'file' / 'vecs'}: {tmp_path / 'file'} is a file, not a "
+                   "folder; choose another --out\n")
