@@ -396,6 +396,16 @@ def test_encode_returns_the_dtype_the_model_was_loaded_with(model_for):
     assert model_for("cpu").encode(TEXTS).dtype == np.float32
 
 
+def test_extract_writes_the_dtype_the_model_was_loaded_with(tmp_path, model_for):
+    from minibert.extract import extract
+    model64 = model_for("cpu", "float64")
+    manifest = extract(model64, TEXTS, tmp_path / "a")
+    loaded = minibert.load_embeddings(tmp_path / "a")
+    assert manifest["dtype"] == "float64" and loaded.vectors.dtype == np.float64
+    np.testing.assert_array_equal(loaded.vectors, model64.encode(TEXTS))
+    assert extract(model64, TEXTS, tmp_path / "b", dtype="float32")["dtype"] == "float32"   # explicit wins
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8", "fp32", 5, np.int32])
 def test_bad_dtypes_are_input_errors(model, dtype):
     with pytest.raises(InputError, match="dtype must be one of"):
