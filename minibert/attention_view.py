@@ -29,6 +29,7 @@ import json
 
 import numpy as np
 
+from .api import warn_caller
 from .errors import InputError
 
 FORMAT = "minibert-attention/1"
@@ -63,7 +64,6 @@ def attention_data(model, text, pair=None, *, max_length=None):
             "entropy": np.round(entropy, 5).tolist(), "to_cls": np.round(to_cls, 5).tolist(),
             "to_sep": np.round(to_sep, 5).tolist(), "truncated": bool(batch.truncated[0])}
     if data["truncated"]:
-        from .api import warn_caller
         warn_caller(f"minibert: the {'text pair' if pair is not None else 'text'} was cut to "
                     f"{len(data['tokens'])} tokens (max_length); the attention shown covers only its start")
     return data
@@ -83,7 +83,6 @@ def render_html(data):
     page = PAGE.replace("__DATA__", payload)
     size = len(page.encode("utf-8"))
     if size > PAGE_WARN_BYTES:
-        from .api import warn_caller
         warn_caller(f"minibert: the attention page is {size:,} bytes ({data['layers']} layers x {data['heads']} "
                     f"heads x {len(data['tokens'])}^2 tokens), more than {PAGE_WARN_BYTES:,}: browsers "
                     "may be slow to open it; a shorter text (max_length) makes it smaller")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .api import warn_caller
 from .errors import InputError
 from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
 from .tokenizer import as_text_list, encode_batch
@@ -123,7 +124,6 @@ def encode(model, texts, *, layers=-1, combine=None, pooling="mean", normalize=F
 def warn_truncated(model, tokenized, max_length):
     cut = sum(t.truncated for t in tokenized)
     if cut:
-        from .api import warn_caller
         warn_caller(f"minibert: {cut} of {len(tokenized)} texts were longer than "
                     f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
                     "pass window= (and stride=) to cover long texts whole")
@@ -142,7 +142,6 @@ def warn_unknown(model, tokenized, threshold=0.5):
     if rates:
         shown = ", ".join(f"texts[{i}] {rate:.0%}" for i, rate in rates[:5]) + (", ..." if len(rates) > 5 else "")
         token = model.tokenizer.backend.id_to_token(unk)
-        from .api import warn_caller
         warn_caller(f"minibert: {len(rates)} of {len(tokenized)} texts are mostly {token} (pieces the "
                     f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
@@ -366,8 +365,8 @@ def warn_pieceless(model, inputs, results, prefix_space):
     alone = encode_batch(backend, [[inputs[i][j]] for i, j in missing], None, is_pretokenized=True)
     empty = [(i, j) for (i, j), e in zip(missing, alone) if not any(w is not None for w in e.word_ids)]
     if empty:
-        shown = ", ".join(f"texts[{i}][{j}] {inputs[i][j]!r}" for i, j in empty[:8]) + (", ..." if len(empty) > 8 else "")
+        shown = ", ".join(f"texts[{i}][{j}] {inputs[i][j]!r}" for i, j in empty[:8])
+        shown += ", ..." if len(empty) > 8 else ""
         texts = sorted({i for i, _ in empty})
-        from .api import warn_caller
         warn_caller(f"minibert: {len(empty)} word(s) in {len(texts)} text(s) produce no tokenizer pieces: {shown}; "
                     "each keeps its place with a vector of zeros and has_pieces False")

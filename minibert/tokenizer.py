@@ -171,11 +171,13 @@ class Tokenizer:
     @functools.cached_property
     def unk_id(self):
         """The id of the unknown-piece token ([UNK], <unk>), or None when the model has none."""
-        model = json.loads(self.backend.to_str()).get("model") or {}
-        if model.get("unk_id") is not None:                        # Unigram (SentencePiece)
-            return int(model["unk_id"])
-        token = model.get("unk_token")
-        return None if token is None else self.backend.token_to_id(token)
+        token = getattr(self.backend.model, "unk_token", None)     # WordPiece, BPE, WordLevel
+        if token is not None:
+            return self.backend.token_to_id(token)
+        if not isinstance(self.backend.model, models.Unigram):
+            return None
+        unk_id = (json.loads(self.backend.to_str()).get("model") or {}).get("unk_id")   # SentencePiece
+        return None if unk_id is None else int(unk_id)
 
 
 def as_text_list(texts, what: str) -> list:

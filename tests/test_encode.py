@@ -333,7 +333,7 @@ def test_encode_words_words_cut_by_max_length_keep_their_place(model):
 
 def test_mostly_unknown_pieces_get_one_warning_with_the_rate(model):
     with pytest.warns(UserWarning, match=r"1 of 2 texts are mostly \[UNK\].*texts\[1\] 100%"):
-        model.encode(["plain English text", "\u16a0\u16a2\u16a6 \u16a8\u16b1\u16b2"])      # runes: not in the vocabulary
+        model.encode(["plain English text", "\u16a0\u16a2\u16a6 \u16a8\u16b1\u16b2"])   # runes: not in the vocabulary
     with pytest.warns(UserWarning, match=r"mostly \[UNK\]"):
         model.encode_words([["\u16a0\u16a2", "\u16a6"]])
     import warnings
@@ -361,6 +361,8 @@ def test_capture_names_count_layers_as_hidden_states_does(model):
         model("x", capture="layer7.query")
     with pytest.raises(InputError, match="matches no internal"):
         model("x", capture="layer0.query")
+    with pytest.raises(InputError, match="capture must be a name or pattern"):
+        model("x", capture=5)
 
 
 def test_old_zero_based_capture_names_still_work_for_one_release(model):
