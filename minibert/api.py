@@ -1,8 +1,11 @@
 """`minibert.load` and the Model it returns: tokenize, forward, and both at once."""
 
+import dataclasses
 import fnmatch
 import importlib.util
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import numpy as np
 from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError
-from .model import INTERNALS, encoder, encoder_layers, make_position_ids
+from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -58,9 +61,7 @@ def load(source=None, *, backend="cpu", dtype="float32"):
 
     backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
     """
-    if dtype not in DTYPES and np.dtype(dtype).name not in DTYPES:
-        raise InputError(f"dtype must be 'float32' or 'float64', found {dtype!r}")
-    np_dtype = DTYPES[np.dtype(dtype).name]
+    np_dtype = DTYPES[compute_dtype_name(dtype)]
     ops = make_ops(backend)
     model_dir = resolve_source(source)
     config = read_config(model_dir / "config.json")
@@ -68,6 +69,39 @@ def load(source=None, *, backend="cpu", dtype="float32"):
     weights = ops.prepare(load_weights(model_dir, config, np_dtype))
     return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
                  source=str(model_dir), backend=backend)
+
+
+def compute_dtype_name(dtype) -> str:
+    """'float32' or 'float64' from a name or NumPy dtype; anything else (float16, bfloat16, "fp32") an InputError."""
+    try:
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:           # not a dtype at all
+        name = None
+    if name not in DTYPES:
+        raise InputError(f"dtype must be 'float32' or 'float64' (the dtype the model computes in; float16 is "
+                         f"only an output cast: encode(..., dtype='float16')), found {dtype!r}")
+    return name
+
+
+def warn_caller(message, category=UserWarning):
+    """warnings.warn attributed to the first frame outside minibert: the user's line, however deep the call."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureRequest:
+    """What `capture=` asked for: the internals to compute, by canonical name "layer{i}.{internal}"
+    (i = 1..L), and per canonical name the keys to return it under (a deprecated "layer.{i-1}.{internal}"
+    spelling gets its own spelling back, so code written for it keeps reading the same arrays)."""
+    names: frozenset
+    keys: dict
+
+    def keyed(self, captured: dict) -> dict:
+        return {key: value for name, value in captured.items() for key in self.keys.get(name, (name,))}
 
 
 class Model:
@@ -93,10 +127,12 @@ class Model:
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         num_layers = self.check_num_layers(num_layers)
         position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
+        request = self.capture_request(capture)
         output = encoder(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
                          self.ops, dtype=self.dtype, output_attentions=output_attentions, num_layers=num_layers,
-                         capture=self.capture_names(capture))
-        return self.ops.to_host(output)
+                         capture=request.names)
+        output = self.ops.to_host(output)
+        return dataclasses.replace(output, captured=request.keyed(output.captured))
 
     def __call__(self, texts, text_pairs=None, *, max_length=None, output_attentions=False, capture=None):
         batch = self.tokenize(texts, text_pairs, max_length=max_length)
@@ -111,22 +147,27 @@ class Model:
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         num_layers = self.check_num_layers(num_layers)
         position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
+        request = self.capture_request(capture)
         layers = encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, self.weights, self.config,
                                 self.ops, dtype=self.dtype, output_attentions=output_attentions,
-                                num_layers=num_layers, capture=self.capture_names(capture))
-        return (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
+                                num_layers=num_layers, capture=request.names)
+        hosted = (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
+        return (dataclasses.replace(layer, captured=request.keyed(layer.captured)) for layer in hosted)
 
     def encode(self, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-               max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
+               max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None):
         """Sentence (or token) vectors from any layers.
 
-        layers: int (negative counts from the top, 0 = embedding output), list of ints, or "all".
+        layers: int (negative counts from the top, 0 = embedding output, i = encoder layer i, as
+            hidden_states[i]), list of ints, or "all".
         combine: None keeps a layer axis (unless `layers` is a single int), or "mean", "sum", "concat".
         pooling: "cls", "mean", "max", "mean_sqrt_len" -> array [N, (L,) H]; "none" -> list of N unpadded
             arrays [n_tokens, (L,) H] over the text's full token sequence, special tokens included.
         window/stride: cover long texts with windows of `window` tokens overlapping by `stride` tokens,
             token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
         capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
+        dtype: None returns the dtype the model was loaded with; "float32"/"float64" override it; "float16"
+            is a cast of the result (computed in the model's dtype), for storage.
         """
         from .encode import encode
         return encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
@@ -134,13 +175,18 @@ class Model:
                       progress=progress, dtype=dtype, capture=capture)
 
     def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
-                     batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):
-        """Word vectors: list of WordVectors(words, spans, vectors) per text; subword pieces pooled by
-        `subword` = "first", "last", "mean" or "first_last". Accepts texts or lists of words."""
+                     batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,
+                     prefix_space=True):
+        """Word vectors: list of WordVectors(words, spans, vectors, has_pieces) per text; subword pieces
+        pooled by `subword` = "first", "last", "mean" or "first_last". Accepts texts or lists of words; for
+        word lists, one entry per given word (zeros and has_pieces False for a word without tokens).
+        prefix_space: byte-level BPE tokenizers encode each given word as if a space came before it, as
+        transformers' is_split_into_words=True with add_prefix_space=True; False encodes words bare.
+        dtype as in encode."""
         from .encode import encode_words
         return encode_words(self, texts_or_words, layers=layers, combine=combine, subword=subword,
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
-                            stride=stride, progress=progress, dtype=dtype)
+                            stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space)
 
     def search(self, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
         """Cosine top-k over a `minibert extract` directory (memory-mapped), queries encoded as the manifest
@@ -150,20 +196,45 @@ class Model:
                       field=field)
 
     def capture_names(self, patterns) -> frozenset:
-        """Expand names and shell-style patterns into "layer.{i}.{internal}" names; unknown ones are errors."""
+        """Expand names and shell-style patterns into canonical "layer{i}.{internal}" names (i = 1..L, the
+        layer whose output is hidden_states[i]); unknown ones are errors."""
+        return self.capture_request(patterns).names
+
+    def capture_request(self, patterns) -> CaptureRequest:
+        """capture= -> CaptureRequest. A pattern is matched against the canonical names first; one that
+        matches none of them but matches the names of minibert <= 0.x ("layer.{i}.{internal}", i from 0)
+        is accepted for this release with a DeprecationWarning, and its arrays come back under the old keys.
+        The two spellings cannot be confused: "layer.1.query" always means the old, 0-based numbering."""
         if patterns is None:
-            return frozenset()
+            return CaptureRequest(frozenset(), {})
         if isinstance(patterns, str):
             patterns = [patterns]
-        every = [f"layer.{i}.{name}" for i in range(self.config.num_hidden_layers) for name in INTERNALS]
-        chosen = set()
+        elif not isinstance(patterns, (list, tuple, set, frozenset)):
+            raise InputError(f"capture must be a name or pattern (str) or a list of them, found "
+                             f"{type(patterns).__name__} {patterns!r}; e.g. capture='layer1.ffn.intermediate'")
+        L = self.config.num_hidden_layers
+        canonical = [capture_name(i, name) for i in range(1, L + 1) for name in INTERNALS]
+        deprecated = {f"layer.{i - 1}.{name}": capture_name(i, name) for i in range(1, L + 1) for name in INTERNALS}
+        keys, old_patterns = {}, []
         for pattern in patterns:
-            matches = fnmatch.filter(every, str(pattern))
-            if not matches:
-                raise InputError(f"capture {pattern!r} matches no internal; names look like 'layer.0.query' "
-                                 f"with internals {', '.join(INTERNALS)}")
-            chosen.update(matches)
-        return frozenset(chosen)
+            if not isinstance(pattern, str):
+                raise InputError(f"capture names are strings such as 'layer1.query', found "
+                                 f"{type(pattern).__name__} {pattern!r}")
+            new = [name for name in canonical if fnmatch.fnmatchcase(name, pattern)]
+            old = [name for name in deprecated if fnmatch.fnmatchcase(name, pattern)] if not new else []
+            for name in new:
+                keys.setdefault(name, set()).add(name)
+            for name in old:
+                keys.setdefault(deprecated[name], set()).add(name)
+            old_patterns += [pattern] if old else []
+            if not new and not old:
+                raise InputError(f"capture {pattern!r} matches no internal; names look like 'layer1.query' "
+                                 f"(layers 1..{L}, as hidden_states[1..{L}]) with internals {', '.join(INTERNALS)}")
+        if old_patterns:
+            warn_caller(f"minibert: capture {', '.join(map(repr, old_patterns))}: the old 0-based names "
+                        "'layer.{i}.{internal}', accepted for this release only; encoder layers are now numbered "
+                        "from 1 as in hidden_states: 'layer.0.query' is 'layer1.query'", DeprecationWarning)
+        return CaptureRequest(frozenset(keys), {name: tuple(sorted(spellings)) for name, spellings in keys.items()})
 
     def check_num_layers(self, num_layers):
         L = self.config.num_hidden_layers

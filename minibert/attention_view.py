@@ -17,6 +17,9 @@ JSON format ("minibert-attention/1"), one text or text pair:
     truncated     true when the input was cut to the model's max_length
 
 The page embeds the same JSON and draws it with inline JavaScript: no network access is needed to view it.
+Every "<", ">" and "&" in the embedded JSON is written as a JSON \\u escape, so no text can end the data's script
+element or open a comment or script inside it. A page larger than PAGE_WARN_BYTES (20 MB: the attention
+grows as layers x heads x tokens^2) and a truncated text each get a warning.
 URL hash parameters choose what is shown (e.g. page.html#layer=2&head=5&view=lines: layers counted from 1
 as on the page, heads from 0), so the view can be
 linked to, and driven by a headless browser.
@@ -26,9 +29,11 @@ import json
 
 import numpy as np
 
+from .api import warn_caller
 from .errors import InputError
 
 FORMAT = "minibert-attention/1"
+PAGE_WARN_BYTES = 20_000_000       # browsers grow slow to open and draw pages much larger than this
 
 
 def head_summaries(probs, cls, sep):
@@ -52,12 +57,16 @@ def attention_data(model, text, pair=None, *, max_length=None):
     cls = special[0] if special and special[0] == 0 else None
     sep = [i for i in special if i != cls]
     entropy, to_cls, to_sep = head_summaries(probs, cls, sep)
-    return {"format": FORMAT, "model": model.source, "text": text, "pair": pair,
+    data = {"format": FORMAT, "model": model.source, "text": text, "pair": pair,
             "tokens": batch.tokens[0], "segments": segments.tolist(), "cls": cls, "sep": sep,
             "layers": int(probs.shape[0]), "heads": int(probs.shape[1]),
             "attention": np.round(probs.astype(np.float64), 5).tolist(),
             "entropy": np.round(entropy, 5).tolist(), "to_cls": np.round(to_cls, 5).tolist(),
             "to_sep": np.round(to_sep, 5).tolist(), "truncated": bool(batch.truncated[0])}
+    if data["truncated"]:
+        warn_caller(f"minibert: the {'text pair' if pair is not None else 'text'} was cut to "
+                    f"{len(data['tokens'])} tokens (max_length); the attention shown covers only its start")
+    return data
 
 
 def write_json(data, path):
@@ -67,9 +76,17 @@ def write_json(data, path):
 
 def render_html(data):
     """The page: the data in a <script type="application/json"> block, the viewer in inline JS and CSS."""
-    # "</" inside the JSON would close the script element early: escape it (JSON allows "\/").
-    payload = json.dumps(data).replace("</", "<\\/")
-    return PAGE.replace("__DATA__", payload)
+    # Inside a script element "</script" ends it and "<!--" then "<script" changes how the browser finds its
+    # end: with every "<" (and ">", "&") written as a JSON \u escape, no text can do either. JSON has these
+    # characters only inside strings, where the escapes read back as the same characters.
+    payload = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    page = PAGE.replace("__DATA__", payload)
+    size = len(page.encode("utf-8"))
+    if size > PAGE_WARN_BYTES:
+        warn_caller(f"minibert: the attention page is {size:,} bytes ({data['layers']} layers x {data['heads']} "
+                    f"heads x {len(data['tokens'])}^2 tokens), more than {PAGE_WARN_BYTES:,}: browsers "
+                    "may be slow to open it; a shorter text (max_length) makes it smaller")
+    return page
 
 
 def write_html(data, path):
@@ -141,7 +158,10 @@ const D = JSON.parse(document.getElementById("minibert-data").textContent);
 const $ = (id) => document.getElementById(id);
 const state = { layer: 0, head: 0, view: "heatmap", metric: "entropy" };
 
-function esc(s) { return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
+function esc(s) {   // also quotes: tokens are written inside title="..." attributes
+  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+}
 function blue(v) { const c = Math.round(255 * (1 - v)); return `rgb(${c},${c},255)`; }
 function fmt(v) { return v.toFixed(3); }
 

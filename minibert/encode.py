@@ -5,11 +5,11 @@ back in input order. Pooled outputs are pooled layer by layer as the encoder pro
 """
 
 import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from .api import warn_caller
 from .errors import InputError
 from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
 from .tokenizer import as_text_list, encode_batch
@@ -37,10 +37,15 @@ class Tokenized:
 
 @dataclass
 class WordVectors:
-    """Word-level output for one text: the words, their character spans, and one vector per word."""
+    """Word-level output for one text: the words, their character spans, and one vector per word.
+
+    For pre-split words there is exactly one entry per given word, in order. A word that has no token of its
+    own (it produces no tokenizer pieces, e.g. U+200B alone, or max_length cut it off) gets a vector of
+    zeros and has_pieces False."""
     words: list               # W strings
     spans: np.ndarray         # [W, 2] character start and end in the text (for pre-split words: in " ".join(words))
     vectors: np.ndarray       # [W, H], [W, L, H] with combine=None and several layers, or 2H for first_last
+    has_pieces: np.ndarray    # [W] bool: False where the word has no token and its vector is zeros
 
 
 @dataclass
@@ -50,10 +55,16 @@ class EncodeResult:
     captured: dict
 
 
-def tokenize_texts(model, texts, max_length, window, pretokenized=False):
-    """Each text's full token sequence: cut to max_length, or whole when windows will cover it."""
+def tokenize_texts(model, texts, max_length, window, pretokenized=False, prefix_space=True):
+    """Each text's full token sequence: cut to max_length, or whole when windows will cover it.
+
+    pretokenized: texts are lists of words; with prefix_space, a byte-level BPE tokenizer encodes each
+    word as if a space came before it (see Tokenizer.word_prefix_backend)."""
     limit = None if window else (max_length or model.tokenizer.max_length)
-    encodings = encode_batch(model.tokenizer.backend, texts, limit, is_pretokenized=pretokenized)
+    backend = model.tokenizer.backend
+    if pretokenized and prefix_space:
+        backend = model.tokenizer.word_prefix_backend or backend
+    encodings = encode_batch(backend, texts, limit, is_pretokenized=pretokenized)
     return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
                       offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
                       word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),
@@ -86,32 +97,53 @@ def window_rows(index, tok, window, stride):
 
 
 def encode(model, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-           max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
+           max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None):
     """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode."""
     texts = as_text_list(texts, "texts")
     check_options(pooling, combine)
-    out_dtype = check_dtype(dtype)
+    out_dtype = output_dtype(model, dtype)
+    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
     if capture is not None and window is not None:
         raise InputError("capture with window= is not supported: captured internals are per window")
+    request = model.capture_request(capture)          # a bad capture is refused before any text is tokenized
     tokenized = tokenize_texts(model, texts, max_length, window)
     warn_truncated(model, tokenized, max_length)
+    warn_unknown(model, tokenized)
     per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
-                              window=window, stride=stride, progress=progress, capture=capture)
+                              window=window, stride=stride, progress=progress, capture=request.names)
     if pooling == "none":
         vectors = [finish(v, layers, combine, normalize, out_dtype) for v in per_layer]
     else:
         vectors = finish(per_layer, layers, combine, normalize, out_dtype)
     if capture is None:
         return vectors
-    return EncodeResult(vectors, {name: [v.astype(out_dtype) for v in values] for name, values in captured.items()})
+    return EncodeResult(vectors, request.keyed({name: [v.astype(out_dtype) for v in values]
+                                                for name, values in captured.items()}))
 
 
 def warn_truncated(model, tokenized, max_length):
     cut = sum(t.truncated for t in tokenized)
     if cut:
-        warnings.warn(f"minibert: {cut} of {len(tokenized)} texts were longer than "
-                      f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
-                      "pass window= (and stride=) to cover long texts whole", stacklevel=4)
+        warn_caller(f"minibert: {cut} of {len(tokenized)} texts were longer than "
+                    f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
+                    "pass window= (and stride=) to cover long texts whole")
+
+
+def warn_unknown(model, tokenized, threshold=0.5):
+    """One warning for the texts most of whose pieces are the unknown token: the model cannot read them."""
+    unk = model.tokenizer.unk_id
+    if unk is None:
+        return
+    rates = []
+    for i, tok in enumerate(tokenized):
+        pieces = tok.ids[tok.word_ids >= 0]                                   # special tokens left out
+        if len(pieces) and (pieces == unk).mean() > threshold:
+            rates.append((i, float((pieces == unk).mean())))
+    if rates:
+        shown = ", ".join(f"texts[{i}] {rate:.0%}" for i, rate in rates[:5]) + (", ..." if len(rates) > 5 else "")
+        token = model.tokenizer.backend.id_to_token(unk)
+        warn_caller(f"minibert: {len(rates)} of {len(tokenized)} texts are mostly {token} (pieces the "
+                    f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
 
 def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture):
@@ -224,11 +256,35 @@ def progress_bar(batches, progress, total_rows):
     return tqdm(batches, desc="minibert", unit="batch")
 
 
-def check_dtype(dtype):
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+def output_dtype(model, dtype):
+    """The dtype encode returns: the model's own (what it was loaded with) unless `dtype` is given.
+
+    float16 is a cast of the float32/float64 result at the end, never a float16 computation."""
+    if dtype is None:
+        return np.dtype(model.dtype)
+    try:
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:          # np.dtype of something that is no dtype at all
+        name = None
     if name not in OUTPUT_DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, found {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)} (or None: the model's "
+                         f"{np.dtype(model.dtype).name}), found {dtype!r}")
     return np.dtype(name)
+
+
+def check_lengths(max_length, window, stride, batch_size, limit):
+    """Every length option, before any text is tokenized: max_length, window, stride and batch_size."""
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
+            raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), "
+                             f"found {max_length!r}")
+        if max_length > limit:
+            raise InputError(f"max_length {max_length} exceeds the model's {limit} positions; "
+                             "use window= (and stride=) for longer texts")
+        if window is not None:
+            raise InputError("max_length and window cannot be combined: max_length cuts each text to its first "
+                             "tokens, window covers the whole text; pass one of them")
+    check_batching(batch_size, window, stride, limit)
 
 
 def check_batching(batch_size, window, stride, limit):
@@ -245,14 +301,17 @@ def check_batching(batch_size, window, stride, limit):
 
 
 def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
-                 batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):
+                 batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,
+                 prefix_space=True):
     """One vector per word: a list (one per text) of WordVectors.
 
     Raw texts are split into words by the tokenizer's pre-tokenizer; a list of word lists (NER data)
-    keeps the caller's words, and spans then refer to " ".join(words).
+    keeps the caller's words, one entry per word, and spans then refer to " ".join(words).
+    prefix_space (pre-split words, byte-level BPE tokenizers only): each word is encoded as if a space came
+    before it, as transformers' token-classification recipe does; False encodes each word bare.
     """
     check_options("none", combine)
-    out_dtype = check_dtype(dtype)
+    out_dtype = output_dtype(model, dtype)
     pretokenized = isinstance(texts_or_words, (list, tuple)) and bool(texts_or_words) and \
         all(isinstance(t, (list, tuple)) for t in texts_or_words)
     if pretokenized:
@@ -263,21 +322,51 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
         inputs = [list(words) for words in texts_or_words]
     else:
         inputs = as_text_list(texts_or_words, "texts")
-    tokenized = tokenize_texts(model, inputs, max_length, window, pretokenized=pretokenized)
+    if not isinstance(prefix_space, bool):
+        raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
+    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
+    tokenized = tokenize_texts(model, inputs, max_length, window, pretokenized=pretokenized,
+                               prefix_space=prefix_space)
     warn_truncated(model, tokenized, max_length)
+    warn_unknown(model, tokenized)
     per_text, _ = run(model, tokenized, layers=layers, pooling="none", batch_size=batch_size, window=window,
                       stride=stride, progress=progress, capture=None)
     results = []
     for i, tok in enumerate(tokenized):
-        vectors, word_index = pool_words(per_text[i], tok.word_ids, subword)       # [W, layers, H']
+        found, word_index = pool_words(per_text[i], tok.word_ids, subword)         # [W', layers, H']
         if pretokenized:
-            words = [inputs[i][w] for w in word_index]
-            starts = np.cumsum([0] + [len(w) + 1 for w in inputs[i]])
-            spans = np.array([[starts[w], starts[w] + len(inputs[i][w])] for w in word_index], dtype=np.int64)
+            words = inputs[i]
+            vectors = np.zeros((len(words),) + found.shape[1:], dtype=found.dtype)   # [W, layers, H']
+            vectors[word_index] = found
+            has_pieces = np.zeros(len(words), dtype=bool)
+            has_pieces[word_index] = True
+            starts = np.cumsum([0] + [len(w) + 1 for w in words])                    # [W + 1]
+            spans = np.stack([starts[:-1], starts[:-1] + [len(w) for w in words]], axis=-1)   # [W, 2]
         else:
+            vectors, has_pieces = found, np.ones(len(word_index), dtype=bool)
             spans = np.array([[tok.offsets[tok.word_ids == w][0, 0], tok.offsets[tok.word_ids == w][-1, 1]]
                               for w in word_index], dtype=np.int64)
             words = [inputs[i][s:e] for s, e in spans]
-        results.append(WordVectors(words=words, spans=spans.reshape(-1, 2),
-                                   vectors=finish(vectors, layers, combine, normalize, out_dtype)))
+        results.append(WordVectors(words=list(words), spans=spans.astype(np.int64).reshape(-1, 2),
+                                   vectors=finish(vectors, layers, combine, normalize, out_dtype),
+                                   has_pieces=has_pieces))
+    if pretokenized:
+        warn_pieceless(model, inputs, results, prefix_space)
     return results
+
+
+def warn_pieceless(model, inputs, results, prefix_space):
+    """One warning naming the given words that produce no tokenizer pieces at all (words that only lost their
+    pieces to max_length are covered by the truncation warning)."""
+    missing = [(i, j) for i, r in enumerate(results) for j in np.flatnonzero(~r.has_pieces)]
+    if not missing:
+        return
+    backend = (model.tokenizer.word_prefix_backend if prefix_space else None) or model.tokenizer.backend
+    alone = encode_batch(backend, [[inputs[i][j]] for i, j in missing], None, is_pretokenized=True)
+    empty = [(i, j) for (i, j), e in zip(missing, alone) if not any(w is not None for w in e.word_ids)]
+    if empty:
+        shown = ", ".join(f"texts[{i}][{j}] {inputs[i][j]!r}" for i, j in empty[:8])
+        shown += ", ..." if len(empty) > 8 else ""
+        texts = sorted({i for i, _ in empty})
+        warn_caller(f"minibert: {len(empty)} word(s) in {len(texts)} text(s) produce no tokenizer pieces: {shown}; "
+                    "each keeps its place with a vector of zeros and has_pieces False")

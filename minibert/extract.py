@@ -103,7 +103,7 @@ def sha256_of(path):
 
 
 def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", normalize=False, fmt="npy",
-            dtype="float32", batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
+            dtype=None, batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
             resume=False, source_file=None, progress=None, encode_range=None, engine=None):
     """Encode `texts` into files under out_dir; returns the manifest dict.
 
@@ -126,6 +126,7 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", n
     if overwrite and resume:
         raise InputError("--overwrite discards an earlier run and --resume continues it: pass one of them")
     texts = as_text_list(texts, "texts")
+    dtype = np.dtype(model.dtype).name if dtype is None else dtype      # as encode: the model's own by default
     N = len(texts)
     out = Path(out_dir)
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from .errors import InputError
 
-# Sub-layer activations each layer can return on request (forward's `capture`), as "layer.{i}.{name}".
+# Sub-layer activations each layer can return on request (forward's `capture`), as "layer{i}.{name}" with
+# i = 1..num_hidden_layers: layer i is the layer whose output is hidden_states[i] (0 is the embedding output).
 INTERNALS = ("query", "key", "value",          # [B, T, H] projections, heads not yet split
              "attention.probs",                 # [B, NH, T, T] softmax of scaled, masked scores
              "attention.context",               # [B, T, H] probabilities times values, heads merged
@@ -38,7 +39,12 @@ class EncoderOutput:
     pooler_output: Optional[np.ndarray]   # [B, H] tanh(dense(first token)), None without a pooler
     attentions: Optional[tuple]     # num_hidden_layers arrays [B, NH, T, T] when asked for, else None
     attention_mask: np.ndarray      # [B, T] 1 for real tokens, 0 for padding
-    captured: dict                  # "layer.{i}.{name}" -> array, for the internals asked for
+    captured: dict                  # "layer{i}.{name}" -> array, for the internals asked for
+
+
+def capture_name(layer, internal):
+    """The name of one internal of encoder layer `layer` (1..num_hidden_layers, as hidden_states counts)."""
+    return f"layer{layer}.{internal}"
 
 
 def index_positions(input_ids, pad_token_id):
@@ -131,7 +137,7 @@ class LayerOutput:
     index: int                      # 0: the embedding output; i: the output of layer i
     hidden_state: np.ndarray        # [B, T, H]
     attention: Optional[np.ndarray]  # [B, NH, T, T] when asked for (layers 1.. only), else None
-    captured: dict                  # "layer.{index - 1}.{name}" -> array, for the internals asked for
+    captured: dict                  # "layer{index}.{name}" -> array, for the internals asked for
 
 
 def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
@@ -141,7 +147,7 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     A caller that pools each layer and lets it go never holds the whole [layers, B, T, H] stack, and
     nothing past `num_layers` is computed. position_ids [B, T]: rows of the position table, from
     `make_position_ids(input_ids, config)`. Index 0 is the embedding output after the projection where
-    the model has one. capture: names "layer.{i}.{internal}" of sub-layer activations (see INTERNALS).
+    the model has one. capture: names "layer{i}.{internal}" of sub-layer activations (see INTERNALS).
     """
     num_layers = config.num_hidden_layers if num_layers is None else num_layers
     mask_bias = additive_mask(attention_mask, dtype)                        # [B, T]
@@ -150,15 +156,15 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     if weights.get("embedding_projection") is not None:
         x = project_embeddings(x, **weights["embedding_projection"], ops=ops)   # [B, T, H]
     yield LayerOutput(index=0, hidden_state=x, attention=None, captured={})
-    for i, layer_weights in enumerate(weights["layers"][:num_layers]):
-        keep = {name for name in INTERNALS if f"layer.{i}.{name}" in capture}
+    for i, layer_weights in enumerate(weights["layers"][:num_layers], start=1):
+        keep = {name for name in INTERNALS if capture_name(i, name) in capture}
         keep |= {"attention.probs"} if output_attentions else set()
         x, kept = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
                                 keep=frozenset(keep))                        # [B, T, H]
-        yield LayerOutput(index=i + 1, hidden_state=x,
+        yield LayerOutput(index=i, hidden_state=x,
                           attention=kept["attention.probs"] if output_attentions else None,
-                          captured={f"layer.{i}.{name}": value for name, value in kept.items()
-                                    if f"layer.{i}.{name}" in capture})
+                          captured={capture_name(i, name): value for name, value in kept.items()
+                                    if capture_name(i, name) in capture})
 
 
 def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,

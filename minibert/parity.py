@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from .errors import MiniBertError
+from .model import capture_name
 
 
 class ReferenceMissing(MiniBertError):
@@ -57,13 +58,17 @@ def difference(ours, theirs, mask=None):
 
 
 def compare(model, texts):
-    """Rows of (name, stats) for every hidden state, attention map and the pooler, minibert vs transformers."""
+    """Rows of (name, stats) for every hidden state, attention map and the pooler, minibert vs transformers.
+
+    Names count encoder layers from 1 as hidden_states does: "layer{i}" is hidden_states[i] (the output of
+    layer i), "layer{i}.attention.probs" its attention probabilities, as `capture=` names them."""
     batch = model.tokenize(texts)
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True)
     theirs = run_reference(model, batch)
-    rows = [("embeddings" if i == 0 else f"layer.{i - 1}", difference(a, b, batch.attention_mask))
+    rows = [("embeddings" if i == 0 else f"layer{i}", difference(a, b, batch.attention_mask))
             for i, (a, b) in enumerate(zip(ours.hidden_states, theirs["hidden_states"]))]
-    rows += [(f"attention.{i}", difference(a, b)) for i, (a, b) in enumerate(zip(ours.attentions, theirs["attentions"]))]
+    rows += [(capture_name(i, "attention.probs"), difference(a, b))
+             for i, (a, b) in enumerate(zip(ours.attentions, theirs["attentions"]), start=1)]
     if ours.pooler_output is not None and theirs["pooler_output"] is not None:
         rows.append(("pooler", difference(ours.pooler_output, theirs["pooler_output"])))
     return rows
@@ -113,11 +118,11 @@ def compare_ops(model, texts):
 
     Returns rows (operation name, stats); the embedding output comes first, then per layer Q, K, V,
     attention probabilities, context, output projection, LayerNorm, activation output, output projection,
-    and the layer output.
+    and the layer output, named as `capture=` names them ("layer1.query", ..., "layer1.output").
     """
     batch = model.tokenize(texts)
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True,
-                         capture=["layer.*"])
+                         capture=["layer*"])
     reference, torch = reference_model(model.source, model.dtype)
     layers, where = hooked_layers(reference)
     seen = {internal: [] for internal in where}         # internal -> one array per call, i.e. per layer
@@ -139,9 +144,9 @@ def compare_ops(model, texts):
             handle.remove()
     mask = batch.attention_mask
     rows = [("embeddings", difference(ours.hidden_states[0], out.hidden_states[0].numpy(), mask))]
-    for i in range(model.config.num_hidden_layers):
+    for i in range(1, model.config.num_hidden_layers + 1):      # layer i: transformers' calls i - 1, attentions[i - 1]
         for internal in ORDER:
-            theirs = out.attentions[i].numpy() if internal == "attention.probs" else seen[internal][i]
-            rows.append((f"layer.{i}.{internal}", difference(ours.captured[f"layer.{i}.{internal}"], theirs, mask)))
-        rows.append((f"layer.{i}.output", difference(ours.hidden_states[i + 1], out.hidden_states[i + 1].numpy(), mask)))
+            theirs = out.attentions[i - 1].numpy() if internal == "attention.probs" else seen[internal][i - 1]
+            rows.append((capture_name(i, internal), difference(ours.captured[capture_name(i, internal)], theirs, mask)))
+        rows.append((capture_name(i, "output"), difference(ours.hidden_states[i], out.hidden_states[i].numpy(), mask)))
     return rows

@@ -418,18 +418,6 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling="mean", folds
     return ProbeResult("sentence", rows, float(counts.max() / counts.sum()), len(texts), classes.tolist(), folds)
 
 
-def align_words(words, kept):
-    """Indices into `words` of the words encode_words returned (`kept`, a subsequence: words with no
-    tokenizer pieces, such as a lone zero-width space, are dropped by the tokenizer)."""
-    index, j = [], 0
-    for w in kept:
-        while words[j] != w:
-            j += 1
-        index.append(j)
-        j += 1
-    return index
-
-
 def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=32):
     """Fit and cross-validate a per-token tagger on each layer's word vectors; folds split by sentence."""
     from .pooling import resolve_layers
@@ -444,9 +432,9 @@ def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds
     feats, labels, sentence_of, kept_tags = [], [], [], []
     dropped = 0
     for s, (words, sentence_tags, wv) in enumerate(zip(sentences, tags, encoded)):
-        index = align_words(words, wv.words)
+        index = np.flatnonzero(wv.has_pieces)                       # words with no pieces have zero vectors
         dropped += len(words) - len(index)
-        feats.append(wv.vectors)                                    # [W, L, D]
+        feats.append(wv.vectors[index])                             # [W, L, D]
         labels += [sentence_tags[i] for i in index]
         kept_tags.append([sentence_tags[i] for i in index])
         sentence_of += [s] * len(index)

@@ -1,5 +1,6 @@
 """Text -> token ids, attention mask, token type ids, offsets and word ids, through `tokenizers`."""
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -150,6 +151,33 @@ class Tokenizer:
                                    for e in encodings],
                      tokens=[list(e.tokens) for e in encodings],
                      truncated=np.array([bool(e.overflowing) for e in encodings], dtype=bool))
+
+    @functools.cached_property
+    def word_prefix_backend(self):
+        """For pre-split words (encode_words on word lists): a copy of a byte-level BPE tokenizer (RoBERTa,
+        GPT-2 style) that encodes each word as if a space came before it ("Hund" -> "ĠHund"), as transformers
+        does with is_split_into_words=True and add_prefix_space=True; None when the tokenizer has no
+        byte-level pre-tokenizer (WordPiece, SentencePiece: their words need no such help)."""
+        state = json.loads(self.backend.to_str())
+        pre = state.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        byte_level = [step for step in steps if isinstance(step, dict) and step.get("type") == "ByteLevel"]
+        if not byte_level:
+            return None
+        for step in byte_level:
+            step["add_prefix_space"] = True
+        return HFTokenizer.from_str(json.dumps(state))
+
+    @functools.cached_property
+    def unk_id(self):
+        """The id of the unknown-piece token ([UNK], <unk>), or None when the model has none."""
+        token = getattr(self.backend.model, "unk_token", None)     # WordPiece, BPE, WordLevel
+        if token is not None:
+            return self.backend.token_to_id(token)
+        if not isinstance(self.backend.model, models.Unigram):
+            return None
+        unk_id = (json.loads(self.backend.to_str()).get("model") or {}).get("unk_id")   # SentencePiece
+        return None if unk_id is None else int(unk_id)
 
 
 def as_text_list(texts, what: str) -> list:

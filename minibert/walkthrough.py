@@ -81,7 +81,7 @@ def walkthrough(model, text=DEFAULT_TEXT):
     c, w = model.config, model.weights
     batch = model.tokenize([text])
     ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids   # [1, T]
-    out = model.forward(ids, mask, types, output_attentions=True, capture="layer.0.*")
+    out = model.forward(ids, mask, types, output_attentions=True, capture="layer1.*")
     positions = make_position_ids(ids, c)[0]                        # [T]
     steps = []
     e = w["embeddings"]
@@ -102,7 +102,7 @@ def walkthrough(model, text=DEFAULT_TEXT):
               ("ffn.output", "intermediate W2 + b2")]
     for name, formula in detail:
         where = "minibert/model.py: feed_forward" if name.startswith("ffn") else "minibert/model.py: self_attention"
-        ours = out.attentions[0][0] if name == "attention.probs" else out.captured[f"layer.0.{name}"][0]
+        ours = out.attentions[0][0] if name == "attention.probs" else out.captured[f"layer1.{name}"][0]
         steps.append(Step(f"layer 1 {name}", where, formula, ours, inside[name]))
     x = inside["out"]
     steps.append(Step("layer 1 output", "minibert/model.py: encoder_layer", "LayerNorm(a + ffn.output)",

@@ -455,12 +455,12 @@ def parameter_counts(weights: dict) -> dict:
     if weights.get("embedding_projection") is not None:
         counts["embedding_projection"] = count(weights["embedding_projection"])
     users = {}   # id of a layer-weights dict -> the layers using it, in order
-    for i, layer in enumerate(weights["layers"]):
+    for i, layer in enumerate(weights["layers"], start=1):       # layer i: the one producing hidden_states[i]
         users.setdefault(id(layer), (layer, []))[1].append(i)
     for layer, indices in users.values():
-        name = f"layer.{indices[0]}" if len(indices) == 1 else f"layer.{indices[0]}-{indices[-1]} (shared)"
+        name = f"layer{indices[0]}" if len(indices) == 1 else f"layer{indices[0]}-{indices[-1]} (shared)"
         if len(indices) > 1 and indices != list(range(indices[0], indices[-1] + 1)):
-            name = f"layer.{','.join(map(str, indices))} (shared)"
+            name = f"layer{','.join(map(str, indices))} (shared)"
         counts[name] = count(layer)
     counts["pooler"] = count(weights["pooler"])
     return counts

@@ -77,6 +77,32 @@ def test_text_cannot_close_the_data_script(model):
     assert embedded(page)["text"] == nasty
 
 
+@pytest.mark.parametrize("nasty", ["<!--<script>", "x</SCRIPT >y", "<script>a</script>", "&lt;/script&gt;", "]]> -->"])
+def test_no_text_can_end_or_open_a_script_element_in_the_data(model, nasty):
+    """Inside a script element, "</script" ends it, and "<!--" followed by "<script" makes the browser look for
+    two ends: the embedded data holds no "<" (nor ">", "&") at all, and reads back as the same data."""
+    data = attention_view.attention_data(model, "a " + nasty, nasty)
+    page = attention_view.render_html(data)
+    start = page.index('<script type="application/json" id="minibert-data">') + len(
+        '<script type="application/json" id="minibert-data">')
+    block = page[start:page.index("</script>", start)]
+    assert not set(block) & set("<>&")
+    assert json.loads(block) == data
+
+
+def test_truncated_text_and_large_page_warn(model, monkeypatch):
+    with pytest.warns(UserWarning, match="cut to 8 tokens") as caught:
+        data = attention_view.attention_data(model, "one two three four five six seven eight nine ten", max_length=8)
+    assert data["truncated"] and caught[0].filename == __file__
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        page = attention_view.render_html(data)                 # 20 MB and more warn; this page is far smaller
+    monkeypatch.setattr(attention_view, "PAGE_WARN_BYTES", len(page.encode()) - 1)
+    with pytest.warns(UserWarning, match=r"6 layers x 12 heads x 8\^2 tokens.*browsers may be slow"):
+        attention_view.render_html(data)
+
+
 def test_attention_command_writes_both(tmp_path, capsys):
     html_path, json_path = tmp_path / "a.html", tmp_path / "a.json"
     assert main(["attention", TEXT, "--pair", PAIR, "--html", str(html_path), "--json", str(json_path)]) == 0

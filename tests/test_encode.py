@@ -129,24 +129,24 @@ def test_encode_words_on_pre_split_words(model):
 
 
 def test_capture_on_encode_returns_unpadded_internals(model):
-    result = model.encode(["hi there", "a much longer text than that"], capture="layer.0.ffn.intermediate")
-    shapes = [a.shape for a in result.captured["layer.0.ffn.intermediate"]]
+    result = model.encode(["hi there", "a much longer text than that"], capture="layer1.ffn.intermediate")
+    shapes = [a.shape for a in result.captured["layer1.ffn.intermediate"]]
     assert shapes == [(4, 1536), (8, 1536)]
 
 
 def test_capture_matches_numbers_computed_by_hand_from_the_weights(model):
-    """query of layer 0 and the intermediate of layer 0, recomputed here with NumPy from the weights."""
-    out = model("hello world", capture=["layer.0.query", "layer.0.ffn.intermediate", "layer.0.attention.layer_norm"])
+    """query and intermediate of layer 1 (the first encoder layer), recomputed here with NumPy from the weights."""
+    out = model("hello world", capture=["layer1.query", "layer1.ffn.intermediate", "layer1.attention.layer_norm"])
     x = out.hidden_states[0][0].astype(np.float64)
     layer = model.weights["layers"][0]
     H = 384
     q = x @ layer["qkv"]["w"][:, :H] + layer["qkv"]["b"][:H]
-    assert np.abs(out.captured["layer.0.query"][0] - q).max() < 1e-5
-    a = out.captured["layer.0.attention.layer_norm"][0].astype(np.float64)
+    assert np.abs(out.captured["layer1.query"][0] - q).max() < 1e-5
+    a = out.captured["layer1.attention.layer_norm"][0].astype(np.float64)
     pre = a @ layer["ffn_in"]["w"] + layer["ffn_in"]["b"]
     from math import erf
     gelu = 0.5 * pre * (1 + np.vectorize(erf)(pre / np.sqrt(2)))
-    assert np.abs(out.captured["layer.0.ffn.intermediate"][0] - gelu).max() < 1e-5
+    assert np.abs(out.captured["layer1.ffn.intermediate"][0] - gelu).max() < 1e-5
 
 
 def test_empty_list_and_bad_options(model):
@@ -279,7 +279,7 @@ def test_forward_lets_each_layer_s_internals_go_while_keeping_every_hidden_state
     # during the attention's output projection, the intermediate during the FFN's second matmul.
     assert len(linear_alive) == 6 * 4 + 1 and max(linear_alive) <= 1, linear_alive
     watched, _, linear_alive = watched_model(model)
-    watched(TEXTS, capture="layer.*.ffn.intermediate")
+    watched(TEXTS, capture="layer*.ffn.intermediate")
     assert max(linear_alive) > 1                # what is asked for is kept: the check above can fail
 
 
@@ -289,3 +289,177 @@ def test_pooled_encoding_never_holds_the_layer_stack(model):
     # Alive at a linear: the layer's input and, inside the FFN, the attention block's output (plus one
     # whose last reference is being replaced). Keeping every layer, as forward does, reaches 8 here.
     assert len(alive) == 6 * 4 and max(alive) <= 3, alive
+
+
+# ----- word vectors line up with the given words (issue 19) ---------------------------------------------------
+
+PIECELESS = ["\u200b", "\u00ad", "\ufeff", "\x00", "\u0301"]      # zero-width space, soft hyphen, BOM, NUL, lone accent
+
+
+@pytest.mark.parametrize("invisible", PIECELESS)
+def test_encode_words_keeps_a_place_for_a_word_without_pieces(model, invisible):
+    with pytest.warns(UserWarning) as caught:
+        [got] = model.encode_words([["Paris", invisible, "France"]])
+    [warning] = [w for w in caught if "no tokenizer pieces" in str(w.message)]
+    assert "1 word(s) in 1 text(s)" in str(warning.message) and "texts[0][1]" in str(warning.message)
+    assert warning.filename == __file__                                   # attributed to the caller's line
+    [without] = model.encode_words([["Paris", "France"]])                 # the same tokens: the same vectors
+    assert got.words == ["Paris", invisible, "France"] and got.has_pieces.tolist() == [True, False, True]
+    assert got.vectors.shape == (3, 384) and not got.vectors[1].any()     # zeros where the word has no token
+    np.testing.assert_array_equal(got.vectors[[0, 2]], without.vectors)
+    joined = " ".join(got.words)
+    assert got.spans.tolist() == [[0, 5], [6, 7], [8, 14]] and [joined[s:e] for s, e in got.spans] == got.words
+
+
+def test_encode_words_one_warning_for_every_pieceless_word_and_layer_axes_kept(model):
+    sentences = [["\u200b", "a"], ["b", "c"], ["\u00ad", "d", "\x00"]]
+    with pytest.warns(UserWarning) as caught:
+        got = model.encode_words(sentences, layers=[0, -1], subword="first_last")
+    warnings = [str(w.message) for w in caught if "no tokenizer pieces" in str(w.message)]
+    assert len(warnings) == 1 and "3 word(s) in 2 text(s)" in warnings[0]
+    assert "texts[0][0]" in warnings[0] and "texts[2][0]" in warnings[0] and "texts[2][2]" in warnings[0]
+    assert [len(r.vectors) for r in got] == [2, 2, 3] and got[2].vectors.shape == (3, 2, 768)
+    assert got[2].has_pieces.tolist() == [False, True, False] and not got[2].vectors[[0, 2]].any()
+
+
+def test_encode_words_words_cut_by_max_length_keep_their_place(model):
+    words = ["one", "two", "three", "four", "five"]
+    with pytest.warns(UserWarning, match="truncated") as caught:
+        [got] = model.encode_words([words], max_length=5)              # [CLS] + 3 words + [SEP]
+    assert not [w for w in caught if "no tokenizer pieces" in str(w.message)]   # they have pieces; cut, not missing
+    assert got.words == words and got.has_pieces.tolist() == [True, True, True, False, False]
+    assert not got.vectors[3:].any()
+
+
+def test_mostly_unknown_pieces_get_one_warning_with_the_rate(model):
+    with pytest.warns(UserWarning, match=r"1 of 2 texts are mostly \[UNK\].*texts\[1\] 100%"):
+        model.encode(["plain English text", "\u16a0\u16a2\u16a6 \u16a8\u16b1\u16b2"])   # runes: not in the vocabulary
+    with pytest.warns(UserWarning, match=r"mostly \[UNK\]"):
+        model.encode_words([["\u16a0\u16a2", "\u16a6"]])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.encode(["plain English text", "Café naïve"])               # no warning for text the model reads
+
+
+# ----- one numbering for encoder layers -------------------------------------------------------------------------
+
+def test_capture_names_count_layers_as_hidden_states_does(model):
+    """layer{i} is the layer whose output is hidden_states[i]: LayerNorm(attention.layer_norm + ffn.output)
+    of layer i gives hidden_states[i], for every i."""
+    out = model("The cat sat.", capture=["layer*.attention.layer_norm", "layer*.ffn.output"])
+    L = model.config.num_hidden_layers
+    assert sorted(out.captured) == sorted(f"layer{i}.{n}" for i in range(1, L + 1)
+                                          for n in ("attention.layer_norm", "ffn.output"))
+    for i in range(1, L + 1):
+        ln = model.weights["layers"][i - 1]["ffn_ln"]
+        x = (out.captured[f"layer{i}.attention.layer_norm"] + out.captured[f"layer{i}.ffn.output"]).astype(np.float64)
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        want = (x - mu) / np.sqrt(var + model.config.layer_norm_eps) * ln["g"] + ln["b"]
+        assert np.abs(want - out.hidden_states[i]).max() < 1e-5, i
+    with pytest.raises(InputError, match=r"layers 1\.\.6"):
+        model("x", capture="layer7.query")
+    with pytest.raises(InputError, match="matches no internal"):
+        model("x", capture="layer0.query")
+    with pytest.raises(InputError, match="capture must be a name or pattern"):
+        model("x", capture=5)
+
+
+def test_old_zero_based_capture_names_still_work_for_one_release(model):
+    with pytest.warns(DeprecationWarning, match="'layer.0.query' is 'layer1.query'") as caught:
+        old = model("hello world", capture=["layer.0.query", "layer.5.ffn.output"])
+    assert caught[0].filename == __file__
+    new = model("hello world", capture=["layer1.query", "layer6.ffn.output"])
+    assert sorted(old.captured) == ["layer.0.query", "layer.5.ffn.output"]   # old keys back for old names
+    np.testing.assert_array_equal(old.captured["layer.0.query"], new.captured["layer1.query"])
+    np.testing.assert_array_equal(old.captured["layer.5.ffn.output"], new.captured["layer6.ffn.output"])
+    with pytest.warns(DeprecationWarning):
+        result = model.encode(["hi there"], capture="layer.*.ffn.intermediate")
+    assert sorted(result.captured) == [f"layer.{i}.ffn.intermediate" for i in range(6)]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model("x", capture="layer1.*")                                       # the new names warn about nothing
+
+
+# ----- the dtype a model was loaded with is the dtype it returns --------------------------------------------
+
+def test_encode_returns_the_dtype_the_model_was_loaded_with(model_for):
+    model64 = model_for("cpu", "float64")
+    got = model64.encode(TEXTS)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, model64.encode(TEXTS, dtype="float64"))
+    assert model64.encode(TEXTS, pooling="none")[0].dtype == np.float64
+    assert model64.encode_words(["a b"])[0].vectors.dtype == np.float64
+    assert model64.encode(TEXTS, capture="layer1.query").captured["layer1.query"][0].dtype == np.float64
+    assert model64.encode(TEXTS, dtype="float32").dtype == np.float32            # an explicit dtype wins
+    # float16 is a cast of the model's own result, not a float16 computation.
+    np.testing.assert_array_equal(model64.encode(TEXTS, dtype="float16"), got.astype(np.float16))
+    assert model_for("cpu").encode(TEXTS).dtype == np.float32
+
+
+def test_extract_writes_the_dtype_the_model_was_loaded_with(tmp_path, model_for):
+    from minibert.extract import extract
+    model64 = model_for("cpu", "float64")
+    manifest = extract(model64, TEXTS, tmp_path / "a")
+    loaded = minibert.load_embeddings(tmp_path / "a")
+    assert manifest["dtype"] == "float64" and loaded.vectors.dtype == np.float64
+    np.testing.assert_array_equal(loaded.vectors, model64.encode(TEXTS))
+    assert extract(model64, TEXTS, tmp_path / "b", dtype="float32")["dtype"] == "float32"   # explicit wins
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "fp32", 5, np.int32])
+def test_bad_dtypes_are_input_errors(model, dtype):
+    with pytest.raises(InputError, match="dtype must be one of"):
+        model.encode(["x"], dtype=dtype)
+    with pytest.raises(InputError, match="dtype must be 'float32' or 'float64'"):
+        minibert.load(dtype=dtype)
+
+
+# ----- options checked before any work --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_length": "10"}, "max_length must be an int"), ({"max_length": 1}, "max_length must be an int"),
+    ({"max_length": True}, "max_length must be an int"), ({"max_length": 10.0}, "max_length must be an int"),
+    ({"max_length": 513}, "exceeds the model's 512 positions"),
+    ({"max_length": 64, "window": 128}, "max_length and window cannot be combined"),
+    ({"capture": 5}, "capture must be a name or pattern"), ({"capture": [5]}, "capture names are strings"),
+    ({"dtype": "bfloat16"}, "dtype must be one of"),
+])
+def test_options_are_refused_before_any_text_is_tokenized(model, monkeypatch, options, message):
+    import minibert.encode
+    def tokenized_too_soon(*args, **kwargs):
+        raise AssertionError("texts were tokenized before the options were checked")
+    monkeypatch.setattr(minibert.encode, "tokenize_texts", tokenized_too_soon)
+    with pytest.raises(InputError, match=message):
+        model.encode(["x"], **options)
+    if "capture" not in options:
+        with pytest.raises(InputError, match=message):
+            model.encode_words([["x"]], **options)
+
+
+# ----- byte-level BPE: pre-split words read as words, with the space before them -------------------------------
+
+def test_pre_split_words_get_the_prefix_space_on_byte_level_bpe():
+    from conftest import FIXTURES
+    from minibert.encode import tokenize_texts
+    roberta = minibert.load(str(FIXTURES / "families" / "roberta"), backend="numpy")
+    words = ["Hund", "und", "Katze"]
+    with_space = tokenize_texts(roberta, [words], None, None, pretokenized=True)[0]
+    tokens = [roberta.tokenizer.backend.id_to_token(int(i)) for i in with_space.ids[with_space.word_ids >= 0]]
+    assert tokens[0].startswith("\u0120")                       # "ĠHund...": the word as it reads mid-sentence
+    # Each word as it reads after a space: the same token sequence, and vectors, as the text " Hund und Katze".
+    [split] = roberta.encode_words([words])
+    [text] = roberta.encode_words(" " + " ".join(words))
+    assert text.words == words and split.words == words
+    np.testing.assert_array_equal(split.vectors, text.vectors)
+    # prefix_space=False restores the old reading: the first word without its space, other vectors.
+    bare = tokenize_texts(roberta, [words], None, None, pretokenized=True, prefix_space=False)[0]
+    assert not roberta.tokenizer.backend.id_to_token(int(bare.ids[bare.word_ids >= 0][0])).startswith("\u0120")
+    [old] = roberta.encode_words([words], prefix_space=False)
+    assert np.abs(old.vectors - split.vectors).max() > 0.1
+    # WordPiece has no byte-level pre-tokenizer: nothing changes there.
+    bert = minibert.load(str(FIXTURES / "families" / "bert_cased"), backend="numpy")
+    assert bert.tokenizer.word_prefix_backend is None
+    np.testing.assert_array_equal(bert.encode_words([words])[0].vectors,
+                                  bert.encode_words([words], prefix_space=False)[0].vectors)

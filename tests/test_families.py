@@ -174,7 +174,7 @@ def test_albert_layers_share_one_dict_per_group():
     layers = family_model("albert_groups").weights["layers"]     # 4 layers, 2 groups: int(i / 2)
     assert layers[0] is layers[1] and layers[2] is layers[3] and layers[0] is not layers[2]
     counts = parameter_counts(family_model("albert_groups").weights)
-    assert "layer.0-1 (shared)" in counts and "layer.2-3 (shared)" in counts
+    assert "layer1-2 (shared)" in counts and "layer3-4 (shared)" in counts      # layers count from 1
 
 
 @pytest.mark.parametrize("name", FAMILIES)

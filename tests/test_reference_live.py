@@ -59,7 +59,8 @@ def test_random_checkpoints_made_by_transformers(tmp_path, seed, hidden_act):
 def test_parity_command_exit_codes(capsys):
     from minibert.cli import main
     assert main(["parity", "--text", "hello world"]) == 0
-    assert "layer.5" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "layer6 " in out and "layer6.attention.probs" in out and "layer.5" not in out   # layers count from 1
     assert main(["parity", "--text", "hello world", "--tolerance", "1e-12"]) == 1
     assert "exceeds tolerance" in capsys.readouterr().err
 
@@ -68,7 +69,7 @@ def test_parity_ops_locates_the_first_operation_above_tolerance(capsys):
     from minibert.cli import main
     assert main(["parity", "--ops", "--text", "hello world"]) == 0
     out = capsys.readouterr().out
-    assert "layer.0.ffn.intermediate" in out and "layer.5.attention.probs" in out
+    assert "layer1.ffn.intermediate" in out and "layer6.attention.probs" in out and "layer6.output" in out
     assert main(["parity", "--ops", "--text", "hello world", "--tolerance", "1e-9"]) == 1
     assert "first operation above it: embeddings" in capsys.readouterr().err
 
