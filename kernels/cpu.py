@@ -1,9 +1,9 @@
 """Numba CPU kernels: outputs first, no model knowledge. Each is tested against its reference.py function.
 
 Every kernel is single-threaded and releases the GIL (nogil): the "cpu" ops in minibert.backends split
-rows (or attention heads) into contiguous pieces and run the pieces on `WORKERS`, a small pool of Python
-threads, with NumPy's BLAS held to one thread meanwhile (`BLAS`), so one pool of threads does all the work
-and no second pool spins on the cores the first one needs.
+rows (or attention heads) into contiguous pieces and run the pieces on minibert's own threads
+(minibert.threads), with NumPy's BLAS held to one thread meanwhile, so one pool of threads does all the
+work and no second pool spins on the cores the first one needs.
 
 Rows are independent and each row is computed the same way whatever else is in the batch (attention
 stops at a text's last real key), so a text's numbers do not depend on the batch it lands in. float64
@@ -13,15 +13,9 @@ cached on disk. float32 kernels use the vectorisable `fast_exp` and `fast_erf` b
 (which Numba cannot vectorise on this platform); float64 keeps libm's exp and erf.
 """
 
-import ctypes
-import glob
-import itertools
 import math
-import os
-import sys
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -374,8 +368,8 @@ def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, 
     0); scale a scalar of q's dtype; context [B, T, H]; probs [B, NH, T, T] written only when keep_probs.
     Every query row, padding included, is computed, as the reference does.
 
-    Per block of heads: scores = q @ k^T and context = exp-scores @ v (float32: BLAS, held to one thread,
-    see BLAS; float64: matmul_ordered), softmax_scores in between, the division by the sum applied to the
+    Per block of heads: scores = q @ k^T and context = exp-scores @ v (float32: BLAS, which the caller holds
+    to one thread, see minibert.threads.BLAS; float64: matmul_ordered), softmax_scores in between, the division by the sum applied to the
     context rows. Consecutive whole texts of equal key length share one block (one stacked matmul). Real
     queries (before L) and padding queries go to separate matmuls, so a text's scores come from matmuls of
     the same shapes whatever padding its batch adds; in float64 each element's arithmetic is fixed outright,
@@ -451,166 +445,6 @@ def matmul_stacked_ordered(a, b, out):
     """np.matmul(a, b, out=out) for [..., M, K] @ [..., K, L] stacks, each matrix by matmul_ordered."""
     for index in np.ndindex(*out.shape[:-2]):
         matmul_ordered(out[index], a[index], b[index])
-
-
-# ---------------------------------------------------------------------------------------------------
-# Threads: one small pool for everything, and NumPy's OpenBLAS held to one thread while it is used.
-
-def thread_count():
-    """numba.get_num_threads(), without starting Numba's own threading layer just to ask."""
-    from numba.np.ufunc import parallel
-    if parallel._is_initialized:
-        return numba.get_num_threads()
-    return numba.config.NUMBA_NUM_THREADS
-
-
-class Workers:
-    """Runs the pieces of one op on `thread_count()` threads: the calling thread and helper threads each take
-    the next piece as they finish one, so a thread slowed by other programs on the machine just does fewer.
-
-    The helpers sleep on a queue between ops (no spinning). Re-created after a fork.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._pool, self._size, self._pid = None, 0, None
-
-    def _executor(self, helpers):
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid() or self._size < helpers:
-                if self._pool is not None and self._pid == os.getpid():
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="minibert")
-                self._size, self._pid = helpers, os.getpid()
-            return self._pool
-
-    def run(self, function, pieces):
-        """function(*piece) for every piece; returns when all are done. On an error the pieces not yet
-        started are skipped and the first error is raised."""
-        threads = min(len(pieces), thread_count())
-        if threads <= 1:
-            for piece in pieces:
-                function(*piece)
-            return
-        claim = itertools.count()           # next() on it is atomic under the GIL
-        errors = []
-
-        def work():
-            while not errors:
-                i = next(claim)
-                if i >= len(pieces):
-                    return
-                try:
-                    function(*pieces[i])
-                except BaseException as error:
-                    errors.append(error)
-                    return
-
-        pool = self._executor(threads - 1)
-        futures = [pool.submit(work) for _ in range(threads - 1)]
-        try:
-            work()
-        finally:
-            for future in futures:          # every piece has finished before the op returns
-                future.result()
-        if errors:
-            raise errors[0]
-
-
-WORKERS = Workers()
-
-
-def split(n, parts, cost=None):
-    """Cut range(n) into at most `parts` contiguous [lo, hi) ranges of about equal total cost."""
-    parts = max(1, min(parts, n))
-    if cost is None:
-        bounds = [n * p // parts for p in range(parts + 1)]
-    else:
-        cumulative = np.concatenate([[0], np.cumsum(cost, dtype=np.float64)])
-        targets = cumulative[-1] * np.arange(1, parts) / parts
-        bounds = [0, *np.searchsorted(cumulative, targets, side="left").tolist(), n]
-    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-
-
-class BlasThreads:
-    """Holds the thread count of NumPy's OpenBLAS at 1 while minibert runs matmuls on its own threads.
-
-    Found once, through ctypes, in the OpenBLAS library NumPy itself loaded (numpy.libs, or the process's
-    mapped libraries). Nested and concurrent users share one hold; the count the process had is put back
-    when the last one leaves. `available` is False for other BLAS libraries (MKL, Accelerate): then
-    matmuls keep the BLAS's own threading and only the other work is split.
-    """
-
-    NAMES = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-             ("openblas_set_num_threads", "openblas_get_num_threads")]
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._found = None
-        self._holders, self._saved = 0, None
-
-    def _find(self):
-        if self._found is None:
-            self._found = False
-            try:
-                self._found = self._locate() or False
-            except Exception:          # any surprise here only costs speed, never correctness
-                self._found = False
-        return self._found
-
-    @classmethod
-    def _locate(cls):
-        try:
-            name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
-        except Exception:
-            name = ""
-        if "openblas" not in str(name).lower():
-            return None
-        base = os.path.dirname(np.__file__)
-        candidates = sorted(glob.glob(base + ".libs/*openblas*") + glob.glob(base + "/.dylibs/*openblas*"))
-        if sys.platform.startswith("linux") and not candidates:
-            with open("/proc/self/maps") as maps:
-                candidates = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
-        for path in candidates:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for set_name, get_name in cls.NAMES:
-                if hasattr(lib, set_name) and hasattr(lib, get_name):
-                    setter, getter = getattr(lib, set_name), getattr(lib, get_name)
-                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                    return setter, getter
-        return None
-
-    @property
-    def available(self):
-        return bool(self._find())
-
-    def __enter__(self):
-        found = self._find()
-        if found:
-            with self._lock:
-                if self._holders == 0:
-                    self._saved = found[1]()
-                    if self._saved != 1:
-                        found[0](1)
-                self._holders += 1
-        return self
-
-    def __exit__(self, *exc):
-        found = self._find()
-        if found:
-            with self._lock:
-                self._holders -= 1
-                if self._holders == 0 and self._saved not in (None, 1):
-                    found[0](self._saved)
-        return False
-
-
-BLAS = BlasThreads()
 
 
 def warm_up(dtype=np.float32, activations=("gelu", "tanh")):

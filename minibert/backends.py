@@ -47,6 +47,7 @@ def cpu_ops():
     in: up to ~3.6e-6 absolute on all-MiniLM-L6-v2's hidden states (whose largest activations are near 10),
     ~1e-6 on mean-pooled sentence vectors (tests/test_reliability.py measures and bounds both).
     """
+    from . import threads
     from .kernels import cpu
 
     bias_kernels = {None: cpu.bias_add, "gelu": cpu.bias_gelu, "gelu_new": cpu.bias_gelu_tanh,
@@ -57,8 +58,8 @@ def cpu_ops():
     def pieces(n, work, cost=None, per_thread=1):
         """Cut n rows (or units) into contiguous pieces: one for small work, else `per_thread` per thread
         (the threads take them as they go, which evens out a thread slowed by other programs)."""
-        threads = cpu.thread_count()
-        return cpu.split(n, 1 if work <= split_above or threads == 1 else threads * per_thread, cost)
+        count = threads.thread_count()
+        return threads.split(n, 1 if work <= split_above or count == 1 else count * per_thread, cost)
 
     def rows(x):
         return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
@@ -72,7 +73,7 @@ def cpu_ops():
 
         def piece(lo, hi):
             cpu.embed(out[lo:hi], ids[lo:hi], positions[lo:hi], types[lo:hi], word, position, token_type)
-        cpu.WORKERS.run(piece, pieces(B * T, B * T * E))
+        threads.WORKERS.run(piece, pieces(B * T, B * T * E))
         return out.reshape(B, T, E)
 
     def linear(x, w, b, activation=None):
@@ -81,12 +82,12 @@ def cpu_ops():
         y = np.empty((N, w.shape[1]), dtype=np.result_type(x2, w))         # [N, C_out]
         epilogue = bias_kernels[activation]
         cut = pieces(N, N * K * w.shape[1] // 32, per_thread=2 if N >= 2048 else 1)   # small pieces: slow matmuls
-        with cpu.BLAS:
+        with threads.BLAS:
             if y.dtype == np.float64:
                 def piece(lo, hi):                  # fixed summation order: a row's bits ignore its batch
                     cpu.matmul_ordered(y[lo:hi], x2[lo:hi], w)
                     epilogue(y[lo:hi], b)
-            elif cpu.BLAS.available or len(cut) == 1:
+            elif threads.BLAS.available or len(cut) == 1:
                 def piece(lo, hi):                  # matmul, then bias + activation while the rows are in cache
                     np.matmul(x2[lo:hi], w, out=y[lo:hi])
                     epilogue(y[lo:hi], b)
@@ -95,7 +96,7 @@ def cpu_ops():
 
                 def piece(lo, hi):
                     epilogue(y[lo:hi], b)
-            cpu.WORKERS.run(piece, cut)
+            threads.WORKERS.run(piece, cut)
         return y.reshape(x.shape[:-1] + (w.shape[1],))
 
     def layer_norm(x, gamma, beta, eps, residual=None):
@@ -109,7 +110,7 @@ def cpu_ops():
                 cpu.layer_norm(o2[lo:hi], x2[lo:hi], gamma, beta, eps)
             else:
                 cpu.add_layer_norm(o2[lo:hi], x2[lo:hi], r2[lo:hi], gamma, beta, eps)
-        cpu.WORKERS.run(piece, pieces(len(x2), x2.size))
+        threads.WORKERS.run(piece, pieces(len(x2), x2.size))
         return out
 
     def attention(q, k, v, mask_bias, num_heads, return_probs=False):
@@ -126,8 +127,8 @@ def cpu_ops():
         def piece(first, last):
             cpu.attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, scale,
                                     return_probs, units[first:last])
-        with cpu.BLAS:
-            cpu.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
+        with threads.BLAS:
+            threads.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
         return context, (probs if return_probs else None)
 
     return SimpleNamespace(name="cpu", embed=embed, linear=linear, layer_norm=layer_norm,

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import threads
 from .errors import InputError, MiniBertError
 
 INSTALL_RAY = "pip install 'minibert[ray]'"
@@ -59,22 +60,11 @@ def size_threads(num_threads=None):
             n = None
     if not n:
         return None
-    n = max(1, int(n))             # a fractional CPU still needs one thread
-    if "numba" not in sys.modules:
-        os.environ["NUMBA_NUM_THREADS"] = str(n)
-        return n
-    import numba
-    from numba.np.ufunc import parallel
-    if numba.config.NUMBA_NUM_THREADS == n and not parallel._is_initialized:
-        return n                   # already right, and Numba's own thread pool is best left unstarted
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    return n
+    return threads.set_thread_count(n)
 
 
 def current_threads():
-    from .kernels.cpu import thread_count
-    return thread_count()
+    return threads.thread_count()
 
 
 class Embedder:

@@ -2,12 +2,14 @@
 around them (pieces, BLAS thread hold, batch invariance)."""
 
 import math
+import threading
 
 import numba
 import numpy as np
 import pytest
 
 from minibert.backends import cpu_ops, numpy_ops
+from minibert import threads as minibert_threads
 from minibert.kernels import cpu, reference
 
 # float32 kernels accumulate in a different order from NumPy; float64 differences are rounding only.
@@ -24,7 +26,7 @@ def rand(rng, *shape, dtype, scale=1.0):
 def threads(monkeypatch):
     """threads(n): make the cpu ops cut their work into n pieces (n > cores is fine: pieces just wait)."""
     def set_threads(n):
-        monkeypatch.setattr(cpu, "thread_count", lambda: n)
+        monkeypatch.setattr(minibert_threads, "thread_count", lambda: n)
     return set_threads
 
 
@@ -277,60 +279,66 @@ def test_ops_give_the_same_numbers_on_any_number_of_threads(dtype, threads):
 
 
 def test_blas_thread_count_is_held_at_one_during_an_op_and_restored_after(monkeypatch):
-    blas = cpu.BLAS
+    blas = minibert_threads.BLAS
     if not blas.available:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS minibert can find")
-    setter, getter = blas._find()
-    before = getter()
+        pytest.skip("threadpoolctl finds no BLAS it can control in this process")
+    before = blas.thread_counts()
     seen = []
     original = cpu.bias_add
 
     def spy(y, bias):
-        seen.append(getter())
+        seen.append(blas.thread_counts()[0])
         return original(y, bias)
     monkeypatch.setattr(cpu, "bias_add", spy)
     try:
-        setter(3)
+        blas._set([3] * len(before))
         cpu_ops().linear(np.ones((3000, 64), np.float32), np.ones((64, 64), np.float32), np.ones(64, np.float32))
         assert seen and set(seen) == {1}
-        assert getter() == 3
+        assert blas.thread_counts()[0] == 3
         with blas:
             with blas:
-                assert getter() == 1
-            assert getter() == 1
-        assert getter() == 3
+                assert blas.thread_counts()[0] == 1
+            assert blas.thread_counts()[0] == 1
+        assert blas.thread_counts()[0] == 3
         seen.clear()
         with blas:
-            cpu.WORKERS.run(lambda lo, hi: seen.append(getter()), cpu.split(10, 3))
+            minibert_threads.WORKERS.run(lambda lo, hi: seen.append(blas.thread_counts()[0]), minibert_threads.split(10, 3))
         assert seen == [1, 1, 1]
+        done = []                           # a hold taken and released by threads other than the first
+        worker = threading.Thread(target=lambda: done.append(blas.__enter__() and blas.thread_counts()[0]))
+        worker.start(), worker.join()
+        assert done == [1]
+        other = threading.Thread(target=lambda: blas.__exit__(None, None, None))
+        other.start(), other.join()
+        assert blas.thread_counts()[0] == 3
     finally:
-        setter(before)
+        blas._set(before)
 
 
 def test_workers_run_every_piece_and_raise_the_first_error(threads):
     threads(3)
     done = []
-    cpu.WORKERS.run(lambda lo, hi: done.append((lo, hi)), cpu.split(10, 4))
+    minibert_threads.WORKERS.run(lambda lo, hi: done.append((lo, hi)), minibert_threads.split(10, 4))
     assert sorted(done) == [(0, 2), (2, 5), (5, 7), (7, 10)]
 
     def fail(lo, hi):
         raise ValueError(f"piece {lo}")
     with pytest.raises(ValueError, match="piece"):
-        cpu.WORKERS.run(fail, cpu.split(10, 5))
+        minibert_threads.WORKERS.run(fail, minibert_threads.split(10, 5))
     done.clear()
-    cpu.WORKERS.run(lambda lo, hi: done.append("again"), cpu.split(4, 2))        # still usable
+    minibert_threads.WORKERS.run(lambda lo, hi: done.append("again"), minibert_threads.split(4, 2))        # still usable
     assert done == ["again", "again"]
     threads(1)
-    cpu.WORKERS.run(lambda lo, hi: done.append((lo, hi)), cpu.split(4, 2))       # one thread: in order
+    minibert_threads.WORKERS.run(lambda lo, hi: done.append((lo, hi)), minibert_threads.split(4, 2))       # one thread: in order
     assert done[-2:] == [(0, 2), (2, 4)]
 
 
 def test_split_is_contiguous_and_balanced():
-    assert cpu.split(0, 3) == []
-    assert cpu.split(5, 1) == [(0, 5)]
-    assert cpu.split(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert minibert_threads.split(0, 3) == []
+    assert minibert_threads.split(5, 1) == [(0, 5)]
+    assert minibert_threads.split(3, 8) == [(0, 1), (1, 2), (2, 3)]
     cost = [1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1]
-    pieces = cpu.split(len(cost), 2, cost)
+    pieces = minibert_threads.split(len(cost), 2, cost)
     assert pieces[0][0] == 0 and pieces[-1][1] == len(cost)
     assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
     sums = [sum(cost[lo:hi]) for lo, hi in pieces]

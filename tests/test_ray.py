@@ -286,9 +286,9 @@ class ReportThreads(ChunkEmbedder):
     report_dir = None
 
     def encode_chunk(self, start, texts):
-        from minibert.kernels.cpu import BLAS, thread_count
-        blas = BLAS._find()
-        report = {"numba": thread_count(), "openblas": blas[1]() if blas else None,
+        from minibert.threads import BLAS, thread_count
+        counts = BLAS.thread_counts()
+        report = {"numba": thread_count(), "openblas": counts[0] if counts else None,
                   "omp_env": os.environ.get("OMP_NUM_THREADS")}
         with open(os.path.join(self.report_dir, f"{os.getpid()}.json"), "w") as f:
             json.dump(report, f)
