@@ -23,6 +23,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
+from .reference import ACTIVATION_FUNCTIONS
+
 # fast-math without 'nnan'/'ninf': reductions vectorise and multiply-adds fuse, but NaN and Inf still
 # propagate as IEEE says.
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -266,6 +268,16 @@ def bias_tanh(y, bias):
             y[n, c] = math.tanh(y[n, c] + bias[c])
 
 
+# The kernel for each function of reference.ACTIVATION_FUNCTIONS (None: bias only).
+BIAS_ACTIVATIONS = {None: bias_add, "gelu": bias_gelu, "gelu_tanh": bias_gelu_tanh, "relu": bias_relu,
+                    "silu": bias_silu, "tanh": bias_tanh}
+
+
+def bias_kernel(activation):
+    """The in-place bias + activation kernel for an activation name of the table (or None)."""
+    return BIAS_ACTIVATIONS[None if activation is None else ACTIVATION_FUNCTIONS[activation]]
+
+
 @jit()
 def embed(out, input_ids, position_ids, token_type_ids, word, position, token_type):
     """out[n] = word[id] + position[pos] + token_type[type] for ids [N]; ids must already be range-checked."""
@@ -457,10 +469,8 @@ def warm_up(dtype=np.float32, activations=("gelu", "tanh")):
     layer_norm(np.empty_like(one), one, vector, vector, 1e-12)
     add_layer_norm(np.empty_like(one), one, one, vector, vector, 1e-12)
     bias_add(one.copy(), vector)
-    names = {"gelu": bias_gelu, "gelu_new": bias_gelu_tanh, "gelu_pytorch_tanh": bias_gelu_tanh,
-             "relu": bias_relu, "silu": bias_silu, "tanh": bias_tanh}
     for activation in activations:
-        names[activation](one.copy(), vector)
+        bias_kernel(activation)(one.copy(), vector)
     scores = np.ones((1, 1, 2, 2), dtype=dtype)
     softmax_scores(scores, one[:1], dtype(1), np.empty((1, 1, 2), dtype=dtype))
     strided = np.ones((1, 2, 1, 8), dtype=dtype).transpose(0, 2, 1, 3)[..., :4]      # like a context view

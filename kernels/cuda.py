@@ -32,12 +32,17 @@ import numba
 import numpy as np
 from numba import cuda
 
+from .reference import ACTIVATION_FUNCTIONS
+
 # ---------------------------------------------------------------------------------------------------
 # Scalar maths, target-neutral (numba.njit, no CUDA API): usable from CUDA kernels and CPU kernels.
 # ---------------------------------------------------------------------------------------------------
 
 # Activation names -> the integer code the matmul epilogue switches on (uniform across a launch).
-ACTIVATION_CODES = {None: 0, "gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "relu": 3, "silu": 4, "tanh": 5}
+# The device function for each function of reference.ACTIVATION_FUNCTIONS, by code (0: bias only), and
+# each activation name's code through that table.
+FUNCTION_CODES = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "silu": 4, "tanh": 5}
+ACTIVATION_CODES = {None: 0, **{name: FUNCTION_CODES[function] for name, function in ACTIVATION_FUNCTIONS.items()}}
 
 
 @functools.lru_cache(maxsize=None)

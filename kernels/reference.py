@@ -35,8 +35,13 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh,
-               "relu": relu, "silu": silu, "tanh": np.tanh}
+# The one table of activations: each name a config (hidden_act) or the pooler (tanh) may use, and the
+# function it means. Every backend implements the functions on the right (kernels.cpu.BIAS_ACTIVATIONS,
+# kernels.cuda.ACTIVATION_CODES) and looks names up through this table; tests check they cover it.
+ACTIVATION_FUNCTIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                        "relu": "relu", "silu": "silu", "tanh": "tanh"}
+ACTIVATIONS = {name: {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu, "tanh": np.tanh}[function]
+               for name, function in ACTIVATION_FUNCTIONS.items()}
 
 
 def linear(x, w, b, activation=None):

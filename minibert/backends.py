@@ -50,9 +50,6 @@ def cpu_ops():
     from . import threads
     from .kernels import cpu
 
-    bias_kernels = {None: cpu.bias_add, "gelu": cpu.bias_gelu, "gelu_new": cpu.bias_gelu_tanh,
-                    "gelu_pytorch_tanh": cpu.bias_gelu_tanh, "relu": cpu.bias_relu, "silu": cpu.bias_silu,
-                    "tanh": cpu.bias_tanh}
     split_above = 1 << 16      # elements (multiply-adds / 32 for matmuls) below which one thread is quicker
 
     def pieces(n, work, cost=None, per_thread=1):
@@ -80,7 +77,7 @@ def cpu_ops():
         x2 = rows(x)                                                       # [N, C_in]
         N, K = x2.shape
         y = np.empty((N, w.shape[1]), dtype=np.result_type(x2, w))         # [N, C_out]
-        epilogue = bias_kernels[activation]
+        epilogue = cpu.bias_kernel(activation)
         cut = pieces(N, N * K * w.shape[1] // 32, per_thread=2 if N >= 2048 else 1)   # small pieces: slow matmuls
         with threads.BLAS:
             if y.dtype == np.float64:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
+from .kernels.reference import ACTIVATION_FUNCTIONS
 
 SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+# hidden_act values: the activation table's names less tanh, which only the pooler uses
+ACTIVATIONS = tuple(name for name in ACTIVATION_FUNCTIONS if name != "tanh")
 POSITION_RULES = ("index", "skip_padding")   # see minibert.model.position_ids
 
 # Why some encoder-like families are not supported: they are not BERT's absolute-position, post-LN encoder.
