@@ -67,8 +67,9 @@ def softmax(x):
 def relative_position_buckets(T, num_buckets, max_distance):
     """MPNet's (T5's) bucket of each query-key distance: [T, T] int64, row i the query, column j the key.
 
-    The first half of the buckets is for keys at or before the query, the second half for keys after it. Within a half, the first num_buckets // 4 distances get a bucket each; longer distances share
-    buckets whose widths grow geometrically up to max_distance, and everything farther shares the last one.
+    The first half of the buckets is for keys at or before the query, the second half for keys after it.
+    Within a half, the first num_buckets // 4 distances get a bucket each; longer distances share buckets
+    whose widths grow geometrically up to max_distance, and everything farther shares the last one.
     """
     distance = np.arange(T)[None, :] - np.arange(T)[:, None]                  # [T, T] key minus query position
     half = num_buckets // 2                                                    # buckets per direction

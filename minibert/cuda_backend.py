@@ -252,7 +252,8 @@ def cuda_ops():
         return map_arrays(value, lambda a: a, device_array=lambda t: t.copy_to_host())
 
     return SimpleNamespace(name="cuda", embed=embed, linear=linear, layer_norm=layer_norm, attention=attention,
-                           relative_position_bias=relative_position_bias, prepare=prepare, to_host=to_host, synchronize=cuda.synchronize,
+                           relative_position_bias=relative_position_bias, prepare=prepare, to_host=to_host,
+                           synchronize=cuda.synchronize,
                            implementation=getattr(cuda, "implementation", "unknown"),
                            simulator=os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"))
 

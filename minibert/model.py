@@ -109,15 +109,16 @@ def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops, activation, eps):
     return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
 
 
-def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config, keep=frozenset()):
+def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config,
+                  keep=frozenset()):
     """One transformer encoder layer: attention block then feed-forward block, each post-LN.
 
     Returns the output and the internals named in `keep` (see INTERNALS). The others are let go as soon as
     the next step no longer needs them: they are several times the size of the output.
     """
     eps = config.layer_norm_eps
-    attended, inside = self_attention(x, mask_bias, position_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops,
-                                      num_heads=config.num_attention_heads, eps=eps,
+    attended, inside = self_attention(x, mask_bias, position_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln,
+                                      ops=ops, num_heads=config.num_attention_heads, eps=eps,
                                       return_probs="attention.probs" in keep)   # [B, T, H]
     kept = {name: value for name, value in {**inside, "attention.layer_norm": attended}.items() if name in keep}
     del inside                  # q, k, v (one [B, T, 3H] array), context: not needed by the feed-forward

@@ -454,7 +454,8 @@ def test_attention_adds_a_position_bias(K, dev, dtype, B, T, NH, HS, bias_rows):
     np.testing.assert_allclose(host(context), want_ctx, atol=tol(dtype, 10), rtol=0)
     assert np.abs(want_probs - reference.attention(q, k, v, bias, NH, True)[1]).max() > 0.1   # the bias matters
     with pytest.raises(ValueError, match="position_bias has shape"):
-        K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(np.ascontiguousarray(position_bias[:, :1])))
+        one_head = np.ascontiguousarray(position_bias[:, :1])          # [rows, 1, T, T]: a head short
+        K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(one_head))
 
 
 @on_device

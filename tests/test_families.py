@@ -212,7 +212,8 @@ def test_family_switches_in_the_weights_dict():
     assert family_model("xlm_roberta").config.position_rule == "skip_padding"
     assert all(E[n]["relative_attention_bias"] is None for n in FAMILIES if not n.startswith("mpnet"))
     assert E["mpnet"]["relative_attention_bias"]["table"].shape == (32, 4)      # [buckets, NH]
-    assert E["mpnet_mlm"]["embeddings"]["token_type"].shape == (1, 32) and not E["mpnet"]["embeddings"]["token_type"].any()
+    token_type = E["mpnet_mlm"]["embeddings"]["token_type"]
+    assert token_type.shape == (1, 32) and not token_type.any()
 
 
 def test_distilbert_sinusoidal_table_is_generated_when_left_out(tmp_path):
