@@ -307,23 +307,29 @@ def key_lengths(mask_bias):
 
 
 @jit(fastmath=FAST | {"nnan"})
-def softmax_scores(scores, mask_bias, scale, inverse_sums):
-    """In place: scores[g, h, i, j] <- exp(s - max_j s), s = scores[g, h, i, j] * scale + mask_bias[g, j],
-    and inverse_sums[g, h, i] <- 1 / sum_j of those: the softmax is scores * inverse_sums, left for the
-    caller to apply to probabilities @ values (a pass over the scores fewer).
+def softmax_scores(scores, position_bias, mask_bias, scale, inverse_sums):
+    """In place: scores[g, h, i, j] <- exp(s - max_j s), s = scores[g, h, i, j] * scale
+    (+ position_bias[g or 0, h, i, j]) + mask_bias[g, j], and inverse_sums[g, h, i] <- 1 / sum_j of those:
+    the softmax is scores * inverse_sums, left for the caller to apply to probabilities @ values (a pass
+    over the scores fewer).
 
-    scores [G, NH, M, L] C-contiguous, mask_bias [G, >= L], inverse_sums [G, NH, M]. The arithmetic order
-    is the reference's (scale, then mask, then exp(s - max)). fast-math here includes 'nnan' so the max
-    vectorises.
+    scores [G, NH, M, L] C-contiguous, position_bias None (compiled away) or [G or 1, NH, M, >= L] any
+    strides, mask_bias [G, >= L], inverse_sums [G, NH, M]. The arithmetic order is the reference's (scale,
+    then position bias, then mask, then exp(s - max)). fast-math here includes 'nnan' so the max vectorises.
     """
     G, NH, M, L = scores.shape
     zero = scale - scale
     for g in range(G):
+        gb = 0 if position_bias is None or position_bias.shape[0] == 1 else g    # the bias row of text g
         for h in range(NH):
             for i in range(M):
-                top = scores[g, h, i, 0] * scale + mask_bias[g, 0]
+                top = (scores[g, h, i, 0] * scale + (zero if position_bias is None else position_bias[gb, h, i, 0])
+                       + mask_bias[g, 0])
                 for j in range(L):
-                    s = scores[g, h, i, j] * scale + mask_bias[g, j]
+                    s = scores[g, h, i, j] * scale
+                    if position_bias is not None:
+                        s += position_bias[gb, h, i, j]
+                    s += mask_bias[g, j]
                     scores[g, h, i, j] = s      # stored: fast-math must not regroup (s + mask) - max
                     top = max(top, s)
                 total = zero
@@ -372,10 +378,12 @@ def scratch(size, dtype):
     return buffer[:size]
 
 
-def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, scale, keep_probs, units):
+def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengths, num_heads, scale, keep_probs,
+                        units):
     """Scaled dot-product attention for `units` (from attention_units) on the calling thread.
 
-    q, k, v [B, T, H] (any strides, e.g. views into one fused QKV output); mask_bias [B, T]; lengths [B]
+    q, k, v [B, T, H] (any strides, e.g. views into one fused QKV output); position_bias None or
+    [B or 1, NH, T, T] added to the scaled scores; mask_bias [B, T]; lengths [B]
     from key_lengths: keys at and past lengths[b] are padding and are skipped (their probability is exactly
     0); scale a scalar of q's dtype; context [B, T, H]; probs [B, NH, T, T] written only when keep_probs.
     Every query row, padding included, is computed, as the reference does.
@@ -407,7 +415,9 @@ def attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, 
         rows = ((0, L), (L, T)) if L < T else ((0, T),)
         for lo, hi in rows:
             matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, :L], out=scores[:, :, lo:hi])
-        softmax_scores(scores, mask_bias[b0:b1], scale, inverse_sums)
+        texts = slice(b0, b1) if position_bias is not None and len(position_bias) > 1 else slice(0, 1)
+        bias = None if position_bias is None else position_bias[texts, h0:h1, :, :L]      # [G or 1, NH, T, L]
+        softmax_scores(scores, bias, mask_bias[b0:b1], scale, inverse_sums)
         if keep_probs:
             np.multiply(scores, inverse_sums[..., None], out=probs[b0:b1, h0:h1, :, :L])
             probs[b0:b1, h0:h1, :, L:] = 0
@@ -472,6 +482,6 @@ def warm_up(dtype=np.float32, activations=("gelu", "tanh")):
     for activation in activations:
         bias_kernel(activation)(one.copy(), vector)
     scores = np.ones((1, 1, 2, 2), dtype=dtype)
-    softmax_scores(scores, one[:1], dtype(1), np.empty((1, 1, 2), dtype=dtype))
+    softmax_scores(scores, None, one[:1], dtype(1), np.empty((1, 1, 2), dtype=dtype))
     strided = np.ones((1, 2, 1, 8), dtype=dtype).transpose(0, 2, 1, 3)[..., :4]      # like a context view
     scale_rows(strided, np.ones((1, 1, 2), dtype=dtype), 0)

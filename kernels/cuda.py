@@ -257,9 +257,20 @@ def kernels_for(dtype):
             i, rest = e // (B * C), e % (B * C)
             out[i, rest // C, rest % C] = x[i, rest // C, rest % C]
 
+    @cuda.jit
+    def gather_bias(out, buckets, table):
+        """out[0, h, i, j] = table[buckets[i, j], h]: a [1, NH, T, T] bias from [T, T] buckets and a
+        [buckets, NH] table (MPNet's relative positions), one element per thread step."""
+        NH, T = out.shape[1], out.shape[2]
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        for e in range(start, NH * T * T, step):
+            h, rest = e // (T * T), e % (T * T)
+            i, j = rest // T, rest % T
+            out[0, h, i, j] = table[buckets[i, j], h]
+
     return SimpleNamespace(dtype=dtype, block_sum=block_sum, layer_norm=layer_norm, add_layer_norm=add_layer_norm,
                            embed=embed, embed_layer_norm=embed_layer_norm, matmul=matmul, copy3=copy3,
-                           maths=maths)
+                           gather_bias=gather_bias, maths=maths)
 
 
 def keys_per_tile(dtype, head_size):
@@ -272,8 +283,9 @@ def keys_per_tile(dtype, head_size):
 
 
 @functools.lru_cache(maxsize=None)
-def attention_kernel(dtype, head_size, keys):
-    """The attention kernel for one dtype, head size and key-tile length (all compile-time constants)."""
+def attention_kernel(dtype, head_size, keys, biased=False):
+    """The attention kernel for one dtype, head size and key-tile length, with or without a position bias
+    (all compile-time constants: without one, the bias argument is never read)."""
     dtype = np.dtype(dtype)
     f = dtype.type
     ftype = numba.from_dtype(dtype)
@@ -282,12 +294,13 @@ def attention_kernel(dtype, head_size, keys):
     zero, one, neg_inf = f(0.0), f(1.0), f(-np.inf)
 
     @cuda.jit
-    def attention(context, probs, q, k, v, mask_bias, scale, keep_probs):
+    def attention(context, probs, q, k, v, position_bias, mask_bias, scale, keep_probs):
         """Scaled dot-product attention for a tile of queries of one (batch, head), online softmax.
 
         Grid (ceil(T / blockDim.x), NH, B); one thread per query, blockDim.x <= QUERIES_PER_BLOCK.
         q, k, v [B, T, H] (any strides, e.g. column slices of the fused QKV projection), head h at
-        columns h*HS:(h+1)*HS; mask_bias [B, T] added to every query's scores for each key; context
+        columns h*HS:(h+1)*HS; position_bias [B or 1, NH, T, T] added to the scaled scores when the
+        kernel is `biased`; mask_bias [B, T] added to every query's scores for each key; context
         [B, T, H]. Keys and values stream through shared memory KT at a time with a running maximum
         and sum (online softmax), so the [T, T] score matrix is never stored. When keep_probs, a second
         pass recomputes each tile's scores, normalises them with the final maximum and sum, and writes
@@ -307,6 +320,7 @@ def attention_kernel(dtype, head_size, keys):
         T = q.shape[1]
         lo = h * HS
         active = i < T
+        g = b if position_bias.shape[0] > 1 else 0      # the bias row of text b (one row: shared)
         for d in range(HS):
             qi[d] = q[b, i, lo + d] * scale if active else zero
             acc[d] = zero
@@ -326,6 +340,8 @@ def attention_kernel(dtype, head_size, keys):
                     dot = zero
                     for d in range(HS):
                         dot += qi[d] * sk[j, d]
+                    if biased:
+                        dot += position_bias[g, h, i, k0 + j]
                     s[j] = dot + sm[j]
                     if s[j] > top:
                         top = s[j]
@@ -358,6 +374,8 @@ def attention_kernel(dtype, head_size, keys):
                         dot = zero
                         for d in range(HS):
                             dot += qi[d] * sk[j, d]
+                        if biased:
+                            dot += position_bias[g, h, i, k0 + j]
                         sp[t, j] = math.exp(dot + sm[j] - m) * inv
                 cuda.syncthreads()
                 rows = nt if T - q0 > nt else T - q0
@@ -466,16 +484,20 @@ def pooler(out, hidden, w, bias):
     matmul_bias_act(out, hidden[:, 0], w, bias, activation="tanh")
 
 
-def attention(context, probs, q, k, v, mask_bias, num_heads, keep_probs):
+def attention(context, probs, q, k, v, mask_bias, num_heads, keep_probs, position_bias=None):
     """context [B, T, H] (and probs [B, NH, T, T] when keep_probs; else pass any 4-D array).
 
-    q, k, v [B, T, H] device arrays of any strides; mask_bias [B, T] device array of q's dtype.
+    q, k, v [B, T, H] device arrays of any strides; mask_bias [B, T] device array of q's dtype;
+    position_bias None or a [B or 1, NH, T, T] device array of q's dtype, added to the scaled scores.
     """
     check_shapes("attention", context=(context, "BTH"), q=(q, "BTH"), k=(k, "BTH"), v=(v, "BTH"),
                  mask_bias=(mask_bias, "BT"))
     B, T, H = tuple(q.shape)
     if H % num_heads:
         raise ValueError(f"attention: hidden size {H} is not a multiple of {num_heads} heads")
+    if position_bias is not None and tuple(position_bias.shape) not in ((B, num_heads, T, T), (1, num_heads, T, T)):
+        raise ValueError(f"attention: position_bias has shape {tuple(position_bias.shape)}, expected "
+                         f"{(B, num_heads, T, T)} or {(1, num_heads, T, T)}")
     if keep_probs:
         check_shapes("attention", q=(q, "BTH"), probs=(probs, "BNTS"))
         if tuple(probs.shape) != (B, num_heads, T, T):
@@ -485,11 +507,22 @@ def attention(context, probs, q, k, v, mask_bias, num_heads, keep_probs):
     head_size = H // num_heads
     dtype = context.dtype
     keys = keys_per_tile(dtype, head_size)
-    kernel = attention_kernel(dtype, head_size, keys)
+    kernel = attention_kernel(dtype, head_size, keys, position_bias is not None)
     threads = min(T, QUERIES_PER_BLOCK)
     grid = ((T + threads - 1) // threads, num_heads, B)
     scale = dtype.type(1.0 / math.sqrt(head_size))
-    kernel[grid, threads](context, probs, q, k, v, mask_bias, scale, bool(keep_probs))
+    bias = probs if position_bias is None else position_bias      # without a bias: any 4-D array, never read
+    kernel[grid, threads](context, probs, q, k, v, bias, mask_bias, scale, bool(keep_probs))
+
+
+def relative_position_bias(out, buckets, table):
+    """out [1, NH, T, T] = table [buckets, NH] at buckets [T, T] (int64), heads first."""
+    check_shapes("relative_position_bias", out=(out, "ONTS"), buckets=(buckets, "TS"), table=(table, "KN"))
+    if tuple(out.shape)[0] != 1:
+        raise ValueError(f"relative_position_bias: out has shape {tuple(out.shape)}, expected [1, NH, T, T]")
+    if out.size:
+        k = kernels_for(out.dtype)
+        k.gather_bias[min((out.size + 255) // 256, 4096), 256](out, buckets, table)
 
 
 def contiguous_copy(out, x):

@@ -78,11 +78,38 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def attention(q, k, v, mask_bias, num_heads, return_probs=False):
+def relative_position_buckets(T, num_buckets, max_distance):
+    """MPNet's (T5's) bucket of each query-key distance: [T, T] int64, row i the query, column j the key.
+
+    The first half of the buckets is for keys at or before the query, the second half for keys after it.
+    Within a half, the first num_buckets // 4 distances get a bucket each; longer distances share buckets
+    whose widths grow geometrically up to max_distance, and everything farther shares the last one.
+    """
+    distance = np.arange(T)[None, :] - np.arange(T)[:, None]                  # [T, T] key minus query position
+    half = num_buckets // 2                                                    # buckets per direction
+    exact = half // 2                                                          # distances 0..exact-1: one bucket each
+    after = np.where(distance > 0, half, 0)                                    # [T, T] keys after the query: 2nd half
+    n = np.abs(distance)                                                       # [T, T]
+    # log2, not ln: exact at powers of two, where the quotient is a whole number and a floor a rounding
+    # short of it would drop a bucket (transformers computes this in float32; the floors agree).
+    growth = np.log2(np.maximum(n, 1) / exact) / np.log2(max_distance / exact)   # [T, T] 0 at exact, 1 at max_distance
+    far = np.minimum(exact + (growth * (half - exact)).astype(np.int64), half - 1)   # [T, T]
+    return after + np.where(n < exact, n, far)                                 # [T, T] in [0, num_buckets)
+
+
+def relative_position_bias(table, T, num_buckets, max_distance):
+    """table [num_buckets, NH] -> [1, NH, T, T]: each head's learned score for the bucket of every
+    query-key distance, the same for every text and every layer."""
+    buckets = relative_position_buckets(T, num_buckets, max_distance)          # [T, T]
+    return np.ascontiguousarray(table[buckets].transpose(2, 0, 1)[None])      # [1, NH, T, T]
+
+
+def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
     """Multi-head scaled dot-product attention.
 
     q, k, v [B, T, H]; mask_bias [B, T] added to every query's scores for each key (0 keeps, a large
-    negative removes padding). Returns (context [B, T, H], probs [B, NH, T, T] or None).
+    negative removes padding); position_bias [B or 1, NH, T, T] or None, added to the scaled scores before
+    the mask (MPNet's relative positions). Returns (context [B, T, H], probs [B, NH, T, T] or None).
     """
     B, T, H = q.shape
     HS = H // num_heads
@@ -91,7 +118,10 @@ def attention(q, k, v, mask_bias, num_heads, return_probs=False):
         return x.reshape(B, T, num_heads, HS).transpose(0, 2, 1, 3)     # [B, NH, T, HS]
 
     scores = heads(q) @ heads(k).transpose(0, 1, 3, 2)                   # [B, NH, T, T]
-    scores = scores * (1.0 / math.sqrt(HS)) + mask_bias[:, None, None, :]
+    scores = scores * (1.0 / math.sqrt(HS))                              # [B, NH, T, T]
+    if position_bias is not None:
+        scores = scores + position_bias                                  # [B, NH, T, T]
+    scores = scores + mask_bias[:, None, None, :]                        # [B, NH, T, T]
     probs = softmax(scores)                                              # [B, NH, T, T]
     context = probs @ heads(v)                                           # [B, NH, T, HS]
     context = context.transpose(0, 2, 1, 3).reshape(B, T, H)             # [B, T, H]

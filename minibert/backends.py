@@ -1,10 +1,13 @@
 """The ops the model calls, chosen once at load: "numpy" (the reference) or "cpu" (Numba kernels).
 
-Every backend offers the same five functions with the same array-in, array-out contract:
+Every backend offers the same functions with the same array-in, array-out contract:
     embed(input_ids, position_ids, token_type_ids, word, position, token_type) -> [B, T, E]
     linear(x, w, b, activation=None)                  -> act(x @ w + b)
     layer_norm(x, gamma, beta, eps, residual=None)    -> LayerNorm(x + residual)
-    attention(q, k, v, mask_bias, num_heads, return_probs) -> (context [B, T, H], probs or None)
+    attention(q, k, v, mask_bias, num_heads, return_probs, position_bias=None)
+                                                      -> (context [B, T, H], probs or None);
+                                                         position_bias [B or 1, NH, T, T] or None
+    relative_position_bias(table, T, num_buckets, max_distance) -> [1, NH, T, T] (MPNet's, from a [buckets, NH] table)
     prepare(weights) -> weights in the form this backend computes with
     to_host(output)   -> the output with every array as a NumPy array (identity on the host backends)
 """
@@ -23,6 +26,7 @@ def numpy_ops():
     from .kernels import reference
     return SimpleNamespace(name="numpy", embed=reference.embed, linear=reference.linear,
                            layer_norm=reference.layer_norm, attention=reference.attention,
+                           relative_position_bias=reference.relative_position_bias,
                            prepare=lambda weights: weights, to_host=lambda output: output)
 
 
@@ -48,7 +52,7 @@ def cpu_ops():
     ~1e-6 on mean-pooled sentence vectors (tests/test_reliability.py measures and bounds both).
     """
     from . import threads
-    from .kernels import cpu
+    from .kernels import cpu, reference
 
     split_above = 1 << 16      # elements (multiply-adds / 32 for matmuls) below which one thread is quicker
 
@@ -110,7 +114,7 @@ def cpu_ops():
         threads.WORKERS.run(piece, pieces(len(x2), x2.size))
         return out
 
-    def attention(q, k, v, mask_bias, num_heads, return_probs=False):
+    def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
         B, T, H = q.shape
         context = np.empty((B, T, H), dtype=q.dtype)
         probs = np.empty((B, num_heads, T, T) if return_probs else (1, 1, 1, 1), dtype=q.dtype)
@@ -118,18 +122,21 @@ def cpu_ops():
         if B * T == 0:
             return context, (probs if return_probs else None)
         mask_bias = np.ascontiguousarray(mask_bias, dtype=q.dtype)
+        if position_bias is not None:
+            position_bias = np.asarray(position_bias, dtype=q.dtype)                  # [B or 1, NH, T, T]
         lengths = cpu.key_lengths(mask_bias)                         # [B] keys up to each text's last real one
         units, cost = cpu.attention_units(lengths, num_heads, T)     # whole texts, or heads of long ones
 
         def piece(first, last):
-            cpu.attention_units_run(context, probs, q, k, v, mask_bias, lengths, num_heads, scale,
+            cpu.attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengths, num_heads, scale,
                                     return_probs, units[first:last])
         with threads.BLAS:
             threads.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
         return context, (probs if return_probs else None)
 
     return SimpleNamespace(name="cpu", embed=embed, linear=linear, layer_norm=layer_norm,
-                           attention=attention, prepare=lambda weights: weights,
+                           attention=attention, relative_position_bias=reference.relative_position_bias,
+                           prepare=lambda weights: weights,
                            to_host=lambda output: output)
 
 

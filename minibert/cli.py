@@ -52,16 +52,16 @@ def cmd_inspect(args):
     from .config import SWITCH_FIELDS
     for key, value in vars(c).items():
         if key not in SWITCH_FIELDS:
-            print(f"  {key:<26}{value}")
+            print(f"  {key:<32}{value}")
     print("switches")
     for key in SWITCH_FIELDS:
-        print(f"  {key:<26}{getattr(c, key)}")
-    print(f"  {'max_tokens':<26}{c.max_tokens}")
+        print(f"  {key:<32}{getattr(c, key)}")
+    print(f"  {'max_tokens':<32}{c.max_tokens}")
     print(f"tokenizer   {model.tokenizer.kind}, vocabulary {model.tokenizer.vocab_size}, "
           f"max_length {model.tokenizer.max_length}")
     counts = parameter_counts(model.weights)
     for block, n in counts.items():
-        print(f"  {block:<26}{n:>12,}")
+        print(f"  {block:<32}{n:>12,}")
     print(f"parameters  {sum(counts.values()):,}")
     if args.check:
         from pathlib import Path

@@ -14,10 +14,13 @@ from pathlib import Path
 from .errors import ConfigError
 from .kernels.reference import ACTIVATION_FUNCTIONS
 
-SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet")
 # hidden_act values: the activation table's names less tanh, which only the pooler uses
 ACTIVATIONS = tuple(name for name in ACTIVATION_FUNCTIONS if name != "tanh")
 POSITION_RULES = ("index", "skip_padding")   # see minibert.model.position_ids
+# MPNet's relative positions (transformers' MPNetEncoder.compute_position_bias, fixed there too): distances
+# fall into this many buckets, the widest of which starts at RELATIVE_MAX_DISTANCE.
+RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE = 32, 128
 
 # Why some encoder-like families are not supported: they are not BERT's absolute-position, post-LN encoder.
 UNSUPPORTED_REASONS = {
@@ -26,7 +29,6 @@ UNSUPPORTED_REASONS = {
     "transfo-xl": "relative positions and segment recurrence",
     "deberta": "disentangled attention over relative positions",
     "deberta-v2": "disentangled attention over relative positions",
-    "mpnet": "relative position bias in every attention layer",
     "funnel": "the sequence is pooled shorter between blocks",
     "longformer": "sliding-window plus global attention",
     "big_bird": "block-sparse attention",
@@ -85,10 +87,12 @@ FAMILY_KEYS = {
     "electra": ("embedding_size",),
     "albert": ("embedding_size", "num_hidden_groups"),
     "distilbert": ("sinusoidal_positions",),
+    "mpnet": ("relative_attention_num_buckets",),
 }
 # ... switch values that differ from BERT's when config.json does not set them ...
 FAMILY_DEFAULTS = {
     "albert": {"num_hidden_groups": 1},           # AlbertConfig's default: every layer shares one set
+    "mpnet": {"relative_attention_num_buckets": 32},   # MPNetConfig's default
 }
 # ... and switch values its architecture fixes, whatever config.json says.
 FAMILY_FIXED = {
@@ -96,6 +100,9 @@ FAMILY_FIXED = {
     "xlm-roberta": {"position_rule": "skip_padding"},
     "albert": {"embedding_projection": True},
     "distilbert": {"token_type_embeddings": False, "type_vocab_size": 1, "layer_norm_eps": 1e-12},
+    # MPNet numbers positions from padding index 1 whatever config.json's pad_token_id says.
+    "mpnet": {"position_rule": "skip_padding", "token_type_embeddings": False, "type_vocab_size": 1,
+              "pad_token_id": 1},
 }
 
 # Keys that are known but only accepted at the value that means "plain absolute-position encoder".
@@ -132,6 +139,8 @@ class Config:
                                     #   tokens count from pad_token_id + 1, padding gets pad_token_id
     token_type_embeddings: bool     # True: False for DistilBERT, which has no segment table
     sinusoidal_positions: bool      # False: True for DistilBERT's sinusoidal_pos_embds (fixed sin/cos table)
+    relative_attention_num_buckets: int   # 0: no relative position bias; MPNet 32, rows of a [buckets, NH]
+                                    #   table added to every attention score by the bucket of key - query
 
     @property
     def head_size(self) -> int:
@@ -145,7 +154,7 @@ class Config:
 
 # The family switches, for `minibert inspect` and anything else that reports them.
 SWITCH_FIELDS = ("embedding_size", "embedding_projection", "num_hidden_groups", "position_rule",
-                 "token_type_embeddings", "sinusoidal_positions")
+                 "token_type_embeddings", "sinusoidal_positions", "relative_attention_num_buckets")
 BERT_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
              "layer_norm_eps", "pad_token_id")
@@ -227,6 +236,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
     values.setdefault("position_rule", "index")
     values.setdefault("token_type_embeddings", True)
     values.setdefault("sinusoidal_positions", False)
+    values.setdefault("relative_attention_num_buckets", 0)
     try:
         check_types(values, where)
         config = Config(**values)
@@ -271,6 +281,10 @@ def check_values(c: Config, where: str) -> None:
     if not c.embedding_projection and c.embedding_size != c.hidden_size:
         raise ConfigError(f"{where}: embedding_size {c.embedding_size} differs from hidden_size {c.hidden_size} "
                           "but the family has no embedding projection")
+    if c.relative_attention_num_buckets not in (0, RELATIVE_BUCKETS):
+        raise ConfigError(f"{where}: relative_attention_num_buckets must be {RELATIVE_BUCKETS}, found "
+                          f"{c.relative_attention_num_buckets} (transformers' MPNet buckets distances into "
+                          f"{RELATIVE_BUCKETS} whatever this says, so a table of another size would be misread)")
     if c.position_rule not in POSITION_RULES:
         raise ConfigError(f"{where}: position_rule {c.position_rule!r} is not one of {', '.join(POSITION_RULES)}")
     if c.max_tokens < 1:

@@ -133,7 +133,7 @@ def cuda_ops():
     cuda = import_numba_cuda()
     if not cuda.is_available():
         raise BackendError(NO_DEVICE.format(reason=no_device_reason(cuda)))
-    from .kernels import cuda as kernels
+    from .kernels import cuda as kernels, reference
 
     try:   # launches of a few blocks (small batches) are expected, not a mistake worth a warning
         from numba.core.errors import NumbaPerformanceWarning
@@ -207,7 +207,7 @@ def cuda_ops():
 
     probs_placeholder = {}
 
-    def attention(q, k, v, mask_bias, num_heads, return_probs=False):
+    def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
         q, k, v = device(q), device(k), device(v)
         B, T, H = q.shape
         if H % num_heads:
@@ -219,8 +219,22 @@ def cuda_ops():
             if q.dtype not in probs_placeholder:
                 probs_placeholder[q.dtype] = empty((1, 1, 1, 1), q.dtype)
             probs = probs_placeholder[q.dtype]
-        kernels.attention(context, probs, q, k, v, device_mask(mask_bias, q.dtype), num_heads, return_probs)
+        kernels.attention(context, probs, q, k, v, device_mask(mask_bias, q.dtype), num_heads, return_probs,
+                          position_bias=None if position_bias is None else device(position_bias, q.dtype))
         return DeviceTensor(context), (DeviceTensor(probs) if return_probs else None)
+
+    bucket_cache = {}    # (T, num_buckets, max_distance) -> device buckets [T, T]: uploaded once per length
+
+    def relative_position_bias(table, T, num_buckets, max_distance):
+        """The buckets on the host (reference.py's integers, the spec), gathered from the table on the device."""
+        key = (T, num_buckets, max_distance)
+        if key not in bucket_cache:
+            bucket_cache.clear()
+            bucket_cache[key] = cuda.to_device(reference.relative_position_buckets(T, num_buckets, max_distance))
+        table = device(table)
+        out = empty((1, table.shape[1], T, T), table.dtype)
+        kernels.relative_position_bias(out, bucket_cache[key], table)
+        return DeviceTensor(out)
 
     def prepare(weights):
         """The weights dict with every array uploaded once (same structure, DeviceTensors); an array
@@ -238,7 +252,8 @@ def cuda_ops():
         return map_arrays(value, lambda a: a, device_array=lambda t: t.copy_to_host())
 
     return SimpleNamespace(name="cuda", embed=embed, linear=linear, layer_norm=layer_norm, attention=attention,
-                           prepare=prepare, to_host=to_host, synchronize=cuda.synchronize,
+                           relative_position_bias=relative_position_bias, prepare=prepare, to_host=to_host,
+                           synchronize=cuda.synchronize,
                            implementation=getattr(cuda, "implementation", "unknown"),
                            simulator=os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"))
 

@@ -8,10 +8,11 @@ add (post-LN), and padding removed by adding a large negative number to masked k
 `ops` (see minibert.backends) supplies embed, linear, layer_norm and attention; nothing here knows
 which device or library runs them.
 
-Every supported family (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT) runs through the same `encoder`.
-Their differences arrive as data, never as a branch on the family's name: the config's position_rule
+Every supported family (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT, MPNet) runs through the same
+`encoder`. Their differences arrive as data, never as a branch on the family's name: the config's position_rule
 (`make_position_ids`), an embedding projection present or None in the weights, a `layers` list that may hold
-one dict several times (ALBERT's shared layers), a zero token-type row (DistilBERT).
+one dict several times (ALBERT's shared layers), a zero token-type row (DistilBERT, MPNet), a relative position
+bias table present or None (MPNet: `relative_position_bias`, added to every layer's attention scores).
 """
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from .config import RELATIVE_MAX_DISTANCE
 from .errors import InputError
 
 # Sub-layer activations each layer can return on request (forward's `capture`), as "layer{i}.{name}" with
@@ -85,12 +87,20 @@ def project_embeddings(x, *, w, b, ops):
     return ops.linear(x, w, b)                                               # [B, T, H]
 
 
-def self_attention(x, mask_bias, *, qkv, attn_out, attn_ln, ops, num_heads, eps, return_probs):
-    """Multi-head self-attention, output projection, residual add, LayerNorm."""
+def relative_position_bias(T, *, table, ops, config):
+    """MPNet: each head's learned score for the bucket of every key's distance from the query, [1, NH, T, T];
+    the same for every text and layer (table [buckets, NH], bucketing in kernels/reference.py)."""
+    return ops.relative_position_bias(table, T, config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)
+
+
+def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops, num_heads, eps, return_probs):
+    """Multi-head self-attention (position_bias [1, NH, T, T] or None added to the scaled scores), output
+    projection, residual add, LayerNorm."""
     H = x.shape[-1]
     fused = ops.linear(x, qkv["w"], qkv["b"])                               # [B, T, 3H]
     q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]       # 3 x [B, T, H]
-    context, probs = ops.attention(q, k, v, mask_bias, num_heads, return_probs)   # [B, T, H], [B, NH, T, T]
+    context, probs = ops.attention(q, k, v, mask_bias, num_heads, return_probs,
+                                   position_bias=position_bias)     # [B, T, H], [B, NH, T, T]
     projected = ops.linear(context, attn_out["w"], attn_out["b"])           # [B, T, H]
     out = ops.layer_norm(projected, attn_ln["g"], attn_ln["b"], eps, residual=x)   # [B, T, H]
     return out, {"query": q, "key": k, "value": v, "attention.probs": probs,
@@ -105,15 +115,16 @@ def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops, activation, eps):
     return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
 
 
-def encoder_layer(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config, keep=frozenset()):
+def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config,
+                  keep=frozenset()):
     """One transformer encoder layer: attention block then feed-forward block, each post-LN.
 
     Returns the output and the internals named in `keep` (see INTERNALS). The others are let go as soon as
     the next step no longer needs them: they are several times the size of the output.
     """
     eps = config.layer_norm_eps
-    attended, inside = self_attention(x, mask_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops,
-                                      num_heads=config.num_attention_heads, eps=eps,
+    attended, inside = self_attention(x, mask_bias, position_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln,
+                                      ops=ops, num_heads=config.num_attention_heads, eps=eps,
                                       return_probs="attention.probs" in keep)   # [B, T, H]
     kept = {name: value for name, value in {**inside, "attention.layer_norm": attended}.items() if name in keep}
     del inside                  # q, k, v (one [B, T, 3H] array), context: not needed by the feed-forward
@@ -151,6 +162,9 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     """
     num_layers = config.num_hidden_layers if num_layers is None else num_layers
     mask_bias = additive_mask(attention_mask, dtype)                        # [B, T]
+    position_bias = (relative_position_bias(input_ids.shape[1], **weights["relative_attention_bias"], ops=ops,
+                                            config=config)                  # [1, NH, T, T]
+                     if weights.get("relative_attention_bias") is not None else None)
     x = embeddings(input_ids, position_ids, token_type_ids, **weights["embeddings"], ops=ops,
                    eps=config.layer_norm_eps)                               # [B, T, E]
     if weights.get("embedding_projection") is not None:
@@ -159,7 +173,7 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     for i, layer_weights in enumerate(weights["layers"][:num_layers], start=1):
         keep = {name for name in INTERNALS if capture_name(i, name) in capture}
         keep |= {"attention.probs"} if output_attentions else set()
-        x, kept = encoder_layer(x, mask_bias, **layer_weights, ops=ops, config=config,
+        x, kept = encoder_layer(x, mask_bias, position_bias, **layer_weights, ops=ops, config=config,
                                 keep=frozenset(keep))                        # [B, T, H]
         yield LayerOutput(index=i, hidden_state=x,
                           attention=kept["attention.probs"] if output_attentions else None,

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from .errors import MiniBertError
-from .model import capture_name
+from .model import capture_name, relative_position_bias
 
 
 class ReferenceMissing(MiniBertError):
@@ -96,6 +96,12 @@ ALBERT = {         # encoder.albert_layer_groups[g].albert_layers[j], each calle
     "attention.layer_norm": ("attention.LayerNorm", "out"), "ffn.intermediate": ("ffn_output", "in"),
     "ffn.output": ("ffn_output", "out"),
 }
+MPNET = {          # encoder.layer[i]; the context enters the output projection attn.o
+    "query": ("attention.attn.q", "out"), "key": ("attention.attn.k", "out"), "value": ("attention.attn.v", "out"),
+    "attention.context": ("attention.attn.o", "in"), "attention.output": ("attention.attn.o", "out"),
+    "attention.layer_norm": ("attention.LayerNorm", "out"), "ffn.intermediate": ("intermediate", "out"),
+    "ffn.output": ("output.dense", "out"),
+}
 ORDER = ("query", "key", "value", "attention.probs", "attention.context", "attention.output",
          "attention.layer_norm", "ffn.intermediate", "ffn.output")
 
@@ -103,22 +109,25 @@ ORDER = ("query", "key", "value", "attention.probs", "attention.context", "atten
 def hooked_layers(reference):
     """(distinct layer modules in call order, internal -> (path, which)) for the reference's layout."""
     encoder = getattr(reference, "encoder", None)
+    if hasattr(encoder, "relative_attention_bias"):
+        return list(encoder.layer), MPNET
     if hasattr(encoder, "layer"):
         return list(encoder.layer), BERT_STYLE
     if hasattr(getattr(reference, "transformer", None), "layer"):
         return list(reference.transformer.layer), DISTILBERT
     if hasattr(encoder, "albert_layer_groups"):
         return [layer for group in encoder.albert_layer_groups for layer in group.albert_layers], ALBERT
-    raise MiniBertError(f"--ops knows the modules of BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT and ALBERT; "
+    raise MiniBertError(f"--ops knows the modules of BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ALBERT and MPNet; "
                         f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
 
 
 def compare_ops(model, texts):
     """Every captured internal against the same tensor inside transformers, in the order they are computed.
 
-    Returns rows (operation name, stats); the embedding output comes first, then per layer Q, K, V,
-    attention probabilities, context, output projection, LayerNorm, activation output, output projection,
-    and the layer output, named as `capture=` names them ("layer1.query", ..., "layer1.output").
+    Returns rows (operation name, stats); the embedding output comes first (then MPNet's position bias), then
+    per layer Q, K, V, attention probabilities, context, output projection, LayerNorm, activation output,
+    output projection, and the layer output, named as `capture=` names them ("layer1.query", ...,
+    "layer1.output").
     """
     batch = model.tokenize(texts)
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True,
@@ -144,6 +153,12 @@ def compare_ops(model, texts):
             handle.remove()
     mask = batch.attention_mask
     rows = [("embeddings", difference(ours.hidden_states[0], out.hidden_states[0].numpy(), mask))]
+    if model.weights.get("relative_attention_bias") is not None:    # MPNet: one bias [1, NH, T, T] for every layer
+        bias = relative_position_bias(batch.input_ids.shape[1], **model.weights["relative_attention_bias"],
+                                      ops=model.ops, config=model.config)
+        with torch.no_grad():
+            theirs = reference.encoder.compute_position_bias(out.hidden_states[0]).numpy()   # [B, NH, T, T]
+        rows.append(("position_bias", difference(model.ops.to_host(bias)[0], theirs[0])))
     for i in range(1, model.config.num_hidden_layers + 1):      # layer i: transformers' calls i - 1, attentions[i - 1]
         for internal in ORDER:
             theirs = out.attentions[i - 1].numpy() if internal == "attention.probs" else seen[internal][i - 1]

@@ -48,8 +48,21 @@ def softmax(s):
     return e / e.sum(-1, keepdims=True)
 
 
-def formula_layer(x, w, config):
-    """One encoder layer from the formulas; returns every intermediate by name."""
+def mpnet_bucket(distance, buckets=32, max_distance=128):
+    """MPNet's bucket of one key - query distance: half the buckets per direction, a bucket per distance
+    below a quarter of them, then log-spaced up to max_distance (transformers' relative_position_bucket)."""
+    half = buckets // 2
+    exact = half // 2
+    n = abs(distance)
+    if n < exact:
+        return (half if distance > 0 else 0) + n
+    far = exact + int(math.log2(n / exact) / math.log2(max_distance / exact) * (half - exact))
+    return (half if distance > 0 else 0) + min(far, half - 1)
+
+
+def formula_layer(x, w, config, bias_table=None):
+    """One encoder layer from the formulas; returns every intermediate by name. bias_table [32, NH]:
+    MPNet's relative position bias, added to the scaled scores."""
     H, NH = x.shape[-1], config.num_attention_heads
     HS = H // NH
     T = x.shape[0]
@@ -57,7 +70,11 @@ def formula_layer(x, w, config):
     bq, bk, bv = np.split(w["qkv"]["b"], 3)
     q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv                  # [T, H]
     qh, kh, vh = (a.reshape(T, NH, HS).transpose(1, 0, 2) for a in (q, k, v))   # [NH, T, HS]
-    probs = softmax(qh @ kh.transpose(0, 2, 1) / math.sqrt(HS))     # [NH, T, T]
+    scores = qh @ kh.transpose(0, 2, 1) / math.sqrt(HS)             # [NH, T, T]
+    if bias_table is not None:                                       # MPNet: + table[bucket(j - i), h]
+        buckets = np.array([[mpnet_bucket(j - i) for j in range(T)] for i in range(T)])   # [T, T]
+        scores = scores + bias_table[buckets].transpose(2, 0, 1)    # [NH, T, T]
+    probs = softmax(scores)                                          # [NH, T, T]
     context = (probs @ vh).transpose(1, 0, 2).reshape(T, H)         # [T, H]
     attn_out = context @ w["attn_out"]["w"] + w["attn_out"]["b"]    # [T, H]
     a = layer_norm(x + attn_out, w["attn_ln"]["g"], w["attn_ln"]["b"], config.layer_norm_eps)
@@ -86,10 +103,12 @@ def walkthrough(model, text=DEFAULT_TEXT):
         x = x @ w["embedding_projection"]["w"] + w["embedding_projection"]["b"]
     steps.append(Step("embeddings", "minibert/model.py: embeddings",
                       "LayerNorm(word[ids] + position[positions] + token_type[types])", out.hidden_states[0][0], x))
-    inside = formula_layer(x, w["layers"][0], c)
+    table = (w.get("relative_attention_bias") or {}).get("table")   # MPNet's [32, NH], else None
+    inside = formula_layer(x, w["layers"][0], c, table)
     detail = [("query", "x Wq + bq  (one fused matmul x [Wq|Wk|Wv] in minibert)"),
               ("key", "x Wk + bk"), ("value", "x Wv + bv"),
-              ("attention.probs", "softmax(Q_h K_h^T / sqrt(HS) + mask), per head h"),
+              ("attention.probs", "softmax(Q_h K_h^T / sqrt(HS) + mask), per head h"
+                                  + (" (+ relative position bias)" if table is not None else "")),
               ("attention.context", "concat_h(probs_h V_h)"),
               ("attention.output", "context Wo + bo"),
               ("attention.layer_norm", "LayerNorm(x + attention.output)"),
@@ -103,7 +122,7 @@ def walkthrough(model, text=DEFAULT_TEXT):
     steps.append(Step("layer 1 output", "minibert/model.py: encoder_layer", "LayerNorm(a + ffn.output)",
                       out.hidden_states[1][0], x))
     for i in range(1, c.num_hidden_layers):
-        x = formula_layer(x, w["layers"][i], c)["out"]
+        x = formula_layer(x, w["layers"][i], c, table)["out"]
         steps.append(Step(f"layer {i + 1} output", "minibert/model.py: encoder_layer", "the same layer, its own weights",
                           out.hidden_states[i + 1][0], x))
     # What model.encode(text) does with the last layer (minibert/encode.py: encode calls these two).

@@ -8,11 +8,13 @@ model reads `x @ w + b`, and Q, K, V fused into one (H, 3H) projection. E is the
      "embedding_projection": {"w": [E, H], "b": [H]} or None,
      "layers": [{"qkv": {"w": [H, 3H], "b": [3H]}, "attn_out": {"w": [H, H], "b": [H]}, "attn_ln": {...},
                  "ffn_in": {"w": [H, I], "b": [I]}, "ffn_out": {"w": [I, H], "b": [H]}, "ffn_ln": {...}}, ...],
-     "pooler": {"w": [H, H], "b": [H]} or None}
+     "pooler": {"w": [H, H], "b": [H]} or None,
+     "relative_attention_bias": {"table": [buckets, NH]} or None}
 
 Families differ only in names and in what is present: "layers" holds num_hidden_layers entries, but ALBERT's
 point to the same dict objects (one per hidden group), DistilBERT's token_type is one row of zeros (it has
-no segment embedding), and only ALBERT and ELECTRA have an embedding projection.
+no segment embedding), only ALBERT and ELECTRA have an embedding projection, and only MPNet a relative
+position bias table (one for all layers).
 """
 
 import json
@@ -106,6 +108,22 @@ DISTILBERT_LAYER = [
     ("ffn_ln.b",   "transformer.layer.{i}.output_layer_norm.bias",     "as_is"),
 ]
 
+# MPNet: no segment table (the loader supplies a zero row); q, k, v, o under attention.attn; one relative
+# position bias table for all layers, in the encoder.
+MPNET_LAYER = [
+    ("qkv.w", ("encoder.layer.{i}.attention.attn.q.weight", "encoder.layer.{i}.attention.attn.k.weight",
+               "encoder.layer.{i}.attention.attn.v.weight"), "transpose_concat"),
+    ("qkv.b", ("encoder.layer.{i}.attention.attn.q.bias", "encoder.layer.{i}.attention.attn.k.bias",
+               "encoder.layer.{i}.attention.attn.v.bias"), "concat"),
+    ("attn_out.w", "encoder.layer.{i}.attention.attn.o.weight",      "transpose"),
+    ("attn_out.b", "encoder.layer.{i}.attention.attn.o.bias",        "as_is"),
+    ("attn_ln.g",  "encoder.layer.{i}.attention.LayerNorm.weight",   "as_is"),
+    ("attn_ln.b",  "encoder.layer.{i}.attention.LayerNorm.bias",     "as_is"),
+] + [row for row in BERT_LAYER if row[0].startswith("ffn_")]
+MPNET_RELATIVE_BIAS = [
+    ("relative_attention_bias.table", "encoder.relative_attention_bias.weight", "as_is"),
+]
+
 
 @dataclass(frozen=True)
 class Names:
@@ -116,6 +134,7 @@ class Names:
     pooler: list          # read when every tensor it names is present, else pooler None
     model_prefixes: tuple  # what task-head checkpoints (BertForMaskedLM, ...) put before the encoder's names
     ignored_prefixes: tuple  # task heads and buffers the encoder does not use
+    relative_bias: list = ()  # read only when config.relative_attention_num_buckets
 
 
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -129,6 +148,8 @@ FAMILY_NAMES = {
                     ("predictions.", "sop_classifier.") + BUFFERS),
     "distilbert": Names(DISTILBERT_EMBEDDINGS, [], DISTILBERT_LAYER, [], ("distilbert.",),
                         ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.") + BUFFERS),
+    "mpnet": Names(DISTILBERT_EMBEDDINGS, [], MPNET_LAYER, BERT_POOLER, ("mpnet.",), ("lm_head.",) + BUFFERS,
+                   MPNET_RELATIVE_BIAS),
 }
 # Older TensorFlow-converted checkpoints name LayerNorm parameters gamma/beta.
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
@@ -144,6 +165,7 @@ def expected_shapes(c: Config) -> dict:
         "attn_ln.g": (H,), "attn_ln.b": (H,), "ffn_in.w": (H, I), "ffn_in.b": (I,),
         "ffn_out.w": (I, H), "ffn_out.b": (H,), "ffn_ln.g": (H,), "ffn_ln.b": (H,),
         "pooler.w": (H, H), "pooler.b": (H,),
+        "relative_attention_bias.table": (c.relative_attention_num_buckets, c.num_attention_heads),
     }
 
 
@@ -414,6 +436,8 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
     weights["layers"] = [weight_sets[g] for g in weight_set_of_layer(config)]
     has_pooler = bool(names.pooler) and all(name in by_name for _, name, _ in names.pooler)
     weights["pooler"] = nest(names.pooler)["pooler"] if has_pooler else None
+    weights["relative_attention_bias"] = (nest(names.relative_bias)["relative_attention_bias"]
+                                          if config.relative_attention_num_buckets else None)
 
     unexpected = sorted(original for name, original in by_name.items()
                         if original not in used and not name.startswith(names.ignored_prefixes))
@@ -463,4 +487,6 @@ def parameter_counts(weights: dict) -> dict:
             name = f"layer{','.join(map(str, indices))} (shared)"
         counts[name] = count(layer)
     counts["pooler"] = count(weights["pooler"])
+    if weights.get("relative_attention_bias") is not None:
+        counts["relative_attention_bias"] = count(weights["relative_attention_bias"])
     return counts

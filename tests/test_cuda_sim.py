@@ -245,10 +245,13 @@ def test_kernels_compile_to_ptx_within_shared_memory_limits():
             for layout in ("C", "A"):
                 check("matmul", k.matmul, (arr(dt, 2), arr(dt, 2, layout), arr(dt, 2), arr(dt, 1), types.int64), dt)
             check("copy3", k.copy3, (arr(dt, 3), arr(dt, 3, "A")), dt)
+            check("gather_bias", k.gather_bias, (arr(dt, 4), ids, arr(dt, 2)), dt)
             for hs in (4, 32, 64, 128):
-                kernel = K.attention_kernel(dt, hs, K.keys_per_tile(dt, hs))
-                check(f"attention_hs{hs}", kernel, (arr(dt, 3), arr(dt, 4), arr(dt, 3, "A"), arr(dt, 3, "A"),
-                                                     arr(dt, 3, "A"), arr(dt, 2), F, types.boolean), dt)
+                for biased in (False, True):
+                    kernel = K.attention_kernel(dt, hs, K.keys_per_tile(dt, hs), biased)
+                    check(f"attention_hs{hs}{'_biased' if biased else ''}", kernel,
+                          (arr(dt, 3), arr(dt, 4), arr(dt, 3, "A"), arr(dt, 3, "A"), arr(dt, 3, "A"), arr(dt, 4, "A"),
+                           arr(dt, 2), F, types.boolean), dt)
         print("ok")
         """, env=plain_env(CUDA_HOME=home), timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -431,6 +434,43 @@ def test_attention_online_softmax_padding_and_strided_views(K, dev, dtype, B, T,
 
 
 @on_device
+@pytest.mark.parametrize("dtype, B, T, NH, HS, bias_rows", [
+    (np.float32, 3, 9, 2, 4, 1),      # MPNet's: one [1, NH, T, T] bias shared by the batch
+    (np.float32, 2, 40, 2, 4, 2),     # one per text; two key tiles
+    (np.float64, 3, 9, 2, 4, 1),
+])
+def test_attention_adds_a_position_bias(K, dev, dtype, B, T, NH, HS, bias_rows):
+    from minibert.kernels import reference
+    rng = np.random.default_rng(7)
+    fused, (q, k, v), bias = padded_attention_inputs(rng, B, T, NH, HS, dtype)
+    position_bias = rand(rng, bias_rows, NH, T, T, dtype=dtype, scale=2)
+    H = NH * HS
+    dfused = dev(fused)
+    dq, dk, dv = dfused[:, :, :H], dfused[:, :, H:2 * H], dfused[:, :, 2 * H:]
+    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True, position_bias=position_bias)
+    context, probs = dev(np.zeros((B, T, H), dtype)), dev(np.full((B, NH, T, T), np.nan, dtype))
+    K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(position_bias))
+    np.testing.assert_allclose(host(probs), want_probs, atol=tol(dtype), rtol=0)
+    np.testing.assert_allclose(host(context), want_ctx, atol=tol(dtype, 10), rtol=0)
+    assert np.abs(want_probs - reference.attention(q, k, v, bias, NH, True)[1]).max() > 0.1   # the bias matters
+    with pytest.raises(ValueError, match="position_bias has shape"):
+        one_head = np.ascontiguousarray(position_bias[:, :1])          # [rows, 1, T, T]: a head short
+        K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(one_head))
+
+
+@on_device
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relative_position_bias_gathers_the_reference_buckets(dtype):
+    """T = 140: distances past max_distance 128, so every bucket of the table is read."""
+    from minibert.backends import make_ops, numpy_ops
+    ops = make_ops("cuda")
+    table = rand(np.random.default_rng(8), 32, 3, dtype=dtype)
+    want = numpy_ops().relative_position_bias(table, 140, 32, 128)                  # [1, NH, T, T]
+    ours = ops.to_host(ops.relative_position_bias(ops.prepare(table), 140, 32, 128))
+    np.testing.assert_array_equal(ours, want)
+
+
+@on_device
 def test_contiguous_copy_of_a_strided_view(K, dev):
     x = np.arange(2 * 5 * 12, dtype=np.float32).reshape(2, 5, 12)
     out = dev(np.zeros((2, 5, 4), np.float32))
@@ -564,10 +604,11 @@ def test_forward_tanh_gelu_without_pooler_and_fewer_layers(tiny_models):
 
 
 @on_device
-@pytest.mark.parametrize("name", ["albert_groups"])
+@pytest.mark.parametrize("name", ["albert_groups", "mpnet"])
 def test_model_families_against_their_transformers_goldens(name):
     """A family through the CUDA ops, against goldens written by transformers. ALBERT exercises what reaches
     the device: an embedding projection (E -> H), tanh GELU, layer groups sharing weights (uploaded once).
+    MPNet: its relative position bias, gathered on the device and added in the attention kernel.
     The other families differ in host-side data only (position ids, token-type tables); with a GPU, every
     name of tests/test_families.py can be added here (the simulator is too slow for all of them).
 

@@ -22,7 +22,9 @@ from minibert.weights import parameter_counts, sinusoidal_positions
 
 FAMILIES_DIR = Path(__file__).parent / "fixtures" / "families"
 FAMILIES = ["bert_cased", "bert_chinese", "bert_multilingual", "roberta", "xlm_roberta", "distilbert",
-            "distilbert_sinusoidal", "electra", "electra_generator", "albert", "albert_groups"]
+            "distilbert_sinusoidal", "electra", "electra_generator", "albert", "albert_groups", "mpnet", "mpnet_mlm"]
+# Families whose goldens were also computed in float64 (f64_*): held to 1e-10 there.
+FLOAT64_FAMILIES = ["mpnet", "mpnet_mlm"]
 # The padded batch of make_families.py: (text, pair or None) per row.
 BATCH = [("Hello world!", None), ("The lazy dog sleeps in a café.", None),
          ("Where is Zürich?", "Not in 北京."), ("Привет, мир! 🍕", None)]
@@ -53,10 +55,10 @@ def rewrite_config(directory: Path, **changes):
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def max_differences(out, g):
-    hidden = max(np.abs(h - g[f"hidden_state_{i}"]).max() for i, h in enumerate(out.hidden_states))
-    attention = max(np.abs(a - g[f"attention_{i}"]).max() for i, a in enumerate(out.attentions))
-    pooler = np.abs(out.pooler_output - g["pooler_output"]).max() if "pooler_output" in g else 0.0
+def max_differences(out, g, prefix=""):
+    hidden = max(np.abs(h - g[f"{prefix}hidden_state_{i}"]).max() for i, h in enumerate(out.hidden_states))
+    attention = max(np.abs(a - g[f"{prefix}attention_{i}"]).max() for i, a in enumerate(out.attentions))
+    pooler = np.abs(out.pooler_output - g[f"{prefix}pooler_output"]).max() if f"{prefix}pooler_output" in g else 0.0
     return hidden, attention, pooler
 
 
@@ -75,6 +77,16 @@ def test_every_hidden_state_attention_and_pooler_within_1e_4(name, backend, dtyp
     assert (out.pooler_output is None) == ("pooler_output" not in g)
     hidden, attention, pooler = max_differences(out, g)
     assert hidden < 1e-4 and attention < 1e-4 and pooler < 1e-4, (hidden, attention, pooler)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("name", FLOAT64_FAMILIES)
+def test_float64_within_1e_10_of_transformers_float64(name, backend):
+    g, model = family_golden(name), family_model(name, backend, "float64")
+    out = model.forward(g["input_ids"], g["attention_mask"], output_attentions=True)
+    assert out.last_hidden_state.dtype == np.float64
+    hidden, attention, pooler = max_differences(out, g, "f64_")
+    assert hidden < 1e-10 and attention < 1e-10 and pooler < 1e-10, (hidden, attention, pooler)
 
 
 # --- tokenization: awkward strings and the batch, ids and offsets ---
@@ -182,9 +194,9 @@ def test_parameter_counts_cover_each_checkpoint_tensor_once(name):
     """Shared layers count once; task heads are left out; DistilBERT's zero token-type row is the one extra."""
     weights = family_model(name).weights
     tensors = load_file(str(FAMILIES_DIR / name / "model.safetensors"))
-    heads = ("cls.", "generator_")
+    heads = ("cls.", "generator_", "lm_head.")
     stored = sum(t.size for key, t in tensors.items() if not key.startswith(heads))
-    extra = weights["embeddings"]["token_type"].size if "distilbert" in name else 0
+    extra = 0 if family_model(name).config.token_type_embeddings else weights["embeddings"]["token_type"].size
     assert sum(parameter_counts(weights).values()) == stored + extra
 
 
@@ -198,6 +210,10 @@ def test_family_switches_in_the_weights_dict():
     assert token_type.shape == (1, 32) and not token_type.any()
     assert family_model("distilbert").config.token_type_embeddings is False
     assert family_model("xlm_roberta").config.position_rule == "skip_padding"
+    assert all(E[n]["relative_attention_bias"] is None for n in FAMILIES if not n.startswith("mpnet"))
+    assert E["mpnet"]["relative_attention_bias"]["table"].shape == (32, 4)      # [buckets, NH]
+    token_type = E["mpnet_mlm"]["embeddings"]["token_type"]
+    assert token_type.shape == (1, 32) and not token_type.any()
 
 
 def test_distilbert_sinusoidal_table_is_generated_when_left_out(tmp_path):
@@ -267,7 +283,7 @@ def test_family_detected_from_architectures_when_model_type_is_absent():
         config_from_dict(raw)
 
 
-SUPPORTED = "supported families: bert, roberta, xlm-roberta, distilbert, electra, albert"
+SUPPORTED = "supported families: bert, roberta, xlm-roberta, distilbert, electra, albert, mpnet"
 
 
 @pytest.mark.parametrize("name, change, message", [
@@ -285,6 +301,8 @@ SUPPORTED = "supported families: bert, roberta, xlm-roberta, distilbert, electra
     ("albert", {"num_hidden_groups": 4}, "num_hidden_groups must be between 1 and num_hidden_layers \\(3\\)"),
     ("bert_cased", {"embedding_size": 16}, "unknown key\\(s\\) embedding_size"),
     ("distilbert", {"hidden_size": 32}, "both 'dim' and 'hidden_size' are set"),
+    ("mpnet", {"relative_attention_num_buckets": 64}, "relative_attention_num_buckets must be 32, found 64"),
+    ("bert_cased", {"relative_attention_num_buckets": 32}, "unknown key\\(s\\) relative_attention_num_buckets"),
 ])
 def test_unsupported_configs_raise_config_error(tmp_path, name, change, message):
     directory = copy_family(name, tmp_path / name)
@@ -303,3 +321,85 @@ def test_wordpiece_from_vocab_txt_without_tokenizer_json(tmp_path, name):
         batch = tokenizer(text)
         assert batch.input_ids[0].tolist() == g[f"tok_{i}_ids"].tolist(), text
         assert batch.offsets[0].tolist() == g[f"tok_{i}_offsets"].tolist(), text
+
+
+# --- MPNet: the relative position bias ---
+
+def test_mpnet_buckets_are_transformers_buckets_for_every_distance():
+    """Both signs, the exact range (0..7), the log-spaced buckets and the cap past 128, as transformers
+    computes them (recorded by make_families.py for distances up to 599)."""
+    from minibert.kernels.reference import relative_position_buckets
+    g = family_golden("mpnet")
+    span = (len(g["relative_distances"]) + 1) // 2
+    buckets = relative_position_buckets(span, 32, 128)            # [T, T]: key - query = j - i
+    ours = np.concatenate([buckets[span - 1], buckets[0, 1:]])     # distances -(span-1) .. span-1
+    assert g["relative_distances"][0] == -(span - 1)
+    np.testing.assert_array_equal(ours, g["relative_buckets"])
+    assert set(ours.tolist()) == set(range(32)) - {16}    # 16 would be a key after the query at distance 0
+
+
+@pytest.mark.parametrize("backend, dtype, tolerance", [("numpy", "float32", 1e-4), ("cpu", "float32", 1e-4),
+                                                       ("numpy", "float64", 1e-10), ("cpu", "float64", 1e-10)])
+def test_mpnet_long_row_reaches_every_bucket(backend, dtype, tolerance):
+    """200 tokens: distances past max_distance 128, which the short padded batch never reaches."""
+    g, model = family_golden("mpnet"), family_model("mpnet", backend, dtype)
+    out = model.forward(g["long_input_ids"])
+    prefix = "f64_" if dtype == "float64" else ""
+    worst = max(np.abs(h - g[f"{prefix}long_hidden_state_{i}"]).max() for i, h in enumerate(out.hidden_states))
+    assert worst < tolerance, worst
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_mpnet_without_its_bias_would_be_far_off(backend):
+    """The bias carries weight in the fixture: the same model with the table left out misses by far."""
+    g, model = family_golden("mpnet"), family_model("mpnet", backend, "float64")
+    weights = dict(model.weights, relative_attention_bias=None)
+    from minibert.model import encoder, make_position_ids
+    out = encoder(g["input_ids"], g["attention_mask"], np.zeros_like(g["input_ids"]),
+                  make_position_ids(g["input_ids"], model.config), weights, model.config, model.ops,
+                  dtype=np.float64, output_attentions=True)
+    hidden, attention, _ = max_differences(out, g, "f64_")
+    assert hidden > 1e-2 and attention > 1e-2, (hidden, attention)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-6), (np.float64, 1e-14)])
+@pytest.mark.parametrize("bias_rows", [1, 3])
+def test_cpu_attention_adds_a_position_bias_as_the_reference_does(dtype, tolerance, bias_rows):
+    """[1, NH, T, T] (MPNet's, shared by the batch) or one per text, with padding; None leaves it out."""
+    from minibert.backends import cpu_ops
+    from minibert.kernels import reference
+    rng = np.random.default_rng(11)
+    B, T, NH, HS = 3, 13, 4, 8
+    fused = rng.standard_normal((B, T, 3 * NH * HS)).astype(dtype)
+    q, k, v = np.split(fused, 3, axis=-1)
+    mask = np.ones((B, T))
+    mask[1, 7:] = 0
+    mask_bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
+    position_bias = rng.standard_normal((bias_rows, NH, T, T)).astype(dtype)
+    context, probs = cpu_ops().attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
+    want_context, want_probs = reference.attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
+    assert np.abs(probs - want_probs).max() < tolerance and np.abs(context - want_context).max() < 10 * tolerance
+    assert (probs[1, :, :, 7:] == 0).all()
+    _, plain = reference.attention(q, k, v, mask_bias, NH, True)
+    assert np.abs(probs - plain).max() > 0.1
+
+
+def test_mpnet_positions_skip_padding_from_index_1(tmp_path):
+    """transformers' MPNet numbers positions from padding index 1 whatever pad_token_id says."""
+    ids = np.array([[0, 5, 6, 2, 1, 1]])
+    np.testing.assert_array_equal(make_position_ids(ids, family_model("mpnet").config), [[2, 3, 4, 5, 1, 1]])
+    directory = copy_family("mpnet_mlm", tmp_path / "mpnet")
+    rewrite_config(directory, pad_token_id=0)
+    assert minibert.load(str(directory), backend="numpy").config.pad_token_id == 1
+
+
+def test_mpnet_bias_table_missing_or_misshapen(tmp_path):
+    directory = copy_family("mpnet_mlm", tmp_path / "mpnet", leave_out=["model.safetensors"])
+    tensors = load_file(str(FAMILIES_DIR / "mpnet_mlm" / "model.safetensors"))
+    name = "mpnet.encoder.relative_attention_bias.weight"
+    save_file({k: v for k, v in tensors.items() if k != name}, str(directory / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="encoder.relative_attention_bias.weight.*missing"):
+        minibert.load(str(directory))
+    save_file(dict(tensors, **{name: tensors[name][:, :3].copy()}), str(directory / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="relative_attention_bias.weight has shape \\(32, 3\\)"):
+        minibert.load(str(directory))

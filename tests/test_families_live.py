@@ -45,6 +45,9 @@ def albert(**changes):
     return settings
 
 
+# Position rows for a 300-token row: distances past max_distance 128 reach MPNet's last buckets.
+MPNET = dict(max_position_embeddings=302, pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+             relative_attention_num_buckets=32)
 ROBERTA = dict(max_position_embeddings=82, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                layer_norm_eps=1e-5)
 
@@ -70,6 +73,9 @@ CASES = {
     "albert": ("albert", "AlbertModel", "AlbertConfig", albert(num_hidden_layers=4), {}),
     "albert_groups": ("albert_groups", "AlbertModel", "AlbertConfig", albert(num_hidden_layers=5, num_hidden_groups=2), {}),
     "albert_mlm": ("albert", "AlbertForMaskedLM", "AlbertConfig", albert(num_hidden_layers=3, num_hidden_groups=3), {}),
+    "mpnet": ("mpnet", "MPNetModel", "MPNetConfig", bert_like(**MPNET), {}),
+    "mpnet_mlm": ("mpnet", "MPNetForMaskedLM", "MPNetConfig", bert_like(num_hidden_layers=2, hidden_act="gelu_new",
+                                                                        **MPNET), {}),
 }
 
 
@@ -130,3 +136,42 @@ def test_fresh_random_checkpoint_matches_transformers(tmp_path, case, seed):
             if pooled is not None:
                 worst["pooler"] = np.abs(ours.pooler_output - pooled).max()
             assert max(worst.values()) < tolerance, (backend, dtype, worst)
+
+
+@pytest.mark.parametrize("case", ["mpnet", "mpnet_mlm"])
+def test_mpnet_long_row_matches_transformers(tmp_path, case):
+    """300 tokens: every bucket of the relative position bias, which the short texts above do not reach."""
+    base = build(tmp_path, case, 5)
+    ids = np.random.default_rng(5).integers(5, base.config.vocab_size, size=(2, 300))
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = np.ones_like(ids)
+    ids[1, 200:], mask[1, 200:] = 1, 0                 # the second row padded after 200 tokens
+    for backend, dtype, tolerance in [("numpy", "float32", 1e-4), ("cpu", "float32", 1e-4), ("numpy", "float64", 1e-10),
+                                      ("cpu", "float64", 1e-10)]:
+        model = minibert.load(str(tmp_path), backend=backend, dtype=dtype)
+        ours = model.forward(ids, mask)
+        reference = base.double() if dtype == "float64" else base.float()
+        with torch.no_grad():
+            theirs = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                               output_hidden_states=True).hidden_states
+        worst = max(np.abs(a[m] - b.numpy()[m]).max() for a, b in zip(ours.hidden_states, theirs)
+                    for m in [mask.astype(bool)])
+        assert worst < tolerance, (backend, dtype, worst)
+
+
+def test_mpnet_buckets_match_transformers_up_to_3000_tokens():
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+    from minibert.kernels.reference import relative_position_buckets
+    T = 3000
+    distance = torch.arange(T)[None, :] - torch.arange(T)[:, None]
+    np.testing.assert_array_equal(relative_position_buckets(T, 32, 128),
+                                  MPNetEncoder.relative_position_bucket(distance).numpy())
+
+
+def test_parity_ops_names_the_mpnet_position_bias():
+    from minibert.parity import compare_ops
+    model = minibert.load(str(FAMILIES_DIR / "mpnet"), backend="cpu", dtype="float64")
+    rows = dict(compare_ops(model, TEXTS[:2]))
+    assert list(rows)[:3] == ["embeddings", "position_bias", "layer.0.query"]
+    assert rows["position_bias"]["max_abs"] == 0.0                   # the same table entries, gathered
+    assert max(row["max_abs"] for row in rows.values()) < 1e-10, rows

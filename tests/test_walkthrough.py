@@ -38,10 +38,10 @@ def test_default_model_in_float64_agrees_to_rounding(model_for):
         resolve(step.where)
 
 
-@pytest.mark.parametrize("family", ["albert", "electra", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["albert", "electra", "roberta", "distilbert", "mpnet"])
 def test_other_families_through_the_same_formulas(family):
     """ALBERT/ELECTRA add an embedding projection, RoBERTa skips padding positions, DistilBERT has no
-    token types: the walkthrough's formulas cover each."""
+    token types, MPNet adds a relative position bias: the walkthrough's formulas cover each."""
     model = minibert.load(FAMILIES / family, backend="numpy", dtype="float64")
     _, _, steps = walkthrough.walkthrough(model, "hello world")
     assert max(s.max_diff for s in steps) < 1e-10
