@@ -297,7 +297,7 @@ def test_blas_thread_count_is_held_at_one_during_an_op_and_restored_after(monkey
     def spy(y, bias):
         seen.append(blas.thread_counts()[0])
         return original(y, bias)
-    monkeypatch.setattr(cpu, "bias_add", spy)
+    monkeypatch.setitem(cpu.BIAS_ACTIVATIONS, None, spy)
     try:
         blas._set([3] * len(before))
         cpu_ops().linear(np.ones((3000, 64), np.float32), np.ones((64, 64), np.float32), np.ones(64, np.float32))
