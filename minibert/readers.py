@@ -146,8 +146,9 @@ class TextFile:
     path: the file (stored resolved); field: the JSON field or column (None for .txt); sha256: of every
     byte read; name: what the user gave ("-" for standard input)."""
 
-    def __init__(self, path, field=None, *, name=None, spool=None, chunk=CHUNK):
-        self.path, self.name, self.chunk, self.spool = Path(path).resolve(), name or str(path), chunk, spool
+    def __init__(self, path, field=None, *, name=None, spool=None, chunk=None):
+        self.path, self.name, self.spool = Path(path).resolve(), name or str(path), spool
+        self.chunk = chunk or CHUNK
         self.field = None if kind_of(path) == ".txt" else field
         self.header = {}                                         # csv/tsv: {"column": index}
         self.cached = (None, None)                               # (chunk number, its texts)
