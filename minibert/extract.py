@@ -5,9 +5,11 @@ Output directory:
     vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
     tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
     vectors.npz | vectors-00000.safetensors ... | vectors.jsonl                                 (other formats)
-    progress.json            while a run is unfinished: rows done and the job they belong to
+    progress.json            while a run is unfinished: rows done and the job they belong to (written first)
+    extract.lock             while a run holds the directory: its pid, host and start time
 Every file is written under a ".partial" name and renamed only when complete, manifest last, so an
 interrupted run never leaves a directory that looks finished; `resume=True` (`--resume`) finishes it.
+Input files are read by minibert.readers, as a stream.
 """
 
 import errno

@@ -60,6 +60,19 @@ def test_txt_lines_end_at_newline_only(tmp_path):
     assert extract_module.read_texts(path) == texts + ["last"]
 
 
+def test_standard_input_is_spooled_and_split_at_newlines_only(tiny_model, tmp_path):
+    """`-`: read as a .txt file (copied to a temporary file, not memory); the manifest hashes its bytes."""
+    data = "one\ftwo\r\nthree\rstill three\nfour\u2028five\n".encode()
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "minibert", "extract", "-", "--out", str(out), "--model",
+                          tiny_model.source, "--backend", "numpy", "--quiet"], input=data, capture_output=True)
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"] == "-" and manifest["input_sha256"] == hashlib.sha256(data).hexdigest()
+    texts = ["one\ftwo", "three\rstill three", "four\u2028five"]
+    np.testing.assert_array_equal(minibert.load_embeddings(out).vectors, tiny_model.encode(texts))
+
+
 def test_tsv_has_no_quoting(tmp_path):
     """GLUE's convention: a field that starts with '"' does not swallow the rows after it."""
     path = tmp_path / "c.tsv"
