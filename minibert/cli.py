@@ -189,34 +189,31 @@ def cmd_similarity(args):
 
 def cmd_extract(args):
     import minibert
-    from .extract import extract, read_texts
+    from .extract import extract, open_corpus
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
         raise MiniBertError("--whiten scales the PCA components of --reduce pca:K: pass --reduce too")
     check_output_folder(args.out)
-    texts = read_texts(args.input, args.field)
+    texts = open_corpus(args.input, args.field)       # streamed: read again chunk by chunk, never held whole
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
     model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
     check_lengths(args, model)
     if args.reduce:
         check_reduce(args, model, texts)
+    options = {**encoding_options(args), "fmt": args.format, "dtype": args.dtype, "overwrite": args.overwrite,
+               "resume": args.resume, "source_file": args.input, "field": args.field, "reduce": args.reduce,
+               "whiten": args.whiten, "progress": None if not args.quiet else False}
     if args.engine == "ray":
         from .ray_data import extract as extract_on_ray
         manifest = extract_on_ray(texts, args.out, model=args.model, backend=args.backend, address=args.address,
-                                  workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                                  **encoding_options(args), fmt=args.format, dtype=args.dtype,
-                                  overwrite=args.overwrite, resume=args.resume, source_file=args.input,
-                                  progress=None if not args.quiet else False)
+                                  workers=args.workers, cpus_per_worker=args.cpus_per_worker, **options)
     else:
-        manifest = extract(model, texts, args.out, **encoding_options(args), fmt=args.format, dtype=args.dtype,
-                           overwrite=args.overwrite, resume=args.resume, source_file=args.input,
-                           progress=None if not args.quiet else False)
+        manifest = extract(model, texts, args.out, **options)
     print(f"wrote {manifest['count']} texts x {manifest['row_shape']} ({args.format}, {args.dtype}) "
-          f"to {args.out}: {', '.join(manifest['files'])}")
-    if args.reduce:
-        from .reduce import reduce_extraction
-        kept = reduce_extraction(args.out, args.reduce, whiten=args.whiten)["reduce"]
+          f"to {args.out}: {', '.join(f for f in manifest['files'] if f not in ('pca.npz', 'reduced.npy'))}")
+    if args.reduce:                                    # done by extract, under its lock
+        kept = manifest["reduce"]
         print(f"PCA: {kept['k']} components keep {kept['variance_kept']:.1%} of the variance"
               f"{' (whitened)' if kept['whiten'] else ''}: pca.npz, reduced.npy [{kept['rows']}, {kept['k']}]")
 

@@ -64,11 +64,48 @@ def tokenize_texts(model, texts, max_length, window, pretokenized=False, prefix_
     backend = model.tokenizer.backend
     if pretokenized and prefix_space:
         backend = model.tokenizer.word_prefix_backend or backend
+    if limit and not pretokenized:
+        texts = cut_to_fit(backend, texts, limit)                     # memory bounded by the limit
     encodings = encode_batch(backend, texts, limit, is_pretokenized=pretokenized)
     return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
                       offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
                       word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),
                       truncated=bool(e.overflowing)) for e in encodings]
+
+
+CUT_MARGIN = 64          # characters before a cut that its tokens must end by to count as unchanged
+
+
+def cut_to_fit(backend, texts, limit):
+    """Texts too long to fit `limit` tokens cut by characters, so that the tokenizer never builds (and
+    truncation never throws away) the encodings of a whole long text: a 10 MB line costs a prefix.
+
+    No characters-per-token bound is safe on its own: whitespace, control characters and stripped accents
+    make no token, and a WordPiece word over 100 characters is one [UNK], so a text of any length may fit.
+    So a long text's prefix is tokenized, and the text is cut there only when the tokens that nothing past
+    the prefix can change already number `limit`: those of the words (pre-tokens) before the first word
+    reaching within CUT_MARGIN characters of the cut. A word reaching the cut may tokenize differently
+    whole; normalization and pre-tokenization look only a few characters ahead (Unicode's stream-safe
+    format bounds a run of combining marks at 30). Else the prefix doubles, up to the whole text. A text
+    cut this way truncates to the same tokens as the whole text; texts of at most 16 * limit + CUT_MARGIN
+    characters are never looked at.
+    """
+    cut = list(texts)
+    for i, text in enumerate(texts):
+        size = 16 * limit + CUT_MARGIN                  # a few characters per token: one try, nearly always
+        while size < len(text):
+            try:
+                (tokens,) = encode_batch(backend, [text[:size]], None)
+            except InputError:
+                break                                   # the whole text's encoding names the fault
+            reaching = [w for w, (_, end) in zip(tokens.word_ids, tokens.offsets)
+                        if w is not None and end > size - CUT_MARGIN]
+            first_reaching = min(reaching, default=float("inf"))
+            if sum(w is not None and w < first_reaching for w in tokens.word_ids) >= limit:
+                cut[i] = text[:size]
+                break
+            size *= 2
+    return cut
 
 
 def window_rows(index, tok, window, stride):

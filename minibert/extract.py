@@ -5,20 +5,22 @@ Output directory:
     vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
     tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
     vectors.npz | vectors-00000.safetensors ... | vectors.jsonl                                 (other formats)
-    progress.json            while a run is unfinished: rows done and the job they belong to
+    progress.json            while a run is unfinished: rows done and the job they belong to (written first)
+    extract.lock             while a run holds the directory: its pid, host and start time
 Every file is written under a ".partial" name and renamed only when complete, manifest last, so an
 interrupted run never leaves a directory that looks finished; `resume=True` (`--resume`) finishes it.
+Input files are read by minibert.readers, as a stream.
 """
 
-import csv
 import errno
 import hashlib
-import io
 import json
 import os
+import re
 import signal
-import sys
+import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,38 +35,28 @@ SHARD_ROWS = 65536      # rows per safetensors shard
 
 
 def read_texts(path, field="text"):
-    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin."""
-    if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    if path.suffix.lower() == ".parquet":
-        return read_parquet_texts(path, field)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read as UTF-8 text ({e})") from None
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        texts = []
-        for n, record in jsonl_records(path, text):
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise InputError(f"{path}:{n}: no string field {field!r} (choose it with --field)")
-            texts.append(record[field])
-        return texts
-    if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        if reader.fieldnames is None or field not in reader.fieldnames:
-            raise InputError(f"{path}: no column {field!r}; columns are {reader.fieldnames} (choose one with --field)")
-        return [row[field] or "" for row in reader]
-    return text.splitlines()
+    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin, as a
+    list (see minibert.readers for how each format is read)."""
+    texts = open_corpus(path, field)
+    return texts if isinstance(texts, list) else list(texts)
+
+
+def open_corpus(path, field="text"):
+    """The texts of an input file for extract, streamed: a readers.TextFile (read again chunk by chunk, never
+    held whole), or a list for Parquet."""
+    from .readers import open_texts
+    if path != "-" and Path(path).suffix.lower() == ".parquet":
+        if not Path(path).is_file():
+            raise InputError(f"{path}: input file not found")
+        return read_parquet_texts(Path(path), field)
+    return open_texts(path, field)
 
 
 def jsonl_records(path, text):
-    """(line number, value) for each non-blank line of a JSON Lines file; InputError naming a bad line."""
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+    """(line number, value) for each non-blank line of a JSON Lines text; InputError naming a bad line.
+    Lines end at "\n" only: U+2028 and friends are valid inside JSON strings."""
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip(" \t\r"):
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
@@ -104,12 +96,22 @@ def sha256_of(path):
 
 def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", normalize=False, fmt="npy",
             dtype=None, batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
-            resume=False, source_file=None, progress=None, encode_range=None, engine=None):
+            resume=False, source_file=None, field=None, progress=None, encode_range=None, engine=None,
+            reduce=None, whiten=False):
     """Encode `texts` into files under out_dir; returns the manifest dict.
+
+    texts: a list of str, or a readers.TextFile (open_corpus), which is read chunk by chunk and records its
+    own path, field and the sha256 of the bytes read. For a list, source_file and field only go into the
+    manifest (source_file's sha256 is taken at the end: the caller vouches that the list is that file).
+    reduce="pca:K" (whiten): fit PCA on the result, under the same lock, as reduce.reduce_extraction does.
 
     encode_range(start, stop), when given, must return what encode would for texts[start:stop]; it is
     called with increasing, non-overlapping ranges (another engine, e.g. Ray, serves them). `engine` is
     recorded in the manifest (default {"name": "local"}).
+
+    The directory belongs to one run at a time (a lock file, see directory_lock), and minibert deletes or
+    replaces only its own files in it (see prepare_directory). Every option is checked before the directory
+    is touched: a refused option leaves nothing on disk.
 
     Interruptions: rows are written chunk by chunk into ".partial" files and progress.json records, after
     each chunk is on disk (fsync), how many rows are done and what job they belong to (a checksum of the
@@ -118,6 +120,7 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", n
     overwrite, a directory holding an interrupted run is refused rather than silently discarded.
     """
     from . import __version__
+    from .readers import TextFile
     from .tokenizer import as_text_list
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, found {fmt!r}")
@@ -125,7 +128,8 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", n
         raise InputError("token-level output (pooling none) is written as npy (flat tokens + offsets)")
     if overwrite and resume:
         raise InputError("--overwrite discards an earlier run and --resume continues it: pass one of them")
-    texts = as_text_list(texts, "texts")
+    if not isinstance(texts, TextFile):
+        texts = as_text_list(texts, "texts")
     dtype = np.dtype(model.dtype).name if dtype is None else dtype      # as encode: the model's own by default
     N = len(texts)
     out = Path(out_dir)
@@ -140,62 +144,126 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", n
             return encode_chunk(texts[start:stop])
 
     probe = encode_chunk(["x"])            # the output's shape per text; also checks every option up front
+    token_level = pooling == "none"
+    row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
+    check_reduce(reduce, row_shape, None if token_level else N)
+    model_source = resolved(model.source)
     config_path = Path(model.source) / "config.json"
-    job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model.source,
+    job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model_source,
            "config_sha256": sha256_of(config_path) if config_path.is_file() else None,
            "weights": weights_fingerprint(model.source), "compute_dtype": np.dtype(model.dtype).name,
            "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
            "format": fmt, "batch_size": batch_size, "max_length": max_length, "window": window, "stride": stride,
            "minibert_version": __version__}
     job = json.loads(json.dumps(job, default=lambda v: v.item() if hasattr(v, "item") else str(v)))  # as saved
-    with disk_errors(out, 0, N):
-        finished, done = prepare_directory(out, job, overwrite=overwrite, resume=resume)
-    if finished:
-        return finished                                 # resume of a job that had already finished
-    token_level = pooling == "none"
-    row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
-    if token_level:
-        writer = TokenWriter(out, N, row_shape, dtype, token_counts(model, texts, max_length, window))
-    elif fmt == "jsonl":
-        writer = JsonlWriter(out, texts)
-    else:
-        writer = PooledWriter(out, N, row_shape, dtype, fmt)
-    try:
-        with sigterm_as_interrupt():
-            if done["writer"] is None or done["rows"] < N:      # else only finish() was left to do
+    with directory_lock(out, N):
+        with disk_errors(out, 0, N):
+            finished, done = prepare_directory(out, job, overwrite=overwrite, resume=resume)
+        if finished:                                    # resume of a job that had already finished
+            return add_reduction(out, finished, reduce, whiten)
+        if token_level:
+            writer = TokenWriter(out, N, row_shape, dtype, token_counts(model, texts, max_length, window))
+        elif fmt == "jsonl":
+            writer = JsonlWriter(out, texts)
+        else:
+            writer = PooledWriter(out, N, row_shape, dtype, fmt)
+        try:
+            with sigterm_as_interrupt():
+                if done["writer"] is None or done["rows"] < N:      # else only finish() was left to do
+                    with disk_errors(out, done["rows"], N):
+                        writer.open(done)
+                for start in range(done["rows"], N, CHUNK):
+                    stop = min(start + CHUNK, N)
+                    block = encode_range(start, stop)              # its own errors pass through unchanged
+                    refuse_overflow(block, dtype, start, done["rows"])
+                    with disk_errors(out, done["rows"], N):
+                        writer.write(start, block)
+                        writer.sync()
+                        done = {**done, "rows": stop, "writer": writer.position()}
+                        save_progress(out, job, done)
                 with disk_errors(out, done["rows"], N):
-                    writer.open(done)
-            for start in range(done["rows"], N, CHUNK):
-                stop = min(start + CHUNK, N)
-                block = encode_range(start, stop)              # its own errors pass through unchanged
-                with disk_errors(out, done["rows"], N):
-                    writer.write(start, block)
-                    writer.sync()
-                    done = {**done, "rows": stop, "writer": writer.position()}
-                    save_progress(out, job, done)
-            with disk_errors(out, done["rows"], N):
-                writer.close()
-                files = writer.finish()
-    except KeyboardInterrupt as e:
-        raise type(e)(f"{done['rows']} of {N} rows are saved in {out}; run the same command with --resume to "
-                      "finish") from None
-    finally:
-        writer.close()
+                    writer.close()
+                    files = writer.finish()
+        except KeyboardInterrupt as e:
+            raise type(e)(f"{done['rows']} of {N} rows are saved in {out}; run the same command with --resume to "
+                          "finish") from None
+        finally:
+            writer.close()
 
-    manifest = {
-        "minibert_version": __version__, "model_source": model.source, "config_sha256": job["config_sha256"],
-        "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
-        "format": fmt, "count": N, "row_shape": list(row_shape), "max_length": max_length, "window": window,
-        "stride": stride, "input": None if source_file is None else str(source_file),
-        "input_sha256": sha256_of(source_file) if source_file not in (None, "-") else None,
-        "engine": engine or {"name": "local"}, "files": files, "job": job, "resumed_at": done["resumed_at"],
-        "complete": True,
-    }
-    with disk_errors(out, N, N):
-        write_durably(out / "manifest.json.partial", json.dumps(manifest, indent=2))
-        finalise(out, "manifest.json")
-        (out / PROGRESS).unlink(missing_ok=True)
-    return manifest
+        if isinstance(texts, TextFile):                 # the sha256 of the very bytes that were encoded
+            source = {"input": texts.name if texts.name == "-" else str(texts.path), "field": texts.field,
+                      "input_sha256": texts.sha256}
+        else:
+            source = {"input": None if source_file is None else resolved(source_file), "field": field,
+                      "input_sha256": sha256_of(source_file) if source_file not in (None, "-") else None}
+        manifest = {
+            "minibert_version": __version__, "model_source": model_source, "config_sha256": job["config_sha256"],
+            "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
+            "format": fmt, "count": N, "row_shape": list(row_shape), "max_length": max_length, "window": window,
+            "stride": stride, **source, "engine": engine or {"name": "local"}, "files": files, "job": job,
+            "resumed_at": done["resumed_at"], "complete": True,
+        }
+        with disk_errors(out, N, N):
+            write_durably(out / "manifest.json.partial", json.dumps(manifest, indent=2))
+            finalise(out, "manifest.json")
+            (out / PROGRESS).unlink(missing_ok=True)
+        return add_reduction(out, manifest, reduce, whiten)
+
+
+def resolved(path):
+    """A path as an absolute one, so that a manifest works from any directory ("-" and hub ids kept)."""
+    return str(Path(path).resolve()) if path != "-" and Path(path).exists() else str(path)
+
+
+def check_reduce(spec, row_shape, rows):
+    """Refuse, before any work, a --reduce that could not run on this output: one vector of width D per row
+    needed, K <= D, and K <= rows - 1 when the row count is known (pooled output)."""
+    if spec is None:
+        return
+    from .reduce import parse_reduce
+    k = parse_reduce(spec)
+    if len(row_shape) != 1:
+        raise InputError(f"--reduce needs one vector per row, but this extraction would keep {list(row_shape)} per "
+                         "row (several layers): choose one layer (--layers -1) or combine them (--combine mean)")
+    if k > row_shape[0] or (rows is not None and k > rows - 1):
+        limit = row_shape[0] if rows is None else min(row_shape[0], rows - 1)
+        raise InputError(f"--reduce pca:{k}: PCA keeps at most min(rows - 1, width) = {limit} components "
+                         f"here ({rows} rows of width {row_shape[0]})" if rows is not None else
+                         f"--reduce pca:{k}: PCA keeps at most the vector width, {limit} components")
+
+
+def add_reduction(out, manifest, spec, whiten):
+    """Run --reduce on a finished extraction (unless the same reduction is there). A failure to write
+    leaves the extraction as it was and says so, in one line."""
+    if spec is None:
+        return manifest
+    from .reduce import parse_reduce, reduce_extraction
+    kept = manifest.get("reduce") or {}
+    if kept.get("k") == parse_reduce(spec) and kept.get("whiten") == bool(whiten):
+        return manifest
+    try:
+        return reduce_extraction(out, spec, whiten=whiten)
+    except OSError as e:
+        for name in ("pca.npz.partial", "reduced.npy.partial", "manifest.json.partial"):
+            (out / name).unlink(missing_ok=True)            # give the space back; manifest.json is untouched
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise MiniBertError(f"{out}: {'disk full' if full else 'cannot write'} while writing the PCA reduction "
+                            f"({e.strerror or e}); the extraction itself is complete and intact; "
+                            f"{'free some space and ' if full else 'fix the cause and '}run the same command with "
+                            "--resume to add the reduction") from None
+
+
+def refuse_overflow(block, dtype, start, saved):
+    """float16 holds |x| <= 65504 and turns anything larger into inf: refuse such rows rather than write inf."""
+    if dtype != "float16":
+        return
+    per_text = [int(np.isinf(v).sum()) for v in block]            # block: [n, ...] or n arrays [tokens, ...]
+    bad = [i for i, count in enumerate(per_text) if count]
+    if bad:
+        raise MiniBertError(f"{sum(per_text)} values of {len(bad)} texts among texts {start}..{start + len(block) - 1} "
+                            f"(the first: text {start + bad[0]}) exceed float16's range (|x| > 65504) and would be "
+                            f"written as inf; none of them was written ({saved} rows before them are saved): "
+                            "extract with --dtype float32 (and --overwrite)")
 
 
 @contextmanager
@@ -211,13 +279,86 @@ def disk_errors(out, rows, total):
 
 
 PROGRESS = "progress.json"
+LOCK = "extract.lock"
+# Every name minibert writes in an output directory: these, and only these, does --overwrite delete.
+OWN_FILE = re.compile(r"(manifest\.json|progress\.json|vectors\.(npy|npz|jsonl)|vectors-\d{5}\.safetensors|tokens\.npy|"
+                      r"offsets\.npy|pca\.npz|reduced\.npy)(\.partial)?(\.tmp)?|" + re.escape(LOCK))
+
+
+@contextmanager
+def directory_lock(out, total):
+    """Hold `out` for this run alone: an exclusive flock on out/extract.lock, which names the holder (pid,
+    host, start time) for a run refused meanwhile. The lock file is removed when the run ends, and so is
+    `out` when this run created it and left nothing in it. Without fcntl (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    created = not out.exists()
+    with disk_errors(out, 0, total):
+        out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    while True:
+        with disk_errors(out, 0, total):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise MiniBertError(f"{path}: cannot lock the output directory ({e.strerror or e})") from None
+            raise InputError(f"{out} is in use by another extraction ({describe_holder(holder)}); wait for it to "
+                             "finish or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)                     # the last holder removed the file after we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)     # while still holding it: a waiting run then locks a fresh file
+        os.close(fd)
+        if created:
+            try:
+                out.rmdir()              # only succeeds when empty: a run refused before writing anything
+            except OSError:
+                pass
+
+
+def describe_holder(text):
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "a run that is just starting"
 
 
 def prepare_directory(out, job, *, overwrite, resume):
     """Decide where this run starts: (None, {"rows": first row to encode, "writer": writer state or None for a
     fresh start, "resumed_at": [...]}), or (manifest, None) when resuming a job that already finished.
-    Refuses what would lose or mix work."""
+    Refuses what would lose or mix work, and never deletes or replaces a file minibert did not write: a
+    directory is an extraction when it holds manifest.json or progress.json (a run writes progress.json
+    before anything else); only then are the names minibert writes (OWN_FILE) taken as its own."""
     manifest_path, progress_path = out / "manifest.json", out / PROGRESS
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    if names and not (manifest_path.exists() or progress_path.exists()):
+        clashing = [name for name in names if OWN_FILE.fullmatch(name)]
+        if clashing:
+            raise InputError(f"{out} holds {', '.join(clashing[:3])}{' ...' if len(clashing) > 3 else ''} but no "
+                             "minibert extraction (no manifest.json or progress.json): minibert did not write "
+                             "it and will not replace it; move it away or choose another --out")
+        if not overwrite:
+            raise InputError(f"{out} is not empty ({', '.join(names[:3])}{' ...' if len(names) > 3 else ''}) and "
+                             "holds no minibert extraction; choose a new or empty --out, or pass --overwrite to "
+                             "write the extraction beside those files (they are left alone)")
     if manifest_path.exists() and not overwrite:
         if resume:
             manifest = read_json_file(manifest_path)
@@ -242,10 +383,12 @@ def prepare_directory(out, job, *, overwrite, resume):
         if not isinstance(rows, int) or not 0 <= rows <= job["count"]:
             raise InputError(f"{out / PROGRESS}: unreadable progress (rows {rows!r}); pass --overwrite to start again")
         return None, {"rows": rows, "writer": saved.get("writer"), "resumed_at": saved.get("resumed_at", []) + [rows]}
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("*.partial")) + [progress_path, manifest_path]:
-        stale.unlink(missing_ok=True)                    # until this run completes, nothing looks done
-    return None, {"rows": 0, "writer": None, "resumed_at": []}
+    done = {"rows": 0, "writer": None, "resumed_at": []}
+    save_progress(out, job, done)                        # first: from now on the directory is an extraction
+    for name in names:
+        if OWN_FILE.fullmatch(name) and name != PROGRESS:
+            (out / name).unlink(missing_ok=True)         # until this run completes, nothing looks done
+    return None, done
 
 
 def read_json_file(path):

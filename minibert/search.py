@@ -4,7 +4,8 @@
            time, each row divided by its norm -> cosine = query . row
     query: encoded with the settings in DIR/manifest.json (layers, combine, pooling, max_length, window),
            so query and corpus vectors come from the same layer and pooling
-    texts: the manifest's input file (checked against its sha256), the vectors.jsonl texts, or --texts FILE
+    texts: the manifest's input file (an absolute path, read with the manifest's field, checked against its
+           sha256), the vectors.jsonl texts, or --texts FILE
 """
 
 import hashlib
@@ -55,18 +56,23 @@ def config_sha256(model):
 
 
 def read_index_texts(directory, emb, texts_file=None, field=None):
-    """The texts behind the rows, or None when they cannot be found (search then prints row numbers)."""
-    from .extract import read_texts, sha256_of
+    """The texts behind the rows (a list, or a readers.TextFile read chunk by chunk as hits need them), or None
+    when they cannot be found (search then prints row numbers). The manifest's input is read with the
+    field the extraction used, and only while its bytes are the ones extracted."""
+    from .extract import open_corpus, sha256_of
     m = emb.manifest
-    if texts_file is not None:
-        texts = read_texts(texts_file, field or m.get("field") or "text")
-    elif emb.texts is not None:
+    if texts_file is None and emb.texts is not None:
         return emb.texts
+    field = field or m.get("field") or "text"
+    if texts_file is not None:
+        texts = open_corpus(texts_file, field)
     else:
         source = m.get("input")
         if source in (None, "-") or not Path(source).is_file() or sha256_of(source) != m.get("input_sha256"):
             return None                                # gone, moved, or changed since the extraction
-        texts = read_texts(source, field or m.get("field") or "text")
+        texts = open_corpus(source, field)
+        if getattr(texts, "sha256", m.get("input_sha256")) != m.get("input_sha256"):
+            return None                                # changed since the check a moment ago
     if len(texts) != m["count"]:
         raise InputError(f"{texts_file or m.get('input')}: {len(texts)} texts, but {directory} holds {m['count']} rows")
     return texts
