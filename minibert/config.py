@@ -6,12 +6,12 @@ what its architecture fixes (RoBERTa's position rule, ALBERT's embedding project
 the switch fields, so nothing downstream needs to know which family it runs.
 """
 
-import json
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import SETTINGS_LIMIT, read_json
 
 SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
@@ -157,12 +157,9 @@ MAX_SIZE = 1 << 24          # no size of a BERT-family encoder comes near this (
 def read_config(path: Path) -> Config:
     """Read and check config.json; every problem raises ConfigError naming the key and the file."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = read_json(Path(path), SETTINGS_LIMIT, ConfigError, "config.json")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config.json not found; a model directory needs config.json beside model.safetensors") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: cannot read config.json as JSON ({type(e).__name__}: {e}); "
-                          "re-download it or the model") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config.json must hold a JSON object, found {type(raw).__name__}")
     return config_from_dict(raw, where=str(path))

@@ -15,14 +15,18 @@ point to the same dict objects (one per hidden group), DistilBERT's token_type i
 no segment embedding), and only ALBERT and ELECTRA have an embedding projection.
 """
 
+import errno
 import json
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
 
+from . import files
 from .config import Config
 from .errors import ModelFileError
 
@@ -165,11 +169,12 @@ def weight_set_of_layer(config: Config) -> list:
 def checkpoint_files(model_dir: Path) -> list:
     """model.safetensors, or the shards named by model.safetensors.index.json."""
     single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
-    if single.is_file():
+    if files.is_present(single, ModelFileError, "the checkpoint"):
         return [single]
-    if index.is_file():
+    if files.is_present(index, ModelFileError, "the shard index"):
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            raw = files.read_limited(index, files.SETTINGS_LIMIT, ModelFileError, "the shard index")
+            weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
@@ -198,9 +203,11 @@ def read_header(path: Path) -> dict:
     here, so that the library (which may panic on some inputs) only ever opens files that are sound.
     """
     fix = "re-download or re-save the checkpoint"
+    if not files.is_present(path, ModelFileError, "the checkpoint"):
+        raise ModelFileError(f"{path}: safetensors file not found")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise ModelFileError(f"{path}: truncated ({size} bytes): a safetensors file starts with an 8-byte "
@@ -272,10 +279,12 @@ def entry_problem(entry, data_size):
 class Checkpoint:
     """Lazy access to the tensors of one or more safetensors files, by checkpoint name."""
 
-    def __init__(self, files):
+    def __init__(self, paths):
         self.location = {}   # checkpoint name -> (file, dtype string, shape, (first byte, end byte) in the file)
-        for path in files:
+        self.identity = {}   # file -> what identifies its contents (see file_identity), as the header was read
+        for path in paths:
             header = read_header(path)
+            self.identity[path] = file_identity(path)
             base = data_start(path)
             try:   # the safetensors library's own check of the file, on top of read_header's
                 safe_open(str(path), framework="numpy")
@@ -297,12 +306,13 @@ class Checkpoint:
         return self.location.keys()
 
     def read(self, name: str, dtype, mapped=False) -> np.ndarray:
-        """The tensor as `dtype`; mapped=True: a read-only view of the file where no conversion is needed,
-        so only the parts that are used become resident."""
+        """The tensor as `dtype`; mapped=True: where no conversion is needed, a read-only map of a private
+        copy of its bytes (see private_copy), so only the parts that are used become resident."""
         path, stored, shape, span = self.location[name]
         if mapped and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
-            if span[0] % np.dtype(dtype).itemsize == 0:         # Numba kernels need aligned arrays
-                return np.memmap(path, dtype=FLOAT_DTYPES[stored], mode="r", offset=span[0], shape=shape)
+            array = private_copy(path, span, FLOAT_DTYPES[stored], shape)
+            if array is not None:
+                return array
         if stored in ("F32", "F16", "F64"):
             array = read_raw(path, span, FLOAT_DTYPES[stored]).reshape(shape)
         elif stored == "BF16":        # NumPy has no bfloat16: widen the raw 16-bit words to float32 (exact)
@@ -310,7 +320,96 @@ class Checkpoint:
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
-        return array.astype(dtype, copy=False)
+        return narrowed(array, dtype, f"{path}: tensor {name!r}")
+
+    def check_unchanged(self) -> None:
+        """Raise ModelFileError if a file changed since its header was read: the tensors read may mix
+        two versions of it."""
+        for path, identity in self.identity.items():
+            if file_identity(path) != identity:
+                raise ModelFileError(f"{path}: changed while minibert was reading it (a download or copy still "
+                                     "running?); load the model again once the file is complete")
+
+
+def file_identity(path: Path) -> tuple:
+    """(device, inode, size, mtime, ctime) of a file: any write, truncation or replacement changes one of them
+    (ctime even when a copy restores the old mtime)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def narrowed(array: np.ndarray, dtype, where: str) -> np.ndarray:
+    """array as dtype; refuses float64 values that float32 cannot hold, which the cast would make inf."""
+    if array.dtype == np.float64 and np.dtype(dtype) == np.float32:
+        with np.errstate(over="ignore"):
+            converted = array.astype(np.float32)
+        overflow = int(np.count_nonzero(np.isinf(converted) & np.isfinite(array)))
+        if overflow:
+            raise ModelFileError(f"{where}: {overflow:,} of {array.size:,} float64 values are beyond float32's range "
+                                 f"(+-{np.finfo(np.float32).max:.4g}) and would become inf; load with dtype='float64'")
+        return converted
+    return array.astype(dtype, copy=False)
+
+
+COPY_CHUNK = 1 << 20
+
+
+def private_copy(path: Path, span, dtype, shape):
+    """A tensor's bytes copied into a temporary file that only this process holds, mapped read-only; None
+    where the temporary directory has no room (the caller then reads the tensor into memory).
+
+    Why not a map of the checkpoint itself: truncating or rewriting the checkpoint in place under a loaded
+    model (a re-download into the same path) killed the process with SIGBUS at the next read of a page past
+    the new end, or changed its numbers; a private (copy-on-write) map does not protect against truncation
+    either. Why a map and not memory: the word table is half of a small model's bytes and a text reads a few
+    of its rows; a map keeps only those resident (the cold start's peak memory). The temporary file is
+    unlinked as it is created, so nothing else can truncate it, and the kernel copies the bytes
+    (copy_file_range) without passing them through this process's memory.
+    """
+    start, end = span
+    if end == start:
+        return None
+    try:
+        copy = tempfile.TemporaryFile(prefix="minibert-", buffering=0)
+    except OSError:
+        return None
+    with copy:
+        try:
+            with files.open_regular(path, ModelFileError, "the checkpoint") as source:
+                copy_bytes(source, copy, start, end - start, path)
+            return np.memmap(copy, dtype=dtype, mode="r", shape=shape)
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: disappeared while minibert was reading it; load the model again") from None
+        except OSError:          # no room (ENOSPC, EDQUOT) or no map: read into memory instead
+            return None
+
+
+def copy_bytes(source, target, start: int, count: int, path: Path) -> None:
+    """Bytes [start, start + count) of source into target from its beginning; a source that ends early
+    (truncated while being read) is a ModelFileError."""
+    done = 0
+    in_kernel = hasattr(os, "copy_file_range")
+    while done < count:
+        if in_kernel:
+            try:
+                n = os.copy_file_range(source.fileno(), target.fileno(), count - done, start + done, done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                in_kernel = False       # this filesystem pair cannot: copy through a buffer
+                continue
+        else:
+            source.seek(start + done)
+            chunk = source.read(min(COPY_CHUNK, count - done))
+            target.seek(done)
+            n = target.write(chunk) if chunk else 0
+        if n == 0:
+            raise ModelFileError(f"{path}: ends before byte {start + count} (truncated while minibert was reading "
+                                 "it?); load the model again once the file is complete")
+        done += n
 
 
 FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -323,20 +422,25 @@ def read_raw(path: Path, span, dtype) -> np.ndarray:
     Not through a memory map: a mapped file's pages count in the process's resident memory while it stays
     mapped, which raised the peak of loading a model by the size of its checkpoint."""
     start, end = span
+    count = (end - start) // np.dtype(dtype).itemsize
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
             f.seek(start)
-            return np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize)
+            array = np.fromfile(f, dtype=dtype, count=count)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
+    if array.size != count:
+        raise ModelFileError(f"{path}: ends before byte {end} (truncated while minibert was reading it?); "
+                             "load the model again once the file is complete")
+    return array
 
 
 def data_start(path: Path) -> int:
     """Byte position of the tensors' data: after the 8-byte header length and the header."""
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
             return 8 + struct.unpack("<Q", f.read(8))[0]
-    except OSError as e:
+    except (OSError, struct.error) as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
 
 
@@ -422,6 +526,7 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
         raise ModelFileError(f"{model_dir}: unexpected tensor(s) {shown}; the checkpoint does not match "
                              f"config.json ({config.num_hidden_layers} layers, {config.num_hidden_groups} sets of "
                              f"layer weights, model_type {config.model_type!r})")
+    checkpoint.check_unchanged()
     return weights
 
 
