@@ -187,3 +187,16 @@ def test_float64_values_beyond_float32_are_refused_with_counts(tmp_path):
         minibert.load(str(tmp_path), backend="numpy", dtype="float32")
     model = minibert.load(str(tmp_path), backend="numpy", dtype="float64")
     assert model.weights["layers"][1]["ffn_in"]["w"][0, 0] == 4e38
+
+
+def test_no_room_for_the_private_copy_reads_the_word_table_into_memory(tmp_path, monkeypatch):
+    """The fallback when $TMPDIR is full: the same vectors, from a table in memory."""
+    write_tiny(tmp_path)
+    want = minibert.load(str(tmp_path), backend="numpy").encode(TEXTS)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(minibert.weights.tempfile, "TemporaryFile", full)
+    model = minibert.load(str(tmp_path), backend="numpy")
+    assert not isinstance(model.weights["embeddings"]["word"].base, np.memmap)
+    np.testing.assert_array_equal(model.encode(TEXTS), want)
