@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from . import files
+from . import files, torch_checkpoint
 from .config import Config
 from .errors import ModelFileError
 
@@ -166,26 +166,35 @@ def weight_set_of_layer(config: Config) -> list:
     return [int(i / (L / G)) for i in range(L)]
 
 
+# The layouts minibert reads, in order of preference: (single file, shard index).
+LAYOUTS = [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")]
+
+
 def checkpoint_files(model_dir: Path) -> list:
-    """model.safetensors, or the shards named by model.safetensors.index.json."""
-    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
-    if files.is_present(single, ModelFileError, "the checkpoint"):
-        return [single]
-    if files.is_present(index, ModelFileError, "the shard index"):
-        try:
-            raw = files.read_limited(index, files.SETTINGS_LIMIT, ModelFileError, "the shard index")
-            weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
-                                 "re-download it or the checkpoint") from None
-        for name in shards:
-            if not isinstance(name, str) or Path(name).name != name or not name:
-                raise ModelFileError(f"{index}: shard name {name!r} is not a file name in the model directory")
-        return [model_dir / name for name in shards]
+    """model.safetensors, or the shards its index names; else pytorch_model.bin, or the shards its index
+    names (safetensors first: it needs no unpickling and maps without conversion)."""
+    for single, index in ((model_dir / a, model_dir / b) for a, b in LAYOUTS):
+        if files.is_present(single, ModelFileError, "the checkpoint"):
+            return [single]
+        if files.is_present(index, ModelFileError, "the shard index"):
+            return shard_files(model_dir, index)
     found = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = f" (found {', '.join(found)}: convert it to safetensors)" if found else ""
-    raise ModelFileError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+    raise ModelFileError(f"{model_dir}: no model.safetensors, pytorch_model.bin or a shard index of either{hint}")
+
+
+def shard_files(model_dir: Path, index: Path) -> list:
+    try:
+        raw = files.read_limited(index, files.SETTINGS_LIMIT, ModelFileError, "the shard index")
+        weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
+                             "re-download it or the checkpoint") from None
+    for name in shards:
+        if not isinstance(name, str) or Path(name).name != name or not name:
+            raise ModelFileError(f"{index}: shard name {name!r} is not a file name in the model directory")
+    return [model_dir / name for name in shards]
 
 
 # Bytes per element of every dtype the safetensors format defines.
@@ -283,6 +292,10 @@ class Checkpoint:
         self.location = {}   # checkpoint name -> (file, dtype string, shape, (first byte, end byte) in the file)
         self.identity = {}   # file -> what identifies its contents (see file_identity), as the header was read
         for path in paths:
+            if torch_checkpoint.is_torch_file(path):
+                self.add(path, torch_checkpoint.read_tensors(path))
+                self.identity[path] = file_identity(path)
+                continue
             header = read_header(path)
             self.identity[path] = file_identity(path)
             base = data_start(path)
@@ -293,14 +306,17 @@ class Checkpoint:
             except BaseException as e:  # SafetensorError, or a Rust panic (a BaseException) read_header missed
                 raise ModelFileError(f"{path}: not a readable safetensors file ({e}); "
                                      "re-download or re-save the checkpoint") from None
-            for name, entry in header.items():
-                if name == "__metadata__":
-                    continue
-                if name in self.location:
-                    raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
-                                         "the shards must not repeat tensors")
-                start, end = entry["data_offsets"]
-                self.location[name] = (path, entry["dtype"], tuple(entry["shape"]), (base + start, base + end))
+            self.add(path, {name: (entry["dtype"], tuple(entry["shape"]), None,
+                                   (base + entry["data_offsets"][0], base + entry["data_offsets"][1]))
+                            for name, entry in header.items() if name != "__metadata__"})
+
+    def add(self, path: Path, tensors: dict) -> None:
+        """tensors: name -> (dtype, shape, strides in elements or None when C-contiguous, byte span)."""
+        for name, (dtype, shape, strides, span) in tensors.items():
+            if name in self.location:
+                raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
+                                     "the shards must not repeat tensors")
+            self.location[name] = (path, dtype, shape, span, strides)
 
     def names(self):
         return self.location.keys()
@@ -308,15 +324,15 @@ class Checkpoint:
     def read(self, name: str, dtype, mapped=False) -> np.ndarray:
         """The tensor as `dtype`; mapped=True: where no conversion is needed, a read-only map of a private
         copy of its bytes (see private_copy), so only the parts that are used become resident."""
-        path, stored, shape, span = self.location[name]
-        if mapped and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
+        path, stored, shape, span, strides = self.location[name]
+        if mapped and strides is None and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
             array = private_copy(path, span, FLOAT_DTYPES[stored], shape)
             if array is not None:
                 return array
         if stored in ("F32", "F16", "F64"):
-            array = read_raw(path, span, FLOAT_DTYPES[stored]).reshape(shape)
+            array = arranged(read_raw(path, span, FLOAT_DTYPES[stored]), shape, strides)
         elif stored == "BF16":        # NumPy has no bfloat16: widen the raw 16-bit words to float32 (exact)
-            array = (read_raw(path, span, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            array = (arranged(read_raw(path, span, "<u2"), shape, strides).astype(np.uint32) << 16).view(np.float32)
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
@@ -329,6 +345,16 @@ class Checkpoint:
             if file_identity(path) != identity:
                 raise ModelFileError(f"{path}: changed while minibert was reading it (a download or copy still "
                                      "running?); load the model again once the file is complete")
+
+
+def arranged(flat: np.ndarray, shape: tuple, strides) -> np.ndarray:
+    """A tensor from the elements its byte span covers: reshaped, or for a strided view (a PyTorch tensor
+    saved as a transpose or slice of a larger storage) gathered through its strides into a new array."""
+    if strides is None:
+        return flat.reshape(shape)
+    view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[s * flat.itemsize for s in strides],
+                                           writeable=False)     # every element inside flat: checked on reading the file
+    return np.array(view)
 
 
 def file_identity(path: Path) -> tuple:
@@ -473,16 +499,20 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
             used.add(original)
             # The word table is most of a small model's bytes and a text reads a few of its rows: map it.
             parts.append(checkpoint.read(original, dtype, mapped=ours == "embeddings.word"))
-        if arrangement == "transpose":
-            array = parts[0].T
-        elif arrangement == "transpose_concat":
-            array = np.concatenate([p.T for p in parts], axis=1)
-        elif arrangement == "concat":
-            array = np.concatenate(parts)
-        else:
-            array = parts[0]
-        if array.shape != shapes[shape_key]:
-            raise ModelFileError(f"{model_dir}: tensor {' + '.join(names)} has shape {checkpoint.location[by_name[names[0]]][2]}; "
+        try:
+            if arrangement == "transpose":
+                array = parts[0].T
+            elif arrangement == "transpose_concat":
+                array = np.concatenate([p.T for p in parts], axis=1)
+            elif arrangement == "concat":
+                array = np.concatenate(parts)
+            else:
+                array = parts[0]
+        except ValueError:       # parts that cannot be joined (Q, K, V of different shapes)
+            array = None
+        if array is None or array.shape != shapes[shape_key]:
+            found = " + ".join(str(checkpoint.location[by_name[name]][2]) for name in names)
+            raise ModelFileError(f"{model_dir}: tensor {' + '.join(names)} has shape {found}; "
                                  f"the config implies {shapes[shape_key]} (after arranging as {arrangement}) "
                                  "- does config.json belong to this checkpoint?")
         return np.ascontiguousarray(array)
