@@ -206,3 +206,37 @@ def test_torch_is_never_imported(tmp_path):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
+def test_live_save_pretrained_bin_equals_its_safetensors(tmp_path, torch_dtype):
+    """torch.save of a fresh random BertForMaskedLM's state dict (tied decoder, int64 position_ids buffer), as
+    transformers 4's save_pretrained(safe_serialization=False) wrote it (transformers 5 always writes
+    safetensors), against the same model saved as safetensors; float32 also against transformers' output."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tiny import VOCAB
+    torch.manual_seed(3)
+    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=40)
+    model = transformers.BertForMaskedLM(config).eval().to(getattr(torch, torch_dtype))
+    model.save_pretrained(tmp_path / "st")
+    (tmp_path / "bin").mkdir()
+    model.config.to_json_file(tmp_path / "bin" / "config.json")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    for name in ("bin", "st"):
+        (tmp_path / name / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    assert (tmp_path / "bin" / "pytorch_model.bin").exists() and not (tmp_path / "bin" / "model.safetensors").exists()
+    ours = minibert.load(str(tmp_path / "bin"), backend="numpy", dtype="float64")
+    twin = minibert.load(str(tmp_path / "st"), backend="numpy", dtype="float64")
+    batch = ours.tokenize(TEXTS)
+    got = ours.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).last_hidden_state
+    np.testing.assert_array_equal(got, twin.forward(batch.input_ids, batch.attention_mask,
+                                                    batch.token_type_ids).last_hidden_state)
+    if torch_dtype == "float32":
+        with torch.no_grad():
+            want = model.bert(input_ids=torch.tensor(batch.input_ids), attention_mask=torch.tensor(batch.attention_mask),
+                              token_type_ids=torch.tensor(batch.token_type_ids)).last_hidden_state.numpy()
+        mask = batch.attention_mask.astype(bool)
+        assert np.abs(got[mask] - want[mask]).max() < 5e-6
