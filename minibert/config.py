@@ -6,7 +6,9 @@ what its architecture fixes (RoBERTa's position rule, ALBERT's embedding project
 the switch fields, so nothing downstream needs to know which family it runs.
 """
 
+import os
 import re
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -95,6 +97,29 @@ FAMILY_FIXED = {
     "albert": {"embedding_projection": True},
     "distilbert": {"token_type_embeddings": False, "type_vocab_size": 1, "layer_norm_eps": 1e-12},
 }
+
+# Keys that change the forward pass in ways minibert does not implement, whatever their value: quantized
+# weights, rotary or relative positions, sparse or windowed attention (other families' configs).
+FORWARD_CHANGING_KEYS = frozenset("""
+    quantization_config rope_scaling rope_theta rotary_emb_base rotary_value relative_attention
+    relative_attention_num_buckets relative_attention_max_distance max_relative_positions pos_att_type
+    position_buckets attention_type attention_window block_size num_random_blocks use_rms_norm
+    pre_layer_norm normalize_before
+""".split())
+# Keys that change nothing at inference, beyond IGNORED_KEYS: written by other tools and later transformers
+# versions (attention implementation choice, hub bookkeeping, training-only settings).
+HARMLESS_KEYS = frozenset("""
+    _attn_implementation _attn_implementation_autoset attn_implementation _commit_hash _num_labels
+    output_past layerdrop classifier_activation keys_to_ignore_at_inference is_composition
+    gradient_checkpointing_kwargs use_flash_attention_2 onnx_export hidden_dropout attention_dropout
+    dropout_rate pad_token_type_id label_smoothing layer_norm_type sentence_transformers
+""".split())
+STRICT_ENV = "MINIBERT_STRICT_CONFIG"    # "1": unknown keys are a ConfigError instead of a warning
+
+
+class UnknownConfigKeysWarning(UserWarning):
+    """config.json holds keys minibert does not know; it loaded the model ignoring them."""
+
 
 # Keys that are known but only accepted at the value that means "plain absolute-position encoder".
 UNSUPPORTED_UNLESS = {
@@ -204,11 +229,22 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
                           f"for model_type {family!r}; {RESTORE}")
     family_keys = FAMILY_KEYS.get(family, ())
     known = (set(BERT_KEYS) | set(family_keys) | set(fixed) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
-             | FAMILY_IGNORED_KEYS.get(family, frozenset()))
+             | HARMLESS_KEYS | FAMILY_IGNORED_KEYS.get(family, frozenset()))
+    # Another family's switches (embedding_size on BERT, ...) and keys known to change the forward pass.
+    other_switches = set().union(*FAMILY_KEYS.values(), *(set(r) for r in FAMILY_KEY_NAMES.values()),
+                                 SWITCH_FIELDS) | FORWARD_CHANGING_KEYS
+    refused = sorted(k for k in raw if k not in known and k in other_switches)
+    if refused:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(refused)} for model_type {family!r}: they change the "
+                          "forward pass in ways minibert does not implement for this family")
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; minibert cannot tell whether they "
-                          "change the forward pass. Remove them if they are training-only settings.")
+        listed = f"{where}: unknown key(s) {', '.join(unknown)}"
+        why = "minibert cannot tell whether they change the forward pass"
+        if os.environ.get(STRICT_ENV, "") not in ("", "0"):
+            raise ConfigError(f"{listed}; {why}. Remove them if they are training-only settings ({STRICT_ENV} is set)")
+        warnings.warn(f"{listed} ignored; {why} (set {STRICT_ENV}=1 to refuse them)", UnknownConfigKeysWarning,
+                      stacklevel=3)
     for key, allowed in UNSUPPORTED_UNLESS.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key}={raw[key]!r} is not supported (only {allowed[0]!r}); "

@@ -39,6 +39,15 @@ def read_json(path: Path) -> dict:
     return found
 
 
+SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def has_tokenizer_files(model_dir: Path) -> bool:
+    """Whether model_dir holds one of the vocabularies Tokenizer reads."""
+    return (present(model_dir / "tokenizer.json") or present(model_dir / "vocab.txt")
+            or (present(model_dir / "vocab.json") and present(model_dir / "merges.txt")))
+
+
 def present(path: Path) -> bool:
     """A tokenizer file is there (a regular file); a FIFO, device or directory by that name is refused."""
     return files.is_present(path, TokenizerError, path.name)
@@ -72,6 +81,7 @@ class Tokenizer:
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
         vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
         specials = {**settings, **read_json(model_dir / "special_tokens_map.json")}   # as transformers 4 merged them
+        self.files = [name for name in SETTINGS_FILES if present(model_dir / name)]      # the files read, for inspect
         if present(tokenizer_json):
             text = read_text(tokenizer_json)
             try:
@@ -79,13 +89,16 @@ class Tokenizer:
             except Exception as e:
                 raise TokenizerError(f"{tokenizer_json}: not a valid tokenizers file ({e})") from None
             self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
+            self.files.append(tokenizer_json.name)
             self.apply_bert_settings(settings)
         elif present(vocab_txt):
             self.backend = wordpiece_from_vocab(vocab_txt, settings, specials)
             self.kind = "vocab.txt (WordPiece)"
+            self.files.append(vocab_txt.name)
         elif present(vocab_json) and present(merges_txt):
             self.backend = bytelevel_bpe_from_files(vocab_json, merges_txt, settings, specials)
             self.kind = "vocab.json + merges.txt (byte-level BPE)"
+            self.files += [vocab_json.name, merges_txt.name]
         else:
             raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt); "
                                  "copy the tokenizer files of the checkpoint into this directory")
@@ -97,7 +110,7 @@ class Tokenizer:
         if self.vocab_size > config.vocab_size:
             raise TokenizerError(f"{model_dir}: the tokenizer has {self.vocab_size} tokens but the embedding "
                                  f"matrix has {config.vocab_size} rows; the tokenizer belongs to another model")
-        limit = settings.get("model_max_length")
+        limit = settings.get("model_max_length", settings.get("max_len"))    # max_len: transformers < 4's name
         limit = limit if isinstance(limit, int) and 0 < limit <= config.max_tokens else None
         self.max_length = limit or config.max_tokens
         self.pad_id = config.pad_token_id

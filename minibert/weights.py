@@ -183,6 +183,33 @@ def checkpoint_files(model_dir: Path) -> list:
     raise ModelFileError(f"{model_dir}: no model.safetensors, pytorch_model.bin or a shard index of either{hint}")
 
 
+def check_model_directory(model_dir: Path) -> None:
+    """One error naming every missing part when neither weights nor a tokenizer are there (a wrong directory,
+    a download that fetched only some files), instead of only the first one load would meet."""
+    from .tokenizer import has_tokenizer_files
+    if any(files.is_present(model_dir / name, ModelFileError, name) for layout in LAYOUTS for name in layout):
+        return
+    if has_tokenizer_files(model_dir):
+        return
+    missing = ["weights (model.safetensors, pytorch_model.bin or a shard index of either)",
+               "a tokenizer (tokenizer.json, vocab.txt, or vocab.json + merges.txt)"]
+    if not files.is_present(model_dir / "config.json", ModelFileError, "config.json"):
+        missing.insert(0, "config.json")
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir())
+    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") if found else "nothing"
+    raise ModelFileError(f"{model_dir}: missing {', '.join(missing[:-1])} and {missing[-1]} (found {shown}); "
+                         "is this the model's directory?")
+
+
+def used_and_ignored_files(model_dir: Path, tokenizer_files) -> tuple:
+    """(files load read, other entries of the directory), by name, for `minibert inspect`."""
+    weights = [p.name for p in checkpoint_files(model_dir)]
+    index = [name for single, name in LAYOUTS if (model_dir / name).is_file() and single not in weights]
+    used = ["config.json", *index, *weights, *tokenizer_files]
+    ignored = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if p.name not in used)
+    return used, ignored
+
+
 def shard_files(model_dir: Path, index: Path) -> list:
     try:
         raw = files.read_limited(index, files.SETTINGS_LIMIT, ModelFileError, "the shard index")
