@@ -150,6 +150,24 @@ def fake_torch_pickle(tensors: dict) -> bytes:
     return out.getvalue()
 
 
+def test_build_opcodes_cannot_change_checked_records_or_minibert_functions(tmp_path):
+    """BUILD (an object's state) after a tensor record, and on the rebuild function itself: refused, and a
+    clean checkpoint loads the same afterwards."""
+    V, H = 49, 16
+    tensor = ("FloatStorage", "0", V * H, 0, (V, H), (H, 1))
+    pickled = fake_torch_pickle({"embeddings.word_embeddings.weight": tensor})
+    on_record = pickled[:-2] + b"}" + pickle.dumps("offset", protocol=2)[2:-1] + b"G?\xf8\x00\x00\x00\x00\x00\x00sb" + pickled[-2:]
+    on_function = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(N}" + pickle.dumps("__defaults__", protocol=2)[2:-1]
+                   + b"(K\x01tstb" + b".")     # BUILD (None, {"__defaults__": (1,)})
+    for name, data in (("record", on_record), ("function", on_function)):
+        write_archive(tmp_path / name, data, {"0": b"\0" * (4 * V * H)})
+        with pytest.raises(ModelFileError):
+            minibert.load(str(tmp_path / name), backend="numpy")
+    from minibert.torch_checkpoint import rebuild_tensor
+    assert rebuild_tensor.__defaults__ == (False, None, None)
+    minibert.load(str(FIXTURES / "fp32"), backend="numpy")
+
+
 def test_the_hand_made_writer_reads_back():
     """fake_torch_pickle is what the refusals below rely on: check it against the real fixture's bytes."""
     data = np.arange(6, dtype=np.float32)
