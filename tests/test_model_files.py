@@ -102,7 +102,7 @@ SPECIAL_FILES = [
     ("config.json", "ConfigError", "config.json is a FIFO"),
     ("tokenizer_config.json", "TokenizerError", "tokenizer_config.json is a FIFO"),
     ("vocab.txt", "TokenizerError", "vocab.txt is a FIFO"),
-    ("model.safetensors", "ModelFileError", "the checkpoint is a FIFO"),
+    ("model.safetensors", "ModelFileError", "model.safetensors is a FIFO"),
 ]
 
 
