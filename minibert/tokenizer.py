@@ -238,9 +238,13 @@ def encode_batch(backend, inputs, limit, what="texts", **options):
 def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFTokenizer:
     """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings."""
     lowercase = settings.get("do_lower_case", True)
-    vocab = {}
-    for line in read_text(vocab_txt).splitlines():
-        vocab.setdefault(line.rstrip("\n"), len(vocab))
+    # A token's id is its line number, a repeated token keeping its last line, lines split on \n, \r\n and \r
+    # only, as transformers' load_vocab and tokenizers' WordPiece read the file (str.splitlines would also
+    # split on form feeds, U+2028, NEL, ..., which vocabularies hold, and shift every later id).
+    lines = read_text(vocab_txt).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()               # the newline ending the last line
+    vocab = {line: i for i, line in enumerate(lines)}
     added = special_tokens(specials, settings, {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
                                                 "mask": "[MASK]"})
     unk, cls, sep = (added[name].content for name in ("unk", "cls", "sep"))

@@ -316,3 +316,33 @@ def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "files used  config.json, model.safetensors, tokenizer_config.json, vocab.txt\n" in out
     assert "ignored     1_Pooling/, pytorch_model.bin\n" in out
+
+
+ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat", "x\x1cy", "dog"]
+
+
+def test_vocab_txt_ids_are_line_numbers(tmp_path):
+    """Lines split on \\n only (form feed, U+2028, NEL, file separators belong to the token); a repeated token
+    takes its last line. Before: str.splitlines split inside those tokens, shifting every later id."""
+    config = tiny_config(vocab_size=len(ODD_VOCAB))
+    write_tiny(tmp_path, config, tiny_tensors(config), vocab=False)
+    (tmp_path / "vocab.txt").write_bytes(("\n".join(ODD_VOCAB) + "\n").encode("utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    model = minibert.load(str(tmp_path), backend="numpy")
+    vocab = model.tokenizer.backend.get_vocab()
+    assert vocab["the"] == 9 and vocab["cat"] == 10 and vocab["dog"] == 12
+    assert model.tokenize(["the cat dog"]).input_ids[0].tolist() == [2, 9, 10, 12, 3]
+
+
+@pytest.mark.reference
+def test_vocab_txt_ids_match_transformers_on_odd_lines(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = tiny_config(vocab_size=len(ODD_VOCAB))
+    write_tiny(tmp_path, config, tiny_tensors(config), vocab=False)
+    (tmp_path / "vocab.txt").write_bytes(("\n".join(ODD_VOCAB) + "\n").encode("utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    theirs = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False)
+    ours = minibert.load(str(tmp_path), backend="numpy").tokenizer
+    text = ["the cat dog x", "cat the"]
+    assert ours(text).input_ids[0][:6].tolist() == theirs(text[0])["input_ids"]
+    assert ours.backend.get_vocab() == theirs.get_vocab()
