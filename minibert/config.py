@@ -6,13 +6,15 @@ what its architecture fixes (RoBERTa's position rule, ALBERT's embedding project
 the switch fields, so nothing downstream needs to know which family it runs.
 """
 
-import json
+import os
 import re
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
 from .kernels.reference import ACTIVATION_FUNCTIONS
+from .files import SETTINGS_LIMIT, read_json
 
 SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet")
 # hidden_act values: the activation table's names less tanh, which only the pooler uses
@@ -105,6 +107,29 @@ FAMILY_FIXED = {
               "pad_token_id": 1},
 }
 
+# Keys that change the forward pass in ways minibert does not implement, whatever their value: quantized
+# weights, rotary or relative positions, sparse or windowed attention (other families' configs).
+FORWARD_CHANGING_KEYS = frozenset("""
+    quantization_config rope_scaling rope_theta rotary_emb_base rotary_value relative_attention
+    relative_attention_num_buckets relative_attention_max_distance max_relative_positions pos_att_type
+    position_buckets attention_type attention_window block_size num_random_blocks use_rms_norm
+    pre_layer_norm normalize_before
+""".split())
+# Keys that change nothing at inference, beyond IGNORED_KEYS: written by other tools and later transformers
+# versions (attention implementation choice, hub bookkeeping, training-only settings).
+HARMLESS_KEYS = frozenset("""
+    _attn_implementation _attn_implementation_autoset attn_implementation _commit_hash _num_labels
+    output_past layerdrop classifier_activation keys_to_ignore_at_inference is_composition
+    gradient_checkpointing_kwargs use_flash_attention_2 onnx_export hidden_dropout attention_dropout
+    dropout_rate pad_token_type_id label_smoothing layer_norm_type sentence_transformers
+""".split())
+STRICT_ENV = "MINIBERT_STRICT_CONFIG"    # "1": unknown keys are a ConfigError instead of a warning
+
+
+class UnknownConfigKeysWarning(UserWarning):
+    """config.json holds keys minibert does not know; it loaded the model ignoring them."""
+
+
 # Keys that are known but only accepted at the value that means "plain absolute-position encoder".
 UNSUPPORTED_UNLESS = {
     "position_embedding_type": ("absolute",),
@@ -168,12 +193,9 @@ MAX_SIZE = 1 << 24          # no size of a BERT-family encoder comes near this (
 def read_config(path: Path) -> Config:
     """Read and check config.json; every problem raises ConfigError naming the key and the file."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = read_json(Path(path), SETTINGS_LIMIT, ConfigError, "config.json")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config.json not found; a model directory needs config.json beside model.safetensors") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: cannot read config.json as JSON ({type(e).__name__}: {e}); "
-                          "re-download it or the model") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config.json must hold a JSON object, found {type(raw).__name__}")
     return config_from_dict(raw, where=str(path))
@@ -218,11 +240,22 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
                           f"for model_type {family!r}; {RESTORE}")
     family_keys = FAMILY_KEYS.get(family, ())
     known = (set(BERT_KEYS) | set(family_keys) | set(fixed) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
-             | FAMILY_IGNORED_KEYS.get(family, frozenset()))
+             | HARMLESS_KEYS | FAMILY_IGNORED_KEYS.get(family, frozenset()))
+    # Another family's switches (embedding_size on BERT, ...) and keys known to change the forward pass.
+    other_switches = set().union(*FAMILY_KEYS.values(), *(set(r) for r in FAMILY_KEY_NAMES.values()),
+                                 SWITCH_FIELDS) | FORWARD_CHANGING_KEYS
+    refused = sorted(k for k in raw if k not in known and k in other_switches)
+    if refused:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(refused)} for model_type {family!r}: they change the "
+                          "forward pass in ways minibert does not implement for this family")
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; minibert cannot tell whether they "
-                          "change the forward pass. Remove them if they are training-only settings.")
+        listed = f"{where}: unknown key(s) {', '.join(unknown)}"
+        why = "minibert cannot tell whether they change the forward pass"
+        if os.environ.get(STRICT_ENV, "") not in ("", "0"):
+            raise ConfigError(f"{listed}; {why}. Remove them if they are training-only settings ({STRICT_ENV} is set)")
+        warnings.warn(f"{listed} ignored; {why} (set {STRICT_ENV}=1 to refuse them)", UnknownConfigKeysWarning,
+                      stacklevel=3)
     for key, allowed in UNSUPPORTED_UNLESS.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key}={raw[key]!r} is not supported (only {allowed[0]!r}); "

@@ -11,6 +11,7 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from . import files
 from .config import Config
 from .errors import InputError, MiniBertError, TokenizerError
 
@@ -29,14 +30,38 @@ class Batch:
 
 
 def read_json(path: Path) -> dict:
+    """A tokenizer settings file as a dict; {} when the file is absent."""
     try:
-        found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise TokenizerError(f"{path}: cannot read as JSON ({type(e).__name__}: {e}); "
-                             "copy the checkpoint's tokenizer files again") from None
+        found = files.read_json(path, files.SETTINGS_LIMIT, TokenizerError, path.name)
+    except FileNotFoundError:
+        return {}
     if not isinstance(found, dict):
         raise TokenizerError(f"{path}: must hold a JSON object, found {type(found).__name__}")
     return found
+
+
+SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def has_tokenizer_files(model_dir: Path) -> bool:
+    """Whether model_dir holds one of the vocabularies Tokenizer reads."""
+    return (present(model_dir / "tokenizer.json") or present(model_dir / "vocab.txt")
+            or (present(model_dir / "vocab.json") and present(model_dir / "merges.txt")))
+
+
+def present(path: Path) -> bool:
+    """A tokenizer file is there (a regular file); a FIFO, device or directory by that name is refused."""
+    return files.is_present(path, TokenizerError, path.name)
+
+
+def read_text(path: Path) -> str:
+    """A whole tokenizer file (tokenizer.json, vocab.txt) as text, size-capped, regular files only."""
+    try:
+        return files.read_limited(path, files.TOKENIZER_LIMIT, TokenizerError, path.name).decode("utf-8")
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: disappeared while the tokenizer was being read") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text ({e}); copy the checkpoint's tokenizer files again") from None
 
 
 class Tokenizer:
@@ -57,19 +82,24 @@ class Tokenizer:
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
         vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
         specials = {**settings, **read_json(model_dir / "special_tokens_map.json")}   # as transformers 4 merged them
-        if tokenizer_json.is_file():
+        self.files = [name for name in SETTINGS_FILES if present(model_dir / name)]      # the files read, for inspect
+        if present(tokenizer_json):
+            text = read_text(tokenizer_json)
             try:
-                self.backend = HFTokenizer.from_file(str(tokenizer_json))
+                self.backend = HFTokenizer.from_str(text)
             except Exception as e:
                 raise TokenizerError(f"{tokenizer_json}: not a valid tokenizers file ({e})") from None
             self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
+            self.files.append(tokenizer_json.name)
             self.apply_bert_settings(settings)
-        elif vocab_txt.is_file():
+        elif present(vocab_txt):
             self.backend = wordpiece_from_vocab(vocab_txt, settings, specials)
             self.kind = "vocab.txt (WordPiece)"
-        elif vocab_json.is_file() and merges_txt.is_file():
+            self.files.append(vocab_txt.name)
+        elif present(vocab_json) and present(merges_txt):
             self.backend = bytelevel_bpe_from_files(vocab_json, merges_txt, settings, specials)
             self.kind = "vocab.json + merges.txt (byte-level BPE)"
+            self.files += [vocab_json.name, merges_txt.name]
         else:
             raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt); "
                                  "copy the tokenizer files of the checkpoint into this directory")
@@ -81,7 +111,7 @@ class Tokenizer:
         if self.vocab_size > config.vocab_size:
             raise TokenizerError(f"{model_dir}: the tokenizer has {self.vocab_size} tokens but the embedding "
                                  f"matrix has {config.vocab_size} rows; the tokenizer belongs to another model")
-        limit = settings.get("model_max_length")
+        limit = settings.get("model_max_length", settings.get("max_len"))    # max_len: transformers < 4's name
         limit = limit if isinstance(limit, int) and 0 < limit <= config.max_tokens else None
         self.max_length = limit or config.max_tokens
         self.pad_id = config.pad_token_id
@@ -236,12 +266,13 @@ def encode_batch(backend, inputs, limit, what="texts", **options):
 def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFTokenizer:
     """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings."""
     lowercase = settings.get("do_lower_case", True)
-    try:
-        vocab = {}
-        for line in vocab_txt.read_text(encoding="utf-8").splitlines():
-            vocab.setdefault(line.rstrip("\n"), len(vocab))
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{vocab_txt}: cannot read ({e})") from None
+    # A token's id is its line number, a repeated token keeping its last line, lines split on \n, \r\n and \r
+    # only, as transformers' load_vocab and tokenizers' WordPiece read the file (str.splitlines would also
+    # split on form feeds, U+2028, NEL, ..., which vocabularies hold, and shift every later id).
+    lines = read_text(vocab_txt).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()               # the newline ending the last line
+    vocab = {line: i for i, line in enumerate(lines)}
     added = special_tokens(specials, settings, {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
                                                 "mask": "[MASK]"})
     unk, cls, sep = (added[name].content for name in ("unk", "cls", "sep"))
@@ -269,6 +300,10 @@ def bytelevel_bpe_from_files(vocab_json: Path, merges_txt: Path, settings: dict,
     Like transformers' RobertaTokenizer, <mask> swallows the space before it unless the files say otherwise,
     so "the <mask> of" tokenizes as on the Hub.
     """
+    for path in (vocab_json, merges_txt):      # tokenizers reads them itself: check kind and size first
+        size = files.regular_size(path, TokenizerError, path.name)
+        if size is not None and size > files.TOKENIZER_LIMIT:
+            raise TokenizerError(files.too_large(path, path.name, size, files.TOKENIZER_LIMIT))
     try:
         model = models.BPE.from_file(str(vocab_json), str(merges_txt))
     except Exception as e:

@@ -17,14 +17,17 @@ no segment embedding), only ALBERT and ELECTRA have an embedding projection, and
 position bias table (one for all layers).
 """
 
+import errno
 import json
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
+from . import files, torch_checkpoint
 from .config import Config
 from .errors import ModelFileError
 
@@ -184,25 +187,65 @@ def weight_set_of_layer(config: Config) -> list:
     return [int(i / (L / G)) for i in range(L)]
 
 
+# The layouts minibert reads, in order of preference: (single file, shard index).
+LAYOUTS = [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")]
+
+
 def checkpoint_files(model_dir: Path) -> list:
-    """model.safetensors, or the shards named by model.safetensors.index.json."""
-    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
-                                 "re-download it or the checkpoint") from None
-        for name in shards:
-            if not isinstance(name, str) or Path(name).name != name or not name:
-                raise ModelFileError(f"{index}: shard name {name!r} is not a file name in the model directory")
-        return [model_dir / name for name in shards]
+    """model.safetensors, or the shards its index names; else pytorch_model.bin, or the shards its index
+    names (safetensors first: it needs no unpickling and maps without conversion)."""
+    for single, index in ((model_dir / a, model_dir / b) for a, b in LAYOUTS):
+        if files.is_present(single, ModelFileError, "the checkpoint"):
+            return [single]
+        if files.is_present(index, ModelFileError, "the shard index"):
+            return shard_files(model_dir, index)
     found = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.h5"))
     hint = f" (found {', '.join(found)}: convert it to safetensors)" if found else ""
-    raise ModelFileError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+    raise ModelFileError(f"{model_dir}: no model.safetensors, pytorch_model.bin or a shard index of either{hint}")
+
+
+def check_model_directory(model_dir: Path) -> None:
+    """One error naming every missing part when neither weights nor a tokenizer are there (a wrong directory,
+    a download that fetched only some files), instead of only the first one load would meet."""
+    from .tokenizer import has_tokenizer_files
+    if any(files.is_present(model_dir / name, ModelFileError, name) for layout in LAYOUTS for name in layout):
+        return
+    if has_tokenizer_files(model_dir):
+        return
+    missing = ["weights (model.safetensors, pytorch_model.bin or a shard index of either)",
+               "a tokenizer (tokenizer.json, vocab.txt, or vocab.json + merges.txt)"]
+    if not files.is_present(model_dir / "config.json", ModelFileError, "config.json"):
+        missing.insert(0, "config.json")
+    try:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir())
+    except OSError as e:
+        found = [f"(cannot list: {e.strerror or e})"]
+    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") if found else "nothing"
+    raise ModelFileError(f"{model_dir}: missing {', '.join(missing[:-1])} and {missing[-1]} (found {shown}); "
+                         "is this the model's directory?")
+
+
+def used_and_ignored_files(model_dir: Path, tokenizer_files) -> tuple:
+    """(files load read, other entries of the directory), by name, for `minibert inspect`."""
+    weights = [p.name for p in checkpoint_files(model_dir)]
+    index = [name for single, name in LAYOUTS if (model_dir / name).is_file() and single not in weights]
+    used = ["config.json", *index, *weights, *tokenizer_files]
+    ignored = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if p.name not in used)
+    return used, ignored
+
+
+def shard_files(model_dir: Path, index: Path) -> list:
+    try:
+        raw = files.read_limited(index, files.SETTINGS_LIMIT, ModelFileError, "the shard index")
+        weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ModelFileError(f"{index}: cannot read the shard index ({type(e).__name__}: {e}); "
+                             "re-download it or the checkpoint") from None
+    for name in shards:
+        if not isinstance(name, str) or Path(name).name != name or not name:
+            raise ModelFileError(f"{index}: shard name {name!r} is not a file name in the model directory")
+    return [model_dir / name for name in shards]
 
 
 # Bytes per element of every dtype the safetensors format defines.
@@ -212,17 +255,19 @@ HEADER_LIMIT = 100 * 1024 * 1024      # the safetensors library refuses larger h
 
 
 def read_header(path: Path) -> dict:
-    """Check a safetensors file's layout before the safetensors library sees it; returns its header.
+    """Check a safetensors file's layout before any tensor is read; returns its header.
 
     The file is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
     then the tensors' bytes. Every way that can be wrong (truncation, a length past the end, bad JSON,
     unknown dtypes, offsets that disagree with the shape or leave gaps or overlaps) is a ModelFileError
-    here, so that the library (which may panic on some inputs) only ever opens files that are sound.
+    here, so that every byte range read later lies inside the file.
     """
     fix = "re-download or re-save the checkpoint"
+    if not files.is_present(path, ModelFileError, "the checkpoint"):
+        raise ModelFileError(f"{path}: safetensors file not found")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise ModelFileError(f"{path}: truncated ({size} bytes): a safetensors file starts with an 8-byte "
@@ -294,45 +339,150 @@ def entry_problem(entry, data_size):
 class Checkpoint:
     """Lazy access to the tensors of one or more safetensors files, by checkpoint name."""
 
-    def __init__(self, files):
-        self.location = {}   # checkpoint name -> (file, dtype string, shape, (first byte, end byte) in the file)
-        for path in files:
+    def __init__(self, paths):
+        self.location = {}   # checkpoint name -> (file, dtype string, shape, (first byte, end byte) in the file,
+                             #   strides in elements, None when C-contiguous)
+        self.identity = {}   # file -> what identifies its contents (see file_identity), as the header was read
+        for path in paths:
+            if torch_checkpoint.is_torch_file(path):
+                self.add(path, torch_checkpoint.read_tensors(path))
+                self.identity[path] = file_identity(path)
+                continue
             header = read_header(path)
+            self.identity[path] = file_identity(path)
             base = data_start(path)
-            try:   # the safetensors library's own check of the file, on top of read_header's
-                safe_open(str(path), framework="numpy")
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:  # SafetensorError, or a Rust panic (a BaseException) read_header missed
-                raise ModelFileError(f"{path}: not a readable safetensors file ({e}); "
-                                     "re-download or re-save the checkpoint") from None
-            for name, entry in header.items():
-                if name == "__metadata__":
-                    continue
-                if name in self.location:
-                    raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
-                                         "the shards must not repeat tensors")
-                start, end = entry["data_offsets"]
-                self.location[name] = (path, entry["dtype"], tuple(entry["shape"]), (base + start, base + end))
+            # Not opened with the safetensors library as well: it maps the whole file, and a truncation while
+            # it reads the header would kill the process with SIGBUS; read_header checks every byte range used.
+            self.add(path, {name: (entry["dtype"], tuple(entry["shape"]), None,
+                                   (base + entry["data_offsets"][0], base + entry["data_offsets"][1]))
+                            for name, entry in header.items() if name != "__metadata__"})
+
+    def add(self, path: Path, tensors: dict) -> None:
+        """tensors: name -> (dtype, shape, strides in elements or None when C-contiguous, byte span)."""
+        for name, (dtype, shape, strides, span) in tensors.items():
+            if name in self.location:
+                raise ModelFileError(f"{path}: tensor {name!r} is also in {self.location[name][0]}; "
+                                     "the shards must not repeat tensors")
+            self.location[name] = (path, dtype, shape, span, strides)
 
     def names(self):
         return self.location.keys()
 
     def read(self, name: str, dtype, mapped=False) -> np.ndarray:
-        """The tensor as `dtype`; mapped=True: a read-only view of the file where no conversion is needed,
-        so only the parts that are used become resident."""
-        path, stored, shape, span = self.location[name]
-        if mapped and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
-            if span[0] % np.dtype(dtype).itemsize == 0:         # Numba kernels need aligned arrays
-                return np.memmap(path, dtype=FLOAT_DTYPES[stored], mode="r", offset=span[0], shape=shape)
+        """The tensor as `dtype`; mapped=True: where no conversion is needed, a read-only map of a private
+        copy of its bytes (see private_copy), so only the parts that are used become resident."""
+        path, stored, shape, span, strides = self.location[name]
+        if mapped and strides is None and FLOAT_DTYPES.get(stored) == np.dtype(dtype).newbyteorder("<").str:
+            array = private_copy(path, span, FLOAT_DTYPES[stored], shape)
+            if array is not None:
+                return array
         if stored in ("F32", "F16", "F64"):
-            array = read_raw(path, span, FLOAT_DTYPES[stored]).reshape(shape)
+            array = arranged(read_raw(path, span, FLOAT_DTYPES[stored]), shape, strides)
         elif stored == "BF16":        # NumPy has no bfloat16: widen the raw 16-bit words to float32 (exact)
-            array = (read_raw(path, span, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            array = (arranged(read_raw(path, span, "<u2"), shape, strides).astype(np.uint32) << 16).view(np.float32)
         else:
             raise ModelFileError(f"{path}: tensor {name!r} has dtype {stored}; "
                                  "minibert reads floating-point weights (F32, F16, BF16, F64)")
-        return array.astype(dtype, copy=False)
+        return narrowed(array, dtype, f"{path}: tensor {name!r}")
+
+    def check_unchanged(self) -> None:
+        """Raise ModelFileError if a file changed since its header was read: the tensors read may mix
+        two versions of it."""
+        for path, identity in self.identity.items():
+            if file_identity(path) != identity:
+                raise ModelFileError(f"{path}: changed while minibert was reading it (a download or copy still "
+                                     "running?); load the model again once the file is complete")
+
+
+def arranged(flat: np.ndarray, shape: tuple, strides) -> np.ndarray:
+    """A tensor from the elements its byte span covers: reshaped, or for a strided view (a PyTorch tensor
+    saved as a transpose or slice of a larger storage) gathered through its strides into a new array."""
+    if strides is None:
+        return flat.reshape(shape)
+    view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[s * flat.itemsize for s in strides],
+                                           writeable=False)     # every element inside flat: checked on reading the file
+    return np.array(view)
+
+
+def file_identity(path: Path) -> tuple:
+    """(device, inode, size, mtime, ctime) of a file: any write, truncation or replacement changes one of them
+    (ctime even when a copy restores the old mtime)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def narrowed(array: np.ndarray, dtype, where: str) -> np.ndarray:
+    """array as dtype; refuses float64 values that float32 cannot hold, which the cast would make inf."""
+    if array.dtype == np.float64 and np.dtype(dtype) == np.float32:
+        with np.errstate(over="ignore"):
+            converted = array.astype(np.float32)
+        overflow = int(np.count_nonzero(np.isinf(converted) & np.isfinite(array)))
+        if overflow:
+            raise ModelFileError(f"{where}: {overflow:,} of {array.size:,} float64 values are beyond float32's range "
+                                 f"(+-{np.finfo(np.float32).max:.4g}) and would become inf; load with dtype='float64'")
+        return converted
+    return array.astype(dtype, copy=False)
+
+
+COPY_CHUNK = 1 << 20
+
+
+def private_copy(path: Path, span, dtype, shape):
+    """A tensor's bytes copied into a temporary file that only this process holds, mapped read-only; None
+    where the temporary directory has no room (the caller then reads the tensor into memory).
+
+    Why not a map of the checkpoint itself: truncating or rewriting the checkpoint in place under a loaded
+    model (a re-download into the same path) killed the process with SIGBUS at the next read of a page past
+    the new end, or changed its numbers; a private (copy-on-write) map does not protect against truncation
+    either. Why a map and not memory: the word table is half of a small model's bytes and a text reads a few
+    of its rows; a map keeps only those resident (the cold start's peak memory). The temporary file is
+    unlinked as it is created, so nothing else can truncate it, and the kernel copies the bytes
+    (copy_file_range) without passing them through this process's memory.
+    """
+    start, end = span
+    if end == start:
+        return None
+    try:
+        copy = tempfile.TemporaryFile(prefix="minibert-", buffering=0)
+    except OSError:
+        return None
+    with copy:
+        try:
+            with files.open_regular(path, ModelFileError, "the checkpoint") as source:
+                copy_bytes(source, copy, start, end - start, path)
+            return np.memmap(copy, dtype=dtype, mode="r", shape=shape)
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: disappeared while minibert was reading it; load the model again") from None
+        except OSError:          # no room (ENOSPC, EDQUOT) or no map: read into memory instead
+            return None
+
+
+def copy_bytes(source, target, start: int, count: int, path: Path) -> None:
+    """Bytes [start, start + count) of source into target from its beginning; a source that ends early
+    (truncated while being read) is a ModelFileError."""
+    done = 0
+    in_kernel = hasattr(os, "copy_file_range")
+    while done < count:
+        if in_kernel:
+            try:
+                n = os.copy_file_range(source.fileno(), target.fileno(), count - done, start + done, done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                in_kernel = False       # this filesystem pair cannot: copy through a buffer
+                continue
+        else:
+            source.seek(start + done)
+            chunk = source.read(min(COPY_CHUNK, count - done))
+            target.seek(done)
+            n = target.write(chunk) if chunk else 0
+        if n == 0:
+            raise ModelFileError(f"{path}: ends before byte {start + count} (truncated while minibert was reading "
+                                 "it?); load the model again once the file is complete")
+        done += n
 
 
 FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -345,20 +495,25 @@ def read_raw(path: Path, span, dtype) -> np.ndarray:
     Not through a memory map: a mapped file's pages count in the process's resident memory while it stays
     mapped, which raised the peak of loading a model by the size of its checkpoint."""
     start, end = span
+    count = (end - start) // np.dtype(dtype).itemsize
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
             f.seek(start)
-            return np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize)
+            array = np.fromfile(f, dtype=dtype, count=count)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
+    if array.size != count:
+        raise ModelFileError(f"{path}: ends before byte {end} (truncated while minibert was reading it?); "
+                             "load the model again once the file is complete")
+    return array
 
 
 def data_start(path: Path) -> int:
     """Byte position of the tensors' data: after the 8-byte header length and the header."""
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, ModelFileError, "the checkpoint") as f:
             return 8 + struct.unpack("<Q", f.read(8))[0]
-    except OSError as e:
+    except (OSError, struct.error) as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file") from None
 
 
@@ -391,16 +546,20 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
             used.add(original)
             # The word table is most of a small model's bytes and a text reads a few of its rows: map it.
             parts.append(checkpoint.read(original, dtype, mapped=ours == "embeddings.word"))
-        if arrangement == "transpose":
-            array = parts[0].T
-        elif arrangement == "transpose_concat":
-            array = np.concatenate([p.T for p in parts], axis=1)
-        elif arrangement == "concat":
-            array = np.concatenate(parts)
-        else:
-            array = parts[0]
-        if array.shape != shapes[shape_key]:
-            raise ModelFileError(f"{model_dir}: tensor {' + '.join(names)} has shape {checkpoint.location[by_name[names[0]]][2]}; "
+        try:
+            if arrangement == "transpose":
+                array = parts[0].T
+            elif arrangement == "transpose_concat":
+                array = np.concatenate([p.T for p in parts], axis=1)
+            elif arrangement == "concat":
+                array = np.concatenate(parts)
+            else:
+                array = parts[0]
+        except ValueError:       # parts that cannot be joined (Q, K, V of different shapes)
+            array = None
+        if array is None or array.shape != shapes[shape_key]:
+            found = " + ".join(str(checkpoint.location[by_name[name]][2]) for name in names)
+            raise ModelFileError(f"{model_dir}: tensor {' + '.join(names)} has shape {found}; "
                                  f"the config implies {shapes[shape_key]} (after arranging as {arrangement}) "
                                  "- does config.json belong to this checkpoint?")
         return np.ascontiguousarray(array)
@@ -446,6 +605,7 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
         raise ModelFileError(f"{model_dir}: unexpected tensor(s) {shown}; the checkpoint does not match "
                              f"config.json ({config.num_hidden_layers} layers, {config.num_hidden_groups} sets of "
                              f"layer weights, model_type {config.model_type!r})")
+    checkpoint.check_unchanged()
     return weights
 
 

@@ -3,13 +3,14 @@ crash (a Rust panic that escapes, a segfault) or a hang fails the test instead o
 
     python tests/fuzz_loading.py WORKDIR --seed 0 --iterations 300
 
-Each iteration copies a valid checkpoint (a tiny BERT with vocab.txt, or the RoBERTa fixture with
-tokenizer.json), mutates one of its files (weights, config, tokenizer files) with seeded random byte-level
+Each iteration copies a valid checkpoint (a tiny BERT with vocab.txt, the RoBERTa fixture with
+tokenizer.json, or the torch-saved pytorch_model.bin fixture), mutates one of its files (weights, config, tokenizer files) with seeded random byte-level
 or structure-aware mutations, then loads it (and, when that succeeds, runs a forward pass). The only acceptable outcomes are success or a
 minibert.MiniBertError; anything else is reported. Prints one JSON line: counts and the failures.
 """
 
 import argparse
+import io
 import json
 import random
 import shutil
@@ -17,6 +18,7 @@ import struct
 import sys
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,9 +27,12 @@ import minibert  # noqa: E402
 from tiny import write_tiny  # noqa: E402
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
-# Two starting points: a tiny BERT with vocab.txt, and the RoBERTa fixture with tokenizer.json (byte-level BPE).
+TORCH_BIN = Path(__file__).parent / "fixtures" / "torch_bin" / "views"
+# Three starting points: a tiny BERT with vocab.txt, the RoBERTa fixture with tokenizer.json (byte-level BPE),
+# and a torch-saved pytorch_model.bin whose tensors are views (offsets, strides) of shared storages.
 TARGETS = {"tiny": ("model.safetensors", "config.json", "tokenizer_config.json", "vocab.txt"),
-           "roberta": ("model.safetensors", "config.json", "tokenizer.json", "special_tokens_map.json")}
+           "roberta": ("model.safetensors", "config.json", "tokenizer.json", "special_tokens_map.json"),
+           "torch": ("pytorch_model.bin", "pytorch_model.bin")}
 INTERESTING_NUMBERS = [0, 1, -1, 2, 7, 255, 256, 65535, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 63 - 1, 2 ** 63,
                        2 ** 64, -(2 ** 63), 10 ** 30, 0.5, -0.0, 1e308, float("nan")]
 
@@ -85,7 +90,41 @@ def mutate_json_value(value, rng: random.Random):
                                              "x" * 1000, [[[[]]]]])
 
 
+def mutate_torch_archive(data: bytes, rng: random.Random) -> bytes:
+    """A valid zip whose data.pkl is mutated (bytes, or one pickle opcode's argument), or whose storage
+    records are cut short, dropped or swapped."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    entries = {info.filename: source.read(info) for info in source.infolist()}
+    pkl = next(name for name in entries if name.endswith("/data.pkl"))
+    records = [name for name in entries if "/data/" in name]
+    kind = rng.choice(["pickle", "pickle", "int", "record", "drop", "swap"])
+    if kind == "pickle":
+        entries[pkl] = mutate_bytes(entries[pkl], rng)
+    elif kind == "int":              # BININT1 / BININT2 arguments: offsets, sizes, strides, numel
+        raw = bytearray(entries[pkl])
+        spots = [i for i, b in enumerate(raw[:-1]) if b in (ord("K"), ord("M"))]
+        if spots:
+            i = rng.choice(spots)
+            raw[i + 1] = rng.choice([0, 1, 2, 15, 16, 17, 255])
+        entries[pkl] = bytes(raw)
+    elif kind == "record":
+        name = rng.choice(records)
+        entries[name] = entries[name][: rng.randrange(len(entries[name]) + 1)]
+    elif kind == "drop":
+        del entries[rng.choice(records)]
+    else:
+        a, b = rng.choice(records), rng.choice(records)
+        entries[a], entries[b] = entries[b], entries[a]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, content in entries.items():
+            z.writestr(name, content)
+    return out.getvalue()
+
+
 def mutate_structured(name: str, data: bytes, rng: random.Random) -> bytes:
+    if name == "pytorch_model.bin":
+        return mutate_torch_archive(data, rng)
     if name == "model.safetensors":
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + length])
@@ -110,8 +149,9 @@ def main():
     parser.add_argument("--iterations", type=int, default=300)
     args = parser.parse_args()
     work = Path(args.workdir)
-    pristine = {"tiny": write_tiny(work / "pristine"), "roberta": work / "roberta"}
+    pristine = {"tiny": write_tiny(work / "pristine"), "roberta": work / "roberta", "torch": work / "torch"}
     shutil.copytree(FAMILIES / "roberta", pristine["roberta"], dirs_exist_ok=True)
+    shutil.copytree(TORCH_BIN, pristine["torch"], dirs_exist_ok=True)
     originals = {(kind, name): (pristine[kind] / name).read_bytes() for kind, names in TARGETS.items() for name in names}
     rng = random.Random(args.seed)
     counts = {"loaded": 0, "minibert_error": 0}

@@ -118,10 +118,12 @@ def test_vocab_txt_tokenizer_matches_tokenizer_json_on_the_default_model(tmp_pat
 def test_missing_directory_and_files(tmp_path):
     with pytest.raises(ModelFileError, match="no such model directory"):
         minibert.load(str(tmp_path / "nope"))
+    with pytest.raises(ModelFileError, match=r"missing config.json, weights .* \(found nothing\)"):
+        minibert.load(str(tmp_path))          # an empty directory: everything missing, in one error
+    (tmp_path / "vocab.txt").write_text("[UNK]\n[CLS]\n[SEP]\n")
     with pytest.raises(ConfigError, match="config.json not found"):
         minibert.load(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps(tiny_config()))
-    (tmp_path / "vocab.txt").write_text("[UNK]\n[CLS]\n[SEP]\n")
     with pytest.raises(ModelFileError, match="no model.safetensors"):
         minibert.load(str(tmp_path))
 
@@ -129,7 +131,8 @@ def test_missing_directory_and_files(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "xlnet"}, "model_type 'xlnet' is not supported; supported families: bert"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not supported"),
-    ({"mystery_switch": 3}, "unknown key\\(s\\) mystery_switch"),
+    ({"rope_scaling": {"type": "linear"}}, "unknown key\\(s\\) rope_scaling for model_type 'bert': they change the forward"),
+    ({"embedding_size": 16}, "unknown key\\(s\\) embedding_size for model_type 'bert'"),
     ({"hidden_size": 18}, "hidden_size 18 is not divisible by num_attention_heads 4"),
     ({"hidden_act": "swish2"}, "hidden_act 'swish2' is not supported"),
     ({"num_hidden_layers": "2"}, "num_hidden_layers must be int"),
@@ -239,3 +242,107 @@ def test_runtime_never_imports_torch():
     code = "import minibert, sys; m = minibert.load(); m('hi'); print('torch' in sys.modules, 'transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs and layouts as they are in the wild.
+
+def test_unknown_config_keys_warn_once_naming_them_and_load(tmp_path, monkeypatch):
+    """Before: any unknown key aborted loading. Now one warning names all of them; the model loads and
+    computes what it computes without them."""
+    monkeypatch.delenv("MINIBERT_STRICT_CONFIG", raising=False)
+    write_tiny(tmp_path / "plain")
+    write_tiny(tmp_path / "extra", tiny_config(mystery_switch=3, zeta_setting="x"), tiny_tensors(tiny_config()))
+    with pytest.warns(minibert.config.UnknownConfigKeysWarning) as caught:
+        _, out = run(tmp_path / "extra")
+    assert len(caught) == 1
+    assert "unknown key(s) mystery_switch, zeta_setting ignored" in str(caught[0].message)
+    np.testing.assert_array_equal(out.last_hidden_state, run(tmp_path / "plain")[1].last_hidden_state)
+
+
+def test_strict_config_env_turns_the_warning_into_an_error(tmp_path, monkeypatch):
+    write_tiny(tmp_path, tiny_config(mystery_switch=3), tiny_tensors(tiny_config()))
+    monkeypatch.setenv("MINIBERT_STRICT_CONFIG", "1")
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) mystery_switch; minibert cannot tell"):
+        minibert.load(str(tmp_path), backend="numpy")
+
+
+def test_keys_known_not_to_change_the_forward_pass_are_ignored_silently(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setenv("MINIBERT_STRICT_CONFIG", "1")
+    write_tiny(tmp_path, tiny_config(_attn_implementation="sdpa", _commit_hash="abc", layerdrop=0.1),
+               tiny_tensors(tiny_config()))
+    minibert.load(str(tmp_path), backend="numpy")
+    assert not [w for w in recwarn if issubclass(w.category, minibert.config.UnknownConfigKeysWarning)]
+
+
+def test_max_len_in_an_old_tokenizer_config_limits_the_tokens(tmp_path):
+    """transformers < 4 wrote max_len where later versions write model_max_length; transformers 4 still reads it."""
+    write_tiny(tmp_path, tokenizer_config={"do_lower_case": True, "max_len": 8})
+    model = minibert.load(str(tmp_path), backend="numpy")
+    assert model.tokenizer.max_length == 8
+    assert model.tokenize(["the cat sat on the mat the cat sat"]).input_ids.shape == (1, 8)
+
+
+def test_old_wordpiece_layout_takes_casing_from_tokenizer_config(tmp_path):
+    """vocab.txt + tokenizer_config.json's do_lower_case, no tokenizer.json (older checkpoints)."""
+    write_tiny(tmp_path / "lower", tokenizer_config={"do_lower_case": True})
+    write_tiny(tmp_path / "cased", tokenizer_config={"do_lower_case": False})
+    lower = minibert.load(str(tmp_path / "lower"), backend="numpy").tokenize(["The CAT"]).tokens[0]
+    cased = minibert.load(str(tmp_path / "cased"), backend="numpy").tokenize(["The CAT"]).tokens[0]
+    assert lower == ["[CLS]", "the", "cat", "[SEP]"]
+    assert cased == ["[CLS]", "[UNK]", "[UNK]", "[SEP]"]
+
+
+def test_a_directory_without_weights_and_tokenizer_names_both(tmp_path):
+    """Before: only the first problem met (the tokenizer). Now one error names everything missing."""
+    write_tiny(tmp_path, vocab=False)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "README.md").write_text("hi")
+    with pytest.raises(ModelFileError, match=r"missing weights \(model.safetensors, pytorch_model.bin or a shard "
+                                             r"index of either\) and a tokenizer \(tokenizer.json, vocab.txt, or "
+                                             r"vocab.json \+ merges.txt\) \(found README.md, config.json\)"):
+        minibert.load(str(tmp_path), backend="numpy")
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelFileError, match=r"missing config.json, weights .* and a tokenizer"):
+        minibert.load(str(tmp_path), backend="numpy")
+
+
+def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
+    from minibert.cli import main
+    write_tiny(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"old weights")
+    (tmp_path / "1_Pooling").mkdir()
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "files used  config.json, model.safetensors, tokenizer_config.json, vocab.txt\n" in out
+    assert "ignored     1_Pooling/, pytorch_model.bin\n" in out
+
+
+ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat", "x\x1cy", "dog"]
+
+
+def test_vocab_txt_ids_are_line_numbers(tmp_path):
+    """Lines split on \\n only (form feed, U+2028, NEL, file separators belong to the token); a repeated token
+    takes its last line. Before: str.splitlines split inside those tokens, shifting every later id."""
+    config = tiny_config(vocab_size=len(ODD_VOCAB))
+    write_tiny(tmp_path, config, tiny_tensors(config), vocab=False)
+    (tmp_path / "vocab.txt").write_bytes(("\n".join(ODD_VOCAB) + "\n").encode("utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    model = minibert.load(str(tmp_path), backend="numpy")
+    vocab = model.tokenizer.backend.get_vocab()
+    assert vocab["the"] == 9 and vocab["cat"] == 10 and vocab["dog"] == 12
+    assert model.tokenize(["the cat dog"]).input_ids[0].tolist() == [2, 9, 10, 12, 3]
+
+
+@pytest.mark.reference
+def test_vocab_txt_ids_match_transformers_on_odd_lines(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = tiny_config(vocab_size=len(ODD_VOCAB))
+    write_tiny(tmp_path, config, tiny_tensors(config), vocab=False)
+    (tmp_path / "vocab.txt").write_bytes(("\n".join(ODD_VOCAB) + "\n").encode("utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    theirs = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False)
+    ours = minibert.load(str(tmp_path), backend="numpy").tokenizer
+    text = ["the cat dog x", "cat the"]
+    assert ours(text).input_ids[0][:6].tolist() == theirs(text[0])["input_ids"]
+    assert ours.backend.get_vocab() == theirs.get_vocab()

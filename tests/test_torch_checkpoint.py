@@ -1,0 +1,260 @@
+"""PyTorch pytorch_model.bin checkpoints, read without torch: the committed fixtures (made by torch 2.13 with
+tests/fixtures/make_torch_bin.py) load equal to their safetensors twins; malicious or damaged files are
+refused with a ModelFileError before anything in them runs."""
+
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import write_tiny
+
+import minibert
+from minibert import ModelFileError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torch_bin"
+TEXTS = ["the cat sat on the mat", "hello world", "a dog ran"]
+
+
+def twin_dir(tmp_path, case):
+    """The case's config and vocabulary with its safetensors twin as model.safetensors."""
+    twin = tmp_path / f"{case}-twin"
+    twin.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(FIXTURES / case / name, twin / name)
+    shutil.copy(FIXTURES / f"{case}.twin.safetensors", twin / "model.safetensors")
+    return twin
+
+
+@pytest.mark.parametrize("case", ["fp32", "fp16", "bf16", "tied", "views", "sharded"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_bin_loads_equal_to_its_safetensors_twin(tmp_path, case, dtype):
+    from_bin = minibert.load(str(FIXTURES / case), backend="numpy", dtype=dtype)
+    from_twin = minibert.load(str(twin_dir(tmp_path, case)), backend="numpy", dtype=dtype)
+
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        elif isinstance(tree, list):
+            for i, v in enumerate(tree):
+                yield from leaves(v, f"{prefix}{i}.")
+        elif tree is not None:
+            yield prefix, tree
+    ours, twins = dict(leaves(from_bin.weights)), dict(leaves(from_twin.weights))
+    assert ours.keys() == twins.keys()
+    for name in ours:
+        assert ours[name].dtype == twins[name].dtype
+        np.testing.assert_array_equal(ours[name], twins[name], err_msg=name)     # bit for bit
+    np.testing.assert_array_equal(from_bin.encode(TEXTS), from_twin.encode(TEXTS))
+
+
+def test_bf16_values_are_the_exact_widening_of_the_stored_words():
+    """bf16 -> float32 by shifting the 16-bit words left: exact, and not the fp32 values they came from."""
+    model = minibert.load(str(FIXTURES / "bf16"), backend="numpy")
+    word = np.asarray(model.weights["embeddings"]["word"])
+    assert not np.any(word.view(np.uint32) & 0xFFFF)                 # low 16 bits all zero: bf16 values
+    fp32 = minibert.load(str(FIXTURES / "fp32"), backend="numpy").weights["embeddings"]["word"]
+    assert np.abs(word - fp32).max() <= np.abs(fp32).max() * 2 ** -8   # within bf16's rounding
+
+
+def test_safetensors_is_preferred_when_both_exist(tmp_path):
+    """A directory with both: model.safetensors is read, pytorch_model.bin is not even opened."""
+    case = twin_dir(tmp_path, "fp32")
+    (case / "pytorch_model.bin").write_bytes(b"not a checkpoint at all")
+    model = minibert.load(str(case), backend="numpy")
+    assert model.encode(TEXTS).shape == (3, 16)
+
+
+def test_legacy_format_is_refused_naming_it():
+    with pytest.raises(ModelFileError, match=r"pytorch_model.bin: not a zip archive: a PyTorch checkpoint in the legacy "
+                                             r"format \(torch < 1.6"):
+        minibert.load(str(FIXTURES / "legacy"), backend="numpy")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-made archives: a pickle written here (no torch), in the layout torch.save uses.
+
+def write_archive(directory: Path, pickled: bytes, records=None, name="pytorch_model.bin"):
+    write_tiny(directory)
+    (directory / "model.safetensors").unlink()
+    with zipfile.ZipFile(directory / name, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickled)
+        z.writestr("archive/byteorder", "little")
+        for key, data in (records or {}).items():
+            z.writestr(f"archive/data/{key}", data)
+    return directory
+
+
+class RunsCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("wrap", ["top", "inside_a_state_dict", "as_a_storage_type"])
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, wrap):
+    marker = tmp_path / "marker"
+    payload = RunsCommand(f"touch {marker}")
+    if wrap == "top":
+        pickled = pickle.dumps(payload, protocol=2)
+    elif wrap == "inside_a_state_dict":
+        pickled = pickle.dumps({"embeddings.word_embeddings.weight": payload}, protocol=2)
+    else:             # a persistent id whose storage type is the payload
+        storage = object()
+
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                return ("storage", payload, "0", "cpu", 4) if obj is storage else None
+        buffer = io.BytesIO()
+        Pickler(buffer, protocol=2).dump({"w": storage})
+        pickled = buffer.getvalue()
+    write_archive(tmp_path / "model", pickled)
+    with pytest.raises(ModelFileError, match=rf"the pickle asks for {os.system.__module__}\.system, which a state dict "
+                                             "does not need; refused without running it"):
+        minibert.load(str(tmp_path / "model"), backend="numpy")
+    assert not marker.exists()
+
+
+def test_builtins_eval_and_getattr_are_refused(tmp_path):
+    for target in (eval, getattr):
+        pickled = pickle.dumps({"x": target}, protocol=2)
+        write_archive(tmp_path / target.__name__, pickled)
+        with pytest.raises(ModelFileError, match=rf"asks for (__builtin__|builtins)\.{target.__name__}"):
+            minibert.load(str(tmp_path / target.__name__), backend="numpy")
+
+
+def fake_torch_pickle(tensors: dict) -> bytes:
+    """data.pkl as torch writes it, for tensors given as (storage type, key, numel, offset, size, stride);
+    the globals are written by name with pickle opcodes, so no torch is needed."""
+    out = io.BytesIO()
+    out.write(b"\x80\x02}(")                                                  # PROTO 2, EMPTY_DICT, MARK
+    for name, (storage_type, key, numel, offset, size, stride) in tensors.items():
+        out.write(pickle.dumps(name, protocol=2)[2:-1])                       # the key (no PROTO, no STOP)
+        out.write(b"ctorch._utils\n_rebuild_tensor_v2\n(")                    # GLOBAL, MARK
+        out.write(b"(" + pickle.dumps("storage", protocol=2)[2:-1] + f"ctorch\n{storage_type}\n".encode()
+                  + pickle.dumps(key, protocol=2)[2:-1] + pickle.dumps("cpu", protocol=2)[2:-1]
+                  + pickle.dumps(numel, protocol=2)[2:-1] + b"tQ")           # TUPLE, BINPERSID
+        for value in (offset, tuple(size), tuple(stride), False):
+            out.write(pickle.dumps(value, protocol=2)[2:-1])
+        out.write(b"ccollections\nOrderedDict\n)RtR")                          # OrderedDict(), TUPLE, REDUCE
+    out.write(b"u.")                                                          # SETITEMS, STOP
+    return out.getvalue()
+
+
+def test_build_opcodes_cannot_change_checked_records_or_minibert_functions(tmp_path):
+    """BUILD (an object's state) after a tensor record, and on the rebuild function itself: refused, and a
+    clean checkpoint loads the same afterwards."""
+    V, H = 49, 16
+    tensor = ("FloatStorage", "0", V * H, 0, (V, H), (H, 1))
+    pickled = fake_torch_pickle({"embeddings.word_embeddings.weight": tensor})
+    on_record = pickled[:-2] + b"}" + pickle.dumps("offset", protocol=2)[2:-1] + b"G?\xf8\x00\x00\x00\x00\x00\x00sb" + pickled[-2:]
+    on_function = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(N}" + pickle.dumps("__defaults__", protocol=2)[2:-1]
+                   + b"(K\x01tstb" + b".")     # BUILD (None, {"__defaults__": (1,)})
+    for name, data in (("record", on_record), ("function", on_function)):
+        write_archive(tmp_path / name, data, {"0": b"\0" * (4 * V * H)})
+        with pytest.raises(ModelFileError):
+            minibert.load(str(tmp_path / name), backend="numpy")
+    from minibert.torch_checkpoint import rebuild_tensor
+    assert rebuild_tensor.__defaults__ == (False, None, None)
+    minibert.load(str(FIXTURES / "fp32"), backend="numpy")
+
+
+def test_the_hand_made_writer_reads_back():
+    """fake_torch_pickle is what the refusals below rely on: check it against the real fixture's bytes."""
+    data = np.arange(6, dtype=np.float32)
+    pickled = fake_torch_pickle({"w": ("FloatStorage", "0", 6, 1, (2, 2), (1, 2))})
+    from minibert.torch_checkpoint import StateDictUnpickler
+    state = StateDictUnpickler(pickled, "test").load()
+    assert state["w"].offset == 1 and state["w"].shape == (2, 2) and state["w"].strides == (1, 2)
+    assert data.size == state["w"].storage.numel
+
+
+@pytest.mark.parametrize("tensor, records, message", [
+    (("FloatStorage", "0", 10, 0, (4,), (1,)), {"0": b"\0" * 16}, r"needs 40 bytes but its record holds 16 \(storage out of range\)"),
+    (("FloatStorage", "0", 4, 2, (4,), (1,)), {"0": b"\0" * 16}, r"reaches element 5 of a storage of 4 \(storage out of range\)"),
+    (("FloatStorage", "0", 4, 0, (2, 2), (3, 1)), {"0": b"\0" * 16}, r"reaches element 4 of a storage of 4"),
+    (("FloatStorage", "1", 4, 0, (4,), (1,)), {"0": b"\0" * 16}, r"storage '1' has no record archive/data/1"),
+    (("FloatStorage", "0", 4, -1, (4,), (1,)), {"0": b"\0" * 16}, r"negative offset, size or stride"),
+    (("FloatStorage", "0", 4, 0, (1000, 1000), (0, 0)), {"0": b"\0" * 16}, r"more elements than its storage"),
+    (("ComplexFloatStorage", "0", 4, 0, (4,), (1,)), {"0": b"\0" * 32}, r"asks for torch.ComplexFloatStorage"),
+])
+def test_damaged_storages_are_refused(tmp_path, tensor, records, message):
+    write_archive(tmp_path, fake_torch_pickle({"embeddings.word_embeddings.weight": tensor}), records)
+    with pytest.raises(ModelFileError, match=message):
+        minibert.load(str(tmp_path), backend="numpy")
+
+
+def test_integer_weights_are_refused_naming_the_dtype(tmp_path):
+    config = json.loads((FIXTURES / "fp32" / "config.json").read_text())
+    V, H = config["vocab_size"], config["hidden_size"]
+    write_archive(tmp_path, fake_torch_pickle({"embeddings.word_embeddings.weight": ("LongStorage", "0", V * H, 0, (V, H), (H, 1))}),
+                  {"0": b"\0" * (8 * V * H)})
+    with pytest.raises(ModelFileError, match=r"tensor 'embeddings.word_embeddings.weight' has dtype I64"):
+        minibert.load(str(tmp_path), backend="numpy")
+
+
+def test_not_a_state_dict_and_not_torch_layout(tmp_path):
+    write_archive(tmp_path / "list", pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(ModelFileError, match="data.pkl holds a list, not a state dict"):
+        minibert.load(str(tmp_path / "list"), backend="numpy")
+    write_archive(tmp_path / "int", pickle.dumps({"w": 3}, protocol=2))
+    with pytest.raises(ModelFileError, match="state dict entry 'w' is a int, not a tensor"):
+        minibert.load(str(tmp_path / "int"), backend="numpy")
+    write_tiny(tmp_path / "zip")
+    (tmp_path / "zip" / "model.safetensors").unlink()
+    with zipfile.ZipFile(tmp_path / "zip" / "pytorch_model.bin", "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(ModelFileError, match=r"not torch's checkpoint layout"):
+        minibert.load(str(tmp_path / "zip"), backend="numpy")
+
+
+def test_torch_is_never_imported(tmp_path):
+    """Reading .bin files must not need torch even where it is installed."""
+    import subprocess
+    code = (f"import sys, minibert; minibert.load({str(FIXTURES / 'views')!r}, backend='numpy').encode(['a']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
+def test_live_save_pretrained_bin_equals_its_safetensors(tmp_path, torch_dtype):
+    """torch.save of a fresh random BertForMaskedLM's state dict (tied decoder, int64 position_ids buffer), as
+    transformers 4's save_pretrained(safe_serialization=False) wrote it (transformers 5 always writes
+    safetensors), against the same model saved as safetensors; float32 also against transformers' output."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tiny import VOCAB
+    torch.manual_seed(3)
+    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=40)
+    model = transformers.BertForMaskedLM(config).eval().to(getattr(torch, torch_dtype))
+    model.save_pretrained(tmp_path / "st")
+    (tmp_path / "bin").mkdir()
+    model.config.to_json_file(tmp_path / "bin" / "config.json")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    for name in ("bin", "st"):
+        (tmp_path / name / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    assert (tmp_path / "bin" / "pytorch_model.bin").exists() and not (tmp_path / "bin" / "model.safetensors").exists()
+    ours = minibert.load(str(tmp_path / "bin"), backend="numpy", dtype="float64")
+    twin = minibert.load(str(tmp_path / "st"), backend="numpy", dtype="float64")
+    batch = ours.tokenize(TEXTS)
+    got = ours.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).last_hidden_state
+    np.testing.assert_array_equal(got, twin.forward(batch.input_ids, batch.attention_mask,
+                                                    batch.token_type_ids).last_hidden_state)
+    if torch_dtype == "float32":
+        with torch.no_grad():
+            want = model.bert(input_ids=torch.tensor(batch.input_ids), attention_mask=torch.tensor(batch.attention_mask),
+                              token_type_ids=torch.tensor(batch.token_type_ids)).last_hidden_state.numpy()
+        mask = batch.attention_mask.astype(bool)
+        assert np.abs(got[mask] - want[mask]).max() < 5e-6
