@@ -187,15 +187,6 @@ def kernels_for(dtype):
         gather_row(out, cuda.blockIdx.x, input_ids, position_ids, token_type_ids, word, position, token_type)
 
     @cuda.jit
-    def embed_layer_norm(out, input_ids, position_ids, token_type_ids, word, position, token_type,
-                         gamma, beta, eps):
-        """embed followed by LayerNorm in one pass over the row (one block per token)."""
-        scratch = cuda.shared.array(ROW_THREADS_MAX, ftype)
-        n = cuda.blockIdx.x
-        gather_row(out, n, input_ids, position_ids, token_type_ids, word, position, token_type)
-        normalize_row(out, n, gamma, beta, eps, scratch)
-
-    @cuda.jit
     def matmul(out, a, w, bias, activation):
         """out = activate(a @ w + bias): a [M, K], w [K, N], bias [N], out [M, N]; any strides.
 
@@ -269,7 +260,7 @@ def kernels_for(dtype):
             out[0, h, i, j] = table[buckets[i, j], h]
 
     return SimpleNamespace(dtype=dtype, block_sum=block_sum, layer_norm=layer_norm, add_layer_norm=add_layer_norm,
-                           embed=embed, embed_layer_norm=embed_layer_norm, matmul=matmul, copy3=copy3,
+                           embed=embed, matmul=matmul, copy3=copy3,
                            gather_bias=gather_bias, maths=maths)
 
 
@@ -457,18 +448,6 @@ def embed(out, input_ids, position_ids, token_type_ids, word, position, token_ty
                                                            word, position, token_type)
 
 
-def embed_layer_norm(out, input_ids, position_ids, token_type_ids, word, position, token_type, gamma, beta, eps):
-    """out [B, T, E] = LayerNorm(embed(...)) in one kernel."""
-    check_embed_shapes(out, input_ids, position_ids, token_type_ids, word, position, token_type)
-    check_shapes("embed_layer_norm", out=(out, "BTE"), gamma=(gamma, "E"), beta=(beta, "E"))
-    out2 = as_rows(out)
-    if out2.shape[0]:
-        k = kernels_for(out.dtype)
-        k.embed_layer_norm[out2.shape[0], row_threads(out2.shape[1])](
-            out2, input_ids, position_ids, token_type_ids, word, position, token_type, gamma, beta,
-            out.dtype.type(eps))
-
-
 def matmul_bias_act(out, a, w, bias, activation=None):
     """out [M, N] = activation(a [M, K] @ w [K, N] + bias [N]); a may have any strides."""
     check_shapes("matmul", out=(out, "MN"), a=(a, "MK"), w=(w, "KN"), bias=(bias, "N"))
@@ -477,11 +456,6 @@ def matmul_bias_act(out, a, w, bias, activation=None):
         k = kernels_for(out.dtype)
         grid = ((N + TILE_N - 1) // TILE_N, (M + TILE_M - 1) // TILE_M)
         k.matmul[grid, (THREADS_X, THREADS_Y)](out, a, w, bias, ACTIVATION_CODES[activation])
-
-
-def pooler(out, hidden, w, bias):
-    """out [B, H] = tanh(hidden[:, 0] @ w + bias): BERT's pooler through the matmul epilogue."""
-    matmul_bias_act(out, hidden[:, 0], w, bias, activation="tanh")
 
 
 def attention(context, probs, q, k, v, mask_bias, num_heads, keep_probs, position_bias=None):

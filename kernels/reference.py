@@ -68,6 +68,11 @@ def layer_norm(x, gamma, beta, eps, residual=None):
     return (x - mean) / np.sqrt(var + eps) * gamma + beta      # [..., C]
 
 
+def add_layer_norm(x, residual, gamma, beta, eps):
+    """LayerNorm(x + residual): the residual add and the post-LN of every BERT sub-layer, one op."""
+    return layer_norm(x + residual, gamma, beta, eps)                  # [..., C]
+
+
 def embed(input_ids, position_ids, token_type_ids, word, position, token_type):
     """Sum of the three embedding lookups: ids [B, T] -> [B, T, E]."""
     return word[input_ids] + position[position_ids] + token_type[token_type_ids]
@@ -126,3 +131,43 @@ def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=N
     context = probs @ heads(v)                                           # [B, NH, T, HS]
     context = context.transpose(0, 2, 1, 3).reshape(B, T, H)             # [B, T, H]
     return context, (probs if return_probs else None)
+
+
+def encoder_layer(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads, activation, eps,
+                  position_bias=None):
+    """One BERT encoder layer written out op by op, nothing fused: the formula minibert/model.py computes
+    with fused ops (a Q|K|V matmul, bias + activation after a matmul, the residual add inside LayerNorm).
+
+        x = LayerNorm(x + Attention(x))          Attention(x) = softmax(Q K^T / sqrt(HS) + mask) V Wo + bo
+        x = LayerNorm(x + FFN(x))                FFN(x) = GELU(x W1 + b1) W2 + b2, GELU with the exact erf
+
+    x [B, T, H]; mask_bias [B, T] (0 for a real key, a large negative number for padding); position_bias
+    [B or 1, NH, T, T] or None (MPNet). Weights as minibert.weights arranges them (qkv["w"] [H, 3H]).
+    Returns (output [B, T, H], every intermediate under its capture name).
+    """
+    B, T, H = x.shape
+    HS = H // num_heads
+
+    def heads(a):
+        return a.reshape(B, T, num_heads, HS).transpose(0, 2, 1, 3)             # [B, NH, T, HS]
+
+    w_q, w_k, w_v = np.split(qkv["w"], 3, axis=1)                               # 3 x [H, H]
+    b_q, b_k, b_v = np.split(qkv["b"], 3)                                       # 3 x [H]
+    q = x @ w_q + b_q                                                           # [B, T, H]
+    k = x @ w_k + b_k                                                           # [B, T, H]
+    v = x @ w_v + b_v                                                           # [B, T, H]
+    scores = heads(q) @ heads(k).transpose(0, 1, 3, 2) / math.sqrt(HS)          # [B, NH, T, T]
+    if position_bias is not None:
+        scores = scores + position_bias                                         # [B, NH, T, T]
+    scores = scores + mask_bias[:, None, None, :]                               # [B, NH, T, T]
+    probs = softmax(scores)                                                     # [B, NH, T, T]
+    context = (probs @ heads(v)).transpose(0, 2, 1, 3).reshape(B, T, H)         # [B, T, H]
+    attention_output = context @ attn_out["w"] + attn_out["b"]                  # [B, T, H]
+    x_attended = layer_norm(x + attention_output, attn_ln["g"], attn_ln["b"], eps)   # [B, T, H] residual, LN
+    pre_activation = x_attended @ ffn_in["w"] + ffn_in["b"]                     # [B, T, I]
+    intermediate = ACTIVATIONS[activation](pre_activation)                      # [B, T, I] erf GELU for BERT
+    ffn_output = intermediate @ ffn_out["w"] + ffn_out["b"]                     # [B, T, H]
+    out = layer_norm(x_attended + ffn_output, ffn_ln["g"], ffn_ln["b"], eps)    # [B, T, H] residual, LN
+    return out, {"query": q, "key": k, "value": v, "attention.probs": probs, "attention.context": context,
+                 "attention.output": attention_output, "attention.layer_norm": x_attended,
+                 "ffn.intermediate": intermediate, "ffn.output": ffn_output}

@@ -1,19 +1,14 @@
-"""The ops the model calls, chosen once at load: "numpy" (the reference) or "cpu" (Numba kernels).
+"""The ops the model calls, chosen once at load: "numpy" (the reference), "cpu" (Numba kernels) or "cuda".
 
-Every backend offers the same functions with the same array-in, array-out contract:
-    embed(input_ids, position_ids, token_type_ids, word, position, token_type) -> [B, T, E]
-    linear(x, w, b, activation=None)                  -> act(x @ w + b)
-    layer_norm(x, gamma, beta, eps, residual=None)    -> LayerNorm(x + residual)
-    attention(q, k, v, mask_bias, num_heads, return_probs, position_bias=None)
-                                                      -> (context [B, T, H], probs or None);
-                                                         position_bias [B or 1, NH, T, T] or None
-    relative_position_bias(table, T, num_buckets, max_distance) -> [1, NH, T, T] (MPNet's, from a [buckets, NH] table)
-    prepare(weights) -> weights in the form this backend computes with
-    to_host(output)   -> the output with every array as a NumPy array (identity on the host backends)
+`Ops` below is the contract: every backend is an object with exactly these functions, array in, array out,
+so minibert/model.py names `Ops` and "go to definition" lands here; adding a backend means implementing
+this list (and registering it in make_ops). Arrays may be a backend's own device arrays between calls;
+`to_host` turns an output back into NumPy.
 """
 
 import math
 from types import SimpleNamespace
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -22,12 +17,51 @@ from .errors import BackendError
 BACKENDS = ("numpy", "cpu", "cuda")
 
 
+class Ops(Protocol):
+    """The functions every backend provides (kernels/reference.py holds the NumPy definition of each)."""
+
+    name: str                   # "numpy", "cpu" or "cuda"
+
+    def embed(self, input_ids, position_ids, token_type_ids, word, position, token_type):
+        """word[ids] + position[positions] + token_type[types]: ids [B, T] -> [B, T, E]."""
+
+    def linear(self, x, w, b, activation: Optional[str] = None):
+        """activation(x @ w + b): x [..., C_in], w [C_in, C_out] -> [..., C_out]; activation a name of
+        kernels.reference.ACTIVATION_FUNCTIONS or None."""
+
+    def layer_norm(self, x, gamma, beta, eps):
+        """LayerNorm over the last axis (biased variance)."""
+
+    def add_layer_norm(self, x, residual, gamma, beta, eps):
+        """LayerNorm(x + residual): each sub-layer's residual add and post-LN."""
+
+    def attention(self, q, k, v, mask_bias, num_heads, return_probs, position_bias=None):
+        """Scaled dot-product attention: q, k, v [B, T, H], mask_bias [B, T], position_bias [B or 1, NH, T, T]
+        or None -> (context [B, T, H], probs [B, NH, T, T] or None)."""
+
+    def relative_position_bias(self, table, T, num_buckets, max_distance):
+        """MPNet's bias [1, NH, T, T] from its [buckets, NH] table."""
+
+    def prepare(self, weights):
+        """The weights dict in the form this backend computes with (e.g. uploaded to a device)."""
+
+    def to_host(self, output):
+        """output with every array as a NumPy array (identity on the host backends)."""
+
+    def synchronize(self):
+        """Wait for queued work (a device's); returns at once on the host backends."""
+
+
+def no_wait():
+    """Host backends finish each op before it returns: nothing to wait for."""
+
+
 def numpy_ops():
     from .kernels import reference
     return SimpleNamespace(name="numpy", embed=reference.embed, linear=reference.linear,
-                           layer_norm=reference.layer_norm, attention=reference.attention,
-                           relative_position_bias=reference.relative_position_bias,
-                           prepare=lambda weights: weights, to_host=lambda output: output)
+                           layer_norm=reference.layer_norm, add_layer_norm=reference.add_layer_norm,
+                           attention=reference.attention, relative_position_bias=reference.relative_position_bias,
+                           prepare=lambda weights: weights, to_host=lambda output: output, synchronize=no_wait)
 
 
 def cpu_ops():
@@ -134,13 +168,16 @@ def cpu_ops():
             threads.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
         return context, (probs if return_probs else None)
 
+    def add_layer_norm(x, residual, gamma, beta, eps):
+        return layer_norm(x, gamma, beta, eps, residual=residual)
+
     return SimpleNamespace(name="cpu", embed=embed, linear=linear, layer_norm=layer_norm,
-                           attention=attention, relative_position_bias=reference.relative_position_bias,
-                           prepare=lambda weights: weights,
-                           to_host=lambda output: output)
+                           add_layer_norm=add_layer_norm, attention=attention,
+                           relative_position_bias=reference.relative_position_bias,
+                           prepare=lambda weights: weights, to_host=lambda output: output, synchronize=no_wait)
 
 
-def make_ops(backend: str):
+def make_ops(backend: str) -> Ops:
     if backend == "numpy":
         return numpy_ops()
     if backend == "cpu":

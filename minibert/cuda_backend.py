@@ -251,7 +251,11 @@ def cuda_ops():
         """NumPy copies of every DeviceTensor in value (EncoderOutput, tuples, lists, dicts); others as is."""
         return map_arrays(value, lambda a: a, device_array=lambda t: t.copy_to_host())
 
-    return SimpleNamespace(name="cuda", embed=embed, linear=linear, layer_norm=layer_norm, attention=attention,
+    def add_layer_norm(x, residual, gamma, beta, eps):
+        return layer_norm(x, gamma, beta, eps, residual=residual)
+
+    return SimpleNamespace(name="cuda", embed=embed, linear=linear, layer_norm=layer_norm,
+                           add_layer_norm=add_layer_norm, attention=attention,
                            relative_position_bias=relative_position_bias, prepare=prepare, to_host=to_host,
                            synchronize=cuda.synchronize,
                            implementation=getattr(cuda, "implementation", "unknown"),

@@ -5,8 +5,9 @@ Axes: B batch, T tokens, H hidden, NH heads, HS head size (H // NH), I intermedi
 
 The numerics are BERT's: exact-erf GELU (or the config's activation), LayerNorm *after* each residual
 add (post-LN), and padding removed by adding a large negative number to masked keys' scores.
-`ops` (see minibert.backends) supplies embed, linear, layer_norm and attention; nothing here knows
-which device or library runs them.
+`ops` (an `Ops`, the contract in minibert.backends) supplies embed, linear, add_layer_norm, attention and
+the rest; nothing here knows which device or library runs them. kernels/reference.py `encoder_layer` is the
+same layer written out unfused, op by op.
 
 Every supported family (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT, MPNet) runs through the same
 `encoder`. Their differences arrive as data, never as a branch on the family's name: the config's position_rule
@@ -21,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from .config import RELATIVE_MAX_DISTANCE
+from .backends import Ops
 from .errors import InputError
 
 # Sub-layer activations each layer can return on request (forward's `capture`), as "layer{i}.{name}" with
@@ -76,24 +78,25 @@ def make_position_ids(input_ids, config):
     return positions
 
 
-def embeddings(input_ids, position_ids, token_type_ids, *, word, position, token_type, ln, ops, eps):
+def embeddings(input_ids, position_ids, token_type_ids, *, word, position, token_type, ln, ops: Ops, eps):
     """Token + position + segment embeddings, then LayerNorm (BERT paper, section 3.2)."""
     x = ops.embed(input_ids, position_ids, token_type_ids, word, position, token_type)   # [B, T, E]
     return ops.layer_norm(x, ln["g"], ln["b"], eps)                                       # [B, T, E]
 
 
-def project_embeddings(x, *, w, b, ops):
+def project_embeddings(x, *, w, b, ops: Ops):
     """ALBERT, ELECTRA: embeddings narrower (or wider) than the layers are mapped E -> H by one linear."""
     return ops.linear(x, w, b)                                               # [B, T, H]
 
 
-def relative_position_bias(T, *, table, ops, config):
+def relative_position_bias(T, *, table, ops: Ops, config):
     """MPNet: each head's learned score for the bucket of every key's distance from the query, [1, NH, T, T];
     the same for every text and layer (table [buckets, NH], bucketing in kernels/reference.py)."""
     return ops.relative_position_bias(table, T, config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)
 
 
-def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops, num_heads, eps, return_probs):
+def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops: Ops, num_heads, eps,
+                   return_probs):
     """Multi-head self-attention (position_bias [1, NH, T, T] or None added to the scaled scores), output
     projection, residual add, LayerNorm."""
     H = x.shape[-1]
@@ -102,20 +105,21 @@ def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops, 
     context, probs = ops.attention(q, k, v, mask_bias, num_heads, return_probs,
                                    position_bias=position_bias)     # [B, T, H], [B, NH, T, T]
     projected = ops.linear(context, attn_out["w"], attn_out["b"])           # [B, T, H]
-    out = ops.layer_norm(projected, attn_ln["g"], attn_ln["b"], eps, residual=x)   # [B, T, H]
+    out = ops.add_layer_norm(x, projected, attn_ln["g"], attn_ln["b"], eps)  # [B, T, H] LayerNorm(x + attention)
     return out, {"query": q, "key": k, "value": v, "attention.probs": probs,
                  "attention.context": context, "attention.output": projected}
 
 
-def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops, activation, eps):
+def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops: Ops, activation, eps):
     """Position-wise feed-forward: H -> I with the activation, I -> H, residual add, LayerNorm."""
+    # activation(x W1 + b1) in one op; kernels/reference.py encoder_layer writes the two steps apart
     intermediate = ops.linear(x, ffn_in["w"], ffn_in["b"], activation=activation)   # [B, T, I]
     projected = ops.linear(intermediate, ffn_out["w"], ffn_out["b"])                 # [B, T, H]
-    out = ops.layer_norm(projected, ffn_ln["g"], ffn_ln["b"], eps, residual=x)       # [B, T, H]
+    out = ops.add_layer_norm(x, projected, ffn_ln["g"], ffn_ln["b"], eps)           # [B, T, H] LayerNorm(x + FFN)
     return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
 
 
-def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops, config,
+def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops: Ops, config,
                   keep=frozenset()):
     """One transformer encoder layer: attention block then feed-forward block, each post-LN.
 
@@ -133,7 +137,7 @@ def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in
     return out, {**kept, **{name: value for name, value in inside.items() if name in keep}}
 
 
-def pooler(x, *, w, b, ops):
+def pooler(x, *, w, b, ops: Ops):
     """BERT's pooler: tanh(dense(hidden state of the first token, [CLS]))."""
     return ops.linear(x[:, 0], w, b, activation="tanh")                      # [B, H]
 
@@ -151,7 +155,7 @@ class LayerOutput:
     captured: dict                  # "layer{index}.{name}" -> array, for the internals asked for
 
 
-def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
+def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops: Ops, *,
                    dtype, output_attentions=False, num_layers=None, capture=frozenset()):
     """Yield the embedding output, then each layer's output, one at a time (a LayerOutput each).
 
@@ -181,7 +185,7 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
                                     if capture_name(i, name) in capture})
 
 
-def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops, *,
+def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops: Ops, *,
             dtype, output_attentions=False, num_layers=None, capture=frozenset()):
     """Run embeddings and the first `num_layers` layers (all by default), keep every hidden state, and pool
     [CLS] when the model has a pooler and every layer ran. Arguments as for `encoder_layers`."""

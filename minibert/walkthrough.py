@@ -8,12 +8,12 @@ Axes: T tokens, H hidden, NH heads, HS head size, I intermediate.
 """
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from .config import RELATIVE_MAX_DISTANCE
 from .kernels import reference
 
 DEFAULT_TEXT = "The cat sat on the mat."
@@ -34,56 +34,18 @@ class Step:
 
 # The formulas, one small function each, on a single sentence (no batch axis, no padding).
 
-def layer_norm(x, g, b, eps):
-    mu = x.mean(-1, keepdims=True)                                  # [T, 1]
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)                   # [T, 1] biased, as BERT's code
-    return (x - mu) / np.sqrt(var + eps) * g + b                    # [T, H]
-
-
-ACTIVATIONS = dict(reference.ACTIVATIONS)     # the one table; exact GELU is x * Phi(x), reference.gelu
-
-
-def softmax(s):
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def mpnet_bucket(distance, buckets=32, max_distance=128):
-    """MPNet's bucket of one key - query distance: half the buckets per direction, a bucket per distance
-    below a quarter of them, then log-spaced up to max_distance (transformers' relative_position_bucket)."""
-    half = buckets // 2
-    exact = half // 2
-    n = abs(distance)
-    if n < exact:
-        return (half if distance > 0 else 0) + n
-    far = exact + int(math.log2(n / exact) / math.log2(max_distance / exact) * (half - exact))
-    return (half if distance > 0 else 0) + min(far, half - 1)
-
-
 def formula_layer(x, w, config, bias_table=None):
-    """One encoder layer from the formulas; returns every intermediate by name. bias_table [32, NH]:
-    MPNet's relative position bias, added to the scaled scores."""
-    H, NH = x.shape[-1], config.num_attention_heads
-    HS = H // NH
+    """One encoder layer of one text x [T, H] from the formulas: kernels/reference.py `encoder_layer`, the
+    unfused layer (nothing fused, the residual adds and erf GELU on lines of their own). Returns every
+    intermediate by its capture name, and "out". bias_table [32, NH]: MPNet's relative position bias."""
     T = x.shape[0]
-    Wq, Wk, Wv = np.split(w["qkv"]["w"], 3, axis=1)                  # 3 x [H, H]
-    bq, bk, bv = np.split(w["qkv"]["b"], 3)
-    q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv                  # [T, H]
-    qh, kh, vh = (a.reshape(T, NH, HS).transpose(1, 0, 2) for a in (q, k, v))   # [NH, T, HS]
-    scores = qh @ kh.transpose(0, 2, 1) / math.sqrt(HS)             # [NH, T, T]
-    if bias_table is not None:                                       # MPNet: + table[bucket(j - i), h]
-        buckets = np.array([[mpnet_bucket(j - i) for j in range(T)] for i in range(T)])   # [T, T]
-        scores = scores + bias_table[buckets].transpose(2, 0, 1)    # [NH, T, T]
-    probs = softmax(scores)                                          # [NH, T, T]
-    context = (probs @ vh).transpose(1, 0, 2).reshape(T, H)         # [T, H]
-    attn_out = context @ w["attn_out"]["w"] + w["attn_out"]["b"]    # [T, H]
-    a = layer_norm(x + attn_out, w["attn_ln"]["g"], w["attn_ln"]["b"], config.layer_norm_eps)
-    inter = ACTIVATIONS[config.hidden_act](a @ w["ffn_in"]["w"] + w["ffn_in"]["b"])   # [T, I]
-    ffn_out = inter @ w["ffn_out"]["w"] + w["ffn_out"]["b"]          # [T, H]
-    out = layer_norm(a + ffn_out, w["ffn_ln"]["g"], w["ffn_ln"]["b"], config.layer_norm_eps)
-    return {"query": q, "key": k, "value": v, "attention.probs": probs, "attention.context": context,
-            "attention.output": attn_out, "attention.layer_norm": a, "ffn.intermediate": inter,
-            "ffn.output": ffn_out, "out": out}
+    bias = (None if bias_table is None else
+            reference.relative_position_bias(bias_table, T, config.relative_attention_num_buckets,
+                                             RELATIVE_MAX_DISTANCE))                 # [1, NH, T, T]
+    out, inside = reference.encoder_layer(x[None], np.zeros((1, T), x.dtype), **w,
+                                          num_heads=config.num_attention_heads, activation=config.hidden_act,
+                                          eps=config.layer_norm_eps, position_bias=bias)   # [1, T, H]
+    return {**{name: value[0] for name, value in inside.items()}, "out": out[0]}
 
 
 def walkthrough(model, text=DEFAULT_TEXT):
@@ -98,7 +60,7 @@ def walkthrough(model, text=DEFAULT_TEXT):
     steps = []
     e = w["embeddings"]
     x = e["word"][ids[0]] + e["position"][positions] + e["token_type"][types[0]]       # [T, E]
-    x = layer_norm(x, e["ln"]["g"], e["ln"]["b"], c.layer_norm_eps)
+    x = reference.layer_norm(x, e["ln"]["g"], e["ln"]["b"], c.layer_norm_eps)
     if w.get("embedding_projection") is not None:                   # ALBERT, ELECTRA: E -> H
         x = x @ w["embedding_projection"]["w"] + w["embedding_projection"]["b"]
     steps.append(Step("embeddings", "minibert/model.py: embeddings",

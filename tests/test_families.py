@@ -89,6 +89,31 @@ def test_float64_within_1e_10_of_transformers_float64(name, backend):
     assert hidden < 1e-10 and attention < 1e-10 and pooler < 1e-10, (hidden, attention, pooler)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unfused_reference_layer_is_the_fused_layer_in_float64(name, backend):
+    """kernels/reference.py encoder_layer (the formula, nothing fused) against model.py's fused layers, every
+    layer and internal of every family, on the golden batch with its padding: float64, within 1e-12."""
+    from minibert.kernels import reference
+    from minibert.model import additive_mask
+    g, model = family_golden(name), family_model(name, backend, "float64")
+    out = model.forward(g["input_ids"], g["attention_mask"], g.get("token_type_ids"), capture="*")
+    bias_weights = model.weights.get("relative_attention_bias")
+    T = g["input_ids"].shape[1]
+    bias = None if bias_weights is None else model.ops.relative_position_bias(
+        bias_weights["table"], T, model.config.relative_attention_num_buckets, 128)     # [1, NH, T, T]
+    mask_bias = additive_mask(g["attention_mask"], np.float64)                          # [B, T]
+    for i, layer in enumerate(model.weights["layers"], start=1):
+        ours, inside = reference.encoder_layer(out.hidden_states[i - 1], mask_bias, **layer,
+                                               num_heads=model.config.num_attention_heads,
+                                               activation=model.config.hidden_act,
+                                               eps=model.config.layer_norm_eps, position_bias=bias)
+        np.testing.assert_allclose(ours, out.hidden_states[i], atol=1e-12, rtol=0)
+        for internal, value in inside.items():
+            np.testing.assert_allclose(value, out.captured[f"layer{i}.{internal}"], atol=1e-12, rtol=0,
+                                       err_msg=f"layer{i}.{internal}")
+
+
 # --- tokenization: awkward strings and the batch, ids and offsets ---
 
 @pytest.mark.parametrize("name", FAMILIES)
