@@ -1,0 +1,181 @@
+"""Fine-tuning: checkpoint names both ways, AdamW, the schedule, clipping, batching, label alignment, and
+end-to-end runs on the tiny family checkpoints (sequence pairs and CoNLL tokens), saved and loaded back."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import minibert
+from minibert.config import read_config
+from minibert.errors import InputError, ModelFileError
+from minibert.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
+                               first_piece_labels, length_buckets, load_classifier, lr_at, trainable)
+from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
+from minibert.weights import FAMILY_NAMES, load_weights
+
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
+FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
+
+
+@pytest.mark.parametrize("name", FAMILY_DIRS)
+def test_tensors_from_tree_gives_back_the_checkpoint(name):
+    """The encoder written under transformers' names is the checkpoint itself, tensor for tensor."""
+    config = read_config(FAMILIES / name / "config.json")
+    weights = load_weights(FAMILIES / name, config, np.float32)
+    names = FAMILY_NAMES[config.model_type]
+    stored = {}
+    for key, value in load_file(str(FAMILIES / name / "model.safetensors")).items():
+        plain = key[len(names.model_prefixes[0]):] if key.startswith(names.model_prefixes[0]) else key
+        if not plain.startswith(names.ignored_prefixes):
+            stored[names.model_prefixes[0] + plain] = value
+    written = tensors_from_tree(weights, config, task="sequence")
+    assert set(written) == set(stored)
+    for key, value in stored.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+    back, _ = tree_from_tensors(written, config, task="sequence", dtype=np.float32, template=weights)
+    assert [id(layer) for layer in back["layers"]].count(id(back["layers"][-1])) == \
+        [id(layer) for layer in weights["layers"]].count(id(weights["layers"][-1]))   # ALBERT's sharing kept
+    np.testing.assert_array_equal(back["layers"][-1]["qkv"]["w"], weights["layers"][-1]["qkv"]["w"])
+
+
+def test_adamw_first_step_and_decoupled_decay():
+    """From zero moments the first step is p (1 - lr wd) - lr g / (|g| + eps) (bias corrections cancel)."""
+    p = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.5, 0.25, -4.0])
+    kept = np.array([1.0, -2.0, 3.0])
+    state = {}
+    adamw_update([p, kept], [g, g.copy()], state, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5,
+                 decay=[True, False])
+    np.testing.assert_allclose(p, np.array([1.0, -2.0, 3.0]) * (1 - 0.05) - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-13)
+    np.testing.assert_allclose(kept, np.array([1.0, -2.0, 3.0]) - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-13)
+    assert state["step"] == 1
+
+
+def test_no_decay_on_biases_and_layer_norm():
+    assert decays("layers.0.qkv.w") and decays("head.out.w") and decays("embeddings.word")
+    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b"))
+
+
+def test_linear_schedule():
+    assert [lr_at(s, 10, 2, 1.0) for s in range(11)] == [0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25,
+                                                         0.125, 0.0]
+    assert lr_at(0, 5, 0, 2.0) == 2.0
+
+
+def test_clip_by_global_norm():
+    grads = [np.array([3.0]), np.array([4.0])]
+    assert clip_by_global_norm(grads, 1.0) == 5.0
+    np.testing.assert_allclose(np.sqrt(sum((g ** 2).sum() for g in grads)), 5.0 / (5.0 + 1e-6), rtol=1e-12)
+    small = [np.array([0.3])]
+    clip_by_global_norm(small, 1.0)
+    assert small[0][0] == 0.3
+
+
+def test_length_buckets_are_seeded_complete_and_homogeneous():
+    lengths = np.random.default_rng(0).integers(3, 60, 100)
+    a = length_buckets(lengths, 8, np.random.default_rng(1))
+    b = length_buckets(lengths, 8, np.random.default_rng(1))
+    assert [list(x) for x in a] == [list(x) for x in b]
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    spread = np.mean([np.ptp(lengths[batch]) for batch in a])
+    assert spread < np.ptp(lengths) / 5          # sorted buckets: far less padding than random batches
+    assert [list(x) for x in length_buckets(lengths, 8, np.random.default_rng(2))] != [list(x) for x in a]
+
+
+def test_first_piece_labels():
+    words, tags = ["Hello", "walking", "unbelievable"], ["O", "B-PER", "O"]
+    model = minibert.load(FAMILIES / "bert_cased", backend="numpy")
+    batch = model.tokenize([" ".join(words)])
+    labels = first_piece_labels(words, tags, batch.offsets[0], batch.word_ids[0], {"O": 0, "B-PER": 1})
+    # [CLS] Hello wa ##l ##k ##ing un ##believ ##able [SEP]: a word's first piece carries its label
+    assert labels.tolist() == [-100, 0, 1, -100, -100, -100, 0, -100, -100, -100], batch.tokens[0]
+
+
+def pair_task(n, seed=0):
+    """Sentence pairs labelled 'yes' when the word 'red' is in the second text (anywhere in the first does
+    not count): a label the model can only learn by telling the two segments apart."""
+    rng = np.random.default_rng(seed)
+    vocab = "cat dog sat ran mat the a on red big".split()
+    texts = [" ".join(rng.choice(vocab, rng.integers(2, 6))) for _ in range(n)]
+    pairs = [" ".join(rng.choice(vocab, rng.integers(2, 6))) for _ in range(n)]
+    labels = ["yes" if "red" in pair.split() else "no" for pair in pairs]
+    return Examples(texts=texts, text_pairs=pairs, labels=labels)
+
+
+def test_sequence_pair_finetune_learns_saves_and_loads(tmp_path):
+    train, dev = pair_task(96), pair_task(48, seed=1)
+    recipe = Recipe(epochs=6, lr=1e-2, batch_size=8, warmup_ratio=0.1, dropout=0.0, seed=0)
+    classifier = finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=recipe)
+    losses = [r["train_loss"] for r in classifier.history]
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert classifier.history[-1]["dev_accuracy"] >= 0.9, classifier.history
+    out = classifier.save(tmp_path / "clf")
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["architectures"] == ["BertForSequenceClassification"]
+    assert raw["id2label"] == {"0": "no", "1": "yes"} and raw["label2id"] == {"no": 0, "yes": 1}
+    assert (out / "tokenizer.json").is_file()
+    loaded = load_classifier(out)
+    np.testing.assert_allclose(loaded.predict_proba(dev.texts, dev.text_pairs),
+                               classifier.predict_proba(dev.texts, dev.text_pairs), rtol=0, atol=1e-6)
+    assert loaded.predict(dev.texts, dev.text_pairs) == classifier.predict(dev.texts, dev.text_pairs)
+
+
+def test_finetune_is_deterministic_and_float64_available():
+    train = pair_task(16)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=4, dropout=0.1, seed=3, dtype="float64")
+    a = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
+    b = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
+    assert a.weights["layers"][0]["qkv"]["w"].dtype == np.float64
+    assert a.history == b.history
+    np.testing.assert_array_equal(a.head["out"]["w"], b.head["out"]["w"])
+
+
+def write_conll(path, sentences, tags):
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(s, ts)) for s, ts in zip(sentences, tags)) + "\n")
+    return path
+
+
+def test_token_finetune_from_conll(tmp_path):
+    from minibert.probe import read_conll
+    rng = np.random.default_rng(0)
+    names, others = ["Anna", "Bob", "Carla", "Dieter"], ["met", "saw", "the", "cat", "in", "town"]
+    sentences = [[str(w) for w in rng.choice(names + others, rng.integers(3, 7))] for _ in range(48)]
+    tags = [["B-PER" if w in names else "O" for w in s] for s in sentences]
+    words, labels = read_conll(write_conll(tmp_path / "train.conll", sentences, tags))
+    train = Examples(texts=words, labels=labels)
+    recipe = Recipe(epochs=5, lr=3e-3, batch_size=8, dropout=0.0)
+    classifier = finetune(str(FAMILIES / "distilbert"), train, task="token", dev=train, recipe=recipe)
+    assert classifier.history[-1]["dev_accuracy"] >= 0.95, classifier.history
+    loaded = load_classifier(classifier.save(tmp_path / "ner"))
+    assert json.loads((tmp_path / "ner" / "config.json").read_text())["architectures"] == \
+        ["DistilBertForTokenClassification"]
+    tagged = loaded.tag(["Anna saw Bob"])
+    assert [(w, label) for w, label, _ in tagged[0]] == [("Anna", "B-PER"), ("saw", "O"), ("Bob", "B-PER")]
+    assert [span for _, _, span in tagged[0]] == [(0, 4), (5, 8), (9, 12)]
+
+
+def test_bad_inputs_are_minibert_errors(tmp_path):
+    with pytest.raises(InputError, match="labels"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x"]))
+    with pytest.raises(InputError, match="task"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a"], labels=["x"]), task="span")
+    with pytest.raises(InputError, match="sentence 0"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=[["a", "b"]], labels=[["O"]]), task="token")
+    with pytest.raises(ModelFileError, match="architectures"):
+        load_classifier(FAMILIES / "bert_cased")
+
+
+def test_every_trainable_parameter_is_updated_once():
+    """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
+    for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
+        config = read_config(FAMILIES / name / "config.json")
+        weights = load_weights(FAMILIES / name, config, np.float32)
+        params = trainable(weights, {"out": {"w": np.zeros((2, 2)), "b": np.zeros(2)}}, config)
+        assert len({id(p) for _, p in params}) == len(params)
+        layer_sets = {name.split(".")[1] for name, _ in params if name.startswith("layers.")}
+        assert len(layer_sets) == config.num_hidden_groups
+        names = {n for n, _ in params}
+        assert ("embeddings.position" not in names) == (expect_frozen == 2)
