@@ -412,7 +412,6 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         check_examples(dev, task, "dev")
     if not isinstance(model, Model):
         model = load(model, backend="numpy", dtype=recipe.dtype)
-    dtype = np.dtype(recipe.dtype).type
     config = model.config
     flat = [label for tags in train.labels for label in tags] if task == "token" else list(train.labels)
     labels = sorted(set(flat), key=str) if labels is None else list(labels)
@@ -421,18 +420,12 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     if unknown:
         raise InputError(f"train has label(s) {', '.join(unknown[:5])} not in labels {labels}")
     rng = np.random.default_rng(recipe.seed)
-    weights = copy_tree(model.weights, dtype)
-    if task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None:
-        H = config.hidden_size     # a checkpoint saved without its pooler: a new one, as transformers does
-        weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
-    head = init_head(config, task, len(labels), rng, dtype)
-    classifier = Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
-                            tokenizer=model.tokenizer, source=model.source, max_length=recipe.max_length)
+    classifier = new_classifier(model, task, labels, recipe, rng)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
     steps_per_epoch = -(-len(items) // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = int(np.ceil(recipe.warmup_ratio * total))
-    params = trainable(weights, head, config)
+    params = trainable(classifier.weights, classifier.head, config)
     state = {}
     step = 0
     for epoch in range(recipe.epochs):
@@ -450,6 +443,20 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
             record["dev_accuracy"] = accuracy(classifier, dev)
         classifier.history.append(record)
     return classifier
+
+
+def new_classifier(model, task, labels, recipe, rng):
+    """A Classifier holding a writable copy of the model's weights in recipe.dtype and a new head drawn
+    from rng (and a new pooler where the family's head needs one and the checkpoint has none)."""
+    dtype = np.dtype(recipe.dtype).type
+    config = model.config
+    weights = copy_tree(model.weights, dtype)
+    if task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None:
+        H = config.hidden_size     # a checkpoint saved without its pooler: a new one, as transformers does
+        weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
+    head = init_head(config, task, len(labels), rng, dtype)
+    return Classifier(config=config, weights=weights, head=head, task=task, labels=list(labels),
+                      tokenizer=model.tokenizer, source=model.source, max_length=recipe.max_length)
 
 
 def train_step(classifier, batch_items, params, state, recipe, lr, rng):

@@ -179,3 +179,103 @@ def test_every_trainable_parameter_is_updated_once():
         assert len(layer_sets) == config.num_hidden_groups
         names = {n for n, _ in params}
         assert ("embeddings.position" not in names) == (expect_frozen == 2)
+
+
+# ---- live against transformers (pytest -m reference) ----------------------------------------------------------
+
+def small_run(name, task, tmp_path, dtype="float32"):
+    """A short fine-tune (weights move away from the checkpoint) saved as a Hugging Face directory."""
+    if task == "sequence":
+        train = pair_task(24)
+    else:
+        rng = np.random.default_rng(0)
+        words = [[str(w) for w in rng.choice("Anna Bob met saw the cat in town".split(), 5)] for _ in range(24)]
+        train = Examples(texts=words, labels=[["B-PER" if w in ("Anna", "Bob") else "O" for w in s] for s in words])
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.1, dtype=dtype)
+    classifier = finetune(str(FAMILIES / name), train, task=task, recipe=recipe)
+    return classifier, classifier.save(tmp_path / f"{name}_{task}")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", FAMILY_DIRS)
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_saved_checkpoint_predicts_the_same_in_transformers(name, task, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    classifier, directory = small_run(name, task, tmp_path)
+    auto = {"sequence": transformers.AutoModelForSequenceClassification,
+            "token": transformers.AutoModelForTokenClassification}[task]
+    reference = auto.from_pretrained(str(directory)).eval()
+    assert reference.config.id2label == dict(enumerate(classifier.labels))
+    texts, pairs = ["the cat sat on a red mat", "Anna met Bob"], ["a red dog ran", "in town"]
+    pairs = pairs if task == "sequence" else None
+    batch = classifier.tokenizer(texts, pairs)
+    inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
+    if classifier.config.token_type_embeddings:
+        inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids)
+    with torch.no_grad():
+        theirs = reference(**inputs).logits.numpy()
+    ours = classifier.logits(texts, pairs)
+    if task == "token":
+        ours = np.concatenate(ours)
+        theirs = theirs[batch.attention_mask.astype(bool)]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)      # float32: measured worst ~1e-6
+    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+    loaded = load_classifier(directory)
+    np.testing.assert_allclose(np.concatenate(loaded.logits(texts, pairs)) if task == "token"
+                               else loaded.logits(texts, pairs), ours, rtol=0, atol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert"])
+def test_twenty_steps_track_torch(name):
+    """Dropout off, the same initial head and batch order: minibert's float32 loss curve and torch's
+    (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minibert.finetune import collate, new_classifier, tokenize_examples, train_step
+    from minibert.hf_checkpoint import tensors_from_tree
+    recipe = Recipe(lr=1e-3, batch_size=4, warmup_ratio=0.1, weight_decay=0.01, dropout=0.0, seed=0)
+    train = pair_task(80)
+    model = minibert.load(FAMILIES / name, backend="numpy")
+    labels = ["no", "yes"]
+    rng = np.random.default_rng(0)
+    classifier = new_classifier(model, "sequence", labels, recipe, rng)
+    items = tokenize_examples(model.tokenizer, train, "sequence", {"no": 0, "yes": 1}, None)
+    batches = length_buckets([len(i[0]) for i in items], recipe.batch_size, rng)[:20]
+    total, warmup = 20, 2
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(FAMILIES / name), num_labels=2, attn_implementation="eager").float().eval()
+    start = tensors_from_tree(classifier.weights, classifier.config, task="sequence", head=classifier.head)
+    missing, unexpected = reference.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()}, strict=False)
+    assert not unexpected and all("position_ids" in k or "token_type_ids" in k or
+                                  (classifier.config.sinusoidal_positions and "position_embeddings" in k)
+                                  for k in missing), (missing, unexpected)
+    named = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
+    no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for n, p in named if not any(p is q for q in no_decay)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
+                                  eps=recipe.adam_eps)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+    params = trainable(classifier.weights, classifier.head, classifier.config)
+    assert len(params) == len(named)
+    state, ours, theirs = {}, [], []
+    for step, batch in enumerate(batches):
+        chosen = [items[i] for i in batch]
+        ours.append(train_step(classifier, chosen, params, state, recipe, lr_at(step, total, warmup, recipe.lr), None))
+        ids, mask, types, y = collate(chosen, classifier.config.pad_token_id, "sequence")
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                  "labels": torch.from_numpy(y)}
+        if classifier.config.token_type_embeddings:
+            inputs["token_type_ids"] = torch.from_numpy(types)
+        loss = reference(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        theirs.append(float(loss))
+    relative = np.abs(np.array(ours) - np.array(theirs)) / np.abs(np.array(theirs))
+    assert relative.max() <= 1e-4, (relative.max(), ours, theirs)
+    assert abs(ours[-1] - ours[0]) > 1e-3          # the weights moved: the comparison is not of one point
