@@ -21,7 +21,7 @@ import numpy as np
 from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
 from .config import read_config
 from .errors import InputError, ModelFileError
-from .hf_checkpoint import architecture, tensors_from_tree, tree_from_tensors
+from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
 from .kernels.reference_backward import IGNORE_INDEX, activation_forward
 from .weights import FAMILY_NAMES, sinusoidal_positions, weight_set_of_layer
 
@@ -451,7 +451,9 @@ def new_classifier(model, task, labels, recipe, rng):
     dtype = np.dtype(recipe.dtype).type
     config = model.config
     weights = copy_tree(model.weights, dtype)
-    if task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None:
+    if not has_pooler(config, task):      # as transformers' task model: the pooler is not part of it
+        weights["pooler"] = None
+    elif weights["pooler"] is None:
         H = config.hidden_size     # a checkpoint saved without its pooler: a new one, as transformers does
         weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
     head = init_head(config, task, len(labels), rng, dtype)

@@ -73,14 +73,21 @@ def table_rows(config, include_position=True):
     return rows
 
 
+def has_pooler(config, task):
+    """Whether transformers' model for the task holds the pooler: the base model ("encoder") and the
+    sequence classifiers of BERT and ALBERT do; token classifiers and the other families' heads do not."""
+    return task == "encoder" or (task == "sequence" and config.model_type in ("bert", "albert"))
+
+
 def tensors_from_tree(weights, config, *, task, head=None, prefix=None):
-    """Every encoder tensor (and the head's) under transformers' names for the task model (float arrays as
-    given). prefix: what the task model puts before the encoder's names (default: the family's, "bert.")."""
+    """Every encoder tensor (and the head's) under transformers' names for the task model ("sequence",
+    "token", or "encoder" for the bare base model), float arrays as given. prefix: what the task model puts
+    before the encoder's names (default: the family's, "bert.")."""
     names = FAMILY_NAMES[config.model_type]
     prefix = names.model_prefixes[0] if prefix is None else prefix
     out = {}
     for ours, theirs, arrangement, block in table_rows(config):
-        if block == "pooler" and weights.get("pooler") is None:
+        if block == "pooler" and (weights.get("pooler") is None or not has_pooler(config, task)):
             continue
         out.update(split_arranged(leaf(weights, ours), theirs, arrangement))
     first_layer_of_set = {g: weight_set_of_layer(config).index(g) for g in range(config.num_hidden_groups)}
@@ -89,7 +96,7 @@ def tensors_from_tree(weights, config, *, task, head=None, prefix=None):
             theirs = theirs.format(i=g) if isinstance(theirs, str) else tuple(t.format(i=g) for t in theirs)
             out.update(split_arranged(leaf(weights["layers"][layer_index], ours), theirs, arrangement))
     out = {prefix + name: tensor for name, tensor in out.items()}
-    for part, module in HEAD_NAMES[task][config.model_type].items() if head is not None else ():
+    for part, module in HEAD_NAMES[task][config.model_type].items() if head else ():
         out[module + ".weight"] = np.ascontiguousarray(head[part]["w"].T)
         out[module + ".bias"] = np.ascontiguousarray(head[part]["b"])
     return out
