@@ -178,10 +178,12 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
-def adamw_update(params, grads, state, *, lr, betas, eps, weight_decay, decay):
+def adamw_update(params, grads, state, *, lr, betas, eps, weight_decay, decay, fused=True):
     """One AdamW step in place, in torch's order of operations: decoupled decay p *= 1 - lr * wd, moments
     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, then p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
-    state: {"step": t, "m": [...], "v": [...]} (created on the first call)."""
+    state: {"step": t, "m": [...], "v": [...]} (created on the first call). fused: the same arithmetic in
+    one Numba loop per array (kernels/cpu_backward.adamw) instead of NumPy's pass per operation."""
+    from .kernels import cpu_backward
     if not state:
         state.update(step=0, m=[np.zeros_like(p) for p in params], v=[np.zeros_like(p) for p in params])
     state["step"] += 1
@@ -191,8 +193,13 @@ def adamw_update(params, grads, state, *, lr, betas, eps, weight_decay, decay):
     root_correction = np.sqrt(1 - b2 ** t)
     for p, g, m, v, d in zip(params, grads, state["m"], state["v"], decay):
         dtype = p.dtype.type
-        if d and weight_decay:
-            p *= dtype(1 - lr * weight_decay)
+        decay_factor = dtype(1 - lr * weight_decay) if d and weight_decay else dtype(1)
+        if fused and all(a.flags.c_contiguous for a in (p, g, m, v)):
+            cpu_backward.adamw(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), decay_factor,
+                               dtype(1 - b1), dtype(b2), dtype(1 - b2), dtype(step_size), dtype(root_correction),
+                               dtype(eps))
+            continue
+        p *= decay_factor
         m += (g - m) * dtype(1 - b1)                    # torch's lerp: m + (1 - b1) (g - m)
         v *= dtype(b2)
         v += g * g * dtype(1 - b2)

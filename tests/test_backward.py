@@ -64,6 +64,14 @@ def test_activation_backward(rng, name):
     assert rel_err(rb.activation_backward(dy, x, name), numeric_grad(loss, x)) < FD_TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_erf_gives_the_reference_numbers(dtype):
+    from minibert.kernels import reference
+    x = (np.random.default_rng(0).standard_normal(5000) * 4).astype(dtype)
+    np.testing.assert_array_equal(rb.erf(x), reference.erf(x))
+    np.testing.assert_array_equal(rb.activation_forward(x, "gelu"), reference.gelu(x))
+
+
 def test_activation_grads_cover_every_activation():
     from minibert.kernels.reference import ACTIVATIONS
     assert set(rb.ACTIVATION_GRADS) == set(ACTIVATIONS)

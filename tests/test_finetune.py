@@ -54,6 +54,24 @@ def test_adamw_first_step_and_decoupled_decay():
     assert state["step"] == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adamw_matches_the_numpy_steps(dtype):
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal(9).astype(dtype)]
+    runs = []
+    for fused in (False, True):
+        params, state = [p.copy() for p in start], {}
+        for _ in range(4):
+            grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+            adamw_update(params, grads, state, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                         decay=[True, False], fused=fused)
+        runs.append(params)
+        rng = np.random.default_rng(0)
+        rng.standard_normal(7 * 5 + 9)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)          # the same operations in the same order
+
+
 def test_no_decay_on_biases_and_layer_norm():
     assert decays("layers.0.qkv.w") and decays("head.out.w") and decays("embeddings.word")
     assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b"))
