@@ -135,7 +135,7 @@ def test_sequence_pair_finetune_learns_saves_and_loads(tmp_path):
     assert raw["architectures"] == ["BertForSequenceClassification"]
     assert raw["id2label"] == {"0": "no", "1": "yes"} and raw["label2id"] == {"no": 0, "yes": 1}
     assert (out / "tokenizer.json").is_file()
-    loaded = load_classifier(out)
+    loaded = minibert.load_classifier(out)
     np.testing.assert_allclose(loaded.predict_proba(dev.texts, dev.text_pairs),
                                classifier.predict_proba(dev.texts, dev.text_pairs), rtol=0, atol=1e-6)
     assert loaded.predict(dev.texts, dev.text_pairs) == classifier.predict(dev.texts, dev.text_pairs)
