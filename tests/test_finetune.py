@@ -295,5 +295,6 @@ def test_twenty_steps_track_torch(name):
         schedule.step()
         theirs.append(float(loss))
     relative = np.abs(np.array(ours) - np.array(theirs)) / np.abs(np.array(theirs))
+    print(f"{name}: loss {theirs[0]:.4f} -> {theirs[-1]:.4f}, worst relative difference {relative.max():.1e}")
     assert relative.max() <= 1e-4, (relative.max(), ours, theirs)
     assert abs(ours[-1] - ours[0]) > 1e-3          # the weights moved: the comparison is not of one point
