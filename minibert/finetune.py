@@ -11,7 +11,6 @@ Axes: B batch, T tokens, H hidden, K classes (labels).
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,8 +21,8 @@ from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
 from .config import read_config
 from .errors import InputError, ModelFileError
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
-from .kernels.reference_backward import IGNORE_INDEX, activation_forward
-from .weights import FAMILY_NAMES, sinusoidal_positions, weight_set_of_layer
+from .kernels.reference_backward import IGNORE_INDEX
+from .weights import sinusoidal_positions, weight_set_of_layer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
@@ -402,12 +401,14 @@ def check_examples(examples, task, what):
                                  f"(found {len(tags)} labels)")
 
 
-def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels=None, progress=None):
+def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels=None, progress=None,
+             on_epoch=None):
     """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
 
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
     loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history; progress: a
-    file (e.g. sys.stderr) for one line per step with the loss, or None.
+    file (e.g. sys.stderr) for one line per step with the loss, or None. on_epoch: called with the
+    Classifier after each epoch (the command saves a checkpoint there).
     """
     from .api import Model, load
     if task not in TASKS:
@@ -449,6 +450,8 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         if dev is not None:
             record["dev_accuracy"] = accuracy(classifier, dev)
         classifier.history.append(record)
+        if on_epoch is not None:
+            on_epoch(classifier)
     return classifier
 
 
