@@ -8,8 +8,9 @@ layers (ALBERT) collects the gradient of every use, as llm.c accumulates into na
 
 Axes: B batch, T tokens, H hidden, NH heads, I intermediate, E embedding width, K classes.
 Dropout follows BERT (transformers' BertModel): after the embedding LayerNorm, on the attention
-probabilities, after the attention output projection and after the feed-forward output. With p = 0 every
-dropout is the identity, and these functions compute what model.encoder computes.
+probabilities, after the attention output projection (not DistilBERT: ATTENTION_OUTPUT_DROPOUT) and after
+the feed-forward output. With p = 0 every dropout is the identity, and these functions compute what
+model.encoder computes.
 
 Heads (a dict of linear weights, `head`) follow each family's transformers class:
     sequence, BERT/ALBERT:   pooler(x[:, 0]) -> dropout -> out                        (ForSequenceClassification)
@@ -50,6 +51,12 @@ SEQUENCE_HEADS = {
     "electra": SequenceHead(pooler=False, dense_activation="gelu", dropout_before_dense=True),
     "distilbert": SequenceHead(pooler=False, dense_activation="relu", dropout_before_dense=False),
 }
+
+
+# Whether the family drops out the attention output projection before the residual add (DistilBERT's
+# TransformerBlock adds it as it is).
+ATTENTION_OUTPUT_DROPOUT = {"bert": True, "roberta": True, "xlm-roberta": True, "electra": True, "albert": True,
+                            "distilbert": False}
 
 
 def zeros_like_tree(tree, memo=None):
@@ -110,7 +117,8 @@ def encoder_layer_forward(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_o
     context, probs, probs_scale = attention_forward(q, k, v, mask_bias, config.num_attention_heads,
                                                     dropout, rng)                       # [B, T, H]
     projected = linear_forward(context, attn_out["w"], attn_out["b"])                    # [B, T, H]
-    projected_dropped, projected_scale = dropout_forward(projected, dropout, rng)         # [B, T, H]
+    projected_dropped, projected_scale = dropout_forward(
+        projected, dropout if ATTENTION_OUTPUT_DROPOUT[config.model_type] else 0.0, rng)  # [B, T, H]
     residual1 = x + projected_dropped                                                   # [B, T, H]
     attended, mean1, rstd1 = layer_norm_forward(residual1, attn_ln["g"], attn_ln["b"], eps)   # [B, T, H]
     pre_activation = linear_forward(attended, ffn_in["w"], ffn_in["b"])                  # [B, T, I]

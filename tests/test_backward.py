@@ -199,6 +199,18 @@ def test_training_forward_equals_the_encoder(name):
     np.testing.assert_allclose(saved["hidden"], expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name,dropped", [("bert_cased", True), ("distilbert", False)])
+def test_dropout_placement_follows_the_family(name, dropped):
+    """Training-mode dropout where transformers has it: DistilBERT adds the attention output undropped."""
+    from minibert.backprop import encoder_forward
+    config, weights = family_model(name)
+    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
+    _, saved = encoder_forward(ids, mask, types, weights, config, dropout=0.1, rng=np.random.default_rng(0))
+    layer = saved["layers"][0]
+    assert layer["probs_scale"] is not None and layer["ffn_scale"] is not None
+    assert (layer["projected_scale"] is not None) == dropped
+
+
 def flat_params(tree, prefix=""):
     """(name, array) of every array of a weights or head tree, each shared array once."""
     seen, out = set(), []
