@@ -12,6 +12,7 @@ frameworks return rounding noise (~1e-17) there and a plain ratio of noises woul
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def reference_grads(model_dir, task, ids, mask, types, labels, seed=0):
 def minibert_grads(model_dir, task, ids, mask, types, labels, params):
     """minibert's loss, logits and gradients (float64) under transformers' names, for the same weights:
     the checkpoint's encoder plus `params` (the head and any pooler the reference initialised)."""
-    config = read_config(os.path.join(str(model_dir), "config.json"))
+    model_dir = Path(model_dir)
+    config = read_config(model_dir / "config.json")
     template = load_weights(model_dir, config, np.float64)
     weights, head = tree_from_tensors(params, config, task=task, dtype=np.float64, template=template)
     loss, logits, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, weights, head, config,
@@ -129,3 +131,16 @@ def worst_per_block(rows):
         if block not in worst or error > worst[block][1]:
             worst[block] = (name, error)
     return worst
+
+
+def grad_report(model_dir, task="sequence", seed=0):
+    """Lines for `minibert parity --grad`: the worst parameter of each block, minibert against torch
+    autograd in float64 on example_batch (needs torch and transformers)."""
+    config = read_config(os.path.join(str(model_dir), "config.json"))
+    ids, mask, types = example_batch(config, seed=seed)
+    labels = example_labels(mask, task, seed=seed)
+    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=seed)
+    rows = compare_grads(minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"]), reference)
+    lines = [f"{task} classification, {len(rows)} parameters, float64, relative error per block (worst parameter):"]
+    lines += [f"  {block:28s} {error:.2e}  {name}" for block, (name, error) in worst_per_block(rows).items()]
+    return lines

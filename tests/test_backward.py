@@ -315,3 +315,14 @@ def test_grads_match_torch_autograd_live(name, task):
     assert len(rows) == len(reference["grads"]) > 0
     bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
     assert not bad, bad
+
+
+@pytest.mark.reference
+def test_grad_report_names_every_block():
+    pytest.importorskip("torch")
+    from minibert.grad_parity import grad_report
+    lines = grad_report(FAMILIES / "albert_groups", "sequence")
+    blocks = [line.split()[0] for line in lines[1:]]
+    assert blocks == ["embeddings", "embedding_hidden_mapping_in", "albert_layer_groups.0",
+                      "albert_layer_groups.1", "pooler", "head"], lines
+    assert all(float(line.split()[1]) <= GRAD_TOL for line in lines[1:])
