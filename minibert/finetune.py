@@ -232,6 +232,8 @@ class Classifier:
 
     def logits(self, texts, text_pairs=None, batch_size=32):
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out = []
         for start in range(0, len(texts), batch_size):
             part = texts[start:start + batch_size]
