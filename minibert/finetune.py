@@ -169,7 +169,7 @@ def lr_at(step, total_steps, warmup_steps, peak):
 def clip_by_global_norm(grads, max_norm):
     """Scale every gradient by max_norm / (norm + 1e-6) when the global norm is above max_norm (torch's
     clip_grad_norm_); returns the norm before clipping."""
-    norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads)))
+    norm = float(np.sqrt(sum(float(np.linalg.norm(g.reshape(-1))) ** 2 for g in grads)))   # as torch: per tensor, then of the norms
     coefficient = max_norm / (norm + 1e-6)
     if max_norm > 0 and coefficient < 1:
         for g in grads:
