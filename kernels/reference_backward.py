@@ -1,0 +1,241 @@
+"""Plain NumPy forward and backward of every op training needs: the specification of the gradients.
+
+As in llm.c, each op's backward sits right beside its forward and takes the same arguments in the same
+order, after the gradient of the output: `layer_norm_forward(x, gamma, beta, eps)` returns what the
+backward needs besides the inputs (mean, rstd), and `layer_norm_backward(dout, x, gamma, mean, rstd)`
+returns one gradient per differentiable input. A backward never recomputes what its forward saved, and
+never changes an argument in place.
+
+Shapes: N rows of width C (any leading axes fold into N); B batch, T tokens, H hidden, NH heads,
+HS head size, V/P/TV rows of the word/position/type tables, E embedding width, K classes.
+Works in float32 or float64: nothing here changes the input dtype.
+"""
+
+import math
+
+import numba
+import numpy as np
+
+from .reference import ACTIVATIONS, softmax
+
+
+@numba.vectorize(["float64(float64)"], cache=True)
+def libm_erf(x):
+    return math.erf(x)
+
+
+def erf(x):
+    """reference.erf's numbers (libm's float64 erf, rounded to x's dtype), without a Python call per element:
+    training evaluates erf on every intermediate activation twice per step."""
+    return libm_erf(x.astype(np.float64)).astype(x.dtype)
+
+
+def gelu(x):
+    """reference.gelu's formula with the same erf: 0.5 * x * (1 + erf(x / sqrt(2)))."""
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0).astype(x.dtype)))
+
+
+# reference.ACTIVATIONS with the exact-erf GELU computed as above (the same numbers, tested).
+FORWARD_ACTIVATIONS = {**ACTIVATIONS, "gelu": gelu}
+
+
+# ---- linear: y = x @ w + b ------------------------------------------------------------------------------
+
+def linear_forward(x, w, b):
+    """x [..., C_in], w [C_in, C_out], b [C_out] -> y [..., C_out]. Saves nothing: the backward needs x, w."""
+    return x @ w + b                                                          # [..., C_out]
+
+
+def linear_backward(dy, x, w):
+    """dy [..., C_out] -> dx [..., C_in], dw [C_in, C_out], db [C_out]."""
+    x2 = x.reshape(-1, x.shape[-1])                                           # [N, C_in]
+    dy2 = dy.reshape(-1, dy.shape[-1])                                        # [N, C_out]
+    dx = dy @ w.T                                                             # [..., C_in]
+    dw = x2.T @ dy2                                                           # [C_in, C_out]
+    db = dy2.sum(axis=0)                                                      # [C_out]
+    return dx, dw, db
+
+
+# ---- activations: y = act(x), elementwise ---------------------------------------------------------------
+
+def activation_forward(x, name):
+    """The activation of reference.ACTIVATIONS named `name`; the backward needs x (the pre-activation)."""
+    return FORWARD_ACTIVATIONS[name](x)                                               # [...]
+
+
+def gelu_grad(x):
+    """d/dx x * Phi(x) = Phi(x) + x * phi(x), with the exact normal CDF Phi and density phi."""
+    cdf = 0.5 * (1.0 + erf(x / np.sqrt(2.0).astype(x.dtype)))                 # [...]
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi).astype(x.dtype)         # [...]
+    return cdf + x * pdf                                                      # [...]
+
+
+def gelu_tanh_grad(x):
+    """d/dx 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)."""
+    c = np.sqrt(2.0 / np.pi).astype(x.dtype)
+    t = np.tanh(c * (x + 0.044715 * x ** 3))                                  # [...]
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
+
+
+def relu_grad(x):
+    return (x > 0).astype(x.dtype)                    # 0 at x == 0, as torch's relu
+
+
+def silu_grad(x):
+    s = 1.0 / (1.0 + np.exp(-x))                                              # [...] sigmoid
+    return s * (1.0 + x * (1.0 - s))
+
+
+def tanh_grad(x):
+    return 1.0 - np.tanh(x) ** 2
+
+
+# The derivative of each activation, by the same names as reference.ACTIVATIONS.
+ACTIVATION_GRADS = {"gelu": gelu_grad, "gelu_new": gelu_tanh_grad, "gelu_pytorch_tanh": gelu_tanh_grad,
+                    "relu": relu_grad, "silu": silu_grad, "tanh": tanh_grad}
+
+
+def activation_backward(dy, x, name):
+    """dy [...] -> dx [...]."""
+    return dy * ACTIVATION_GRADS[name](x)                                     # [...]
+
+
+# ---- LayerNorm over the last axis -------------------------------------------------------------------------
+
+def layer_norm_forward(x, gamma, beta, eps):
+    """x [..., C] -> out [..., C], mean [..., 1], rstd [..., 1] (1 / sqrt(biased variance + eps))."""
+    mean = x.mean(axis=-1, keepdims=True)                                     # [..., 1]
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)                      # [..., 1]
+    rstd = 1.0 / np.sqrt(var + eps)                                           # [..., 1]
+    out = (x - mean) * rstd * gamma + beta                                    # [..., C]
+    return out, mean, rstd
+
+
+def layer_norm_backward(dout, x, gamma, mean, rstd):
+    """dout [..., C] -> dx [..., C], dgamma [C], dbeta [C].
+
+    With xhat = (x - mean) * rstd and g = dout * gamma: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    """
+    C = x.shape[-1]
+    xhat = (x - mean) * rstd                                                  # [..., C]
+    g = dout * gamma                                                          # [..., C]
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))            # [..., C]
+    dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)                         # [C]
+    dbeta = dout.reshape(-1, C).sum(axis=0)                                   # [C]
+    return dx, dgamma, dbeta
+
+
+# ---- dropout ---------------------------------------------------------------------------------------------
+
+def dropout_forward(x, p, rng):
+    """Zero each element with probability p and scale the rest by 1 / (1 - p) (inverted dropout).
+
+    rng: a numpy Generator, the only source of randomness, so a seed fixes every mask. p == 0 (or rng None,
+    evaluation) returns x itself. Returns (y [...], scale [...] or None): scale is 0 or 1 / (1 - p).
+    """
+    if p == 0 or rng is None:
+        return x, None
+    keep = rng.random(x.shape) >= p                                           # [...] bool
+    scale = keep.astype(x.dtype) / x.dtype.type(1.0 - p)                      # [...]
+    return x * scale, scale
+
+
+def dropout_backward(dy, x, p, rng, scale):
+    """dy [...] -> dx [...]; same arguments as the forward (x, p, rng unused), then its saved scale."""
+    return dy if scale is None else dy * scale
+
+
+# ---- embeddings: word + position + token type lookups --------------------------------------------------------
+
+def embed_forward(input_ids, position_ids, token_type_ids, word, position, token_type):
+    """ids [B, T] -> [B, T, E]: the sum of three table rows. The backward needs only the ids."""
+    return word[input_ids] + position[position_ids] + token_type[token_type_ids]   # [B, T, E]
+
+
+def embed_backward(dout, input_ids, position_ids, token_type_ids, word, position, token_type):
+    """dout [B, T, E] -> dword [V, E], dposition [P, E], dtoken_type [TV, E]: each row gets the sum of the
+    gradients of every token that read it (scatter-add; a row read twice gets both)."""
+    E = dout.shape[-1]
+    flat = dout.reshape(-1, E)                                                # [B*T, E]
+    grads = []
+    for ids, table in ((input_ids, word), (position_ids, position), (token_type_ids, token_type)):
+        grad = np.zeros(table.shape, dtype=dout.dtype)                        # [rows, E]
+        np.add.at(grad, np.asarray(ids).reshape(-1), flat)
+        grads.append(grad)
+    return tuple(grads)
+
+
+# ---- scaled dot-product attention with the additive mask ------------------------------------------------------
+
+def split_heads(x, num_heads):
+    B, T, H = x.shape
+    return x.reshape(B, T, num_heads, H // num_heads).transpose(0, 2, 1, 3)   # [B, NH, T, HS]
+
+
+def merge_heads(x):
+    B, NH, T, HS = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)                     # [B, T, H]
+
+
+def softmax_backward(dprobs, probs):
+    """Softmax over the last axis: dscores = probs * (dprobs - sum(dprobs * probs))."""
+    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))    # [..., T]
+
+
+def attention_forward(q, k, v, mask_bias, num_heads, dropout_p=0.0, rng=None):
+    """softmax(q k^T / sqrt(HS) + mask) v per head, dropout on the probabilities (as BERT trains).
+
+    q, k, v [B, T, H]; mask_bias [B, T] added to every query's scores for each key. Returns context [B, T, H]
+    and what the backward needs: probs [B, NH, T, T] (before dropout) and the dropout scale (or None).
+    """
+    HS = q.shape[-1] // num_heads
+    qh, kh, vh = (split_heads(a, num_heads) for a in (q, k, v))               # 3 x [B, NH, T, HS]
+    scores = qh @ kh.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(HS))            # [B, NH, T, T]
+    scores = scores + mask_bias[:, None, None, :]                             # [B, NH, T, T]
+    probs = softmax(scores)                                                   # [B, NH, T, T]
+    dropped, scale = dropout_forward(probs, dropout_p, rng)                   # [B, NH, T, T]
+    context = merge_heads(dropped @ vh)                                       # [B, T, H]
+    return context, probs, scale
+
+
+def attention_backward(dcontext, q, k, v, mask_bias, num_heads, dropout_p, rng, probs, scale):
+    """dcontext [B, T, H] -> dq, dk, dv [B, T, H]. The mask is a constant: it gets no gradient."""
+    HS = q.shape[-1] // num_heads
+    qh, kh, vh = (split_heads(a, num_heads) for a in (q, k, v))               # 3 x [B, NH, T, HS]
+    dctx = split_heads(dcontext, num_heads)                                   # [B, NH, T, HS]
+    dropped = probs if scale is None else probs * scale                       # [B, NH, T, T]
+    dvh = dropped.transpose(0, 1, 3, 2) @ dctx                                # [B, NH, T, HS]
+    ddropped = dctx @ vh.transpose(0, 1, 3, 2)                                # [B, NH, T, T]
+    dprobs = dropout_backward(ddropped, probs, dropout_p, rng, scale)         # [B, NH, T, T]
+    dscores = softmax_backward(dprobs, probs) * (1.0 / math.sqrt(HS))         # [B, NH, T, T]
+    dqh = dscores @ kh                                                        # [B, NH, T, HS]
+    dkh = dscores.transpose(0, 1, 3, 2) @ qh                                  # [B, NH, T, HS]
+    return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh)
+
+
+# ---- softmax cross-entropy with ignored labels ---------------------------------------------------------------
+
+IGNORE_INDEX = -100      # transformers' label for tokens that do not count (padding, later subword pieces)
+
+
+def cross_entropy_forward(logits, labels):
+    """Mean over the counted rows of -log softmax(logits)[label]; rows labelled -100 do not count.
+
+    logits [N, K], labels [N] int -> loss (scalar), probs [N, K]. With no counted row the loss is 0.
+    """
+    counted = labels != IGNORE_INDEX                                          # [N]
+    shifted = logits - logits.max(axis=-1, keepdims=True)                     # [N, K]
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))   # [N, K]
+    picked = log_probs[np.arange(len(labels)), np.where(counted, labels, 0)]  # [N]
+    loss = -(picked * counted).sum() / max(int(counted.sum()), 1)
+    return logits.dtype.type(loss), np.exp(log_probs)
+
+
+def cross_entropy_backward(dloss, logits, labels, probs):
+    """dloss (scalar) -> dlogits [N, K] = dloss * (probs - onehot(label)) / counted rows, 0 on ignored rows."""
+    counted = labels != IGNORE_INDEX                                          # [N]
+    onehot = np.zeros_like(probs)                                             # [N, K]
+    onehot[np.arange(len(labels)), np.where(counted, labels, 0)] = 1.0
+    scale = dloss / max(int(counted.sum()), 1)
+    return (probs - onehot) * counted[:, None] * scale                       # [N, K]

@@ -1,0 +1,506 @@
+"""Fine-tuning without torch: AdamW, a linear warmup/decay schedule, gradient clipping, length-bucketed
+batches, and checkpoints transformers loads.
+
+The recipe is the one transformers' examples use for BertForSequenceClassification / ForTokenClassification:
+AdamW with decoupled weight decay (no decay on biases and LayerNorm weights), the learning rate rising
+linearly from 0 over the warmup steps and falling linearly to 0 at the last step, gradients clipped to a
+global norm of 1. Each step is `backprop.loss_and_grads` then `adamw_update`, in plain NumPy.
+
+Axes: B batch, T tokens, H hidden, K classes (labels).
+"""
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
+from .config import read_config
+from .errors import InputError, ModelFileError
+from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
+from .kernels.reference_backward import IGNORE_INDEX
+from .weights import sinusoidal_positions, weight_set_of_layer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train. Values are transformers' examples' defaults where they have one."""
+    epochs: int = 3
+    lr: float = 2e-5                 # peak learning rate, reached after the warmup
+    batch_size: int = 16
+    warmup_ratio: float = 0.0        # share of all steps spent warming up from 0
+    weight_decay: float = 0.01       # decoupled (AdamW); not on biases and LayerNorm weights
+    betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0       # clip the global gradient norm to this; 0 turns clipping off
+    dropout: float = 0.1             # every dropout of the encoder and head while training
+    max_length: Optional[int] = None  # tokens per example (default: the model's limit)
+    seed: int = 0                    # head initialisation, batch order and dropout masks
+    dtype: str = "float32"           # "float32" or "float64" for weights, activations and optimizer state
+
+
+# ---- examples and batches ------------------------------------------------------------------------------------
+
+@dataclass
+class Examples:
+    """Labelled data. Sequence task: texts (and text_pairs) with one label each. Token task: texts are
+    lists of words and labels lists of per-word labels."""
+    texts: list
+    labels: list
+    text_pairs: Optional[list] = None
+
+
+def word_spans(words):
+    """Character spans of each word in ' '.join(words): [(start, end), ...]."""
+    spans, start = [], 0
+    for word in words:
+        spans.append((start, start + len(word)))
+        start += len(word) + 1
+    return spans
+
+
+def first_piece_labels(words, word_labels, offsets, word_ids, label2id):
+    """Per-token label ids [n] for one sentence: the label of a word on its first piece, -100 on the other
+    pieces and on special tokens (transformers' token-classification recipe). Tokens are assigned to words
+    by their character offsets in ' '.join(words)."""
+    spans = word_spans(words)
+    starts = np.array([s for s, _ in spans])                                   # [W]
+    labels = np.full(len(offsets), IGNORE_INDEX, dtype=np.int64)               # [n]
+    seen = set()
+    for t, ((start, end), word_id) in enumerate(zip(offsets, word_ids)):
+        if word_id < 0 or end <= start:
+            continue
+        w = int(np.searchsorted(starts, start, side="right") - 1)
+        if w not in seen:
+            seen.add(w)
+            labels[t] = label2id[word_labels[w]]
+    return labels
+
+
+def tokenize_examples(tokenizer, examples, task, label2id, max_length):
+    """All examples as padded-per-example arrays: list of (ids [n], types [n], labels scalar or [n])."""
+    if task == "sequence":
+        batch = tokenizer(examples.texts, examples.text_pairs, max_length=max_length)
+        labels = [label2id[label] for label in examples.labels]
+    else:
+        texts = [" ".join(words) for words in examples.texts]
+        batch = tokenizer(texts, max_length=max_length)
+        labels = [first_piece_labels(words, tags, offsets, word_ids, label2id)
+                  for words, tags, offsets, word_ids in zip(examples.texts, examples.labels, batch.offsets,
+                                                            batch.word_ids)]
+    lengths = batch.attention_mask.sum(axis=1)                                  # [N]
+    return [(batch.input_ids[i, :n], batch.token_type_ids[i, :n], labels[i]) for i, n in enumerate(lengths)]
+
+
+def length_buckets(lengths, batch_size, rng):
+    """Batches of example indices: examples sorted by length (ties in a seeded random order) and cut into
+    batches of similar length, so little padding is computed; the batches come in a seeded random order."""
+    order = np.lexsort((rng.permutation(len(lengths)), np.asarray(lengths)))    # [N] by length, ties shuffled
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(items, pad_id, task):
+    """A list of (ids, types, labels) -> input_ids, attention_mask, token_type_ids [B, T], labels [B] or [B, T]."""
+    B, T = len(items), max(len(ids) for ids, _, _ in items)
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)                         # [B, T]
+    mask = np.zeros((B, T), dtype=np.int64)                                     # [B, T]
+    types = np.zeros((B, T), dtype=np.int64)                                    # [B, T]
+    labels = (np.zeros(B, dtype=np.int64) if task == "sequence"
+              else np.full((B, T), IGNORE_INDEX, dtype=np.int64))               # [B] or [B, T]
+    for b, (ids, tt, label) in enumerate(items):
+        n = len(ids)
+        input_ids[b, :n], mask[b, :n], types[b, :n] = ids, 1, tt
+        if task == "sequence":
+            labels[b] = label
+        else:
+            labels[b, :n] = label
+    return input_ids, mask, types, labels
+
+
+# ---- parameters, AdamW, schedule, clipping -----------------------------------------------------------------
+
+def trainable(weights, head, config):
+    """(name, array) of every parameter that trains, each shared array once, in a fixed order. Not trained,
+    as in transformers: DistilBERT's sinusoidal position table and its all-zero token-type row."""
+    frozen = set()
+    if config.sinusoidal_positions:
+        frozen.add(id(weights["embeddings"]["position"]))
+    if not config.token_type_embeddings:
+        frozen.add(id(weights["embeddings"]["token_type"]))
+    seen, out = set(frozen), []
+
+    def walk(node, name):
+        if node is None:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{name}.{i}")
+        elif id(node) not in seen:
+            seen.add(id(node))
+            out.append((name.lstrip("."), node))
+    walk(weights, "")
+    walk(head, "head")
+    return out
+
+
+def decays(name):
+    """transformers' examples: no weight decay on biases and LayerNorm weights."""
+    return not (name.endswith(".b") or ".ln." in name or name.split(".")[-2] in ("ln", "attn_ln", "ffn_ln"))
+
+
+def lr_at(step, total_steps, warmup_steps, peak):
+    """Linear warmup from 0 to the peak over warmup_steps, then linear decay to 0 at total_steps; `step`
+    counts optimizer steps from 0 (as transformers' get_linear_schedule_with_warmup)."""
+    if step < warmup_steps:
+        return peak * step / max(1, warmup_steps)
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scale every gradient by max_norm / (norm + 1e-6) when the global norm is above max_norm (torch's
+    clip_grad_norm_); returns the norm before clipping."""
+    norm = float(np.sqrt(sum(float(np.linalg.norm(g.reshape(-1))) ** 2 for g in grads)))   # as torch: per tensor, then of the norms
+    coefficient = max_norm / (norm + 1e-6)
+    if max_norm > 0 and coefficient < 1:
+        for g in grads:
+            g *= g.dtype.type(coefficient)
+    return norm
+
+
+def adamw_update(params, grads, state, *, lr, betas, eps, weight_decay, decay, fused=True):
+    """One AdamW step in place, in torch's order of operations: decoupled decay p *= 1 - lr * wd, moments
+    m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, then p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    state: {"step": t, "m": [...], "v": [...]} (created on the first call). fused: the same arithmetic in
+    one Numba loop per array (kernels/cpu_backward.adamw) instead of NumPy's pass per operation."""
+    from .kernels import cpu_backward
+    if not state:
+        state.update(step=0, m=[np.zeros_like(p) for p in params], v=[np.zeros_like(p) for p in params])
+    state["step"] += 1
+    t = state["step"]
+    b1, b2 = betas
+    step_size = lr / (1 - b1 ** t)
+    root_correction = np.sqrt(1 - b2 ** t)
+    for p, g, m, v, d in zip(params, grads, state["m"], state["v"], decay):
+        dtype = p.dtype.type
+        decay_factor = dtype(1 - lr * weight_decay) if d and weight_decay else dtype(1)
+        if fused and all(a.flags.c_contiguous for a in (p, g, m, v)):
+            cpu_backward.adamw(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), decay_factor,
+                               dtype(1 - b1), dtype(b2), dtype(1 - b2), dtype(step_size), dtype(root_correction),
+                               dtype(eps))
+            continue
+        p *= decay_factor
+        m += (g - m) * dtype(1 - b1)                    # torch's lerp: m + (1 - b1) (g - m)
+        v *= dtype(b2)
+        v += g * g * dtype(1 - b2)
+        p -= dtype(step_size) * m / (np.sqrt(v) / dtype(root_correction) + dtype(eps))
+
+
+# ---- the classifier users keep -------------------------------------------------------------------------------
+
+def init_head(config, task, num_labels, rng, dtype):
+    """A new head as transformers initialises one: weights N(0, 0.02), biases 0."""
+    H = config.hidden_size
+    head = {"out": {"w": (rng.standard_normal((H, num_labels)) * 0.02).astype(dtype),
+                    "b": np.zeros(num_labels, dtype=dtype)}}
+    if task == "sequence" and SEQUENCE_HEADS[config.model_type].dense_activation:
+        head["dense"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype=dtype)}
+    return head
+
+
+@dataclass
+class Classifier:
+    """A fine-tuned encoder with its head: predict labels, probabilities, save as a Hugging Face directory."""
+    config: object
+    weights: dict
+    head: dict
+    task: str
+    labels: list                     # id -> label
+    tokenizer: object
+    source: str                      # the model directory the tokenizer and config came from
+    max_length: Optional[int] = None
+    history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
+
+    def logits(self, texts, text_pairs=None, batch_size=32):
+        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
+        out = []
+        for start in range(0, len(texts), batch_size):
+            part = texts[start:start + batch_size]
+            pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
+            batch = self.tokenizer(part, pairs, max_length=self.max_length)
+            logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                           self.weights, self.head, self.config, task=self.task)
+            if self.task == "sequence":
+                out.append(logits)
+            else:
+                out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
+        return np.concatenate(out) if self.task == "sequence" else out
+
+    def predict_proba(self, texts, text_pairs=None):
+        """Sequence task: class probabilities [N, K], columns in the order of `labels`."""
+        self.require("sequence", "predict_proba")
+        logits = self.logits(list(texts), None if text_pairs is None else list(text_pairs))   # [N, K]
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, texts, text_pairs=None):
+        """Sequence task: one label per text (or pair)."""
+        self.require("sequence", "predict")
+        return [self.labels[i] for i in self.predict_proba(texts, text_pairs).argmax(axis=1)]
+
+    def tag(self, texts):
+        """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
+        word's label is its first piece's."""
+        self.require("token", "tag")
+        texts = list(texts)
+        batch = self.tokenizer(texts, max_length=self.max_length)
+        per_text = self.logits(texts)
+        out = []
+        for b, logits in enumerate(per_text):
+            words, last = [], None
+            for t, word_id in enumerate(batch.word_ids[b][:len(logits)]):
+                if word_id < 0:
+                    continue
+                start, end = (int(v) for v in batch.offsets[b][t])
+                if word_id != last:
+                    words.append([texts[b][start:end], self.labels[int(logits[t].argmax())], (start, end)])
+                    last = word_id
+                else:                       # a later piece of the same word: widen its span
+                    words[-1][2] = (words[-1][2][0], end)
+                    words[-1][0] = texts[b][words[-1][2][0]:end]
+            out.append([tuple(w) for w in words])
+        return out
+
+    def require(self, task, what):
+        if self.task != task:
+            raise InputError(f"{what} is for {task} classifiers; this one is a {self.task} classifier")
+
+    def save(self, directory):
+        """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
+        model, config.json with architectures, id2label and label2id, and the tokenizer files."""
+        from safetensors.numpy import save_file
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = tensors_from_tree(self.weights, self.config, task=self.task, head=self.head)
+        if self.config.sinusoidal_positions:      # transformers rebuilds the fixed table itself
+            tensors = {n: t for n, t in tensors.items() if not n.endswith("position_embeddings.weight")}
+        save_file({name: np.ascontiguousarray(t, dtype=np.float32) for name, t in tensors.items()},
+                  str(directory / "model.safetensors"), metadata={"format": "pt"})
+        raw = json.loads((Path(self.source) / "config.json").read_text(encoding="utf-8"))
+        raw["architectures"] = [architecture(self.config, self.task)]
+        raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
+        raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
+        (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            if (Path(self.source) / name).is_file() and Path(self.source).resolve() != directory.resolve():
+                shutil.copyfile(Path(self.source) / name, directory / name)
+        return directory
+
+
+def empty_weights(config, dtype):
+    """A weights tree of zeros with the model's structure (the template tree_from_tensors fills)."""
+    E, H, I = config.embedding_size, config.hidden_size, config.intermediate_size
+
+    def linear(n_in, n_out):
+        return {"w": np.zeros((n_in, n_out), dtype), "b": np.zeros(n_out, dtype)}
+
+    def norm(n):
+        return {"g": np.ones(n, dtype), "b": np.zeros(n, dtype)}
+    position = (sinusoidal_positions(config.max_position_embeddings, E).astype(dtype) if config.sinusoidal_positions
+                else np.zeros((config.max_position_embeddings, E), dtype))
+    sets = [{"qkv": linear(H, 3 * H), "attn_out": linear(H, H), "attn_ln": norm(H), "ffn_in": linear(H, I),
+             "ffn_out": linear(I, H), "ffn_ln": norm(H)} for _ in range(config.num_hidden_groups)]
+    return {"embeddings": {"word": np.zeros((config.vocab_size, E), dtype), "position": position,
+                           "token_type": np.zeros((config.type_vocab_size, E), dtype), "ln": norm(E)},
+            "embedding_projection": linear(E, H) if config.embedding_projection else None,
+            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None}
+
+
+def load_classifier(directory, *, dtype="float32"):
+    """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
+    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors)."""
+    from safetensors.numpy import load_file
+    from .tokenizer import Tokenizer
+    from .weights import checkpoint_files, read_header
+    directory = Path(directory)
+    config = read_config(directory / "config.json")
+    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    arch = next((a for a in raw.get("architectures") or [] if a.endswith(("ForSequenceClassification",
+                                                                           "ForTokenClassification"))), None)
+    if arch is None:
+        raise ModelFileError(f"{directory}: config.json's architectures {raw.get('architectures')} name no "
+                             "...ForSequenceClassification or ...ForTokenClassification model")
+    task = "sequence" if arch.endswith("ForSequenceClassification") else "token"
+    id2label = raw.get("id2label") or {}
+    labels = [id2label[str(i)] for i in range(len(id2label))] if all(str(i) in id2label for i in range(len(id2label))) else None
+    if not labels:
+        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    np_dtype = np.dtype(dtype).type
+    tensors = {}
+    for path in checkpoint_files(directory):
+        read_header(path)
+        tensors.update(load_file(str(path)))
+    weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
+                                      template=empty_weights(config, np_dtype))
+    expected = set(tensors_from_tree(weights, config, task=task, head=head))
+    expected |= {n for n in tensors if n.endswith(("position_ids", "token_type_ids"))}   # buffers
+    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
+                                   head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
+    if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
+        needed |= {n for n in expected if "pooler" in n}
+    if config.sinusoidal_positions:
+        needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
+    missing, unexpected = sorted(needed - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
+                                 and weights["pooler"] is None):
+        raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
+                             f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
+    if head["out"]["w"].shape[1] != len(labels):
+        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
+                             f"names {len(labels)}")
+    return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
+                      tokenizer=Tokenizer(directory, config), source=str(directory))
+
+
+# ---- training ----------------------------------------------------------------------------------------------
+
+def accuracy(classifier, examples):
+    """Share of correct labels: per example (sequence) or per word (token, first pieces)."""
+    if classifier.task == "sequence":
+        predicted = classifier.predict(examples.texts, examples.text_pairs)
+        return float(np.mean([p == t for p, t in zip(predicted, examples.labels)]))
+    label2id = {label: i for i, label in enumerate(classifier.labels)}
+    items = tokenize_examples(classifier.tokenizer, examples, "token", label2id, classifier.max_length)
+    correct = total = 0
+    for logits, (_, _, labels) in zip(classifier.logits([" ".join(w) for w in examples.texts]), items):
+        counted = labels != IGNORE_INDEX
+        correct += int((logits.argmax(axis=1)[counted] == labels[counted]).sum())
+        total += int(counted.sum())
+    return correct / max(total, 1)
+
+
+def check_examples(examples, task, what):
+    if len(examples.texts) != len(examples.labels) or not examples.texts:
+        raise InputError(f"{what}: {len(examples.texts)} texts but {len(examples.labels)} labels; "
+                         "give one label per text (at least one)")
+    if examples.text_pairs is not None and len(examples.text_pairs) != len(examples.texts):
+        raise InputError(f"{what}: {len(examples.text_pairs)} pair texts for {len(examples.texts)} texts")
+    if task == "token":
+        for i, (words, tags) in enumerate(zip(examples.texts, examples.labels)):
+            if isinstance(words, str) or len(words) != len(tags):
+                raise InputError(f"{what}: sentence {i} must be a list of words with one label per word "
+                                 f"(found {len(tags)} labels)")
+
+
+def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels=None, progress=None,
+             on_epoch=None):
+    """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
+
+    labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
+    loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history; progress: a
+    file (e.g. sys.stderr) for one line per step with the loss, or None. on_epoch: called with the
+    Classifier after each epoch (the command saves a checkpoint there).
+    """
+    from .api import Model, load
+    if task not in TASKS:
+        raise InputError(f"task must be one of {TASKS}, found {task!r}")
+    if recipe.dtype not in ("float32", "float64"):
+        raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
+    check_examples(train, task, "train")
+    if dev is not None:
+        check_examples(dev, task, "dev")
+    if not isinstance(model, Model):
+        model = load(model, backend="numpy", dtype=recipe.dtype)
+    config = model.config
+    flat = [label for tags in train.labels for label in tags] if task == "token" else list(train.labels)
+    labels = sorted(set(flat), key=str) if labels is None else list(labels)
+    label2id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(label) for label in flat if label not in label2id})
+    if unknown:
+        raise InputError(f"train has label(s) {', '.join(unknown[:5])} not in labels {labels}")
+    rng = np.random.default_rng(recipe.seed)
+    classifier = new_classifier(model, task, labels, recipe, rng)
+    items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
+    steps_per_epoch = -(-len(items) // recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    warmup = int(np.ceil(recipe.warmup_ratio * total))
+    params = trainable(classifier.weights, classifier.head, config)
+    state = {}
+    step = 0
+    for epoch in range(recipe.epochs):
+        losses = []
+        for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
+            lr = lr_at(step, total, warmup, recipe.lr)
+            loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr, rng)
+            losses.append(loss)
+            step += 1
+            if progress is not None:
+                print(f"epoch {epoch + 1}/{recipe.epochs} step {step}/{total} loss {loss:.4f} lr {lr:.2e}",
+                      file=progress, flush=True)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if dev is not None:
+            record["dev_accuracy"] = accuracy(classifier, dev)
+        classifier.history.append(record)
+        if on_epoch is not None:
+            on_epoch(classifier)
+    return classifier
+
+
+def new_classifier(model, task, labels, recipe, rng):
+    """A Classifier holding a writable copy of the model's weights in recipe.dtype and a new head drawn
+    from rng (and a new pooler where the family's head needs one and the checkpoint has none)."""
+    dtype = np.dtype(recipe.dtype).type
+    config = model.config
+    weights = copy_tree(model.weights, dtype)
+    if not has_pooler(config, task):      # as transformers' task model: the pooler is not part of it
+        weights["pooler"] = None
+    elif weights["pooler"] is None:
+        H = config.hidden_size     # a checkpoint saved without its pooler: a new one, as transformers does
+        weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
+    head = init_head(config, task, len(labels), rng, dtype)
+    return Classifier(config=config, weights=weights, head=head, task=task, labels=list(labels),
+                      tokenizer=model.tokenizer, source=model.source, max_length=recipe.max_length)
+
+
+def train_step(classifier, batch_items, params, state, recipe, lr, rng):
+    """One optimizer step on a list of tokenized examples; returns the batch's loss."""
+    ids, mask, types, labels = collate(batch_items, classifier.config.pad_token_id, classifier.task)
+    loss, _, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, classifier.weights,
+                                                        classifier.head, classifier.config, task=classifier.task,
+                                                        dropout=recipe.dropout, rng=rng if recipe.dropout else None)
+    grads_by_id = {id(p): g for (_, p), (_, g) in zip(trainable(classifier.weights, classifier.head, classifier.config),
+                                                      trainable(weights_grads, head_grads, classifier.config))}
+    grads = [grads_by_id[id(p)] for _, p in params]
+    if recipe.max_grad_norm:
+        clip_by_global_norm(grads, recipe.max_grad_norm)
+    adamw_update([p for _, p in params], grads, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
+                 weight_decay=recipe.weight_decay, decay=[decays(name) for name, _ in params])
+    return float(loss)
+
+
+def copy_tree(tree, dtype, memo=None):
+    """A writable copy in `dtype` of a weights tree, keeping its sharing (ALBERT)."""
+    memo = {} if memo is None else memo
+    if tree is None:
+        return None
+    if id(tree) in memo:
+        return memo[id(tree)]
+    if isinstance(tree, dict):
+        made = {key: copy_tree(value, dtype, memo) for key, value in tree.items()}
+    elif isinstance(tree, list):
+        made = [copy_tree(value, dtype, memo) for value in tree]
+    else:
+        made = np.array(tree, dtype=dtype, copy=True)
+    memo[id(tree)] = made
+    return made

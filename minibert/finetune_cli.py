@@ -1,0 +1,150 @@
+"""The `finetune` and `predict` commands. `add_commands(sub)` adds them to minibert's command parser
+(cli.build_parser needs one line for it); `python -m minibert.finetune_cli ...` runs them on their own.
+
+    minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
+                      [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
+    minibert predict DIR INPUT [--text-col C] [--pair-col C] [--out FILE]
+
+TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and a label column for
+--task sequence; CoNLL (one "word ... label" line per token, blank lines between sentences) for --task
+token. The checkpoint is written to --out after every epoch, so an interrupted run keeps the last
+finished epoch's model. predict writes one JSON line per input text.
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError, MiniBertError
+
+
+def read_texts(path, text_col, pair_col=None):
+    """(texts, pairs or None) from .txt (one text per line), .csv/.tsv (columns) or .jsonl (fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    content = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if pair_col:
+            raise InputError(f"{path}: a .txt file holds one text per line; pairs need .csv, .tsv or .jsonl")
+        return [line for line in content.splitlines() if line.strip()], None
+    columns = [text_col] + ([pair_col] if pair_col else [])
+    if suffix == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in content.splitlines() if line.strip()]
+        except ValueError as e:
+            raise InputError(f"{path}: not one JSON object per line ({e})") from None
+    elif suffix in (".csv", ".tsv"):
+        rows = list(csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        raise InputError(f"{path}: texts must be .txt, .csv, .tsv or .jsonl")
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or any(not isinstance(row.get(c), str) for c in columns):
+            raise InputError(f"{path}: row {n} needs text in {' and '.join(map(repr, columns))} "
+                             "(choose the columns with --text-col / --pair-col)")
+    return [row[text_col] for row in rows], ([row[pair_col] for row in rows] if pair_col else None)
+
+
+def read_examples(path, args):
+    from .finetune import Examples
+    from .probe import read_conll, read_labelled
+    if args.task == "token":
+        sentences, tags = read_conll(path)
+        return Examples(texts=sentences, labels=tags)
+    texts, labels = read_labelled(path, args.text_col, args.label_col)
+    pairs = read_labelled(path, args.pair_col, args.label_col)[0] if args.pair_col else None
+    return Examples(texts=texts, labels=labels, text_pairs=pairs)
+
+
+def cmd_finetune(args):
+    from .finetune import Recipe, finetune
+    train = read_examples(args.train, args)
+    dev = read_examples(args.dev, args) if args.dev else None
+    recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+                    seed=args.seed, dtype=args.dtype)
+
+    def save(classifier):
+        classifier.save(args.out)
+        record = classifier.history[-1]
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        print(f"{shown}; saved {args.out}", file=sys.stderr, flush=True)
+    try:
+        finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr, on_epoch=save)
+    except KeyboardInterrupt:
+        saved = (Path(args.out) / "model.safetensors").is_file()
+        raise KeyboardInterrupt(f"{args.out} holds the last finished epoch's model (minibert predict {args.out} "
+                                "INPUT uses it); training cannot resume from it yet" if saved
+                                else "no epoch had finished; nothing saved") from None
+
+
+def cmd_predict(args):
+    from .finetune import load_classifier
+    texts, pairs = read_texts(args.input, args.text_col, args.pair_col)     # the cheap check first
+    classifier = load_classifier(args.model_dir)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        if classifier.task == "sequence":
+            probs = classifier.predict_proba(texts, pairs)
+            for i, row in enumerate(probs):
+                record = {"text": texts[i], **({"pair": pairs[i]} if pairs else {}),
+                          "label": classifier.labels[int(row.argmax())],
+                          "probabilities": {label: round(float(p), 6) for label, p in zip(classifier.labels, row)}}
+                print(json.dumps(record, ensure_ascii=False), file=out)
+        else:
+            for text, words in zip(texts, classifier.tag(texts)):
+                print(json.dumps({"text": text, "words": [{"word": w, "label": label, "start": s, "end": e}
+                                                          for w, label, (s, e) in words]}, ensure_ascii=False), file=out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def add_commands(sub):
+    p = sub.add_parser("finetune", help="fine-tune a classifier (sequence or token) and save a Hugging Face checkpoint",
+                       epilog="example: minibert finetune train.csv --text-col sentence --label-col label --out clf")
+    p.add_argument("train", help="training data: .csv/.tsv/.jsonl (sequence) or CoNLL (token)")
+    p.add_argument("--out", required=True, help="checkpoint directory, rewritten after every epoch")
+    p.add_argument("--task", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--pair-col", default=None, help="second text of a sentence pair")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--dev", default=None, help="dev file in the same format, evaluated after each epoch")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.set_defaults(run=cmd_finetune)
+    p = sub.add_parser("predict", help="predict with a fine-tuned classifier directory, one JSON line per text",
+                       epilog="example: minibert predict clf texts.txt")
+    p.add_argument("model_dir")
+    p.add_argument("input", help=".txt (one text per line), .csv, .tsv or .jsonl")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--pair-col", default=None)
+    p.add_argument("--out", default=None, help="write the JSON lines here instead of standard output")
+    p.set_defaults(run=cmd_predict)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minibert.finetune_cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except MiniBertError as e:
+        print(f"minibert: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"minibert: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

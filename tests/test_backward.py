@@ -1,0 +1,328 @@
+"""The hand-written backward pass: each op against central differences, the unfused training forward
+against the model's encoder, and every parameter's gradient against torch autograd (goldens written by
+tests/fixtures/make_grad_goldens.py, float64)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minibert.backprop import SEQUENCE_HEADS, classifier_forward, loss_and_grads
+from minibert.config import read_config
+from minibert.kernels import reference_backward as rb
+from minibert.model import encoder, make_position_ids
+from minibert.weights import load_weights
+
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
+GRAD_GOLDENS = Path(__file__).parent / "fixtures" / "grad_goldens"
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of x (changed in place, restored)."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = f()
+        flat[i] = keep - eps
+        down = f()
+        flat[i] = keep
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+# Central differences in float64 with eps 1e-6 are good to about 1e-8 relative on these smooth functions.
+FD_TOL = 1e-7
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_linear_backward(rng):
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    dy = rng.standard_normal((2, 3, 5))
+    dx, dw, db = rb.linear_backward(dy, x, w)
+    loss = lambda: float((rb.linear_forward(x, w, b) * dy).sum())
+    for got, arg in ((dx, x), (dw, w), (db, b)):
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+
+
+@pytest.mark.parametrize("name", sorted(rb.ACTIVATION_GRADS))
+def test_activation_backward(rng, name):
+    x = rng.standard_normal((3, 7)) * 2
+    x[np.abs(x) < 1e-3] = 0.5                  # relu has no derivative at 0
+    dy = rng.standard_normal((3, 7))
+    loss = lambda: float((rb.activation_forward(x, name) * dy).sum())
+    assert rel_err(rb.activation_backward(dy, x, name), numeric_grad(loss, x)) < FD_TOL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_erf_gives_the_reference_numbers(dtype):
+    from minibert.kernels import reference
+    x = (np.random.default_rng(0).standard_normal(5000) * 4).astype(dtype)
+    np.testing.assert_array_equal(rb.erf(x), reference.erf(x))
+    np.testing.assert_array_equal(rb.activation_forward(x, "gelu"), reference.gelu(x))
+
+
+def test_activation_grads_cover_every_activation():
+    from minibert.kernels.reference import ACTIVATIONS
+    assert set(rb.ACTIVATION_GRADS) == set(ACTIVATIONS)
+
+
+def test_layer_norm_backward(rng):
+    x, g, b = rng.standard_normal((2, 3, 6)) * 3 + 1, rng.standard_normal(6), rng.standard_normal(6)
+    dout = rng.standard_normal((2, 3, 6))
+    out, mean, rstd = rb.layer_norm_forward(x, g, b, 1e-12)
+    from minibert.kernels.reference import layer_norm
+    np.testing.assert_allclose(out, layer_norm(x, g, b, 1e-12), rtol=1e-13, atol=1e-13)
+    dx, dg, db = rb.layer_norm_backward(dout, x, g, mean, rstd)
+    loss = lambda: float((rb.layer_norm_forward(x, g, b, 1e-12)[0] * dout).sum())
+    for got, arg in ((dx, x), (dg, g), (db, b)):
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+
+
+def test_attention_backward_with_padding(rng):
+    B, T, H, NH = 2, 5, 8, 2
+    q, k, v = (rng.standard_normal((B, T, H)) for _ in range(3))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    mask_bias = (1.0 - mask) * np.finfo(np.float64).min                       # [B, T]
+    dctx = rng.standard_normal((B, T, H))
+    context, probs, scale = rb.attention_forward(q, k, v, mask_bias, NH)
+    from minibert.kernels.reference import attention
+    np.testing.assert_allclose(context, attention(q, k, v, mask_bias, NH)[0], rtol=1e-13, atol=1e-13)
+    dq, dk, dv = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.0, None, probs, scale)
+    loss = lambda: float((rb.attention_forward(q, k, v, mask_bias, NH)[0] * dctx).sum())
+    for got, arg in ((dq, q), (dk, k), (dv, v)):
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+    assert not dk[1, 3:].any() and not dv[1, 3:].any()     # padded keys and values get no gradient
+
+
+def test_attention_dropout_backward_uses_the_forward_mask(rng):
+    B, T, H, NH = 1, 4, 4, 2
+    q, k, v = (rng.standard_normal((B, T, H)) for _ in range(3))
+    mask_bias = np.zeros((B, T))
+    dctx = rng.standard_normal((B, T, H))
+    context, probs, scale = rb.attention_forward(q, k, v, mask_bias, NH, 0.5, np.random.default_rng(3))
+    assert scale is not None and set(np.unique(scale)) == {0.0, 2.0}
+
+    def loss():          # the same seed gives the same mask, so the function is smooth in q, k, v
+        return float((rb.attention_forward(q, k, v, mask_bias, NH, 0.5, np.random.default_rng(3))[0] * dctx).sum())
+    dq, dk, dv = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.5, None, probs, scale)
+    for got, arg in ((dq, q), (dk, k), (dv, v)):
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+
+
+def test_dropout_is_seeded_and_inverted():
+    x = np.ones((1000,))
+    y1, s1 = rb.dropout_forward(x, 0.25, np.random.default_rng(7))
+    y2, _ = rb.dropout_forward(x, 0.25, np.random.default_rng(7))
+    np.testing.assert_array_equal(y1, y2)
+    assert set(np.unique(y1)) == {0.0, 1 / 0.75}
+    assert 0.2 < (y1 == 0).mean() < 0.3
+    np.testing.assert_array_equal(rb.dropout_backward(x, x, 0.25, None, s1), s1)
+    assert rb.dropout_forward(x, 0.25, None)[0] is x        # no generator: evaluation, the identity
+
+
+def test_embed_backward_scatter_adds_repeated_rows(rng):
+    word, position, types = rng.standard_normal((6, 3)), rng.standard_normal((5, 3)), rng.standard_normal((2, 3))
+    ids = np.array([[1, 4, 1, 0]])
+    pos = np.array([[0, 1, 2, 3]])
+    tt = np.array([[0, 0, 1, 1]])
+    dout = rng.standard_normal((1, 4, 3))
+    dword, dpos, dtt = rb.embed_backward(dout, ids, pos, tt, word, position, types)
+    np.testing.assert_allclose(dword[1], dout[0, 0] + dout[0, 2])
+    assert not dword[[2, 3, 5]].any()
+    loss = lambda: float((rb.embed_forward(ids, pos, tt, word, position, types) * dout).sum())
+    for got, arg in ((dword, word), (dpos, position), (dtt, types)):
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+
+
+def test_cross_entropy_ignores_minus_100(rng):
+    logits = rng.standard_normal((5, 3))
+    labels = np.array([0, 2, -100, 1, -100])
+    loss, probs = rb.cross_entropy_forward(logits, labels)
+    expected = -np.mean([np.log(np.exp(logits[i, c]) / np.exp(logits[i]).sum()) for i, c in [(0, 0), (1, 2), (3, 1)]])
+    assert abs(loss - expected) < 1e-14
+    dlogits = rb.cross_entropy_backward(1.0, logits, labels, probs)
+    assert not dlogits[[2, 4]].any()
+    assert rel_err(dlogits, numeric_grad(lambda: float(rb.cross_entropy_forward(logits, labels)[0]), logits)) < FD_TOL
+
+
+# ---- the whole model -----------------------------------------------------------------------------------------
+
+def family_model(name, dtype=np.float64):
+    config = read_config(FAMILIES / name / "config.json")
+    return config, load_weights(FAMILIES / name, config, dtype)
+
+
+def random_head(config, task, num_labels, rng, dtype=np.float64):
+    H = config.hidden_size
+    head = {"out": {"w": rng.standard_normal((H, num_labels)) * 0.3, "b": rng.standard_normal(num_labels) * 0.1}}
+    if task == "sequence" and SEQUENCE_HEADS[config.model_type].dense_activation:
+        head["dense"] = {"w": rng.standard_normal((H, H)) * 0.3, "b": rng.standard_normal(H) * 0.1}
+    return {name: {k: v.astype(dtype) for k, v in part.items()} for name, part in head.items()}
+
+
+def tiny_batch(config, rng, B=3, T=7):
+    ids = rng.integers(5, config.vocab_size, (B, T))
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[1, 5:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = config.pad_token_id
+    types = np.zeros((B, T), dtype=np.int64)
+    if config.type_vocab_size > 1:
+        types[:, 4:] = 1
+    return ids, mask, types
+
+
+FAMILY_NAMES = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_training_forward_equals_the_encoder(name):
+    """With dropout off the unfused training forward computes what model.encoder computes (float64)."""
+    from minibert.backends import make_ops
+    config, weights = family_model(name)
+    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
+    head = random_head(config, "token", 3, np.random.default_rng(2))
+    _, saved = classifier_forward(ids, mask, types, weights, head, config, task="token")
+    expected = encoder(ids, mask, types, make_position_ids(ids, config), weights, config, make_ops("numpy"),
+                       dtype=np.float64).last_hidden_state
+    np.testing.assert_allclose(saved["hidden"], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,dropped", [("bert_cased", True), ("distilbert", False)])
+def test_dropout_placement_follows_the_family(name, dropped):
+    """Training-mode dropout where transformers has it: DistilBERT adds the attention output undropped."""
+    from minibert.backprop import encoder_forward
+    config, weights = family_model(name)
+    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
+    _, saved = encoder_forward(ids, mask, types, weights, config, dropout=0.1, rng=np.random.default_rng(0))
+    layer = saved["layers"][0]
+    assert layer["probs_scale"] is not None and layer["ffn_scale"] is not None
+    assert (layer["projected_scale"] is not None) == dropped
+
+
+def flat_params(tree, prefix=""):
+    """(name, array) of every array of a weights or head tree, each shared array once."""
+    seen, out = set(), []
+
+    def walk(node, name):
+        if node is None:
+            return
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{name}.{k}" if name else k)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{name}.{i}")
+        elif id(node) not in seen:
+            seen.add(id(node))
+            out.append((name, node))
+    walk(tree, prefix)
+    return out
+
+
+@pytest.mark.parametrize("name,task", [("bert_cased", "sequence"), ("roberta", "sequence"),
+                                       ("distilbert", "sequence"), ("electra", "sequence"),
+                                       ("albert_groups", "sequence"), ("bert_cased", "token")])
+def test_model_grads_match_directional_differences(name, task):
+    """Every parameter's gradient, checked along a random direction per tensor by central differences."""
+    config, weights = family_model(name)
+    rng = np.random.default_rng(5)
+    ids, mask, types = tiny_batch(config, rng)
+    head = random_head(config, task, 3, rng)
+    if task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None:
+        pytest.skip("no pooler")
+    labels = rng.integers(0, 3, 3) if task == "sequence" else np.where(mask == 1, rng.integers(0, 3, ids.shape), -100)
+    _, _, wg, hg = loss_and_grads(ids, mask, types, labels, weights, head, config, task=task)
+    grads = dict(flat_params(wg)) | {"head." + k: v for k, v in flat_params(hg)}
+    params = dict(flat_params(weights)) | {"head." + k: v for k, v in flat_params(head)}
+    for pname, param in params.items():
+        direction = rng.standard_normal(param.shape)
+        direction /= np.linalg.norm(direction)
+        h = 1e-3
+
+        def loss_at(step):
+            keep = param.copy()
+            np.add(param, step * direction, out=param)
+            value = loss_and_grads(ids, mask, types, labels, weights, head, config, task=task)[0]
+            param[...] = keep
+            return value
+        # Central differences at h and h/2 combined (Richardson): error O(h^4), far below the tolerance.
+        coarse, fine = ((loss_at(step) - loss_at(-step)) / (2 * step) for step in (h, h / 2))
+        numeric = (4 * fine - coarse) / 3
+        analytic = float((grads[pname] * direction).sum())
+        assert abs(numeric - analytic) <= 1e-8 * max(abs(analytic), 1e-3), (pname, numeric, analytic)
+
+
+# ---- against torch autograd: goldens (torch-free) and live ------------------------------------------------
+
+GRAD_TOL = 1e-8      # issue 18's bound, float64; measured worst is printed by make_grad_goldens.py
+GOLDEN_FILES = sorted(GRAD_GOLDENS.glob("*.npz"))
+
+
+def test_grad_goldens_cover_every_family_and_task():
+    assert {p.stem for p in GOLDEN_FILES} == {f"{name}_{task}" for name in FAMILY_NAMES
+                                              for task in ("sequence", "token")}
+
+
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
+def test_grads_match_torch_autograd(path):
+    from minibert.grad_parity import compare_grads, minibert_grads
+    family, task = path.stem.rsplit("_", 1)
+    with np.load(path) as data:
+        golden = {key: data[key] for key in data.files}
+    params = {key[len("param/"):]: value for key, value in golden.items() if key.startswith("param/")}
+    reference = {"grads": {key[len("grad/"):]: value for key, value in golden.items() if key.startswith("grad/")}}
+    ours = minibert_grads(FAMILIES / family, task, golden["input_ids"], golden["attention_mask"],
+                          golden["token_type_ids"], golden["labels"], params)
+    assert abs(ours["loss"] - float(golden["loss"])) <= 1e-12 * abs(float(golden["loss"]))
+    np.testing.assert_allclose(ours["logits"], golden["logits"], rtol=0, atol=1e-12)
+    rows = compare_grads(ours, reference)
+    bad = [(name, error) for name, error, _ in rows if not error <= GRAD_TOL]
+    assert not bad, bad
+    # A gradient torch has no parameter for (the pooler of a token classifier, which transformers leaves out;
+    # DistilBERT's fixed sinusoidal table) is one the loss does not depend on, or a table torch does not train.
+    extra = set(ours["grads"]) - set(reference["grads"])
+    assert all(not ours["grads"][n].any() or n.endswith("position_embeddings.weight") for n in extra), extra
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", FAMILY_NAMES + ["all-MiniLM-L6-v2"])
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_grads_match_torch_autograd_live(name, task):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from minibert.api import default_model_dir
+    from minibert.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
+                                      reference_grads)
+    model_dir = default_model_dir() if name == "all-MiniLM-L6-v2" else FAMILIES / name
+    config = read_config(model_dir / "config.json")
+    ids, mask, types = example_batch(config, seed=3)
+    labels = example_labels(mask, task, seed=3)
+    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=3)
+    ours = minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"])
+    rows = compare_grads(ours, reference)
+    assert len(rows) == len(reference["grads"]) > 0
+    bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
+    assert not bad, bad
+
+
+@pytest.mark.reference
+def test_grad_report_names_every_block():
+    pytest.importorskip("torch")
+    from minibert.grad_parity import grad_report
+    lines = grad_report(FAMILIES / "albert_groups", "sequence")
+    blocks = [line.split()[0] for line in lines[1:]]
+    assert blocks == ["embeddings", "embedding_hidden_mapping_in", "albert_layer_groups.0",
+                      "albert_layer_groups.1", "pooler", "head"], lines
+    assert all(float(line.split()[1]) <= GRAD_TOL for line in lines[1:])

@@ -1,0 +1,389 @@
+"""Fine-tuning: checkpoint names both ways, AdamW, the schedule, clipping, batching, label alignment, and
+end-to-end runs on the tiny family checkpoints (sequence pairs and CoNLL tokens), saved and loaded back."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import minibert
+from minibert.config import read_config
+from minibert.errors import InputError, ModelFileError
+from minibert.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
+                               first_piece_labels, length_buckets, load_classifier, lr_at, trainable)
+from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
+from minibert.weights import FAMILY_NAMES, load_weights
+
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
+FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
+
+
+@pytest.mark.parametrize("name", FAMILY_DIRS)
+def test_tensors_from_tree_gives_back_the_checkpoint(name):
+    """The encoder written under transformers' names is the checkpoint itself, tensor for tensor."""
+    config = read_config(FAMILIES / name / "config.json")
+    weights = load_weights(FAMILIES / name, config, np.float32)
+    names = FAMILY_NAMES[config.model_type]
+    stored = {}
+    for key, value in load_file(str(FAMILIES / name / "model.safetensors")).items():
+        plain = key[len(names.model_prefixes[0]):] if key.startswith(names.model_prefixes[0]) else key
+        if not plain.startswith(names.ignored_prefixes):
+            stored[names.model_prefixes[0] + plain] = value
+    written = tensors_from_tree(weights, config, task="encoder")
+    assert set(written) == set(stored)
+    for key, value in stored.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+    back, _ = tree_from_tensors(written, config, task="token", dtype=np.float32, template=weights)
+    assert [id(layer) for layer in back["layers"]].count(id(back["layers"][-1])) == \
+        [id(layer) for layer in weights["layers"]].count(id(weights["layers"][-1]))   # ALBERT's sharing kept
+    np.testing.assert_array_equal(back["layers"][-1]["qkv"]["w"], weights["layers"][-1]["qkv"]["w"])
+
+
+def test_adamw_first_step_and_decoupled_decay():
+    """From zero moments the first step is p (1 - lr wd) - lr g / (|g| + eps) (bias corrections cancel)."""
+    p = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.5, 0.25, -4.0])
+    kept = np.array([1.0, -2.0, 3.0])
+    state = {}
+    adamw_update([p, kept], [g, g.copy()], state, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5,
+                 decay=[True, False])
+    np.testing.assert_allclose(p, np.array([1.0, -2.0, 3.0]) * (1 - 0.05) - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-13)
+    np.testing.assert_allclose(kept, np.array([1.0, -2.0, 3.0]) - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-13)
+    assert state["step"] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adamw_matches_the_numpy_steps(dtype):
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal(9).astype(dtype)]
+    runs = []
+    for fused in (False, True):
+        params, state = [p.copy() for p in start], {}
+        for _ in range(4):
+            grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+            adamw_update(params, grads, state, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                         decay=[True, False], fused=fused)
+        runs.append(params)
+        rng = np.random.default_rng(0)
+        rng.standard_normal(7 * 5 + 9)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)          # the same operations in the same order
+
+
+def test_no_decay_on_biases_and_layer_norm():
+    assert decays("layers.0.qkv.w") and decays("head.out.w") and decays("embeddings.word")
+    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b"))
+
+
+def test_linear_schedule():
+    assert [lr_at(s, 10, 2, 1.0) for s in range(11)] == [0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25,
+                                                         0.125, 0.0]
+    assert lr_at(0, 5, 0, 2.0) == 2.0
+
+
+def test_clip_by_global_norm():
+    grads = [np.array([3.0]), np.array([4.0])]
+    assert clip_by_global_norm(grads, 1.0) == 5.0
+    np.testing.assert_allclose(np.sqrt(sum((g ** 2).sum() for g in grads)), 5.0 / (5.0 + 1e-6), rtol=1e-12)
+    small = [np.array([0.3])]
+    clip_by_global_norm(small, 1.0)
+    assert small[0][0] == 0.3
+
+
+def test_length_buckets_are_seeded_complete_and_homogeneous():
+    lengths = np.random.default_rng(0).integers(3, 60, 100)
+    a = length_buckets(lengths, 8, np.random.default_rng(1))
+    b = length_buckets(lengths, 8, np.random.default_rng(1))
+    assert [list(x) for x in a] == [list(x) for x in b]
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    spread = np.mean([np.ptp(lengths[batch]) for batch in a])
+    assert spread < np.ptp(lengths) / 5          # sorted buckets: far less padding than random batches
+    assert [list(x) for x in length_buckets(lengths, 8, np.random.default_rng(2))] != [list(x) for x in a]
+
+
+def test_first_piece_labels():
+    words, tags = ["Hello", "walking", "unbelievable"], ["O", "B-PER", "O"]
+    model = minibert.load(FAMILIES / "bert_cased", backend="numpy")
+    batch = model.tokenize([" ".join(words)])
+    labels = first_piece_labels(words, tags, batch.offsets[0], batch.word_ids[0], {"O": 0, "B-PER": 1})
+    # [CLS] Hello wa ##l ##k ##ing un ##believ ##able [SEP]: a word's first piece carries its label
+    assert labels.tolist() == [-100, 0, 1, -100, -100, -100, 0, -100, -100, -100], batch.tokens[0]
+
+
+def pair_task(n, seed=0):
+    """Sentence pairs labelled 'yes' when the word 'red' is in the second text (anywhere in the first does
+    not count): a label the model can only learn by telling the two segments apart."""
+    rng = np.random.default_rng(seed)
+    vocab = "cat dog sat ran mat the a on red big".split()
+    texts = [" ".join(rng.choice(vocab, rng.integers(2, 6))) for _ in range(n)]
+    pairs = [" ".join(rng.choice(vocab, rng.integers(2, 6))) for _ in range(n)]
+    labels = ["yes" if "red" in pair.split() else "no" for pair in pairs]
+    return Examples(texts=texts, text_pairs=pairs, labels=labels)
+
+
+def test_sequence_pair_finetune_learns_saves_and_loads(tmp_path):
+    train, dev = pair_task(96), pair_task(48, seed=1)
+    recipe = Recipe(epochs=6, lr=1e-2, batch_size=8, warmup_ratio=0.1, dropout=0.0, seed=0)
+    classifier = finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=recipe)
+    losses = [r["train_loss"] for r in classifier.history]
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert classifier.history[-1]["dev_accuracy"] >= 0.9, classifier.history
+    out = classifier.save(tmp_path / "clf")
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["architectures"] == ["BertForSequenceClassification"]
+    assert raw["id2label"] == {"0": "no", "1": "yes"} and raw["label2id"] == {"no": 0, "yes": 1}
+    assert (out / "tokenizer.json").is_file()
+    loaded = minibert.load_classifier(out)
+    np.testing.assert_allclose(loaded.predict_proba(dev.texts, dev.text_pairs),
+                               classifier.predict_proba(dev.texts, dev.text_pairs), rtol=0, atol=1e-6)
+    assert loaded.predict(dev.texts, dev.text_pairs) == classifier.predict(dev.texts, dev.text_pairs)
+    assert loaded.predict([]) == [] and loaded.predict_proba([]).shape == (0, 2)
+
+
+def test_finetune_is_deterministic_and_float64_available():
+    train = pair_task(16)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=4, dropout=0.1, seed=3, dtype="float64")
+    a = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
+    b = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
+    assert a.weights["layers"][0]["qkv"]["w"].dtype == np.float64
+    assert a.history == b.history
+    np.testing.assert_array_equal(a.head["out"]["w"], b.head["out"]["w"])
+
+
+def write_conll(path, sentences, tags):
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(s, ts)) for s, ts in zip(sentences, tags)) + "\n")
+    return path
+
+
+def test_token_finetune_from_conll(tmp_path):
+    from minibert.probe import read_conll
+    rng = np.random.default_rng(0)
+    names, others = ["Anna", "Bob", "Carla", "Dieter"], ["met", "saw", "the", "cat", "in", "town"]
+    sentences = [[str(w) for w in rng.choice(names + others, rng.integers(3, 7))] for _ in range(48)]
+    tags = [["B-PER" if w in names else "O" for w in s] for s in sentences]
+    words, labels = read_conll(write_conll(tmp_path / "train.conll", sentences, tags))
+    train = Examples(texts=words, labels=labels)
+    recipe = Recipe(epochs=5, lr=3e-3, batch_size=8, dropout=0.0)
+    classifier = finetune(str(FAMILIES / "distilbert"), train, task="token", dev=train, recipe=recipe)
+    assert classifier.history[-1]["dev_accuracy"] >= 0.95, classifier.history
+    loaded = load_classifier(classifier.save(tmp_path / "ner"))
+    assert json.loads((tmp_path / "ner" / "config.json").read_text())["architectures"] == \
+        ["DistilBertForTokenClassification"]
+    tagged = loaded.tag(["Anna saw Bob"])
+    assert [(w, label) for w, label, _ in tagged[0]] == [("Anna", "B-PER"), ("saw", "O"), ("Bob", "B-PER")]
+    assert [span for _, _, span in tagged[0]] == [(0, 4), (5, 8), (9, 12)]
+
+
+def test_bad_inputs_are_minibert_errors(tmp_path):
+    with pytest.raises(InputError, match="labels"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x"]))
+    with pytest.raises(InputError, match="task"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a"], labels=["x"]), task="span")
+    with pytest.raises(InputError, match="sentence 0"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=[["a", "b"]], labels=[["O"]]), task="token")
+    with pytest.raises(ModelFileError, match="architectures"):
+        load_classifier(FAMILIES / "bert_cased")
+
+
+def test_every_trainable_parameter_is_updated_once():
+    """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
+    for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
+        config = read_config(FAMILIES / name / "config.json")
+        weights = load_weights(FAMILIES / name, config, np.float32)
+        params = trainable(weights, {"out": {"w": np.zeros((2, 2)), "b": np.zeros(2)}}, config)
+        assert len({id(p) for _, p in params}) == len(params)
+        layer_sets = {name.split(".")[1] for name, _ in params if name.startswith("layers.")}
+        assert len(layer_sets) == config.num_hidden_groups
+        names = {n for n, _ in params}
+        assert ("embeddings.position" not in names) == (expect_frozen == 2)
+
+
+# ---- live against transformers (pytest -m reference) ----------------------------------------------------------
+
+def small_run(name, task, tmp_path, dtype="float32"):
+    """A short fine-tune (weights move away from the checkpoint) saved as a Hugging Face directory."""
+    if task == "sequence":
+        train = pair_task(24)
+    else:
+        rng = np.random.default_rng(0)
+        words = [[str(w) for w in rng.choice("Anna Bob met saw the cat in town".split(), 5)] for _ in range(24)]
+        train = Examples(texts=words, labels=[["B-PER" if w in ("Anna", "Bob") else "O" for w in s] for s in words])
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.1, dtype=dtype)
+    classifier = finetune(str(FAMILIES / name), train, task=task, recipe=recipe)
+    return classifier, classifier.save(tmp_path / f"{name}_{task}")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", FAMILY_DIRS)
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_saved_checkpoint_predicts_the_same_in_transformers(name, task, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    classifier, directory = small_run(name, task, tmp_path)
+    auto = {"sequence": transformers.AutoModelForSequenceClassification,
+            "token": transformers.AutoModelForTokenClassification}[task]
+    reference = auto.from_pretrained(str(directory)).eval()
+    assert reference.config.id2label == dict(enumerate(classifier.labels))
+    texts, pairs = ["the cat sat on a red mat", "Anna met Bob"], ["a red dog ran", "in town"]
+    pairs = pairs if task == "sequence" else None
+    batch = classifier.tokenizer(texts, pairs)
+    inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
+    if classifier.config.token_type_embeddings:
+        inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids)
+    with torch.no_grad():
+        theirs = reference(**inputs).logits.numpy()
+    ours = classifier.logits(texts, pairs)
+    if task == "token":
+        ours = np.concatenate(ours)
+        theirs = theirs[batch.attention_mask.astype(bool)]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)      # float32: measured worst 1.3e-7
+    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+    loaded = load_classifier(directory)
+    np.testing.assert_allclose(np.concatenate(loaded.logits(texts, pairs)) if task == "token"
+                               else loaded.logits(texts, pairs), ours, rtol=0, atol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert"])
+def test_twenty_steps_track_torch(name):
+    """Dropout off, the same initial head and batch order: minibert's float32 loss curve and torch's
+    (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minibert.finetune import collate, new_classifier, tokenize_examples, train_step
+    from minibert.hf_checkpoint import tensors_from_tree
+    recipe = Recipe(lr=1e-3, batch_size=4, warmup_ratio=0.1, weight_decay=0.01, dropout=0.0, seed=0)
+    train = pair_task(80)
+    model = minibert.load(FAMILIES / name, backend="numpy")
+    labels = ["no", "yes"]
+    rng = np.random.default_rng(0)
+    classifier = new_classifier(model, "sequence", labels, recipe, rng)
+    items = tokenize_examples(model.tokenizer, train, "sequence", {"no": 0, "yes": 1}, None)
+    batches = length_buckets([len(i[0]) for i in items], recipe.batch_size, rng)[:20]
+    total, warmup = 20, 2
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(FAMILIES / name), num_labels=2, attn_implementation="eager").float().eval()
+    start = tensors_from_tree(classifier.weights, classifier.config, task="sequence", head=classifier.head)
+    missing, unexpected = reference.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()}, strict=False)
+    assert not unexpected and all("position_ids" in k or "token_type_ids" in k or
+                                  (classifier.config.sinusoidal_positions and "position_embeddings" in k)
+                                  for k in missing), (missing, unexpected)
+    named = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
+    no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for n, p in named if not any(p is q for q in no_decay)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
+                                  eps=recipe.adam_eps)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+    params = trainable(classifier.weights, classifier.head, classifier.config)
+    assert sum(p.size for _, p in params) == sum(p.numel() for _, p in named)   # Q, K, V fused here
+    state, ours, theirs = {}, [], []
+    for step, batch in enumerate(batches):
+        chosen = [items[i] for i in batch]
+        ours.append(train_step(classifier, chosen, params, state, recipe, lr_at(step, total, warmup, recipe.lr), None))
+        ids, mask, types, y = collate(chosen, classifier.config.pad_token_id, "sequence")
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                  "labels": torch.from_numpy(y)}
+        if classifier.config.token_type_embeddings:
+            inputs["token_type_ids"] = torch.from_numpy(types)
+        loss = reference(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        theirs.append(float(loss))
+    relative = np.abs(np.array(ours) - np.array(theirs)) / np.abs(np.array(theirs))
+    print(f"{name}: loss {theirs[0]:.4f} -> {theirs[-1]:.4f}, worst relative difference {relative.max():.1e}")
+    assert relative.max() <= 1e-4, (relative.max(), ours, theirs)
+    assert abs(ours[-1] - ours[0]) > 1e-3          # the weights moved: the comparison is not of one point
+
+
+# ---- the commands ----------------------------------------------------------------------------------------------
+
+def test_finetune_and_predict_commands_for_pairs(tmp_path, capsys):
+    import csv
+    from minibert import finetune_cli
+    data = pair_task(96)
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["premise", "hypothesis", "gold"])
+        writer.writerows(zip(data.texts, data.text_pairs, data.labels))
+    out = tmp_path / "clf"
+    assert finetune_cli.main(["finetune", str(tmp_path / "train.csv"), "--text-col", "premise", "--pair-col",
+                              "hypothesis", "--label-col", "gold", "--out", str(out), "--epochs", "2",
+                              "--lr", "1e-2", "--batch-size", "8", "--model", str(FAMILIES / "bert_cased")]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 2/2 step 24/24 loss" in err and f"saved {out}" in err
+    (tmp_path / "in.jsonl").write_text(json.dumps({"premise": "the cat", "hypothesis": "a red dog"}) + "\n")
+    assert finetune_cli.main(["predict", str(out), str(tmp_path / "in.jsonl"), "--text-col", "premise",
+                              "--pair-col", "hypothesis"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    expected = minibert.load_classifier(out).predict(["the cat"], ["a red dog"])[0]
+    assert record["label"] == expected and set(record["probabilities"]) == {"no", "yes"}
+
+
+def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monkeypatch):
+    from minibert import finetune, finetune_cli
+    sentences = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]] * 4
+    tags = [["B-PER" if w[0].isupper() else "O" for w in s] for s in sentences]
+    write_conll(tmp_path / "train.conll", sentences, tags)
+    calls = {"n": 0}
+    real_step = finetune.train_step
+
+    def interrupted_in_epoch_two(*args):
+        calls["n"] += 1
+        if calls["n"] > 2:                    # 8 sentences in batches of 4: epoch 1 is steps 1-2
+            raise KeyboardInterrupt
+        return real_step(*args)
+    monkeypatch.setattr(finetune, "train_step", interrupted_in_epoch_two)
+    out = tmp_path / "ner"
+    code = finetune_cli.main(["finetune", str(tmp_path / "train.conll"), "--task", "token", "--out", str(out),
+                              "--epochs", "3", "--batch-size", "4", "--model", str(FAMILIES / "electra")])
+    err = capsys.readouterr().err
+    assert code == 130 and "holds the last finished epoch's model" in err
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForTokenClassification"]
+    (tmp_path / "texts.txt").write_text("Anna saw Bob\n")
+    assert finetune_cli.main(["predict", str(out), str(tmp_path / "texts.txt")]) == 0
+    words = json.loads(capsys.readouterr().out)["words"]
+    assert [(w["word"], w["start"], w["end"]) for w in words] == [("Anna", 0, 4), ("saw", 5, 8), ("Bob", 9, 12)]
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
+    from minibert import finetune_cli
+    (tmp_path / "bad.csv").write_text("text,label\n")
+    assert finetune_cli.main(["finetune", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"),
+                              "--model", str(FAMILIES / "bert_cased")]) == 1
+    assert "no examples" in capsys.readouterr().err
+    (tmp_path / "x.jsonl").write_text("{not json\n")
+    assert finetune_cli.main(["predict", str(tmp_path), str(tmp_path / "x.jsonl")]) == 1
+    assert "not one JSON object per line" in capsys.readouterr().err
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["bert_chinese", "distilbert_sinusoidal", "albert_groups", "roberta"])
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_load_classifier_reads_what_transformers_saves(name, task, tmp_path):
+    """A classifier saved by transformers' save_pretrained loads in minibert and predicts the same."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    auto = {"sequence": transformers.AutoModelForSequenceClassification,
+            "token": transformers.AutoModelForTokenClassification}[task]
+    torch.manual_seed(0)
+    reference = auto.from_pretrained(str(FAMILIES / name), num_labels=3).eval()
+    reference.save_pretrained(str(tmp_path))
+    for file in (FAMILIES / name).iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            (tmp_path / file.name).write_bytes(file.read_bytes())
+    classifier = minibert.load_classifier(tmp_path)
+    texts = ["the cat sat on a red mat", "Anna met Bob"]
+    batch = classifier.tokenizer(texts)
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.from_numpy(batch.input_ids),
+                           attention_mask=torch.from_numpy(batch.attention_mask)).logits.numpy()
+    ours = classifier.logits(texts)
+    if task == "token":
+        ours, theirs = np.concatenate(ours), theirs[batch.attention_mask.astype(bool)]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-6)      # float32: measured worst 1.2e-6
