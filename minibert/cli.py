@@ -102,6 +102,10 @@ def cmd_parity(args):
     import minibert
     from .parity import compare, compare_ops
     model = minibert.load(args.model, backend=args.backend, dtype=args.dtype)
+    if args.grad:                           # the backward pass against torch autograd, float64
+        from .grad_parity import grad_report
+        print("\n".join(grad_report(model.source, args.task)))
+        return
     texts = args.text or DEMO_TEXTS
     rows = (compare_ops if args.ops else compare)(model, texts)
     print(f"minibert ({args.backend}, {args.dtype}) vs transformers on {len(texts)} text(s)")
@@ -508,8 +512,14 @@ def build_parser():
                    "(default 1e-4 for float32, 1e-10 for float64)")
     p.add_argument("--ops", action="store_true", help="compare every internal operation (Q, K, V, softmax, "
                    "GELU, ...) through forward hooks and name the first one above tolerance")
+    p.add_argument("--grad", action="store_true", help="compare the fine-tuning gradients of every parameter "
+                   "with torch autograd (float64) and print the worst per block")
+    p.add_argument("--task", choices=["sequence", "token"], default="sequence", help="the head --grad puts on top")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parity)
+
+    from .finetune_cli import add_commands      # finetune, predict
+    add_commands(sub)
     return parser
 
 
