@@ -11,6 +11,7 @@ from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError
 from .model import INTERNALS, encoder, encoder_layers, make_position_ids
+from .recipe import Recipe, read_recipe
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -47,7 +48,10 @@ def resolve_source(source) -> Path:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(source), allow_patterns=[
             "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json"]))
+            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
+            # sentence-transformers' recipe: its modules and their settings, also a 0_Transformer/ layout
+            "modules.json", "*config.json", "config_sentence_transformers.json", "*/tokenizer.json",
+            "*/vocab.txt", "*/vocab.json", "*/merges.txt", "*/special_tokens_map.json"]))
     except Exception as e:
         raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
                              f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
@@ -63,17 +67,19 @@ def load(source=None, *, backend="cpu", dtype="float32"):
     np_dtype = DTYPES[np.dtype(dtype).name]
     ops = make_ops(backend)
     model_dir = resolve_source(source)
-    config = read_config(model_dir / "config.json")
-    tokenizer = Tokenizer(model_dir, config)
-    weights = ops.prepare(load_weights(model_dir, config, np_dtype))
+    recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
+    encoder_dir = model_dir / recipe.transformer_path  # the root, or e.g. 0_Transformer/
+    config = read_config(encoder_dir / "config.json")
+    tokenizer = Tokenizer(encoder_dir, config)
+    weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
     return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
-                 source=str(model_dir), backend=backend)
+                 source=str(model_dir), backend=backend, recipe=recipe)
 
 
 class Model:
-    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend):
+    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend, recipe=Recipe()):
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
-        self.dtype, self.source, self.backend = dtype, source, backend
+        self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
 
     def __repr__(self):
         c = self.config
@@ -116,22 +122,29 @@ class Model:
                                 num_layers=num_layers, capture=self.capture_names(capture))
         return (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
 
-    def encode(self, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-               max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
+    def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
+               max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None,
+               prompt=None, prompt_name=None):
         """Sentence (or token) vectors from any layers.
+
+        With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
+        Normalize, max_seq_length, prompts) gives the vectors SentenceTransformer(dir).encode gives; each
+        option given overrides its setting. A plain transformers checkpoint: mean pooling, not normalised.
 
         layers: int (negative counts from the top, 0 = embedding output), list of ints, or "all".
         combine: None keeps a layer axis (unless `layers` is a single int), or "mean", "sum", "concat".
-        pooling: "cls", "mean", "max", "mean_sqrt_len" -> array [N, (L,) H]; "none" -> list of N unpadded
+        pooling: "cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken" -> array [N, (L,) H];
+            "none" -> list of N unpadded
             arrays [n_tokens, (L,) H] over the text's full token sequence, special tokens included.
         window/stride: cover long texts with windows of `window` tokens overlapping by `stride` tokens,
             token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
         capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
+        prompt / prompt_name: text put before each text, or the name of one of the recipe's prompts.
         """
         from .encode import encode
         return encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                       batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                      progress=progress, dtype=dtype, capture=capture)
+                      progress=progress, dtype=dtype, capture=capture, prompt=prompt, prompt_name=prompt_name)
 
     def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
                      batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):

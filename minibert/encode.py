@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .pooling import apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .recipe import encode_settings, prepare_texts, prompt_length
 from .tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -85,22 +86,33 @@ def window_rows(index, tok, window, stride):
         start += step
 
 
-def encode(model, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-           max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None):
-    """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode."""
+def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
+           max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None,
+           prompt=None, prompt_name=None):
+    """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode.
+
+    Options left as None come from the checkpoint's recipe (minibert.recipe): pooling, normalize,
+    max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
+    recipe = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
+                             num_layers=model.config.num_hidden_layers, prompt=prompt, prompt_name=prompt_name,
+                             max_tokens=model.config.max_tokens)
+    pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
     check_options(pooling, combine)
+    texts, skip = prepare_texts(recipe, texts), prompt_length(model, recipe)
+    if skip and window is not None:
+        raise InputError("window= with a prompt left out of the pooling (include_prompt false) is not supported")
     out_dtype = check_dtype(dtype)
     if capture is not None and window is not None:
         raise InputError("capture with window= is not supported: captured internals are per window")
     tokenized = tokenize_texts(model, texts, max_length, window)
     warn_truncated(model, tokenized, max_length)
     per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
-                              window=window, stride=stride, progress=progress, capture=capture)
+                              window=window, stride=stride, progress=progress, capture=capture, skip=skip)
     if pooling == "none":
         vectors = [finish(v, layers, combine, normalize, out_dtype) for v in per_layer]
     else:
-        vectors = finish(per_layer, layers, combine, normalize, out_dtype)
+        vectors = finish(per_layer, layers, combine, normalize, out_dtype, dense=recipe.dense)
     if capture is None:
         return vectors
     return EncodeResult(vectors, {name: [v.astype(out_dtype) for v in values] for name, values in captured.items()})
@@ -114,9 +126,10 @@ def warn_truncated(model, tokenized, max_length):
                       "pass window= (and stride=) to cover long texts whole", stacklevel=4)
 
 
-def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture):
+def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture, skip=0):
     """The batching loop. Returns pooled [N, layers, H] (float64), or for pooling "none" a list of
-    per-text [n, layers, H]; plus captured internals per text (unpadded)."""
+    per-text [n, layers, H]; plus captured internals per text (unpadded). The first `skip` tokens of
+    each text (a prompt) are left out of the pooling."""
     L, H = model.config.num_hidden_layers, model.config.hidden_size
     chosen = resolve_layers(layers, L)
     check_batching(batch_size, window, stride, model.tokenizer.max_length)
@@ -142,6 +155,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
         batch_rows = [rows[r] for r in batch]
         ids, mask, types = pad(batch_rows, model.config.pad_token_id)
         lengths = mask.sum(axis=1)
+        pool_mask = np.concatenate([np.zeros_like(mask[:, :skip]), mask[:, skip:]], axis=1)   # [B, T]
         direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens and row.text not in shares]
         for layer in model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names):
             index, hidden = layer.index, layer.hidden_state                     # [B, T, H]
@@ -153,7 +167,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
             if not slots:
                 continue
             if direct:
-                vectors = pool(hidden[direct], mask[direct], pooling)                       # [b, H]
+                vectors = pool(hidden[direct], pool_mask[direct], pooling)                  # [b, H]
                 for k, v in zip(direct, vectors):
                     pooled[batch_rows[k].text, slots] = v
             for k, row in enumerate(batch_rows):
@@ -187,19 +201,22 @@ def window_shares(rows, tokenized, texts, pooling):
     shares = {}
     for i, covered in coverage.items():
         n = len(covered)
-        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n),
-                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n))}[pooling]               # [n]
+        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n), "lasttoken": np.eye(1, n, n - 1)[0],
+                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n)),
+                  "weightedmean": np.arange(1, n + 1) / (n * (n + 1) / 2)}[pooling]      # [n]
         shares[i] = weight / covered
     return shares
 
 
-def finish(stacked, layers, combine, normalize, out_dtype):
-    """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; normalise; cast."""
+def finish(stacked, layers, combine, normalize, out_dtype, dense=()):
+    """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; the recipe's
+    Dense modules; normalise; cast."""
     layer_axis = stacked.ndim - 2
     if isinstance(layers, (int, np.integer)):
         out = np.take(stacked, 0, axis=layer_axis)
     else:
         out = combine_layers(stacked, combine, layer_axis)
+    out = apply_dense(out, dense)
     if normalize:
         out = l2_normalize(out)
     return out.astype(out_dtype)

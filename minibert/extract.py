@@ -102,7 +102,7 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", normalize=False, fmt="npy",
+def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, normalize=None, fmt="npy",
             dtype="float32", batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
             resume=False, source_file=None, progress=None, encode_range=None, engine=None):
     """Encode `texts` into files under out_dir; returns the manifest dict.
