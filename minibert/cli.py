@@ -47,6 +47,9 @@ def cmd_inspect(args):
     print(f"  {'max_tokens':<26}{c.max_tokens}")
     print(f"tokenizer   {model.tokenizer.kind}, vocabulary {model.tokenizer.vocab_size}, "
           f"max_length {model.tokenizer.max_length}")
+    print("recipe      what encode() does with no options, and where each setting came from")
+    for name, value, source in model.recipe.describe():
+        print(f"  {name:<26}{str(value):<34}{source}")
     counts = parameter_counts(model.weights)
     for block, n in counts.items():
         print(f"  {block:<26}{n:>12,}")
@@ -55,7 +58,7 @@ def cmd_inspect(args):
         from pathlib import Path
 
         from .weights import non_finite_tensors
-        in_file = non_finite_tensors(Path(model.source))
+        in_file = non_finite_tensors(Path(model.source) / model.recipe.transformer_path)
         for name, nan, inf, size in in_file:
             print(f"  {name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
         if in_file:

@@ -43,8 +43,8 @@ def check_options(pooling, combine):
 
 def pool(hidden, mask, pooling):
     """One layer's [B, T, H] with mask [B, T] -> [B, H] (pooling "none" is handled by the caller)."""
-    if pooling == "cls":
-        return hidden[:, 0]                                                    # [B, H]
+    if pooling == "cls":      # the first token the mask keeps ([CLS], or the first after an excluded prompt)
+        return hidden[np.arange(len(hidden)), np.argmax(mask > 0, axis=1)]   # [B, H]
     if pooling in ("weightedmean", "lasttoken"):
         return pool_by_position(hidden, mask, pooling)
     m = mask[..., None].astype(hidden.dtype)                                   # [B, T, 1]

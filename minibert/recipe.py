@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError, ModelFileError
 
-MODULE_PREFIX = "sentence_transformers.models."
+MODULE_PREFIX = "sentence_transformers."
 # Pooling flags in 1_Pooling/config.json -> minibert's pooling names.
 POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                  "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
@@ -103,7 +103,10 @@ def read_modules(model_dir: Path) -> list:
             raise ConfigError(f"{path}: module {i} needs a string 'type' and 'path', found {entry!r}")
         if Path(folder).is_absolute() or ".." in Path(folder).parts:
             raise ConfigError(f"{path}: module {i} path {folder!r} must be a folder inside the model directory")
-        modules.append((kind.removeprefix(MODULE_PREFIX), folder))
+        if not kind.startswith(MODULE_PREFIX):
+            raise ConfigError(f"{path}: module {i} is {kind!r}, not a sentence-transformers module; minibert "
+                              "cannot run custom module code")
+        modules.append((kind.rsplit(".", 1)[-1], folder))    # ...models.Pooling, or 6.x's ...modules.pooling.Pooling
     return modules
 
 
@@ -133,6 +136,9 @@ def read_recipe(model_dir: Path) -> Recipe:
         elif kind == "Dense" and seen and "Normalize" not in seen:
             dense.append(read_dense(model_dir / folder, folder))
         elif kind == "Normalize" and seen and "Normalize" not in seen:
+            if (model_dir / folder / "config.json").is_file() and folder:
+                check_reads_sentence_embedding(read_json_object(model_dir / folder / "config.json"),
+                                               model_dir / folder / "config.json")
             take("normalize", True, where)
         else:
             raise ConfigError(f"{model_dir / 'modules.json'}: module {kind!r} at {folder!r} (after {['Transformer'] + seen}) "
@@ -147,8 +153,17 @@ def read_recipe(model_dir: Path) -> Recipe:
 
 
 def read_transformer_settings(model_dir: Path, transformer: str, take) -> None:
-    """sentence_bert_config.json, in the Transformer's folder: max_seq_length and do_lower_case."""
-    rel = f"{transformer}/sentence_bert_config.json" if transformer else "sentence_bert_config.json"
+    """sentence_bert_config.json, in the Transformer's folder: max_seq_length and do_lower_case.
+
+    sentence-transformers 6 saves max_seq_length as the tokenizer's model_max_length instead; either way
+    the recipe shows it (encode caps it at the model's positions, as sentence-transformers does)."""
+    folder = model_dir / transformer
+    prefix = f"{transformer}/" if transformer else ""
+    tokenizer_limit = read_json_object(folder / "tokenizer_config.json").get("model_max_length") \
+        if (folder / "tokenizer_config.json").is_file() else None
+    if isinstance(tokenizer_limit, int) and not isinstance(tokenizer_limit, bool) and 2 <= tokenizer_limit < 1 << 20:
+        take("max_length", tokenizer_limit, f"{prefix}tokenizer_config.json (model_max_length)")
+    rel = f"{prefix}sentence_bert_config.json"
     path = model_dir / rel
     if not path.is_file():
         return
@@ -158,11 +173,10 @@ def read_transformer_settings(model_dir: Path, transformer: str, take) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
             raise ConfigError(f"{path}: max_seq_length must be an int of at least 2, found {limit!r}")
         take("max_length", limit, rel)
-    lower = found.get("do_lower_case", False)
-    if not isinstance(lower, bool):
-        raise ConfigError(f"{path}: do_lower_case must be true or false, found {lower!r}")
-    if lower:
-        take("do_lower_case", True, rel)
+    if "do_lower_case" in found:
+        if not isinstance(found["do_lower_case"], bool):
+            raise ConfigError(f"{path}: do_lower_case must be true or false, found {found['do_lower_case']!r}")
+        take("do_lower_case", found["do_lower_case"], rel)
 
 
 def read_pooling(folder: Path, rel: str, take) -> None:
@@ -172,13 +186,14 @@ def read_pooling(folder: Path, rel: str, take) -> None:
         raise ModelFileError(f"{path}: missing; the Pooling module listed in modules.json needs its config.json")
     found = read_json_object(path)
     source = f"{rel}/config.json"
-    if isinstance(found.get("pooling_mode"), str):
-        name = found["pooling_mode"]
-        if name not in POOLING_NAMES:
-            raise ConfigError(f"{path}: pooling_mode {name!r} is not one of {', '.join(POOLING_NAMES)}")
-        modes = [POOLING_NAMES[name]]
-    else:
-        modes = [mode for flag, mode in POOLING_FLAGS.items() if found.get(flag) is True]
+    if "pooling_mode" in found:             # sentence-transformers 5.2 on: a name, or a list to concatenate
+        names = found["pooling_mode"] if isinstance(found["pooling_mode"], list) else [found["pooling_mode"]]
+        unknown = [name for name in names if name not in POOLING_NAMES]
+        if unknown or not names:
+            raise ConfigError(f"{path}: pooling_mode {found['pooling_mode']!r} is not one of {', '.join(POOLING_NAMES)}")
+        modes = [POOLING_NAMES[name] for name in names]
+    else:                                   # older files: one flag per mode; none set means mean
+        modes = [mode for flag, mode in POOLING_FLAGS.items() if found.get(flag) is True] or ["mean"]
     if len(modes) != 1:
         raise ConfigError(f"{path}: minibert reproduces exactly one pooling mode, found "
                           f"{modes or 'none'} (flags {', '.join(POOLING_FLAGS)}); pass pooling= explicitly")
@@ -196,7 +211,9 @@ def read_dense(folder: Path, rel: str) -> Dense:
     if not config_path.is_file():
         raise ModelFileError(f"{config_path}: missing; the Dense module listed in modules.json needs its config.json")
     found = read_json_object(config_path)
-    activation = str(found.get("activation_function", "torch.nn.modules.linear.Identity")).rsplit(".", 1)[-1]
+    check_reads_sentence_embedding(found, config_path)
+    # sentence-transformers' Dense defaults to Tanh when the file names no activation.
+    activation = str(found.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
     if activation not in DENSE_ACTIVATIONS:
         raise ConfigError(f"{config_path}: activation_function {found.get('activation_function')!r} is not one of "
                           f"{', '.join(DENSE_ACTIVATIONS)}")
@@ -226,6 +243,14 @@ def read_dense(folder: Path, rel: str) -> Dense:
     return Dense(weight=weight, bias=bias if found.get("bias", True) else None, activation=activation, path=rel)
 
 
+def check_reads_sentence_embedding(found: dict, path: Path) -> None:
+    """Dense and Normalize may be pointed at the token vectors; minibert applies them to the sentence vector."""
+    for key in ("module_input_name", "module_output_name"):
+        if found.get(key, "sentence_embedding") not in ("sentence_embedding", None):
+            raise ConfigError(f"{path}: {key} {found[key]!r}: minibert applies this module to the sentence "
+                              "vector only (sentence_embedding)")
+
+
 def read_prompts(model_dir: Path, take) -> None:
     """config_sentence_transformers.json: prompts {name: text} and default_prompt_name."""
     path = model_dir / "config_sentence_transformers.json"
@@ -253,7 +278,7 @@ class EncodeSettings:
     dense: tuple                  # Dense modules for the sentence vector, or ()
     prompt: str                   # prepended to every text ("" for none)
     include_prompt: bool          # False: the prompt's tokens are left out of the pooling
-    strip_and_lower: tuple        # (strip, lower): sentence-transformers strips texts; do_lower_case lowers
+    lower: bool                   # do_lower_case: lower-case texts (and the prompt) before tokenizing
 
 
 def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, num_layers, prompt, prompt_name,
@@ -282,23 +307,21 @@ def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, n
         raise InputError(f"prompt must be a string, found {type(prompt).__name__}")
     return EncodeSettings(pooling=pooling, normalize=bool(normalize), max_length=max_length,
                           dense=recipe.dense if sentence_vector else (), prompt=prompt or "", include_prompt=recipe.include_prompt,
-                          strip_and_lower=(recipe.kind == "sentence-transformers", recipe.do_lower_case))
+                          lower=recipe.do_lower_case)
 
 
 def prepare_texts(settings: EncodeSettings, texts: list) -> list:
-    """The texts as sentence-transformers tokenizes them: prompt first, stripped, lower-cased if the recipe says."""
-    strip, lower = settings.strip_and_lower
+    """The texts as sentence-transformers tokenizes them: prompt first, lower-cased if the recipe says."""
     texts = [settings.prompt + t for t in texts]
-    texts = [t.strip() for t in texts] if strip else texts
-    return [t.lower() for t in texts] if lower else texts
+    return [t.lower() for t in texts] if settings.lower else texts
 
 
 def prompt_length(model, settings: EncodeSettings) -> int:
     """How many leading tokens the pooling leaves out: with include_prompt false, the prompt's own tokens
     and the special token before them, counted as sentence-transformers counts them (the prompt tokenized
-    alone, less its closing special token)."""
+    alone, less its closing special token if it has one)."""
     if settings.include_prompt or not settings.prompt:
         return 0
     from .tokenizer import encode_batch
     [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), None)
-    return len(alone.ids) - 1
+    return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)
