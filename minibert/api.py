@@ -81,6 +81,14 @@ class Model:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
         self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
 
+    def __getstate__(self):
+        """Pickling (joblib, multiprocessing, scikit-learn n_jobs) leaves out the ops: functions built at load."""
+        return {key: value for key, value in self.__dict__.items() if key != "ops"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.ops = make_ops(self.backend)       # the same backend, chosen again in this process
+
     def __repr__(self):
         c = self.config
         return (f"minibert.Model({self.source!r}, {c.model_type}, {c.num_hidden_layers} layers, "
@@ -124,8 +132,8 @@ class Model:
 
     def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
                max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None,
-               prompt=None, prompt_name=None):
-        """Sentence (or token) vectors from any layers.
+               prompt=None, prompt_name=None, **sentence_transformers_options):
+        """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
         With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
         Normalize, max_seq_length, prompts) gives the vectors SentenceTransformer(dir).encode gives; each
@@ -140,11 +148,28 @@ class Model:
             token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
         capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
         prompt / prompt_name: text put before each text, or the name of one of the recipe's prompts.
+        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
         """
+        from .conventions import shape_like_sentence_transformers, translate
         from .encode import encode
-        return encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
-                      batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                      progress=progress, dtype=dtype, capture=capture, prompt=prompt, prompt_name=prompt_name)
+        options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
+        vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
+                         batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                         progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
+                         prompt_name=prompt_name)
+        if capture is not None:
+            return vectors
+        return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
+        return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens encode() keeps per text by default: the recipe's max_seq_length, else the tokenizer's limit."""
+        limit = self.recipe.max_length
+        return min(limit, self.config.max_tokens) if limit is not None else self.tokenizer.max_length
 
     def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
                      batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype="float32"):

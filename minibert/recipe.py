@@ -64,6 +64,11 @@ class Recipe:
     default_prompt_name: object = None
     sources: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
+    def __reduce__(self):
+        """Pickle the read-only mappings as plain dicts (a mappingproxy does not pickle)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return rebuild_recipe, ({**values, "prompts": dict(self.prompts), "sources": dict(self.sources)},)
+
     def source_of(self, setting: str) -> str:
         default = "sentence-transformers default" if self.kind == "sentence-transformers" else DEFAULT_SOURCE
         return self.sources.get(setting, default)
@@ -75,6 +80,11 @@ class Recipe:
                  "dense": dense or "none", "prompts": dict(self.prompts) or "none"}
         names = [f.name for f in fields(self) if f.name != "sources"]
         return [(name, shown.get(name, getattr(self, name)), self.source_of(name)) for name in names]
+
+
+def rebuild_recipe(values: dict) -> Recipe:
+    return Recipe(**{**values, "prompts": MappingProxyType(values["prompts"]),
+                     "sources": MappingProxyType(values["sources"])})
 
 
 def read_json_object(path: Path, error=ConfigError) -> dict:
