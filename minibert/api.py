@@ -112,7 +112,16 @@ class Model:
                          capture=self.capture_names(capture))
         return self.ops.to_host(output)
 
-    def __call__(self, texts, text_pairs=None, *, max_length=None, output_attentions=False, capture=None):
+    def __call__(self, texts=None, text_pairs=None, *, max_length=None, output_attentions=False, capture=None,
+                 input_ids=None, attention_mask=None, token_type_ids=None):
+        """tokenize + forward; or, as transformers' models are called, model(**model.tokenize(texts))."""
+        if input_ids is not None:
+            if texts is not None:
+                raise InputError("pass texts or input_ids, not both")
+            return self.forward(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions,
+                                capture=capture)
+        if texts is None:
+            raise InputError("pass texts (a str or a list of str), or input_ids")
         batch = self.tokenize(texts, text_pairs, max_length=max_length)
         return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                             output_attentions=output_attentions, capture=capture)

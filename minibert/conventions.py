@@ -6,6 +6,8 @@
     convert_to_tensor=True  -> refused: minibert returns NumPy, never torch tensors
 """
 
+from collections.abc import Mapping
+
 from .errors import InputError
 
 RENAMED = {"normalize_embeddings": "normalize", "show_progress_bar": "progress"}
@@ -38,3 +40,36 @@ def shape_like_sentence_transformers(vectors, single: bool, as_list: bool):
     if as_list and not isinstance(vectors, list):
         return list(vectors)
     return vectors
+
+
+class FieldMapping(Mapping):
+    """A dataclass's main fields as a read-only mapping, as transformers' BatchEncoding is: batch["input_ids"],
+    model.forward(**batch). Keys are MAPPING_KEYS whose value is set (not None); the rest stay attributes."""
+    MAPPING_KEYS = ()
+
+    def set_keys(self) -> list:
+        return [key for key in self.MAPPING_KEYS if getattr(self, key) is not None]
+
+    def __getitem__(self, key):
+        if key not in self.set_keys():
+            raise KeyError(f"{key!r}: this {type(self).__name__} holds {', '.join(self.set_keys())} "
+                           "(the other fields are attributes)")
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.set_keys())
+
+    def __len__(self):
+        return len(self.set_keys())
+
+
+class OutputMapping(FieldMapping):
+    """As transformers' ModelOutput: out["last_hidden_state"], out[0], out.to_tuple(), keys only for what is set."""
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, key) for key in self.set_keys())

@@ -286,6 +286,21 @@ def test_model_pickles_with_its_recipe(backend):
     np.testing.assert_array_equal(again.encode(MAKE_ST.TEXTS[:3]), model.encode(MAKE_ST.TEXTS[:3]))
 
 
+def test_batch_and_outputs_behave_like_transformers(dense_model):
+    batch = dense_model.tokenize(["the cat sat", "hello"])
+    assert list(batch.keys()) == ["input_ids", "attention_mask", "token_type_ids"] and batch.offsets is not None
+    np.testing.assert_array_equal(batch["input_ids"], batch.input_ids)
+    out = dense_model.forward(**batch)
+    assert list(out.keys()) == ["last_hidden_state", "pooler_output", "hidden_states"]     # no attentions asked
+    assert out[0] is out["last_hidden_state"] is out.last_hidden_state and len(out.to_tuple()) == 3
+    with pytest.raises(KeyError, match="attentions"):
+        out["attentions"]
+    called = dense_model(**batch, output_attentions=True)
+    assert "attentions" in called and np.array_equal(called.last_hidden_state, out.last_hidden_state)
+    with pytest.raises(InputError, match="not both"):
+        dense_model("hello", input_ids=batch.input_ids)
+
+
 # ---- live: sentence-transformers itself -------------------------------------------------------------
 
 @pytest.mark.reference
