@@ -29,8 +29,12 @@ def default_model_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def resolve_source(source) -> Path:
-    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default."""
+def resolve_source(source, hub_options=None) -> Path:
+    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default.
+    hub_options: revision, token, cache_dir for snapshot_download (hub ids only)."""
+    hub_options = {key: value for key, value in (hub_options or {}).items() if value is not None}
+    if hub_options and (source is None or Path(source).expanduser().is_dir()):
+        raise InputError(f"{', '.join(hub_options)} apply to hub ids; {source or 'the default model'} is a local directory")
     if source is None:
         source = os.environ.get("MINIBERT_MODEL") or None
     if source is None:
@@ -51,14 +55,17 @@ def resolve_source(source) -> Path:
             "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
             # sentence-transformers' recipe: its modules and their settings, also a 0_Transformer/ layout
             "modules.json", "*config.json", "config_sentence_transformers.json", "*/tokenizer.json",
-            "*/vocab.txt", "*/vocab.json", "*/merges.txt", "*/special_tokens_map.json"]))
+            "*/vocab.txt", "*/vocab.json", "*/merges.txt", "*/special_tokens_map.json"], **hub_options))
     except Exception as e:
         raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
                              f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
 
 
-def load(source=None, *, backend="cpu", dtype="float32"):
+def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=None, cache_dir=None):
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
+
+    revision, token, cache_dir: passed to huggingface_hub for a hub id (a branch, tag or commit; an access
+    token for gated or private models; where the hub cache lives).
 
     backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
     """
@@ -66,7 +73,7 @@ def load(source=None, *, backend="cpu", dtype="float32"):
         raise InputError(f"dtype must be 'float32' or 'float64', found {dtype!r}")
     np_dtype = DTYPES[np.dtype(dtype).name]
     ops = make_ops(backend)
-    model_dir = resolve_source(source)
+    model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
     recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
     encoder_dir = model_dir / recipe.transformer_path  # the root, or e.g. 0_Transformer/
     config = read_config(encoder_dir / "config.json")

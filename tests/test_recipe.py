@@ -301,6 +301,22 @@ def test_batch_and_outputs_behave_like_transformers(dense_model):
         dense_model("hello", input_ids=batch.input_ids)
 
 
+def test_load_passes_revision_token_and_cache_dir_to_the_hub(monkeypatch, tmp_path):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = {}
+
+    def snapshot_download(repo_id, **options):
+        asked.update(options, repo_id=repo_id)
+        return str(FIXTURES / "st_cls")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = minibert.load("someone/tiny-st", backend="numpy", revision="v1.0", token="hf_x", cache_dir=str(tmp_path))
+    assert (asked["repo_id"], asked["revision"], asked["token"], asked["cache_dir"]) == ("someone/tiny-st", "v1.0", "hf_x", str(tmp_path))
+    assert "modules.json" in asked["allow_patterns"] and model.recipe.pooling == "cls"
+    with pytest.raises(InputError, match="revision apply to hub ids"):
+        minibert.load(str(FIXTURES / "st_cls"), revision="main")
+
+
 # ---- live: sentence-transformers itself -------------------------------------------------------------
 
 @pytest.mark.reference
