@@ -148,7 +148,7 @@ class Model:
 
     def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
                max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None,
-               prompt=None, prompt_name=None, **sentence_transformers_options):
+               prompt=None, prompt_name=None, text_pairs=None, **sentence_transformers_options):
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
         With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
@@ -164,6 +164,7 @@ class Model:
             token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
         capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
         prompt / prompt_name: text put before each text, or the name of one of the recipe's prompts.
+        text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
         """
         from .conventions import shape_like_sentence_transformers, translate
@@ -172,7 +173,7 @@ class Model:
         vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
                          batch_size=batch_size, max_length=max_length, window=window, stride=stride,
                          progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
-                         prompt_name=prompt_name)
+                         prompt_name=prompt_name, text_pairs=text_pairs)
         if capture is not None:
             return vectors
         return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)

@@ -51,11 +51,15 @@ class EncodeResult:
     captured: dict
 
 
-def tokenize_texts(model, texts, max_length, window, pretokenized=False):
-    """Each text's full token sequence: cut to max_length, or whole when windows will cover it."""
+def tokenize_texts(model, texts, max_length, window, pretokenized=False, pairs=None):
+    """Each text's full token sequence (with its pair text, if any): cut to max_length, or whole when
+    windows will cover it."""
     limit = None if window else (max_length or model.tokenizer.max_length)
-    encodings = encode_batch(model.tokenizer.backend, texts, limit, is_pretokenized=pretokenized)
-    return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
+    inputs = texts if pairs is None else list(zip(texts, pairs))
+    encodings = encode_batch(model.tokenizer.backend, inputs, limit, what="texts" if pairs is None else "text pairs",
+                             is_pretokenized=pretokenized)
+    one_type = model.tokenizer.single_segment           # RoBERTa-style models: pairs keep type 0
+    return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64) * (not one_type),
                       offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
                       word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),
                       truncated=bool(e.overflowing)) for e in encodings]
@@ -88,8 +92,8 @@ def window_rows(index, tok, window, stride):
 
 def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
            max_length=None, window=None, stride=None, progress=None, dtype="float32", capture=None,
-           prompt=None, prompt_name=None):
-    """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode.
+           prompt=None, prompt_name=None, text_pairs=None):
+    """Embeddings of `texts` (with `text_pairs`: of each pair) from the chosen layers; see Model.encode.
 
     Options left as None come from the checkpoint's recipe (minibert.recipe): pooling, normalize,
     max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
@@ -105,7 +109,12 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     out_dtype = check_dtype(dtype)
     if capture is not None and window is not None:
         raise InputError("capture with window= is not supported: captured internals are per window")
-    tokenized = tokenize_texts(model, texts, max_length, window)
+    if text_pairs is not None:
+        text_pairs = as_text_list(text_pairs, "text_pairs")
+        if len(text_pairs) != len(texts) or window is not None:
+            raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)}) "
+                             "and no window=")
+    tokenized = tokenize_texts(model, texts, max_length, window, pairs=text_pairs)
     warn_truncated(model, tokenized, max_length)
     per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
                               window=window, stride=stride, progress=progress, capture=capture, skip=skip)

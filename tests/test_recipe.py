@@ -317,6 +317,16 @@ def test_load_passes_revision_token_and_cache_dir_to_the_hub(monkeypatch, tmp_pa
         minibert.load(str(FIXTURES / "st_cls"), revision="main")
 
 
+def test_encode_text_pairs_is_forward_on_the_tokenized_pairs(dense_model):
+    texts, pairs = ["the cat sat", "hello"], ["on the mat", "world, hello"]
+    got = dense_model.encode(texts, text_pairs=pairs, pooling="cls", normalize=False)   # through the Dense head
+    hidden = dense_model.forward(**dense_model.tokenize(texts, pairs)).last_hidden_state[:, 0].astype(np.float64)
+    want = np.tanh(hidden @ dense_model.recipe.dense[0].weight.T.astype(np.float64) + dense_model.recipe.dense[0].bias)
+    assert np.abs(got - want).max() < 1e-6
+    with pytest.raises(InputError, match="one text per text"):
+        dense_model.encode(texts, text_pairs=pairs[:1])
+
+
 # ---- live: sentence-transformers itself -------------------------------------------------------------
 
 @pytest.mark.reference
