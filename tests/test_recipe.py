@@ -7,6 +7,7 @@ Under -m reference: every case rebuilt live, and the bundled model, against Sent
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -325,6 +326,33 @@ def test_encode_text_pairs_is_forward_on_the_tokenized_pairs(dense_model):
     assert np.abs(got - want).max() < 1e-6
     with pytest.raises(InputError, match="one text per text"):
         dense_model.encode(texts, text_pairs=pairs[:1])
+
+
+def test_scikit_learn_pipeline_fits_predicts_and_saves_with_joblib(tmp_path):
+    sklearn = pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    texts = ["the cat sat", "a cat ran", "the cats sat on the mat", "hello world", "hello", "world hello"]
+    labels = [0, 0, 0, 1, 1, 1]
+    encoder = minibert.SentenceEncoder(str(FIXTURES / "st_mean_normalize"), backend="numpy")
+    pipe = Pipeline([("embed", encoder), ("clf", LogisticRegression(C=100.0))]).fit(texts, labels)
+    assert list(pipe.predict(texts)) == labels
+    joblib.dump(pipe, tmp_path / "pipe.joblib")
+    again = joblib.load(tmp_path / "pipe.joblib")
+    np.testing.assert_array_equal(again.predict_proba(texts), pipe.predict_proba(texts))
+    copy = clone(encoder).set_params(encode_options={"pooling": "cls"})
+    assert copy.get_params()["model"] == encoder.model and copy.transform(texts[:2]).shape == (2, 16)
+    assert "sklearn" in sys.modules and sklearn
+
+
+def test_sentence_encoder_needs_no_scikit_learn():
+    import subprocess
+    code = ("import sys, minibert; e = minibert.SentenceEncoder(sys.argv[1], backend='numpy'); "
+            "print(e.fit_transform(['hello']).shape, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "st_cls")], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False" and "(1, 16)" in out.stdout
 
 
 # ---- live: sentence-transformers itself -------------------------------------------------------------
