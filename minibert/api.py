@@ -178,6 +178,11 @@ class Model:
             return vectors
         return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
 
+    @property
+    def encoder_dir(self) -> Path:
+        """The folder holding config.json and the encoder's weights: the source, or its 0_Transformer/."""
+        return Path(self.source) / self.recipe.transformer_path
+
     def get_sentence_embedding_dimension(self) -> int:
         """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
         return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size

@@ -49,7 +49,7 @@ def cmd_inspect(args):
           f"max_length {model.tokenizer.max_length}")
     print("recipe      what encode() does with no options, and where each setting came from")
     for name, value, source in model.recipe.describe():
-        print(f"  {name:<26}{str(value):<34}{source}")
+        print(f"  {name:<26}{value}  <- {source}")
     counts = parameter_counts(model.weights)
     for block, n in counts.items():
         print(f"  {block:<26}{n:>12,}")
@@ -58,7 +58,7 @@ def cmd_inspect(args):
         from pathlib import Path
 
         from .weights import non_finite_tensors
-        in_file = non_finite_tensors(Path(model.source) / model.recipe.transformer_path)
+        in_file = non_finite_tensors(model.encoder_dir)
         for name, nan, inf, size in in_file:
             print(f"  {name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
         if in_file:

@@ -82,7 +82,18 @@ def test_recipe_of_each_fixture_names_its_sources():
     r = read_recipe(FIXTURES / "st_mean_sqrt_len_lower")                  # as sentence-transformers 2-5 wrote it
     assert r.do_lower_case and r.max_length == 24 and r.source_of("max_length") == "sentence_bert_config.json"
     assert read_recipe(FIXTURES / "st_legacy_layout_prompts").source_of("max_length") == "0_Transformer/sentence_bert_config.json"
+    legacy = minibert.load(str(FIXTURES / "st_legacy_layout_prompts"), backend="numpy")
+    assert legacy.encoder_dir == FIXTURES / "st_legacy_layout_prompts" / "0_Transformer"
     assert not read_recipe(FIXTURES / "st_prompt_excluded").include_prompt
+
+
+def test_inspect_prints_the_recipe_and_where_each_setting_came_from(capsys):
+    from minibert.cli import main
+    assert main(["inspect", str(FIXTURES / "st_legacy_layout_prompts")]) == 0
+    out = capsys.readouterr().out
+    assert "max_length                18  <- 0_Transformer/sentence_bert_config.json" in out
+    assert "dense                     2_Dense 16->10 ReLU  <- modules.json" in out
+    assert "include_prompt            True  <- sentence-transformers default" in out
 
 
 def test_bundled_model_recipe_is_all_minilm_l6_v2s(model_for):
