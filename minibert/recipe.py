@@ -153,7 +153,7 @@ def read_recipe(model_dir: Path) -> Recipe:
         else:
             raise ConfigError(f"{model_dir / 'modules.json'}: module {kind!r} at {folder!r} (after {['Transformer'] + seen}) "
                               "is not one minibert can reproduce; it runs Transformer, Pooling, Dense and Normalize "
-                              "in that order. Load the encoder alone by passing its folder, or pass pooling= explicitly")
+                              "in that order; to use the encoder alone, copy its files to a directory without modules.json")
         seen.append(kind)
     if "Pooling" not in seen:
         raise ConfigError(f"{model_dir / 'modules.json'}: no Pooling module; minibert's sentence vectors need one")
@@ -205,8 +205,9 @@ def read_pooling(folder: Path, rel: str, take) -> None:
     else:                                   # older files: one flag per mode; none set means mean
         modes = [mode for flag, mode in POOLING_FLAGS.items() if found.get(flag) is True] or ["mean"]
     if len(modes) != 1:
-        raise ConfigError(f"{path}: minibert reproduces exactly one pooling mode, found "
-                          f"{modes or 'none'} (flags {', '.join(POOLING_FLAGS)}); pass pooling= explicitly")
+        raise ConfigError(f"{path}: minibert reproduces exactly one pooling mode, found {modes} (sentence-"
+                          "transformers concatenates them); to use the encoder alone, copy its files to a directory "
+                          "without modules.json")
     take("pooling", modes[0], source)
     include = found.get("include_prompt", True)
     if not isinstance(include, bool):
