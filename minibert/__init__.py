@@ -1,6 +1,7 @@
 """minibert: a from-scratch NumPy/Numba BERT encoder that returns every layer and matches transformers."""
 
 from .api import Model, load
+from .estimator import SentenceEncoder
 from .extract import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
                      TokenizerError)
@@ -15,5 +16,5 @@ def load_classifier(directory, *, dtype="float32"):
     return load_from(directory, dtype=dtype)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError",
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError",
            "InputError", "BackendError", "__version__"]

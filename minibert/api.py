@@ -14,6 +14,7 @@ from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
+from .recipe import Recipe, read_recipe
 from .tokenizer import Tokenizer
 from .weights import check_model_directory, load_weights
 
@@ -31,8 +32,12 @@ def default_model_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def resolve_source(source) -> Path:
-    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default."""
+def resolve_source(source, hub_options=None) -> Path:
+    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default.
+    hub_options: revision, token, cache_dir for snapshot_download (hub ids only)."""
+    hub_options = {key: value for key, value in (hub_options or {}).items() if value is not None}
+    if hub_options and (source is None or Path(source).expanduser().is_dir()):
+        raise InputError(f"{', '.join(hub_options)} apply to hub ids; {source or 'the default model'} is a local directory")
     if source is None:
         source = os.environ.get("MINIBERT_MODEL") or None
     if source is None:
@@ -50,26 +55,34 @@ def resolve_source(source) -> Path:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(source), allow_patterns=[
             "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json"]))
+            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
+            # sentence-transformers' recipe: its modules and their settings, also a 0_Transformer/ layout
+            "modules.json", "*config.json", "config_sentence_transformers.json", "*/tokenizer.json",
+            "*/vocab.txt", "*/vocab.json", "*/merges.txt", "*/special_tokens_map.json"], **hub_options))
     except Exception as e:
         raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
                              f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
 
 
-def load(source=None, *, backend="cpu", dtype="float32"):
+def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=None, cache_dir=None):
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
+
+    revision, token, cache_dir: passed to huggingface_hub for a hub id (a branch, tag or commit; an access
+    token for gated or private models; where the hub cache lives).
 
     backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
     """
     np_dtype = DTYPES[compute_dtype_name(dtype)]
     ops = make_ops(backend)
-    model_dir = resolve_source(source)
-    check_model_directory(model_dir)        # neither weights nor tokenizer: one error naming both
-    config = read_config(model_dir / "config.json")
-    tokenizer = Tokenizer(model_dir, config)
-    weights = ops.prepare(load_weights(model_dir, config, np_dtype))
+    model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
+    recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
+    encoder_dir = model_dir / recipe.transformer_path  # the root, or e.g. 0_Transformer/
+    check_model_directory(encoder_dir)      # neither weights nor tokenizer: one error naming both
+    config = read_config(encoder_dir / "config.json")
+    tokenizer = Tokenizer(encoder_dir, config)
+    weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
     return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
-                 source=str(model_dir), backend=backend)
+                 source=str(model_dir), backend=backend, recipe=recipe)
 
 
 def compute_dtype_name(dtype) -> str:
@@ -106,9 +119,17 @@ class CaptureRequest:
 
 
 class Model:
-    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend):
+    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend, recipe=Recipe()):
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
-        self.dtype, self.source, self.backend = dtype, source, backend
+        self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
+
+    def __getstate__(self):
+        """Pickling (joblib, multiprocessing, scikit-learn n_jobs) leaves out the ops: functions built at load."""
+        return {key: value for key, value in self.__dict__.items() if key != "ops"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.ops = make_ops(self.backend)       # the same backend, chosen again in this process
 
     def __repr__(self):
         c = self.config
@@ -135,7 +156,16 @@ class Model:
         output = self.ops.to_host(output)
         return dataclasses.replace(output, captured=request.keyed(output.captured))
 
-    def __call__(self, texts, text_pairs=None, *, max_length=None, output_attentions=False, capture=None):
+    def __call__(self, texts=None, text_pairs=None, *, max_length=None, output_attentions=False, capture=None,
+                 input_ids=None, attention_mask=None, token_type_ids=None):
+        """tokenize + forward; or, as transformers' models are called, model(**model.tokenize(texts))."""
+        if input_ids is not None:
+            if texts is not None:
+                raise InputError("pass texts or input_ids, not both")
+            return self.forward(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions,
+                                capture=capture)
+        if texts is None:
+            raise InputError("pass texts (a str or a list of str), or input_ids")
         batch = self.tokenize(texts, text_pairs, max_length=max_length)
         return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                             output_attentions=output_attentions, capture=capture)
@@ -155,25 +185,55 @@ class Model:
         hosted = (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
         return (dataclasses.replace(layer, captured=request.keyed(layer.captured)) for layer in hosted)
 
-    def encode(self, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-               max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None):
-        """Sentence (or token) vectors from any layers.
+    def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
+               max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
+               prompt=None, prompt_name=None, text_pairs=None, **sentence_transformers_options):
+        """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
+
+        With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
+        Normalize, max_seq_length, prompts) gives the vectors SentenceTransformer(dir).encode gives; each
+        option given overrides its setting. A plain transformers checkpoint: mean pooling, not normalised.
 
         layers: int (negative counts from the top, 0 = embedding output, i = encoder layer i, as
             hidden_states[i]), list of ints, or "all".
         combine: None keeps a layer axis (unless `layers` is a single int), or "mean", "sum", "concat".
-        pooling: "cls", "mean", "max", "mean_sqrt_len" -> array [N, (L,) H]; "none" -> list of N unpadded
+        pooling: "cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken" -> array [N, (L,) H];
+            "none" -> list of N unpadded
             arrays [n_tokens, (L,) H] over the text's full token sequence, special tokens included.
         window/stride: cover long texts with windows of `window` tokens overlapping by `stride` tokens,
             token vectors averaged where windows overlap. Without window, long texts are truncated (warning).
         capture: as in forward; returns EncodeResult(vectors, captured) with unpadded arrays per text.
         dtype: None returns the dtype the model was loaded with; "float32"/"float64" override it; "float16"
             is a cast of the result (computed in the model's dtype), for storage.
+        prompt / prompt_name: text put before each text, or the name of one of the recipe's prompts.
+        text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
+        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
         """
+        from .conventions import shape_like_sentence_transformers, translate
         from .encode import encode
-        return encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
-                      batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                      progress=progress, dtype=dtype, capture=capture)
+        options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
+        vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
+                         batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                         progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
+                         prompt_name=prompt_name, text_pairs=text_pairs)
+        if capture is not None:
+            return vectors
+        return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
+
+    @property
+    def encoder_dir(self) -> Path:
+        """The folder holding config.json and the encoder's weights: the source, or its 0_Transformer/."""
+        return Path(self.source) / self.recipe.transformer_path
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
+        return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens encode() keeps per text by default: the recipe's max_seq_length, else the tokenizer's limit."""
+        limit = self.recipe.max_length
+        return min(limit, self.config.max_tokens) if limit is not None else self.tokenizer.max_length
 
     def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
                      batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,

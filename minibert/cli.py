@@ -65,6 +65,9 @@ def cmd_inspect(args):
     print(f"  {'max_tokens':<32}{c.max_tokens}")
     print(f"tokenizer   {model.tokenizer.kind}, vocabulary {model.tokenizer.vocab_size}, "
           f"max_length {model.tokenizer.max_length}")
+    print("recipe      what encode() does with no options, and where each setting came from")
+    for name, value, source in model.recipe.describe():
+        print(f"  {name:<26}{value}  <- {source}")
     counts = parameter_counts(model.weights)
     for block, n in counts.items():
         print(f"  {block:<32}{n:>12,}")
@@ -73,7 +76,7 @@ def cmd_inspect(args):
         from pathlib import Path
 
         from .weights import non_finite_tensors
-        in_file = non_finite_tensors(Path(model.source))
+        in_file = non_finite_tensors(model.encoder_dir)
         for name, nan, inf, size in in_file:
             print(f"  {name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
         if in_file:

@@ -11,7 +11,8 @@ import numpy as np
 
 from .api import warn_caller
 from .errors import InputError
-from .pooling import check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .pooling import apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .recipe import encode_settings, prepare_texts, prompt_length
 from .tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -55,8 +56,9 @@ class EncodeResult:
     captured: dict
 
 
-def tokenize_texts(model, texts, max_length, window, pretokenized=False, prefix_space=True):
-    """Each text's full token sequence: cut to max_length, or whole when windows will cover it.
+def tokenize_texts(model, texts, max_length, window, pretokenized=False, prefix_space=True, pairs=None):
+    """Each text's full token sequence (with its pair text, if any): cut to max_length, or whole when
+    windows will cover it.
 
     pretokenized: texts are lists of words; with prefix_space, a byte-level BPE tokenizer encodes each
     word as if a space came before it (see Tokenizer.word_prefix_backend)."""
@@ -64,10 +66,13 @@ def tokenize_texts(model, texts, max_length, window, pretokenized=False, prefix_
     backend = model.tokenizer.backend
     if pretokenized and prefix_space:
         backend = model.tokenizer.word_prefix_backend or backend
-    if limit and not pretokenized:
+    if limit and not pretokenized and pairs is None:
         texts = cut_to_fit(backend, texts, limit)                     # memory bounded by the limit
-    encodings = encode_batch(backend, texts, limit, is_pretokenized=pretokenized)
-    return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64),
+    inputs = texts if pairs is None else list(zip(texts, pairs))
+    encodings = encode_batch(backend, inputs, limit, what="texts" if pairs is None else "text pairs",
+                             is_pretokenized=pretokenized)
+    one_type = model.tokenizer.single_segment           # RoBERTa-style models: pairs keep type 0
+    return [Tokenized(ids=np.array(e.ids, dtype=np.int64), types=np.array(e.type_ids, dtype=np.int64) * (not one_type),
                       offsets=np.array(e.offsets, dtype=np.int64).reshape(-1, 2),
                       word_ids=np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64),
                       truncated=bool(e.overflowing)) for e in encodings]
@@ -133,25 +138,41 @@ def window_rows(index, tok, window, stride):
         start += step
 
 
-def encode(model, texts, *, layers=-1, combine=None, pooling="mean", normalize=False, batch_size=32,
-           max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None):
-    """Embeddings of `texts` from the chosen layers, pooled and combined; see Model.encode."""
+def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
+           max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
+           prompt=None, prompt_name=None, text_pairs=None):
+    """Embeddings of `texts` (with `text_pairs`: of each pair) from the chosen layers; see Model.encode.
+
+    Options left as None come from the checkpoint's recipe (minibert.recipe): pooling, normalize,
+    max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
+    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)   # the caller's, before the recipe's
+    recipe = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
+                             num_layers=model.config.num_hidden_layers, prompt=prompt, prompt_name=prompt_name,
+                             max_tokens=model.config.max_tokens)
+    pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
     check_options(pooling, combine)
+    texts, skip = prepare_texts(recipe, texts), prompt_length(model, recipe)
+    if skip and window is not None:
+        raise InputError("window= with a prompt left out of the pooling (include_prompt false) is not supported")
     out_dtype = output_dtype(model, dtype)
-    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
     if capture is not None and window is not None:
         raise InputError("capture with window= is not supported: captured internals are per window")
     request = model.capture_request(capture)          # a bad capture is refused before any text is tokenized
-    tokenized = tokenize_texts(model, texts, max_length, window)
+    if text_pairs is not None:
+        text_pairs = as_text_list(text_pairs, "text_pairs")
+        if len(text_pairs) != len(texts) or window is not None:
+            raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)}) "
+                             "and no window=")
+    tokenized = tokenize_texts(model, texts, max_length, window, pairs=text_pairs)
     warn_truncated(model, tokenized, max_length)
     warn_unknown(model, tokenized)
     per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
-                              window=window, stride=stride, progress=progress, capture=request.names)
+                              window=window, stride=stride, progress=progress, capture=request.names, skip=skip)
     if pooling == "none":
         vectors = [finish(v, layers, combine, normalize, out_dtype) for v in per_layer]
     else:
-        vectors = finish(per_layer, layers, combine, normalize, out_dtype)
+        vectors = finish(per_layer, layers, combine, normalize, out_dtype, dense=recipe.dense)
     if capture is None:
         return vectors
     return EncodeResult(vectors, request.keyed({name: [v.astype(out_dtype) for v in values]
@@ -183,9 +204,10 @@ def warn_unknown(model, tokenized, threshold=0.5):
                     f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
 
-def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture):
+def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture, skip=0):
     """The batching loop. Returns pooled [N, layers, H] (float64), or for pooling "none" a list of
-    per-text [n, layers, H]; plus captured internals per text (unpadded)."""
+    per-text [n, layers, H]; plus captured internals per text (unpadded). The first `skip` tokens of
+    each text (a prompt) are left out of the pooling."""
     L, H = model.config.num_hidden_layers, model.config.hidden_size
     chosen = resolve_layers(layers, L)
     check_batching(batch_size, window, stride, model.tokenizer.max_length)
@@ -211,6 +233,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
         batch_rows = [rows[r] for r in batch]
         ids, mask, types = pad(batch_rows, model.config.pad_token_id)
         lengths = mask.sum(axis=1)
+        pool_mask = np.concatenate([np.zeros_like(mask[:, :skip]), mask[:, skip:]], axis=1)   # [B, T]
         direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens and row.text not in shares]
         for layer in model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names):
             index, hidden = layer.index, layer.hidden_state                     # [B, T, H]
@@ -222,7 +245,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
             if not slots:
                 continue
             if direct:
-                vectors = pool(hidden[direct], mask[direct], pooling)                       # [b, H]
+                vectors = pool(hidden[direct], pool_mask[direct], pooling)                  # [b, H]
                 for k, v in zip(direct, vectors):
                     pooled[batch_rows[k].text, slots] = v
             for k, row in enumerate(batch_rows):
@@ -256,19 +279,22 @@ def window_shares(rows, tokenized, texts, pooling):
     shares = {}
     for i, covered in coverage.items():
         n = len(covered)
-        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n),
-                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n))}[pooling]               # [n]
+        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n), "lasttoken": np.eye(1, n, n - 1)[0],
+                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n)),
+                  "weightedmean": np.arange(1, n + 1) / (n * (n + 1) / 2)}[pooling]      # [n]
         shares[i] = weight / covered
     return shares
 
 
-def finish(stacked, layers, combine, normalize, out_dtype):
-    """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; normalise; cast."""
+def finish(stacked, layers, combine, normalize, out_dtype, dense=()):
+    """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; the recipe's
+    Dense modules; normalise; cast."""
     layer_axis = stacked.ndim - 2
     if isinstance(layers, (int, np.integer)):
         out = np.take(stacked, 0, axis=layer_axis)
     else:
         out = combine_layers(stacked, combine, layer_axis)
+    out = apply_dense(out, dense)
     if normalize:
         out = l2_normalize(out)
     return out.astype(out_dtype)

@@ -94,7 +94,7 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling="mean", normalize=False, fmt="npy",
+def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, normalize=None, fmt="npy",
             dtype=None, batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
             resume=False, source_file=None, field=None, progress=None, encode_range=None, engine=None,
             reduce=None, whiten=False):

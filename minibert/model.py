@@ -21,8 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from .config import RELATIVE_MAX_DISTANCE
 from .backends import Ops
+from .config import RELATIVE_MAX_DISTANCE
+from .conventions import OutputMapping
 from .errors import InputError
 
 # Sub-layer activations each layer can return on request (forward's `capture`), as "layer{i}.{name}" with
@@ -37,7 +38,9 @@ INTERNALS = ("query", "key", "value",          # [B, T, H] projections, heads no
 
 
 @dataclass
-class EncoderOutput:
+class EncoderOutput(OutputMapping):
+    """Also indexable as transformers' ModelOutput: out["last_hidden_state"], out[0], out.to_tuple()."""
+    MAPPING_KEYS = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
     hidden_states: tuple            # num_hidden_layers + 1 arrays [B, T, H]: embedding output, then each layer
     last_hidden_state: np.ndarray   # [B, T, H] == hidden_states[-1]
     pooler_output: Optional[np.ndarray]   # [B, H] tanh(dense(first token)), None without a pooler

@@ -5,8 +5,9 @@ word pooling, normalisation. Plain NumPy; shapes in comments (B batch, T tokens,
 import numpy as np
 
 from .errors import InputError
+from .kernels import reference
 
-POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "none")
+POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken", "none")
 COMBINES = (None, "mean", "sum", "concat")
 SUBWORD_POOLINGS = ("first", "last", "mean", "first_last")
 
@@ -42,14 +43,45 @@ def check_options(pooling, combine):
 
 def pool(hidden, mask, pooling):
     """One layer's [B, T, H] with mask [B, T] -> [B, H] (pooling "none" is handled by the caller)."""
-    if pooling == "cls":
-        return hidden[:, 0]                                                    # [B, H]
+    if pooling == "cls":      # the first token the mask keeps ([CLS], or the first after an excluded prompt)
+        return hidden[np.arange(len(hidden)), np.argmax(mask > 0, axis=1)]   # [B, H]
+    if pooling in ("weightedmean", "lasttoken"):
+        return pool_by_position(hidden, mask, pooling)
     m = mask[..., None].astype(hidden.dtype)                                   # [B, T, 1]
     if pooling == "max":
         return np.where(m > 0, hidden, -np.inf).max(axis=1).astype(hidden.dtype)  # [B, H]
     total = (hidden * m).sum(axis=1)                                           # [B, H]
     count = np.maximum(m.sum(axis=1), 1)                                       # [B, 1]
     return total / (count if pooling == "mean" else np.sqrt(count))           # [B, H]
+
+
+def pool_by_position(hidden, mask, pooling):
+    """sentence-transformers' position-aware poolings of [B, T, H] with mask [B, T] -> [B, H].
+
+    weightedmean: token t (counted from 1) weighs t, so later tokens count more (SGPT);
+    lasttoken: the last token the mask keeps (decoder-style embedders; [SEP] for BERT).
+    """
+    B, T = mask.shape
+    if pooling == "lasttoken":
+        last = T - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)                   # [B] last kept position
+        return hidden[np.arange(B), last]                                      # [B, H]
+    weights = mask * np.arange(1, T + 1, dtype=hidden.dtype)                   # [B, T]
+    total = np.einsum("bt,bth->bh", weights, hidden)                           # [B, H]
+    return total / np.maximum(weights.sum(axis=1, keepdims=True), 1)          # [B, H]
+
+
+def apply_dense(vectors, dense_modules):
+    """Pooled vectors [..., H] through sentence-transformers Dense modules, in order -> [..., out]."""
+    for d in dense_modules:
+        vectors = vectors @ d.weight.T.astype(vectors.dtype)                   # [..., out]
+        if d.bias is not None:
+            vectors = vectors + d.bias.astype(vectors.dtype)
+        vectors = DENSE_FUNCTIONS[d.activation](vectors)
+    return vectors
+
+
+DENSE_FUNCTIONS = {"Identity": lambda x: x, "Tanh": np.tanh, "ReLU": lambda x: np.maximum(x, 0),
+                   "Sigmoid": lambda x: 1 / (1 + np.exp(-x)), "GELU": reference.gelu, "SiLU": lambda x: x / (1 + np.exp(-x))}
 
 
 def combine_layers(stacked, combine, layer_axis):

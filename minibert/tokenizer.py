@@ -13,11 +13,14 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from . import files
 from .config import Config
+from .conventions import FieldMapping
 from .errors import InputError, MiniBertError, TokenizerError
 
 
 @dataclass
-class Batch:
+class Batch(FieldMapping):
+    """Also a mapping of the three id arrays, as transformers' BatchEncoding: model.forward(**batch)."""
+    MAPPING_KEYS = ("input_ids", "attention_mask", "token_type_ids")
     input_ids: np.ndarray        # [B, T] int64, right-padded to the longest text in the batch
     attention_mask: np.ndarray   # [B, T] int64, 1 for tokens, 0 for padding
     token_type_ids: np.ndarray   # [B, T] int64, 0 for the first text, 1 for the pair's second (all 0 for

@@ -32,7 +32,7 @@ def ref_pool(h, pooling):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "max", "mean_sqrt_len"])
 def test_pooling_matches_numpy_and_keeps_input_order(model, reference, pooling):
-    got = model.encode(TEXTS, pooling=pooling, batch_size=2)            # sorted into batches of 2
+    got = model.encode(TEXTS, pooling=pooling, normalize=False, batch_size=2)   # sorted into batches of 2
     want = np.stack([ref_pool(hs[-1], pooling) for hs in reference])
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
     assert np.abs(got - want).max() < 1e-5
@@ -98,7 +98,7 @@ def test_windowed_pooling_pools_the_merged_tokens(model, pooling):
     # cls, mean and mean_sqrt_len add each window's share as it comes; max pools the kept merged tokens.
     long_text = " ".join(["the cat sat on the mat"] * 60)
     tokens = model.encode([long_text], pooling="none", window=100, stride=20)[0].astype(np.float64)
-    pooled = model.encode([long_text], pooling=pooling, window=100, stride=20)[0]
+    pooled = model.encode([long_text], pooling=pooling, normalize=False, window=100, stride=20)[0]
     want = ref_pool(tokens[None], pooling)
     assert np.abs(pooled - want).max() < 1e-6
 
