@@ -11,7 +11,7 @@ order (Transformer, Pooling, Dense..., Normalize), and each module's folder hold
     config_sentence_transformers.json    prompts, default_prompt_name
 
 `read_recipe` turns these into a frozen Recipe; every setting remembers the file it came from, so
-`minibert inspect` can print it. A plain transformers directory gets minibert's defaults (see README).
+`minibert inspect` can print it. A plain transformers directory gets minibert's defaults (docs/extraction.md).
 """
 
 import json

@@ -2,7 +2,7 @@
 
 An example is a ```python block followed directly by a plain ``` block: the output. Numbers are compared
 with a tolerance (the last printed digit of a float32 may differ between CPUs and BLAS kernels, as the
-README's parity section explains); everything else must match exactly. Blocks without an output block
+parity section of docs/testing.md explains); everything else must match exactly. Blocks without an output block
 (signatures, sketches) are not run. An example that needs an optional package (Ray, matplotlib) is
 skipped where that package is missing.
 """
