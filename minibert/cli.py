@@ -166,6 +166,9 @@ def encoding_options(args):
 
 def cmd_embed(args):
     import minibert
+    if args.texts == ["-"]:
+        from .extract import read_texts
+        args.texts = read_texts("-")
     model = minibert.load(args.model, backend=args.backend)
     check_lengths(args, model)
     vectors = model.encode(args.texts, **encoding_options(args), dtype="float32")
@@ -390,9 +393,15 @@ def add_encoding_arguments(p, pooling="mean"):
     p.add_argument("--stride", type=int_at_least(0), default=None, help="overlap between windows, in tokens")
 
 
+def package_version():
+    from . import __version__
+    return __version__
+
+
 def build_parser():
     parser = Parser(prog="minibert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"minibert {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="embed a few sentences and print per-layer shapes and similarities",
@@ -403,7 +412,7 @@ def build_parser():
     p = sub.add_parser("embed", help="print the vectors of a few texts", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  minibert embed 'A cat.' 'A dog.'\n"
                               "  minibert embed 'A cat.' --layers -4,-3,-2,-1 --combine concat --json")
-    p.add_argument("texts", nargs="+")
+    p.add_argument("texts", nargs="+", help="texts, or - to read one text per line from standard input")
     add_encoding_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_embed)

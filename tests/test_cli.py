@@ -171,3 +171,13 @@ def test_extract_out_that_cannot_be_a_folder(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == (f"minibert: error: --out {tmp_path / 'file' / 'vecs'}: {tmp_path / 'file'} is a file, not a "
                    "folder; choose another --out\n")
+
+
+def test_version_and_embed_reading_standard_input(tiny):
+    import minibert
+    out, err = minibert_process("--version").communicate(timeout=120)
+    assert out.strip() == f"minibert {minibert.__version__}", err
+    run = minibert_process("embed", "-", "--model", tiny, stdin=subprocess.PIPE)
+    out, err = run.communicate("the cat\nsat on\nthe mat\n", timeout=120)
+    assert run.returncode == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == ["'the", "'sat", "'the"]
