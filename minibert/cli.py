@@ -51,7 +51,7 @@ def cmd_inspect(args):
     from pathlib import Path as _Path
 
     from .weights import used_and_ignored_files
-    used, ignored = used_and_ignored_files(_Path(model.source), model.tokenizer.files)
+    used, ignored = used_and_ignored_files(model.encoder_dir, model.tokenizer.files)
     print(f"files used  {', '.join(used)}")
     print(f"ignored     {', '.join(ignored) or '-'}")
     print(f"family      {c.model_type}")
