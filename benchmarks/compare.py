@@ -163,6 +163,7 @@ def throughput(model):
         runs.update({name: run for name, (run, _) in peer_runs.items()})
         outputs = {name: fn(ids, mask, types) for name, fn in runs.items()}   # warm-up (Numba compiles here)
         last = {name: np.asarray(out[-1]) for name, out in outputs.items()}      # [B, T, H] each
+        del outputs                                                              # every layer of every peer
         times = {name: [] for name in runs}
         cpu_times = {name: [] for name in runs}
         peaks = []
@@ -258,9 +259,11 @@ def onnxruntime_encode(session, source, max_length, batch_size):
     tokenizer.enable_padding()
     run = peers.onnxruntime_forward(session)
 
+    hidden_size = session.get_outputs()[-1].shape[-1]      # static in the export: only batch and sequence vary
+
     def encode(texts):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = np.empty((len(texts), 0), dtype=np.float32)
+        out = np.empty((len(texts), hidden_size), dtype=np.float32)                  # [N, H]
         for s in range(0, len(texts), batch_size):
             batch = order[s:s + batch_size]
             encodings = tokenizer.encode_batch([texts[i] for i in batch])
@@ -270,8 +273,6 @@ def onnxruntime_encode(session, source, max_length, batch_size):
             hidden = run(ids, mask, types)[-1]                                        # [b, T, H]
             weights = mask[:, :, None].astype(hidden.dtype)                           # [b, T, 1]
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)  # [b, H]
-            if out.shape[1] == 0:
-                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
             out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return out
     return encode
