@@ -51,7 +51,9 @@ ray-test: $(RAY)/.ready
 	MINIBERT_RAY_TEST=1 $(RAY)/bin/python -m pytest -q -p no:cacheprovider tests/test_ray.py; \
 	code=$$?; [ $$code -ne 5 ] || echo "make ray-test: no tests were collected"; exit $$code
 
+# The peers compare.py times; torch named again so that pip can never move it off the pinned CPU wheel.
 benchmark: $(REF)/.ready
+	$(REF)/bin/python -m pip install -q torch==2.13.0 sentence-transformers onnx onnxruntime threadpoolctl
 	$(REF)/bin/python benchmarks/compare.py
 
 clean:
