@@ -72,7 +72,8 @@ def reference_on_cuda(model_dir, attn_implementation):
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     model = transformers.AutoModel.from_pretrained(str(model_dir), attn_implementation=attn_implementation)
-    return model.float().eval().to("cuda"), torch, f"transformers {transformers.__version__} + torch {torch.__version__}"
+    return (model.float().eval().to("cuda"), torch,
+            f"transformers {transformers.__version__} + torch {torch.__version__}")
 
 
 def parity_texts():

@@ -1,4 +1,5 @@
-"""Where a minibert forward spends its CPU time at one shape, and torch SDPA's, by op (the README Speed section's 8 x 512 profile).
+"""Where a minibert forward spends its CPU time at one shape, and torch SDPA's, by op (the README Speed
+section's 8 x 512 profile).
 
     .venv-reference/bin/python benchmarks/profile_forward.py
 

@@ -8,7 +8,8 @@ work and no second pool spins on the cores the first one needs.
 Rows are independent and each row is computed the same way whatever else is in the batch (attention
 stops at a text's last real key), so a text's numbers do not depend on the batch it lands in. float64
 matmuls go through `matmul_ordered`, whose summation order is fixed, so that holds bit for bit; float32
-matmuls are BLAS, which may round a row by its place in the call (see `minibert.backends.cpu_ops`). Compiled lazily per dtype and
+matmuls are BLAS, which may round a row by its place in the call (see `minibert.backends.cpu_ops`).
+Compiled lazily per dtype and
 cached on disk. float32 kernels use the vectorisable `fast_exp` and `fast_erf` below instead of libm
 (which Numba cannot vectorise on this platform); float64 keeps libm's exp and erf.
 """
@@ -389,7 +390,8 @@ def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengt
     Every query row, padding included, is computed, as the reference does.
 
     Per block of heads: scores = q @ k^T and context = exp-scores @ v (float32: BLAS, which the caller holds
-    to one thread, see minibert.threads.BLAS; float64: matmul_ordered), softmax_scores in between, the division by the sum applied to the
+    to one thread, see minibert.threads.BLAS; float64: matmul_ordered), softmax_scores in between, the division
+    by the sum applied to the
     context rows. Consecutive whole texts of equal key length share one block (one stacked matmul). Real
     queries (before L) and padding queries go to separate matmuls, so a text's scores come from matmuls of
     the same shapes whatever padding its batch adds; in float64 each element's arithmetic is fixed outright,

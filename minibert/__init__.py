@@ -16,5 +16,6 @@ def load_classifier(directory, *, dtype="float32"):
     return load_from(directory, dtype=dtype)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError",
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError",
+           "ConfigError", "TokenizerError",
            "InputError", "BackendError", "__version__"]

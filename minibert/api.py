@@ -37,7 +37,8 @@ def resolve_source(source, hub_options=None) -> Path:
     hub_options: revision, token, cache_dir for snapshot_download (hub ids only)."""
     hub_options = {key: value for key, value in (hub_options or {}).items() if value is not None}
     if hub_options and (source is None or Path(source).expanduser().is_dir()):
-        raise InputError(f"{', '.join(hub_options)} apply to hub ids; {source or 'the default model'} is a local directory")
+        raise InputError(f"{', '.join(hub_options)} apply to hub ids; "
+                         f"{source or 'the default model'} is a local directory")
     if source is None:
         source = os.environ.get("MINIBERT_MODEL") or None
     if source is None:
@@ -356,12 +357,15 @@ class Model:
         types = given.get("token_type_ids")
         if types is not None:
             first_outside("token_type_ids", types, c.type_vocab_size, "the token types (type_vocab_size)",
-                          "use 0 for single texts" + (", 1 for the second text of a pair" if c.type_vocab_size > 1 else ""))
+                          "use 0 for single texts"
+                          + (", 1 for the second text of a pair" if c.type_vocab_size > 1 else ""))
         if B == 0:
             T = max(T, 1)          # an empty batch: zero rows of one token, so every [:, 0] still exists
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(B, T)
-        mask = np.ones((B, T), dtype=np.int64) if mask is None else np.ascontiguousarray(mask, dtype=np.int64).reshape(B, T)
-        types = np.zeros((B, T), dtype=np.int64) if types is None else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T)
+        mask = (np.ones((B, T), dtype=np.int64) if mask is None
+                else np.ascontiguousarray(mask, dtype=np.int64).reshape(B, T))
+        types = (np.zeros((B, T), dtype=np.int64) if types is None
+                 else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T))
         return ids, mask, types
 
 

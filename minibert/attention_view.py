@@ -135,7 +135,8 @@ svg text { font: 12px system-ui, sans-serif; }
 <div class="controls">
   <label>layer <select id="layer"></select></label>
   <label>head <select id="head"></select></label>
-  <label>view <select id="view"><option value="heatmap">heatmap</option><option value="lines">lines</option></select></label>
+  <label>view <select id="view"><option value="heatmap">heatmap</option>""" \
+    r"""<option value="lines">lines</option></select></label>
   <span id="status"></span>
 </div>
 <div class="row">

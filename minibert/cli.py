@@ -262,7 +262,8 @@ def cmd_probe(args):
     import minibert
     from . import probe
     token_level = args.conll or str(args.data).lower().endswith(".conll")
-    if args.plot and Path(args.data).resolve() in (Path(args.plot).resolve(), Path(args.plot).with_suffix(".csv").resolve()):
+    if args.plot and Path(args.data).resolve() in (Path(args.plot).resolve(),
+                                                   Path(args.plot).with_suffix(".csv").resolve()):
         raise MiniBertError(f"--plot {args.plot} would overwrite the data file {args.data}; choose another name")
     if args.plot:
         check_writable(args.plot, "--plot")
@@ -409,7 +410,8 @@ def build_parser():
     add_model_arguments(p)
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("embed", help="print the vectors of a few texts", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = sub.add_parser("embed", help="print the vectors of a few texts",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  minibert embed 'A cat.' 'A dog.'\n"
                               "  minibert embed 'A cat.' --layers -4,-3,-2,-1 --combine concat --json")
     p.add_argument("texts", nargs="+", help="texts, or - to read one text per line from standard input")
@@ -424,7 +426,8 @@ def build_parser():
     p.add_argument("text_a", nargs="?")
     p.add_argument("text_b", nargs="?")
     p.add_argument("--matrix", metavar="FILE", default=None,
-                   help="print the similarity matrix of the texts in FILE (.txt a line each, .jsonl/.csv/.tsv with --field)")
+                   help="print the similarity matrix of the texts in FILE "
+                        "(.txt a line each, .jsonl/.csv/.tsv with --field)")
     p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text (with --matrix)")
     p.add_argument("--layer", type=int, default=-1, help="layer for --matrix (0 = embeddings, -1 = last)")
     add_model_arguments(p)
@@ -434,9 +437,11 @@ def build_parser():
     p = sub.add_parser("extract", help="embed a corpus into files, batch by batch",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  minibert extract corpus.txt --out vecs --layers all\n"
-                              "  minibert extract data.jsonl --field body --out vecs --format safetensors --dtype float16\n"
+                              "  minibert extract data.jsonl --field body --out vecs --format safetensors"
+                              " --dtype float16\n"
                               "  cat corpus.txt | minibert extract - --out vecs --pooling none\n"
-                              "  minibert extract corpus.txt --out vecs --layers all --resume   # after an interruption\n"
+                              "  minibert extract corpus.txt --out vecs --layers all --resume"
+                              "   # after an interruption\n"
                               "  minibert extract corpus.parquet --out vecs --engine ray --address auto --workers 8")
     p.add_argument("input", help=".txt (a text per line), .jsonl, .csv, .tsv, .parquet, or - for standard input")
     p.add_argument("--out", required=True, help="output directory")

@@ -195,7 +195,8 @@ def read_config(path: Path) -> Config:
     try:
         raw = read_json(Path(path), SETTINGS_LIMIT, ConfigError, "config.json")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config.json not found; a model directory needs config.json beside model.safetensors") from None
+        raise ConfigError(f"{path}: config.json not found; "
+                          "a model directory needs config.json beside model.safetensors") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config.json must hold a JSON object, found {type(raw).__name__}")
     return config_from_dict(raw, where=str(path))
@@ -215,7 +216,8 @@ def detect_family(raw: dict, where: str) -> str:
         model_type = next(iter(named))
     if model_type not in SUPPORTED_FAMILIES:
         reason = UNSUPPORTED_REASONS.get(model_type,
-                                         "config.json names no model_type or known architecture" if model_type is None else None)
+                                         "config.json names no model_type or known architecture"
+                                         if model_type is None else None)
         raise ConfigError(f"{where}: model_type {model_type!r} is not supported; supported families: "
                           f"{', '.join(SUPPORTED_FAMILIES)}" + (f" ({reason})" if reason else ""))
     if named - {model_type}:
@@ -259,7 +261,8 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
     for key, allowed in UNSUPPORTED_UNLESS.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key}={raw[key]!r} is not supported (only {allowed[0]!r}); "
-                              f"minibert supports absolute-position encoder-only families: {', '.join(SUPPORTED_FAMILIES)}")
+                              "minibert supports absolute-position encoder-only families: "
+                              f"{', '.join(SUPPORTED_FAMILIES)}")
     values = {**DEFAULTS, **FAMILY_DEFAULTS.get(family, {}),
               **{k: raw[k] for k in BERT_KEYS + family_keys if k in raw}, **fixed}
     # Switches a family leaves alone keep BERT's meaning.

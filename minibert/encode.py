@@ -146,7 +146,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     Options left as None come from the checkpoint's recipe (minibert.recipe): pooling, normalize,
     max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
-    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)   # the caller's, before the recipe's
+    check_lengths(max_length, window, stride, batch_size,
+                  model.tokenizer.max_length)   # the caller's, before the recipe's
     recipe = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
                              num_layers=model.config.num_hidden_layers, prompt=prompt, prompt_name=prompt_name,
                              max_tokens=model.config.max_tokens)

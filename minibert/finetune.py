@@ -169,7 +169,8 @@ def lr_at(step, total_steps, warmup_steps, peak):
 def clip_by_global_norm(grads, max_norm):
     """Scale every gradient by max_norm / (norm + 1e-6) when the global norm is above max_norm (torch's
     clip_grad_norm_); returns the norm before clipping."""
-    norm = float(np.sqrt(sum(float(np.linalg.norm(g.reshape(-1))) ** 2 for g in grads)))   # as torch: per tensor, then of the norms
+    norm = float(np.sqrt(sum(float(np.linalg.norm(g.reshape(-1))) ** 2
+                             for g in grads)))   # as torch: per tensor, then of the norms
     coefficient = max_norm / (norm + 1e-6)
     if max_norm > 0 and coefficient < 1:
         for g in grads:
@@ -343,7 +344,8 @@ def load_classifier(directory, *, dtype="float32"):
                              "...ForSequenceClassification or ...ForTokenClassification model")
     task = "sequence" if arch.endswith("ForSequenceClassification") else "token"
     id2label = raw.get("id2label") or {}
-    labels = [id2label[str(i)] for i in range(len(id2label))] if all(str(i) in id2label for i in range(len(id2label))) else None
+    labels = ([id2label[str(i)] for i in range(len(id2label))]
+              if all(str(i) in id2label for i in range(len(id2label))) else None)
     if not labels:
         raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
     np_dtype = np.dtype(dtype).type

@@ -97,7 +97,8 @@ def cmd_predict(args):
         else:
             for text, words in zip(texts, classifier.tag(texts)):
                 print(json.dumps({"text": text, "words": [{"word": w, "label": label, "start": s, "end": e}
-                                                          for w, label, (s, e) in words]}, ensure_ascii=False), file=out)
+                                                          for w, label, (s, e) in words]}, ensure_ascii=False),
+                      file=out)
     finally:
         if out is not sys.stdout:
             out.close()

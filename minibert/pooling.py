@@ -27,7 +27,8 @@ def resolve_layers(layers, num_layers):
         raise InputError(f"layers must be an int, a non-empty list of ints or 'all', found {layers!r}")
     resolved = []
     for layer in chosen:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -(num_layers + 1) <= layer <= num_layers:
+        if (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))
+                or not -(num_layers + 1) <= layer <= num_layers):
             raise InputError(f"layer {layer!r} does not exist: the model has hidden states 0..{num_layers} "
                              f"(0 = embedding output) or -1..-{num_layers + 1} counting from the top")
         resolved.append(int(layer) % (num_layers + 1))
@@ -81,7 +82,8 @@ def apply_dense(vectors, dense_modules):
 
 
 DENSE_FUNCTIONS = {"Identity": lambda x: x, "Tanh": np.tanh, "ReLU": lambda x: np.maximum(x, 0),
-                   "Sigmoid": lambda x: 1 / (1 + np.exp(-x)), "GELU": reference.gelu, "SiLU": lambda x: x / (1 + np.exp(-x))}
+                   "Sigmoid": lambda x: 1 / (1 + np.exp(-x)), "GELU": reference.gelu,
+                   "SiLU": lambda x: x / (1 + np.exp(-x))}
 
 
 def combine_layers(stacked, combine, layer_axis):

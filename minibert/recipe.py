@@ -91,7 +91,8 @@ def read_json_object(path: Path, error=ConfigError) -> dict:
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise error(f"{path}: cannot read as JSON ({type(e).__name__}: {e}); copy the checkpoint's files again") from None
+        raise error(f"{path}: cannot read as JSON ({type(e).__name__}: {e}); "
+                    "copy the checkpoint's files again") from None
     if not isinstance(found, dict):
         raise error(f"{path}: must hold a JSON object, found {type(found).__name__}")
     return found
@@ -151,9 +152,11 @@ def read_recipe(model_dir: Path) -> Recipe:
                                                model_dir / folder / "config.json")
             take("normalize", True, where)
         else:
-            raise ConfigError(f"{model_dir / 'modules.json'}: module {kind!r} at {folder!r} (after {['Transformer'] + seen}) "
+            raise ConfigError(f"{model_dir / 'modules.json'}: module {kind!r} at {folder!r} "
+                              f"(after {['Transformer'] + seen}) "
                               "is not one minibert can reproduce; it runs Transformer, Pooling, Dense and Normalize "
-                              "in that order; to use the encoder alone, copy its files to a directory without modules.json")
+                              "in that order; to use the encoder alone, copy its files to a directory "
+                              "without modules.json")
         seen.append(kind)
     if "Pooling" not in seen:
         raise ConfigError(f"{model_dir / 'modules.json'}: no Pooling module; minibert's sentence vectors need one")
@@ -200,7 +203,8 @@ def read_pooling(folder: Path, rel: str, take) -> None:
         names = found["pooling_mode"] if isinstance(found["pooling_mode"], list) else [found["pooling_mode"]]
         unknown = [name for name in names if name not in POOLING_NAMES]
         if unknown or not names:
-            raise ConfigError(f"{path}: pooling_mode {found['pooling_mode']!r} is not one of {', '.join(POOLING_NAMES)}")
+            raise ConfigError(f"{path}: pooling_mode {found['pooling_mode']!r} "
+                              f"is not one of {', '.join(POOLING_NAMES)}")
         modes = [POOLING_NAMES[name] for name in names]
     else:                                   # older files: one flag per mode; none set means mean
         modes = [mode for flag, mode in POOLING_FLAGS.items() if found.get(flag) is True] or ["mean"]
@@ -229,7 +233,8 @@ def read_dense(folder: Path, rel: str) -> Dense:
         raise ConfigError(f"{config_path}: activation_function {found.get('activation_function')!r} is not one of "
                           f"{', '.join(DENSE_ACTIVATIONS)}")
     if not weights_path.is_file():
-        other = "pytorch_model.bin (a pickle, which minibert does not read)" if (folder / "pytorch_model.bin").is_file() else "nothing"
+        other = ("pytorch_model.bin (a pickle, which minibert does not read)"
+                 if (folder / "pytorch_model.bin").is_file() else "nothing")
         raise ModelFileError(f"{weights_path}: missing (found {other}); save the Dense weights as safetensors, e.g. "
                              "SentenceTransformer(dir).save(dir, safe_serialization=True)")
     from safetensors import SafetensorError
@@ -317,7 +322,8 @@ def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, n
     if prompt is not None and not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, found {type(prompt).__name__}")
     return EncodeSettings(pooling=pooling, normalize=bool(normalize), max_length=max_length,
-                          dense=recipe.dense if sentence_vector else (), prompt=prompt or "", include_prompt=recipe.include_prompt,
+                          dense=recipe.dense if sentence_vector else (), prompt=prompt or "",
+                          include_prompt=recipe.include_prompt,
                           lower=recipe.do_lower_case)
 
 

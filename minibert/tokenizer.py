@@ -144,9 +144,11 @@ class Tokenizer:
             return
         wanted = {"lowercase": settings.get("do_lower_case", normalizer.get("lowercase")),
                   "strip_accents": settings.get("strip_accents", normalizer.get("strip_accents")),
-                  "handle_chinese_chars": settings.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars"))}
+                  "handle_chinese_chars": settings.get("tokenize_chinese_chars",
+                                                       normalizer.get("handle_chinese_chars"))}
         if any(normalizer.get(key) != value for key, value in wanted.items()):
-            self.backend.normalizer = normalizers.BertNormalizer(clean_text=normalizer.get("clean_text", True), **wanted)
+            self.backend.normalizer = normalizers.BertNormalizer(clean_text=normalizer.get("clean_text", True),
+                                                                 **wanted)
 
     def __call__(self, texts, text_pairs=None, *, max_length=None, truncation=True) -> Batch:
         texts = as_text_list(texts, "texts")
@@ -179,7 +181,8 @@ class Tokenizer:
             token_type_ids[b, :n] = 0 if self.single_segment else e.type_ids
         return Batch(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                      offsets=[np.array(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings],
-                     word_ids=[np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64) for e in encodings],
+                     word_ids=[np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64)
+                               for e in encodings],
                      sequence_ids=[np.array([-1 if s is None else s for s in e.sequence_ids], dtype=np.int64)
                                    for e in encodings],
                      tokens=[list(e.tokens) for e in encodings],
@@ -310,7 +313,8 @@ def bytelevel_bpe_from_files(vocab_json: Path, merges_txt: Path, settings: dict,
     try:
         model = models.BPE.from_file(str(vocab_json), str(merges_txt))
     except Exception as e:
-        raise TokenizerError(f"{vocab_json.parent}: cannot read vocab.json + merges.txt as byte-level BPE ({e})") from None
+        raise TokenizerError(f"{vocab_json.parent}: cannot read vocab.json + merges.txt "
+                             f"as byte-level BPE ({e})") from None
     add_prefix_space = bool(settings.get("add_prefix_space", False))
     tokenizer = HFTokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)

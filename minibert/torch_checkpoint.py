@@ -62,9 +62,11 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, b
     """Stand-in for torch._utils._rebuild_tensor_v2: records the view, checks its arguments' types."""
     if not isinstance(storage, Storage):
         raise ModelFileError(f"a tensor's storage is {type(storage).__name__}, not a storage record")
-    ints = (storage_offset,) + tuple(size) + tuple(stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+    ints = ((storage_offset,) + tuple(size) + tuple(stride)
+            if isinstance(size, tuple) and isinstance(stride, tuple) else None)
     if ints is None or len(size) != len(stride) or not all(type(n) is int for n in ints):
-        raise ModelFileError(f"a tensor's offset, size and stride are not ints ({storage_offset!r}, {size!r}, {stride!r})")
+        raise ModelFileError("a tensor's offset, size and stride are not ints "
+                             f"({storage_offset!r}, {size!r}, {stride!r})")
     return TensorRef(storage, storage_offset, size, stride)
 
 
@@ -143,7 +145,8 @@ def archive_tensors(path: Path, f, archive: zipfile.ZipFile) -> dict:
     pickles = [info for info in archive.infolist() if info.filename.count("/") == 1
                and info.filename.endswith("/data.pkl")]
     if len(pickles) != 1:
-        raise ModelFileError(f"{path}: a zip archive but not torch's checkpoint layout (no single <name>/data.pkl); {FIX}")
+        raise ModelFileError(f"{path}: a zip archive but not torch's checkpoint layout "
+                             f"(no single <name>/data.pkl); {FIX}")
     prefix = pickles[0].filename[: -len("data.pkl")]
     if pickles[0].file_size > PICKLE_LIMIT:
         raise ModelFileError(f"{path}: data.pkl holds {pickles[0].file_size:,} bytes, more than a state dict "
@@ -156,7 +159,8 @@ def archive_tensors(path: Path, f, archive: zipfile.ZipFile) -> dict:
     unpickler = StateDictUnpickler(data, f"{path}: data.pkl")
     state = unpickler.load()
     if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: data.pkl holds a {type(state).__name__}, not a state dict (names -> tensors); {FIX}")
+        raise ModelFileError(f"{path}: data.pkl holds a {type(state).__name__}, "
+                             f"not a state dict (names -> tensors); {FIX}")
     spans = {key: storage_span(path, f, archive, prefix, storage) for key, storage in unpickler.storages.items()}
     tensors = {}
     for name, tensor in state.items():

@@ -85,7 +85,8 @@ def walkthrough(model, text=DEFAULT_TEXT):
                       out.hidden_states[1][0], x))
     for i in range(1, c.num_hidden_layers):
         x = formula_layer(x, w["layers"][i], c, table)["out"]
-        steps.append(Step(f"layer {i + 1} output", "minibert/model.py: encoder_layer", "the same layer, its own weights",
+        steps.append(Step(f"layer {i + 1} output", "minibert/model.py: encoder_layer",
+                          "the same layer, its own weights",
                           out.hidden_states[i + 1][0], x))
     # What model.encode(text) does with the last layer (minibert/encode.py: encode calls these two).
     pooled = pool(out.hidden_states[-1], mask, "mean")                  # [1, H]
@@ -106,7 +107,8 @@ def few(a, n=4):
 
 def report(tokens, ids, steps, model):
     c = model.config
-    yield f"model  {model.source}\n       {c.num_hidden_layers} layers, H {c.hidden_size}, {c.num_attention_heads} heads " \
+    yield f"model  {model.source}\n       {c.num_hidden_layers} layers, H {c.hidden_size}, " \
+          f"{c.num_attention_heads} heads " \
           f"(HS {c.hidden_size // c.num_attention_heads}), I {c.intermediate_size}, {np.dtype(model.dtype).name}, " \
           f"backend {model.backend}"
     yield "\ntokens  minibert/tokenizer.py: Tokenizer.__call__"

@@ -584,7 +584,8 @@ def load_weights(model_dir: Path, config: Config, dtype) -> dict:
         embedding_table = [row for row in embedding_table if row[0] != "embeddings.position"]
     embeddings = nest(embedding_table)["embeddings"]
     if generate_positions:
-        embeddings["position"] = sinusoidal_positions(config.max_position_embeddings, config.embedding_size).astype(dtype)
+        embeddings["position"] = sinusoidal_positions(config.max_position_embeddings,
+                                                      config.embedding_size).astype(dtype)
     if not config.token_type_embeddings:   # no segment embedding: every token adds row 0, all zeros
         embeddings["token_type"] = np.zeros((config.type_vocab_size, config.embedding_size), dtype=dtype)
     weights = {"embeddings": embeddings}

@@ -4,8 +4,10 @@ crash (a Rust panic that escapes, a segfault) or a hang fails the test instead o
     python tests/fuzz_loading.py WORKDIR --seed 0 --iterations 300
 
 Each iteration copies a valid checkpoint (a tiny BERT with vocab.txt, the RoBERTa fixture with
-tokenizer.json, or the torch-saved pytorch_model.bin fixture), mutates one of its files (weights, config, tokenizer files) with seeded random byte-level
-or structure-aware mutations, then loads it (and, when that succeeds, runs a forward pass). The only acceptable outcomes are success or a
+tokenizer.json, or the torch-saved pytorch_model.bin fixture), mutates one of its files (weights, config,
+tokenizer files) with seeded random byte-level
+or structure-aware mutations, then loads it (and, when that succeeds, runs a forward pass). The only acceptable
+outcomes are success or a
 minibert.MiniBertError; anything else is reported. Prints one JSON line: counts and the failures.
 """
 
@@ -152,7 +154,8 @@ def main():
     pristine = {"tiny": write_tiny(work / "pristine"), "roberta": work / "roberta", "torch": work / "torch"}
     shutil.copytree(FAMILIES / "roberta", pristine["roberta"], dirs_exist_ok=True)
     shutil.copytree(TORCH_BIN, pristine["torch"], dirs_exist_ok=True)
-    originals = {(kind, name): (pristine[kind] / name).read_bytes() for kind, names in TARGETS.items() for name in names}
+    originals = {(kind, name): (pristine[kind] / name).read_bytes()
+                 for kind, names in TARGETS.items() for name in names}
     rng = random.Random(args.seed)
     counts = {"loaded": 0, "minibert_error": 0}
     failures = []

@@ -183,7 +183,8 @@ def test_page_renders_and_switches_in_chromium(browser, data, tmp_path):
     assert where == (4, 7)
     check_weights(weights, data["attention"][4][7])
     # 3. Switched by clicking a cell of the every-head grid.
-    click = """<script>document.querySelector('#headgrid td[data-layer="0"][data-head="11"]').click();</script></body>"""
+    click = ("""<script>document.querySelector('#headgrid td[data-layer="0"][data-head="11"]').click();"""
+             """</script></body>""")
     page.write_text(attention_view.render_html(data).replace("</body>", click))
     where, weights = shown(render_in_browser(browser, page), "td")
     assert where == (0, 11)

@@ -166,7 +166,8 @@ def test_device_tensor_indices_are_what_numba_device_arrays_accept():
                  (slice(None), 0), (1,), (-1, slice(1, 4), slice(None, None, 2)), (slice(None), -2, Ellipsis)]
         for index in cases:
             want = host[index]
-            dummy = dummyarray.Array.from_desc(0, host.shape, host.strides, host.itemsize)[basic_index(index, host.shape)]
+            dummy = dummyarray.Array.from_desc(0, host.shape, host.strides,
+                                               host.itemsize)[basic_index(index, host.shape)]
             assert (dummy.shape, dummy.strides) == (want.shape, want.strides), (index, dummy.shape, want.shape)
             assert dummy.extent.begin == (want.__array_interface__["data"][0] - host.__array_interface__["data"][0])
         try:
@@ -238,7 +239,8 @@ def test_kernels_compile_to_ptx_within_shared_memory_limits():
         for dt in (np.float32, np.float64):
             k, F, ids = K.kernels_for(dt), numba.from_dtype(np.dtype(dt)), arr(np.int64, 2)
             check("layer_norm", k.layer_norm, (arr(dt, 2), arr(dt, 2), arr(dt, 1), arr(dt, 1), F), dt)
-            check("add_layer_norm", k.add_layer_norm, (arr(dt, 2), arr(dt, 2), arr(dt, 2), arr(dt, 1), arr(dt, 1), F), dt)
+            check("add_layer_norm", k.add_layer_norm,
+                  (arr(dt, 2), arr(dt, 2), arr(dt, 2), arr(dt, 1), arr(dt, 1), F), dt)
             check("embed", k.embed, (arr(dt, 2), ids, ids, ids, arr(dt, 2), arr(dt, 2), arr(dt, 2)), dt)
             for layout in ("C", "A"):
                 check("matmul", k.matmul, (arr(dt, 2), arr(dt, 2, layout), arr(dt, 2), arr(dt, 1), types.int64), dt)
@@ -521,7 +523,8 @@ def test_ops_linear_on_strided_and_3d_views_and_mask_upload():
     again, _ = ops.attention(*views, bias.copy(), 2, False)           # ... and reused when unchanged
     changed, _ = ops.attention(*views, np.zeros_like(bias), 2, False)
     np.testing.assert_array_equal(ops.to_host(first), ops.to_host(again))
-    np.testing.assert_allclose(ops.to_host(changed), ref.attention(q, k, v, np.zeros_like(bias), 2)[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ops.to_host(changed), ref.attention(q, k, v, np.zeros_like(bias), 2)[0],
+                               atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,8 @@ def test_extract_formats_round_trip(tmp_path, model, fmt):
     extract(model, TEXTS, tmp_path, fmt=fmt, dtype="float16" if fmt == "safetensors" else "float32")
     loaded = minibert.load_embeddings(tmp_path)
     want = model.encode(TEXTS)
-    np.testing.assert_allclose(np.asarray(loaded.vectors, dtype=np.float32), want, atol=2e-3 if fmt == "safetensors" else 1e-6)
+    np.testing.assert_allclose(np.asarray(loaded.vectors, dtype=np.float32), want,
+                               atol=2e-3 if fmt == "safetensors" else 1e-6)
 
 
 def test_extract_token_level_is_flat_with_offsets(tmp_path, model):

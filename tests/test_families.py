@@ -320,7 +320,8 @@ SUPPORTED = "supported families: bert, roberta, xlm-roberta, distilbert, electra
      f"model_type 'xlnet' is not supported; {SUPPORTED}"),
     ("bert_cased", {"model_type": None, "architectures": None}, f"model_type None is not supported; {SUPPORTED}"),
     ("roberta", {"position_embedding_type": "relative_key_query"},
-     "position_embedding_type='relative_key_query' is not supported .*absolute-position encoder-only families: bert, roberta"),
+     "position_embedding_type='relative_key_query' is not supported "
+     ".*absolute-position encoder-only families: bert, roberta"),
     ("electra", {"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not supported"),
     ("albert", {"inner_group_num": 2}, "inner_group_num=2 is not supported"),
     ("albert", {"num_hidden_groups": 4}, "num_hidden_groups must be between 1 and num_hidden_layers \\(3\\)"),

@@ -71,7 +71,8 @@ CASES = {
     "electra_generator": ("electra_generator", "ElectraForMaskedLM", "ElectraConfig",
                           bert_like(embedding_size=48, hidden_size=24, num_attention_heads=4), {}),
     "albert": ("albert", "AlbertModel", "AlbertConfig", albert(num_hidden_layers=4), {}),
-    "albert_groups": ("albert_groups", "AlbertModel", "AlbertConfig", albert(num_hidden_layers=5, num_hidden_groups=2), {}),
+    "albert_groups": ("albert_groups", "AlbertModel", "AlbertConfig",
+                      albert(num_hidden_layers=5, num_hidden_groups=2), {}),
     "albert_mlm": ("albert", "AlbertForMaskedLM", "AlbertConfig", albert(num_hidden_layers=3, num_hidden_groups=3), {}),
     "mpnet": ("mpnet", "MPNetModel", "MPNetConfig", bert_like(**MPNET), {}),
     "mpnet_mlm": ("mpnet", "MPNetForMaskedLM", "MPNetConfig", bert_like(num_hidden_layers=2, hidden_act="gelu_new",
@@ -124,14 +125,17 @@ def reference_outputs(base, batch, with_types, dtype):
 def test_fresh_random_checkpoint_matches_transformers(tmp_path, case, seed):
     base = build(tmp_path, case, seed)
     with_types = getattr(base.config, "type_vocab_size", 0) > 1 and "distilbert" not in case
-    for backend, dtype, tolerance in [("numpy", "float32", 1e-4), ("cpu", "float32", 1e-4), ("numpy", "float64", 1e-10)]:
+    for backend, dtype, tolerance in [("numpy", "float32", 1e-4), ("cpu", "float32", 1e-4),
+                                      ("numpy", "float64", 1e-10)]:
         model = minibert.load(str(tmp_path), backend=backend, dtype=dtype)
         for batch in (model.tokenize(TEXTS), model.tokenize(*PAIRS)):
             ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True)
             hidden, attentions, pooled = reference_outputs(base, batch, with_types, dtype)
             assert len(ours.hidden_states) == len(hidden) and len(ours.attentions) == len(attentions)
-            worst = {f"hidden_state_{i}": np.abs(a - b).max() for i, (a, b) in enumerate(zip(ours.hidden_states, hidden))}
-            worst.update({f"attention_{i}": np.abs(a - b).max() for i, (a, b) in enumerate(zip(ours.attentions, attentions))})
+            worst = {f"hidden_state_{i}": np.abs(a - b).max()
+                     for i, (a, b) in enumerate(zip(ours.hidden_states, hidden))}
+            worst.update({f"attention_{i}": np.abs(a - b).max()
+                          for i, (a, b) in enumerate(zip(ours.attentions, attentions))})
             assert (ours.pooler_output is None) == (pooled is None), case
             if pooled is not None:
                 worst["pooler"] = np.abs(ours.pooler_output - pooled).max()

@@ -83,7 +83,8 @@ def test_matmul_ordered_sums_in_k_order_bit_for_bit(dtype, shape):
 def test_float64_linear_and_attention_use_the_ordered_matmul():
     """float64 "cpu" linear equals the k-ordered sum plus bias exactly, and its attention does not call BLAS."""
     rng = np.random.default_rng(3)
-    x, w, b = rand(rng, 2, 7, 24, dtype=np.float64), rand(rng, 24, 40, dtype=np.float64), rand(rng, 40, dtype=np.float64)
+    x, w, b = (rand(rng, 2, 7, 24, dtype=np.float64), rand(rng, 24, 40, dtype=np.float64),
+               rand(rng, 40, dtype=np.float64))
     np.testing.assert_array_equal(cpu_ops().linear(x, w, b),
                                   reference.matmul_in_k_order(x.reshape(14, 24), w).reshape(2, 7, 40) + b)
     q, k, v = (rand(rng, 2, 7, 24, dtype=np.float64) for _ in range(3))
@@ -310,7 +311,8 @@ def test_blas_thread_count_is_held_at_one_during_an_op_and_restored_after(monkey
         assert blas.thread_counts()[0] == 3
         seen.clear()
         with blas:
-            minibert_threads.WORKERS.run(lambda lo, hi: seen.append(blas.thread_counts()[0]), minibert_threads.split(10, 3))
+            minibert_threads.WORKERS.run(lambda lo, hi: seen.append(blas.thread_counts()[0]),
+                                         minibert_threads.split(10, 3))
         assert seen == [1, 1, 1]
         done = []                           # a hold taken and released by threads other than the first
         worker = threading.Thread(target=lambda: done.append(blas.__enter__() and blas.thread_counts()[0]))
@@ -334,10 +336,11 @@ def test_workers_run_every_piece_and_raise_the_first_error(threads):
     with pytest.raises(ValueError, match="piece"):
         minibert_threads.WORKERS.run(fail, minibert_threads.split(10, 5))
     done.clear()
-    minibert_threads.WORKERS.run(lambda lo, hi: done.append("again"), minibert_threads.split(4, 2))        # still usable
+    minibert_threads.WORKERS.run(lambda lo, hi: done.append("again"), minibert_threads.split(4, 2))   # still usable
     assert done == ["again", "again"]
     threads(1)
-    minibert_threads.WORKERS.run(lambda lo, hi: done.append((lo, hi)), minibert_threads.split(4, 2))       # one thread: in order
+    minibert_threads.WORKERS.run(lambda lo, hi: done.append((lo, hi)),
+                                 minibert_threads.split(4, 2))   # one thread: in order
     assert done[-2:] == [(0, 2), (2, 4)]
 
 

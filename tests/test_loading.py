@@ -107,7 +107,8 @@ def test_vocab_txt_tokenizer_matches_tokenizer_json_on_the_default_model(tmp_pat
     from_vocab = minibert.load(str(tmp_path), backend="numpy")
     from_json = minibert.load(str(source), backend="numpy")
     assert "vocab.txt" in from_vocab.tokenizer.kind and "tokenizer.json" in from_json.tokenizer.kind
-    texts = ["Café Müller's naïve résumé", "北京是中国的首都 🍕", "unaffable pneumonoultramicroscopic", "  spaces\tand\nlines "]
+    texts = ["Café Müller's naïve résumé", "北京是中国的首都 🍕", "unaffable pneumonoultramicroscopic",
+             "  spaces\tand\nlines "]
     a, b = from_vocab.tokenize(texts, texts[::-1]), from_json.tokenize(texts, texts[::-1])
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     np.testing.assert_array_equal(a.token_type_ids, b.token_type_ids)
@@ -131,7 +132,8 @@ def test_missing_directory_and_files(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "xlnet"}, "model_type 'xlnet' is not supported; supported families: bert"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not supported"),
-    ({"rope_scaling": {"type": "linear"}}, "unknown key\\(s\\) rope_scaling for model_type 'bert': they change the forward"),
+    ({"rope_scaling": {"type": "linear"}},
+     "unknown key\\(s\\) rope_scaling for model_type 'bert': they change the forward"),
     ({"embedding_size": 16}, "unknown key\\(s\\) embedding_size for model_type 'bert'"),
     ({"hidden_size": 18}, "hidden_size 18 is not divisible by num_attention_heads 4"),
     ({"hidden_act": "swish2"}, "hidden_act 'swish2' is not supported"),
@@ -239,7 +241,8 @@ def test_capture_names_and_patterns(tiny_model):
 
 def test_runtime_never_imports_torch():
     import subprocess
-    code = "import minibert, sys; m = minibert.load(); m('hi'); print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = ("import minibert, sys; m = minibert.load(); m('hi'); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -318,7 +321,8 @@ def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     assert "ignored     1_Pooling/, pytorch_model.bin\n" in out
 
 
-ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat", "x\x1cy", "dog"]
+ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat",
+             "x\x1cy", "dog"]
 
 
 def test_vocab_txt_ids_are_line_numbers(tmp_path):

@@ -39,7 +39,8 @@ def topic_data(n_per_topic=30, seed=0):
 PEOPLE = [["Anna"], ["Maria", "Schmidt"], ["John"], ["Li", "Wei"], ["Peter", "Novak"], ["Fatima"], ["Carlos", "Diaz"]]
 PLACES = [["Paris"], ["New", "York"], ["Berlin"], ["Buenos", "Aires"], ["Tokyo"], ["Cape", "Town"], ["Madrid"]]
 TEMPLATES = [["{PER}", "visited", "{LOC}", "last", "week", "."], ["Yesterday", "{PER}", "flew", "to", "{LOC}", "."],
-             ["{PER}", "lives", "in", "{LOC}", "with", "{PER}", "."], ["In", "{LOC}", ",", "{PER}", "met", "friends", "."]]
+             ["{PER}", "lives", "in", "{LOC}", "with", "{PER}", "."],
+             ["In", "{LOC}", ",", "{PER}", "met", "friends", "."]]
 
 
 def tagging_data(n=48, seed=0):
@@ -87,7 +88,8 @@ def test_gradient_matches_finite_differences():
     theta = np.random.default_rng(2).standard_normal(7 * 3) * 0.3
     _, grad = probe.softmax_loss(theta, X, Y, l2=0.1)
     eps = 1e-6
-    numeric = np.array([(probe.softmax_loss(theta + eps * e, X, Y, 0.1)[0] - probe.softmax_loss(theta - eps * e, X, Y, 0.1)[0])
+    numeric = np.array([(probe.softmax_loss(theta + eps * e, X, Y, 0.1)[0]
+                         - probe.softmax_loss(theta - eps * e, X, Y, 0.1)[0])
                         / (2 * eps) for e in np.eye(len(theta))])
     assert np.abs(grad - numeric).max() < 1e-7
 

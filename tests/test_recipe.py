@@ -71,7 +71,8 @@ class nowarn:
 
 def test_recipe_of_each_fixture_names_its_sources():
     r = read_recipe(FIXTURES / "st_legacy_layout_prompts")
-    assert (r.kind, r.transformer_path, r.pooling, r.default_prompt_name) == ("sentence-transformers", "0_Transformer", "mean", "query")
+    assert (r.kind, r.transformer_path, r.pooling, r.default_prompt_name) == ("sentence-transformers", "0_Transformer",
+                                                                              "mean", "query")
     assert [(d.activation, d.weight.shape) for d in r.dense] == [("ReLU", (10, 16))]
     assert r.source_of("pooling") == "1_Pooling/config.json"
     assert r.source_of("prompts") == "config_sentence_transformers.json"
@@ -81,7 +82,8 @@ def test_recipe_of_each_fixture_names_its_sources():
     assert r.source_of("max_length") == "tokenizer_config.json (model_max_length)"
     r = read_recipe(FIXTURES / "st_mean_sqrt_len_lower")                  # as sentence-transformers 2-5 wrote it
     assert r.do_lower_case and r.max_length == 24 and r.source_of("max_length") == "sentence_bert_config.json"
-    assert read_recipe(FIXTURES / "st_legacy_layout_prompts").source_of("max_length") == "0_Transformer/sentence_bert_config.json"
+    assert (read_recipe(FIXTURES / "st_legacy_layout_prompts").source_of("max_length")
+            == "0_Transformer/sentence_bert_config.json")
     legacy = minibert.load(str(FIXTURES / "st_legacy_layout_prompts"), backend="numpy")
     assert legacy.encoder_dir == FIXTURES / "st_legacy_layout_prompts" / "0_Transformer"
     assert not read_recipe(FIXTURES / "st_prompt_excluded").include_prompt
@@ -190,8 +192,10 @@ def test_unknown_module_is_refused_with_its_name(tmp_path):
 
 def test_legacy_pooling_flags_are_read(tmp_path):
     d = copy_case(tmp_path)
-    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16, "pooling_mode_cls_token": False,
-                                                            "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False}))
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16,
+                                                            "pooling_mode_cls_token": False,
+                                                            "pooling_mode_max_tokens": True,
+                                                            "pooling_mode_mean_tokens": False}))
     assert read_recipe(d).pooling == "max"
     (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16}))
     assert read_recipe(d).pooling == "mean"              # no flag set: sentence-transformers' default
@@ -323,7 +327,8 @@ def test_load_passes_revision_token_and_cache_dir_to_the_hub(monkeypatch, tmp_pa
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     model = minibert.load("someone/tiny-st", backend="numpy", revision="v1.0", token="hf_x", cache_dir=str(tmp_path))
-    assert (asked["repo_id"], asked["revision"], asked["token"], asked["cache_dir"]) == ("someone/tiny-st", "v1.0", "hf_x", str(tmp_path))
+    assert (asked["repo_id"], asked["revision"], asked["token"], asked["cache_dir"]) == ("someone/tiny-st", "v1.0",
+                                                                                          "hf_x", str(tmp_path))
     assert "modules.json" in asked["allow_patterns"] and model.recipe.pooling == "cls"
     with pytest.raises(InputError, match="revision apply to hub ids"):
         minibert.load(str(FIXTURES / "st_cls"), revision="main")
@@ -362,7 +367,8 @@ def test_sentence_encoder_needs_no_scikit_learn():
     import subprocess
     code = ("import sys, minibert; e = minibert.SentenceEncoder(sys.argv[1], backend='numpy'); "
             "print(e.fit_transform(['hello']).shape, 'sklearn' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "st_cls")], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "st_cls")],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False" and "(1, 16)" in out.stdout
 
 

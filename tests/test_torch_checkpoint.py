@@ -73,7 +73,8 @@ def test_safetensors_is_preferred_when_both_exist(tmp_path):
 
 
 def test_legacy_format_is_refused_naming_it():
-    with pytest.raises(ModelFileError, match=r"pytorch_model.bin: not a zip archive: a PyTorch checkpoint in the legacy "
+    with pytest.raises(ModelFileError, match=r"pytorch_model.bin: not a zip archive: "
+                                             r"a PyTorch checkpoint in the legacy "
                                              r"format \(torch < 1.6"):
         minibert.load(str(FIXTURES / "legacy"), backend="numpy")
 
@@ -156,7 +157,8 @@ def test_build_opcodes_cannot_change_checked_records_or_minibert_functions(tmp_p
     V, H = 49, 16
     tensor = ("FloatStorage", "0", V * H, 0, (V, H), (H, 1))
     pickled = fake_torch_pickle({"embeddings.word_embeddings.weight": tensor})
-    on_record = pickled[:-2] + b"}" + pickle.dumps("offset", protocol=2)[2:-1] + b"G?\xf8\x00\x00\x00\x00\x00\x00sb" + pickled[-2:]
+    on_record = (pickled[:-2] + b"}" + pickle.dumps("offset", protocol=2)[2:-1]
+                 + b"G?\xf8\x00\x00\x00\x00\x00\x00sb" + pickled[-2:])
     on_function = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(N}" + pickle.dumps("__defaults__", protocol=2)[2:-1]
                    + b"(K\x01tstb" + b".")     # BUILD (None, {"__defaults__": (1,)})
     for name, data in (("record", on_record), ("function", on_function)):
@@ -179,8 +181,10 @@ def test_the_hand_made_writer_reads_back():
 
 
 @pytest.mark.parametrize("tensor, records, message", [
-    (("FloatStorage", "0", 10, 0, (4,), (1,)), {"0": b"\0" * 16}, r"needs 40 bytes but its record holds 16 \(storage out of range\)"),
-    (("FloatStorage", "0", 4, 2, (4,), (1,)), {"0": b"\0" * 16}, r"reaches element 5 of a storage of 4 \(storage out of range\)"),
+    (("FloatStorage", "0", 10, 0, (4,), (1,)), {"0": b"\0" * 16},
+     r"needs 40 bytes but its record holds 16 \(storage out of range\)"),
+    (("FloatStorage", "0", 4, 2, (4,), (1,)), {"0": b"\0" * 16},
+     r"reaches element 5 of a storage of 4 \(storage out of range\)"),
     (("FloatStorage", "0", 4, 0, (2, 2), (3, 1)), {"0": b"\0" * 16}, r"reaches element 4 of a storage of 4"),
     (("FloatStorage", "1", 4, 0, (4,), (1,)), {"0": b"\0" * 16}, r"storage '1' has no record archive/data/1"),
     (("FloatStorage", "0", 4, -1, (4,), (1,)), {"0": b"\0" * 16}, r"negative offset, size or stride"),
@@ -196,7 +200,8 @@ def test_damaged_storages_are_refused(tmp_path, tensor, records, message):
 def test_integer_weights_are_refused_naming_the_dtype(tmp_path):
     config = json.loads((FIXTURES / "fp32" / "config.json").read_text())
     V, H = config["vocab_size"], config["hidden_size"]
-    write_archive(tmp_path, fake_torch_pickle({"embeddings.word_embeddings.weight": ("LongStorage", "0", V * H, 0, (V, H), (H, 1))}),
+    write_archive(tmp_path, fake_torch_pickle({"embeddings.word_embeddings.weight":
+                                               ("LongStorage", "0", V * H, 0, (V, H), (H, 1))}),
                   {"0": b"\0" * (8 * V * H)})
     with pytest.raises(ModelFileError, match=r"tensor 'embeddings.word_embeddings.weight' has dtype I64"):
         minibert.load(str(tmp_path), backend="numpy")
@@ -254,7 +259,8 @@ def test_live_save_pretrained_bin_equals_its_safetensors(tmp_path, torch_dtype):
                                                     batch.token_type_ids).last_hidden_state)
     if torch_dtype == "float32":
         with torch.no_grad():
-            want = model.bert(input_ids=torch.tensor(batch.input_ids), attention_mask=torch.tensor(batch.attention_mask),
+            want = model.bert(input_ids=torch.tensor(batch.input_ids),
+                              attention_mask=torch.tensor(batch.attention_mask),
                               token_type_ids=torch.tensor(batch.token_type_ids)).last_hidden_state.numpy()
         mask = batch.attention_mask.astype(bool)
         assert np.abs(got[mask] - want[mask]).max() < 5e-6

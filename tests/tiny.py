@@ -27,15 +27,19 @@ def tiny_tensors(config, seed=0, pooler=True, prefix=""):
     def r(*shape, scale=0.5):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
-    t = {"embeddings.word_embeddings.weight": r(V, H), "embeddings.position_embeddings.weight": r(config["max_position_embeddings"], H),
+    t = {"embeddings.word_embeddings.weight": r(V, H),
+         "embeddings.position_embeddings.weight": r(config["max_position_embeddings"], H),
          "embeddings.token_type_embeddings.weight": r(config["type_vocab_size"], H),
          "embeddings.LayerNorm.weight": 1 + r(H, scale=0.1), "embeddings.LayerNorm.bias": r(H, scale=0.1)}
     for i in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         for name in ("query", "key", "value"):
-            t[p + f"attention.self.{name}.weight"], t[p + f"attention.self.{name}.bias"] = r(H, H, scale=0.3), r(H, scale=0.1)
-        t[p + "attention.output.dense.weight"], t[p + "attention.output.dense.bias"] = r(H, H, scale=0.3), r(H, scale=0.1)
-        t[p + "attention.output.LayerNorm.weight"], t[p + "attention.output.LayerNorm.bias"] = 1 + r(H, scale=0.1), r(H, scale=0.1)
+            t[p + f"attention.self.{name}.weight"], t[p + f"attention.self.{name}.bias"] = (r(H, H, scale=0.3),
+                                                                                           r(H, scale=0.1))
+        t[p + "attention.output.dense.weight"], t[p + "attention.output.dense.bias"] = (r(H, H, scale=0.3),
+                                                                                        r(H, scale=0.1))
+        t[p + "attention.output.LayerNorm.weight"], t[p + "attention.output.LayerNorm.bias"] = (1 + r(H, scale=0.1),
+                                                                                                r(H, scale=0.1))
         t[p + "intermediate.dense.weight"], t[p + "intermediate.dense.bias"] = r(I, H, scale=0.3), r(I, scale=0.1)
         t[p + "output.dense.weight"], t[p + "output.dense.bias"] = r(H, I, scale=0.3), r(H, scale=0.1)
         t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"] = 1 + r(H, scale=0.1), r(H, scale=0.1)
