@@ -214,7 +214,7 @@ def cmd_probe(args):
     if args.plot:
         written = probe.write_plot(result, args.plot)
         print(f"plot: {written}" if str(written).endswith(".png") else
-              f"matplotlib is not installed (pip install 'minibert[plot]'), so no PNG: wrote the table to {written}")
+              f"matplotlib is not installed (pip install 'minibert-numpy[plot]'), so no PNG: wrote the table to {written}")
 
 
 def cmd_search(args):
@@ -312,7 +312,7 @@ def build_parser():
                    help="also fit PCA with K components on the vectors; stores pca.npz and reduced.npy")
     p.add_argument("--whiten", action="store_true", help="with --reduce: scale each component to unit variance")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert[ray]'`)")
+                   help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert-numpy[ray]'`)")
     p.add_argument("--address", default=None, help="with --engine ray: auto, HOST:6379 or ray://HOST:10001 "
                    "(default: start a local Ray cluster on this machine)")
     p.add_argument("--workers", type=int, default=None,
