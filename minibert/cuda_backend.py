@@ -30,7 +30,7 @@ def import_numba_cuda():
         from numba import cuda
     except Exception as e:   # a numba without a CUDA target, or a broken numba-cuda install
         raise BackendError(f"backend 'cuda': numba.cuda cannot be imported ({type(e).__name__}: {e}); "
-                           "install the CUDA extra with `pip install 'minibert[cuda]'`") from None
+                           "install the CUDA extra with `pip install 'minibert-numpy[cuda]'`") from None
     return cuda
 
 

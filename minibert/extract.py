@@ -70,7 +70,7 @@ def read_parquet_texts(path, field):
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow "
-                         "(or pip install 'minibert[ray]', which brings it)") from None
+                         "(or pip install 'minibert-numpy[ray]', which brings it)") from None
     try:
         schema = pq.read_schema(path)
         if field not in schema.names:

@@ -1,6 +1,6 @@
 """Extraction on Ray Data: minibert as a `Dataset.map_batches` stage, and `minibert extract --engine ray`.
 
-Ray is imported only in the functions here, and only when they run (`pip install 'minibert[ray]'`).
+Ray is imported only in the functions here, and only when they run (`pip install 'minibert-numpy[ray]'`).
 
     Embedder        a callable class for map_batches over rows with a text column: loads the model once per
                     actor, sizes minibert's threads to the CPUs Ray gave the actor, adds an embedding column
@@ -29,7 +29,7 @@ import numpy as np
 from . import threads
 from .errors import InputError, MiniBertError
 
-INSTALL_RAY = "pip install 'minibert[ray]'"
+INSTALL_RAY = "pip install 'minibert-numpy[ray]'"
 
 
 def require_ray():

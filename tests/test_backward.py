@@ -2,7 +2,6 @@
 against the model's encoder, and every parameter's gradient against torch autograd (goldens written by
 tests/fixtures/make_grad_goldens.py, float64)."""
 
-import json
 from pathlib import Path
 
 import numpy as np

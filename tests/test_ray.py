@@ -23,9 +23,9 @@ from minibert.ray_data import ChunkEmbedder, OrderedRows, check_reachable, requi
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 if os.environ.get("MINIBERT_RAY_TEST") == "1" and not HAVE_RAY:      # `make ray-test`: skipping is failing
-    raise ImportError("MINIBERT_RAY_TEST=1 but Ray is not importable: pip install 'minibert[ray]'")
+    raise ImportError("MINIBERT_RAY_TEST=1 but Ray is not importable: pip install 'minibert-numpy[ray]'")
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: `make ray-test` runs these "
-                                                    "(pip install 'minibert[ray]')")
+                                                    "(pip install 'minibert-numpy[ray]')")
 needs_pyarrow = pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="pyarrow is not installed")
 
 
@@ -146,12 +146,12 @@ def test_embedder_outside_ray_is_encode_on_the_batch_and_starts_no_cluster():
 
 def test_without_ray_the_error_names_the_install_command(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)               # import ray -> ImportError
-    with pytest.raises(MiniBertError, match=r"pip install 'minibert\[ray\]'"):
+    with pytest.raises(MiniBertError, match=r"pip install 'minibert-numpy\[ray\]'"):
         require_ray()
     from minibert.cli import main
     (tmp_path / "in.txt").write_text("a\nb\n")
     assert main(["extract", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"), "--engine", "ray"]) == 1
-    assert "pip install 'minibert[ray]'" in capsys.readouterr().err
+    assert "pip install 'minibert-numpy[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
@@ -209,7 +209,7 @@ def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_cluster():
     if not HAVE_RAY:
-        pytest.skip("Ray is not installed: `make ray-test` runs these (pip install 'minibert[ray]')")
+        pytest.skip("Ray is not installed: `make ray-test` runs these (pip install 'minibert-numpy[ray]')")
     import ray
     import ray.cloudpickle
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the test's embedder subclasses
