@@ -293,9 +293,11 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFT
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     # Special tokens are matched whole before WordPiece sees the text: "[MASK]" stays one token.
     tokenizer.add_special_tokens([token for token in added.values() if token.content in vocab])
+    # MPNet's WordPiece vocabularies join a pair RoBERTa's way, <s> A </s></s> B </s>, all of segment 0.
+    mpnet = str(settings.get("tokenizer_class", "")).startswith("MPNet")
+    pair = f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:0 {sep}:0" if mpnet else f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+        single=f"{cls}:0 $A:0 {sep}:0", pair=pair, special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
 

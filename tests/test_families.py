@@ -429,3 +429,14 @@ def test_mpnet_bias_table_missing_or_misshapen(tmp_path):
     save_file(dict(tensors, **{name: tensors[name][:, :3].copy()}), str(directory / "model.safetensors"))
     with pytest.raises(ModelFileError, match="relative_attention_bias.weight has shape \\(32, 3\\)"):
         minibert.load(str(directory))
+
+
+def test_mpnet_vocab_txt_alone_joins_pairs_as_its_tokenizer_json_does(tmp_path):
+    """An MPNet checkpoint with only vocab.txt: pairs are <s> A </s></s> B </s>, as with its tokenizer.json."""
+    shutil.copytree(FAMILIES_DIR / "mpnet", tmp_path / "mpnet")
+    (tmp_path / "mpnet" / "tokenizer.json").unlink()
+    full, vocab_only = family_model("mpnet", "numpy", "float32"), minibert.load(tmp_path / "mpnet", backend="numpy")
+    texts, pairs = ["hello world", "a cat"], ["the dog ran", "sat"]
+    want, got = full.tokenize(texts, pairs), vocab_only.tokenize(texts, pairs)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.token_type_ids, want.token_type_ids)
