@@ -181,3 +181,10 @@ def test_version_and_embed_reading_standard_input(tiny):
     out, err = run.communicate("the cat\nsat on\nthe mat\n", timeout=120)
     assert run.returncode == 0, err
     assert [line.split()[0] for line in out.splitlines()] == ["'the", "'sat", "'the"]
+
+
+def test_debug_is_accepted_before_or_after_the_command():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--debug", "inspect"]).debug is True
+    assert parser.parse_args(["inspect", "--debug"]).debug is True
+    assert parser.parse_args(["inspect"]).debug is False
