@@ -183,18 +183,35 @@ def cmd_similarity(args):
     import minibert
     if (args.matrix is None) == (args.text_b is None):
         raise MiniBertError("similarity takes two texts, or --matrix FILE (a list of texts)")
+    if args.out is not None and (args.matrix is None or not args.out.endswith((".npy", ".csv"))):
+        raise MiniBertError("--out writes the --matrix result: give --matrix and a FILE ending in .npy or .csv")
+    if args.out is not None:
+        check_writable(args.out, "--out")
     model = minibert.load(args.model, backend=args.backend)
     if args.matrix is not None:
         from .extract import read_texts
         from .pooling import resolve_layers
         from .search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, args.field)
-        print(f"cosine similarity, {layer_label(resolve_layers(args.layer, model.config.num_hidden_layers)[0])}, "
-              f"{args.pooling} pooling")
-        print(format_matrix(texts, similarity_matrix(model, texts, layer=args.layer, pooling=args.pooling)))
+        layer = layer_label(resolve_layers(args.layer, model.config.num_hidden_layers)[0])
+        matrix = similarity_matrix(model, texts, layer=args.layer, pooling=args.pooling)     # [N, N]
+        if args.out is not None:
+            with writing(args.out, "--out"):
+                if args.out.endswith(".npy"):
+                    np.save(args.out, matrix)
+                else:
+                    np.savetxt(args.out, matrix, delimiter=",", fmt="%.6f")
+        if args.json:
+            print(json.dumps({"layer": layer, "pooling": args.pooling, "texts": texts, "matrix": matrix.tolist()}))
+            return
+        print(f"cosine similarity, {layer}, {args.pooling} pooling")
+        print(format_matrix(texts, matrix))
         return
     vectors = model.encode([args.text_a, args.text_b], layers="all", pooling=args.pooling, normalize=True)
     cosines = (vectors[0] * vectors[1]).sum(-1)                       # [layers]
+    if args.json:
+        print(json.dumps({"pooling": args.pooling, "layers": {layer_label(i): float(c) for i, c in enumerate(cosines)}}))
+        return
     print(f"cosine similarity per layer ({args.pooling} pooling)")
     for i, c in enumerate(cosines):
         name = "embeddings" if i == 0 else f"layer {i}"
@@ -431,6 +448,8 @@ def build_parser():
     p.add_argument("--layer", type=int, default=-1, help="layer for --matrix (0 = embeddings, -1 = last)")
     add_model_arguments(p)
     p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--out", default=None, help="with --matrix: also write the matrix to FILE (.npy or .csv)")
     p.set_defaults(run=cmd_similarity)
 
     p = sub.add_parser("extract", help="embed a corpus into files, batch by batch",

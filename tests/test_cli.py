@@ -188,3 +188,21 @@ def test_debug_is_accepted_before_or_after_the_command():
     assert parser.parse_args(["--debug", "inspect"]).debug is True
     assert parser.parse_args(["inspect", "--debug"]).debug is True
     assert parser.parse_args(["inspect"]).debug is False
+
+
+def test_similarity_json_and_matrix_written_to_a_file(tiny, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    (tmp_path / "texts.txt").write_text("the cat\nthe dog\nhello world\n")
+    assert main(["similarity", "the cat", "the dog", "--model", tiny, "--json"]) == 0
+    pair = json.loads(capsys.readouterr().out)
+    assert list(pair["layers"]) == ["embeddings", "layer 1", "layer 2"]
+    out = tmp_path / "m.npy"
+    assert main(["similarity", "--matrix", str(tmp_path / "texts.txt"), "--model", tiny, "--json",
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = np.load(out)
+    assert saved.shape == (3, 3) and np.allclose(saved, printed["matrix"]) and np.allclose(np.diag(saved), 1)
+    assert main(["similarity", "a", "b", "--model", tiny, "--out", str(tmp_path / "x.npy")]) == 1
+    assert "--out writes the --matrix result" in capsys.readouterr().err
