@@ -210,7 +210,8 @@ def cmd_similarity(args):
     vectors = model.encode([args.text_a, args.text_b], layers="all", pooling=args.pooling, normalize=True)
     cosines = (vectors[0] * vectors[1]).sum(-1)                       # [layers]
     if args.json:
-        print(json.dumps({"pooling": args.pooling, "layers": {layer_label(i): float(c) for i, c in enumerate(cosines)}}))
+        per_layer = {layer_label(i): float(c) for i, c in enumerate(cosines)}
+        print(json.dumps({"pooling": args.pooling, "layers": per_layer}))
         return
     print(f"cosine similarity per layer ({args.pooling} pooling)")
     for i, c in enumerate(cosines):
