@@ -30,6 +30,7 @@ from .kernels.reference_backward import (activation_backward, activation_forward
                                          dropout_backward, dropout_forward, embed_backward, embed_forward,
                                          layer_norm_backward, layer_norm_forward, linear_backward,
                                          linear_forward)
+from .errors import ConfigError
 from .model import additive_mask, make_position_ids
 
 TASKS = ("sequence", "token")
@@ -166,6 +167,9 @@ def encoder_layer_backward(dout, saved, mask_bias, *, qkv, attn_out, attn_ln, ff
 
 def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng):
     """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs."""
+    if weights.get("relative_attention_bias") is not None:
+        raise ConfigError("fine-tuning a model with a relative position bias (MPNet) is not supported yet: its "
+                          "backward pass (the bias table's gradient) is not written; the forward pass works")
     position_ids = make_position_ids(input_ids, config)                                 # [B, T]
     mask_bias = additive_mask(attention_mask, weights["embeddings"]["word"].dtype)       # [B, T]
     x, saved_embeddings = embeddings_forward(input_ids, position_ids, token_type_ids, **weights["embeddings"],

@@ -17,7 +17,10 @@ from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
 from minibert.weights import FAMILY_NAMES, load_weights
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
-FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
+# The families fine-tuning covers: MPNet is refused until its relative position bias has a backward pass
+# (tests/test_backward.py), so its task checkpoints are not written either.
+FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file()
+                     and not p.name.startswith("mpnet"))
 
 
 @pytest.mark.parametrize("name", FAMILY_DIRS)
