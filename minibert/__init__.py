@@ -1,7 +1,7 @@
 """minibert: a from-scratch NumPy/Numba BERT encoder that returns every layer and matches transformers."""
 
 from .api import Model, load
-from .extract import load_embeddings
+from .store import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
                      TokenizerError)
 

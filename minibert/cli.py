@@ -181,7 +181,7 @@ def cmd_similarity(args):
         raise MiniBertError("similarity takes two texts, or --matrix FILE (a list of texts)")
     model = minibert.load(args.model, backend=args.backend)
     if args.matrix is not None:
-        from .extract import read_texts
+        from .readers import read_texts
         from .pooling import resolve_layers
         from .search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, args.field)
@@ -199,7 +199,8 @@ def cmd_similarity(args):
 
 def cmd_extract(args):
     import minibert
-    from .extract import extract, open_corpus
+    from .extract import extract
+    from .readers import open_corpus
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
