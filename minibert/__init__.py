@@ -4,7 +4,7 @@ from importlib import metadata as _metadata
 
 from .api import Model, load
 from .estimator import SentenceEncoder
-from .extract import load_embeddings
+from .store import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
                      TokenizerError)
 

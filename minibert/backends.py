@@ -83,7 +83,7 @@ def cpu_ops():
     sums every output element in one fixed order on any CPU (slower than BLAS: float64 is the parity path).
     float32 keeps BLAS for speed, and a text's numbers move by a few float32 ulp with the batch it lands
     in: up to ~3.6e-6 absolute on all-MiniLM-L6-v2's hidden states (whose largest activations are near 10),
-    ~1e-6 on mean-pooled sentence vectors (tests/test_reliability.py measures and bounds both).
+    ~1e-6 on mean-pooled sentence vectors (tests/test_model.py measures and bounds both).
     """
     from . import threads
     from .kernels import cpu, reference

@@ -165,7 +165,7 @@ def encoding_options(args):
 def cmd_embed(args):
     import minibert
     if args.texts == ["-"]:
-        from .extract import read_texts
+        from .readers import read_texts
         args.texts = read_texts("-")
     model = minibert.load(args.model, backend=args.backend)
     check_lengths(args, model)
@@ -189,7 +189,7 @@ def cmd_similarity(args):
         check_writable(args.out, "--out")
     model = minibert.load(args.model, backend=args.backend)
     if args.matrix is not None:
-        from .extract import read_texts
+        from .readers import read_texts
         from .pooling import resolve_layers
         from .search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, args.field)
@@ -221,7 +221,8 @@ def cmd_similarity(args):
 
 def cmd_extract(args):
     import minibert
-    from .extract import extract, open_corpus
+    from .extract import extract
+    from .readers import open_corpus
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:

@@ -1,97 +1,40 @@
-"""Corpus-scale extraction to files, batch by batch, with bounded memory; and loading the result back.
+"""The extraction run: a corpus encoded to files chunk by chunk, with bounded memory, one run per directory.
 
-Output directory:
-    manifest.json            what was extracted, from what, by which minibert (written last)
-    vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
-    tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
-    vectors.npz | vectors-00000.safetensors ... | vectors.jsonl                                 (other formats)
-    progress.json            while a run is unfinished: rows done and the job they belong to (written first)
-    extract.lock             while a run holds the directory: its pid, host and start time
-Every file is written under a ".partial" name and renamed only when complete, manifest last, so an
-interrupted run never leaves a directory that looks finished; `resume=True` (`--resume`) finishes it.
-Input files are read by minibert.readers, as a stream.
+    texts (minibert.readers) -> encode CHUNK texts -> a writer (npy, npz, safetensors, jsonl, token-level npy)
+    -> progress.json after every chunk is on disk -> manifest.json last (minibert.store) -> --reduce (reduce)
+
+This module holds the run itself: the directory lock, the resume state (job fingerprint, progress.json),
+the writers, SIGTERM handling and the loop. What the directory holds and how it is read back
+(load_embeddings) is minibert.store; how input files are read is minibert.readers. Every file is written
+under a ".partial" name and renamed only when complete, manifest last, so an interrupted run never leaves
+a directory that looks finished; `resume=True` (`--resume`) finishes it.
 """
 
 import errno
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from . import reduce as reduction          # called through the module, so a replaced reduce_extraction is the one run
+from .encode import tokenize_texts
 from .errors import InputError, MiniBertError
+from .readers import TextFile, sha256_of
+from .store import LOCK, OWN_FILE, PROGRESS, finalise, read_json_file, write_durably
+from .tokenizer import as_text_list
+from .weights import checkpoint_files
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size
 SHARD_ROWS = 65536      # rows per safetensors shard
-
-
-def read_texts(path, field="text"):
-    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin, as a
-    list (see minibert.readers for how each format is read)."""
-    texts = open_corpus(path, field)
-    return texts if isinstance(texts, list) else list(texts)
-
-
-def open_corpus(path, field="text"):
-    """The texts of an input file for extract, streamed: a readers.TextFile (read again chunk by chunk, never
-    held whole), or a list for Parquet."""
-    from .readers import open_texts
-    if path != "-" and Path(path).suffix.lower() == ".parquet":
-        if not Path(path).is_file():
-            raise InputError(f"{path}: input file not found")
-        return read_parquet_texts(Path(path), field)
-    return open_texts(path, field)
-
-
-def jsonl_records(path, text):
-    """(line number, value) for each non-blank line of a JSON Lines text; InputError naming a bad line.
-    Lines end at "\n" only: U+2028 and friends are valid inside JSON strings."""
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip(" \t\r"):
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
-
-
-def read_parquet_texts(path, field):
-    """A string column of a Parquet file; needs pyarrow (it comes with the `ray` extra)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow "
-                         "(or pip install 'minibert-numpy[ray]', which brings it)") from None
-    try:
-        schema = pq.read_schema(path)
-        if field not in schema.names:
-            raise InputError(f"{path}: no column {field!r}; columns are {schema.names} (choose one with --field)")
-        column = pq.read_table(path, columns=[field]).column(field)
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{path}: cannot read as Parquet ({e})") from None
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise InputError(f"{path}: column {field!r} holds {column.type}, not strings")
-    if column.null_count:
-        first = column.is_null().to_pylist().index(True)
-        raise InputError(f"{path}: column {field!r} is null in {column.null_count} row(s), the first at row {first}")
-    return column.to_pylist()
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, normalize=None, fmt="npy",
@@ -119,9 +62,6 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     first row not done, through encode_range like any run; a different job is refused. Without resume or
     overwrite, a directory holding an interrupted run is refused rather than silently discarded.
     """
-    from . import __version__
-    from .readers import TextFile
-    from .tokenizer import as_text_list
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, found {fmt!r}")
     if pooling == "none" and fmt != "npy":
@@ -220,8 +160,7 @@ def check_reduce(spec, row_shape, rows):
     needed, K <= D, and K <= rows - 1 when the row count is known (pooled output)."""
     if spec is None:
         return
-    from .reduce import parse_reduce
-    k = parse_reduce(spec)
+    k = reduction.parse_reduce(spec)
     if len(row_shape) != 1:
         raise InputError(f"--reduce needs one vector per row, but this extraction would keep {list(row_shape)} per "
                          "row (several layers): choose one layer (--layers -1) or combine them (--combine mean)")
@@ -237,12 +176,11 @@ def add_reduction(out, manifest, spec, whiten):
     leaves the extraction as it was and says so, in one line."""
     if spec is None:
         return manifest
-    from .reduce import parse_reduce, reduce_extraction
     kept = manifest.get("reduce") or {}
-    if kept.get("k") == parse_reduce(spec) and kept.get("whiten") == bool(whiten):
+    if kept.get("k") == reduction.parse_reduce(spec) and kept.get("whiten") == bool(whiten):
         return manifest
     try:
-        return reduce_extraction(out, spec, whiten=whiten)
+        return reduction.reduce_extraction(out, spec, whiten=whiten)
     except OSError as e:
         for name in ("pca.npz.partial", "reduced.npy.partial", "manifest.json.partial"):
             (out / name).unlink(missing_ok=True)            # give the space back; manifest.json is untouched
@@ -276,13 +214,6 @@ def disk_errors(out, rows, total):
         raise MiniBertError(f"{out}: {'disk full' if full else 'cannot write'} after {rows} of {total} rows "
                             f"({e.strerror or e}); {'free some space' if full else 'fix the cause'} and run the same "
                             "command with --resume to finish") from None
-
-
-PROGRESS = "progress.json"
-LOCK = "extract.lock"
-# Every name minibert writes in an output directory: these, and only these, does --overwrite delete.
-OWN_FILE = re.compile(r"(manifest\.json|progress\.json|vectors\.(npy|npz|jsonl)|vectors-\d{5}\.safetensors|tokens\.npy|"
-                      r"offsets\.npy|pca\.npz|reduced\.npy)(\.partial)?(\.tmp)?|" + re.escape(LOCK))
 
 
 @contextmanager
@@ -364,7 +295,8 @@ def prepare_directory(out, job, *, overwrite, resume):
             manifest = read_json_file(manifest_path)
             if manifest.get("complete") and manifest.get("job") == job:
                 return manifest, None
-            raise InputError(f"{out} already holds a complete extraction of another job{job_difference(manifest.get('job'), job)}; "
+            difference = job_difference(manifest.get("job"), job)
+            raise InputError(f"{out} already holds a complete extraction of another job{difference}; "
                              "pass --overwrite to replace it or choose another --out")
         raise InputError(f"{out} already holds an extraction (manifest.json); pass --overwrite to replace it "
                          "or choose another --out")
@@ -391,13 +323,6 @@ def prepare_directory(out, job, *, overwrite, resume):
     return None, done
 
 
-def read_json_file(path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({e}); pass --overwrite to start again") from None
-
-
 def job_difference(old, new):
     """': input texts differ (...)' naming the first fields in which two job records differ."""
     if not isinstance(old, dict):
@@ -411,30 +336,6 @@ def job_difference(old, new):
 
 def save_progress(out, job, done):
     write_durably(out / PROGRESS, json.dumps({"job": job, **done}))
-
-
-def write_durably(path, text):
-    """Write a small file so that after a crash it is either the old one or the whole new one."""
-    scratch = path.with_name(path.name + ".tmp")
-    with open(scratch, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(scratch, path)
-    sync_directory(path.parent)
-
-
-def sync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return                                           # not possible everywhere (Windows): best effort
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def texts_sha256(texts):
@@ -454,7 +355,6 @@ def texts_sha256(texts):
 
 def weights_fingerprint(source):
     """A cheap identity of the checkpoint files: sizes, headers and 16 sampled 64 KiB blocks of each."""
-    from .weights import checkpoint_files
     try:
         files = checkpoint_files(Path(source))
     except MiniBertError:
@@ -686,7 +586,6 @@ def sigterm_as_interrupt():
 
 def token_counts(model, texts, max_length, window):
     """Tokens per text (the tokenizer is cheap), so the flat token array can be laid out before encoding."""
-    from .encode import tokenize_texts
     counts = np.zeros(len(texts), dtype=np.int64)
     for start in range(0, len(texts), CHUNK):
         counts[start:start + CHUNK] = [len(t.ids) for t in tokenize_texts(model, texts[start:start + CHUNK],
@@ -694,73 +593,3 @@ def token_counts(model, texts, max_length, window):
     return counts
 
 
-def finalise(out, name):
-    """Rename name.partial to name; a run resumed after this already happened finds name in place."""
-    partial = out / f"{name}.partial"
-    if partial.exists() or not (out / name).exists():
-        os.replace(partial, out / name)
-    return name
-
-
-@dataclass
-class Embeddings:
-    """What load_embeddings returns: the arrays (memory-mapped for npy) and the manifest."""
-    manifest: dict
-    vectors: object = None       # [N, ...] pooled vectors
-    tokens: object = None        # [total tokens, ...] token-level output, flat
-    offsets: object = None       # [N + 1]: text i's tokens are tokens[offsets[i]:offsets[i + 1]]
-    texts: list = None           # for jsonl output
-    directory: str = None        # where it was read from
-
-    def token_vectors(self, i):
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
-
-    def project(self, vectors):
-        """Apply the PCA stored by `extract --reduce pca:K` to new vectors [..., D] -> [..., K]."""
-        from .reduce import load_projection
-        return load_projection(self.directory, self.manifest).transform(vectors)
-
-    @property
-    def reduced(self):
-        """The corpus projected by `extract --reduce pca:K`, [rows, K], memory-mapped."""
-        from .reduce import load_reduced
-        return load_reduced(self.directory, self.manifest)
-
-
-def load_embeddings(directory):
-    """Read an extraction directory back; refuses one whose manifest is missing or incomplete."""
-    embeddings = read_embeddings(directory)
-    embeddings.directory = str(directory)
-    return embeddings
-
-
-def read_embeddings(directory):
-    d = Path(directory)
-    try:
-        manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if (d / PROGRESS).exists():
-            saved = read_json_file(d / PROGRESS)
-            raise MiniBertError(f"{d}: the extraction was interrupted after {saved.get('rows', '?')} of "
-                                f"{saved.get('job', {}).get('count', '?')} rows; run the same extract command "
-                                "with --resume to finish it") from None
-        partial = any(d.glob("*.partial"))
-        raise MiniBertError(f"{d}: no manifest.json" + ("; the extraction was interrupted before it finished: "
-                            "run it again with --overwrite" if partial else "; not an extraction directory")) from None
-    if not manifest.get("complete"):
-        raise MiniBertError(f"{d}: the manifest says the extraction is incomplete; run it again")
-    fmt, files = manifest["format"], manifest["files"]
-    if fmt == "npy" and "tokens.npy" in files:
-        return Embeddings(manifest, tokens=np.load(d / "tokens.npy", mmap_mode="r"), offsets=np.load(d / "offsets.npy"))
-    if fmt == "npy":
-        return Embeddings(manifest, vectors=np.load(d / "vectors.npy", mmap_mode="r"))
-    if fmt == "npz":
-        with np.load(d / "vectors.npz") as data:
-            return Embeddings(manifest, vectors=data["vectors"])
-    if fmt == "safetensors":
-        from safetensors.numpy import load_file
-        parts = [load_file(str(d / name))["vectors"] for name in files]
-        return Embeddings(manifest, vectors=np.concatenate(parts) if parts else np.zeros((0,)))
-    rows = [json.loads(line) for line in (d / "vectors.jsonl").read_text(encoding="utf-8").splitlines()]
-    return Embeddings(manifest, vectors=np.array([r["vector"] for r in rows], dtype=manifest["dtype"]),
-                      texts=[r["text"] for r in rows])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .extract import jsonl_records
+from .readers import jsonl_records
 
 # ---------------------------------------------------------------------------------------------------------
 # The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.

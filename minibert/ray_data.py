@@ -28,6 +28,7 @@ import numpy as np
 
 from . import threads
 from .errors import InputError, MiniBertError
+from .readers import sha256_of
 
 INSTALL_RAY = "pip install 'minibert-numpy[ray]'"
 
@@ -133,7 +134,6 @@ class ChunkEmbedder(Embedder):
         super().__init__(model, text_column="texts", **options)
         self.retries = retries
         if config_sha256 is not None:
-            from .extract import sha256_of
             from pathlib import Path
             config = Path(self.model.source) / "config.json"
             found = sha256_of(config) if config.is_file() else None
@@ -353,7 +353,7 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
             compute=ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1),
             num_gpus=1 if backend == "cuda" else None,
             fn_constructor_kwargs={"model": model, "backend": backend, "retries": retries,
-                                   "config_sha256": local.sha256_of(config) if os.path.isfile(config) else None,
+                                   "config_sha256": sha256_of(config) if os.path.isfile(config) else None,
                                    **encoder_options})
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -6,12 +6,14 @@
     .csv    standard quoting (a quoted field may hold commas, quotes and newlines), fields of any size
     .tsv    fields split at tabs with no quoting at all (GLUE's convention): '"' is an ordinary character
     all     UTF-8 with an optional byte-order mark; invalid UTF-8 is refused naming the line and byte offset
-    (any other suffix is read as .txt; .parquet is read by minibert.extract through pyarrow)
+    (any other suffix is read as .txt; .parquet is read whole, one column, through pyarrow: read_parquet_texts)
 
 open_texts(path, field) reads a file once to count its texts, hash its bytes and note where every CHUNK-th
 text starts; `texts[start:stop]` then reads just those chunks again and checks that their bytes are the
 ones hashed. So the corpus is never held whole in memory, the recorded hash is that of the bytes that were
-encoded, and a file rewritten during a run is refused instead of mixed in.
+encoded, and a file rewritten during a run is refused instead of mixed in. open_corpus (any format,
+Parquet included) and read_texts (the same, as a list) are what extract, search and the CLI call;
+jsonl_records splits JSON Lines for the probe files; sha256_of fingerprints an input file for manifests.
 """
 
 import csv
@@ -256,3 +258,62 @@ def open_texts(path, field="text"):
     if not Path(path).is_file():
         raise InputError(f"{path}: input file not found")
     return TextFile(path, field)
+
+
+def read_texts(path, field="text"):
+    """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin, as a
+    list (see this module's docstring for how each format is read)."""
+    texts = open_corpus(path, field)
+    return texts if isinstance(texts, list) else list(texts)
+
+
+def open_corpus(path, field="text"):
+    """The texts of an input file for extract, streamed: a readers.TextFile (read again chunk by chunk, never
+    held whole), or a list for Parquet."""
+    if path != "-" and Path(path).suffix.lower() == ".parquet":
+        if not Path(path).is_file():
+            raise InputError(f"{path}: input file not found")
+        return read_parquet_texts(Path(path), field)
+    return open_texts(path, field)
+
+
+def jsonl_records(path, text):
+    """(line number, value) for each non-blank line of a JSON Lines text; InputError naming a bad line.
+    Lines end at "\n" only: U+2028 and friends are valid inside JSON strings."""
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip(" \t\r"):
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
+
+
+def read_parquet_texts(path, field):
+    """A string column of a Parquet file; needs pyarrow (it comes with the `ray` extra)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow "
+                         "(or pip install 'minibert-numpy[ray]', which brings it)") from None
+    try:
+        schema = pq.read_schema(path)
+        if field not in schema.names:
+            raise InputError(f"{path}: no column {field!r}; columns are {schema.names} (choose one with --field)")
+        column = pq.read_table(path, columns=[field]).column(field)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: cannot read as Parquet ({e})") from None
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise InputError(f"{path}: column {field!r} holds {column.type}, not strings")
+    if column.null_count:
+        first = column.is_null().to_pylist().index(True)
+        raise InputError(f"{path}: column {field!r} is null in {column.null_count} row(s), the first at row {first}")
+    return column.to_pylist()
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

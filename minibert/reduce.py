@@ -8,56 +8,21 @@ pca.npz (the projection), reduced.npy (the corpus projected) and the manifest th
 under a ".partial" name with ordinary writes (never through a memory map: a full disk then raises ENOSPC,
 where a write into a mapped page would kill the process with SIGBUS), and renames them only when all three
 are complete, so a failure leaves the extraction as it was. `load_embeddings(DIR).project(v)` applies the
-stored projection to new vectors.
+stored projection to new vectors (the PCA class and the readers of these files live in minibert.store).
 """
 
 import errno
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, MiniBertError
+from .store import PCA, load_embeddings     # PCA: the stored projection (pca.npz), read back by the store
 
 CHUNK = 65536           # rows read at a time from a memory-mapped array
-
-
-@dataclass
-class PCA:
-    mean: np.ndarray                 # [D] corpus mean, subtracted first
-    components: np.ndarray           # [K, D] unit directions of largest variance, largest first
-    explained_variance: np.ndarray   # [K] variance along each direction (N - 1 denominator)
-    total_variance: float            # sum of the variances of all D features
-    whiten: bool                     # divide each projected coordinate by its standard deviation
-
-    @property
-    def variance_kept(self):
-        """Fraction of the corpus variance the K components keep."""
-        return float(self.explained_variance.sum() / self.total_variance) if self.total_variance > 0 else 1.0
-
-    def transform(self, X):
-        """[..., D] -> [..., K]."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.shape[-1] != self.mean.shape[0]:
-            raise InputError(f"vectors have {X.shape[-1]} features but the projection was fitted on "
-                             f"{self.mean.shape[0]}")
-        Z = (X - self.mean) @ self.components.T                         # [..., K]
-        if self.whiten:
-            Z /= np.sqrt(np.maximum(self.explained_variance, 1e-12))
-        return Z
-
-    def save(self, f):
-        np.savez(f, mean=self.mean, components=self.components, explained_variance=self.explained_variance,
-                 total_variance=np.float64(self.total_variance), whiten=np.bool_(self.whiten))
-
-    @classmethod
-    def load(cls, path):
-        with np.load(path) as d:
-            return cls(d["mean"], d["components"], d["explained_variance"], float(d["total_variance"]),
-                       bool(d["whiten"]))
 
 
 def fit_pca(X, k, *, whiten=False):
@@ -124,7 +89,6 @@ def parse_reduce(spec):
 
 def source_array(directory, manifest):
     """The 2-D array of an extraction that PCA is fitted on: pooled vectors [N, D] or flat tokens [n, D]."""
-    from .extract import load_embeddings
     emb = load_embeddings(directory)
     name, array = ("tokens", emb.tokens) if emb.tokens is not None else ("vectors", emb.vectors)
     if array.ndim != 2:
@@ -183,17 +147,3 @@ def sync(f):
     """Flush to the disk: on some file systems a full disk shows only here."""
     f.flush()
     os.fsync(f.fileno())
-
-
-def load_projection(directory, manifest):
-    """The PCA stored beside an extraction by --reduce."""
-    if not manifest.get("reduce"):
-        raise MiniBertError(f"{directory}: this extraction has no projection; run extract with --reduce pca:K")
-    return PCA.load(Path(directory) / manifest["reduce"]["projection"])
-
-
-def load_reduced(directory, manifest):
-    """The corpus's projected vectors [rows, K], memory-mapped."""
-    if not manifest.get("reduce"):
-        raise MiniBertError(f"{directory}: this extraction has no reduced vectors; run extract with --reduce pca:K")
-    return np.load(Path(directory) / manifest["reduce"]["vectors"], mmap_mode="r")

@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError, MiniBertError
+from .readers import open_corpus, sha256_of
+from .store import load_embeddings, load_projection, load_reduced
 
 CHUNK = 65536
 
@@ -59,7 +61,6 @@ def read_index_texts(directory, emb, texts_file=None, field=None):
     """The texts behind the rows (a list, or a readers.TextFile read chunk by chunk as hits need them), or None
     when they cannot be found (search then prints row numbers). The manifest's input is read with the
     field the extraction used, and only while its bytes are the ones extracted."""
-    from .extract import open_corpus, sha256_of
     m = emb.manifest
     if texts_file is None and emb.texts is not None:
         return emb.texts
@@ -82,7 +83,6 @@ class Index:
     """An extraction directory opened for search: vectors memory-mapped, the manifest, the texts if found."""
 
     def __init__(self, directory, *, layer=None, reduced=False, texts_file=None, field=None):
-        from .extract import load_embeddings
         self.directory = Path(directory)
         self.embeddings = emb = load_embeddings(directory)
         self.manifest = emb.manifest
@@ -96,7 +96,6 @@ class Index:
     def matrix_and_query_options(self, model):
         """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""
         from .pooling import resolve_layers
-        from .reduce import load_reduced
         m, vectors = self.manifest, self.embeddings.vectors
         options = {"pooling": m["pooling"], "combine": m["combine"], "max_length": m.get("max_length"),
                    "window": m.get("window"), "stride": m.get("stride"), "layers": m["layers"]}
@@ -120,7 +119,6 @@ class Index:
 
     def search(self, model, queries, k=10):
         """Top-k hits for each query: a list (per query) of Hit, best first."""
-        from .reduce import load_projection
         if config_sha256(model) != self.manifest.get("config_sha256"):
             raise MiniBertError(f"{self.directory} was extracted with {self.manifest.get('model_source')}, "
                                 f"not {model.source} (their config.json differ): load that model to search it")

@@ -1,4 +1,4 @@
-"""Fuzz minibert.load with mutated model files; run by tests/test_reliability.py in a child process, so that a
+"""Fuzz minibert.load with mutated model files; run by tests/test_loading.py in a child process, so that a
 crash (a Rust panic that escapes, a segfault) or a hang fails the test instead of taking pytest down.
 
     python tests/fuzz_loading.py WORKDIR --seed 0 --iterations 300

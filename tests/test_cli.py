@@ -6,11 +6,12 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from minibert import cli
 from minibert.cli import main
-from tiny import write_tiny
+from tiny import tiny_config, tiny_tensors, write_tiny
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,58 @@ def test_similarity_json_and_matrix_written_to_a_file(tiny, tmp_path, capsys):
     assert saved.shape == (3, 3) and np.allclose(saved, printed["matrix"]) and np.allclose(np.diag(saved), 1)
     assert main(["similarity", "a", "b", "--model", tiny, "--out", str(tmp_path / "x.npy")]) == 1
     assert "--out writes the --matrix result" in capsys.readouterr().err
+
+
+def one_line_error(capsys, argv):
+    """Run the CLI in-process; return its stderr after checking it is one 'minibert: error:' line."""
+    from minibert.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("minibert: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line: one line on stderr, exit 1.
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    write_tiny(tmp_path / "bad", tiny_config(hidden_size=18), tiny_tensors(tiny_config()))
+    assert "not divisible by num_attention_heads" in one_line_error(capsys, ["inspect", str(tmp_path / "bad")])
+    assert "no such model directory" in one_line_error(capsys, ["embed", "x", "--model", str(tmp_path / "none")])
+    assert "input file not found" in one_line_error(capsys, ["extract", str(tmp_path / "no.txt"), "--out",
+                                                             str(tmp_path / "o")])
+    (tmp_path / "in.txt").write_text("a\n")
+    err = one_line_error(capsys, ["extract", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"), "--resume",
+                                  "--overwrite"])
+    assert "pass one of them" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# inspect --check: non-finite weights reported by checkpoint tensor name.
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_inspect_check_reports_non_finite_weights_by_tensor_name(tmp_path, capsys):
+    from minibert.cli import main
+    config = tiny_config()
+    tensors = tiny_tensors(config)
+    tensors["encoder.layer.0.attention.self.query.weight"][3, :5] = np.nan
+    tensors["pooler.dense.bias"][0] = -np.inf
+    write_tiny(tmp_path / "nan", config, tensors)
+    assert main(["inspect", str(tmp_path / "nan"), "--check"]) == 1
+    out, err = capsys.readouterr()
+    assert "encoder.layer.0.attention.self.query.weight: 5 NaN, 0 Inf of 256 values" in out
+    assert "pooler.dense.bias: 0 NaN, 1 Inf of 16 values" in out
+    assert err.count("\n") == 1 and "in 2 checkpoint tensor(s): encoder.layer.0.attention.self.query.weight, " \
+                                    "pooler.dense.bias" in err
+
+    tensors = {k: v.astype(np.float64) for k, v in tiny_tensors(config).items()}
+    tensors["embeddings.LayerNorm.bias"][2] = 1e39            # finite in float64, inf once cast to float32
+    write_tiny(tmp_path / "big", config, tensors)
+    assert main(["inspect", str(tmp_path / "big"), "--check"]) == 1
+    assert ("tensor 'embeddings.LayerNorm.bias': 1 of 16 float64 values are beyond float32's range"
+            in capsys.readouterr().err)                       # refused by load itself, naming the checkpoint tensor
+
+    write_tiny(tmp_path / "clean")
+    assert main(["inspect", str(tmp_path / "clean"), "--check"]) == 0
+    assert "all weights finite" in capsys.readouterr().out

@@ -3,12 +3,21 @@
 import json
 import subprocess
 import sys
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny import write_tiny
 
 import minibert
+from minibert import extract as extract_module
 from minibert.errors import InputError, MiniBertError
+
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
 
 TEXTS = ["The cat sat on the mat.", "Hi", "A considerably longer sentence, with several clauses, about nothing much.",
          "", "   ", "Café naïve 北京 🍕"]
@@ -464,3 +473,129 @@ def test_pre_split_words_get_the_prefix_space_on_byte_level_bpe():
     assert bert.tokenizer.word_prefix_backend is None
     np.testing.assert_array_equal(bert.encode_words([words])[0].vectors,
                                   bert.encode_words([words], prefix_space=False)[0].vectors)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return minibert.load(str(write_tiny(tmp_path_factory.mktemp("tiny"))), backend="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Texts.
+
+@pytest.mark.parametrize("texts, message", [
+    (None, "texts must be a str or a list of str, found NoneType"),
+    (b"bytes", "texts must be a str or a list of str, found bytes"),
+    (42, "found int"),
+    ({"a": 1}, "found dict"),
+    ((t for t in ["a"]), "found generator"),
+    (["ok", None], r"texts\[1\] is NoneType, not str; drop it or pass an empty string"),
+    (["ok", b"raw"], r"texts\[1\] is bytes, not str; decode it first"),
+    (["ok", 3.5], r"texts\[1\] is float, not str; convert it to text first"),
+    ([["nested", "words"]], r"texts\[0\] is list, not str; pass pre-split words to encode_words"),
+])
+def test_texts_that_are_not_text(tiny_model, texts, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model.encode(texts)
+    if not isinstance(texts, type(t for t in ())):        # a generator is used up by the first call
+        with pytest.raises(InputError, match=message):
+            tiny_model.tokenize(texts)
+
+
+def test_numpy_array_of_texts_is_a_list_of_texts(tiny_model):
+    np.testing.assert_array_equal(tiny_model.encode(np.array(["the cat", "a dog"])),
+                                  tiny_model.encode(["the cat", "a dog"]))
+
+
+def test_empty_list_gives_empty_arrays_of_the_right_width_for_every_option(tiny_model):
+    for layers in (-1, 0, [1, 2], [2, 0, 1], "all"):
+        for combine in (None, "mean", "sum", "concat"):
+            for pooling in ("cls", "mean", "max", "mean_sqrt_len", "none"):
+                for dtype in ("float32", "float16"):
+                    empty = tiny_model.encode([], layers=layers, combine=combine, pooling=pooling, dtype=dtype)
+                    one = tiny_model.encode(["the cat"], layers=layers, combine=combine, pooling=pooling, dtype=dtype)
+                    if pooling == "none":
+                        assert empty == []
+                    else:
+                        assert empty.shape == (0,) + one.shape[1:] and empty.dtype == one.dtype, (layers, combine)
+    assert tiny_model.encode_words([]) == []
+    assert tiny_model.tokenize([]).input_ids.shape == (0, 0)
+    out = tiny_model([])
+    assert [h.shape for h in out.hidden_states] == [(0, 1, 16)] * 3 and out.pooler_output.shape == (0, 16)
+
+
+def test_empty_whitespace_and_control_only_texts_are_cls_sep(model):
+    texts = ["", " ", "\t\n  \r", "\u3000\u2003", "\x00\x01\x1f\x7f", "\ufffd"]
+    batch = model.tokenize(texts)
+    assert batch.tokens == [["[CLS]", "[SEP]"]] * len(texts)
+    assert np.isfinite(model.encode(texts)).all()
+    roberta = minibert.load(str(FAMILIES / "roberta"), backend="numpy")
+    assert roberta.tokenize([""]).tokens == [["<s>", "</s>"]]
+
+
+def test_control_characters_are_dropped_as_bert_normalizer_does(model):
+    batch = model.tokenize(["the cat sat", "the\x00 cat\x07 s\x1bat\x7f"])
+    np.testing.assert_array_equal(batch.input_ids[0], batch.input_ids[1])
+
+
+def test_lone_surrogates_are_refused_naming_the_text(tiny_model, tmp_path):
+    """transformers' fast tokenizer raises on them too; minibert says which text and how to repair it."""
+    with pytest.raises(InputError, match=r"texts\[2\] holds a lone surrogate '\\ud800' at character 4"):
+        tiny_model.tokenize(["a", "b", "the \ud800 cat"])
+    with pytest.raises(InputError, match=r"text_pairs\[0\] holds a lone surrogate '\\udfff'"):
+        tiny_model.tokenize(["a"], ["\udfff"])
+    with pytest.raises(InputError, match=r"texts\[1\] holds a lone surrogate .*text.encode\('utf-8', 'replace'\)"):
+        tiny_model.encode(["a", "b\udc80"])
+    with pytest.raises(InputError, match=r"texts\[0\]\[1\] holds a lone surrogate"):
+        tiny_model.encode_words([["ok", "b\ud83d"]])
+    with pytest.raises(InputError, match=r"texts\[1\] holds a lone surrogate"):   # before anything is written
+        extract_module.extract(tiny_model, ["a", "\ud800"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_million_character_text_is_truncated_with_a_warning_in_seconds(model):
+    text = "The quick brown fox jumps over the lazy dog. " * 22223            # 1,000,035 characters
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors = model.encode([text, "short"])
+    elapsed = time.perf_counter() - start
+    assert vectors.shape == (2, 384) and np.isfinite(vectors).all()
+    assert [str(w.message) for w in caught if "truncated" in str(w.message)] == [
+        # 256: all-MiniLM-L6-v2's own max_seq_length (sentence_bert_config.json), as sentence-transformers cuts
+        "minibert: 1 of 2 texts were longer than 256 tokens and were truncated; pass window= (and stride=) to "
+        "cover long texts whole"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(vectors, model.encode([text[:3000], "short"]))   # the same first 512 tokens
+    assert elapsed < 30, elapsed          # measured 2.6 s (the tokenizer reads all of it)
+
+
+def test_a_million_character_text_is_covered_whole_with_windows(tiny_model):
+    text = ("the cat sat on the mat " * 43479)[:1_000_000]
+    start = time.perf_counter()
+    tokens = tiny_model.encode([text], window=32, stride=8, pooling="none")[0]
+    elapsed = time.perf_counter() - start
+    full = tiny_model.tokenizer.backend
+    full.no_truncation()
+    assert len(tokens) == len(full.encode(text).ids) == 260873 and np.isfinite(tokens).all()
+    assert elapsed < 60, elapsed          # measured 2.1 s (11,600 windows of 32 tokens)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80), min_size=1, max_size=4))
+def test_any_valid_unicode_text_tokenizes_inside_the_vocabulary_and_encodes(model, texts):
+    """Mixed scripts, emoji, combining marks, private use, controls: ids in range, offsets inside the text."""
+    batch = model.tokenize(texts)
+    assert batch.input_ids.max() < model.config.vocab_size and batch.input_ids.min() >= 0
+    for text, offsets, tokens in zip(texts, batch.offsets, batch.tokens):
+        assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+        assert (offsets >= 0).all() and (offsets <= len(text)).all() and (offsets[:, 0] <= offsets[:, 1]).all()
+    assert np.isfinite(model.encode(texts, batch_size=2)).all()
+
+
+def test_mixed_scripts_and_emoji_give_the_same_vector_alone_and_in_a_batch(model):
+    texts = ["北京是中国的首都 🍕 😀 ☃", "Ünïcödé ñ ß ﬁ Ⅻ", "مرحبا بالعالم", "नमस्ते दुनिया", "👩‍👩‍👧‍👦🏳️‍🌈", "𝕳𝖊𝖑𝖑𝖔"]
+    together = model.encode(texts, normalize=True)
+    alone = np.stack([model.encode([t], normalize=True)[0] for t in texts])
+    assert np.abs(together - alone).max() <= 1e-6        # see the batch-invariance bound below

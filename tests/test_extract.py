@@ -6,7 +6,6 @@ import errno
 import functools
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from tiny import tiny_config, tiny_tensors, write_tiny
 
 import minibert
 from minibert import extract as extract_module
-from minibert import readers
+from minibert import readers, store
 from minibert.cli import main
 from minibert.errors import InputError, MiniBertError
 
@@ -57,7 +56,7 @@ def test_txt_lines_end_at_newline_only(tmp_path):
     texts = ["page one\fpage two", "tab\vbed", "a\u2028b\u2029c\x85d\x1ce\x1df\x1eg", "", "crlf"]
     path = tmp_path / "c.txt"
     path.write_bytes(("\n".join(texts[:4]) + "\ncrlf\r\nlast").encode())
-    assert extract_module.read_texts(path) == texts + ["last"]
+    assert readers.read_texts(path) == texts + ["last"]
 
 
 def test_standard_input_is_spooled_and_split_at_newlines_only(tiny_model, tmp_path):
@@ -77,14 +76,14 @@ def test_tsv_has_no_quoting(tmp_path):
     """GLUE's convention: a field that starts with '"' does not swallow the rows after it."""
     path = tmp_path / "c.tsv"
     path.write_text('id\ttext\n1\t"a quote opens here\n2\tnext row\n3\tand it closes here"\n4\t"x"\n')
-    assert extract_module.read_texts(path) == ['"a quote opens here', "next row", 'and it closes here"', '"x"']
+    assert readers.read_texts(path) == ['"a quote opens here', "next row", 'and it closes here"', '"x"']
 
 
 def test_csv_quoting_and_fields_over_128_kib(tmp_path):
     big = "word, " * 40000 + "\n\"quoted\" end"                       # 240 KB, commas, a newline, quotes
     path = tmp_path / "c.csv"
     path.write_text('text,label\n"' + big.replace('"', '""') + '",1\nsmall,0\n', newline="")
-    assert extract_module.read_texts(path) == [big, "small"]
+    assert readers.read_texts(path) == [big, "small"]
 
 
 @pytest.mark.parametrize("suffix, body, field", [
@@ -93,14 +92,14 @@ def test_csv_quoting_and_fields_over_128_kib(tmp_path):
 def test_a_byte_order_mark_is_accepted_in_every_format(tmp_path, suffix, body, field):
     path = tmp_path / f"c{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
-    assert extract_module.read_texts(path, field) == ["first", "second"]
+    assert readers.read_texts(path, field) == ["first", "second"]
 
 
 def test_json_lines_accept_u2028_inside_strings(tmp_path):
     texts = ["one\u2028two", "three\u2029four\x85five", "six\fseven"]
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts) + "\n  \n")
-    assert extract_module.read_texts(path) == texts
+    assert readers.read_texts(path) == texts
 
 
 @pytest.mark.parametrize("suffix, head", [(".txt", b"ok\nfine\n"), (".jsonl", b'{"text": "ok"}\n\n'),
@@ -119,12 +118,12 @@ def test_csv_errors_and_missing_columns_are_input_errors(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("body\nx\n")
     with pytest.raises(InputError, match=r"no column 'text'; columns are \['body'\]"):
-        extract_module.read_texts(path)
+        readers.read_texts(path)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(InputError, match="empty file"):
-        extract_module.read_texts(tmp_path / "empty.csv")
+        readers.read_texts(tmp_path / "empty.csv")
     (tmp_path / "nul.csv").write_text('text\n"a\x00b"\n')
-    assert extract_module.read_texts(tmp_path / "nul.csv") == ["a\x00b"]
+    assert readers.read_texts(tmp_path / "nul.csv") == ["a\x00b"]
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".tsv"])
@@ -269,13 +268,13 @@ def test_a_second_run_into_the_same_out_is_refused_naming_the_holder(tiny_model,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest() and manifest["count"] == 9
     np.testing.assert_array_equal(minibert.load_embeddings(out).vectors, tiny_model.encode(CORPUS))
-    assert not (out / extract_module.LOCK).exists()
+    assert not (out / store.LOCK).exists()
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / extract_module.LOCK).write_text('{"pid": 1, "host": "gone", "started": "yesterday"}')
+    (out / store.LOCK).write_text('{"pid": 1, "host": "gone", "started": "yesterday"}')
     extract_module.extract(tiny_model, CORPUS, out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "vectors.npy"]
 

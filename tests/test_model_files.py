@@ -7,6 +7,7 @@ the hang fails the test instead of taking pytest down."""
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from tiny import tiny_config, tiny_tensors, write_tiny
 
 import minibert
@@ -200,3 +202,102 @@ def test_no_room_for_the_private_copy_reads_the_word_table_into_memory(tmp_path,
     model = minibert.load(str(tmp_path), backend="numpy")
     assert not isinstance(model.weights["embeddings"]["word"].base, np.memmap)
     np.testing.assert_array_equal(model.encode(TEXTS), want)
+
+
+def safetensors_bytes(header, data=b""):
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model files: every fault is a ModelFileError naming the file (and the tensor) and saying what to do.
+
+W = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+SAFETENSORS_FAULTS = [
+    (b"", r"truncated \(0 bytes\)"),
+    (b"\x05\x00\x00", r"truncated \(3 bytes\)"),
+    (struct.pack("<Q", 10 ** 6) + b"{}", r"the header claims 1000000 bytes but the file holds 10 bytes"),
+    (struct.pack("<Q", 2 ** 64 - 1) + b"{}", r"the header claims 18446744073709551615 bytes"),
+    (struct.pack("<Q", 9) + b"{not json", r"the header is not valid JSON"),
+    (struct.pack("<Q", 2) + b"\xff\xfe", r"the header is not valid JSON \(UnicodeDecodeError"),
+    (safetensors_bytes([1, 2]), r"the header is not a JSON object"),
+    (safetensors_bytes({"w": {**W, "dtype": "F33"}}, bytes(16)), r"tensor 'w': unknown dtype 'F33'"),
+    (safetensors_bytes({"w": {**W, "dtype": ["F32"]}}, bytes(16)), r"tensor 'w': unknown dtype \['F32'\]"),
+    (safetensors_bytes({"w": {**W, "shape": [2, -2]}}, bytes(16)), r"shape \[2, -2\] is not a list of non-negative"),
+    (safetensors_bytes({"w": {**W, "shape": "2x2"}}, bytes(16)), r"shape '2x2' is not a list"),
+    (safetensors_bytes({"w": {**W, "data_offsets": [0, 12]}}, bytes(12)), r"needs 16 bytes but data_offsets give 12"),
+    (safetensors_bytes({"w": {**W, "data_offsets": [0, 16]}}, bytes(8)), r"data_offsets \[0, 16\] end past the file's "
+                                                                          r"8 bytes of data \(the file is truncated"),
+    (safetensors_bytes({"w": {**W, "data_offsets": [16, 0]}}, bytes(16)), r"are not a \[start, end\] pair"),
+    (safetensors_bytes({"w": W, "v": {**W, "data_offsets": [8, 24]}}, bytes(24)), r"\(overlap\)"),
+    (safetensors_bytes({"w": {**W, "data_offsets": [4, 20]}}, bytes(20)), r"\(gap\)"),
+    (safetensors_bytes({"w": W}, bytes(20)), r"cover 16 bytes but the file holds 20 bytes of data \(trailing bytes\)"),
+    (safetensors_bytes({"w": W, "__metadata__": {"format": 1}}, bytes(16)), r"__metadata__ must map names to strings"),
+    (safetensors_bytes({"w": "F32"}, bytes(16)), r"tensor 'w': its entry is not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("content, message", SAFETENSORS_FAULTS)
+def test_safetensors_layout_faults_are_caught_before_the_library_sees_the_file(tmp_path, content, message):
+    write_tiny(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ModelFileError, match=message) as caught:
+        minibert.load(str(tmp_path))
+    assert str(tmp_path / "model.safetensors") in str(caught.value)
+    assert "re-download or re-save" in str(caught.value)
+
+
+def test_truncated_checkpoint_names_the_shortfall(tmp_path):
+    write_tiny(tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-10])
+    with pytest.raises(ModelFileError, match=r"tensor 'pooler.dense.weight': data_offsets \[\d+, \d+\] end past "
+                                             r"the file's \d+ bytes of data \(the file is truncated"):
+        minibert.load(str(tmp_path))
+
+
+def test_tensor_of_a_non_float_dtype(tmp_path):
+    config = tiny_config()
+    tensors = tiny_tensors(config)
+    tensors["encoder.layer.0.output.dense.bias"] = np.zeros(16, np.int32)
+    write_tiny(tmp_path, config, tensors)
+    with pytest.raises(ModelFileError, match=r"tensor 'encoder.layer.0.output.dense.bias' has dtype I32; minibert "
+                                             r"reads floating-point weights"):
+        minibert.load(str(tmp_path))
+
+
+def write_sharded(directory, shards):
+    """shards: {file name: {tensor name: array}} plus model.safetensors.index.json naming them."""
+    config = tiny_config()
+    write_tiny(directory, config)
+    (directory / "model.safetensors").unlink()
+    weight_map = {}
+    for file, tensors in shards.items():
+        save_file(tensors, str(directory / file))
+        weight_map.update({name: file for name in tensors})
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_shard_index_faults(tmp_path):
+    tensors = tiny_tensors(tiny_config())
+    names = sorted(tensors)
+    write_sharded(tmp_path / "repeat", {"a.safetensors": {n: tensors[n] for n in names},
+                                        "b.safetensors": {names[0]: tensors[names[0]]}})
+    with pytest.raises(ModelFileError, match=rf"tensor '{names[0]}' is also in .*a.safetensors"):
+        minibert.load(str(tmp_path / "repeat"))
+
+    write_sharded(tmp_path / "dir", {"a.safetensors": tensors})
+    index = tmp_path / "dir" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {names[0]: "sub.safetensors"}}))
+    (tmp_path / "dir" / "sub.safetensors").mkdir()               # unreadable as a file
+    with pytest.raises(ModelFileError, match=r"sub.safetensors: the checkpoint is a directory, not a regular file"):
+        minibert.load(str(tmp_path / "dir"))
+    index.write_text(json.dumps({"weight_map": {names[0]: "../elsewhere.safetensors"}}))
+    with pytest.raises(ModelFileError, match=r"shard name '../elsewhere.safetensors' is not a file name"):
+        minibert.load(str(tmp_path / "dir"))
+    index.write_text(json.dumps({"weight_map": {names[0]: "missing.safetensors"}}))
+    with pytest.raises(ModelFileError, match=r"missing.safetensors: safetensors file not found"):
+        minibert.load(str(tmp_path / "dir"))
+    index.write_text("[" * 100000)
+    with pytest.raises(ModelFileError, match=r"cannot read the shard index \(RecursionError"):
+        minibert.load(str(tmp_path / "dir"))

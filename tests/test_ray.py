@@ -18,6 +18,7 @@ import pytest
 
 import minibert
 from minibert import extract as local
+from minibert import readers
 from minibert.errors import InputError, MiniBertError
 from minibert.ray_data import ChunkEmbedder, OrderedRows, check_reachable, require_ray
 
@@ -182,17 +183,17 @@ def test_parquet_input_for_the_local_engine(tmp_path):
     import pyarrow.parquet as pq
     texts = corpus(50)
     pq.write_table(pa.table({"id": list(range(50)), "body": texts}), tmp_path / "c.parquet")
-    assert local.read_texts(tmp_path / "c.parquet", "body") == texts
+    assert readers.read_texts(tmp_path / "c.parquet", "body") == texts
     with pytest.raises(InputError, match=r"no column 'text'; columns are \['id', 'body'\]"):
-        local.read_texts(tmp_path / "c.parquet", "text")
+        readers.read_texts(tmp_path / "c.parquet", "text")
     with pytest.raises(InputError, match="holds int64, not strings"):
-        local.read_texts(tmp_path / "c.parquet", "id")
+        readers.read_texts(tmp_path / "c.parquet", "id")
     pq.write_table(pa.table({"text": ["a", None, "c"]}), tmp_path / "n.parquet")
     with pytest.raises(InputError, match="null in 1 row.*row 1"):
-        local.read_texts(tmp_path / "n.parquet", "text")
+        readers.read_texts(tmp_path / "n.parquet", "text")
     (tmp_path / "bad.parquet").write_text("not parquet")
     with pytest.raises(InputError, match="cannot read as Parquet"):
-        local.read_texts(tmp_path / "bad.parquet", "text")
+        readers.read_texts(tmp_path / "bad.parquet", "text")
 
 
 def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
@@ -200,7 +201,7 @@ def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(InputError, match="reading Parquet needs pyarrow: pip install pyarrow"):
-        local.read_texts(tmp_path / "c.parquet", "text")
+        readers.read_texts(tmp_path / "c.parquet", "text")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """Live parity against transformers (pytest -m reference; needs the `reference` extra, skipped without torch)."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny import tiny_config, write_tiny
 
 import minibert
 from minibert.parity import compare
+
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
 
 pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch")
@@ -84,3 +88,58 @@ def test_parity_ops_reads_every_internal_of_each_module_layout(family):
     assert len(rows) == 1 + model.config.num_hidden_layers * 10
     worst = max(rows, key=lambda row: row[1]["max_abs"])
     assert worst[1]["max_abs"] < 1e-13, worst
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against transformers (pytest -m reference): tokenization of odd texts, lone surrogates, a zero mask row.
+
+@pytest.mark.reference
+def test_odd_texts_tokenize_as_transformers_does():
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minibert.api import default_model_dir
+    texts = ["", " ", "\t\n  \r", "\x00\x01\x1f\x7f", "the\x00 cat\x07 s\x1bat", "北京是中国的首都 🍕 😀 ☃",
+             "Ünïcödé ñ ß ﬁ Ⅻ", "مرحبا بالعالم", "👩‍👩‍👧‍👦🏳️‍🌈", "𝕳𝖊𝖑𝖑𝖔", "\u3000\u2003x", "a" * 300]
+    for source in (default_model_dir(), FAMILIES / "roberta", FAMILIES / "xlm_roberta"):
+        model = minibert.load(str(source), backend="numpy")
+        ours = model.tokenize(texts)
+        theirs = transformers.AutoTokenizer.from_pretrained(str(source))(
+            texts, truncation=True, max_length=model.tokenizer.max_length)["input_ids"]
+        for i, ids in enumerate(theirs):
+            assert list(ours.input_ids[i][ours.attention_mask[i] == 1]) == ids, (source, texts[i])
+        with pytest.raises(Exception):            # transformers refuses lone surrogates as well
+            transformers.AutoTokenizer.from_pretrained(str(source))(["a \ud800"])
+
+
+@pytest.mark.reference
+def test_all_zero_mask_row_matches_transformers_eager_attention():
+    """transformers' eager attention adds finfo.min to every key, as minibert does: uniform attention, equal to
+    1e-10 (measured 5e-15). Its default SDPA path (torch >= 2.5) differs on purpose: PyTorch's safe softmax
+    gives a fully masked row zero probabilities, so the row's attention output is zero; checked here against
+    minibert's float64 reference with that one change."""
+    from types import SimpleNamespace
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minibert.api import default_model_dir
+    model = minibert.load(backend="numpy", dtype="float64")
+    batch = model.tokenize(["A man is playing a guitar.", "Hi"])
+    mask = batch.attention_mask.copy()
+    mask[1] = 0
+    ours = model.forward(batch.input_ids, mask, batch.token_type_ids)
+
+    def zero_context_for_masked_rows(q, k, v, mask_bias, num_heads, return_probs=False):
+        context, probs = model.ops.attention(q, k, v, mask_bias, num_heads, return_probs)
+        context = context.copy()
+        context[(mask_bias == np.finfo(mask_bias.dtype).min).all(axis=1)] = 0
+        return context, probs
+    sdpa_like = minibert.load(backend="numpy", dtype="float64")
+    sdpa_like.ops = SimpleNamespace(**{**vars(model.ops), "attention": zero_context_for_masked_rows})
+    for implementation, expected in (("eager", ours), ("sdpa", sdpa_like.forward(batch.input_ids, mask,
+                                                                                    batch.token_type_ids))):
+        theirs = transformers.AutoModel.from_pretrained(str(default_model_dir()), dtype=torch.float64,
+                                                        attn_implementation=implementation).eval()
+        with torch.no_grad():
+            want = theirs(input_ids=torch.tensor(batch.input_ids), attention_mask=torch.tensor(mask),
+                          token_type_ids=torch.tensor(batch.token_type_ids), output_hidden_states=True)
+        for a, b in zip(expected.hidden_states, want.hidden_states):
+            assert np.abs(a - b.numpy()).max() < 1e-10, implementation
