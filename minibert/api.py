@@ -229,6 +229,14 @@ class Model:
         """The folder holding config.json and the encoder's weights: the source, or its 0_Transformer/."""
         return Path(self.source) / self.recipe.transformer_path
 
+    @property
+    def config_sha256(self):
+        """sha256 of the config.json this model was built from (None without one): the one fingerprint that
+        extractions, search indexes and Ray workers compare to know they hold the same model."""
+        from .readers import sha256_of
+        path = self.encoder_dir / "config.json"
+        return sha256_of(path) if path.is_file() else None
+
     def get_sentence_embedding_dimension(self) -> int:
         """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
         return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size

@@ -88,9 +88,8 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
     check_reduce(reduce, row_shape, None if token_level else N)
     model_source = resolved(model.source)
-    config_path = Path(model.source) / "config.json"
     job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model_source,
-           "config_sha256": sha256_of(config_path) if config_path.is_file() else None,
+           "config_sha256": model.config_sha256,
            "weights": weights_fingerprint(model.source), "compute_dtype": np.dtype(model.dtype).name,
            "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
            "format": fmt, "batch_size": batch_size, "max_length": max_length, "window": window, "stride": stride,

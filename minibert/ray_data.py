@@ -28,7 +28,6 @@ import numpy as np
 
 from . import threads
 from .errors import InputError, MiniBertError
-from .readers import sha256_of
 
 INSTALL_RAY = "pip install 'minibert-numpy[ray]'"
 
@@ -134,9 +133,7 @@ class ChunkEmbedder(Embedder):
         super().__init__(model, text_column="texts", **options)
         self.retries = retries
         if config_sha256 is not None:
-            from pathlib import Path
-            config = Path(self.model.source) / "config.json"
-            found = sha256_of(config) if config.is_file() else None
+            found = self.model.config_sha256
             if found != config_sha256:
                 raise MiniBertError(f"this Ray worker's model {self.model.source} (config sha256 {found}) is not "
                                     f"the driver's (config sha256 {config_sha256}): install the same model on "
@@ -324,7 +321,6 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
         raise InputError(f"workers must be a positive int, found {workers!r}")
     # The driver only probes the output shape, counts tokens and writes: the numpy backend needs no compiling.
     driver_model = minibert.load(model, backend="numpy")
-    config = os.path.join(driver_model.source, "config.json")
     engine = {"name": "ray", "address": address or "local", "model": model, "backend": backend,
               "chunk_rows": local.CHUNK, "cpus_per_worker": cpus_per_worker, "retries": retries}
     encoder_options = {k: options[k] for k in ("layers", "combine", "pooling", "normalize", "dtype", "batch_size",
@@ -353,7 +349,7 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
             compute=ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1),
             num_gpus=1 if backend == "cuda" else None,
             fn_constructor_kwargs={"model": model, "backend": backend, "retries": retries,
-                                   "config_sha256": sha256_of(config) if os.path.isfile(config) else None,
+                                   "config_sha256": driver_model.config_sha256,
                                    **encoder_options})
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

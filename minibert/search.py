@@ -8,7 +8,6 @@
            sha256), the vectors.jsonl texts, or --texts FILE
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -50,11 +49,6 @@ def top_k(matrix, queries, k):
         best_idx = np.take_along_axis(idx, keep, axis=1)
     order = np.argsort(-best, axis=1, kind="stable")
     return np.take_along_axis(best_idx, order, axis=1), np.take_along_axis(best, order, axis=1)
-
-
-def config_sha256(model):
-    path = Path(model.source) / "config.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def read_index_texts(directory, emb, texts_file=None, field=None):
@@ -119,7 +113,7 @@ class Index:
 
     def search(self, model, queries, k=10):
         """Top-k hits for each query: a list (per query) of Hit, best first."""
-        if config_sha256(model) != self.manifest.get("config_sha256"):
+        if model.config_sha256 != self.manifest.get("config_sha256"):
             raise MiniBertError(f"{self.directory} was extracted with {self.manifest.get('model_source')}, "
                                 f"not {model.source} (their config.json differ): load that model to search it")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
