@@ -4,15 +4,13 @@ import dataclasses
 import fnmatch
 import importlib.util
 import os
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .backends import make_ops
 from .config import read_config
-from .errors import InputError, ModelFileError
+from .errors import InputError, ModelFileError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .recipe import Recipe, read_recipe
 from .tokenizer import Tokenizer
@@ -99,15 +97,6 @@ def compute_dtype_name(dtype) -> str:
         raise InputError(f"dtype must be 'float32' or 'float64' (the dtype the model computes in; float16 is "
                          f"only an output cast: encode(..., dtype='float16')), found {dtype!r}")
     return name
-
-
-def warn_caller(message, category=UserWarning):
-    """warnings.warn attributed to the first frame outside minibert: the user's line, however deep the call."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import warn_caller
-from .errors import InputError
+from .errors import InputError, warn_caller
 from .pooling import apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
 from .recipe import encode_settings, prepare_texts, prompt_length
 from .tokenizer import as_text_list, encode_batch

@@ -6,7 +6,13 @@ MiniBertError
 ├── TokenizerError      tokenizer files missing or inconsistent with the model
 ├── InputError          texts or arrays given to tokenize/forward/encode that cannot be used
 └── BackendError        an unknown backend, or one this machine cannot run (e.g. no CUDA device)
+
+Warnings go through warn_caller, which points them at the user's line.
 """
+
+import os
+import sys
+import warnings
 
 
 class MiniBertError(Exception):
@@ -31,3 +37,12 @@ class InputError(MiniBertError, ValueError):
 
 class BackendError(MiniBertError):
     """The requested compute backend is unknown or unavailable on this machine."""
+
+
+def warn_caller(message, category=UserWarning):
+    """warnings.warn attributed to the first frame outside minibert: the user's line, however deep the call."""
+    package = os.path.dirname(os.path.abspath(__file__))      # minibert/
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
