@@ -176,6 +176,6 @@ def test_parity_ops_names_the_mpnet_position_bias():
     from minibert.parity import compare_ops
     model = minibert.load(str(FAMILIES_DIR / "mpnet"), backend="cpu", dtype="float64")
     rows = dict(compare_ops(model, TEXTS[:2]))
-    assert list(rows)[:3] == ["embeddings", "position_bias", "layer.0.query"]
+    assert list(rows)[:3] == ["embeddings", "position_bias", "layer1.query"]
     assert rows["position_bias"]["max_abs"] == 0.0                   # the same table entries, gathered
     assert max(row["max_abs"] for row in rows.values()) < 1e-10, rows
