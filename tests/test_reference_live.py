@@ -127,8 +127,8 @@ def test_all_zero_mask_row_matches_transformers_eager_attention():
     mask[1] = 0
     ours = model.forward(batch.input_ids, mask, batch.token_type_ids)
 
-    def zero_context_for_masked_rows(q, k, v, mask_bias, num_heads, return_probs=False):
-        context, probs = model.ops.attention(q, k, v, mask_bias, num_heads, return_probs)
+    def zero_context_for_masked_rows(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
+        context, probs = model.ops.attention(q, k, v, mask_bias, num_heads, return_probs, position_bias=position_bias)
         context = context.copy()
         context[(mask_bias == np.finfo(mask_bias.dtype).min).all(axis=1)] = 0
         return context, probs
