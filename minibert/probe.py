@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .readers import jsonl_records
+from .readers import allow_large_csv_fields, jsonl_records
 
 # ---------------------------------------------------------------------------------------------------------
 # The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
@@ -275,6 +275,7 @@ def read_labelled(path, text_col="text", label_col="label"):
             labels.append(str(record[label_col]))
     elif suffix in (".csv", ".tsv"):
         # TSV as GLUE writes it: tabs only, no quoting (a field that starts with '"' must not swallow rows).
+        allow_large_csv_fields()
         tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
         reader = csv.DictReader(io.StringIO(content), **tsv)
         try:

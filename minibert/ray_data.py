@@ -75,9 +75,10 @@ class Embedder:
     (texts per forward pass), not Ray's: pass Ray's batch_size to map_batches. Output: `output_column`
     added to the batch (layout in the module docstring). Vectors equal model.encode's on the same batch of
     texts; a text's numbers move by a few float32 ulp with the batch it lands in (see backends.cpu_ops).
+    Options left as None mean what they mean for Model.encode: the checkpoint's recipe, the model's dtype.
     """
 
-    def __init__(self, model=None, *, layers=-1, combine=None, pooling="mean", normalize=False, dtype="float32",
+    def __init__(self, model=None, *, layers=-1, combine=None, pooling=None, normalize=None, dtype=None,
                  text_column="text", output_column="embedding", batch_size=32, max_length=None, window=None,
                  stride=None, backend="cpu", num_threads=None):
         self.threads = size_threads(num_threads)             # before the model load imports numba

@@ -116,9 +116,14 @@ def text_records(path, lines, field, header):
         yield from csv_records(path, lines, field, header)
 
 
-def csv_records(path, lines, field, header):
+def allow_large_csv_fields():
+    """The csv module refuses fields over 128 KiB by default; a corpus or labelled file may hold longer texts."""
     if csv.field_size_limit() < CSV_FIELD_LIMIT:
         csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
+def csv_records(path, lines, field, header):
+    allow_large_csv_fields()
     reader = csv.reader(decode(path, offset, number, raw) for offset, number, raw in lines)
     while True:
         start, number = lines.position, lines.number + 1         # where the next record begins

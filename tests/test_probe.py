@@ -304,10 +304,9 @@ def test_readers_name_the_bad_line(tmp_path):
     (tmp_path / "bad.conll").write_bytes(b"EU B-ORG\nrejects O\n\nPeter\xff B-PER\n")
     with pytest.raises(probe.InputError, match=r"bad.conll:4: not valid UTF-8 \(invalid start byte at byte 25 "):
         probe.read_conll(tmp_path / "bad.conll")
-    import csv
-    (tmp_path / "big.csv").write_text("text,label\nshort,a\n" + "x" * (csv.field_size_limit() + 1) + ",b\n")
-    with pytest.raises(probe.InputError, match=r"big.csv:3: cannot read as CSV \(field larger than field limit"):
-        probe.read_labelled(tmp_path / "big.csv")
+    long_text = "x" * (200 << 10)           # past the csv module's default 128 KiB field limit: still read
+    (tmp_path / "big.csv").write_text(f"text,label\nshort,a\n{long_text},b\n")
+    assert probe.read_labelled(tmp_path / "big.csv") == (["short", long_text], ["a", "b"])
     (tmp_path / "bom.csv").write_text("text,label\nfine,a\n", encoding="utf-8-sig")   # as Excel saves it
     assert probe.read_labelled(tmp_path / "bom.csv") == (["fine"], ["a"])
 
