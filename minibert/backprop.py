@@ -60,22 +60,27 @@ ATTENTION_OUTPUT_DROPOUT = {"bert": True, "roberta": True, "xlm-roberta": True, 
                             "distilbert": False}
 
 
-def zeros_like_tree(tree, memo=None):
-    """A tree of zero arrays shaped like `tree` (dicts, lists, arrays, None), sharing where `tree` shares:
-    two layers holding one weights dict get one gradient dict."""
+def map_tree(tree, leaf, memo=None):
+    """The tree (dicts, lists, arrays, None) with leaf(array) for each array, sharing where `tree` shares:
+    two layers holding one weights dict (ALBERT) get one dict in the result."""
     memo = {} if memo is None else memo
     if tree is None:
         return None
     if id(tree) in memo:
         return memo[id(tree)]
     if isinstance(tree, dict):
-        made = {key: zeros_like_tree(value, memo) for key, value in tree.items()}
+        made = {key: map_tree(value, leaf, memo) for key, value in tree.items()}
     elif isinstance(tree, list):
-        made = [zeros_like_tree(value, memo) for value in tree]
+        made = [map_tree(value, leaf, memo) for value in tree]
     else:
-        made = np.zeros(tree.shape, dtype=tree.dtype)
+        made = leaf(tree)
     memo[id(tree)] = made
     return made
+
+
+def zeros_like_tree(tree):
+    """Zero arrays shaped like `tree`'s, sharing where it shares (the gradients of shared layers add up)."""
+    return map_tree(tree, lambda array: np.zeros(array.shape, dtype=array.dtype))
 
 
 def add_linear_grads(grads, dw, db):

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
+from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads, map_tree
 from .config import read_config
 from .errors import InputError, ModelFileError
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
@@ -491,18 +491,6 @@ def train_step(classifier, batch_items, params, state, recipe, lr, rng):
     return float(loss)
 
 
-def copy_tree(tree, dtype, memo=None):
+def copy_tree(tree, dtype):
     """A writable copy in `dtype` of a weights tree, keeping its sharing (ALBERT)."""
-    memo = {} if memo is None else memo
-    if tree is None:
-        return None
-    if id(tree) in memo:
-        return memo[id(tree)]
-    if isinstance(tree, dict):
-        made = {key: copy_tree(value, dtype, memo) for key, value in tree.items()}
-    elif isinstance(tree, list):
-        made = [copy_tree(value, dtype, memo) for value in tree]
-    else:
-        made = np.array(tree, dtype=dtype, copy=True)
-    memo[id(tree)] = made
-    return made
+    return map_tree(tree, lambda array: np.array(array, dtype=dtype, copy=True))
