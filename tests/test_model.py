@@ -169,11 +169,12 @@ def check_float64_invariance_fixed_cases():
 
 
 # OpenBLAS kernels by the CPU flags each needs; numpy's OpenBLAS is built for all of them (DYNAMIC_ARCH).
-# (Older names such as Prescott and Core2 fall back to Katmai in NumPy's build; the test checks the name.)
+# A kernel the OpenBLAS build lacks falls back to another (NumPy 2.x: Prescott runs Katmai; 1.26 the reverse):
+# the test reads the name it got and skips a kernel the build does not have.
 AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
 OPENBLAS_CORES = {"SapphireRapids": AVX512 | {"avx512_bf16", "avx512_fp16", "amx_tile"},
                   "Cooperlake": AVX512 | {"avx512_bf16"}, "SkylakeX": AVX512, "Haswell": {"avx2", "fma"},
-                  "Sandybridge": {"avx"}, "Nehalem": {"sse4_2"}, "Katmai": {"sse"}}
+                  "Sandybridge": {"avx"}, "Nehalem": {"sse4_2"}, "Prescott": {"pni"}, "Katmai": {"sse"}}
 CORE_NAME = """
 import ctypes, glob, os, numpy
 libs = glob.glob(os.path.dirname(numpy.__file__) + ".libs/*openblas*")
@@ -210,7 +211,9 @@ def test_float64_bit_identity_under_every_openblas_kernel(core):
     found = subprocess.run([sys.executable, "-c", CORE_NAME], env=env, capture_output=True, text=True, timeout=60)
     if "unknown" in found.stdout or found.returncode:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose kernel can be named")
-    assert found.stdout.split(":", 1)[1].strip().lower() == core.lower(), found.stdout
+    running = found.stdout.split(":", 1)[1].strip()
+    if running.lower() != core.lower():             # OpenBLAS builds differ in the kernels they carry
+        pytest.skip(f"this OpenBLAS build has no {core} kernel (it runs {running} instead)")
     run = subprocess.run([sys.executable, "-c", "import test_model as t; t.check_float64_invariance_fixed_cases()"],
                          env=env, cwd=Path(__file__).parent, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
