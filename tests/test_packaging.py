@@ -1,7 +1,6 @@
 """The installed distribution: its name and version, the default model found through the `model` extra's
 package (the older package as a fallback), and no torch on the install path."""
 
-import hashlib
 import importlib.util
 import json
 from importlib import metadata
@@ -32,11 +31,8 @@ def hide(monkeypatch, *names):
 
 
 def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from minibert.readers import sha256_of
+    return sha256_of(path)
 
 
 def test_the_distribution_is_minibert_numpy_and_gives_the_version():
