@@ -66,6 +66,16 @@ def resolve_source(source, hub_options=None) -> Path:
                              f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
 
 
+def hub_origin(model_dir: Path):
+    """{"hub_id", "revision"} when model_dir is a snapshot in huggingface_hub's cache
+    (.../models--ORG--NAME/snapshots/COMMIT), so a record of the model outlives the local path; else None."""
+    snapshots = model_dir.resolve().parent
+    repo = snapshots.parent.name
+    if snapshots.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    return {"hub_id": repo[len("models--"):].replace("--", "/"), "revision": model_dir.resolve().name}
+
+
 def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=None, cache_dir=None):
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
 
@@ -84,7 +94,7 @@ def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=No
     tokenizer = Tokenizer(encoder_dir, config)
     weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
     return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
-                 source=str(model_dir), backend=backend, recipe=recipe)
+                 source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
 
 
 def compute_dtype_name(dtype) -> str:
@@ -112,16 +122,17 @@ class CaptureRequest:
 
 
 class Model:
-    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend, recipe=Recipe()):
+    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend, recipe=Recipe(), origin=None):
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
         self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
+        self.origin = origin        # {"hub_id", "revision" (the commit)} for a hub snapshot, else None
 
     def __getstate__(self):
         """Pickling (joblib, multiprocessing, scikit-learn n_jobs) leaves out the ops: functions built at load."""
         return {key: value for key, value in self.__dict__.items() if key != "ops"}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"origin": None, **state})
         self.ops = make_ops(self.backend)       # the same backend, chosen again in this process
 
     def __repr__(self):

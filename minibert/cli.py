@@ -8,6 +8,7 @@ Unix tool killed by SIGPIPE.
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -188,6 +189,7 @@ def cmd_similarity(args):
     if args.out is not None:
         check_writable(args.out, "--out")
     model = minibert.load(args.model, backend=args.backend)
+    args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
         from .readers import read_texts
         from .pooling import resolve_layers
@@ -232,8 +234,8 @@ def cmd_extract(args):
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
     model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
     check_lengths(args, model)
-    if args.reduce:
-        check_reduce(args, model, texts)
+    if args.reduce and model is None:      # the local engine's extract checks --reduce before any work
+        check_reduce_rows(args, texts)
     options = {**encoding_options(args), "fmt": args.format, "dtype": args.dtype, "overwrite": args.overwrite,
                "resume": args.resume, "source_file": args.input, "field": args.field, "reduce": args.reduce,
                "whiten": args.whiten, "progress": None if not args.quiet else False}
@@ -251,22 +253,12 @@ def cmd_extract(args):
               f"{' (whitened)' if kept['whiten'] else ''}: pca.npz, reduced.npy [{kept['rows']}, {kept['k']}]")
 
 
-def check_reduce(args, model, texts):
-    """--reduce pca:K against the vectors the options give, before the extraction starts: one vector per row,
-    K <= min(rows - 1, width). Without the model (Ray) only K against the rows."""
-    from .extract import token_counts
-    from .reduce import check_k, check_reduce, parse_reduce
-    token_level = args.pooling == "none"
-    rows = len(texts)
-    if token_level and rows <= parse_reduce(args.reduce):         # each text has a few tokens: count them
-        if model is None:
-            return
-        rows = int(token_counts(model, texts, args.max_length, args.window).sum())
-    if model is None:
-        check_k(parse_reduce(args.reduce), rows, math.inf)
-        return
-    one = model.encode(["x"], **encoding_options(args), dtype=args.dtype)      # [1, ...] or [[n, ...]]
-    check_reduce(args.reduce, rows, one[0].shape[1:] if token_level else one.shape[1:])
+def check_reduce_rows(args, texts):
+    """--reduce pca:K against the row count, for --engine ray before Ray starts (the driver's own checks
+    come later). Pooled rows only: token rows outnumber texts, so K < texts is all that is known."""
+    from .reduce import check_k, parse_reduce
+    if args.pooling != "none":
+        check_k(parse_reduce(args.reduce), len(texts), math.inf)
 
 
 def layer_label(layer):
@@ -294,34 +286,54 @@ def cmd_probe(args):
         texts, labels = probe.read_labelled(args.data, args.text_col, args.label_col)
         probe.sentence_probe_folds(labels, folds=args.folds, l2=args.l2, seed=args.seed)
     model = minibert.load(args.model, backend=args.backend)
+    # stdout carries the JSON alone with --json; what would be printed beside it goes to stderr.
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     if token_level:
         result = probe.probe_tokens(model, sentences, tags, subword=args.subword, **options)
-        print(f"token probe: {len(sentences)} sentences, {result.examples} words, {len(result.classes)} tags, "
-              f"{args.folds}-fold CV by sentence, subword {args.subword}")
+        say(f"token probe: {len(sentences)} sentences, {result.examples} words, {len(result.classes)} tags, "
+            f"{args.folds}-fold CV by sentence, subword {args.subword}")
     else:
-        result = probe.probe_sentences(model, texts, labels, pooling=args.pooling, **options)
-        print(f"sentence probe: {result.examples} texts, {len(result.classes)} classes, {args.folds}-fold CV, "
-              f"{args.pooling} pooling")
-    print(probe.format_table(result))
+        pooling = args.pooling or model.recipe.pooling
+        result = probe.probe_sentences(model, texts, labels, pooling=pooling, **options)
+        say(f"sentence probe: {result.examples} texts, {len(result.classes)} classes, {args.folds}-fold CV, "
+            f"{pooling} pooling")
+    if not args.json:
+        print(probe.format_table(result))
     for note in result.notes:
-        print(f"note: {note}")
+        say(f"note: {note}")
+    written = None
     if args.plot:
         with writing(args.plot, "--plot"):
             written = probe.write_plot(result, args.plot)
-        print(f"plot: {written}" if str(written).endswith(".png") else
-              "matplotlib is not installed (pip install 'minibert-numpy[plot]'), so no PNG: "
-              f"wrote the table to {written}")
+        say(f"plot: {written}" if str(written).endswith(".png") else
+            "matplotlib is not installed (pip install 'minibert-numpy[plot]'), so no PNG: "
+            f"wrote the table to {written}")
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(result), "f1_name": result.f1_name, "best_layer": result.best.layer,
+                          "subword": args.subword if token_level else None,
+                          "pooling": None if token_level else pooling,
+                          "plot": None if written is None else str(written)}))
 
 
 def cmd_search(args):
     import minibert
     from .search import Index, format_hits
     index = Index(args.index, layer=args.layer, reduced=args.reduced, texts_file=args.texts, field=args.field)
-    model = minibert.load(args.model or index.manifest["model_source"], backend=args.backend)
-    for query, hits in zip(args.queries, index.search(model, args.queries, args.k)):
+    model = minibert.load(args.model, backend=args.backend) if args.model else index.load_model(backend=args.backend)
+    results = index.search(model, args.queries, args.k)
+    missing = (f"texts not found: {index.manifest.get('input')} is gone or changed; pass --texts FILE to show them"
+               if index.texts is None else None)
+    if args.json:
+        print(json.dumps([{"query": query, "hits": [{"rank": rank, **dataclasses.asdict(hit)}
+                                                    for rank, hit in enumerate(hits, 1)]}
+                          for query, hits in zip(args.queries, results)]))
+        if missing:
+            print(f"minibert search: {missing}", file=sys.stderr)
+        return
+    for query, hits in zip(args.queries, results):
         print(format_hits(query, hits))
-    if index.texts is None:
-        print(f"(texts not found: {index.manifest.get('input')} is gone or changed; pass --texts FILE to show them)")
+    if missing:
+        print(f"({missing})")
 
 
 def cmd_attention(args):
@@ -398,12 +410,18 @@ def add_model_arguments(p, model_help="model directory or hub id (default: bundl
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
 
 
-def add_encoding_arguments(p, pooling="mean"):
+POOLINGS = ["cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken"]
+RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' settings; mean for a plain checkpoint)"
+
+
+def add_encoding_arguments(p):
     add_model_arguments(p)
     p.add_argument("--layers", default="-1", help="'all', an int (0 = embeddings, -1 = last) or e.g. -4,-3,-2,-1")
     p.add_argument("--combine", default=None, choices=["mean", "sum", "concat"])
-    p.add_argument("--pooling", default=pooling, choices=["cls", "mean", "max", "mean_sqrt_len", "none"])
-    p.add_argument("--normalize", action="store_true", help="L2-normalise the final vectors")
+    p.add_argument("--pooling", default=None, choices=POOLINGS + ["none"],
+                   help=f"none: token vectors; {RECIPE_DEFAULT}")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"L2-normalise the final vectors (--no-normalize: never); {RECIPE_DEFAULT}")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--max-length", type=int_at_least(2), default=None,
                    help="cut texts to this many tokens, special tokens included (default: the model's maximum)")
@@ -449,7 +467,7 @@ def build_parser():
     p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text (with --matrix)")
     p.add_argument("--layer", type=int, default=-1, help="layer for --matrix (0 = embeddings, -1 = last)")
     add_model_arguments(p)
-    p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
+    p.add_argument("--pooling", default=None, choices=POOLINGS, help=RECIPE_DEFAULT)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--out", default=None, help="with --matrix: also write the matrix to FILE (.npy or .csv)")
     p.set_defaults(run=cmd_similarity)
@@ -495,7 +513,7 @@ def build_parser():
     p.add_argument("--label-col", default="label")
     p.add_argument("--conll", action="store_true", help="read DATA as CoNLL token data whatever its suffix")
     p.add_argument("--layers", default="all", help="'all', an int, or e.g. 0,2,4,6")
-    p.add_argument("--pooling", default="mean", choices=["cls", "mean", "max", "mean_sqrt_len"])
+    p.add_argument("--pooling", default=None, choices=POOLINGS, help=RECIPE_DEFAULT)
     p.add_argument("--subword", default="first", choices=["first", "last", "mean", "first_last"],
                    help="token probe: how a word's WordPiece vectors become one")
     p.add_argument("--folds", type=int_at_least(2), default=5)
@@ -505,6 +523,7 @@ def build_parser():
     p.add_argument("--plot", default="probe.png", help="PNG of the scores per layer (a CSV without matplotlib); "
                                                        "'' for none")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--json", action="store_true", help="machine-readable output: the scores per layer")
     add_model_arguments(p)
     p.set_defaults(run=cmd_probe)
 
@@ -519,6 +538,7 @@ def build_parser():
     p.add_argument("--reduced", action="store_true", help="search the PCA-reduced vectors (extract --reduce)")
     p.add_argument("--texts", default=None, help="the input file, when it has moved since the extraction")
     p.add_argument("--field", default=None, help="JSON field or CSV/TSV column of the texts (default: text)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: per query, its hits")
     add_model_arguments(p, model_help="default: the model recorded in the manifest")
     p.set_defaults(run=cmd_search)
 

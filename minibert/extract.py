@@ -27,6 +27,7 @@ from . import __version__
 from . import reduce as reduction          # called through the module, so a replaced reduce_extraction is the one run
 from .encode import tokenize_texts
 from .errors import InputError, MiniBertError
+from .progress import RowProgress
 from .readers import TextFile, sha256_of
 from .store import LOCK, OWN_FILE, PROGRESS, finalise, read_json_file, write_durably
 from .tokenizer import as_text_list
@@ -77,7 +78,7 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     def encode_chunk(chunk):
         return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                            progress=progress, dtype=dtype)
+                            progress=False, dtype=dtype)     # one report for the whole run, below
 
     if encode_range is None:
         def encode_range(start, stop):
@@ -86,7 +87,11 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     probe = encode_chunk(["x"])            # the output's shape per text; also checks every option up front
     token_level = pooling == "none"
     row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
-    check_reduce(reduce, row_shape, None if token_level else N)
+    if reduce is not None:
+        rows = N               # token rows are at least as many as texts: count them only where K needs it
+        if token_level and reduction.parse_reduce(reduce) > N - 1:
+            rows = int(token_counts(model, texts, max_length, window).sum())
+        reduction.check_reduce(reduce, rows, row_shape)
     model_source = resolved(model.source)
     job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model_source,
            "config_sha256": model.config_sha256,
@@ -111,15 +116,17 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
                 if done["writer"] is None or done["rows"] < N:      # else only finish() was left to do
                     with disk_errors(out, done["rows"], N):
                         writer.open(done)
-                for start in range(done["rows"], N, CHUNK):
-                    stop = min(start + CHUNK, N)
-                    block = encode_range(start, stop)              # its own errors pass through unchanged
-                    refuse_overflow(block, dtype, start, done["rows"])
-                    with disk_errors(out, done["rows"], N):
-                        writer.write(start, block)
-                        writer.sync()
-                        done = {**done, "rows": stop, "writer": writer.position()}
-                        save_progress(out, job, done)
+                with RowProgress(N, done["rows"], show=progress, what="texts") as report:
+                    for start in range(done["rows"], N, CHUNK):
+                        stop = min(start + CHUNK, N)
+                        block = encode_range(start, stop)              # its own errors pass through unchanged
+                        refuse_overflow(block, dtype, start, done["rows"])
+                        with disk_errors(out, done["rows"], N):
+                            writer.write(start, block)
+                            writer.sync()
+                            done = {**done, "rows": stop, "writer": writer.position()}
+                            save_progress(out, job, done)
+                        report.advance(stop)
                 with disk_errors(out, done["rows"], N):
                     writer.close()
                     files = writer.finish()
@@ -136,10 +143,12 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
             source = {"input": None if source_file is None else resolved(source_file), "field": field,
                       "input_sha256": sha256_of(source_file) if source_file not in (None, "-") else None}
         manifest = {
-            "minibert_version": __version__, "model_source": model_source, "config_sha256": job["config_sha256"],
+            "minibert_version": __version__, "model_source": model_source, "model_hub": model.origin,
+            "config_sha256": job["config_sha256"],
             "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
             "format": fmt, "count": N, "row_shape": list(row_shape), "max_length": max_length, "window": window,
-            "stride": stride, **source, "engine": engine or {"name": "local"}, "files": files, "job": job,
+            "stride": stride, "recipe": applied_recipe(model, layers, pooling, normalize, max_length), **source,
+            "engine": engine or {"name": "local"}, "files": files, "job": job,
             "resumed_at": done["resumed_at"], "complete": True,
         }
         with disk_errors(out, N, N):
@@ -149,25 +158,21 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
         return add_reduction(out, manifest, reduce, whiten)
 
 
+def applied_recipe(model, layers, pooling, normalize, max_length):
+    """What the options left as None (pooling, normalize, max_length) became, and the head applied: the
+    settings a reader of the manifest needs without loading the model's recipe."""
+    from .recipe import encode_settings
+    settings = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length,
+                               layers=layers, num_layers=model.config.num_hidden_layers, prompt=None,
+                               prompt_name=None, max_tokens=model.config.max_tokens)
+    return {"kind": model.recipe.kind, "pooling": settings.pooling, "normalize": settings.normalize,
+            "max_length": settings.max_length or model.tokenizer.max_length,
+            "dense": [d.path for d in settings.dense], "prompt": settings.prompt or None}
+
+
 def resolved(path):
     """A path as an absolute one, so that a manifest works from any directory ("-" and hub ids kept)."""
     return str(Path(path).resolve()) if path != "-" and Path(path).exists() else str(path)
-
-
-def check_reduce(spec, row_shape, rows):
-    """Refuse, before any work, a --reduce that could not run on this output: one vector of width D per row
-    needed, K <= D, and K <= rows - 1 when the row count is known (pooled output)."""
-    if spec is None:
-        return
-    k = reduction.parse_reduce(spec)
-    if len(row_shape) != 1:
-        raise InputError(f"--reduce needs one vector per row, but this extraction would keep {list(row_shape)} per "
-                         "row (several layers): choose one layer (--layers -1) or combine them (--combine mean)")
-    if k > row_shape[0] or (rows is not None and k > rows - 1):
-        limit = row_shape[0] if rows is None else min(row_shape[0], rows - 1)
-        raise InputError(f"--reduce pca:{k}: PCA keeps at most min(rows - 1, width) = {limit} components "
-                         f"here ({rows} rows of width {row_shape[0]})" if rows is not None else
-                         f"--reduce pca:{k}: PCA keeps at most the vector width, {limit} components")
 
 
 def add_reduction(out, manifest, spec, whiten):

@@ -87,6 +87,15 @@ class Index:
         self.layer = layer
         self.texts = read_index_texts(directory, emb, texts_file, field)
 
+    def load_model(self, backend="cpu"):
+        """The model the extraction recorded: its directory, or, where that is gone (another machine, a
+        cleared cache), the hub id at the recorded commit."""
+        import minibert
+        source, hub = self.manifest.get("model_source"), self.manifest.get("model_hub")
+        if hub and not (source and Path(source).is_dir()):
+            return minibert.load(hub["hub_id"], revision=hub["revision"], backend=backend)
+        return minibert.load(source, backend=backend)
+
     def matrix_and_query_options(self, model):
         """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""
         from .pooling import resolve_layers
@@ -98,7 +107,9 @@ class Index:
             want = chosen[-1] if self.layer is None else resolve_layers(self.layer, model.config.num_hidden_layers)[0]
             if want not in chosen:
                 raise InputError(f"layer {self.layer} was not extracted; {self.directory} holds hidden states {chosen}")
-            options.update(layers=want, combine=None)
+            # [want] with combine "mean" is that layer as it is: a bare int for the last layer would add the
+            # recipe's head (Dense), which the corpus's per-layer vectors never had.
+            options.update(layers=[want], combine="mean")
             matrix = vectors[:, chosen.index(want)]
         else:
             if self.layer is not None:

@@ -262,3 +262,36 @@ def test_inspect_check_reports_non_finite_weights_by_tensor_name(tmp_path, capsy
     write_tiny(tmp_path / "clean")
     assert main(["inspect", str(tmp_path / "clean"), "--check"]) == 0
     assert "all weights finite" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defaults: the model's recipe, as encode() follows it.
+
+ST_FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "st_max_dense_normalize"
+
+
+def test_embed_and_extract_defaults_follow_the_recipe(tmp_path, capsys):
+    """A sentence-transformers checkpoint (max pooling, a Dense module, Normalize): the commands give, with
+    no options, what model.encode() gives, which is sentence-transformers' vector (tests/test_recipe.py);
+    --pooling and --no-normalize override the recipe as encode's arguments do."""
+    import json
+
+    import minibert
+    model = minibert.load(ST_FIXTURE)
+    texts = ["the cat sat", "a dog barked loudly"]
+    assert main(["embed", *texts, "--model", str(ST_FIXTURE), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    np.testing.assert_array_equal(np.array([r["vector"] for r in rows], dtype=np.float32), model.encode(texts))
+    assert np.allclose(np.linalg.norm([r["vector"] for r in rows], axis=1), 1, atol=1e-6)
+    assert main(["embed", *texts, "--model", str(ST_FIXTURE), "--json", "--pooling", "mean", "--no-normalize"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    np.testing.assert_array_equal(np.array([r["vector"] for r in rows], dtype=np.float32),
+                                  model.encode(texts, pooling="mean", normalize=False))
+    (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+    assert main(["extract", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"), "--model", str(ST_FIXTURE),
+                 "--quiet"]) == 0
+    got = minibert.load_embeddings(tmp_path / "o")
+    np.testing.assert_array_equal(got.vectors, model.encode(texts))
+    recipe = got.manifest["recipe"]
+    assert (recipe["pooling"], recipe["normalize"], len(recipe["dense"])) == ("max", True, 1), recipe
+    assert got.manifest["pooling"] is None and got.manifest["model_hub"] is None      # asked: nothing; a local dir

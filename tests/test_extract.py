@@ -376,7 +376,7 @@ def test_reduce_with_several_layers_is_refused_before_any_work(tiny_model, tmp_p
     monkeypatch.setattr(minibert, "load", lambda *args, **kwargs: tiny_model)
     base = ["extract", str(tmp_path / "c.txt"), "--out", str(tmp_path / "out"), "--quiet"]
     err = one_line_error(capsys, base + ["--layers", "all", "--reduce", "pca:4"])
-    assert "--reduce needs one vector per row" in err and "[3, 16] per row" in err     # the CLI checks first
+    assert "--reduce needs one vector per row" in err and "[3, 16] per row" in err
     err = one_line_error(capsys, base + ["--reduce", "pca:9"])
     assert "K = 9" in err and "at most" in err and "= 8" in err
     assert encoded == [1, 1]                            # the one-text probe of each run, nothing more
@@ -423,3 +423,28 @@ def test_float16_overflow_is_refused_with_counts_never_written_as_inf(tmp_path):
         extract_module.extract(big, CORPUS, tmp_path / "tokens", layers=0, dtype="float16", pooling="none")
     manifest = extract_module.extract(big, CORPUS, tmp_path / "f32", layers=0, dtype="float32")
     assert np.isfinite(minibert.load_embeddings(tmp_path / "f32").vectors).all() and manifest["count"] == 9
+
+
+def test_one_progress_report_for_the_whole_run():
+    """Off a terminal: a line every `interval` seconds with the rate and the ETA (counted from where a resumed
+    run started), nothing at the end; on a terminal (show=True here): one tqdm bar over all rows."""
+    import io
+
+    from minibert.progress import RowProgress
+    now = [0.0]
+    log = io.StringIO()
+    with RowProgress(10_000, 2_000, what="texts", interval=30, stream=log, clock=lambda: now[0]) as report:
+        for rows, t in [(4_000, 10), (6_000, 40), (8_000, 50), (10_000, 90)]:
+            now[0] = t
+            report.advance(rows)
+    assert log.getvalue().splitlines() == [
+        "minibert extract: 6000/10000 texts (60%), 100.0 texts/s, 0m40s elapsed, ETA 0m40s"]
+    bar = io.StringIO()
+    with RowProgress(100, show=True, stream=bar) as report:
+        report.advance(60)
+        report.advance(100)
+    assert "100/100" in bar.getvalue()
+    quiet = io.StringIO()
+    with RowProgress(100, show=False, stream=quiet, clock=lambda: 1e9) as report:
+        report.advance(50)
+    assert quiet.getvalue() == ""

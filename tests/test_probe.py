@@ -316,3 +316,21 @@ def test_tsv_fields_are_not_quoted(tmp_path):
     (tmp_path / "d.tsv").write_text('sentence\tlabel\n"quoted" start\tpos\nnext row\tneg\n"open\tneg\n')
     assert probe.read_labelled(tmp_path / "d.tsv", "sentence") == (['"quoted" start', "next row", '"open'],
                                                                    ["pos", "neg", "neg"])
+
+
+def test_probe_json_is_the_table_in_numbers(tmp_path, capsys):
+    """--json: stdout is one JSON document holding the same scores the table prints."""
+    texts, labels = topic_data(n_per_topic=10, seed=7)
+    with open(tmp_path / "topics.csv", "w") as f:
+        f.write("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in zip(texts, labels)))
+    argv = ["probe", str(tmp_path / "topics.csv"), "--layers", "0,6", "--folds", "3", "--plot", ""]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert main(argv + ["--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "sentence probe" in captured.err and result["pooling"] == "mean" and result["plot"] is None
+    assert [row["layer"] for row in result["rows"]] == [0, 6] and result["folds"] == 3
+    assert result["best_layer"] in (0, 6) and result["examples"] == len(texts)
+    for row in result["rows"]:            # the table's figures, from the same seeded folds
+        assert f"{row['accuracy']:.3f}" in table

@@ -143,6 +143,25 @@ def test_search_command_texts_and_reduced(model, corpus_file, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].endswith(f"[0] {CORPUS[0]}")
 
 
+def test_search_json_and_the_extraction_recipe(model, corpus_file, tmp_path, capsys):
+    """The default extraction follows the model's recipe (all-MiniLM-L6-v2: mean pooling, normalised), as
+    encode() does, and says so in its manifest; search --json gives the same hits as the text output."""
+    out = tmp_path / "vecs"
+    assert main(["extract", str(corpus_file), "--out", str(out), "--quiet"]) == 0
+    emb = minibert.load_embeddings(out)
+    assert emb.manifest["recipe"] == {"kind": "sentence-transformers", "pooling": "mean", "normalize": True,
+                                      "max_length": 256, "dense": [], "prompt": None}
+    np.testing.assert_array_equal(emb.vectors, model.encode(CORPUS))
+    capsys.readouterr()
+    assert main(["search", str(out), CORPUS[3], "Stocks tumbled.", "-k", "3", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    hits = model.search(out, [CORPUS[3], "Stocks tumbled."], k=3)
+    assert [r["query"] for r in printed] == [CORPUS[3], "Stocks tumbled."]
+    assert [[(h["rank"], h["index"], h["score"], h["text"]) for h in r["hits"]] for r in printed] == \
+        [[(i, h.index, h.score, h.text) for i, h in enumerate(row, 1)] for row in hits]
+    assert printed[0]["hits"][0] == {"rank": 1, "index": 3, "score": printed[0]["hits"][0]["score"], "text": CORPUS[3]}
+
+
 def test_search_refuses_another_model_and_token_output(model, tmp_path):
     extract(model, CORPUS[:4], tmp_path / "vecs")
     tiny = minibert.load(write_tiny(tmp_path / "tiny"), backend="numpy")
@@ -193,7 +212,8 @@ def test_whiten_refuses_directions_without_variance():
 def test_extract_refuses_reduce_options_before_any_work(model, corpus_file, tmp_path, capsys, monkeypatch, argv,
                                                         message):
     import minibert.extract
-    monkeypatch.setattr(minibert.extract, "extract", lambda *a, **k: pytest.fail("the extraction ran"))
+    # extract's own checks (one probe text encoded) refuse it before the output directory is locked
+    monkeypatch.setattr(minibert.extract, "directory_lock", lambda *a, **k: pytest.fail("the extraction started"))
     out = tmp_path / "vecs"
     assert main(["extract", str(corpus_file), "--out", str(out), "--quiet", *argv]) == 1
     err = capsys.readouterr().err
@@ -318,3 +338,37 @@ def test_ray_extract_checks_k_against_the_rows_before_starting_ray(corpus_file, 
     err = capsys.readouterr().err
     assert err == ("minibert: error: PCA with K = 12 on 12 vectors: K can be at most min(rows - 1, width) = 11 "
                    "(rows - 1); choose a smaller K\n") and not out.exists()
+
+
+def test_a_hub_model_is_recorded_by_id_and_commit_and_found_again_by_them(tmp_path):
+    """A model from the hub cache (.../models--ORG--NAME/snapshots/COMMIT) is recorded in the manifest as its
+    hub id and commit, and `search` reloads it by them when the recorded snapshot path is gone. Offline:
+    huggingface_hub resolves the id from the cache alone (HF_HUB_OFFLINE, read when it is imported, hence
+    the child process)."""
+    import subprocess
+    import sys
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-bert"
+    write_tiny(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (tmp_path / "c.txt").write_text("\n".join(CORPUS) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "MINIBERT_MODEL": ""}
+    script = f"""
+import json, shutil, sys
+import minibert
+from minibert.cli import main
+model = minibert.load("someone/tiny-bert")
+assert model.origin == {{"hub_id": "someone/tiny-bert", "revision": "{commit}"}}, model.origin
+assert main(["extract", {str(tmp_path / "c.txt")!r}, "--out", {str(tmp_path / "o")!r}, "--model", "someone/tiny-bert",
+             "--quiet"]) == 0
+manifest = json.load(open({str(tmp_path / "o" / "manifest.json")!r}))
+assert manifest["model_hub"] == model.origin, manifest["model_hub"]
+manifest["model_source"] = {str(tmp_path / "gone")!r}           # another machine: that path does not exist
+json.dump(manifest, open({str(tmp_path / "o" / "manifest.json")!r}, "w"))
+sys.exit(main(["search", {str(tmp_path / "o")!r}, {CORPUS[4]!r}, "-k", "1", "--json"]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    [result] = json.loads(run.stdout.splitlines()[-1])
+    assert result["hits"][0]["index"] == 4
