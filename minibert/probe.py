@@ -396,9 +396,10 @@ def token_probe_folds(tags, *, folds=5, l2=1e-2, seed=0):
     return fold_of
 
 
-def probe_sentences(model, texts, labels, *, layers="all", pooling="mean", folds=5, l2=1e-2, seed=0,
+def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5, l2=1e-2, seed=0,
                     batch_size=32, max_length=None):
-    """Fit and cross-validate a probe on each layer's pooled vectors of `texts`."""
+    """Fit and cross-validate a probe on each layer's pooled vectors of `texts` (pooling None: the model's
+    recipe's, as encode; each layer's vectors as the encoder gives them, no Dense or normalisation)."""
     from .pooling import resolve_layers
     if len(texts) != len(labels):
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
