@@ -36,7 +36,7 @@ smallest cosine between each peer's vectors and minibert's.
 --cold-start: fresh processes (this Python, or --python for minibert's) that import, load the default
 model and embed one sentence; seconds from launch until the vector exists (interpreter start included)
 and until the process exited (Python's final garbage collection of Numba's many objects adds 0.15-0.25 s),
-and each process's peak RSS (os.wait4's rusage, ru_maxrss). minibert with a warm Numba cache, minibert
+and each process's peak RSS (its own VmHWM, read by the child at the end). minibert with a warm Numba cache, minibert
 with an empty NUMBA_CACHE_DIR (the first start ever), and transformers.
 
 --rss: a fresh process encodes one random batch with every layer returned and reports its peak RSS,
@@ -348,7 +348,19 @@ def real_text(model):
 # ---------------------------------------------------------------------------------------------------
 # Fresh processes: cold start and peak RSS
 
-COLD_MINIBERT = """
+# The child's own peak RSS (VmHWM of its memory map). os.wait4's ru_maxrss is no use here: Linux carries the
+# high-water mark of the memory the child had before exec into it, i.e. this benchmark process's own RSS
+# (475 MiB with torch loaded), which then hid every child's figure.
+PEAK_RSS = """
+def peak_rss_mib():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return None
+"""
+
+COLD_MINIBERT = PEAK_RSS + """
 import json, time
 t0 = time.perf_counter()
 import minibert
@@ -357,10 +369,11 @@ model = minibert.load({source!r})
 t2 = time.perf_counter()
 out = model(["The cat sat on the mat."])
 t3 = time.perf_counter()
-print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "ready_at": time.time()}}))
+print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "ready_at": time.time(),
+                  "peak_rss_mib": peak_rss_mib()}}))
 """
 
-COLD_TRANSFORMERS = """
+COLD_TRANSFORMERS = PEAK_RSS + """
 import json, time
 t0 = time.perf_counter()
 import torch, transformers
@@ -372,7 +385,8 @@ t2 = time.perf_counter()
 with torch.no_grad():
     out = model(**tokenizer(["The cat sat on the mat."], return_tensors="pt"))
 t3 = time.perf_counter()
-print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "ready_at": time.time()}}))
+print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "ready_at": time.time(),
+                  "peak_rss_mib": peak_rss_mib()}}))
 """
 
 
@@ -396,7 +410,8 @@ def fresh_process_rusage(code, env=None, python=None):
     info = json.loads(lines[-1]) if lines else {}
     if "ready_at" in info:
         info["ready_s"] = info["ready_at"] - launched
-    return wall, usage.ru_maxrss * 1024 / MIB, info
+    peak = info.get("peak_rss_mib") or usage.ru_maxrss * 1024 / MIB      # ru_maxrss: an upper bound only
+    return wall, peak, info
 
 
 def cold_start(source, have_reference):
