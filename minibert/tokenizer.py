@@ -52,6 +52,16 @@ def has_tokenizer_files(model_dir: Path) -> bool:
             or (present(model_dir / "vocab.json") and present(model_dir / "merges.txt")))
 
 
+def tokenizer_dir(model_dir: Path) -> Path:
+    """The folder whose tokenizer files Tokenizer reads: model_dir, or the folder above it when only that one
+    holds a vocabulary (a Trainer's checkpoint-500/ under the folder the tokenizer was saved to). Every
+    tokenizer file comes from that one folder, so a vocabulary never mixes with another folder's settings."""
+    if has_tokenizer_files(model_dir):
+        return model_dir
+    parent = model_dir.resolve().parent
+    return parent if parent != model_dir.resolve() and has_tokenizer_files(parent) else model_dir
+
+
 def present(path: Path) -> bool:
     """A tokenizer file is there (a regular file); a FIFO, device or directory by that name is refused."""
     return files.is_present(path, TokenizerError, path.name)
@@ -80,12 +90,15 @@ class Tokenizer:
             raise TokenizerError(f"{model_dir}: the tokenizer files are inconsistent ({type(e).__name__}: {e}); "
                                  "copy the checkpoint's tokenizer files again") from None
 
-    def build(self, model_dir: Path, config: Config):
+    def build(self, weights_dir: Path, config: Config):
+        model_dir = self.dir = tokenizer_dir(weights_dir)
+        # Names as inspect shows them, relative to the weights' folder: "vocab.txt" or "../vocab.txt".
+        where = "" if model_dir == weights_dir else "../"
         settings = read_json(model_dir / "tokenizer_config.json")
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
         vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
         specials = {**settings, **read_json(model_dir / "special_tokens_map.json")}   # as transformers 4 merged them
-        self.files = [name for name in SETTINGS_FILES if present(model_dir / name)]      # the files read, for inspect
+        self.files = [where + name for name in SETTINGS_FILES if present(model_dir / name)]   # read, for inspect
         if present(tokenizer_json):
             text = read_text(tokenizer_json)
             try:
@@ -93,19 +106,20 @@ class Tokenizer:
             except Exception as e:
                 raise TokenizerError(f"{tokenizer_json}: not a valid tokenizers file ({e})") from None
             self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
-            self.files.append(tokenizer_json.name)
+            self.files.append(where + tokenizer_json.name)
             self.apply_bert_settings(settings)
         elif present(vocab_txt):
             self.backend = wordpiece_from_vocab(vocab_txt, settings, specials)
             self.kind = "vocab.txt (WordPiece)"
-            self.files.append(vocab_txt.name)
+            self.files.append(where + vocab_txt.name)
         elif present(vocab_json) and present(merges_txt):
             self.backend = bytelevel_bpe_from_files(vocab_json, merges_txt, settings, specials)
             self.kind = "vocab.json + merges.txt (byte-level BPE)"
-            self.files += [vocab_json.name, merges_txt.name]
+            self.files += [where + vocab_json.name, where + merges_txt.name]
         else:
-            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt); "
-                                 "copy the tokenizer files of the checkpoint into this directory")
+            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt), here "
+                                 "or in the folder above; copy the tokenizer files of the checkpoint into this "
+                                 "directory")
         # Files saved by Hugging Face often carry fixed padding and truncation; minibert pads and cuts itself.
         self.backend.no_padding()
         self.backend.no_truncation()

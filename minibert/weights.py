@@ -207,10 +207,10 @@ def checkpoint_files(model_dir: Path) -> list:
 def check_model_directory(model_dir: Path) -> None:
     """One error naming every missing part when neither weights nor a tokenizer are there (a wrong directory,
     a download that fetched only some files), instead of only the first one load would meet."""
-    from .tokenizer import has_tokenizer_files
+    from .tokenizer import has_tokenizer_files, tokenizer_dir
     if any(files.is_present(model_dir / name, ModelFileError, name) for layout in LAYOUTS for name in layout):
         return
-    if has_tokenizer_files(model_dir):
+    if has_tokenizer_files(tokenizer_dir(model_dir)):
         return
     missing = ["weights (model.safetensors, pytorch_model.bin or a shard index of either)",
                "a tokenizer (tokenizer.json, vocab.txt, or vocab.json + merges.txt)"]

@@ -316,6 +316,71 @@ def test_a_directory_without_weights_and_tokenizer_names_both(tmp_path):
         minibert.load(str(tmp_path), backend="numpy")
 
 
+def trainer_checkpoint(tmp_path):
+    """A Trainer's output: the tokenizer saved in run/, weights and config only in run/checkpoint-2/."""
+    write_tiny(tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "run" / name).rename(checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    return checkpoint
+
+
+def test_tokenizer_one_level_up_is_used_and_said(tmp_path):
+    """Before: 'no tokenizer.json or vocab.txt'. Now the folder above is read, with a warning naming it."""
+    checkpoint = trainer_checkpoint(tmp_path)
+    with pytest.warns(UserWarning, match=r"checkpoint-2 has no tokenizer files; using those in .*run, the folder"):
+        model = minibert.load(str(checkpoint), backend="numpy")
+    same = minibert.load(str(write_tiny(tmp_path / "together")), backend="numpy")
+    text = ["The cat sat on the mat", "hello world"]
+    np.testing.assert_array_equal(model.tokenize(text).input_ids, same.tokenize(text).input_ids)
+    np.testing.assert_array_equal(model(text).last_hidden_state, same(text).last_hidden_state)
+    assert model.tokenizer.files == ["../tokenizer_config.json", "../vocab.txt"]
+
+
+def test_tokenizer_one_level_up_settings_come_with_its_vocabulary(tmp_path):
+    """A tokenizer_config.json beside the weights but no vocabulary there: every tokenizer file comes from the
+    folder holding the vocabulary (casing from its tokenizer_config.json), never a mix of the two."""
+    checkpoint = trainer_checkpoint(tmp_path)
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    with pytest.warns(UserWarning, match="the folder above"):
+        model = minibert.load(str(checkpoint), backend="numpy")
+    assert model.tokenize(["The CAT"]).tokens[0] == ["[CLS]", "the", "cat", "[SEP]"]
+
+
+def test_sentence_transformers_subfolder_reads_the_root_tokenizer_silently(tmp_path, recwarn):
+    """Weights in 0_Transformer/, tokenizer at the model's root: one level up but inside the model."""
+    root = shutil.copytree(Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts", tmp_path / "st")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (root / "0_Transformer" / name).exists():
+            (root / "0_Transformer" / name).rename(root / name)
+    model = minibert.load(str(root), backend="numpy")
+    assert not [w for w in recwarn if "tokenizer" in str(w.message)]
+    assert model.tokenizer.dir == root.resolve() and "../tokenizer.json" in model.tokenizer.files
+    original = minibert.load(str(Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts"), backend="numpy")
+    np.testing.assert_array_equal(model.encode(TEXTS), original.encode(TEXTS))
+
+
+def test_weights_missing_with_the_tokenizer_one_level_up_names_only_the_weights(tmp_path):
+    checkpoint = trainer_checkpoint(tmp_path)
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(ModelFileError, match="no model.safetensors, pytorch_model.bin") as caught, \
+            pytest.warns(UserWarning, match="the folder above"):
+        minibert.load(str(checkpoint), backend="numpy")
+    assert "tokenizer" not in str(caught.value)
+
+
+def test_inspect_names_tokenizer_files_one_level_up(tmp_path, capsys):
+    from minibert.cli import main
+    checkpoint = trainer_checkpoint(tmp_path)
+    assert main(["inspect", str(checkpoint)]) == 0
+    out, err = capsys.readouterr()
+    assert "files used  config.json, model.safetensors, ../tokenizer_config.json, ../vocab.txt\n" in out
+    assert "ignored     trainer_state.json\n" in out
+    assert "has no tokenizer files; using those in" in err
+
+
 def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     from minibert.cli import main
     write_tiny(tmp_path)
