@@ -392,6 +392,73 @@ def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     assert "ignored     1_Pooling/, pytorch_model.bin\n" in out
 
 
+OLD_TOKENIZERS = Path(__file__).parent / "fixtures" / "old_tokenizers"
+OLD_TOKENIZER_CASES = sorted(p.name for p in OLD_TOKENIZERS.iterdir() if p.is_dir())
+
+
+def old_tokenizers_script():
+    import importlib.util
+    script = OLD_TOKENIZERS.parent / "make_old_tokenizers.py"
+    spec = importlib.util.spec_from_file_location("make_old_tokenizers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MAKE_OLD_TOKENIZERS = old_tokenizers_script()
+
+
+def minibert_tokenization(case_dir):
+    """golden.json's layout, from minibert's Tokenizer on the folder holding config.json (the weights')."""
+    from minibert.config import read_config
+    from minibert.tokenizer import Tokenizer
+    weights_dir = case_dir / "checkpoint-1" if (case_dir / "checkpoint-1").is_dir() else case_dir
+    tokenizer = Tokenizer(weights_dir, read_config(weights_dir / "config.json"))
+    assert tokenizer.dir == case_dir.resolve() or tokenizer.dir == case_dir
+    out = {"texts": [], "pairs": []}
+    for key, items in (("texts", [(t,) for t in MAKE_OLD_TOKENIZERS.TEXTS]), ("pairs", MAKE_OLD_TOKENIZERS.PAIRS)):
+        for item in items:
+            batch = tokenizer([item[0]], [item[1]] if len(item) == 2 else None)
+            out[key].append({"input_ids": batch.input_ids[0].tolist(),
+                             "token_type_ids": batch.token_type_ids[0].tolist(),
+                             "offsets": batch.offsets[0].tolist()})
+    return out
+
+
+def test_every_old_tokenizer_case_has_a_committed_fixture():
+    assert OLD_TOKENIZER_CASES == sorted(MAKE_OLD_TOKENIZERS.CASES)
+
+
+@pytest.mark.parametrize("case", OLD_TOKENIZER_CASES)
+def test_old_tokenizer_layouts_tokenize_as_transformers(case):
+    """vocab.txt without tokenizer.json, casing and accents from tokenizer_config.json (or transformers' defaults
+    when it is absent), special tokens from special_tokens_map.json or the class named or implied by
+    model_type, the files one level up from config.json: ids, token types and offsets as AutoTokenizer's
+    (golden.json, made by tests/fixtures/make_old_tokenizers.py)."""
+    golden = json.loads((OLD_TOKENIZERS / case / "golden.json").read_text())
+    assert minibert_tokenization(OLD_TOKENIZERS / case) == {"texts": golden["texts"], "pairs": golden["pairs"]}
+
+
+def test_old_tokenizer_cases_differ_where_their_settings_do():
+    """The fixtures are not all one tokenization: casing, accents and MPNet's tokens each change the ids."""
+    ids = {case: json.loads((OLD_TOKENIZERS / case / "golden.json").read_text())["texts"][1]["input_ids"]
+           for case in OLD_TOKENIZER_CASES}
+    assert ids["bert_lower"] != ids["bert_cased"] != ids["bert_cased_strip_accents"]
+    assert ids["bert_no_settings"] == ids["bert_lower"]                 # transformers' default: lower-case
+    assert ids["mpnet_class_from_config"][0] != ids["bert_lower"][0]    # <s>, not [CLS]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", sorted(MAKE_OLD_TOKENIZERS.CASES))
+def test_live_old_tokenizer_layouts_against_auto_tokenizer(tmp_path, case, monkeypatch):
+    """Each case written afresh and read by transformers' AutoTokenizer itself."""
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(MAKE_OLD_TOKENIZERS, "OUT", tmp_path)
+    directory = MAKE_OLD_TOKENIZERS.write_case(case, MAKE_OLD_TOKENIZERS.CASES[case])
+    want = MAKE_OLD_TOKENIZERS.reference_tokenization(directory)
+    assert minibert_tokenization(directory) == {"texts": want["texts"], "pairs": want["pairs"]}
+
+
 ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat",
              "x\x1cy", "dog"]
 
