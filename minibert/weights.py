@@ -20,6 +20,7 @@ position bias table (one for all layers).
 import errno
 import json
 import os
+import posixpath
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -225,12 +226,25 @@ def check_model_directory(model_dir: Path) -> None:
                          "is this the model's directory?")
 
 
-def used_and_ignored_files(model_dir: Path, tokenizer_files) -> tuple:
-    """(files load read, other entries of the directory), by name, for `minibert inspect`."""
-    weights = [p.name for p in checkpoint_files(model_dir)]
-    index = [name for single, name in LAYOUTS if (model_dir / name).is_file() and single not in weights]
-    used = ["config.json", *index, *weights, *tokenizer_files]
-    ignored = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if p.name not in used)
+def used_and_ignored_files(model_dir: Path, encoder_path: str, tokenizer_files, recipe_files=()) -> tuple:
+    """(files load read, other entries), by path relative to model_dir, for `minibert inspect`: the recipe's
+    files, then the encoder's (in encoder_path, "" for the root) and its tokenizer's ("../vocab.txt" when read
+    one level up). Unused entries of model_dir and of every folder holding a used file are listed as ignored;
+    a folder nothing was read from is one entry ("2_Dense/")."""
+    encoder_dir = model_dir / encoder_path
+    weights = [p.name for p in checkpoint_files(encoder_dir)]
+    index = [name for single, name in LAYOUTS if (encoder_dir / name).is_file() and single not in weights]
+    encoder_files = [posixpath.normpath(posixpath.join(encoder_path or ".", name))
+                     for name in ["config.json", *index, *weights, *tokenizer_files]]
+    used = list(dict.fromkeys([*recipe_files, *encoder_files]))
+    folders = {""} | {posixpath.dirname(name) for name in used if not name.startswith("../")}
+    ignored = []
+    for folder in sorted(folders):
+        for entry in sorted((model_dir / folder).iterdir()):
+            name = posixpath.join(folder, entry.name) if folder else entry.name
+            if name in used or name in folders:
+                continue
+            ignored.append(name + ("/" if entry.is_dir() else ""))
     return used, ignored
 
 
