@@ -92,6 +92,10 @@ def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=No
     check_model_directory(encoder_dir)      # neither weights nor tokenizer: one error naming both
     config = read_config(encoder_dir / "config.json")
     tokenizer = Tokenizer(encoder_dir, config)
+    if tokenizer.dir.resolve() == model_dir.resolve().parent:
+        # Found one level up (a Trainer's checkpoint-N/ beside no tokenizer): outside what was asked for.
+        warn_caller(f"{model_dir} has no tokenizer files; using those in {tokenizer.dir}, the folder above "
+                    "(copy them into the model directory to silence this)")
     weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
     return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
                  source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))

@@ -50,8 +50,11 @@ def cmd_inspect(args):
     c = model.config
     print(f"source      {model.source}")
 
+    from pathlib import Path
+
     from .weights import used_and_ignored_files
-    used, ignored = used_and_ignored_files(model.encoder_dir, model.tokenizer.files)
+    used, ignored = used_and_ignored_files(Path(model.source), model.recipe.transformer_path, model.tokenizer.files,
+                                           model.recipe.files)
     print(f"files used  {', '.join(used)}")
     print(f"ignored     {', '.join(ignored) or '-'}")
     print(f"family      {c.model_type}")

@@ -15,6 +15,7 @@ order (Transformer, Pooling, Dense..., Normalize), and each module's folder hold
 """
 
 import json
+import posixpath
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -63,6 +64,7 @@ class Recipe:
     prompts: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     default_prompt_name: object = None
     sources: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    files: tuple = ()                             # the files read, relative to the model directory
 
     def __reduce__(self):
         """Pickle the read-only mappings as plain dicts (a mappingproxy does not pickle)."""
@@ -78,7 +80,7 @@ class Recipe:
         dense = ", ".join(f"{d.path} {d.weight.shape[1]}->{d.weight.shape[0]} {d.activation}" for d in self.dense)
         shown = {"transformer_path": self.transformer_path or ".", "max_length": self.max_length or "tokenizer's limit",
                  "dense": dense or "none", "prompts": dict(self.prompts) or "none"}
-        names = [f.name for f in fields(self) if f.name != "sources"]
+        names = [f.name for f in fields(self) if f.name not in ("sources", "files")]
         return [(name, shown.get(name, getattr(self, name)), self.source_of(name)) for name in names]
 
 
@@ -162,7 +164,19 @@ def read_recipe(model_dir: Path) -> Recipe:
         raise ConfigError(f"{model_dir / 'modules.json'}: no Pooling module; minibert's sentence vectors need one")
     if dense:
         take("dense", tuple(dense), "modules.json")
-    return Recipe(**settings, sources=MappingProxyType(sources))
+    return Recipe(**settings, sources=MappingProxyType(sources), files=files_read(model_dir, modules))
+
+
+def files_read(model_dir: Path, modules: list) -> tuple:
+    """The recipe's files that read_recipe opened, relative to model_dir, for `minibert inspect`."""
+    transformer = modules[0][1]
+    names = ["modules.json", posixpath.join(transformer, "sentence_bert_config.json"),
+             "config_sentence_transformers.json"]
+    for kind, folder in modules[1:]:
+        if folder:          # a Normalize listed at "" has no settings of its own
+            names += [posixpath.join(folder, "config.json")] + ([posixpath.join(folder, "model.safetensors")]
+                                                                if kind == "Dense" else [])
+    return tuple(dict.fromkeys(name for name in names if (model_dir / name).is_file()))
 
 
 def read_transformer_settings(model_dir: Path, transformer: str, take) -> None:

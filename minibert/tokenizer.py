@@ -52,6 +52,16 @@ def has_tokenizer_files(model_dir: Path) -> bool:
             or (present(model_dir / "vocab.json") and present(model_dir / "merges.txt")))
 
 
+def tokenizer_dir(model_dir: Path) -> Path:
+    """The folder whose tokenizer files Tokenizer reads: model_dir, or the folder above it when only that one
+    holds a vocabulary (a Trainer's checkpoint-500/ under the folder the tokenizer was saved to). Every
+    tokenizer file comes from that one folder, so a vocabulary never mixes with another folder's settings."""
+    if has_tokenizer_files(model_dir):
+        return model_dir
+    parent = model_dir.resolve().parent
+    return parent if parent != model_dir.resolve() and has_tokenizer_files(parent) else model_dir
+
+
 def present(path: Path) -> bool:
     """A tokenizer file is there (a regular file); a FIFO, device or directory by that name is refused."""
     return files.is_present(path, TokenizerError, path.name)
@@ -80,12 +90,15 @@ class Tokenizer:
             raise TokenizerError(f"{model_dir}: the tokenizer files are inconsistent ({type(e).__name__}: {e}); "
                                  "copy the checkpoint's tokenizer files again") from None
 
-    def build(self, model_dir: Path, config: Config):
+    def build(self, weights_dir: Path, config: Config):
+        model_dir = self.dir = tokenizer_dir(weights_dir)
+        # Names as inspect shows them, relative to the weights' folder: "vocab.txt" or "../vocab.txt".
+        where = "" if model_dir == weights_dir else "../"
         settings = read_json(model_dir / "tokenizer_config.json")
         tokenizer_json, vocab_txt = model_dir / "tokenizer.json", model_dir / "vocab.txt"
         vocab_json, merges_txt = model_dir / "vocab.json", model_dir / "merges.txt"
         specials = {**settings, **read_json(model_dir / "special_tokens_map.json")}   # as transformers 4 merged them
-        self.files = [name for name in SETTINGS_FILES if present(model_dir / name)]      # the files read, for inspect
+        self.files = [where + name for name in SETTINGS_FILES if present(model_dir / name)]   # read, for inspect
         if present(tokenizer_json):
             text = read_text(tokenizer_json)
             try:
@@ -93,19 +106,20 @@ class Tokenizer:
             except Exception as e:
                 raise TokenizerError(f"{tokenizer_json}: not a valid tokenizers file ({e})") from None
             self.kind = f"tokenizer.json ({type(self.backend.model).__name__})"
-            self.files.append(tokenizer_json.name)
+            self.files.append(where + tokenizer_json.name)
             self.apply_bert_settings(settings)
         elif present(vocab_txt):
-            self.backend = wordpiece_from_vocab(vocab_txt, settings, specials)
+            self.backend = wordpiece_from_vocab(vocab_txt, settings, specials, config.model_type)
             self.kind = "vocab.txt (WordPiece)"
-            self.files.append(vocab_txt.name)
+            self.files.append(where + vocab_txt.name)
         elif present(vocab_json) and present(merges_txt):
             self.backend = bytelevel_bpe_from_files(vocab_json, merges_txt, settings, specials)
             self.kind = "vocab.json + merges.txt (byte-level BPE)"
-            self.files += [vocab_json.name, merges_txt.name]
+            self.files += [where + vocab_json.name, where + merges_txt.name]
         else:
-            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt); "
-                                 "copy the tokenizer files of the checkpoint into this directory")
+            raise TokenizerError(f"{model_dir}: no tokenizer.json or vocab.txt (nor vocab.json + merges.txt), here "
+                                 "or in the folder above; copy the tokenizer files of the checkpoint into this "
+                                 "directory")
         # Files saved by Hugging Face often carry fixed padding and truncation; minibert pads and cuts itself.
         self.backend.no_padding()
         self.backend.no_truncation()
@@ -269,8 +283,37 @@ def encode_batch(backend, inputs, limit, what="texts", **options):
         raise InputError(f"the tokenizer cannot encode these {what} ({type(e).__name__}: {e})") from None
 
 
-def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFTokenizer:
-    """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings."""
+@dataclass(frozen=True)
+class WordPieceStyle:
+    """What a WordPiece tokenizer class assumes when tokenizer_config.json does not say: its special tokens
+    (transformers' class defaults), the ones that swallow the space before them, and how texts are wrapped."""
+    specials: dict
+    lstrip: tuple
+    roberta_wrapping: bool     # <s> A </s></s> B </s>, offsets trimmed of spaces; else [CLS] A [SEP] B [SEP]
+
+
+WORDPIECE_STYLES = {
+    "BertTokenizer": WordPieceStyle({"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
+                                     "mask": "[MASK]"}, (), False),
+    # transformers' MPNetTokenizer wraps with RoBERTa's post-processor: its pair joining, and "<mask>" (which
+    # takes the space before it) keeps an offset without that space.
+    "MPNetTokenizer": WordPieceStyle({"bos": "<s>", "eos": "</s>", "unk": "[UNK]", "sep": "</s>", "pad": "<pad>",
+                                      "cls": "<s>", "mask": "<mask>"}, ("mask",), True),
+}
+# The class transformers' AutoTokenizer picks from config.json's model_type when tokenizer_config.json names
+# none (older checkpoints); DistilBERT's, ELECTRA's, ... are BERT's.
+WORDPIECE_CLASS_OF_MODEL = {"mpnet": "MPNetTokenizer"}
+
+
+def wordpiece_style(settings: dict, model_type: str) -> WordPieceStyle:
+    named = str(settings.get("tokenizer_class") or WORDPIECE_CLASS_OF_MODEL.get(model_type, "BertTokenizer"))
+    return WORDPIECE_STYLES["MPNetTokenizer" if named.startswith("MPNet") else "BertTokenizer"]
+
+
+def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict, model_type: str = "bert") -> HFTokenizer:
+    """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings and the
+    special tokens of its tokenizer class (named there, or implied by config.json's model_type)."""
+    style = wordpiece_style(settings, model_type)
     lowercase = settings.get("do_lower_case", True)
     # A token's id is its line number, a repeated token keeping its last line, lines split on \n, \r\n and \r
     # only, as transformers' load_vocab and tokenizers' WordPiece read the file (str.splitlines would also
@@ -279,8 +322,7 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFT
     if lines and lines[-1] == "":
         lines.pop()               # the newline ending the last line
     vocab = {line: i for i, line in enumerate(lines)}
-    added = special_tokens(specials, settings, {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
-                                                "mask": "[MASK]"})
+    added = special_tokens(specials, settings, style.specials, lstrip=style.lstrip)
     unk, cls, sep = (added[name].content for name in ("unk", "cls", "sep"))
     for name, token in (("unk", unk), ("cls", cls), ("sep", sep)):
         if token not in vocab:
@@ -293,11 +335,14 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict) -> HFT
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     # Special tokens are matched whole before WordPiece sees the text: "[MASK]" stays one token.
     tokenizer.add_special_tokens([token for token in added.values() if token.content in vocab])
-    # MPNet's WordPiece vocabularies join a pair RoBERTa's way, <s> A </s></s> B </s>, all of segment 0.
-    mpnet = str(settings.get("tokenizer_class", "")).startswith("MPNet")
-    pair = f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:0 {sep}:0" if mpnet else f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=pair, special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    if style.roberta_wrapping:
+        tokenizer.post_processor = processors.RobertaProcessing(
+            (sep, vocab[sep]), (cls, vocab[cls]), trim_offsets=bool(settings.get("trim_offsets", True)),
+            add_prefix_space=False)
+    else:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
 

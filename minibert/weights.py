@@ -20,6 +20,7 @@ position bias table (one for all layers).
 import errno
 import json
 import os
+import posixpath
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -207,10 +208,10 @@ def checkpoint_files(model_dir: Path) -> list:
 def check_model_directory(model_dir: Path) -> None:
     """One error naming every missing part when neither weights nor a tokenizer are there (a wrong directory,
     a download that fetched only some files), instead of only the first one load would meet."""
-    from .tokenizer import has_tokenizer_files
+    from .tokenizer import has_tokenizer_files, tokenizer_dir
     if any(files.is_present(model_dir / name, ModelFileError, name) for layout in LAYOUTS for name in layout):
         return
-    if has_tokenizer_files(model_dir):
+    if has_tokenizer_files(tokenizer_dir(model_dir)):
         return
     missing = ["weights (model.safetensors, pytorch_model.bin or a shard index of either)",
                "a tokenizer (tokenizer.json, vocab.txt, or vocab.json + merges.txt)"]
@@ -225,12 +226,25 @@ def check_model_directory(model_dir: Path) -> None:
                          "is this the model's directory?")
 
 
-def used_and_ignored_files(model_dir: Path, tokenizer_files) -> tuple:
-    """(files load read, other entries of the directory), by name, for `minibert inspect`."""
-    weights = [p.name for p in checkpoint_files(model_dir)]
-    index = [name for single, name in LAYOUTS if (model_dir / name).is_file() and single not in weights]
-    used = ["config.json", *index, *weights, *tokenizer_files]
-    ignored = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if p.name not in used)
+def used_and_ignored_files(model_dir: Path, encoder_path: str, tokenizer_files, recipe_files=()) -> tuple:
+    """(files load read, other entries), by path relative to model_dir, for `minibert inspect`: the recipe's
+    files, then the encoder's (in encoder_path, "" for the root) and its tokenizer's ("../vocab.txt" when read
+    one level up). Unused entries of model_dir and of every folder holding a used file are listed as ignored;
+    a folder nothing was read from is one entry ("2_Dense/")."""
+    encoder_dir = model_dir / encoder_path
+    weights = [p.name for p in checkpoint_files(encoder_dir)]
+    index = [name for single, name in LAYOUTS if (encoder_dir / name).is_file() and single not in weights]
+    encoder_files = [posixpath.normpath(posixpath.join(encoder_path or ".", name))
+                     for name in ["config.json", *index, *weights, *tokenizer_files]]
+    used = list(dict.fromkeys([*recipe_files, *encoder_files]))
+    folders = {""} | {posixpath.dirname(name) for name in used if not name.startswith("../")}
+    ignored = []
+    for folder in sorted(folders):
+        for entry in sorted((model_dir / folder).iterdir()):
+            name = posixpath.join(folder, entry.name) if folder else entry.name
+            if name in used or name in folders:
+                continue
+            ignored.append(name + ("/" if entry.is_dir() else ""))
     return used, ignored
 
 

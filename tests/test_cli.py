@@ -295,3 +295,37 @@ def test_embed_and_extract_defaults_follow_the_recipe(tmp_path, capsys):
     recipe = got.manifest["recipe"]
     assert (recipe["pooling"], recipe["normalize"], len(recipe["dense"])) == ("max", True, 1), recipe
     assert got.manifest["pooling"] is None and got.manifest["model_hub"] is None      # asked: nothing; a local dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# inspect: which files load read and which it left alone, across the whole sentence-transformers layout.
+
+def test_inspect_lists_recipe_and_encoder_files_used_and_the_rest_ignored(tmp_path, capsys):
+    """Before: only the encoder's folder was listed, so modules.json, 1_Pooling/ and sentence_bert_config.json,
+    which the recipe reads, showed as ignored, and a 0_Transformer/ layout's root files not at all."""
+    import shutil
+
+    from conftest import FIXTURES
+    model = shutil.copytree(FIXTURES / "st_legacy_layout_prompts", tmp_path / "st")
+    (model / "2_Dense" / "pytorch_model.bin").write_bytes(b"old dense weights")     # a twin load never opens
+    (model / "0_Transformer" / "rust_model.ot").write_bytes(b"")
+    (model / "onnx").mkdir()
+    (model / "onnx" / "model.onnx").write_bytes(b"")
+    assert main(["inspect", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert ("files used  modules.json, 0_Transformer/sentence_bert_config.json, config_sentence_transformers.json, "
+            "1_Pooling/config.json, 2_Dense/config.json, 2_Dense/model.safetensors, 0_Transformer/config.json, "
+            "0_Transformer/model.safetensors, 0_Transformer/tokenizer_config.json, 0_Transformer/tokenizer.json\n"
+            in out)
+    assert ("ignored     golden.npz, onnx/, versions.json, 0_Transformer/rust_model.ot, 2_Dense/pytorch_model.bin\n"
+            in out)
+
+
+def test_inspect_on_a_root_layout_counts_sentence_bert_config_and_module_folders_as_used(capsys):
+    from conftest import FIXTURES
+    assert main(["inspect", str(FIXTURES / "st_mpnet")]) == 0
+    out = capsys.readouterr().out
+    assert ("files used  modules.json, sentence_bert_config.json, config_sentence_transformers.json, "
+            "1_Pooling/config.json, 2_Normalize/config.json, config.json, model.safetensors, tokenizer_config.json, "
+            "tokenizer.json\n" in out)
+    assert "ignored     golden.npz, versions.json\n" in out

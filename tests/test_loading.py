@@ -316,6 +316,71 @@ def test_a_directory_without_weights_and_tokenizer_names_both(tmp_path):
         minibert.load(str(tmp_path), backend="numpy")
 
 
+def trainer_checkpoint(tmp_path):
+    """A Trainer's output: the tokenizer saved in run/, weights and config only in run/checkpoint-2/."""
+    write_tiny(tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "run" / name).rename(checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    return checkpoint
+
+
+def test_tokenizer_one_level_up_is_used_and_said(tmp_path):
+    """Before: 'no tokenizer.json or vocab.txt'. Now the folder above is read, with a warning naming it."""
+    checkpoint = trainer_checkpoint(tmp_path)
+    with pytest.warns(UserWarning, match=r"checkpoint-2 has no tokenizer files; using those in .*run, the folder"):
+        model = minibert.load(str(checkpoint), backend="numpy")
+    same = minibert.load(str(write_tiny(tmp_path / "together")), backend="numpy")
+    text = ["The cat sat on the mat", "hello world"]
+    np.testing.assert_array_equal(model.tokenize(text).input_ids, same.tokenize(text).input_ids)
+    np.testing.assert_array_equal(model(text).last_hidden_state, same(text).last_hidden_state)
+    assert model.tokenizer.files == ["../tokenizer_config.json", "../vocab.txt"]
+
+
+def test_tokenizer_one_level_up_settings_come_with_its_vocabulary(tmp_path):
+    """A tokenizer_config.json beside the weights but no vocabulary there: every tokenizer file comes from the
+    folder holding the vocabulary (casing from its tokenizer_config.json), never a mix of the two."""
+    checkpoint = trainer_checkpoint(tmp_path)
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    with pytest.warns(UserWarning, match="the folder above"):
+        model = minibert.load(str(checkpoint), backend="numpy")
+    assert model.tokenize(["The CAT"]).tokens[0] == ["[CLS]", "the", "cat", "[SEP]"]
+
+
+def test_sentence_transformers_subfolder_reads_the_root_tokenizer_silently(tmp_path, recwarn):
+    """Weights in 0_Transformer/, tokenizer at the model's root: one level up but inside the model."""
+    root = shutil.copytree(Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts", tmp_path / "st")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (root / "0_Transformer" / name).exists():
+            (root / "0_Transformer" / name).rename(root / name)
+    model = minibert.load(str(root), backend="numpy")
+    assert not [w for w in recwarn if "tokenizer" in str(w.message)]
+    assert model.tokenizer.dir == root.resolve() and "../tokenizer.json" in model.tokenizer.files
+    original = minibert.load(str(Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts"), backend="numpy")
+    np.testing.assert_array_equal(model.encode(TEXTS), original.encode(TEXTS))
+
+
+def test_weights_missing_with_the_tokenizer_one_level_up_names_only_the_weights(tmp_path):
+    checkpoint = trainer_checkpoint(tmp_path)
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(ModelFileError, match="no model.safetensors, pytorch_model.bin") as caught, \
+            pytest.warns(UserWarning, match="the folder above"):
+        minibert.load(str(checkpoint), backend="numpy")
+    assert "tokenizer" not in str(caught.value)
+
+
+def test_inspect_names_tokenizer_files_one_level_up(tmp_path, capsys):
+    from minibert.cli import main
+    checkpoint = trainer_checkpoint(tmp_path)
+    assert main(["inspect", str(checkpoint)]) == 0
+    out, err = capsys.readouterr()
+    assert "files used  config.json, model.safetensors, ../tokenizer_config.json, ../vocab.txt\n" in out
+    assert "ignored     trainer_state.json\n" in out
+    assert "has no tokenizer files; using those in" in err
+
+
 def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     from minibert.cli import main
     write_tiny(tmp_path)
@@ -325,6 +390,73 @@ def test_inspect_says_which_files_were_used_and_which_ignored(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "files used  config.json, model.safetensors, tokenizer_config.json, vocab.txt\n" in out
     assert "ignored     1_Pooling/, pytorch_model.bin\n" in out
+
+
+OLD_TOKENIZERS = Path(__file__).parent / "fixtures" / "old_tokenizers"
+OLD_TOKENIZER_CASES = sorted(p.name for p in OLD_TOKENIZERS.iterdir() if p.is_dir())
+
+
+def old_tokenizers_script():
+    import importlib.util
+    script = OLD_TOKENIZERS.parent / "make_old_tokenizers.py"
+    spec = importlib.util.spec_from_file_location("make_old_tokenizers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MAKE_OLD_TOKENIZERS = old_tokenizers_script()
+
+
+def minibert_tokenization(case_dir):
+    """golden.json's layout, from minibert's Tokenizer on the folder holding config.json (the weights')."""
+    from minibert.config import read_config
+    from minibert.tokenizer import Tokenizer
+    weights_dir = case_dir / "checkpoint-1" if (case_dir / "checkpoint-1").is_dir() else case_dir
+    tokenizer = Tokenizer(weights_dir, read_config(weights_dir / "config.json"))
+    assert tokenizer.dir == case_dir.resolve() or tokenizer.dir == case_dir
+    out = {"texts": [], "pairs": []}
+    for key, items in (("texts", [(t,) for t in MAKE_OLD_TOKENIZERS.TEXTS]), ("pairs", MAKE_OLD_TOKENIZERS.PAIRS)):
+        for item in items:
+            batch = tokenizer([item[0]], [item[1]] if len(item) == 2 else None)
+            out[key].append({"input_ids": batch.input_ids[0].tolist(),
+                             "token_type_ids": batch.token_type_ids[0].tolist(),
+                             "offsets": batch.offsets[0].tolist()})
+    return out
+
+
+def test_every_old_tokenizer_case_has_a_committed_fixture():
+    assert OLD_TOKENIZER_CASES == sorted(MAKE_OLD_TOKENIZERS.CASES)
+
+
+@pytest.mark.parametrize("case", OLD_TOKENIZER_CASES)
+def test_old_tokenizer_layouts_tokenize_as_transformers(case):
+    """vocab.txt without tokenizer.json, casing and accents from tokenizer_config.json (or transformers' defaults
+    when it is absent), special tokens from special_tokens_map.json or the class named or implied by
+    model_type, the files one level up from config.json: ids, token types and offsets as AutoTokenizer's
+    (golden.json, made by tests/fixtures/make_old_tokenizers.py)."""
+    golden = json.loads((OLD_TOKENIZERS / case / "golden.json").read_text())
+    assert minibert_tokenization(OLD_TOKENIZERS / case) == {"texts": golden["texts"], "pairs": golden["pairs"]}
+
+
+def test_old_tokenizer_cases_differ_where_their_settings_do():
+    """The fixtures are not all one tokenization: casing, accents and MPNet's tokens each change the ids."""
+    ids = {case: json.loads((OLD_TOKENIZERS / case / "golden.json").read_text())["texts"][1]["input_ids"]
+           for case in OLD_TOKENIZER_CASES}
+    assert ids["bert_lower"] != ids["bert_cased"] != ids["bert_cased_strip_accents"]
+    assert ids["bert_no_settings"] == ids["bert_lower"]                 # transformers' default: lower-case
+    assert ids["mpnet_class_from_config"][0] != ids["bert_lower"][0]    # <s>, not [CLS]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", sorted(MAKE_OLD_TOKENIZERS.CASES))
+def test_live_old_tokenizer_layouts_against_auto_tokenizer(tmp_path, case, monkeypatch):
+    """Each case written afresh and read by transformers' AutoTokenizer itself."""
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(MAKE_OLD_TOKENIZERS, "OUT", tmp_path)
+    directory = MAKE_OLD_TOKENIZERS.write_case(case, MAKE_OLD_TOKENIZERS.CASES[case])
+    want = MAKE_OLD_TOKENIZERS.reference_tokenization(directory)
+    assert minibert_tokenization(directory) == {"texts": want["texts"], "pairs": want["pairs"]}
 
 
 ODD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\x0cb", "c\u2028d", "e\x85f", "the", "the", "cat",

@@ -21,7 +21,8 @@ from minibert.recipe import read_recipe
 
 ST_CASES = sorted(p.name for p in FIXTURES.glob("st_*") if p.is_dir())
 # Measured worst |minibert - sentence-transformers| (sentence-transformers 6.2.0): 3.1e-6 over the st_* goldens
-# (st_weightedmean_two_dense, vectors of norm ~10), 1.5e-7 on the bundled model, numpy and cpu backends.
+# (st_weightedmean_two_dense, vectors of norm ~10; st_mpnet 1.8e-7), 1.5e-7 on the bundled model, numpy and
+# cpu backends.
 GOLDEN_TOL = 1e-5
 
 
@@ -67,6 +68,34 @@ class nowarn:
 
     def __exit__(self, *exc):
         return False
+
+
+# Measured worst |minibert - sentence-transformers| on st_mpnet (sentence-transformers 6.2.0, float32 goldens):
+# 1.8e-7 numpy float32, 1.6e-7 cpu float32, 1.3e-7 in float64 (the goldens' own float32 rounding); live, on
+# the longer text list below, 1.8e-7 on both backends.
+MPNET_TOL = 1e-6
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_st_mpnet_default_encode_is_all_mpnet_base_v2s_recipe(backend):
+    """An MPNet saved by sentence-transformers as all-mpnet-base-v2 is (mean pooling, Normalize, max_seq_length
+    below the positions): encode with no options gives SentenceTransformer.encode's vectors, the long text
+    cut at max_seq_length as sentence-transformers cuts it."""
+    model = minibert.load(str(FIXTURES / "st_mpnet"), backend=backend)
+    r = model.recipe
+    assert (model.config.model_type, r.pooling, r.normalize, r.dense, r.max_length) == ("mpnet", "mean", True, (), 20)
+    assert model.tokenize(MAKE_ST.TEXTS, max_length=20).truncated.tolist() == [False] * 4 + [True, False, False]
+    with np.load(FIXTURES / "st_mpnet" / "golden.npz") as golden:
+        want = golden["default"]
+    with pytest.warns(UserWarning, match="truncated"):
+        got = model.encode(MAKE_ST.TEXTS, batch_size=3)
+    assert got.dtype == np.float32 and got.shape == want.shape == (len(MAKE_ST.TEXTS), 32)
+    assert np.abs(got - want).max() < MPNET_TOL, np.abs(got - want).max()
+    # The golden is not any simpler vector: the CLS token, or the long text's uncut mean, is far from it.
+    with pytest.warns(UserWarning, match="truncated"):
+        assert np.abs(model.encode(MAKE_ST.TEXTS, pooling="cls") - want).max() > 0.1
+    whole = model.encode([MAKE_ST.TEXTS[4]], window=20, stride=4)[0]
+    assert np.abs(whole - want[4]).max() > 1e-3
 
 
 def test_recipe_of_each_fixture_names_its_sources():
@@ -386,6 +415,20 @@ def test_live_against_sentence_transformers(tmp_path, case):
         for key, expected in want.items():
             got = model.encode(MAKE_ST.TEXTS, batch_size=3, **encode_kwargs(key))
             assert np.abs(got - expected).max() < GOLDEN_TOL, (backend, key, np.abs(got - expected).max())
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_live_st_mpnet_against_sentence_transformers(backend):
+    """The committed st_mpnet read by SentenceTransformer(dir) itself, on texts beyond the goldens': accents,
+    unknown pieces, an empty-ish text, and texts far past max_seq_length (20) and the 202 positions."""
+    st = pytest.importorskip("sentence_transformers")
+    texts = MAKE_ST.TEXTS + ["Café Müller's naïve résumé.", "  padded  ", "北京 🍕 hello",
+                             " ".join(["the cat sat on the mat"] * 40), "a " * 300]
+    want = st.SentenceTransformer(str(FIXTURES / "st_mpnet"), device="cpu").encode(texts, batch_size=4)
+    with pytest.warns(UserWarning, match="truncated"):
+        got = minibert.load(str(FIXTURES / "st_mpnet"), backend=backend).encode(texts, batch_size=4)
+    assert np.abs(got - want).max() < MPNET_TOL, np.abs(got - want).max()
 
 
 @pytest.mark.reference
