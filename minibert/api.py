@@ -33,6 +33,14 @@ def default_model_dir() -> Path:
                          "set MINIBERT_MODEL, or pass a model directory")
 
 
+# What load fetches from the hub besides the weights: the encoder's config and tokenizer, and
+# sentence-transformers' recipe (its modules and their settings, also in a 0_Transformer/ layout).
+HUB_FILES = ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+             "vocab.json", "merges.txt", "special_tokens_map.json", "modules.json", "*config.json",
+             "config_sentence_transformers.json", "*/tokenizer.json", "*/vocab.txt", "*/vocab.json", "*/merges.txt",
+             "*/special_tokens_map.json", "*/model.safetensors.index.json"]
+
+
 def resolve_source(source, hub_options=None) -> Path:
     """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default.
     hub_options: revision, token, cache_dir for snapshot_download (hub ids only)."""
@@ -55,12 +63,14 @@ def resolve_source(source, hub_options=None) -> Path:
         raise ModelFileError(f"{source}: no such model directory")
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(str(source), allow_patterns=[
-            "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-            "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
-            # sentence-transformers' recipe: its modules and their settings, also a 0_Transformer/ layout
-            "modules.json", "*config.json", "config_sentence_transformers.json", "*/tokenizer.json",
-            "*/vocab.txt", "*/vocab.json", "*/merges.txt", "*/special_tokens_map.json"], **hub_options))
+        folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES + ["*.safetensors"], **hub_options))
+        if not any(folder.rglob("*.safetensors")):
+            # A checkpoint published only as PyTorch .bin (read without torch): fetched only when there is no
+            # safetensors, since repositories that have both would otherwise download the weights twice.
+            folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES + [
+                "pytorch_model*.bin", "pytorch_model.bin.index.json", "*/pytorch_model*.bin",
+                "*/pytorch_model.bin.index.json"], **hub_options))
+        return folder
     except Exception as e:
         raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
                              f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None

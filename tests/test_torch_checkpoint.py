@@ -264,3 +264,31 @@ def test_live_save_pretrained_bin_equals_its_safetensors(tmp_path, torch_dtype):
                               token_type_ids=torch.tensor(batch.token_type_ids)).last_hidden_state.numpy()
         mask = batch.attention_mask.astype(bool)
         assert np.abs(got[mask] - want[mask]).max() < 5e-6
+
+
+@pytest.mark.parametrize("published", ["bin only", "both"])
+def test_hub_ids_fetch_the_bin_weights_only_when_there_is_no_safetensors(tmp_path, monkeypatch, published):
+    """A stand-in hub that hands out the files matching allow_patterns, as snapshot_download does: a repository
+    with only pytorch_model.bin loads from it; one with both never downloads the .bin."""
+    import fnmatch
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "fp32", repo)
+    if published == "both":
+        shutil.copy(FIXTURES / "fp32.twin.safetensors", repo / "model.safetensors")
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns, **options):
+        snapshot = tmp_path / "snapshot"
+        snapshot.mkdir(exist_ok=True)
+        for path in repo.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, snapshot / path.name)
+                fetched.append(path.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = minibert.load("someone/bin-only", backend="numpy")
+    assert ("pytorch_model.bin" in fetched) == (published == "bin only"), fetched
+    want = minibert.load(str(twin_dir(tmp_path, "fp32")), backend="numpy").encode(TEXTS)
+    np.testing.assert_array_equal(model.encode(TEXTS), want)
