@@ -440,14 +440,15 @@ ONLINE_QUERIES, ONLINE_KEYS = 128, 256     # a block: this many query rows again
 
 
 @jit(fastmath=FAST | {"nnan"})
-def online_softmax_block(scores, position_bias, mask_bias, scale, top, total, rescale, first):
+def online_softmax_block(scores, position_bias, mask_bias, scale, top, total, rescale):
     """One key block of the online softmax, in place. scores [G, NH, M, N] hold q @ k^T for this block's keys;
     each becomes exp(s - top'), s = score * scale (+ position_bias[g or 0, h, i, j]) + mask_bias[g, j] (the
     reference's order), where top' is the row's max over this and the earlier blocks. top, total [G, NH, M]:
     the running max and the running sum of exp(s - top), updated here; rescale [G, NH, M] <- exp(top - top'),
-    the factor the context accumulated over earlier blocks must be multiplied by. first: no earlier block
-    (top and total are then only written). position_bias None or [G or 1, NH, M, N] any strides; mask_bias
-    [G, N]. With one key block this is softmax_scores' arithmetic exactly.
+    the factor the context accumulated over earlier blocks must be multiplied by. Before the first block
+    top = -inf and total = 0 (rescale is then 0, and total exactly this block's sum). position_bias None or
+    [G or 1, NH, M, N] any strides; mask_bias [G, N]. With one key block this is softmax_scores' arithmetic
+    exactly.
     """
     G, NH, M, N = scores.shape
     zero = scale - scale
@@ -465,19 +466,15 @@ def online_softmax_block(scores, position_bias, mask_bias, scale, top, total, re
                     s += mask_bias[g, j]
                     scores[g, h, i, j] = s      # stored: fast-math must not regroup (s + mask) - max
                     new = max(new, s)
-                if not first:
-                    new = max(new, old)
+                new = max(new, old)
                 part = zero
                 for j in range(N):
                     e = fast_exp(scores[g, h, i, j] - new)
                     scores[g, h, i, j] = e
                     part += e
-                if first:
-                    total[g, h, i] = part
-                else:
-                    factor = fast_exp(old - new)
-                    rescale[g, h, i] = factor
-                    total[g, h, i] = total[g, h, i] * factor + part
+                factor = math.exp(old - new)          # once a row: libm; exactly 0 for old = -inf
+                rescale[g, h, i] = factor
+                total[g, h, i] = total[g, h, i] * factor + part
                 top[g, h, i] = new
 
 
@@ -540,13 +537,15 @@ def online_attention_run(context, q, k, v, position_bias, mask_bias, lengths, nu
         for lo, hi in blocks(0, L, ONLINE_QUERIES) + blocks(L, T, ONLINE_QUERIES):
             m = hi - lo
             top, total, rescale, inverse_sums = (a[..., :m] for a in stats)
+            top.fill(-np.inf)
+            total.fill(0)
             out = context4[b0:b1, h0:h1, lo:hi]                                            # [G, NH, m, HS]
             for first, (j0, j1) in zip((True,) + (False,) * L, blocks(0, L, ONLINE_KEYS)):
                 n = j1 - j0
                 scores = buffer[:G * NH * m * n].reshape(G, NH, m, n)
                 np.matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, j0:j1], out=scores)
                 bias = None if position_bias is None else position_bias[texts, h0:h1, lo:hi, j0:j1]
-                online_softmax_block(scores, bias, mask_bias[b0:b1, j0:j1], scale, top, total, rescale, first)
+                online_softmax_block(scores, bias, mask_bias[b0:b1, j0:j1], scale, top, total, rescale)
                 if first:
                     np.matmul(scores, v4[b0:b1, h0:h1, j0:j1], out=out)
                 else:
