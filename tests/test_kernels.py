@@ -96,6 +96,9 @@ def test_float64_linear_and_attention_use_the_ordered_matmul():
             if name == "matmul":
                 return lambda *a, **kw: blas_calls.append(1) or real_matmul(*a, **kw)
             return getattr(np, name)
+    # Compiled first: Numba binds a kernel's `np` when it compiles, and with a cold cache (after any edit of
+    # kernels/cpu.py) it would otherwise compile matmul_ordered against the stand-in and fail.
+    cpu_ops().attention(q, k, v, np.zeros((2, 7)), 4, False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cpu, "np", CountingNumpy())
         context, _ = cpu_ops().attention(q, k, v, np.zeros((2, 7)), 4, False)
