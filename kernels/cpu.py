@@ -394,6 +394,22 @@ def scratch(size, dtype):
     return buffer[:size]
 
 
+def unit_groups(units, lengths, num_heads, T):
+    """(b0, b1, h0, h1, L) for each block the attention kernels compute at once: a unit of attention_units, or
+    consecutive whole-text units of equal key length L merged while their scores fit SCORES_BUDGET (one
+    stacked matmul)."""
+    i = 0
+    while i < len(units):
+        b0, b1, h0, h1 = units[i]
+        L = int(lengths[b0])
+        i += 1
+        while (i < len(units) and h0 == 0 and h1 == num_heads and units[i][2] == 0 and units[i][3] == num_heads
+               and int(lengths[units[i][0]]) == L and (units[i][1] - b0) * num_heads * T * L <= SCORES_BUDGET):
+            b1 = units[i][1]
+            i += 1
+        yield b0, b1, h0, h1, L
+
+
 def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengths, num_heads, scale, keep_probs,
                         units):
     """Scaled dot-product attention for `units` (from attention_units) on the calling thread.
@@ -417,15 +433,7 @@ def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengt
     heads = (B, T, num_heads, H // num_heads)
     q4, v4, context4 = (a.reshape(heads).transpose(0, 2, 1, 3) for a in (q, v, context))   # [B, NH, T, HS]
     k4 = k.reshape(heads).transpose(0, 2, 3, 1)                                              # [B, NH, HS, T]
-    i = 0
-    while i < len(units):
-        b0, b1, h0, h1 = units[i]
-        L = int(lengths[b0])
-        i += 1
-        while (i < len(units) and h0 == 0 and h1 == num_heads and units[i][2] == 0 and units[i][3] == num_heads
-               and int(lengths[units[i][0]]) == L and (units[i][1] - b0) * num_heads * T * L <= SCORES_BUDGET):
-            b1 = units[i][1]
-            i += 1
+    for b0, b1, h0, h1, L in unit_groups(units, lengths, num_heads, T):
         G, NH = b1 - b0, h1 - h0
         buffer = scratch(G * NH * (T * L + T), q.dtype)
         scores, inverse_sums = buffer[:G * NH * T * L].reshape(G, NH, T, L), buffer[G * NH * T * L:].reshape(G, NH, T)
@@ -526,7 +534,7 @@ def online_attention_run(context, q, k, v, position_bias, mask_bias, lengths, nu
     an online softmax (online_softmax_block): the scores held at a time are one block's, [G, NH, <=
     ONLINE_QUERIES, <= ONLINE_KEYS], wherever T and L go. Arguments and units as for attention_units_run.
 
-    Texts and heads are grouped as attention_units_run groups them; each group's real queries (before L)
+    Texts and heads are grouped by unit_groups, as attention_units_run groups them; each group's real queries (before L)
     and padding queries are blocked separately, and keys are blocked from 0 to L, so a text's blocks, and
     the shapes of its matmuls, do not depend on the padding its batch adds. Every query row is computed.
     """
@@ -535,15 +543,7 @@ def online_attention_run(context, q, k, v, position_bias, mask_bias, lengths, nu
     q4, v4, context4 = (a.reshape(heads).transpose(0, 2, 1, 3) for a in (q, v, context))   # [B, NH, T, HS]
     k4 = k.reshape(heads).transpose(0, 2, 3, 1)                                              # [B, NH, HS, T]
     HS = heads[3]
-    i = 0
-    while i < len(units):
-        b0, b1, h0, h1 = units[i]
-        L = int(lengths[b0])
-        i += 1
-        while (i < len(units) and h0 == 0 and h1 == num_heads and units[i][2] == 0 and units[i][3] == num_heads
-               and int(lengths[units[i][0]]) == L and (units[i][1] - b0) * num_heads * T * L <= SCORES_BUDGET):
-            b1 = units[i][1]
-            i += 1
+    for b0, b1, h0, h1, L in unit_groups(units, lengths, num_heads, T):
         G, NH = b1 - b0, h1 - h0
         M, N = min(T, ONLINE_QUERIES), min(L, ONLINE_KEYS)
         buffer = scratch(G * NH * (M * N + M * HS + 4 * M), q.dtype)
@@ -555,13 +555,13 @@ def online_attention_run(context, q, k, v, position_bias, mask_bias, lengths, nu
             top.fill(-np.inf)
             total.fill(0)
             out = context4[b0:b1, h0:h1, lo:hi]                                            # [G, NH, m, HS]
-            for first, (j0, j1) in zip((True,) + (False,) * L, blocks(0, L, ONLINE_KEYS)):
+            for j0, j1 in blocks(0, L, ONLINE_KEYS):
                 n = j1 - j0
                 scores = buffer[:G * NH * m * n].reshape(G, NH, m, n)
                 np.matmul(q4[b0:b1, h0:h1, lo:hi], k4[b0:b1, h0:h1, :, j0:j1], out=scores)
                 bias = None if position_bias is None else position_bias[texts, h0:h1, lo:hi, j0:j1]
                 online_softmax_block(scores, bias, mask_bias[b0:b1, j0:j1], scale, top, total, rescale)
-                if first:
+                if j0 == 0:                                    # the first key block: nothing to rescale
                     np.matmul(scores, v4[b0:b1, h0:h1, j0:j1], out=out)
                 else:
                     part = buffer[G * NH * M * N:G * NH * (M * N + m * HS)].reshape(G, NH, m, HS)
