@@ -1,58 +1,98 @@
-"""Where a minibert forward spends its CPU time at one shape, and torch SDPA's, by op (the README Speed
-section's 8 x 512 profile).
+"""Where a minibert forward spends its CPU time, by op, at a few shapes, and torch SDPA's (the docs/speed.md
+profile).
 
-    .venv-reference/bin/python benchmarks/profile_forward.py
+    .venv/bin/python benchmarks/profile_forward.py [--shapes 8x512 32x128 64x16] [--repeats 7]
+    .venv-reference/bin/python benchmarks/profile_forward.py --torch          # adds torch's profile at 8 x 512
 
-Process CPU time per minibert op (ops.linear, ops.attention, ...; worker threads included) and the thread
-time of the softmax and row-scaling kernels inside attention, by wrapping them; torch.profiler for
-transformers' default model. CPU time, not wall time, so that the shares hold on a shared machine.
+Process CPU time (all threads) per minibert op (ops.linear, ops.attention, ...) and per forward, medians
+over the repeats; CPU time, not wall time, so that the figures hold on a shared machine. Each repeat runs
+both float32 attention paths of the "cpu" backend one after the other (interleaved, so load from other
+programs falls on both alike): "blocked" (the score matrix of a block of heads, BLAS matmuls, the Numba
+softmax: kernels.cpu.attention_units_run) and "online" (kernels.cpu.online_attention_run), by setting
+kernels.cpu.ONLINE_ATTENTION.
 """
+import argparse
 import os
+import statistics
 import time
+
 for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[v] = "2"
-import numpy as np
-import minibert
-from minibert.kernels import cpu
-model = minibert.load(None, backend="cpu")
-B, T = 8, 512
-rng = np.random.default_rng(0)
-ids = rng.integers(1000, model.config.vocab_size, size=(B, T)); ids[:, 0] = 101; ids[:, -1] = 102
-mask, types = np.ones((B, T), np.int64), np.zeros((B, T), np.int64)
-acc = {}
-def wrap(name, fn, clock):
-    def w(*a, **k):
-        c, t = clock(), time.perf_counter()
-        r = fn(*a, **k)
-        e = acc.setdefault(name, [0.0, 0.0, 0])
-        e[0] += clock() - c; e[1] += time.perf_counter() - t; e[2] += 1
-        return r
-    return w
-ops = model.ops
-for name in ("embed", "linear", "layer_norm", "add_layer_norm", "attention"):
-    setattr(ops, name, wrap("ops." + name, getattr(ops, name), time.process_time))
-for name in ("softmax_scores", "scale_rows"):
-    setattr(cpu, name, wrap("  inside attention: " + name, getattr(cpu, name), time.thread_time))
-model.forward(ids, mask, types)
-for _ in range(2):
-    acc.clear()
-    c, t = time.process_time(), time.perf_counter()
-    model.forward(ids, mask, types)
-    print(f"minibert forward: wall {time.perf_counter()-t:.3f} s, process cpu {time.process_time()-c:.3f} s")
-    for k, (ct, wt, n) in sorted(acc.items(), key=lambda x: -x[1][0]):
-        print(f"   {k:<40} cpu {ct:.3f} s  wall-sum {wt:.3f} s  calls {n}")
-import torch
-import transformers
-torch.set_num_threads(2)
-src = model.source
-ref = transformers.AutoModel.from_pretrained(src).eval()
-tids, tm, tt = (torch.from_numpy(a) for a in (ids, mask, types))
-with torch.no_grad():
-    ref(input_ids=tids, attention_mask=tm, token_type_ids=tt, output_hidden_states=True)
-    c, t = time.process_time(), time.perf_counter()
-    ref(input_ids=tids, attention_mask=tm, token_type_ids=tt, output_hidden_states=True)
-    print(f"torch sdpa forward: wall {time.perf_counter()-t:.3f} s, process cpu {time.process_time()-c:.3f} s")
-    from torch.profiler import profile, ProfilerActivity
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    os.environ.setdefault(v, "2")
+import numpy as np  # noqa: E402
+
+import minibert  # noqa: E402
+from minibert.kernels import cpu  # noqa: E402
+
+OPS = ("embed", "linear", "layer_norm", "add_layer_norm", "attention")
+
+
+def inputs(model, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, model.config.vocab_size, size=(B, T))
+    ids[:, 0], ids[:, -1] = 101, 102
+    return ids, np.ones((B, T), np.int64), np.zeros((B, T), np.int64)
+
+
+def profile(model, shapes, repeats, paths):
+    ops, spent = model.ops, {}
+
+    def wrap(name, fn):
+        def timed(*a, **k):
+            c = time.process_time()
+            r = fn(*a, **k)
+            spent[name] = spent.get(name, 0.0) + time.process_time() - c
+            return r
+        return timed
+    for name in OPS:
+        setattr(ops, name, wrap(name, getattr(ops, name)))
+    default = getattr(cpu, "ONLINE_ATTENTION", False)
+    for B, T in shapes:
+        ids, mask, types = inputs(model, B, T)
+        table = {path: [] for path in paths}
+        for path in paths:                              # compile / warm caches outside the timing
+            cpu.ONLINE_ATTENTION = path == "online"
+            model.forward(ids, mask, types)
+        for _ in range(repeats):
+            for path in paths:
+                cpu.ONLINE_ATTENTION = path == "online"
+                spent.clear()
+                c, t = time.process_time(), time.perf_counter()
+                model.forward(ids, mask, types)
+                table[path].append(dict(spent, forward=time.process_time() - c, wall=time.perf_counter() - t))
+        for path in paths:
+            med = {key: statistics.median(run[key] for run in table[path]) for key in table[path][0]}
+            rest = "  ".join(f"{op} {med[op]:.3f}" for op in OPS if op in med and op != "attention")
+            print(f"{B:>3} x {T:<4} {path:<8} forward cpu {med['forward']:.3f} s (wall {med['wall']:.3f})  "
+                  f"attention {med['attention']:.3f} s ({100 * med['attention'] / med['forward']:.0f}%)  {rest}")
+    cpu.ONLINE_ATTENTION = default
+
+
+def torch_profile(model, B, T):
+    import torch
+    import transformers
+    from torch.profiler import ProfilerActivity, profile
+    torch.set_num_threads(2)
+    ref = transformers.AutoModel.from_pretrained(model.source).eval()
+    tids, tm, tt = (torch.from_numpy(a) for a in inputs(model, B, T))
+    with torch.no_grad():
         ref(input_ids=tids, attention_mask=tm, token_type_ids=tt, output_hidden_states=True)
-print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+        c, t = time.process_time(), time.perf_counter()
+        ref(input_ids=tids, attention_mask=tm, token_type_ids=tt, output_hidden_states=True)
+        print(f"torch sdpa forward: wall {time.perf_counter()-t:.3f} s, process cpu {time.process_time()-c:.3f} s")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            ref(input_ids=tids, attention_mask=tm, token_type_ids=tt, output_hidden_states=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["8x512", "32x128", "64x16"], help="BATCHxTOKENS")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--paths", nargs="+", default=["blocked", "online"], choices=["blocked", "online"])
+    parser.add_argument("--torch", action="store_true", help="also profile transformers' default model")
+    args = parser.parse_args()
+    model = minibert.load(None, backend="cpu")
+    print(f"load average {os.getloadavg()[0]:.1f}; process CPU time medians of {args.repeats} interleaved runs")
+    profile(model, [tuple(int(n) for n in s.split("x")) for s in args.shapes], args.repeats, args.paths)
+    if args.torch:
+        torch_profile(model, 8, 512)
