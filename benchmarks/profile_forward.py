@@ -5,11 +5,8 @@ profile).
     .venv-reference/bin/python benchmarks/profile_forward.py --torch          # adds torch's profile at 8 x 512
 
 Process CPU time (all threads) per minibert op (ops.linear, ops.attention, ...) and per forward, medians
-over the repeats; CPU time, not wall time, so that the figures hold on a shared machine. Each repeat runs
-both float32 attention paths of the "cpu" backend one after the other (interleaved, so load from other
-programs falls on both alike): "blocked" (the score matrix of a block of heads, BLAS matmuls, the Numba
-softmax: kernels.cpu.attention_units_run) and "online" (kernels.cpu.online_attention_run), by setting
-kernels.cpu.ONLINE_ATTENTION.
+over the repeats; CPU time, not wall time, so that the figures hold on a shared machine. Shapes are
+interleaved repeat by repeat, so load from other programs falls on all alike.
 """
 import argparse
 import os
@@ -21,7 +18,6 @@ for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_N
 import numpy as np  # noqa: E402
 
 import minibert  # noqa: E402
-from minibert.kernels import cpu  # noqa: E402
 
 OPS = ("embed", "linear", "layer_norm", "add_layer_norm", "attention")
 
@@ -33,7 +29,7 @@ def inputs(model, B, T, seed=0):
     return ids, np.ones((B, T), np.int64), np.zeros((B, T), np.int64)
 
 
-def profile(model, shapes, repeats, paths):
+def profile(model, shapes, repeats):
     ops, spent = model.ops, {}
 
     def wrap(name, fn):
@@ -45,26 +41,21 @@ def profile(model, shapes, repeats, paths):
         return timed
     for name in OPS:
         setattr(ops, name, wrap(name, getattr(ops, name)))
-    default = getattr(cpu, "ONLINE_ATTENTION", False)
-    for B, T in shapes:
-        ids, mask, types = inputs(model, B, T)
-        table = {path: [] for path in paths}
-        for path in paths:                              # compile / warm caches outside the timing
-            cpu.ONLINE_ATTENTION = path == "online"
-            model.forward(ids, mask, types)
-        for _ in range(repeats):
-            for path in paths:
-                cpu.ONLINE_ATTENTION = path == "online"
-                spent.clear()
-                c, t = time.process_time(), time.perf_counter()
-                model.forward(ids, mask, types)
-                table[path].append(dict(spent, forward=time.process_time() - c, wall=time.perf_counter() - t))
-        for path in paths:
-            med = {key: statistics.median(run[key] for run in table[path]) for key in table[path][0]}
-            rest = "  ".join(f"{op} {med[op]:.3f}" for op in OPS if op in med and op != "attention")
-            print(f"{B:>3} x {T:<4} {path:<8} forward cpu {med['forward']:.3f} s (wall {med['wall']:.3f})  "
-                  f"attention {med['attention']:.3f} s ({100 * med['attention'] / med['forward']:.0f}%)  {rest}")
-    cpu.ONLINE_ATTENTION = default
+    batches = {shape: inputs(model, *shape) for shape in shapes}
+    table = {shape: [] for shape in shapes}
+    for shape in shapes:                                # compile / warm caches outside the timing
+        model.forward(*batches[shape])
+    for _ in range(repeats):
+        for shape in shapes:
+            spent.clear()
+            c, t = time.process_time(), time.perf_counter()
+            model.forward(*batches[shape])
+            table[shape].append(dict(spent, forward=time.process_time() - c, wall=time.perf_counter() - t))
+    for (B, T), runs in table.items():
+        med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        rest = "  ".join(f"{op} {med[op]:.3f}" for op in OPS if op in med and op != "attention")
+        print(f"{B:>3} x {T:<4} forward cpu {med['forward']:.3f} s (wall {med['wall']:.3f})  "
+              f"attention {med['attention']:.3f} s ({100 * med['attention'] / med['forward']:.0f}%)  {rest}")
 
 
 def torch_profile(model, B, T):
@@ -88,11 +79,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["8x512", "32x128", "64x16"], help="BATCHxTOKENS")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--paths", nargs="+", default=["blocked", "online"], choices=["blocked", "online"])
     parser.add_argument("--torch", action="store_true", help="also profile transformers' default model")
     args = parser.parse_args()
     model = minibert.load(None, backend="cpu")
     print(f"load average {os.getloadavg()[0]:.1f}; process CPU time medians of {args.repeats} interleaved runs")
-    profile(model, [tuple(int(n) for n in s.split("x")) for s in args.shapes], args.repeats, args.paths)
+    profile(model, [tuple(int(n) for n in s.split("x")) for s in args.shapes], args.repeats)
     if args.torch:
         torch_profile(model, 8, 512)

@@ -160,11 +160,10 @@ def cpu_ops():
             position_bias = np.asarray(position_bias, dtype=q.dtype)                  # [B or 1, NH, T, T]
         lengths = cpu.key_lengths(mask_bias)                         # [B] keys up to each text's last real one
         units, cost = cpu.attention_units(lengths, num_heads, T)     # whole texts, or heads of long ones
-        run = cpu.attention_kernel(q.dtype, return_probs)            # blocked, or online (float32, no probs)
 
         def piece(first, last):
-            run(context, probs, q, k, v, position_bias, mask_bias, lengths, num_heads, scale, return_probs,
-                units[first:last])
+            cpu.attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengths, num_heads, scale,
+                                    return_probs, units[first:last])
         with threads.BLAS:
             threads.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
         return context, (probs if return_probs else None)

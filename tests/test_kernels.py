@@ -252,69 +252,6 @@ def test_attention_of_a_text_does_not_depend_on_its_batch_padding(dtype, n, thre
     np.testing.assert_array_equal(batch[1, :n], alone[0])
 
 
-@pytest.fixture
-def online(monkeypatch):
-    """online(queries, keys): the cpu backend's float32 attention without probabilities takes the online
-    kernel, with blocks of that many queries x keys."""
-    def use(queries, keys):
-        monkeypatch.setattr(cpu, "ONLINE_ATTENTION", True)
-        monkeypatch.setattr(cpu, "ONLINE_QUERIES", queries)
-        monkeypatch.setattr(cpu, "ONLINE_KEYS", keys)
-    return use
-
-
-@pytest.mark.parametrize("blocks", [(2, 3), (128, 256)])
-@pytest.mark.parametrize("T", [1, 2, 7, 33, 97])
-@pytest.mark.parametrize("bias_texts", [None, 1, 4])
-def test_online_attention_matches_the_reference(online, blocks, T, bias_texts):
-    """The online kernel against reference.attention (float32) with right padding, a text with no real
-    token, a hole and left padding, strided q/k/v, and MPNet's position bias shared or per text. Keys
-    past a text's last real one are skipped: NaN there changes nothing. Measured over these cases: at most
-    3.6e-6 from the reference with 2 x 3 blocks, 4.3e-6 with the default blocks, as the blocked kernel
-    (1 x 1 blocks, a merge per key, not run here: 7.3e-6); bound 6e-6."""
-    online(*blocks)
-    q, k, v, bias, NH = attention_case(np.float32, T)
-    rng = np.random.default_rng(T)
-    position_bias = None if bias_texts is None else rand(rng, bias_texts, NH, T, T, dtype=np.float32, scale=3)
-    want, _ = reference.attention(q, k, v, bias, NH, position_bias=position_bias)
-    past = np.arange(T) >= cpu.key_lengths(bias)[:, None]                             # [B, T] keys skipped
-    k, v = k.copy(), v.copy()
-    k[past], v[past] = np.nan, np.nan
-    ctx, none = cpu_ops().attention(q, k, v, bias, NH, False, position_bias=position_bias)
-    assert none is None
-    np.testing.assert_allclose(ctx, want, atol=6e-6, rtol=0)
-
-
-@pytest.mark.parametrize("n", [1, 5, 60])
-def test_online_attention_of_a_text_does_not_depend_on_its_batch_padding(online, n, threads):
-    """As for the blocked kernel: a text alone and padded to T = 130 beside others, bitwise, with blocks small
-    enough that the text's queries and keys span several."""
-    online(16, 24)
-    threads(2)
-    rng = np.random.default_rng(5)
-    NH, HS, T = 4, 8, 130
-    H = NH * HS
-    fused = rand(rng, 3, T, 3 * H, dtype=np.float32)
-    mask = np.ones((3, T))
-    mask[1, n:] = 0
-    bias = ((1 - mask) * np.finfo(np.float32).min).astype(np.float32)
-    batch, _ = cpu_ops().attention(fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:], bias, NH, False)
-    alone_fused = np.ascontiguousarray(fused[1:2, :n])
-    alone, _ = cpu_ops().attention(alone_fused[..., :H], alone_fused[..., H:2 * H], alone_fused[..., 2 * H:],
-                                   bias[1:2, :n], NH, False)
-    np.testing.assert_array_equal(batch[1, :n], alone[0])
-
-
-def test_online_attention_is_chosen_only_for_float32_without_probabilities(monkeypatch):
-    """float64 (the bit-identity path) and returned probabilities keep the blocked kernel, whatever the switch."""
-    monkeypatch.setattr(cpu, "ONLINE_ATTENTION", True)
-    assert cpu.attention_kernel(np.float64, False) is cpu.attention_units_run
-    assert cpu.attention_kernel(np.float32, True) is cpu.attention_units_run
-    assert cpu.attention_kernel(np.float32, False) is not cpu.attention_units_run
-    monkeypatch.setattr(cpu, "ONLINE_ATTENTION", False)
-    assert cpu.attention_kernel(np.float32, False) is cpu.attention_units_run
-
-
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
 def test_ops_accept_empty_batches(shape):
     ops = cpu_ops()
