@@ -154,8 +154,11 @@ def trainable(weights, head, config):
 
 
 def decays(name):
-    """transformers' examples: no weight decay on biases and LayerNorm weights."""
-    return not (name.endswith(".b") or ".ln." in name or name.split(".")[-2] in ("ln", "attn_ln", "ffn_ln"))
+    """transformers' examples: no weight decay on biases and LayerNorm weights. Their rule is by name ("bias"
+    anywhere in it), so MPNet's relative position bias table (encoder.relative_attention_bias.weight) does
+    not decay either."""
+    return not (name.endswith(".b") or ".ln." in name or name.split(".")[-2] in ("ln", "attn_ln", "ffn_ln")
+                or name.startswith("relative_attention_bias."))
 
 
 def lr_at(step, total_steps, warmup_steps, peak):
@@ -322,10 +325,13 @@ def empty_weights(config, dtype):
                 else np.zeros((config.max_position_embeddings, E), dtype))
     sets = [{"qkv": linear(H, 3 * H), "attn_out": linear(H, H), "attn_ln": norm(H), "ffn_in": linear(H, I),
              "ffn_out": linear(I, H), "ffn_ln": norm(H)} for _ in range(config.num_hidden_groups)]
+    relative = ({"table": np.zeros((config.relative_attention_num_buckets, config.num_attention_heads), dtype)}
+                if config.relative_attention_num_buckets else None)
     return {"embeddings": {"word": np.zeros((config.vocab_size, E), dtype), "position": position,
                            "token_type": np.zeros((config.type_vocab_size, E), dtype), "ln": norm(E)},
             "embedding_projection": linear(E, H) if config.embedding_projection else None,
-            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None}
+            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None,
+            "relative_attention_bias": relative}
 
 
 def load_classifier(directory, *, dtype="float32"):

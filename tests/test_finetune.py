@@ -17,10 +17,8 @@ from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
 from minibert.weights import FAMILY_NAMES, load_weights
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
-# The families fine-tuning covers: MPNet is refused until its relative position bias has a backward pass
-# (tests/test_backward.py), so its task checkpoints are not written either.
-FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file()
-                     and not p.name.startswith("mpnet"))
+# Every fixture family fine-tunes.
+FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
 
 
 @pytest.mark.parametrize("name", FAMILY_DIRS)
@@ -77,7 +75,8 @@ def test_fused_adamw_matches_the_numpy_steps(dtype):
 
 def test_no_decay_on_biases_and_layer_norm():
     assert decays("layers.0.qkv.w") and decays("head.out.w") and decays("embeddings.word")
-    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b"))
+    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b",
+                                       "relative_attention_bias.table"))   # MPNet's: "bias" in transformers' name
 
 
 def test_linear_schedule():
@@ -249,7 +248,7 @@ def test_saved_checkpoint_predicts_the_same_in_transformers(name, task, tmp_path
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert"])
+@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert", "mpnet"])
 def test_twenty_steps_track_torch(name):
     """Dropout off, the same initial head and batch order: minibert's float32 loss curve and torch's
     (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
@@ -274,7 +273,9 @@ def test_twenty_steps_track_torch(name):
                                   (classifier.config.sinusoidal_positions and "position_embeddings" in k)
                                   for k in missing), (missing, unexpected)
     named = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
-    no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+    # transformers' examples and Trainer: no decay where "bias" is in the name (MPNet's relative position
+    # bias table too) and on LayerNorm weights
+    no_decay = [p for n, p in named if "bias" in n or "LayerNorm" in n or "layer_norm" in n]
     decay = [p for n, p in named if not any(p is q for q in no_decay)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
@@ -366,7 +367,7 @@ def test_command_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["bert_chinese", "distilbert_sinusoidal", "albert_groups", "roberta"])
+@pytest.mark.parametrize("name", ["bert_chinese", "distilbert_sinusoidal", "albert_groups", "roberta", "mpnet"])
 @pytest.mark.parametrize("task", ["sequence", "token"])
 def test_load_classifier_reads_what_transformers_saves(name, task, tmp_path):
     """A classifier saved by transformers' save_pretrained loads in minibert and predicts the same."""
