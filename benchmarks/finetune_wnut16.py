@@ -106,6 +106,9 @@ def main():
                 predicted.append([labels[i] for i in logits[b][counted].argmax(-1)])
         return scores(gold, predicted)
 
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     times, start_tensors = [], tensors_from_tree(classifier.weights, classifier.config, task="token",
                                                  head=classifier.head)
     if args.which == "minibert":
@@ -118,6 +121,8 @@ def main():
                                          lr_at(step, total, warmup, recipe.lr), rng))
                 times.append(time.perf_counter() - began)
                 step += 1
+            if epoch == 1:
+                print(f"peak resident memory after the first epoch's training, before evaluating: {peak_mib():.0f} MiB")
             accuracy, f1 = evaluate(lambda ids, mask, types: classifier_forward(
                 ids, mask, types, classifier.weights, classifier.head, classifier.config, task="token")[0])
             print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, dev accuracy {accuracy:.4f}, entity F1 {f1:.4f}",
@@ -154,6 +159,8 @@ def main():
                 schedule.step()
                 times.append(time.perf_counter() - began)
                 losses.append(float(loss.detach()))
+            if epoch == 1:
+                print(f"peak resident memory after the first epoch's training, before evaluating: {peak_mib():.0f} MiB")
             reference.eval()
 
             def logits_of(ids, mask, types):
@@ -164,8 +171,7 @@ def main():
             print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, dev accuracy {accuracy:.4f}, entity F1 {f1:.4f}",
                   flush=True)
     print(f"{args.which}: median step {statistics.median(times) * 1000:.0f} ms over {len(times)} steps, "
-          f"training {sum(times) / 60:.1f} min; peak resident memory "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", flush=True)
+          f"training {sum(times) / 60:.1f} min; peak resident memory {peak_mib():.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":
