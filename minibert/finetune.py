@@ -464,20 +464,7 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items)
     state, first_epoch, best = {}, 0, None       # AdamW's state; best: {"epoch", "metric", "params"}
     if resume:
-        saved = train_state.load_state(checkpoint_dir, params, run)
-        if saved["epoch"] >= recipe.epochs or (recipe.patience is not None and saved["best"] is not None
-                                               and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience):
-            raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
-                             f"{recipe.epochs}{', stopped early' if saved['epoch'] < recipe.epochs else ''}); "
-                             "nothing to resume")
-        for (_, p), value in zip(params, saved["params"]):
-            p[...] = value
-        state = saved["adam"]
-        rng.bit_generator.state = saved["rng_state"]
-        classifier.history = saved["history"]
-        first_epoch, best = saved["epoch"], saved["best"]
-        if best is not None and best["params"] is None:       # the last finished epoch was the best one
-            best["params"] = [p.copy() for _, p in params]
+        state, first_epoch, best = resume_run(checkpoint_dir, run, recipe, classifier, params, rng)
     step = first_epoch * steps_per_epoch
     report = train_progress.reporter(progress, total, recipe.epochs, initial=step)
     try:
@@ -520,6 +507,26 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         for (_, p), value in zip(params, best["params"]):
             p[...] = value
     return classifier
+
+
+def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
+    """Put the run saved in checkpoint_dir back: parameters (in place, so shared arrays stay shared), the
+    generator's state and the history. Returns (AdamW's state, the last finished epoch, the best epoch or None)."""
+    from . import train_state
+    saved = train_state.load_state(checkpoint_dir, params, run)
+    stopped = (recipe.patience is not None and saved["best"] is not None
+               and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
+    if saved["epoch"] >= recipe.epochs or stopped:
+        raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
+                         f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
+    for (_, p), value in zip(params, saved["params"]):
+        p[...] = value
+    rng.bit_generator.state = saved["rng_state"]
+    classifier.history = saved["history"]
+    best = saved["best"]
+    if best is not None and best["params"] is None:       # the last finished epoch was the best one
+        best["params"] = [p.copy() for _, p in params]
+    return saved["adam"], saved["epoch"], best
 
 
 def new_classifier(model, task, labels, recipe, rng):
