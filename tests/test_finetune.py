@@ -439,16 +439,17 @@ def test_patience_needs_a_dev_set():
         finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=2, patience=1))
 
 
-@pytest.mark.parametrize("patience", [None, 2])
-def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, patience):
-    """float64 with dropout on (the generator's state matters as much as the weights and AdamW's moments):
-    the resumed run ends with exactly the uninterrupted run's weights, history and checkpoint. With
-    patience, the early stop falls after the interruption and the best epoch before it."""
+@pytest.mark.parametrize("patience,dtype", [(None, "float64"), (2, "float64"), (None, "float32")])
+def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, patience, dtype):
+    """Dropout on (the generator's state matters as much as the weights and AdamW's moments): the resumed
+    run ends with exactly the uninterrupted run's weights, history and checkpoint, in float64 and float32
+    alike (the state keeps the training dtype). With patience, the early stop falls after the interruption
+    and the best epoch before it."""
     from minibert import finetune as ft
     if patience:
         monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
     train, dev = pair_task(24), pair_task(8, seed=1)
-    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, warmup_ratio=0.2, dropout=0.1, seed=5, dtype="float64",
+    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, warmup_ratio=0.2, dropout=0.1, seed=5, dtype=dtype,
                     patience=patience)
     whole = finetune(str(FAMILIES / "roberta"), train, dev=dev, recipe=recipe, checkpoint_dir=tmp_path / "whole")
     real_step, calls = ft.train_step, {"n": 0}
