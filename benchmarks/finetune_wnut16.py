@@ -124,7 +124,8 @@ def main():
             if epoch == 1:
                 print(f"peak resident memory after the first epoch's training, before evaluating: {peak_mib():.0f} MiB")
             accuracy, f1 = evaluate(lambda ids, mask, types: classifier_forward(
-                ids, mask, types, classifier.weights, classifier.head, classifier.config, task="token")[0])
+                ids, mask, types, classifier.weights, classifier.head, classifier.config, task="token",
+                keep_activations=False)[0])
             print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, dev accuracy {accuracy:.4f}, entity F1 {f1:.4f}",
                   flush=True)
     else:

@@ -178,8 +178,11 @@ def encoder_layer_backward(dout, saved, mask_bias, position_bias, *, qkv, attn_o
 
 # ---- the whole encoder -------------------------------------------------------------------------------------
 
-def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng):
-    """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs."""
+def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng,
+                    keep_activations=True):
+    """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs. keep_activations
+    False (prediction): each layer's activations are let go once the next layer has its input, so memory
+    holds one layer's, not every layer's; there is then no backward."""
     position_ids = make_position_ids(input_ids, config)                                 # [B, T]
     mask_bias = additive_mask(attention_mask, weights["embeddings"]["word"].dtype)       # [B, T]
     relative = weights.get("relative_attention_bias")
@@ -195,7 +198,8 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
     for layer_weights in weights["layers"]:
         x, saved = encoder_layer_forward(x, mask_bias, position_bias, **layer_weights, config=config, dropout=dropout,
                                          rng=rng)
-        saved_layers.append(saved)
+        if keep_activations:
+            saved_layers.append(saved)
     return x, {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
                "mask_bias": mask_bias, "position_bias": position_bias, "embeddings": saved_embeddings,
                "projection_input": projection_input, "layers": saved_layers}
@@ -280,11 +284,13 @@ def token_head_backward(dlogits, steps, hidden, head, *, head_grads):
 # ---- the classifier: encoder, head, loss ---------------------------------------------------------------------
 
 def classifier_forward(input_ids, attention_mask, token_type_ids, weights, head, config, *, task, dropout=0.0,
-                       rng=None):
+                       rng=None, keep_activations=True):
     """ids [B, T] -> logits ([B, K] for task "sequence", [B, T, K] for "token") and what the backward needs.
-    dropout: the probability for every dropout (0, or rng None: evaluation)."""
+    dropout: the probability for every dropout (0, or rng None: evaluation). keep_activations False: for
+    prediction, holding one layer's activations at a time (see encoder_forward)."""
     hidden, saved_encoder = encoder_forward(input_ids, attention_mask, token_type_ids, weights, config,
-                                            dropout=dropout, rng=rng)                    # [B, T, H]
+                                            dropout=dropout, rng=rng,
+                                            keep_activations=keep_activations)           # [B, T, H]
     if task == "sequence":
         logits, steps = sequence_head_forward(hidden, weights, head, SEQUENCE_HEADS[config.model_type],
                                               dropout=dropout, rng=rng)                 # [B, K]

@@ -245,7 +245,8 @@ class Classifier:
             pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
             batch = self.tokenizer(part, pairs, max_length=self.max_length)
             logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                           self.weights, self.head, self.config, task=self.task)
+                                           self.weights, self.head, self.config, task=self.task,
+                                           keep_activations=False)
             if self.task == "sequence":
                 out.append(logits)
             else:

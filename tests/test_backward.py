@@ -234,6 +234,19 @@ def test_training_forward_equals_the_encoder(name):
     np.testing.assert_allclose(saved["hidden"], expected, rtol=0, atol=1e-12)
 
 
+def test_prediction_forward_keeps_no_layer_activations():
+    """keep_activations=False (what predict uses): the same logits, bit for bit, with no layer's activations
+    held once the next layer has its input."""
+    config, weights = family_model("mpnet")
+    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
+    head = random_head(config, "sequence", 3, np.random.default_rng(2))
+    kept, saved = classifier_forward(ids, mask, types, weights, head, config, task="sequence")
+    light, light_saved = classifier_forward(ids, mask, types, weights, head, config, task="sequence",
+                                            keep_activations=False)
+    np.testing.assert_array_equal(light, kept)
+    assert len(saved["encoder"]["layers"]) == config.num_hidden_layers and light_saved["encoder"]["layers"] == []
+
+
 @pytest.mark.parametrize("name,dropped", [("bert_cased", True), ("distilbert", False)])
 def test_dropout_placement_follows_the_family(name, dropped):
     """Training-mode dropout where transformers has it: DistilBERT adds the attention output undropped."""
