@@ -16,7 +16,7 @@ import math
 import numba
 import numpy as np
 
-from .reference import ACTIVATIONS, softmax
+from .reference import ACTIVATIONS, relative_position_bias, relative_position_buckets, softmax
 
 
 @numba.vectorize(["float64(float64)"], cache=True)
@@ -183,15 +183,20 @@ def softmax_backward(dprobs, probs):
     return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))    # [..., T]
 
 
-def attention_forward(q, k, v, mask_bias, num_heads, dropout_p=0.0, rng=None):
-    """softmax(q k^T / sqrt(HS) + mask) v per head, dropout on the probabilities (as BERT trains).
+def attention_forward(q, k, v, mask_bias, num_heads, dropout_p=0.0, rng=None, position_bias=None):
+    """softmax(q k^T / sqrt(HS) + position_bias + mask) v per head, dropout on the probabilities (as BERT
+    trains).
 
-    q, k, v [B, T, H]; mask_bias [B, T] added to every query's scores for each key. Returns context [B, T, H]
-    and what the backward needs: probs [B, NH, T, T] (before dropout) and the dropout scale (or None).
+    q, k, v [B, T, H]; mask_bias [B, T] added to every query's scores for each key; position_bias
+    [1, NH, T, T] or None (MPNet's relative positions, added to the scaled scores before the mask, as
+    reference.attention). Returns context [B, T, H] and what the backward needs: probs [B, NH, T, T]
+    (before dropout) and the dropout scale (or None).
     """
     HS = q.shape[-1] // num_heads
     qh, kh, vh = (split_heads(a, num_heads) for a in (q, k, v))               # 3 x [B, NH, T, HS]
     scores = qh @ kh.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(HS))            # [B, NH, T, T]
+    if position_bias is not None:
+        scores = scores + position_bias                                       # [B, NH, T, T]
     scores = scores + mask_bias[:, None, None, :]                             # [B, NH, T, T]
     probs = softmax(scores)                                                   # [B, NH, T, T]
     dropped, scale = dropout_forward(probs, dropout_p, rng)                   # [B, NH, T, T]
@@ -199,8 +204,10 @@ def attention_forward(q, k, v, mask_bias, num_heads, dropout_p=0.0, rng=None):
     return context, probs, scale
 
 
-def attention_backward(dcontext, q, k, v, mask_bias, num_heads, dropout_p, rng, probs, scale):
-    """dcontext [B, T, H] -> dq, dk, dv [B, T, H]. The mask is a constant: it gets no gradient."""
+def attention_backward(dcontext, q, k, v, mask_bias, num_heads, dropout_p, rng, probs, scale, position_bias=None):
+    """dcontext [B, T, H] -> dq, dk, dv [B, T, H] and dposition_bias [1, NH, T, T] (None without a position
+    bias): the bias is added to every text's scores, so its gradient is theirs summed over the batch. The
+    mask is a constant: it gets no gradient."""
     HS = q.shape[-1] // num_heads
     qh, kh, vh = (split_heads(a, num_heads) for a in (q, k, v))               # 3 x [B, NH, T, HS]
     dctx = split_heads(dcontext, num_heads)                                   # [B, NH, T, HS]
@@ -208,10 +215,30 @@ def attention_backward(dcontext, q, k, v, mask_bias, num_heads, dropout_p, rng, 
     dvh = dropped.transpose(0, 1, 3, 2) @ dctx                                # [B, NH, T, HS]
     ddropped = dctx @ vh.transpose(0, 1, 3, 2)                                # [B, NH, T, T]
     dprobs = dropout_backward(ddropped, probs, dropout_p, rng, scale)         # [B, NH, T, T]
-    dscores = softmax_backward(dprobs, probs) * (1.0 / math.sqrt(HS))         # [B, NH, T, T]
+    dbiased = softmax_backward(dprobs, probs)                                 # [B, NH, T, T] d(scaled scores + bias)
+    dposition_bias = None if position_bias is None else dbiased.sum(axis=0, keepdims=True)   # [1, NH, T, T]
+    dscores = dbiased * (1.0 / math.sqrt(HS))                                 # [B, NH, T, T]
     dqh = dscores @ kh                                                        # [B, NH, T, HS]
     dkh = dscores.transpose(0, 1, 3, 2) @ qh                                  # [B, NH, T, HS]
-    return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh)
+    return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh), dposition_bias
+
+
+# ---- MPNet's relative position bias: a [buckets, NH] table gathered by bucketed query-key distance -------------
+
+def relative_position_bias_forward(table, T, num_buckets, max_distance):
+    """table [num_buckets, NH] -> bias [1, NH, T, T]: row buckets[i, j] of the table for query i and key j
+    (reference.relative_position_bias). The backward needs only T (the buckets follow from it)."""
+    return relative_position_bias(table, T, num_buckets, max_distance)        # [1, NH, T, T]
+
+
+def relative_position_bias_backward(dbias, table, T, num_buckets, max_distance):
+    """dbias [B or 1, NH, T, T] -> dtable [num_buckets, NH]: each table row gets the sum of the gradients
+    of every (text, query, key) that read it (scatter-add over buckets; distances far apart share a row)."""
+    buckets = relative_position_buckets(T, num_buckets, max_distance)          # [T, T]
+    per_pair = dbias.sum(axis=0).transpose(1, 2, 0)                           # [T, T, NH]
+    dtable = np.zeros(table.shape, dtype=dbias.dtype)                         # [num_buckets, NH]
+    np.add.at(dtable, buckets, per_pair)
+    return dtable
 
 
 # ---- softmax cross-entropy with ignored labels ---------------------------------------------------------------

@@ -4,7 +4,9 @@ This is minibert/model.py's encoder written out op by op for training: every res
 dropout is its own line, each forward returns what its backward needs (`saved`), and each backward sits
 right after its forward with the same arguments, taking the gradient of the output first. Gradients are
 added into a tree shaped like the weights (`zeros_like_tree`), so a set of layer weights used by several
-layers (ALBERT) collects the gradient of every use, as llm.c accumulates into named buffers.
+layers (ALBERT) collects the gradient of every use, as llm.c accumulates into named buffers. MPNet's
+relative position bias table is gathered once into a [1, NH, T, T] bias that every layer adds to its
+scores; its gradient is every layer's d(bias), summed, scattered back onto the table rows.
 
 Axes: B batch, T tokens, H hidden, NH heads, I intermediate, E embedding width, K classes.
 Dropout follows BERT (transformers' BertModel): after the embedding LayerNorm, on the attention
@@ -17,6 +19,7 @@ Heads (a dict of linear weights, `head`) follow each family's transformers class
     sequence, RoBERTa/XLM-R: x[:, 0] -> dropout -> dense -> tanh -> dropout -> out     (ClassificationHead)
     sequence, ELECTRA:       x[:, 0] -> dropout -> dense -> gelu -> dropout -> out     (ClassificationHead)
     sequence, DistilBERT:    x[:, 0] -> pre_classifier -> relu -> dropout -> out
+    sequence, MPNet:         as RoBERTa                                              (ClassificationHead)
     token, every family:     x -> dropout -> out, per token
 """
 
@@ -29,8 +32,9 @@ from .kernels.reference_backward import (activation_backward, activation_forward
                                          attention_forward, cross_entropy_backward, cross_entropy_forward,
                                          dropout_backward, dropout_forward, embed_backward, embed_forward,
                                          layer_norm_backward, layer_norm_forward, linear_backward,
-                                         linear_forward)
-from .errors import ConfigError
+                                         linear_forward, relative_position_bias_backward,
+                                         relative_position_bias_forward)
+from .config import RELATIVE_MAX_DISTANCE
 from .model import additive_mask, make_position_ids
 
 TASKS = ("sequence", "token")
@@ -51,13 +55,14 @@ SEQUENCE_HEADS = {
     "xlm-roberta": SequenceHead(pooler=False, dense_activation="tanh", dropout_before_dense=True),
     "electra": SequenceHead(pooler=False, dense_activation="gelu", dropout_before_dense=True),
     "distilbert": SequenceHead(pooler=False, dense_activation="relu", dropout_before_dense=False),
+    "mpnet": SequenceHead(pooler=False, dense_activation="tanh", dropout_before_dense=True),
 }
 
 
 # Whether the family drops out the attention output projection before the residual add (DistilBERT's
 # TransformerBlock adds it as it is).
 ATTENTION_OUTPUT_DROPOUT = {"bert": True, "roberta": True, "xlm-roberta": True, "electra": True, "albert": True,
-                            "distilbert": False}
+                            "distilbert": False, "mpnet": True}
 
 
 def map_tree(tree, leaf, memo=None):
@@ -115,13 +120,14 @@ def embeddings_backward(dout, saved, input_ids, position_ids, token_type_ids, *,
 
 # ---- one encoder layer: x = LN(x + attention(x)); x = LN(x + ffn(x)) -----------------------------------------
 
-def encoder_layer_forward(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, config, dropout, rng):
-    """x [B, T, H] -> [B, T, H], and the activations the backward needs."""
+def encoder_layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, config,
+                          dropout, rng):
+    """x [B, T, H] -> [B, T, H], and the activations the backward needs. position_bias [1, NH, T, T] or None."""
     H, eps = x.shape[-1], config.layer_norm_eps
     fused = linear_forward(x, qkv["w"], qkv["b"])                                       # [B, T, 3H]
     q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]                    # 3 x [B, T, H]
     context, probs, probs_scale = attention_forward(q, k, v, mask_bias, config.num_attention_heads,
-                                                    dropout, rng)                       # [B, T, H]
+                                                    dropout, rng, position_bias)        # [B, T, H]
     projected = linear_forward(context, attn_out["w"], attn_out["b"])                    # [B, T, H]
     projected_dropped, projected_scale = dropout_forward(
         projected, dropout if ATTENTION_OUTPUT_DROPOUT[config.model_type] else 0.0, rng)  # [B, T, H]
@@ -140,9 +146,10 @@ def encoder_layer_forward(x, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_o
                  "mean2": mean2, "rstd2": rstd2}
 
 
-def encoder_layer_backward(dout, saved, mask_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, config,
-                           grads):
-    """dout [B, T, H] -> dx [B, T, H]; the layer's weight gradients are added into grads."""
+def encoder_layer_backward(dout, saved, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln,
+                           config, grads):
+    """dout [B, T, H] -> (dx [B, T, H], dposition_bias [1, NH, T, T] or None); the layer's weight gradients
+    are added into grads."""
     s = saved
     dresidual2, dg, db = layer_norm_backward(dout, s["residual2"], ffn_ln["g"], s["mean2"], s["rstd2"])   # [B, T, H]
     grads["ffn_ln"]["g"] += dg
@@ -160,23 +167,28 @@ def encoder_layer_backward(dout, saved, mask_bias, *, qkv, attn_out, attn_ln, ff
     dprojected = dropout_backward(dresidual1, None, None, None, s["projected_scale"])     # [B, T, H]
     dcontext, dw, db = linear_backward(dprojected, s["context"], attn_out["w"])           # [B, T, H]
     add_linear_grads(grads["attn_out"], dw, db)
-    dq, dk, dv = attention_backward(dcontext, s["q"], s["k"], s["v"], mask_bias, config.num_attention_heads,
-                                    None, None, s["probs"], s["probs_scale"])            # 3 x [B, T, H]
+    dq, dk, dv, dposition_bias = attention_backward(dcontext, s["q"], s["k"], s["v"], mask_bias,
+                                                    config.num_attention_heads, None, None, s["probs"],
+                                                    s["probs_scale"], position_bias)     # 3 x [B, T, H]
     dfused = np.concatenate([dq, dk, dv], axis=-1)                                      # [B, T, 3H]
     dx_attention, dw, db = linear_backward(dfused, s["x"], qkv["w"])                      # [B, T, H]
     add_linear_grads(grads["qkv"], dw, db)
-    return dresidual1 + dx_attention                     # the residual path and the attention path
+    return dresidual1 + dx_attention, dposition_bias     # the residual path and the attention path
 
 
 # ---- the whole encoder -------------------------------------------------------------------------------------
 
-def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng):
-    """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs."""
-    if weights.get("relative_attention_bias") is not None:
-        raise ConfigError("fine-tuning a model with a relative position bias (MPNet) is not supported yet: its "
-                          "backward pass (the bias table's gradient) is not written; the forward pass works")
+def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng,
+                    keep_activations=True):
+    """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs. keep_activations
+    False (prediction): each layer's activations are let go once the next layer has its input, so memory
+    holds one layer's, not every layer's; there is then no backward."""
     position_ids = make_position_ids(input_ids, config)                                 # [B, T]
     mask_bias = additive_mask(attention_mask, weights["embeddings"]["word"].dtype)       # [B, T]
+    relative = weights.get("relative_attention_bias")
+    position_bias = (relative_position_bias_forward(relative["table"], input_ids.shape[1],
+                                                    config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)
+                     if relative is not None else None)                                  # [1, NH, T, T] or None
     x, saved_embeddings = embeddings_forward(input_ids, position_ids, token_type_ids, **weights["embeddings"],
                                              eps=config.layer_norm_eps, dropout=dropout, rng=rng)   # [B, T, E]
     projection_input = x
@@ -184,20 +196,30 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
         x = linear_forward(x, weights["embedding_projection"]["w"], weights["embedding_projection"]["b"])   # [B, T, H]
     saved_layers = []
     for layer_weights in weights["layers"]:
-        x, saved = encoder_layer_forward(x, mask_bias, **layer_weights, config=config, dropout=dropout, rng=rng)
-        saved_layers.append(saved)
+        x, saved = encoder_layer_forward(x, mask_bias, position_bias, **layer_weights, config=config, dropout=dropout,
+                                         rng=rng)
+        if keep_activations:
+            saved_layers.append(saved)
     return x, {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
-               "mask_bias": mask_bias, "embeddings": saved_embeddings, "projection_input": projection_input,
-               "layers": saved_layers}
+               "mask_bias": mask_bias, "position_bias": position_bias, "embeddings": saved_embeddings,
+               "projection_input": projection_input, "layers": saved_layers}
 
 
 def encoder_backward(dout, saved, weights, config, grads):
     """dout [B, T, H] (gradient of the last hidden state) -> every encoder gradient added into grads."""
     dx = dout                                                                           # [B, T, H]
+    position_bias = saved["position_bias"]                                              # [1, NH, T, T] or None
+    dposition_bias = None if position_bias is None else np.zeros_like(position_bias)    # [1, NH, T, T]
     for layer_weights, layer_grads, layer_saved in reversed(list(zip(weights["layers"], grads["layers"],
                                                                       saved["layers"]))):
-        dx = encoder_layer_backward(dx, layer_saved, saved["mask_bias"], **layer_weights, config=config,
-                                    grads=layer_grads)                                  # [B, T, H]
+        dx, dlayer_bias = encoder_layer_backward(dx, layer_saved, saved["mask_bias"], position_bias,
+                                                 **layer_weights, config=config, grads=layer_grads)   # [B, T, H]
+        if dposition_bias is not None:
+            dposition_bias += dlayer_bias                # one bias for every layer: it collects each use
+    if dposition_bias is not None:
+        grads["relative_attention_bias"]["table"] += relative_position_bias_backward(
+            dposition_bias, weights["relative_attention_bias"]["table"], position_bias.shape[-1],
+            config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)                 # [buckets, NH]
     if weights.get("embedding_projection") is not None:
         dx, dw, db = linear_backward(dx, saved["projection_input"], weights["embedding_projection"]["w"])   # [B, T, E]
         add_linear_grads(grads["embedding_projection"], dw, db)
@@ -262,11 +284,13 @@ def token_head_backward(dlogits, steps, hidden, head, *, head_grads):
 # ---- the classifier: encoder, head, loss ---------------------------------------------------------------------
 
 def classifier_forward(input_ids, attention_mask, token_type_ids, weights, head, config, *, task, dropout=0.0,
-                       rng=None):
+                       rng=None, keep_activations=True):
     """ids [B, T] -> logits ([B, K] for task "sequence", [B, T, K] for "token") and what the backward needs.
-    dropout: the probability for every dropout (0, or rng None: evaluation)."""
+    dropout: the probability for every dropout (0, or rng None: evaluation). keep_activations False: for
+    prediction, holding one layer's activations at a time (see encoder_forward)."""
     hidden, saved_encoder = encoder_forward(input_ids, attention_mask, token_type_ids, weights, config,
-                                            dropout=dropout, rng=rng)                    # [B, T, H]
+                                            dropout=dropout, rng=rng,
+                                            keep_activations=keep_activations)           # [B, T, H]
     if task == "sequence":
         logits, steps = sequence_head_forward(hidden, weights, head, SEQUENCE_HEADS[config.model_type],
                                               dropout=dropout, rng=rng)                 # [B, K]

@@ -43,6 +43,7 @@ class Recipe:
     max_length: Optional[int] = None  # tokens per example (default: the model's limit)
     seed: int = 0                    # head initialisation, batch order and dropout masks
     dtype: str = "float32"           # "float32" or "float64" for weights, activations and optimizer state
+    patience: Optional[int] = None   # stop when the dev accuracy has not improved for this many epochs
 
 
 # ---- examples and batches ------------------------------------------------------------------------------------
@@ -154,8 +155,11 @@ def trainable(weights, head, config):
 
 
 def decays(name):
-    """transformers' examples: no weight decay on biases and LayerNorm weights."""
-    return not (name.endswith(".b") or ".ln." in name or name.split(".")[-2] in ("ln", "attn_ln", "ffn_ln"))
+    """transformers' examples: no weight decay on biases and LayerNorm weights. Their rule is by name ("bias"
+    anywhere in it), so MPNet's relative position bias table (encoder.relative_attention_bias.weight) does
+    not decay either."""
+    return not (name.endswith(".b") or ".ln." in name or name.split(".")[-2] in ("ln", "attn_ln", "ffn_ln")
+                or name.startswith("relative_attention_bias."))
 
 
 def lr_at(step, total_steps, warmup_steps, peak):
@@ -241,7 +245,8 @@ class Classifier:
             pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
             batch = self.tokenizer(part, pairs, max_length=self.max_length)
             logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                           self.weights, self.head, self.config, task=self.task)
+                                           self.weights, self.head, self.config, task=self.task,
+                                           keep_activations=False)
             if self.task == "sequence":
                 out.append(logits)
             else:
@@ -322,10 +327,13 @@ def empty_weights(config, dtype):
                 else np.zeros((config.max_position_embeddings, E), dtype))
     sets = [{"qkv": linear(H, 3 * H), "attn_out": linear(H, H), "attn_ln": norm(H), "ffn_in": linear(H, I),
              "ffn_out": linear(I, H), "ffn_ln": norm(H)} for _ in range(config.num_hidden_groups)]
+    relative = ({"table": np.zeros((config.relative_attention_num_buckets, config.num_attention_heads), dtype)}
+                if config.relative_attention_num_buckets else None)
     return {"embeddings": {"word": np.zeros((config.vocab_size, E), dtype), "position": position,
                            "token_type": np.zeros((config.type_vocab_size, E), dtype), "ln": norm(E)},
             "embedding_projection": linear(E, H) if config.embedding_projection else None,
-            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None}
+            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None,
+            "relative_attention_bias": relative}
 
 
 def load_classifier(directory, *, dtype="float32"):
@@ -406,19 +414,32 @@ def check_examples(examples, task, what):
 
 
 def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels=None, progress=None,
-             on_epoch=None):
+             on_epoch=None, checkpoint_dir=None, resume=False):
     """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
 
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
-    loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history; progress: a
-    file (e.g. sys.stderr) for one line per step with the loss, or None. on_epoch: called with the
-    Classifier after each epoch (the command saves a checkpoint there).
+    loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history. progress: a
+    stream (e.g. sys.stderr) for a bar with the running loss when it is a terminal, a line every 10 seconds
+    otherwise (minibert.train_progress), and a line per epoch; or None.
+    on_epoch: called with the Classifier after each epoch.
+
+    checkpoint_dir: after each epoch the checkpoint (Classifier.save) is written there, and beside it the
+    state an interrupted run resumes from (minibert.train_state); resume=True continues the run saved there
+    after its last finished epoch, and finishes with what the uninterrupted run would have given.
+    recipe.patience: stop when the dev accuracy has not improved for that many epochs; the best epoch's
+    weights are the ones returned (and the checkpoint is only rewritten when an epoch is the best so far).
     """
+    from . import train_progress, train_state
     from .api import Model, load
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     if recipe.dtype not in ("float32", "float64"):
         raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
+    if recipe.patience is not None and (recipe.patience < 1 or dev is None):
+        raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
+                         "a patience of at least 1 epoch")
+    if resume and checkpoint_dir is None:
+        raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
     check_examples(train, task, "train")
     if dev is not None:
         check_examples(dev, task, "dev")
@@ -438,25 +459,75 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     total = steps_per_epoch * recipe.epochs
     warmup = int(np.ceil(recipe.warmup_ratio * total))
     params = trainable(classifier.weights, classifier.head, config)
-    state = {}
-    step = 0
-    for epoch in range(recipe.epochs):
-        losses = []
-        for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
-            lr = lr_at(step, total, warmup, recipe.lr)
-            loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr, rng)
-            losses.append(loss)
-            step += 1
-            if progress is not None:
-                print(f"epoch {epoch + 1}/{recipe.epochs} step {step}/{total} loss {loss:.4f} lr {lr:.2e}",
-                      file=progress, flush=True)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-        if dev is not None:
-            record["dev_accuracy"] = accuracy(classifier, dev)
-        classifier.history.append(record)
-        if on_epoch is not None:
-            on_epoch(classifier)
+    run = None
+    if checkpoint_dir is not None:
+        dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
+        run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items)
+    state, first_epoch, best = {}, 0, None       # AdamW's state; best: {"epoch", "metric", "params"}
+    if resume:
+        state, first_epoch, best = resume_run(checkpoint_dir, run, recipe, classifier, params, rng)
+    step = first_epoch * steps_per_epoch
+    report = train_progress.reporter(progress, total, recipe.epochs, initial=step)
+    try:
+        for epoch in range(first_epoch + 1, recipe.epochs + 1):
+            losses = []
+            for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
+                lr = lr_at(step, total, warmup, recipe.lr)
+                loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr, rng)
+                losses.append(loss)
+                step += 1
+                report.step(epoch=epoch, step=step, loss=loss, running=float(np.mean(losses)), lr=lr,
+                            epoch_end=len(losses) == steps_per_epoch)
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+            if dev is not None:
+                record["dev_accuracy"] = accuracy(classifier, dev)
+            improved = recipe.patience is None or best is None or record["dev_accuracy"] > best["metric"]
+            if recipe.patience is not None:
+                if improved:
+                    best = {"epoch": epoch, "metric": record["dev_accuracy"], "params": [p.copy() for _, p in params]}
+                record["best_epoch"] = best["epoch"]
+            classifier.history.append(record)
+            if checkpoint_dir is not None:
+                if improved:
+                    classifier.save(checkpoint_dir)
+                train_state.save_state(checkpoint_dir, params=params, adam=state, rng=rng, epoch=epoch,
+                                       history=classifier.history, run=run,
+                                       best=None if best is None else {**best, "params": None if improved
+                                                                       else best["params"]})
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+            report.message(shown + (f"; saved {checkpoint_dir}" if checkpoint_dir is not None and improved else ""))
+            if on_epoch is not None:
+                on_epoch(classifier)
+            if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
+                report.message(f"early stopping: no better dev accuracy for {recipe.patience} epoch(s); the best "
+                               f"was epoch {best['epoch']} ({best['metric']:.4f})")
+                break
+    finally:
+        report.close()
+    if best is not None and best["epoch"] != classifier.history[-1]["epoch"]:
+        for (_, p), value in zip(params, best["params"]):
+            p[...] = value
     return classifier
+
+
+def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
+    """Put the run saved in checkpoint_dir back: parameters (in place, so shared arrays stay shared), the
+    generator's state and the history. Returns (AdamW's state, the last finished epoch, the best epoch or None)."""
+    from . import train_state
+    saved = train_state.load_state(checkpoint_dir, params, run)
+    stopped = (recipe.patience is not None and saved["best"] is not None
+               and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
+    if saved["epoch"] >= recipe.epochs or stopped:
+        raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
+                         f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
+    for (_, p), value in zip(params, saved["params"]):
+        p[...] = value
+    rng.bit_generator.state = saved["rng_state"]
+    classifier.history = saved["history"]
+    best = saved["best"]
+    if best is not None and best["params"] is None:       # the last finished epoch was the best one
+        best["params"] = [p.copy() for _, p in params]
+    return saved["adam"], saved["epoch"], best
 
 
 def new_classifier(model, task, labels, recipe, rng):

@@ -3,12 +3,15 @@
 
     minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
                       [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
+                      [--patience N] [--resume]
     minibert predict DIR INPUT [--text-col C] [--pair-col C] [--out FILE]
 
 TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and a label column for
 --task sequence; CoNLL (one "word ... label" line per token, blank lines between sentences) for --task
-token. The checkpoint is written to --out after every epoch, so an interrupted run keeps the last
-finished epoch's model. predict writes one JSON line per input text.
+token. The checkpoint is written to --out after every epoch (with --patience: after every epoch that is
+the best so far), and beside it the state --resume continues from, so an interrupted run keeps its model
+and can go on. Progress goes to stderr: a bar on a terminal, a line every 10 seconds otherwise. predict
+writes one JSON line per input text.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, MiniBertError
+from .train_state import STATE_FILE
 
 
 def read_texts(path, text_col, pair_col=None):
@@ -65,20 +69,16 @@ def cmd_finetune(args):
     train = read_examples(args.train, args)
     dev = read_examples(args.dev, args) if args.dev else None
     recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-                    seed=args.seed, dtype=args.dtype)
-
-    def save(classifier):
-        classifier.save(args.out)
-        record = classifier.history[-1]
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-        print(f"{shown}; saved {args.out}", file=sys.stderr, flush=True)
+                    seed=args.seed, dtype=args.dtype, patience=args.patience)
     try:
-        finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr, on_epoch=save)
+        finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr,
+                 checkpoint_dir=args.out, resume=args.resume)
     except KeyboardInterrupt:
-        saved = (Path(args.out) / "model.safetensors").is_file()
-        raise KeyboardInterrupt(f"{args.out} holds the last finished epoch's model (minibert predict {args.out} "
-                                "INPUT uses it); training cannot resume from it yet" if saved
-                                else "no epoch had finished; nothing saved") from None
+        saved = (Path(args.out) / STATE_FILE).is_file()
+        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
+        raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert predict {args.out} INPUT uses it); "
+                                "run the same command with --resume to continue after the last finished epoch"
+                                if saved else "no epoch had finished; nothing saved") from None
 
 
 def cmd_predict(args):
@@ -121,6 +121,10 @@ def add_commands(sub):
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the --dev accuracy has not improved for N epochs; --out keeps the best epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out after its last finished epoch (same arguments)")
     p.set_defaults(run=cmd_finetune)
     p = sub.add_parser("predict", help="predict with a fine-tuned classifier directory, one JSON line per text",
                        epilog="example: minibert predict clf texts.txt")

@@ -110,14 +110,16 @@ def compare_grads(ours, theirs):
 
 
 def block_of(name):
-    """'bert.encoder.layer.1.output.dense.weight' -> 'layer.1'; the embeddings, pooler and head by name."""
+    """'bert.encoder.layer.1.output.dense.weight' -> 'layer.1'; the embeddings, pooler, MPNet's relative
+    position bias and the head by name."""
     parts = name.split(".")
     for marker in ("layer", "albert_layer_groups"):
         if marker in parts:
             i = parts.index(marker)
             if i + 1 < len(parts) and parts[i + 1].isdigit():
                 return f"{marker}.{parts[i + 1]}"
-    for block in ("embeddings_project", "embedding_hidden_mapping_in", "embeddings", "pooler"):
+    for block in ("embeddings_project", "embedding_hidden_mapping_in", "embeddings", "pooler",
+                  "relative_attention_bias"):
         if any(part.startswith(block) for part in parts):
             return block
     return "head"

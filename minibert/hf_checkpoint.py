@@ -16,12 +16,13 @@ HEAD_NAMES = {
                  "roberta": {"dense": "classifier.dense", "out": "classifier.out_proj"},
                  "xlm-roberta": {"dense": "classifier.dense", "out": "classifier.out_proj"},
                  "electra": {"dense": "classifier.dense", "out": "classifier.out_proj"},
-                 "distilbert": {"dense": "pre_classifier", "out": "classifier"}},
+                 "distilbert": {"dense": "pre_classifier", "out": "classifier"},
+                 "mpnet": {"dense": "classifier.dense", "out": "classifier.out_proj"}},
     "token": {family: {"out": "classifier"} for family in FAMILY_NAMES},
 }
 # transformers' class name for each family and task, for config.json's "architectures".
 ARCHITECTURES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert",
-                 "electra": "Electra", "albert": "Albert"}
+                 "electra": "Electra", "albert": "Albert", "mpnet": "MPNet"}
 TASK_SUFFIX = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 
 
@@ -70,6 +71,8 @@ def table_rows(config, include_position=True):
     if config.embedding_projection:
         rows += [(ours, theirs, arr, "projection") for ours, theirs, arr in names.projection]
     rows += [(ours, theirs, arr, "pooler") for ours, theirs, arr in names.pooler]
+    if config.relative_attention_num_buckets:
+        rows += [(ours, theirs, arr, "relative_bias") for ours, theirs, arr in names.relative_bias]
     return rows
 
 
@@ -113,7 +116,7 @@ def tree_from_tensors(tensors, config, *, task, dtype, template):
     prefix = names.model_prefixes[0]
     plain = {name[len(prefix):] if name.startswith(prefix) else name: t for name, t in tensors.items()}
     weights = {"embeddings": dict(template["embeddings"]), "embedding_projection": template.get("embedding_projection"),
-               "pooler": template.get("pooler")}
+               "pooler": template.get("pooler"), "relative_attention_bias": template.get("relative_attention_bias")}
     weights["embeddings"]["ln"] = dict(template["embeddings"]["ln"])
 
     def arranged(theirs, arrangement):

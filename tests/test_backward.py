@@ -97,11 +97,46 @@ def test_attention_backward_with_padding(rng):
     context, probs, scale = rb.attention_forward(q, k, v, mask_bias, NH)
     from minibert.kernels.reference import attention
     np.testing.assert_allclose(context, attention(q, k, v, mask_bias, NH)[0], rtol=1e-13, atol=1e-13)
-    dq, dk, dv = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.0, None, probs, scale)
+    dq, dk, dv, dbias = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.0, None, probs, scale)
+    assert dbias is None
     loss = lambda: float((rb.attention_forward(q, k, v, mask_bias, NH)[0] * dctx).sum())
     for got, arg in ((dq, q), (dk, k), (dv, v)):
         assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
     assert not dk[1, 3:].any() and not dv[1, 3:].any()     # padded keys and values get no gradient
+
+
+def test_attention_backward_with_a_position_bias(rng):
+    """MPNet: a [1, NH, T, T] bias added to every text's scaled scores; its gradient sums over the batch."""
+    B, T, H, NH = 2, 5, 8, 2
+    q, k, v = (rng.standard_normal((B, T, H)) for _ in range(3))
+    bias = rng.standard_normal((1, NH, T, T))
+    mask_bias = (1.0 - np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])) * np.finfo(np.float64).min   # [B, T]
+    dctx = rng.standard_normal((B, T, H))
+    context, probs, scale = rb.attention_forward(q, k, v, mask_bias, NH, position_bias=bias)
+    from minibert.kernels.reference import attention
+    np.testing.assert_allclose(context, attention(q, k, v, mask_bias, NH, position_bias=bias)[0], rtol=1e-13,
+                               atol=1e-13)
+    grads = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.0, None, probs, scale, bias)
+    loss = lambda: float((rb.attention_forward(q, k, v, mask_bias, NH, position_bias=bias)[0] * dctx).sum())
+    for got, arg in zip(grads, (q, k, v, bias)):
+        assert got.shape == arg.shape
+        assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
+
+
+def test_relative_position_bias_backward_scatter_adds_shared_buckets(rng):
+    """T = 40 reaches past the 8 exact distances into the shared logarithmic buckets (up to 8 distances a
+    bucket here), so rows gathered by many (query, key) pairs are checked."""
+    from minibert.config import RELATIVE_MAX_DISTANCE
+    from minibert.kernels.reference import relative_position_buckets
+    T, NH, buckets = 40, 3, 32
+    table = rng.standard_normal((buckets, NH))
+    dbias = rng.standard_normal((2, NH, T, T))
+    used = relative_position_buckets(T, buckets, RELATIVE_MAX_DISTANCE)
+    assert np.bincount(used.ravel()).max() > T          # some row is read by more pairs than one distance gives
+    dtable = rb.relative_position_bias_backward(dbias, table, T, buckets, RELATIVE_MAX_DISTANCE)
+    loss = lambda: float((rb.relative_position_bias_forward(table, T, buckets, RELATIVE_MAX_DISTANCE) * dbias).sum())
+    assert rel_err(dtable, numeric_grad(loss, table)) < FD_TOL
+    assert not dtable[np.setdiff1d(np.arange(buckets), used)].any()     # rows no pair reads get nothing
 
 
 def test_attention_dropout_backward_uses_the_forward_mask(rng):
@@ -114,7 +149,7 @@ def test_attention_dropout_backward_uses_the_forward_mask(rng):
 
     def loss():          # the same seed gives the same mask, so the function is smooth in q, k, v
         return float((rb.attention_forward(q, k, v, mask_bias, NH, 0.5, np.random.default_rng(3))[0] * dctx).sum())
-    dq, dk, dv = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.5, None, probs, scale)
+    dq, dk, dv, _ = rb.attention_backward(dctx, q, k, v, mask_bias, NH, 0.5, None, probs, scale)
     for got, arg in ((dq, q), (dk, k), (dv, v)):
         assert rel_err(got, numeric_grad(loss, arg)) < FD_TOL
 
@@ -182,18 +217,8 @@ def tiny_batch(config, rng, B=3, T=7):
     return ids, mask, types
 
 
-# Every fixture family the backward pass covers; MPNet's relative position bias has no backward yet (refused).
-FAMILY_NAMES = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file()
-                      and not p.name.startswith("mpnet"))
-
-
-def test_fine_tuning_mpnet_is_refused_until_its_bias_has_a_backward():
-    from minibert import ConfigError
-    config, weights = family_model("mpnet")
-    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
-    head = random_head(config, "token", 3, np.random.default_rng(2))
-    with pytest.raises(ConfigError, match="relative position bias"):
-        classifier_forward(ids, mask, types, weights, head, config, task="token")
+# Every fixture family: the backward pass covers them all.
+FAMILY_NAMES = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -207,6 +232,19 @@ def test_training_forward_equals_the_encoder(name):
     expected = encoder(ids, mask, types, make_position_ids(ids, config), weights, config, make_ops("numpy"),
                        dtype=np.float64).last_hidden_state
     np.testing.assert_allclose(saved["hidden"], expected, rtol=0, atol=1e-12)
+
+
+def test_prediction_forward_keeps_no_layer_activations():
+    """keep_activations=False (what predict uses): the same logits, bit for bit, with no layer's activations
+    held once the next layer has its input."""
+    config, weights = family_model("mpnet")
+    ids, mask, types = tiny_batch(config, np.random.default_rng(1))
+    head = random_head(config, "sequence", 3, np.random.default_rng(2))
+    kept, saved = classifier_forward(ids, mask, types, weights, head, config, task="sequence")
+    light, light_saved = classifier_forward(ids, mask, types, weights, head, config, task="sequence",
+                                            keep_activations=False)
+    np.testing.assert_array_equal(light, kept)
+    assert len(saved["encoder"]["layers"]) == config.num_hidden_layers and light_saved["encoder"]["layers"] == []
 
 
 @pytest.mark.parametrize("name,dropped", [("bert_cased", True), ("distilbert", False)])
@@ -243,7 +281,8 @@ def flat_params(tree, prefix=""):
 
 @pytest.mark.parametrize("name,task", [("bert_cased", "sequence"), ("roberta", "sequence"),
                                        ("distilbert", "sequence"), ("electra", "sequence"),
-                                       ("albert_groups", "sequence"), ("bert_cased", "token")])
+                                       ("albert_groups", "sequence"), ("mpnet", "sequence"),
+                                       ("bert_cased", "token")])
 def test_model_grads_match_directional_differences(name, task):
     """Every parameter's gradient, checked along a random direction per tensor by central differences."""
     config, weights = family_model(name)

@@ -2,6 +2,7 @@
 end-to-end runs on the tiny family checkpoints (sequence pairs and CoNLL tokens), saved and loaded back."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,8 @@ from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
 from minibert.weights import FAMILY_NAMES, load_weights
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
-# The families fine-tuning covers: MPNet is refused until its relative position bias has a backward pass
-# (tests/test_backward.py), so its task checkpoints are not written either.
-FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file()
-                     and not p.name.startswith("mpnet"))
+# Every fixture family fine-tunes.
+FAMILY_DIRS = sorted(p.name for p in FAMILIES.iterdir() if (p / "config.json").is_file())
 
 
 @pytest.mark.parametrize("name", FAMILY_DIRS)
@@ -77,7 +76,8 @@ def test_fused_adamw_matches_the_numpy_steps(dtype):
 
 def test_no_decay_on_biases_and_layer_norm():
     assert decays("layers.0.qkv.w") and decays("head.out.w") and decays("embeddings.word")
-    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b"))
+    assert not any(decays(n) for n in ("layers.0.qkv.b", "layers.1.attn_ln.g", "embeddings.ln.g", "head.out.b",
+                                       "relative_attention_bias.table"))   # MPNet's: "bias" in transformers' name
 
 
 def test_linear_schedule():
@@ -249,7 +249,7 @@ def test_saved_checkpoint_predicts_the_same_in_transformers(name, task, tmp_path
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert"])
+@pytest.mark.parametrize("name", ["bert_cased", "roberta", "distilbert", "electra", "albert", "mpnet"])
 def test_twenty_steps_track_torch(name):
     """Dropout off, the same initial head and batch order: minibert's float32 loss curve and torch's
     (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
@@ -274,7 +274,9 @@ def test_twenty_steps_track_torch(name):
                                   (classifier.config.sinusoidal_positions and "position_embeddings" in k)
                                   for k in missing), (missing, unexpected)
     named = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
-    no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+    # transformers' examples and Trainer: no decay where "bias" is in the name (MPNet's relative position
+    # bias table too) and on LayerNorm weights
+    no_decay = [p for n, p in named if "bias" in n or "LayerNorm" in n or "layer_norm" in n]
     decay = [p for n, p in named if not any(p is q for q in no_decay)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
@@ -346,12 +348,20 @@ def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monk
     code = finetune_cli.main(["finetune", str(tmp_path / "train.conll"), "--task", "token", "--out", str(out),
                               "--epochs", "3", "--batch-size", "4", "--model", str(FAMILIES / "electra")])
     err = capsys.readouterr().err
-    assert code == 130 and "holds the last finished epoch's model" in err
+    assert code == 130 and "holds the last finished epoch's model" in err and "--resume" in err
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForTokenClassification"]
     (tmp_path / "texts.txt").write_text("Anna saw Bob\n")
     assert finetune_cli.main(["predict", str(out), str(tmp_path / "texts.txt")]) == 0
     words = json.loads(capsys.readouterr().out)["words"]
     assert [(w["word"], w["start"], w["end"]) for w in words] == [("Anna", 0, 4), ("saw", 5, 8), ("Bob", 9, 12)]
+    monkeypatch.setattr(finetune, "train_step", real_step)
+    command = ["finetune", str(tmp_path / "train.conll"), "--task", "token", "--out", str(out), "--epochs", "3",
+               "--batch-size", "4", "--model", str(FAMILIES / "electra"), "--resume"]
+    assert finetune_cli.main(command) == 0
+    err = capsys.readouterr().err
+    assert "step 3/6" in err and "epoch 1," not in err and "epoch 3, train_loss" in err    # epochs 2 and 3 only
+    assert finetune_cli.main(command) == 1
+    assert "has finished (epoch 3 of 3)" in capsys.readouterr().err
 
 
 def test_command_errors_are_one_line(tmp_path, capsys):
@@ -366,7 +376,7 @@ def test_command_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["bert_chinese", "distilbert_sinusoidal", "albert_groups", "roberta"])
+@pytest.mark.parametrize("name", ["bert_chinese", "distilbert_sinusoidal", "albert_groups", "roberta", "mpnet"])
 @pytest.mark.parametrize("task", ["sequence", "token"])
 def test_load_classifier_reads_what_transformers_saves(name, task, tmp_path):
     """A classifier saved by transformers' save_pretrained loads in minibert and predicts the same."""
@@ -390,3 +400,125 @@ def test_load_classifier_reads_what_transformers_saves(name, task, tmp_path):
     if task == "token":
         ours, theirs = np.concatenate(ours), theirs[batch.attention_mask.astype(bool)]
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-6)      # float32: measured worst 1.2e-6
+
+
+# ---- early stopping and resuming ------------------------------------------------------------------------------
+
+def scripted_accuracy(script):
+    """A stand-in for finetune.accuracy giving script[epoch - 1] at each epoch (by the history's length, so a
+    resumed run continues the script where the interrupted one left it)."""
+    return lambda classifier, examples: script[len(classifier.history)]
+
+
+def trained_arrays(classifier):
+    return [p.copy() for _, p in trainable(classifier.weights, classifier.head, classifier.config)]
+
+
+def test_patience_stops_and_keeps_the_best_epoch(tmp_path, monkeypatch):
+    from minibert import finetune as ft
+    monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
+    per_epoch = []
+    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, dropout=0.1, patience=2)
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(16), dev=pair_task(4, seed=1), recipe=recipe,
+                          checkpoint_dir=tmp_path / "clf", on_epoch=lambda c: per_epoch.append(trained_arrays(c)))
+    assert [r["epoch"] for r in classifier.history] == [1, 2, 3, 4]       # epochs 3 and 4 did not beat epoch 2
+    assert [r["best_epoch"] for r in classifier.history] == [1, 2, 2, 2]
+    assert any((a != b).any() for a, b in zip(per_epoch[1], per_epoch[3]))  # training went on after epoch 2
+    for got, best in zip(trained_arrays(classifier), per_epoch[1]):
+        np.testing.assert_array_equal(got, best)                           # the returned model is epoch 2's
+    saved = load_classifier(tmp_path / "clf")                              # and so is the checkpoint (float32)
+    names = [name for name, _ in trainable(classifier.weights, classifier.head, classifier.config)]
+    loaded = dict(trainable(saved.weights, saved.head, saved.config))
+    assert set(loaded) == set(names)
+    for name, best in zip(names, per_epoch[1]):
+        np.testing.assert_array_equal(loaded[name], best, err_msg=name)
+
+
+def test_patience_needs_a_dev_set():
+    with pytest.raises(InputError, match="dev set"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=2, patience=1))
+
+
+@pytest.mark.parametrize("patience,dtype", [(None, "float64"), (2, "float64"), (None, "float32")])
+def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, patience, dtype):
+    """Dropout on (the generator's state matters as much as the weights and AdamW's moments): the resumed
+    run ends with exactly the uninterrupted run's weights, history and checkpoint, in float64 and float32
+    alike (the state keeps the training dtype). With patience, the early stop falls after the interruption
+    and the best epoch before it."""
+    from minibert import finetune as ft
+    if patience:
+        monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
+    train, dev = pair_task(24), pair_task(8, seed=1)
+    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, warmup_ratio=0.2, dropout=0.1, seed=5, dtype=dtype,
+                    patience=patience)
+    whole = finetune(str(FAMILIES / "roberta"), train, dev=dev, recipe=recipe, checkpoint_dir=tmp_path / "whole")
+    real_step, calls = ft.train_step, {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 8:                  # 3 steps an epoch: the 2nd step of epoch 3
+            raise KeyboardInterrupt
+        return real_step(*args)
+    monkeypatch.setattr(ft, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(FAMILIES / "roberta"), train, dev=dev, recipe=recipe, checkpoint_dir=tmp_path / "parts")
+    monkeypatch.setattr(ft, "train_step", real_step)
+    resumed = finetune(str(FAMILIES / "roberta"), train, dev=dev, recipe=recipe, checkpoint_dir=tmp_path / "parts",
+                       resume=True)
+    assert resumed.history == whole.history
+    assert len(whole.history) == (4 if patience else 5)
+    for a, b in zip(trained_arrays(resumed), trained_arrays(whole)):
+        np.testing.assert_array_equal(a, b)
+    ours, theirs = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("parts", "whole"))
+    assert set(ours) == set(theirs)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_resume_refuses_another_run_or_nothing(tmp_path):
+    train = pair_task(8)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    with pytest.raises(InputError, match="no minibert_training_state.npz"):
+        finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path, resume=True)
+    finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match=r"recipe.lr 0.001 then, 0.002 now"):
+        finetune(str(FAMILIES / "bert_cased"), train, recipe=Recipe(epochs=2, lr=2e-3, batch_size=8, dropout=0.0),
+                 checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(InputError, match="train data differs"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8, seed=4), recipe=recipe, checkpoint_dir=tmp_path,
+                 resume=True)
+    with pytest.raises(InputError, match="has finished"):
+        finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path, resume=True)
+
+
+# ---- progress ----------------------------------------------------------------------------------------------------
+
+def test_progress_lines_come_at_epoch_ends_and_every_interval():
+    import io
+    from minibert.train_progress import LineReporter
+    now = {"t": 0.0}
+    out = io.StringIO()
+    report = LineReporter(out, 6, 2, interval=10.0, clock=lambda: now["t"])
+    for step, (t, end) in enumerate([(0, False), (5, False), (12, True), (13, False), (14, False), (15, True)], 1):
+        now["t"] = t
+        report.step(epoch=1 + (step > 3), step=step, loss=1.0 / step, running=0.5, lr=1e-3, epoch_end=end)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" loss")[0] for line in lines] == ["epoch 1/2 step 1/6", "epoch 1/2 step 3/6",
+                                                          "epoch 2/2 step 4/6", "epoch 2/2 step 6/6"]
+    assert lines[1] == "epoch 1/2 step 3/6 loss 0.3333 running 0.5000 lr 1.00e-03"
+
+
+def test_progress_is_a_bar_with_the_running_loss_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    finetune(str(FAMILIES / "bert_cased"), pair_task(16), recipe=Recipe(epochs=2, lr=1e-3, batch_size=8),
+             progress=out)
+    text = out.getvalue()
+    assert "\r" in text and "4/4" in text and "epoch 2/2" in text        # one bar redrawn in place
+    last = [part for part in text.split("\r") if "4/4" in part][-1]
+    assert re.search(r"loss \d\.\d{4}", last), last
+    assert "epoch 2, train_loss" in text                                   # the epoch lines above the bar
