@@ -420,7 +420,7 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
     loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history. progress: a
     stream (e.g. sys.stderr) for a bar with the running loss when it is a terminal, a line every 10 seconds
-    otherwise (minibert.train_progress), and a line per epoch; or None.
+    otherwise (minibert.progress), and a line per epoch; or None.
     on_epoch: called with the Classifier after each epoch.
 
     checkpoint_dir: after each epoch the checkpoint (Classifier.save) is written there, and beside it the
@@ -429,7 +429,7 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     recipe.patience: stop when the dev accuracy has not improved for that many epochs; the best epoch's
     weights are the ones returned (and the checkpoint is only rewritten when an epoch is the best so far).
     """
-    from . import train_progress, train_state
+    from . import progress as progress_report, train_state
     from .api import Model, load
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
@@ -467,7 +467,7 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     if resume:
         state, first_epoch, best = resume_run(checkpoint_dir, run, recipe, classifier, params, rng)
     step = first_epoch * steps_per_epoch
-    report = train_progress.reporter(progress, total, recipe.epochs, initial=step)
+    report = progress_report.reporter(progress, total, recipe.epochs, initial=step)
     try:
         for epoch in range(first_epoch + 1, recipe.epochs + 1):
             losses = []

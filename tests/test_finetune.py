@@ -495,7 +495,7 @@ def test_resume_refuses_another_run_or_nothing(tmp_path):
 
 def test_progress_lines_come_at_epoch_ends_and_every_interval():
     import io
-    from minibert.train_progress import LineReporter
+    from minibert.progress import LineReporter
     now = {"t": 0.0}
     out = io.StringIO()
     report = LineReporter(out, 6, 2, interval=10.0, clock=lambda: now["t"])
