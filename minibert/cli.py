@@ -414,7 +414,7 @@ def add_model_arguments(p, model_help="model directory or hub id (default: bundl
 
 
 POOLINGS = ["cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken"]
-RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' settings; mean for a plain checkpoint)"
+RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' pooling; mean for a plain checkpoint)"
 
 
 def add_encoding_arguments(p):
@@ -424,7 +424,8 @@ def add_encoding_arguments(p):
     p.add_argument("--pooling", default=None, choices=POOLINGS + ["none"],
                    help=f"none: token vectors; {RECIPE_DEFAULT}")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"L2-normalise the final vectors (--no-normalize: never); {RECIPE_DEFAULT}")
+                   help="L2-normalise the final vectors (--no-normalize: never); default: the model's recipe "
+                        "(normalised when it lists sentence-transformers' Normalize; not for a plain checkpoint)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--max-length", type=int_at_least(2), default=None,
                    help="cut texts to this many tokens, special tokens included (default: the model's maximum)")
