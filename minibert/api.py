@@ -225,6 +225,8 @@ class Model:
             is a cast of the result (computed in the model's dtype), for storage.
         prompt / prompt_name: text put before each text, or the name of one of the recipe's prompts.
         text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
+        progress: None (a bar on a terminal for large inputs), True, False, or a callable progress(done, total)
+            called after each batch with the rows (texts, or windows of them) done so far.
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
         """
         from .conventions import shape_like_sentence_transformers, translate

@@ -311,12 +311,24 @@ def pad(rows, pad_id):
 
 
 def progress_bar(batches, progress, total_rows):
-    """tqdm over batches: on by default only when stderr is a terminal and the input is large."""
+    """tqdm over batches: on by default only when stderr is a terminal and the input is large. A callable
+    `progress` is called instead, progress(rows_done, total_rows), after each batch (a caller's own report,
+    e.g. extract's one bar for a whole run)."""
+    if callable(progress):
+        return report_batches(batches, progress, total_rows)
     show = progress if progress is not None else (sys.stderr.isatty() and total_rows >= 2048)
     if not show:
         return batches
     from tqdm.auto import tqdm
     return tqdm(batches, desc="minibert", unit="batch")
+
+
+def report_batches(batches, progress, total_rows):
+    done = 0
+    for batch in batches:
+        yield batch                     # the loop body runs here; the batch is done when the next is asked for
+        done += len(batch)
+        progress(done, total_rows)
 
 
 def output_dtype(model, dtype):

@@ -75,14 +75,19 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     N = len(texts)
     out = Path(out_dir)
 
-    def encode_chunk(chunk):
+    report = None                  # the run's one progress report, once the run has started (below)
+
+    def encode_chunk(chunk, start=0):
+        def batch_done(rows, total):
+            if report is not None:
+                report.advance(start + len(chunk) * rows // total)
         return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                            progress=False, dtype=dtype)     # one report for the whole run, below
+                            progress=batch_done, dtype=dtype)
 
     if encode_range is None:
         def encode_range(start, stop):
-            return encode_chunk(texts[start:stop])
+            return encode_chunk(texts[start:stop], start)
 
     probe = encode_chunk(["x"])            # the output's shape per text; also checks every option up front
     token_level = pooling == "none"

@@ -448,3 +448,34 @@ def test_one_progress_report_for_the_whole_run():
     with RowProgress(100, show=False, stream=quiet, clock=lambda: 1e9) as report:
         report.advance(50)
     assert quiet.getvalue() == ""
+
+
+def test_the_run_report_advances_batch_by_batch(tiny_model, tmp_path, monkeypatch):
+    """extract's one report moves after every batch of encode, not only after each 4,096-text chunk (a chunk
+    of long texts is minutes of work), and encode(progress=callable) says rows done after each batch."""
+    import minibert.extract as extract_module
+    calls = []
+    tiny_model.encode([f"text {i}" for i in range(25)], batch_size=10, progress=lambda done, total: calls.append(
+        (done, total)))
+    assert calls == [(10, 25), (20, 25), (25, 25)]
+    seen = []
+
+    class Recorder:
+        def __init__(self, total, done=0, **options):
+            seen.append(("start", total, done))
+
+        def advance(self, rows):
+            seen.append(rows)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(extract_module, "RowProgress", Recorder)
+    monkeypatch.setattr(extract_module, "CHUNK", 40)
+    extract_module.extract(tiny_model, [f"text number {i}" for i in range(100)], tmp_path / "o", batch_size=8)
+    assert seen[0] == ("start", 100, 0) and seen[-1] == 100
+    progress = seen[1:]
+    assert progress == sorted(progress) and len(progress) > 3 * 3      # several reports inside each chunk
+    assert {40, 80, 100} <= set(progress)                               # and each chunk's end exactly
