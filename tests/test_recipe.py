@@ -401,6 +401,24 @@ def test_sentence_encoder_needs_no_scikit_learn():
     assert out.stdout.split()[-1] == "False" and "(1, 16)" in out.stdout
 
 
+def test_sentence_encoder_refuses_a_bare_string():
+    """transform("some text") would otherwise iterate the string: one vector per character, [len, D], no error
+    (scikit-learn's own text vectorizers refuse a bare string the same way)."""
+    encoder = minibert.SentenceEncoder(str(FIXTURES / "st_cls"), backend="numpy")
+    for call in (encoder.transform, encoder.fit_transform):
+        with pytest.raises(InputError, match="a list of texts"):
+            call("hello world")
+    assert encoder.transform(np.array(["hello world"])).shape == (1, 16)
+
+
+def test_sentence_encoder_batch_size_in_encode_options():
+    """batch_size is a parameter of its own; given again in encode_options it was a TypeError from inside
+    transform ('got multiple values for keyword argument')."""
+    encoder = minibert.SentenceEncoder(str(FIXTURES / "st_cls"), backend="numpy", encode_options={"batch_size": 2})
+    with pytest.raises(InputError, match="batch_size"):
+        encoder.fit(["hello"])
+
+
 # ---- live: sentence-transformers itself -------------------------------------------------------------
 
 @pytest.mark.reference
