@@ -200,6 +200,20 @@ def test_prompt_left_out_of_pooling_refuses_windows():
         model.encode(["hello"], prompt_name="query", window=16)
 
 
+def test_prompt_left_out_longer_than_max_seq_length():
+    """sentence-transformers counts the prompt's tokens with the prompt cut to max_seq_length, so a prompt
+    that fills the window leaves the text's last kept token ([SEP]) in the pooling. minibert counted the
+    prompt uncut and masked every token: a zero vector, silently. (Live check: tests/test_recipe.py
+    test_live_prompt_longer_than_max_seq_length: 1.9e-7 to sentence-transformers.) Measured 3.0e-8 here."""
+    model = minibert.load(str(FIXTURES / "st_prompt_excluded"), backend="numpy")
+    prompt = "hello world " * 40                                 # 82 tokens alone; max_seq_length 32
+    texts = ["hi", "the cat sat"]
+    got = model.encode(texts, prompt=prompt)                     # [2, 16]: mean over kept tokens, Normalize
+    for text, vector in zip(texts, got):
+        last = model.encode([text], prompt=prompt, pooling="none")[0][-1]                   # [16]
+        np.testing.assert_allclose(vector, last / np.linalg.norm(last), rtol=0, atol=1e-6)
+
+
 def copy_case(tmp_path, case="st_max_dense_normalize"):
     target = tmp_path / case
     shutil.copytree(FIXTURES / case, target)
@@ -447,6 +461,17 @@ def test_live_st_mpnet_against_sentence_transformers(backend):
     with pytest.warns(UserWarning, match="truncated"):
         got = minibert.load(str(FIXTURES / "st_mpnet"), backend=backend).encode(texts, batch_size=4)
     assert np.abs(got - want).max() < MPNET_TOL, np.abs(got - want).max()
+
+
+@pytest.mark.reference
+def test_live_prompt_longer_than_max_seq_length():
+    """include_prompt false and a prompt past max_seq_length: sentence-transformers' own numbers."""
+    st = pytest.importorskip("sentence_transformers")
+    texts, prompt = ["hi", "the cat sat", "x y z"], "hello world " * 40
+    want = st.SentenceTransformer(str(FIXTURES / "st_prompt_excluded"), device="cpu").encode(texts, prompt=prompt)
+    with pytest.warns(UserWarning, match="truncated"):
+        got = minibert.load(str(FIXTURES / "st_prompt_excluded"), backend="numpy").encode(texts, prompt=prompt)
+    assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
 
 
 @pytest.mark.reference
