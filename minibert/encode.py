@@ -164,6 +164,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
         if len(text_pairs) != len(texts) or window is not None:
             raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)}) "
                              "and no window=")
+        if recipe.lower:                            # as sentence-transformers: both texts of a pair
+            text_pairs = [t.lower() for t in text_pairs]
     tokenized = tokenize_texts(model, texts, max_length, window, pairs=text_pairs)
     warn_truncated(model, tokenized, max_length)
     warn_unknown(model, tokenized)

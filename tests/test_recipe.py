@@ -387,6 +387,27 @@ def test_encode_text_pairs_is_forward_on_the_tokenized_pairs(dense_model):
         dense_model.encode(texts, text_pairs=pairs[:1])
 
 
+def test_text_pairs_are_lower_cased_with_the_texts():
+    """do_lower_case applies to both texts of a pair, as sentence-transformers lower-cases every column; the
+    second text was tokenized as given (1.23 from sentence-transformers on "A DOG Barked"; live check below:
+    1.4e-6 now)."""
+    model = minibert.load(str(FIXTURES / "st_mean_sqrt_len_lower"), backend="numpy")
+    texts, pairs = ["The Cat SAT", "Hello World"], ["A DOG Barked", "The Cat"]
+    np.testing.assert_array_equal(model.encode(texts, text_pairs=pairs),
+                                  model.encode([t.lower() for t in texts], text_pairs=[p.lower() for p in pairs]))
+    assert np.abs(model.encode(pairs) - model.encode([p.lower() for p in pairs])).max() == 0
+
+
+@pytest.mark.reference
+def test_live_text_pairs_lower_cased():
+    st = pytest.importorskip("sentence_transformers")
+    texts, pairs = ["The Cat SAT", "Hello World"], ["A DOG Barked", "The Cat"]
+    want = st.SentenceTransformer(str(FIXTURES / "st_mean_sqrt_len_lower"), device="cpu").encode(
+        [[t, p] for t, p in zip(texts, pairs)])
+    got = minibert.load(str(FIXTURES / "st_mean_sqrt_len_lower"), backend="numpy").encode(texts, text_pairs=pairs)
+    assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
+
+
 def test_scikit_learn_pipeline_fits_predicts_and_saves_with_joblib(tmp_path):
     sklearn = pytest.importorskip("sklearn")
     import joblib
