@@ -198,7 +198,10 @@ def cmd_similarity(args):
         from .pooling import resolve_layers
         from .search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, args.field)
-        layer = layer_label(resolve_layers(args.layer, model.config.num_hidden_layers)[0])
+        [chosen] = resolve_layers(args.layer, model.config.num_hidden_layers)
+        layer = layer_label(chosen)
+        if head_label(model) and chosen == model.config.num_hidden_layers:     # encode adds the head there
+            layer += f" + {head_label(model)}"
         matrix = similarity_matrix(model, texts, layer=args.layer, pooling=args.pooling)     # [N, N]
         if args.out is not None:
             with writing(args.out, "--out"):
@@ -214,14 +217,26 @@ def cmd_similarity(args):
         return
     vectors = model.encode([args.text_a, args.text_b], layers="all", pooling=args.pooling, normalize=True)
     cosines = (vectors[0] * vectors[1]).sum(-1)                       # [layers]
+    # The layers are the encoder's; a recipe's Dense head makes the model's own sentence vector from the
+    # last one, which --matrix compares (and search, embed): shown too, so the two commands agree.
+    sentence = None
+    if head_label(model):
+        a, b = model.encode([args.text_a, args.text_b], pooling=args.pooling, normalize=True)      # [D] each
+        sentence = float(a @ b)
     if args.json:
         per_layer = {layer_label(i): float(c) for i, c in enumerate(cosines)}
-        print(json.dumps({"pooling": args.pooling, "layers": per_layer}))
+        found = {"pooling": args.pooling, "layers": per_layer}
+        print(json.dumps(found if sentence is None else {**found, "sentence": sentence}))
         return
     print(f"cosine similarity per layer ({args.pooling} pooling)")
-    for i, c in enumerate(cosines):
-        name = "embeddings" if i == 0 else f"layer {i}"
+    rows = [("embeddings" if i == 0 else f"layer {i}", c) for i, c in enumerate(cosines)]
+    for name, c in rows + ([] if sentence is None else [(head_label(model), sentence)]):
         print(f"{name:>10}  {c:+.4f}  {'#' * int(round(max(c, 0) * 40))}")
+
+
+def head_label(model):
+    """The recipe's Dense modules by folder ("2_Dense"), or "" when it has none."""
+    return " + ".join(d.path for d in model.recipe.dense)
 
 
 def cmd_extract(args):

@@ -4,6 +4,7 @@ Batches are formed after sorting by length (each padded only to its own longest 
 back in input order. Pooled outputs are pooled layer by layer as the encoder produces them.
 """
 
+import contextvars
 import sys
 from dataclasses import dataclass
 
@@ -137,6 +138,11 @@ def window_rows(index, tok, window, stride):
         start += step
 
 
+# Where the texts being encoded start in a larger input: extract encodes a corpus chunk by chunk and sets
+# this, so that warnings name the input's rows, not the chunk's.
+FIRST_ROW = contextvars.ContextVar("minibert_first_row", default=None)
+
+
 def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
            max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
            prompt=None, prompt_name=None, text_pairs=None):
@@ -164,9 +170,12 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
         if len(text_pairs) != len(texts) or window is not None:
             raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)}) "
                              "and no window=")
+        if recipe.lower:                            # as sentence-transformers: both texts of a pair
+            text_pairs = [t.lower() for t in text_pairs]
     tokenized = tokenize_texts(model, texts, max_length, window, pairs=text_pairs)
-    warn_truncated(model, tokenized, max_length)
-    warn_unknown(model, tokenized)
+    first_index = FIRST_ROW.get()
+    warn_truncated(model, tokenized, max_length, first_index)
+    warn_unknown(model, tokenized, first_index=first_index)
     per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
                               window=window, stride=stride, progress=progress, capture=request.names, skip=skip)
     if pooling == "none":
@@ -179,15 +188,20 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
                                                 for name, values in captured.items()}))
 
 
-def warn_truncated(model, tokenized, max_length):
+def rows_of(tokenized, first_index):
+    """" (rows 4096-8191)" for a chunk of a larger input, "" for a whole one."""
+    return "" if first_index is None else f" (rows {first_index}-{first_index + len(tokenized) - 1})"
+
+
+def warn_truncated(model, tokenized, max_length, first_index=None):
     cut = sum(t.truncated for t in tokenized)
     if cut:
-        warn_caller(f"minibert: {cut} of {len(tokenized)} texts were longer than "
+        warn_caller(f"minibert: {cut} of {len(tokenized)} texts{rows_of(tokenized, first_index)} were longer than "
                     f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
                     "pass window= (and stride=) to cover long texts whole")
 
 
-def warn_unknown(model, tokenized, threshold=0.5):
+def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
     """One warning for the texts most of whose pieces are the unknown token: the model cannot read them."""
     unk = model.tokenizer.unk_id
     if unk is None:
@@ -198,9 +212,12 @@ def warn_unknown(model, tokenized, threshold=0.5):
         if len(pieces) and (pieces == unk).mean() > threshold:
             rates.append((i, float((pieces == unk).mean())))
     if rates:
-        shown = ", ".join(f"texts[{i}] {rate:.0%}" for i, rate in rates[:5]) + (", ..." if len(rates) > 5 else "")
+        base = first_index or 0
+        shown = ", ".join(f"texts[{base + i}] {rate:.0%}" for i, rate in rates[:5])
+        shown += ", ..." if len(rates) > 5 else ""
         token = model.tokenizer.backend.id_to_token(unk)
-        warn_caller(f"minibert: {len(rates)} of {len(tokenized)} texts are mostly {token} (pieces the "
+        warn_caller(f"minibert: {len(rates)} of {len(tokenized)} texts{rows_of(tokenized, first_index)} are mostly "
+                    f"{token} (pieces the "
                     f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
 

@@ -37,12 +37,25 @@ class SentenceEncoder:
         return self
 
     def fit(self, texts, y=None):
+        self.encode_kwargs()
         self.loaded_model()               # load now, so a bad model fails at fit, not at transform
         return self
 
     def transform(self, texts):
+        if isinstance(texts, (str, bytes)):          # list() of it would give one vector per character
+            from .errors import InputError
+            raise InputError("SentenceEncoder.transform takes a list of texts (or a 1-D array), found a single "
+                             f"{type(texts).__name__}; wrap it: [text]")
         texts = texts.tolist() if isinstance(texts, np.ndarray) else list(texts)
-        return self.loaded_model().encode(texts, batch_size=self.batch_size, **(self.encode_options or {}))
+        return self.loaded_model().encode(texts, **self.encode_kwargs())
+
+    def encode_kwargs(self):
+        options = dict(self.encode_options or {})
+        if "batch_size" in options:
+            from .errors import InputError
+            raise InputError("SentenceEncoder: give batch_size as its own parameter (batch_size=...), not in "
+                             "encode_options")
+        return {"batch_size": self.batch_size, **options}
 
     def fit_transform(self, texts, y=None):
         return self.fit(texts, y).transform(texts)

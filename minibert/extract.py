@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from . import reduce as reduction          # called through the module, so a replaced reduce_extraction is the one run
-from .encode import tokenize_texts
+from .encode import FIRST_ROW, tokenize_texts
 from .errors import InputError, MiniBertError
 from .progress import RowProgress
 from .readers import TextFile, sha256_of
@@ -81,15 +82,21 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
         def batch_done(rows, total):
             if report is not None:
                 report.advance(start + len(chunk) * rows // total)
-        return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
-                            batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                            progress=batch_done, dtype=dtype)
+        first = FIRST_ROW.set(start if N > CHUNK else None)      # several chunks: warnings name the input's rows
+        try:
+            return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
+                                batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                                progress=batch_done, dtype=dtype)
+        finally:
+            FIRST_ROW.reset(first)
 
     if encode_range is None:
         def encode_range(start, stop):
             return encode_chunk(texts[start:stop], start)
 
-    probe = encode_chunk(["x"])            # the output's shape per text; also checks every option up front
+    with warnings.catch_warnings():        # about "x", not about the input
+        warnings.simplefilter("ignore")
+        probe = encode_chunk(["x"])        # the output's shape per text; also checks every option up front
     token_level = pooling == "none"
     row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
     if reduce is not None:

@@ -350,9 +350,11 @@ def prepare_texts(settings: EncodeSettings, texts: list) -> list:
 def prompt_length(model, settings: EncodeSettings) -> int:
     """How many leading tokens the pooling leaves out: with include_prompt false, the prompt's own tokens
     and the special token before them, counted as sentence-transformers counts them (the prompt tokenized
-    alone, less its closing special token if it has one)."""
+    alone and cut as the texts are, less its closing special token if it has one: a prompt longer than the
+    texts' limit leaves their last token in the pooling, not none)."""
     if settings.include_prompt or not settings.prompt:
         return 0
     from .tokenizer import encode_batch
-    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), None)
+    limit = settings.max_length or model.tokenizer.max_length
+    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), limit)
     return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)

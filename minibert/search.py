@@ -122,6 +122,20 @@ class Index:
             matrix = load_reduced(self.directory, m)
         return matrix, options
 
+    def check_recipe(self, model):
+        """The same config.json can come with another recipe (the encoder's folder alone, or its files copied
+        without modules.json): the query would then be pooled, cut or projected unlike the corpus."""
+        from .extract import applied_recipe
+        m, recorded = self.manifest, self.manifest.get("recipe")
+        if recorded is None:                           # written before manifests recorded the recipe
+            return
+        now = applied_recipe(model, m["layers"], m["pooling"], m["normalize"], m.get("max_length"))
+        differ = [key for key in ("pooling", "max_length", "dense", "prompt") if now[key] != recorded.get(key)]
+        if differ:
+            raise MiniBertError(f"{self.directory} was extracted with {shown(recorded, differ)}, but {model.source} "
+                                f"gives {shown(now, differ)}: load the model directory the extraction used "
+                                f"({m.get('model_source')})")
+
     def search(self, model, queries, k=10):
         """Top-k hits for each query: a list (per query) of Hit, best first."""
         if model.config_sha256 != self.manifest.get("config_sha256"):
@@ -129,6 +143,7 @@ class Index:
                                 f"not {model.source} (their config.json differ): load that model to search it")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, found {k!r}")
+        self.check_recipe(model)
         matrix, options = self.matrix_and_query_options(model)
         q = model.encode(queries, **options, dtype="float32")                            # [Q, D]
         if self.reduced:
@@ -136,6 +151,10 @@ class Index:
         indices, scores = top_k(matrix, q, k)
         return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i]) for i, s in zip(row_i, row_s)]
                 for row_i, row_s in zip(indices, scores)]
+
+
+def shown(recipe, keys):
+    return ", ".join(f"{key} {recipe.get(key)!r}" if key == "prompt" else f"{key} {recipe.get(key)}" for key in keys)
 
 
 def search(model, directory, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):

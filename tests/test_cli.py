@@ -297,6 +297,31 @@ def test_embed_and_extract_defaults_follow_the_recipe(tmp_path, capsys):
     assert got.manifest["pooling"] is None and got.manifest["model_hub"] is None      # asked: nothing; a local dir
 
 
+def test_similarity_of_a_pair_and_the_matrix_agree_on_a_dense_head(tmp_path, capsys):
+    """Before: for a model with a Dense module, `similarity A B` printed the last layer without the head and
+    `similarity --matrix` the head's vectors, both labelled "layer 2": 0.929 and 0.918 for the same pair.
+    Now the pair also shows the model's own sentence vector, and the matrix says it is that vector."""
+    import json
+
+    import minibert
+    model = minibert.load(ST_FIXTURE)
+    texts = ["the cat sat", "a dog barked loudly"]
+    a, b = model.encode(texts)                                    # the recipe: max, Dense, Normalize
+    assert main(["similarity", *texts, "--model", str(ST_FIXTURE), "--json"]) == 0
+    pair = json.loads(capsys.readouterr().out)
+    assert list(pair["layers"]) == ["embeddings", "layer 1", "layer 2"]
+    assert abs(pair["sentence"] - float(a @ b)) < 1e-6 and abs(pair["layers"]["layer 2"] - float(a @ b)) > 1e-3
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    assert main(["similarity", "--matrix", str(tmp_path / "t.txt"), "--model", str(ST_FIXTURE), "--json"]) == 0
+    matrix = json.loads(capsys.readouterr().out)
+    assert abs(matrix["matrix"][0][1] - pair["sentence"]) < 1e-6 and matrix["layer"] == "layer 2 + 2_Dense"
+    assert main(["similarity", *texts, "--model", str(ST_FIXTURE)]) == 0
+    assert f"{'2_Dense':>10}  {pair['sentence']:+.4f}" in capsys.readouterr().out
+    assert main(["similarity", "--matrix", str(tmp_path / "t.txt"), "--model", str(ST_FIXTURE), "--json",
+                 "--layer", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["layer"] == "layer 1"
+
+
 # ---------------------------------------------------------------------------------------------------
 # inspect: which files load read and which it left alone, across the whole sentence-transformers layout.
 

@@ -25,6 +25,26 @@ from minibert import readers, store
 from minibert.cli import main
 from minibert.errors import InputError, MiniBertError
 
+def test_warnings_name_rows_of_the_whole_input_not_of_a_chunk(tmp_path, monkeypatch):
+    """extract encodes CHUNK texts at a time; encode's warnings counted texts within the chunk, so the
+    unreadable text on input row 4,098 was reported as texts[2] of 4. They now give the input's rows."""
+    from conftest import FIXTURES
+    model = minibert.load(str(FIXTURES / "st_cls"), backend="numpy")         # a 48-piece vocabulary
+    monkeypatch.setattr(extract_module, "CHUNK", 4)
+    texts = ["hello world"] * 10
+    texts[1] = texts[6] = "zzzz qqqq"                                      # all [UNK]
+    texts[7] = "hello world " * 40                                         # past max_seq_length 20
+    with pytest.warns(UserWarning) as caught:
+        extract_module.extract(model, texts, tmp_path / "out", progress=False)
+    said = [str(w.message) for w in caught]
+    assert any("texts[1] 100%" in m and "rows 0-3" in m for m in said), said
+    assert any("texts[6] 100%" in m and "rows 4-7" in m for m in said), said
+    assert any("1 of 4 texts (rows 4-7) were longer than 20 tokens" in m for m in said), said
+    with pytest.warns(UserWarning, match=r"texts\[1\] 100%; this") as plain:
+        model.encode(texts[:2])                                            # encode itself: no rows range
+    assert "rows" not in str(plain[0].message)
+
+
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
 CORPUS = ["the cat sat", "a dog ran on the mat", "hello world", "", "the the the the the", "cats sat",
           "world hello a", "mat", "dogs ran and ran"]

@@ -200,6 +200,20 @@ def test_prompt_left_out_of_pooling_refuses_windows():
         model.encode(["hello"], prompt_name="query", window=16)
 
 
+def test_prompt_left_out_longer_than_max_seq_length():
+    """sentence-transformers counts the prompt's tokens with the prompt cut to max_seq_length, so a prompt
+    that fills the window leaves the text's last kept token ([SEP]) in the pooling. minibert counted the
+    prompt uncut and masked every token: a zero vector, silently. (Live check: tests/test_recipe.py
+    test_live_prompt_longer_than_max_seq_length: 1.9e-7 to sentence-transformers.) Measured 3.0e-8 here."""
+    model = minibert.load(str(FIXTURES / "st_prompt_excluded"), backend="numpy")
+    prompt = "hello world " * 40                                 # 82 tokens alone; max_seq_length 32
+    texts = ["hi", "the cat sat"]
+    got = model.encode(texts, prompt=prompt)                     # [2, 16]: mean over kept tokens, Normalize
+    for text, vector in zip(texts, got):
+        last = model.encode([text], prompt=prompt, pooling="none")[0][-1]                   # [16]
+        np.testing.assert_allclose(vector, last / np.linalg.norm(last), rtol=0, atol=1e-6)
+
+
 def copy_case(tmp_path, case="st_max_dense_normalize"):
     target = tmp_path / case
     shutil.copytree(FIXTURES / case, target)
@@ -373,6 +387,27 @@ def test_encode_text_pairs_is_forward_on_the_tokenized_pairs(dense_model):
         dense_model.encode(texts, text_pairs=pairs[:1])
 
 
+def test_text_pairs_are_lower_cased_with_the_texts():
+    """do_lower_case applies to both texts of a pair, as sentence-transformers lower-cases every column; the
+    second text was tokenized as given (1.23 from sentence-transformers on "A DOG Barked"; live check below:
+    1.4e-6 now)."""
+    model = minibert.load(str(FIXTURES / "st_mean_sqrt_len_lower"), backend="numpy")
+    texts, pairs = ["The Cat SAT", "Hello World"], ["A DOG Barked", "The Cat"]
+    np.testing.assert_array_equal(model.encode(texts, text_pairs=pairs),
+                                  model.encode([t.lower() for t in texts], text_pairs=[p.lower() for p in pairs]))
+    assert np.abs(model.encode(pairs) - model.encode([p.lower() for p in pairs])).max() == 0
+
+
+@pytest.mark.reference
+def test_live_text_pairs_lower_cased():
+    st = pytest.importorskip("sentence_transformers")
+    texts, pairs = ["The Cat SAT", "Hello World"], ["A DOG Barked", "The Cat"]
+    want = st.SentenceTransformer(str(FIXTURES / "st_mean_sqrt_len_lower"), device="cpu").encode(
+        [[t, p] for t, p in zip(texts, pairs)])
+    got = minibert.load(str(FIXTURES / "st_mean_sqrt_len_lower"), backend="numpy").encode(texts, text_pairs=pairs)
+    assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
+
+
 def test_scikit_learn_pipeline_fits_predicts_and_saves_with_joblib(tmp_path):
     sklearn = pytest.importorskip("sklearn")
     import joblib
@@ -399,6 +434,24 @@ def test_sentence_encoder_needs_no_scikit_learn():
     out = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "st_cls")],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False" and "(1, 16)" in out.stdout
+
+
+def test_sentence_encoder_refuses_a_bare_string():
+    """transform("some text") would otherwise iterate the string: one vector per character, [len, D], no error
+    (scikit-learn's own text vectorizers refuse a bare string the same way)."""
+    encoder = minibert.SentenceEncoder(str(FIXTURES / "st_cls"), backend="numpy")
+    for call in (encoder.transform, encoder.fit_transform):
+        with pytest.raises(InputError, match="a list of texts"):
+            call("hello world")
+    assert encoder.transform(np.array(["hello world"])).shape == (1, 16)
+
+
+def test_sentence_encoder_batch_size_in_encode_options():
+    """batch_size is a parameter of its own; given again in encode_options it was a TypeError from inside
+    transform ('got multiple values for keyword argument')."""
+    encoder = minibert.SentenceEncoder(str(FIXTURES / "st_cls"), backend="numpy", encode_options={"batch_size": 2})
+    with pytest.raises(InputError, match="batch_size"):
+        encoder.fit(["hello"])
 
 
 # ---- live: sentence-transformers itself -------------------------------------------------------------
@@ -429,6 +482,17 @@ def test_live_st_mpnet_against_sentence_transformers(backend):
     with pytest.warns(UserWarning, match="truncated"):
         got = minibert.load(str(FIXTURES / "st_mpnet"), backend=backend).encode(texts, batch_size=4)
     assert np.abs(got - want).max() < MPNET_TOL, np.abs(got - want).max()
+
+
+@pytest.mark.reference
+def test_live_prompt_longer_than_max_seq_length():
+    """include_prompt false and a prompt past max_seq_length: sentence-transformers' own numbers."""
+    st = pytest.importorskip("sentence_transformers")
+    texts, prompt = ["hi", "the cat sat", "x y z"], "hello world " * 40
+    want = st.SentenceTransformer(str(FIXTURES / "st_prompt_excluded"), device="cpu").encode(texts, prompt=prompt)
+    with pytest.warns(UserWarning, match="truncated"):
+        got = minibert.load(str(FIXTURES / "st_prompt_excluded"), backend="numpy").encode(texts, prompt=prompt)
+    assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
 
 
 @pytest.mark.reference

@@ -172,6 +172,31 @@ def test_search_refuses_another_model_and_token_output(model, tmp_path):
         model.search(tmp_path / "tokens", "the cat")
 
 
+def test_search_refuses_the_same_weights_under_another_recipe(tmp_path, capsys):
+    """The config check passed for the same encoder loaded without its sentence-transformers modules (its
+    0_Transformer/ folder, or its files copied without modules.json), and the query was then pooled by that
+    recipe: mean against a CLS-pooled corpus, a text's own row scored 0.64 instead of 1, silently; or,
+    without the Dense head, a raw ValueError from the matmul (16 against 10 columns)."""
+    import shutil
+
+    from conftest import FIXTURES
+    texts = ["the cat sat", "hello world", "a dog runs"]
+    cls_model = minibert.load(str(FIXTURES / "st_cls"), backend="numpy")
+    extract(cls_model, texts, tmp_path / "cls")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(FIXTURES / "st_cls" / name, plain / name)
+    with pytest.raises(MiniBertError, match="pooling cls.*pooling mean"):
+        minibert.load(str(plain), backend="numpy").search(tmp_path / "cls", "hello world")
+    assert cls_model.search(tmp_path / "cls", "hello world", k=1)[0].index == 1
+    legacy = FIXTURES / "st_legacy_layout_prompts"
+    extract(minibert.load(str(legacy), backend="numpy"), texts, tmp_path / "dense")
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "dense"), "hello", "--model", str(legacy / "0_Transformer")]) == 1
+    assert "dense ['2_Dense']" in capsys.readouterr().err
+
+
 def test_similarity_matrix_command(model, corpus_file, capsys):
     assert main(["similarity", "--matrix", str(corpus_file), "--layer", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
