@@ -446,12 +446,17 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     if not isinstance(model, Model):
         model = load(model, backend="numpy", dtype=recipe.dtype)
     config = model.config
-    flat = [label for tags in train.labels for label in tags] if task == "token" else list(train.labels)
-    labels = sorted(set(flat), key=str) if labels is None else list(labels)
+
+    def flat(examples):
+        return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
+    labels = sorted(set(flat(train)), key=str) if labels is None else list(labels)
     label2id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({str(label) for label in flat if label not in label2id})
-    if unknown:
-        raise InputError(f"train has label(s) {', '.join(unknown[:5])} not in labels {labels}")
+    # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
+    for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):
+        unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
+        if unknown:
+            raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
+                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
     rng = np.random.default_rng(recipe.seed)
     classifier = new_classifier(model, task, labels, recipe, rng)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)

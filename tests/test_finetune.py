@@ -190,6 +190,19 @@ def test_bad_inputs_are_minibert_errors(tmp_path):
         load_classifier(FAMILIES / "bert_cased")
 
 
+def test_a_dev_label_the_head_lacks_is_refused_before_training(tmp_path):
+    """Found by a user: a dev label absent from train crashed with KeyError (after an epoch of training for
+    --task token, or at once with a checkpoint directory) instead of naming the label."""
+    train = Examples(texts=["a cat", "a dog"], labels=["x", "y"])
+    dev = Examples(texts=["a cat", "big"], labels=["x", "z"])
+    with pytest.raises(InputError, match="dev has label.s. z not in labels"):
+        finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=Recipe(epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="dev has label.s. I-PER not in labels"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=[["Anna", "saw"]], labels=[["B-PER", "O"]]),
+                 dev=Examples(texts=[["Bob", "Li"]], labels=[["B-PER", "I-PER"]]), task="token",
+                 recipe=Recipe(epochs=1))
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
