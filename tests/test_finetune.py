@@ -504,6 +504,20 @@ def test_resume_refuses_another_run_or_nothing(tmp_path):
         finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_a_damaged_training_state_is_a_model_file_error(tmp_path):
+    """Found by a user: a truncated state file raised zipfile.BadZipFile, an empty one EOFError."""
+    train = pair_task(8)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path)
+    state = tmp_path / "minibert_training_state.npz"
+    whole = state.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"junk" * 50):
+        state.write_bytes(damaged)
+        with pytest.raises(ModelFileError, match="not a readable minibert training state.*without --resume"):
+            finetune(str(FAMILIES / "bert_cased"), train, recipe=Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0),
+                     checkpoint_dir=tmp_path, resume=True)
+
+
 # ---- progress ----------------------------------------------------------------------------------------------------
 
 def test_progress_lines_come_at_epoch_ends_and_every_interval():
