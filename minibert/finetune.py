@@ -308,9 +308,11 @@ class Classifier:
         raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
         raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
         (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        # From the folder the tokenizer was read from: the one above the model's when only that one has it.
+        tokenizer_dir = Path(getattr(self.tokenizer, "dir", self.source))
         for name in TOKENIZER_FILES:
-            if (Path(self.source) / name).is_file() and Path(self.source).resolve() != directory.resolve():
-                shutil.copyfile(Path(self.source) / name, directory / name)
+            if (tokenizer_dir / name).is_file() and tokenizer_dir.resolve() != directory.resolve():
+                shutil.copyfile(tokenizer_dir / name, directory / name)
         return directory
 
 

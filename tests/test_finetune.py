@@ -203,6 +203,23 @@ def test_a_dev_label_the_head_lacks_is_refused_before_training(tmp_path):
                  recipe=Recipe(epochs=1))
 
 
+def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
+    """Found by a user: fine-tuning a Trainer's checkpoint-500/ (tokenizer in the folder above) saved a
+    classifier without tokenizer files, which load_classifier then refused."""
+    import shutil
+    model_dir = tmp_path / "run" / "checkpoint-500"
+    model_dir.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(FAMILIES / "bert_cased" / name, model_dir / name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(FAMILIES / "bert_cased" / name, tmp_path / "run" / name)
+    with pytest.warns(UserWarning, match="folder above"):
+        classifier = finetune(str(model_dir), pair_task(8), recipe=Recipe(epochs=1, batch_size=4, dropout=0.0))
+    loaded = load_classifier(classifier.save(tmp_path / "clf"))
+    assert (tmp_path / "clf" / "tokenizer.json").is_file()
+    assert loaded.predict(["the cat"], ["a red dog"]) == classifier.predict(["the cat"], ["a red dog"])
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
