@@ -220,6 +220,19 @@ def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
     assert loaded.predict(["the cat"], ["a red dog"]) == classifier.predict(["the cat"], ["a red dog"])
 
 
+@pytest.mark.parametrize("name", ["bert_cased", "distilbert", "roberta"])
+def test_a_saved_classifier_loads_as_an_encoder_and_fine_tunes_again(name, tmp_path):
+    """Found by a user: minibert.load (and so finetune --model) refused every classifier directory, its own
+    included, for the head's classifier.* / pre_classifier.* tensors, which transformers' AutoModel ignores."""
+    classifier = finetune(str(FAMILIES / name), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    out = classifier.save(tmp_path / "clf")
+    model = minibert.load(out, backend="numpy")
+    for layer, trained in zip(model.weights["layers"], classifier.weights["layers"]):
+        np.testing.assert_array_equal(layer["qkv"]["w"], trained["qkv"]["w"])
+    again = finetune(str(out), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    assert again.labels == ["no", "yes"]
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
