@@ -254,31 +254,42 @@ class Classifier:
         return np.concatenate(out) if self.task == "sequence" else out
 
     def predict_proba(self, texts, text_pairs=None):
-        """Sequence task: class probabilities [N, K], columns in the order of `labels`."""
+        """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
+        from .tokenizer import as_text_list
         self.require("sequence", "predict_proba")
-        logits = self.logits(list(texts), None if text_pairs is None else list(text_pairs))   # [N, K]
+        # A str is one text (as in encode), never a sequence of one-character texts.
+        logits = self.logits(as_text_list(texts, "texts"),
+                             None if text_pairs is None else as_text_list(text_pairs, "text_pairs"))   # [N, K]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        probabilities = e / e.sum(axis=1, keepdims=True)                                         # [N, K]
+        return probabilities[0] if isinstance(texts, str) else probabilities
 
     def predict(self, texts, text_pairs=None):
-        """Sequence task: one label per text (or pair)."""
+        """Sequence task: one label per text (or pair); the label alone for one str."""
+        from .tokenizer import as_text_list
         self.require("sequence", "predict")
-        return [self.labels[i] for i in self.predict_proba(texts, text_pairs).argmax(axis=1)]
+        labels = [self.labels[i] for i in self.predict_proba(as_text_list(texts, "texts"), text_pairs).argmax(axis=1)]
+        return labels[0] if isinstance(texts, str) else labels
 
     def tag(self, texts):
         """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
-        word's label is its first piece's."""
+        word's label is its first piece's. One str gives its one list."""
+        from .tokenizer import as_text_list
         self.require("token", "tag")
-        texts = list(texts)
+        if isinstance(texts, str):
+            return self.tag([texts])[0]
+        texts = as_text_list(texts, "texts")
         batch = self.tokenizer(texts, max_length=self.max_length)
         per_text = self.logits(texts)
         out = []
         for b, logits in enumerate(per_text):
             words, last = [], None
             for t, word_id in enumerate(batch.word_ids[b][:len(logits)]):
-                if word_id < 0:
-                    continue
                 start, end = (int(v) for v in batch.offsets[b][t])
+                # Byte-level BPE (RoBERTa) makes pieces of extra spaces: not words, and never trained
+                # (first_piece_labels skips them too).
+                if word_id < 0 or not texts[b][start:end].strip():
+                    continue
                 if word_id != last:
                     words.append([texts[b][start:end], self.labels[int(logits[t].argmax())], (start, end)])
                     last = word_id

@@ -233,6 +233,33 @@ def test_a_saved_classifier_loads_as_an_encoder_and_fine_tunes_again(name, tmp_p
     assert again.labels == ["no", "yes"]
 
 
+def test_one_str_is_one_text():
+    """Found by a user: predict("hello world") gave one label per character."""
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    texts, pairs = ["the cat sat", "a dog"], ["a red mat", "the cat"]
+    assert classifier.predict("the cat sat", "a red mat") == classifier.predict(texts, pairs)[0]
+    # Alone, "a dog" is not padded: other matmul shapes, float32 rounding (measured 0 here); bound 1e-6.
+    np.testing.assert_allclose(classifier.predict_proba("a dog", "the cat"),
+                               classifier.predict_proba(texts, pairs)[1], rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match=r"texts\[1\] is int"):
+        classifier.predict(["a", 3])
+
+
+def test_tagging_skips_the_pieces_of_extra_spaces():
+    """Found by a user: RoBERTa's byte-level BPE gave '' words (empty spans) for runs of spaces, and a ' '
+    word for a text of spaces."""
+    words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
+    train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
+    classifier = finetune(str(FAMILIES / "roberta"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    text = "Anna  saw   Bob,  in town."
+    tagged = classifier.tag(text)
+    assert [(w, span) for w, _, span in tagged] == [("Anna", (0, 4)), ("saw", (6, 9)), ("Bob", (12, 15)),
+                                                   (",", (15, 16)), ("in", (18, 20)), ("town", (21, 25)),
+                                                   (".", (25, 26))]
+    assert all(text[s:e] == w for w, _, (s, e) in tagged)
+    assert classifier.tag(["   ", ""]) == [[], []]
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
