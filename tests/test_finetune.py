@@ -434,6 +434,19 @@ def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monk
     assert "has finished (epoch 3 of 3)" in capsys.readouterr().err
 
 
+def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
+    """Found by a user: predict refused a CSV with a byte-order mark (Excel's) that finetune had trained on,
+    and read a TSV text starting with '"' as a quoted field running over the next rows."""
+    from minibert import finetune_cli
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4)).save(
+        tmp_path / "clf")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,label\nthe cat,no\na dog,yes\n")
+    (tmp_path / "quote.tsv").write_text('text\tlabel\n"the cat\tno\na dog\tyes\n')
+    for name, texts in (("bom.csv", ["the cat", "a dog"]), ("quote.tsv", ['"the cat', "a dog"])):
+        assert finetune_cli.main(["predict", str(out), str(tmp_path / name)]) == 0, capsys.readouterr().err
+        assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == texts
+
+
 def test_command_errors_are_one_line(tmp_path, capsys):
     from minibert import finetune_cli
     (tmp_path / "bad.csv").write_text("text,label\n")
