@@ -351,10 +351,9 @@ def empty_weights(config, dtype):
 
 def load_classifier(directory, *, dtype="float32"):
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
-    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors)."""
-    from safetensors.numpy import load_file
+    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
     from .tokenizer import Tokenizer
-    from .weights import checkpoint_files, read_header
+    from .weights import Checkpoint, checkpoint_files
     directory = Path(directory)
     config = read_config(directory / "config.json")
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -370,21 +369,22 @@ def load_classifier(directory, *, dtype="float32"):
     if not labels:
         raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
     np_dtype = np.dtype(dtype).type
-    tensors = {}
-    for path in checkpoint_files(directory):
-        read_header(path)
-        tensors.update(load_file(str(path)))
+    # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
+    checkpoint = Checkpoint(checkpoint_files(directory))
+    stored = set(checkpoint.names())
+    tensors = {name: checkpoint.read(name, np_dtype) for name in stored
+               if checkpoint.location[name][1] in ("F16", "BF16", "F32", "F64")}   # not integer buffers (position_ids)
     weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
                                       template=empty_weights(config, np_dtype))
     expected = set(tensors_from_tree(weights, config, task=task, head=head))
-    expected |= {n for n in tensors if n.endswith(("position_ids", "token_type_ids"))}   # buffers
+    expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
     needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
                                    head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
     if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
         needed |= {n for n in expected if "pooler" in n}
     if config.sinusoidal_positions:
         needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
-    missing, unexpected = sorted(needed - set(tensors)), sorted(set(tensors) - expected)
+    missing, unexpected = sorted(needed - stored), sorted(stored - expected)
     if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
                                  and weights["pooler"] is None):
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
