@@ -231,7 +231,7 @@ class Classifier:
     task: str
     labels: list                     # id -> label
     tokenizer: object
-    source: str                      # the model directory the tokenizer and config came from
+    source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
 
@@ -561,7 +561,8 @@ def new_classifier(model, task, labels, recipe, rng):
         weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
     head = init_head(config, task, len(labels), rng, dtype)
     return Classifier(config=config, weights=weights, head=head, task=task, labels=list(labels),
-                      tokenizer=model.tokenizer, source=model.source, max_length=recipe.max_length)
+                      tokenizer=model.tokenizer, source=str(model.encoder_dir),   # a sentence-transformers
+                      max_length=recipe.max_length)                                 # model's 0_Transformer/
 
 
 def train_step(classifier, batch_items, params, state, recipe, lr, rng):

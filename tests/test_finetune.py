@@ -260,6 +260,20 @@ def test_tagging_skips_the_pieces_of_extra_spaces():
     assert classifier.tag(["   ", ""]) == [[], []]
 
 
+def test_a_sentence_transformers_model_with_its_encoder_in_0_transformer_fine_tunes(tmp_path):
+    """Found by a user: fine-tuning the legacy sentence-transformers layout (config.json in 0_Transformer/)
+    trained, then failed to save with FileNotFoundError for <model>/config.json."""
+    source = Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts"
+    classifier = finetune(str(source), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    loaded = load_classifier(classifier.save(tmp_path / "clf"))
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["architectures"] == \
+        ["BertForSequenceClassification"]
+    assert (tmp_path / "clf" / "tokenizer.json").is_file()
+    # The same float32 weights and tokenizer: the same numbers.
+    np.testing.assert_array_equal(loaded.predict_proba(["the cat"], ["a red dog"]),
+                                  classifier.predict_proba(["the cat"], ["a red dog"]))
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
