@@ -448,6 +448,17 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     if recipe.dtype not in ("float32", "float64"):
         raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
+    # A bad number would train nothing and save nothing (epochs 0), divide by zero (batch_size 0), or give
+    # NaN losses and a checkpoint of them (a negative batch_size): refused before the model loads.
+    for name, ok in (("epochs", isinstance(recipe.epochs, (int, np.integer)) and recipe.epochs >= 1),
+                     ("batch_size", isinstance(recipe.batch_size, (int, np.integer)) and recipe.batch_size >= 1),
+                     ("lr", np.isfinite(recipe.lr) and recipe.lr >= 0),
+                     ("warmup_ratio", 0 <= recipe.warmup_ratio <= 1), ("dropout", 0 <= recipe.dropout < 1),
+                     ("weight_decay", recipe.weight_decay >= 0), ("max_grad_norm", recipe.max_grad_norm >= 0)):
+        if not ok:
+            raise InputError(f"recipe.{name} {getattr(recipe, name)!r} is out of range (epochs and batch_size: "
+                             "ints >= 1; lr, weight_decay, max_grad_norm >= 0; warmup_ratio in [0, 1]; dropout in "
+                             "[0, 1))")
     if recipe.patience is not None and (recipe.patience < 1 or dev is None):
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
                          "a patience of at least 1 epoch")

@@ -274,6 +274,15 @@ def test_a_sentence_transformers_model_with_its_encoder_in_0_transformer_fine_tu
                                   classifier.predict_proba(["the cat"], ["a red dog"]))
 
 
+@pytest.mark.parametrize("setting", [{"epochs": 0}, {"batch_size": 0}, {"batch_size": -2}, {"lr": -1.0},
+                                     {"lr": float("nan")}, {"dropout": 1.0}, {"warmup_ratio": 2.0}])
+def test_recipe_numbers_out_of_range_are_refused(setting):
+    """Found by a user: --epochs 0 saved nothing and exited 0, --batch-size 0 raised ZeroDivisionError and
+    --batch-size -2 trained on NaN losses and saved the result."""
+    with pytest.raises(InputError, match=f"recipe.{next(iter(setting))} .* is out of range"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(**setting))
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
