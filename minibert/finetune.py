@@ -239,11 +239,12 @@ class Classifier:
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
-        out = []
+        out, cut = [], 0
         for start in range(0, len(texts), batch_size):
             part = texts[start:start + batch_size]
             pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
             batch = self.tokenizer(part, pairs, max_length=self.max_length)
+            cut += int(batch.truncated.sum())
             logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                                            self.weights, self.head, self.config, task=self.task,
                                            keep_activations=False)
@@ -251,6 +252,11 @@ class Classifier:
                 out.append(logits)
             else:
                 out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
+        if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
+            from .errors import warn_caller
+            warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
+                        f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
+                        + ("; tag gives no words past the cut" if self.task == "token" else ""))
         return np.concatenate(out) if self.task == "sequence" else out
 
     def predict_proba(self, texts, text_pairs=None):

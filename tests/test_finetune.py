@@ -283,6 +283,19 @@ def test_recipe_numbers_out_of_range_are_refused(setting):
         finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(**setting))
 
 
+def test_predicting_on_truncated_texts_warns():
+    """Found by a user: tag silently gave no words past the model's token limit (and predict saw only a long
+    text's start), where encode warns."""
+    words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
+    train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
+    tagger = finetune(str(FAMILIES / "bert_cased"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than \d+ tokens and were truncated; tag"):
+        tagger.tag(["Anna saw Bob " * 100, "Anna saw Bob"])
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2))
+    with pytest.warns(UserWarning, match="1 of 1 texts were longer"):
+        classifier.predict(["the cat " * 100])
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
