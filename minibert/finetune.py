@@ -256,7 +256,7 @@ class Classifier:
             from .errors import warn_caller
             warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
                         f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
-                        + ("; tag gives no words past the cut" if self.task == "token" else ""))
+                        + ("; their words past the cut get no label" if self.task == "token" else ""))
         return np.concatenate(out) if self.task == "sequence" else out
 
     def predict_proba(self, texts, text_pairs=None):

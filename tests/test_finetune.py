@@ -289,7 +289,7 @@ def test_predicting_on_truncated_texts_warns():
     words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
     train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
     tagger = finetune(str(FAMILIES / "bert_cased"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
-    with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than \d+ tokens and were truncated; tag"):
+    with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than \d+ tokens and were truncated; their words"):
         tagger.tag(["Anna saw Bob " * 100, "Anna saw Bob"])
     classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2))
     with pytest.warns(UserWarning, match="1 of 1 texts were longer"):
