@@ -41,7 +41,9 @@ def data_digest(items):
 def describe_run(recipe, task, labels, source, train_items, dev_items):
     """The settings that make two runs the same run (JSON-ready)."""
     return {"recipe": json.loads(json.dumps(asdict(recipe))), "task": task, "labels": [str(x) for x in labels],
-            "model": str(source), "train": data_digest(train_items),
+            # resolved: the same folder named relatively, then absolutely, is the same model
+            "model": str(Path(source).resolve()) if Path(source).exists() else str(source),
+            "train": data_digest(train_items),
             "dev": data_digest(dev_items) if dev_items is not None else None}
 
 

@@ -624,6 +624,23 @@ def test_a_damaged_training_state_is_a_model_file_error(tmp_path):
                      checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_takes_the_same_model_named_another_way(tmp_path, monkeypatch):
+    """Found by a user: a run started with a relative --model and resumed with the absolute path (or from
+    another folder) was refused as another model."""
+    recipe = Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0)
+    stop = {"after": 1}
+
+    def interrupt(classifier):
+        if len(classifier.history) == stop["after"]:
+            raise KeyboardInterrupt
+    monkeypatch.chdir(FAMILIES)
+    with pytest.raises(KeyboardInterrupt):
+        finetune("bert_cased", pair_task(8), recipe=recipe, checkpoint_dir=tmp_path, on_epoch=interrupt)
+    resumed = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=tmp_path,
+                       resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
 # ---- progress ----------------------------------------------------------------------------------------------------
 
 def test_progress_lines_come_at_epoch_ends_and_every_interval():
