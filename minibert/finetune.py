@@ -9,7 +9,9 @@ global norm of 1. Each step is `backprop.loss_and_grads` then `adamw_update`, in
 Axes: B batch, T tokens, H hidden, K classes (labels).
 """
 
+import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,6 +475,13 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     check_examples(train, task, "train")
     if dev is not None:
         check_examples(dev, task, "dev")
+    if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
+        try:
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            if not os.access(checkpoint_dir, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        except OSError as e:
+            raise InputError(f"{checkpoint_dir}: cannot write the checkpoint there ({e.strerror or e})") from None
     if not isinstance(model, Model):
         model = load(model, backend="numpy", dtype=recipe.dtype)
     config = model.config

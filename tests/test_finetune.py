@@ -641,6 +641,14 @@ def test_resume_takes_the_same_model_named_another_way(tmp_path, monkeypatch):
     assert [r["epoch"] for r in resumed.history] == [1, 2]
 
 
+def test_an_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
+    """Found by a user: a --out that cannot be created failed only when the first epoch was saved."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="cannot write the checkpoint there"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), checkpoint_dir=tmp_path / "file" / "clf",
+                 on_epoch=lambda _: pytest.fail("trained before refusing"))
+
+
 # ---- progress ----------------------------------------------------------------------------------------------------
 
 def test_progress_lines_come_at_epoch_ends_and_every_interval():
