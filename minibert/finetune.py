@@ -324,6 +324,10 @@ class Classifier:
                   str(directory / "model.safetensors"), metadata={"format": "pt"})
         raw = json.loads((Path(self.source) / "config.json").read_text(encoding="utf-8"))
         raw["architectures"] = [architecture(self.config, self.task)]
+        # The weights are written in float32: a source's float16 would make transformers (dtype "auto", its
+        # default from v5) load them in half precision, with other predictions.
+        for key in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+            raw[key] = "float32"
         raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
         raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
         (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")

@@ -296,6 +296,22 @@ def test_predicting_on_truncated_texts_warns():
         classifier.predict(["the cat " * 100])
 
 
+def test_the_saved_config_names_the_float32_weights(tmp_path):
+    """Found by a user: fine-tuned from a checkpoint whose config.json says "dtype": "float16" (as half-precision
+    hub uploads do), the float32 classifier kept that dtype, so transformers 5 (dtype "auto" by default) loaded
+    it in float16: logits 1.2e-4 away from minibert's on the tiny BERT, where they agree to 1.3e-7 in float32."""
+    import shutil
+    source = shutil.copytree(FAMILIES / "bert_cased", tmp_path / "half")
+    raw = json.loads((source / "config.json").read_text())
+    raw.pop("torch_dtype", None)
+    raw["dtype"] = "float16"
+    (source / "config.json").write_text(json.dumps(raw))
+    out = finetune(str(source), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "clf")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "float32" and "torch_dtype" not in saved
+    assert all(t.dtype == np.float32 for t in load_file(str(out / "model.safetensors")).values())
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
