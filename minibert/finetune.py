@@ -236,6 +236,7 @@ class Classifier:
     source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
+    problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
 
     def logits(self, texts, text_pairs=None, batch_size=32):
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
@@ -265,6 +266,12 @@ class Classifier:
         """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
         from .tokenizer import as_text_list
         self.require("sequence", "predict_proba")
+        # One output (a score: cross-encoders, regression) or independent labels: a softmax over the outputs
+        # would be 1.0 for every text, or probabilities the model was not trained to give.
+        if len(self.labels) == 1 or self.problem_type in ("regression", "multi_label_classification"):
+            raise InputError(f"this classifier's outputs are {'one score' if len(self.labels) == 1 else 'scores'} "
+                             f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
+                             "use logits(texts) (apply a sigmoid for multi-label probabilities)")
         # A str is one text (as in encode), never a sequence of one-character texts.
         logits = self.logits(as_text_list(texts, "texts"),
                              None if text_pairs is None else as_text_list(text_pairs, "text_pairs"))   # [N, K]
@@ -405,7 +412,8 @@ def load_classifier(directory, *, dtype="float32"):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
                              f"names {len(labels)}")
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
-                      tokenizer=Tokenizer(directory, config), source=str(directory))
+                      tokenizer=Tokenizer(directory, config), source=str(directory),
+                      problem_type=raw.get("problem_type"))
 
 
 # ---- training ----------------------------------------------------------------------------------------------
@@ -493,6 +501,8 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     def flat(examples):
         return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
     labels = sorted(set(flat(train)), key=str) if labels is None else list(labels)
+    if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
+        raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=)")
     label2id = {label: i for i, label in enumerate(labels)}
     # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
     for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):

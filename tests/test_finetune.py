@@ -312,6 +312,25 @@ def test_the_saved_config_names_the_float32_weights(tmp_path):
     assert all(t.dtype == np.float32 for t in load_file(str(out / "model.safetensors")).values())
 
 
+def test_scores_are_not_given_as_label_probabilities(tmp_path):
+    """Found by a user: a cross-encoder (one output, as BertForSequenceClassification with num_labels=1) gave
+    predict_proba 1.0 for every text and the same label for all; a multi-label classifier a softmax."""
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(
+        tmp_path / "clf")
+    raw = json.loads((out / "config.json").read_text())
+    for problem_type in ("regression", "multi_label_classification"):
+        (out / "config.json").write_text(json.dumps({**raw, "problem_type": problem_type}))
+        classifier = load_classifier(out)
+        with pytest.raises(InputError, match="use logits"):
+            classifier.predict(["the cat"])
+        assert classifier.logits(["the cat"]).shape == (1, 2)
+    import dataclasses
+    with pytest.raises(InputError, match="outputs are one score"):
+        dataclasses.replace(classifier, labels=["score"], problem_type=None).predict_proba(["the cat"])
+    with pytest.raises(InputError, match="train has one label"):      # and finetune does not make one
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x", "x"]), recipe=Recipe(epochs=1))
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
