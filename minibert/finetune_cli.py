@@ -60,6 +60,9 @@ def read_examples(path, args):
     from .finetune import Examples
     from .probe import read_conll, read_labelled
     if args.task == "token":
+        if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
+            raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
+                             "between sentences), not .csv/.tsv/.jsonl")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
     texts, labels = read_labelled(path, args.text_col, args.label_col)

@@ -518,6 +518,15 @@ def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
         assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == texts
 
 
+def test_token_task_refuses_table_files(tmp_path, capsys):
+    """Found by a user: a .jsonl given to --task token was read as CoNLL and trained on labels like 'x"}'."""
+    from minibert import finetune_cli
+    (tmp_path / "train.jsonl").write_text('{"text": "the cat", "label": "x"}\n{"text": "a dog", "label": "y"}\n')
+    assert finetune_cli.main(["finetune", str(tmp_path / "train.jsonl"), "--task", "token", "--out",
+                              str(tmp_path / "o"), "--model", str(FAMILIES / "bert_cased")]) == 1
+    assert "--task token reads CoNLL" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_command_errors_are_one_line(tmp_path, capsys):
     from minibert import finetune_cli
     (tmp_path / "bad.csv").write_text("text,label\n")
