@@ -335,6 +335,7 @@ class Classifier:
         # default from v5) load them in half precision, with other predictions.
         for key in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
             raw[key] = "float32"
+        raw.pop("problem_type", None)      # a source cross-encoder's "regression" is not what this one is
         raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
         raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
         (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")

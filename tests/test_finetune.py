@@ -329,6 +329,10 @@ def test_scores_are_not_given_as_label_probabilities(tmp_path):
         dataclasses.replace(classifier, labels=["score"], problem_type=None).predict_proba(["the cat"])
     with pytest.raises(InputError, match="train has one label"):      # and finetune does not make one
         finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x", "x"]), recipe=Recipe(epochs=1))
+    # Fine-tuned from such a model (its config.json names a problem_type), the new classifier gives labels.
+    again = finetune(str(out), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "again")
+    assert "problem_type" not in json.loads((again / "config.json").read_text())
+    assert load_classifier(again).predict(["the cat"], ["a red dog"])[0] in ("no", "yes")
 
 
 def test_every_trainable_parameter_is_updated_once():
