@@ -9,7 +9,9 @@ global norm of 1. Each step is `backprop.loss_and_grads` then `adamw_update`, in
 Axes: B batch, T tokens, H hidden, K classes (labels).
 """
 
+import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,19 +233,21 @@ class Classifier:
     task: str
     labels: list                     # id -> label
     tokenizer: object
-    source: str                      # the model directory the tokenizer and config came from
+    source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
+    problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
 
     def logits(self, texts, text_pairs=None, batch_size=32):
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
-        out = []
+        out, cut = [], 0
         for start in range(0, len(texts), batch_size):
             part = texts[start:start + batch_size]
             pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
             batch = self.tokenizer(part, pairs, max_length=self.max_length)
+            cut += int(batch.truncated.sum())
             logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                                            self.weights, self.head, self.config, task=self.task,
                                            keep_activations=False)
@@ -251,34 +255,56 @@ class Classifier:
                 out.append(logits)
             else:
                 out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
+        if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
+            from .errors import warn_caller
+            warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
+                        f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
+                        + ("; their words past the cut get no label" if self.task == "token" else ""))
         return np.concatenate(out) if self.task == "sequence" else out
 
     def predict_proba(self, texts, text_pairs=None):
-        """Sequence task: class probabilities [N, K], columns in the order of `labels`."""
+        """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
+        from .tokenizer import as_text_list
         self.require("sequence", "predict_proba")
-        logits = self.logits(list(texts), None if text_pairs is None else list(text_pairs))   # [N, K]
+        # One output (a score: cross-encoders, regression) or independent labels: a softmax over the outputs
+        # would be 1.0 for every text, or probabilities the model was not trained to give.
+        if len(self.labels) == 1 or self.problem_type in ("regression", "multi_label_classification"):
+            raise InputError(f"this classifier's outputs are {'one score' if len(self.labels) == 1 else 'scores'} "
+                             f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
+                             "use logits(texts) (apply a sigmoid for multi-label probabilities)")
+        # A str is one text (as in encode), never a sequence of one-character texts.
+        logits = self.logits(as_text_list(texts, "texts"),
+                             None if text_pairs is None else as_text_list(text_pairs, "text_pairs"))   # [N, K]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        probabilities = e / e.sum(axis=1, keepdims=True)                                         # [N, K]
+        return probabilities[0] if isinstance(texts, str) else probabilities
 
     def predict(self, texts, text_pairs=None):
-        """Sequence task: one label per text (or pair)."""
+        """Sequence task: one label per text (or pair); the label alone for one str."""
+        from .tokenizer import as_text_list
         self.require("sequence", "predict")
-        return [self.labels[i] for i in self.predict_proba(texts, text_pairs).argmax(axis=1)]
+        labels = [self.labels[i] for i in self.predict_proba(as_text_list(texts, "texts"), text_pairs).argmax(axis=1)]
+        return labels[0] if isinstance(texts, str) else labels
 
     def tag(self, texts):
         """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
-        word's label is its first piece's."""
+        word's label is its first piece's. One str gives its one list."""
+        from .tokenizer import as_text_list
         self.require("token", "tag")
-        texts = list(texts)
+        if isinstance(texts, str):
+            return self.tag([texts])[0]
+        texts = as_text_list(texts, "texts")
         batch = self.tokenizer(texts, max_length=self.max_length)
         per_text = self.logits(texts)
         out = []
         for b, logits in enumerate(per_text):
             words, last = [], None
             for t, word_id in enumerate(batch.word_ids[b][:len(logits)]):
-                if word_id < 0:
-                    continue
                 start, end = (int(v) for v in batch.offsets[b][t])
+                # Byte-level BPE (RoBERTa) makes pieces of extra spaces: not words, and never trained
+                # (first_piece_labels skips them too).
+                if word_id < 0 or not texts[b][start:end].strip():
+                    continue
                 if word_id != last:
                     words.append([texts[b][start:end], self.labels[int(logits[t].argmax())], (start, end)])
                     last = word_id
@@ -305,12 +331,19 @@ class Classifier:
                   str(directory / "model.safetensors"), metadata={"format": "pt"})
         raw = json.loads((Path(self.source) / "config.json").read_text(encoding="utf-8"))
         raw["architectures"] = [architecture(self.config, self.task)]
+        # The weights are written in float32: a source's float16 would make transformers (dtype "auto", its
+        # default from v5) load them in half precision, with other predictions.
+        for key in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+            raw[key] = "float32"
+        raw.pop("problem_type", None)      # a source cross-encoder's "regression" is not what this one is
         raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
         raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
         (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        # From the folder the tokenizer was read from: the one above the model's when only that one has it.
+        tokenizer_dir = Path(getattr(self.tokenizer, "dir", self.source))
         for name in TOKENIZER_FILES:
-            if (Path(self.source) / name).is_file() and Path(self.source).resolve() != directory.resolve():
-                shutil.copyfile(Path(self.source) / name, directory / name)
+            if (tokenizer_dir / name).is_file() and tokenizer_dir.resolve() != directory.resolve():
+                shutil.copyfile(tokenizer_dir / name, directory / name)
         return directory
 
 
@@ -338,10 +371,9 @@ def empty_weights(config, dtype):
 
 def load_classifier(directory, *, dtype="float32"):
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
-    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors)."""
-    from safetensors.numpy import load_file
+    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
     from .tokenizer import Tokenizer
-    from .weights import checkpoint_files, read_header
+    from .weights import Checkpoint, checkpoint_files
     directory = Path(directory)
     config = read_config(directory / "config.json")
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -357,21 +389,22 @@ def load_classifier(directory, *, dtype="float32"):
     if not labels:
         raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
     np_dtype = np.dtype(dtype).type
-    tensors = {}
-    for path in checkpoint_files(directory):
-        read_header(path)
-        tensors.update(load_file(str(path)))
+    # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
+    checkpoint = Checkpoint(checkpoint_files(directory))
+    stored = set(checkpoint.names())
+    tensors = {name: checkpoint.read(name, np_dtype) for name in stored
+               if checkpoint.location[name][1] in ("F16", "BF16", "F32", "F64")}   # not integer buffers (position_ids)
     weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
                                       template=empty_weights(config, np_dtype))
     expected = set(tensors_from_tree(weights, config, task=task, head=head))
-    expected |= {n for n in tensors if n.endswith(("position_ids", "token_type_ids"))}   # buffers
+    expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
     needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
                                    head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
     if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
         needed |= {n for n in expected if "pooler" in n}
     if config.sinusoidal_positions:
         needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
-    missing, unexpected = sorted(needed - set(tensors)), sorted(set(tensors) - expected)
+    missing, unexpected = sorted(needed - stored), sorted(stored - expected)
     if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
                                  and weights["pooler"] is None):
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
@@ -380,7 +413,8 @@ def load_classifier(directory, *, dtype="float32"):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
                              f"names {len(labels)}")
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
-                      tokenizer=Tokenizer(directory, config), source=str(directory))
+                      tokenizer=Tokenizer(directory, config), source=str(directory),
+                      problem_type=raw.get("problem_type"))
 
 
 # ---- training ----------------------------------------------------------------------------------------------
@@ -435,6 +469,17 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     if recipe.dtype not in ("float32", "float64"):
         raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
+    # A bad number would train nothing and save nothing (epochs 0), divide by zero (batch_size 0), or give
+    # NaN losses and a checkpoint of them (a negative batch_size): refused before the model loads.
+    for name, ok in (("epochs", isinstance(recipe.epochs, (int, np.integer)) and recipe.epochs >= 1),
+                     ("batch_size", isinstance(recipe.batch_size, (int, np.integer)) and recipe.batch_size >= 1),
+                     ("lr", np.isfinite(recipe.lr) and recipe.lr >= 0),
+                     ("warmup_ratio", 0 <= recipe.warmup_ratio <= 1), ("dropout", 0 <= recipe.dropout < 1),
+                     ("weight_decay", recipe.weight_decay >= 0), ("max_grad_norm", recipe.max_grad_norm >= 0)):
+        if not ok:
+            raise InputError(f"recipe.{name} {getattr(recipe, name)!r} is out of range (epochs and batch_size: "
+                             "ints >= 1; lr, weight_decay, max_grad_norm >= 0; warmup_ratio in [0, 1]; dropout in "
+                             "[0, 1))")
     if recipe.patience is not None and (recipe.patience < 1 or dev is None):
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
                          "a patience of at least 1 epoch")
@@ -443,15 +488,29 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     check_examples(train, task, "train")
     if dev is not None:
         check_examples(dev, task, "dev")
+    if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
+        try:
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            if not os.access(checkpoint_dir, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        except OSError as e:
+            raise InputError(f"{checkpoint_dir}: cannot write the checkpoint there ({e.strerror or e})") from None
     if not isinstance(model, Model):
         model = load(model, backend="numpy", dtype=recipe.dtype)
     config = model.config
-    flat = [label for tags in train.labels for label in tags] if task == "token" else list(train.labels)
-    labels = sorted(set(flat), key=str) if labels is None else list(labels)
+
+    def flat(examples):
+        return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
+    labels = sorted(set(flat(train)), key=str) if labels is None else list(labels)
+    if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
+        raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=)")
     label2id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({str(label) for label in flat if label not in label2id})
-    if unknown:
-        raise InputError(f"train has label(s) {', '.join(unknown[:5])} not in labels {labels}")
+    # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
+    for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):
+        unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
+        if unknown:
+            raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
+                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
     rng = np.random.default_rng(recipe.seed)
     classifier = new_classifier(model, task, labels, recipe, rng)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
@@ -543,7 +602,8 @@ def new_classifier(model, task, labels, recipe, rng):
         weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
     head = init_head(config, task, len(labels), rng, dtype)
     return Classifier(config=config, weights=weights, head=head, task=task, labels=list(labels),
-                      tokenizer=model.tokenizer, source=model.source, max_length=recipe.max_length)
+                      tokenizer=model.tokenizer, source=str(model.encoder_dir),   # a sentence-transformers
+                      max_length=recipe.max_length)                                 # model's 0_Transformer/
 
 
 def train_step(classifier, batch_items, params, state, recipe, lr, rng):

@@ -30,7 +30,7 @@ def read_texts(path, text_col, pair_col=None):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
-    content = path.read_text(encoding="utf-8")
+    content = path.read_text(encoding="utf-8-sig")    # as finetune reads its data: a byte-order mark is no column name
     suffix = path.suffix.lower()
     if suffix == ".txt":
         if pair_col:
@@ -43,7 +43,10 @@ def read_texts(path, text_col, pair_col=None):
         except ValueError as e:
             raise InputError(f"{path}: not one JSON object per line ({e})") from None
     elif suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ","))
+        # TSV as finetune reads it (probe.read_labelled): tabs only, no quoting, so a text that starts with '"'
+        # is a text, not the start of a field that swallows the next rows.
+        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        rows = list(csv.DictReader(io.StringIO(content), **tsv))
     else:
         raise InputError(f"{path}: texts must be .txt, .csv, .tsv or .jsonl")
     for n, row in enumerate(rows, 1):
@@ -57,6 +60,9 @@ def read_examples(path, args):
     from .finetune import Examples
     from .probe import read_conll, read_labelled
     if args.task == "token":
+        if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
+            raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
+                             "between sentences), not .csv/.tsv/.jsonl")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
     texts, labels = read_labelled(path, args.text_col, args.label_col)

@@ -75,9 +75,17 @@ def rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
+def rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None, state=None):
+    """Stand-in for torch._utils._rebuild_parameter_with_state: a parameter carrying attributes (transformers
+    marks every loaded one with _is_hf_initialized), as state_dict(keep_vars=True) saves it; the attributes,
+    plain values the unpickler already restricted, are dropped."""
+    return data
+
+
 ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter_with_state,
     ("collections", "OrderedDict"): collections.OrderedDict,
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
     ("torch.storage", "UntypedStorage"): StorageType("UntypedStorage"),

@@ -16,6 +16,7 @@ interrupt while saving leaves the previous epoch's state whole.
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def data_digest(items):
 def describe_run(recipe, task, labels, source, train_items, dev_items):
     """The settings that make two runs the same run (JSON-ready)."""
     return {"recipe": json.loads(json.dumps(asdict(recipe))), "task": task, "labels": [str(x) for x in labels],
-            "model": str(source), "train": data_digest(train_items),
+            # resolved: the same folder named relatively, then absolutely, is the same model
+            "model": str(Path(source).resolve()) if Path(source).exists() else str(source),
+            "train": data_digest(train_items),
             "dev": data_digest(dev_items) if dev_items is not None else None}
 
 
@@ -78,8 +81,11 @@ def load_state(directory, params, run):
         with np.load(path, allow_pickle=False) as data:
             stored = {key: data[key] for key in data.files}
         meta = json.loads(str(stored["meta"]))
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFileError(f"{path}: not a readable minibert training state ({e})") from None
+        if not isinstance(meta, dict) or not {"epoch", "adam_step", "rng", "history", "run", "best"} <= set(meta):
+            raise ValueError("its meta record lacks fields")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:     # truncated, empty, damaged
+        raise ModelFileError(f"{path}: not a readable minibert training state ({type(e).__name__}: {e}); the "
+                             "run cannot resume from it: start it again without --resume") from None
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: training state format {meta.get('format')}, this minibert reads {FORMAT}")
     differences = run_differences(meta["run"], run)

@@ -141,7 +141,9 @@ class Names:
     relative_bias: list = ()  # read only when config.relative_attention_num_buckets
 
 
-BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+# The encoder's buffers, and the classification heads of ...ForSequenceClassification / ...ForTokenClassification
+# checkpoints (minibert finetune's own among them): transformers' AutoModel leaves both out, and so does load.
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids") + ("classifier.", "pre_classifier.")
 FAMILY_NAMES = {
     "bert": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("bert.",), ("cls.",) + BUFFERS),
     "roberta": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",), ("lm_head.",) + BUFFERS),

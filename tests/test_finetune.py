@@ -190,6 +190,151 @@ def test_bad_inputs_are_minibert_errors(tmp_path):
         load_classifier(FAMILIES / "bert_cased")
 
 
+def test_a_dev_label_the_head_lacks_is_refused_before_training(tmp_path):
+    """Found by a user: a dev label absent from train crashed with KeyError (after an epoch of training for
+    --task token, or at once with a checkpoint directory) instead of naming the label."""
+    train = Examples(texts=["a cat", "a dog"], labels=["x", "y"])
+    dev = Examples(texts=["a cat", "big"], labels=["x", "z"])
+    with pytest.raises(InputError, match="dev has label.s. z not in labels"):
+        finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=Recipe(epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="dev has label.s. I-PER not in labels"):
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=[["Anna", "saw"]], labels=[["B-PER", "O"]]),
+                 dev=Examples(texts=[["Bob", "Li"]], labels=[["B-PER", "I-PER"]]), task="token",
+                 recipe=Recipe(epochs=1))
+
+
+def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
+    """Found by a user: fine-tuning a Trainer's checkpoint-500/ (tokenizer in the folder above) saved a
+    classifier without tokenizer files, which load_classifier then refused."""
+    import shutil
+    model_dir = tmp_path / "run" / "checkpoint-500"
+    model_dir.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(FAMILIES / "bert_cased" / name, model_dir / name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(FAMILIES / "bert_cased" / name, tmp_path / "run" / name)
+    with pytest.warns(UserWarning, match="folder above"):
+        classifier = finetune(str(model_dir), pair_task(8), recipe=Recipe(epochs=1, batch_size=4, dropout=0.0))
+    loaded = load_classifier(classifier.save(tmp_path / "clf"))
+    assert (tmp_path / "clf" / "tokenizer.json").is_file()
+    assert loaded.predict(["the cat"], ["a red dog"]) == classifier.predict(["the cat"], ["a red dog"])
+
+
+@pytest.mark.parametrize("name", ["bert_cased", "distilbert", "roberta"])
+def test_a_saved_classifier_loads_as_an_encoder_and_fine_tunes_again(name, tmp_path):
+    """Found by a user: minibert.load (and so finetune --model) refused every classifier directory, its own
+    included, for the head's classifier.* / pre_classifier.* tensors, which transformers' AutoModel ignores."""
+    classifier = finetune(str(FAMILIES / name), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    out = classifier.save(tmp_path / "clf")
+    model = minibert.load(out, backend="numpy")
+    for layer, trained in zip(model.weights["layers"], classifier.weights["layers"]):
+        np.testing.assert_array_equal(layer["qkv"]["w"], trained["qkv"]["w"])
+    again = finetune(str(out), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    assert again.labels == ["no", "yes"]
+
+
+def test_one_str_is_one_text():
+    """Found by a user: predict("hello world") gave one label per character."""
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    texts, pairs = ["the cat sat", "a dog"], ["a red mat", "the cat"]
+    assert classifier.predict("the cat sat", "a red mat") == classifier.predict(texts, pairs)[0]
+    # Alone, "a dog" is not padded: other matmul shapes, float32 rounding (measured 0 here); bound 1e-6.
+    np.testing.assert_allclose(classifier.predict_proba("a dog", "the cat"),
+                               classifier.predict_proba(texts, pairs)[1], rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match=r"texts\[1\] is int"):
+        classifier.predict(["a", 3])
+
+
+def test_tagging_skips_the_pieces_of_extra_spaces():
+    """Found by a user: RoBERTa's byte-level BPE gave '' words (empty spans) for runs of spaces, and a ' '
+    word for a text of spaces."""
+    words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
+    train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
+    classifier = finetune(str(FAMILIES / "roberta"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    text = "Anna  saw   Bob,  in town."
+    tagged = classifier.tag(text)
+    assert [(w, span) for w, _, span in tagged] == [("Anna", (0, 4)), ("saw", (6, 9)), ("Bob", (12, 15)),
+                                                   (",", (15, 16)), ("in", (18, 20)), ("town", (21, 25)),
+                                                   (".", (25, 26))]
+    assert all(text[s:e] == w for w, _, (s, e) in tagged)
+    assert classifier.tag(["   ", ""]) == [[], []]
+
+
+def test_a_sentence_transformers_model_with_its_encoder_in_0_transformer_fine_tunes(tmp_path):
+    """Found by a user: fine-tuning the legacy sentence-transformers layout (config.json in 0_Transformer/)
+    trained, then failed to save with FileNotFoundError for <model>/config.json."""
+    source = Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts"
+    classifier = finetune(str(source), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    loaded = load_classifier(classifier.save(tmp_path / "clf"))
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["architectures"] == \
+        ["BertForSequenceClassification"]
+    assert (tmp_path / "clf" / "tokenizer.json").is_file()
+    # The same float32 weights and tokenizer: the same numbers.
+    np.testing.assert_array_equal(loaded.predict_proba(["the cat"], ["a red dog"]),
+                                  classifier.predict_proba(["the cat"], ["a red dog"]))
+
+
+@pytest.mark.parametrize("setting", [{"epochs": 0}, {"batch_size": 0}, {"batch_size": -2}, {"lr": -1.0},
+                                     {"lr": float("nan")}, {"dropout": 1.0}, {"warmup_ratio": 2.0}])
+def test_recipe_numbers_out_of_range_are_refused(setting):
+    """Found by a user: --epochs 0 saved nothing and exited 0, --batch-size 0 raised ZeroDivisionError and
+    --batch-size -2 trained on NaN losses and saved the result."""
+    with pytest.raises(InputError, match=f"recipe.{next(iter(setting))} .* is out of range"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(**setting))
+
+
+def test_predicting_on_truncated_texts_warns():
+    """Found by a user: tag silently gave no words past the model's token limit (and predict saw only a long
+    text's start), where encode warns."""
+    words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
+    train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
+    tagger = finetune(str(FAMILIES / "bert_cased"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than \d+ tokens and were truncated; their words"):
+        tagger.tag(["Anna saw Bob " * 100, "Anna saw Bob"])
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2))
+    with pytest.warns(UserWarning, match="1 of 1 texts were longer"):
+        classifier.predict(["the cat " * 100])
+
+
+def test_the_saved_config_names_the_float32_weights(tmp_path):
+    """Found by a user: fine-tuned from a checkpoint whose config.json says "dtype": "float16" (as half-precision
+    hub uploads do), the float32 classifier kept that dtype, so transformers 5 (dtype "auto" by default) loaded
+    it in float16: logits 1.2e-4 away from minibert's on the tiny BERT, where they agree to 1.3e-7 in float32."""
+    import shutil
+    source = shutil.copytree(FAMILIES / "bert_cased", tmp_path / "half")
+    raw = json.loads((source / "config.json").read_text())
+    raw.pop("torch_dtype", None)
+    raw["dtype"] = "float16"
+    (source / "config.json").write_text(json.dumps(raw))
+    out = finetune(str(source), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "clf")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "float32" and "torch_dtype" not in saved
+    assert all(t.dtype == np.float32 for t in load_file(str(out / "model.safetensors")).values())
+
+
+def test_scores_are_not_given_as_label_probabilities(tmp_path):
+    """Found by a user: a cross-encoder (one output, as BertForSequenceClassification with num_labels=1) gave
+    predict_proba 1.0 for every text and the same label for all; a multi-label classifier a softmax."""
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(
+        tmp_path / "clf")
+    raw = json.loads((out / "config.json").read_text())
+    for problem_type in ("regression", "multi_label_classification"):
+        (out / "config.json").write_text(json.dumps({**raw, "problem_type": problem_type}))
+        classifier = load_classifier(out)
+        with pytest.raises(InputError, match="use logits"):
+            classifier.predict(["the cat"])
+        assert classifier.logits(["the cat"]).shape == (1, 2)
+    import dataclasses
+    with pytest.raises(InputError, match="outputs are one score"):
+        dataclasses.replace(classifier, labels=["score"], problem_type=None).predict_proba(["the cat"])
+    with pytest.raises(InputError, match="train has one label"):      # and finetune does not make one
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x", "x"]), recipe=Recipe(epochs=1))
+    # Fine-tuned from such a model (its config.json names a problem_type), the new classifier gives labels.
+    again = finetune(str(out), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "again")
+    assert "problem_type" not in json.loads((again / "config.json").read_text())
+    assert load_classifier(again).predict(["the cat"], ["a red dog"])[0] in ("no", "yes")
+
+
 def test_every_trainable_parameter_is_updated_once():
     """A shared ALBERT layer set is one parameter; DistilBERT's fixed tables are not trained."""
     for name, expect_frozen in (("albert_groups", 0), ("distilbert_sinusoidal", 2)):
@@ -364,6 +509,28 @@ def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monk
     assert "has finished (epoch 3 of 3)" in capsys.readouterr().err
 
 
+def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
+    """Found by a user: predict refused a CSV with a byte-order mark (Excel's) that finetune had trained on,
+    and read a TSV text starting with '"' as a quoted field running over the next rows."""
+    from minibert import finetune_cli
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4)).save(
+        tmp_path / "clf")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,label\nthe cat,no\na dog,yes\n")
+    (tmp_path / "quote.tsv").write_text('text\tlabel\n"the cat\tno\na dog\tyes\n')
+    for name, texts in (("bom.csv", ["the cat", "a dog"]), ("quote.tsv", ['"the cat', "a dog"])):
+        assert finetune_cli.main(["predict", str(out), str(tmp_path / name)]) == 0, capsys.readouterr().err
+        assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == texts
+
+
+def test_token_task_refuses_table_files(tmp_path, capsys):
+    """Found by a user: a .jsonl given to --task token was read as CoNLL and trained on labels like 'x"}'."""
+    from minibert import finetune_cli
+    (tmp_path / "train.jsonl").write_text('{"text": "the cat", "label": "x"}\n{"text": "a dog", "label": "y"}\n')
+    assert finetune_cli.main(["finetune", str(tmp_path / "train.jsonl"), "--task", "token", "--out",
+                              str(tmp_path / "o"), "--model", str(FAMILIES / "bert_cased")]) == 1
+    assert "--task token reads CoNLL" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_command_errors_are_one_line(tmp_path, capsys):
     from minibert import finetune_cli
     (tmp_path / "bad.csv").write_text("text,label\n")
@@ -489,6 +656,45 @@ def test_resume_refuses_another_run_or_nothing(tmp_path):
                  resume=True)
     with pytest.raises(InputError, match="has finished"):
         finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_damaged_training_state_is_a_model_file_error(tmp_path):
+    """Found by a user: a truncated state file raised zipfile.BadZipFile, an empty one EOFError."""
+    train = pair_task(8)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path)
+    state = tmp_path / "minibert_training_state.npz"
+    whole = state.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"junk" * 50):
+        state.write_bytes(damaged)
+        with pytest.raises(ModelFileError, match="not a readable minibert training state.*without --resume"):
+            finetune(str(FAMILIES / "bert_cased"), train, recipe=Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0),
+                     checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_takes_the_same_model_named_another_way(tmp_path, monkeypatch):
+    """Found by a user: a run started with a relative --model and resumed with the absolute path (or from
+    another folder) was refused as another model."""
+    recipe = Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0)
+    stop = {"after": 1}
+
+    def interrupt(classifier):
+        if len(classifier.history) == stop["after"]:
+            raise KeyboardInterrupt
+    monkeypatch.chdir(FAMILIES)
+    with pytest.raises(KeyboardInterrupt):
+        finetune("bert_cased", pair_task(8), recipe=recipe, checkpoint_dir=tmp_path, on_epoch=interrupt)
+    resumed = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=tmp_path,
+                       resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+def test_an_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
+    """Found by a user: a --out that cannot be created failed only when the first epoch was saved."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="cannot write the checkpoint there"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), checkpoint_dir=tmp_path / "file" / "clf",
+                 on_epoch=lambda _: pytest.fail("trained before refusing"))
 
 
 # ---- progress ----------------------------------------------------------------------------------------------------

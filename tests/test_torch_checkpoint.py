@@ -292,3 +292,49 @@ def test_hub_ids_fetch_the_bin_weights_only_when_there_is_no_safetensors(tmp_pat
     assert ("pytorch_model.bin" in fetched) == (published == "bin only"), fetched
     want = minibert.load(str(twin_dir(tmp_path, "fp32")), backend="numpy").encode(TEXTS)
     np.testing.assert_array_equal(model.encode(TEXTS), want)
+
+
+def test_a_classifier_with_only_pytorch_model_bin_loads(tmp_path):
+    """Found by a user: load_classifier read every weights file as safetensors, so a classifier saved with
+    only pytorch_model.bin (older hub ones) was "corrupt or truncated". The same tensors in both formats
+    (with an int64 position_ids buffer in the .bin) give the same logits."""
+    from safetensors.numpy import load_file
+    from minibert.finetune import Examples, Recipe, finetune
+    families = Path(__file__).parent / "fixtures" / "families"
+    train = Examples(texts=["the cat", "a dog", "the mat", "a cat"], labels=["x", "y", "x", "y"])
+    clf = finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "st")
+    tensors = load_file(str(clf / "model.safetensors"))
+    tensors["bert.embeddings.position_ids"] = np.arange(8, dtype=np.int64)[None]
+    storage = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
+    pickled = fake_torch_pickle({name: (storage[t.dtype], str(i), t.size, 0, t.shape,
+                                        tuple(s // t.itemsize for s in t.strides))
+                                 for i, (name, t) in enumerate(tensors.items())})
+    write_archive(tmp_path / "bin", pickled, {str(i): t.tobytes() for i, t in enumerate(tensors.values())})
+    for name in os.listdir(clf):
+        if name != "model.safetensors":
+            shutil.copy(clf / name, tmp_path / "bin" / name)
+    texts = ["the cat sat", "a dog"]
+    ours = minibert.load_classifier(tmp_path / "bin")
+    assert ours.labels == ["x", "y"]
+    np.testing.assert_array_equal(ours.logits(texts), minibert.load_classifier(clf).logits(texts))
+
+
+def test_parameters_with_attributes_load(tmp_path):
+    """Found by a user: state_dict(keep_vars=True) or dict(named_parameters()) of a transformers model saves
+    each parameter through torch._utils._rebuild_parameter_with_state (transformers sets _is_hf_initialized
+    on them), which torch.load(weights_only=True) reads and minibert refused."""
+    from tiny import tiny_config, tiny_tensors
+    tensors = tiny_tensors(tiny_config())
+    body = b""
+    for i, (name, t) in enumerate(tensors.items()):
+        one = fake_torch_pickle({name: ("FloatStorage", str(i), t.size, 0, t.shape,
+                                        tuple(s // t.itemsize for s in t.strides))})
+        key = pickle.dumps(name, protocol=2)[2:-1]
+        tensor = one[len(b"\x80\x02}(" + key):-len(b"u.")]
+        body += (key + b"ctorch._utils\n_rebuild_parameter_with_state\n(" + tensor + b"\x89"     # NEWFALSE
+                 + b"ccollections\nOrderedDict\n)R}" + pickle.dumps("_is_hf_initialized", protocol=2)[2:-1]
+                 + b"\x88stR")                                           # NEWTRUE, SETITEM, TUPLE, REDUCE
+    write_archive(tmp_path / "bin", b"\x80\x02}(" + body + b"u.", {str(i): t.tobytes()
+                                                                  for i, t in enumerate(tensors.values())})
+    ours = minibert.load(str(tmp_path / "bin"), backend="numpy").encode(TEXTS)
+    np.testing.assert_array_equal(ours, minibert.load(str(write_tiny(tmp_path / "st")), backend="numpy").encode(TEXTS))
