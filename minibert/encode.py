@@ -417,7 +417,9 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
     if not isinstance(prefix_space, bool):
         raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
     check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
-    tokenized = tokenize_texts(model, inputs, max_length, window, pretokenized=pretokenized,
+    lower = lower_keeping_offsets if model.recipe.do_lower_case else None     # as encode does for this recipe
+    read = inputs if lower is None else [[lower(w) for w in t] if pretokenized else lower(t) for t in inputs]
+    tokenized = tokenize_texts(model, read, max_length, window, pretokenized=pretokenized,
                                prefix_space=prefix_space)
     warn_truncated(model, tokenized, max_length)
     warn_unknown(model, tokenized)
@@ -445,6 +447,15 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
     if pretokenized:
         warn_pieceless(model, inputs, results, prefix_space)
     return results
+
+
+def lower_keeping_offsets(text):
+    """text lower-cased, except the rare characters whose lower case is longer ("İ" -> "i̇"), so that offsets
+    into the result are offsets into `text` and words and spans stay the user's."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
 def warn_pieceless(model, inputs, results, prefix_space):

@@ -506,3 +506,19 @@ def test_live_bundled_model_against_sentence_transformers(model_for):
     with pytest.warns(UserWarning, match="truncated"):
         got = model.encode(texts)
     assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
+
+
+def test_encode_words_lower_cases_as_the_recipe_says():
+    """A do_lower_case recipe lower-cases texts before tokenizing (sentence-transformers'), and encode does;
+    encode_words did not, so capitals met a lower-case vocabulary as [UNK] pieces. Words and spans stay the
+    user's; a character whose lower case is longer ("İ") is kept, so the spans stay right."""
+    model = minibert.load(FIXTURES / "st_mean_sqrt_len_lower", backend="numpy")
+    assert model.recipe.do_lower_case
+    [mixed] = model.encode_words(["The Cat SAT"])
+    [lower] = model.encode_words(["the cat sat"])
+    assert mixed.words == ["The", "Cat", "SAT"] and mixed.spans.tolist() == [[0, 3], [4, 7], [8, 11]]
+    np.testing.assert_array_equal(mixed.vectors, lower.vectors)
+    [given] = model.encode_words([["The", "Cat", "SAT"]])
+    np.testing.assert_array_equal(given.vectors, model.encode_words([["the", "cat", "sat"]])[0].vectors)
+    [odd] = model.encode_words(["İstanbul Cat"])
+    assert odd.words[-1] == "Cat" and odd.spans[-1].tolist() == [9, 12]
