@@ -263,6 +263,18 @@ class Model:
         limit = self.recipe.max_length
         return min(limit, self.config.max_tokens) if limit is not None else self.tokenizer.max_length
 
+    @max_seq_length.setter
+    def max_seq_length(self, value: int):
+        """`model.max_seq_length = 128`, as sentence-transformers users write it: encode() cuts texts there
+        from now on (an explicit max_length= still wins); inspect names the setting's source as set here."""
+        from types import MappingProxyType
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 2 <= value <= \
+                self.tokenizer.max_length:
+            raise InputError(f"max_seq_length must be an int from 2 (the special tokens) to the model's "
+                             f"{self.tokenizer.max_length} positions, found {value!r}")
+        sources = MappingProxyType({**self.recipe.sources, "max_length": "set on the model (max_seq_length)"})
+        self.recipe = dataclasses.replace(self.recipe, max_length=int(value), sources=sources)
+
     def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
                      batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,
                      prefix_space=True):

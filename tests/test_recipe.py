@@ -522,3 +522,19 @@ def test_encode_words_lower_cases_as_the_recipe_says():
     np.testing.assert_array_equal(given.vectors, model.encode_words([["the", "cat", "sat"]])[0].vectors)
     [odd] = model.encode_words(["İstanbul Cat"])
     assert odd.words[-1] == "Cat" and odd.spans[-1].tolist() == [9, 12]
+
+
+def test_max_seq_length_can_be_set_as_sentence_transformers_users_do():
+    """model.max_seq_length = N: encode cuts there from then on, as SentenceTransformer's attribute does;
+    an explicit max_length= still wins; out-of-range values are refused."""
+    model = minibert.load(FIXTURES / "st_cls", backend="numpy")
+    text = "the cat sat on the mat and then it ran far away over the hills " * 3
+    before = model.encode(text)
+    model.max_seq_length = 8
+    assert model.max_seq_length == 8 and model.recipe.source_of("max_length").startswith("set on the model")
+    with pytest.warns(UserWarning, match="truncated"):
+        np.testing.assert_array_equal(model.encode(text), model.encode(text, max_length=8))
+    assert not np.array_equal(model.encode(text), before)
+    for bad in (1, 10**6, 2.5, True, "8"):
+        with pytest.raises(InputError, match="max_seq_length must be"):
+            model.max_seq_length = bad
