@@ -30,6 +30,7 @@ from .encode import FIRST_ROW, tokenize_texts
 from .errors import InputError, MiniBertError
 from .progress import RowProgress
 from .readers import TextFile, sha256_of
+from .recipe import applied_recipe
 from .store import LOCK, OWN_FILE, PROGRESS, finalise, read_json_file, write_durably
 from .tokenizer import as_text_list
 from .weights import checkpoint_files
@@ -168,18 +169,6 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
             finalise(out, "manifest.json")
             (out / PROGRESS).unlink(missing_ok=True)
         return add_reduction(out, manifest, reduce, whiten)
-
-
-def applied_recipe(model, layers, pooling, normalize, max_length):
-    """What the options left as None (pooling, normalize, max_length) became, and the head applied: the
-    settings a reader of the manifest needs without loading the model's recipe."""
-    from .recipe import encode_settings
-    settings = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length,
-                               layers=layers, num_layers=model.config.num_hidden_layers, prompt=None,
-                               prompt_name=None, max_tokens=model.config.max_tokens)
-    return {"kind": model.recipe.kind, "pooling": settings.pooling, "normalize": settings.normalize,
-            "max_length": settings.max_length or model.tokenizer.max_length,
-            "dense": [d.path for d in settings.dense], "prompt": settings.prompt or None}
 
 
 def resolved(path):

@@ -341,6 +341,17 @@ def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, n
                           lower=recipe.do_lower_case)
 
 
+def applied_recipe(model, layers, pooling, normalize, max_length):
+    """What the options left as None (pooling, normalize, max_length) became, and the head applied: the
+    settings a reader of the manifest needs without loading the model's recipe."""
+    settings = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length,
+                               layers=layers, num_layers=model.config.num_hidden_layers, prompt=None,
+                               prompt_name=None, max_tokens=model.config.max_tokens)
+    return {"kind": model.recipe.kind, "pooling": settings.pooling, "normalize": settings.normalize,
+            "max_length": settings.max_length or model.tokenizer.max_length,
+            "dense": [d.path for d in settings.dense], "prompt": settings.prompt or None}
+
+
 def prepare_texts(settings: EncodeSettings, texts: list) -> list:
     """The texts as sentence-transformers tokenizes them: prompt first, lower-cased if the recipe says."""
     texts = [settings.prompt + t for t in texts]

@@ -125,7 +125,7 @@ class Index:
     def check_recipe(self, model):
         """The same config.json can come with another recipe (the encoder's folder alone, or its files copied
         without modules.json): the query would then be pooled, cut or projected unlike the corpus."""
-        from .extract import applied_recipe
+        from .recipe import applied_recipe
         m, recorded = self.manifest, self.manifest.get("recipe")
         if recorded is None:                           # written before manifests recorded the recipe
             return
