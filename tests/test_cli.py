@@ -364,7 +364,11 @@ def enospc_after(partial):
     import errno
 
     def write(target, *args, **kwargs):
-        target.write(partial)
+        if isinstance(target, str):         # a writer given the path opens it itself
+            with open(target, "wb") as f:
+                f.write(partial)
+        else:
+            target.write(partial)
         raise OSError(errno.ENOSPC, "No space left on device")
     return write
 
@@ -411,8 +415,8 @@ def test_similarity_matrix_out_on_a_full_disk(tiny, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(np, writer, enospc_after(b"\x93NUMPY header"))
     err = one_line_error(capsys, ["similarity", "--matrix", str(tmp_path / "texts.txt"), "--model", tiny,
                                   "--out", str(out)])
-    assert f"{out}: cannot write it (No space left on device); free some disk space" in err
     assert out.read_bytes() == b"the previous matrix" and no_temporaries(tmp_path)
+    assert f"{out}: cannot write it (No space left on device); free some disk space" in err
 
 
 def test_similarity_matrix_out_may_not_be_its_input(tiny, tmp_path, capsys):
