@@ -191,6 +191,9 @@ def cmd_similarity(args):
         raise MiniBertError("--out writes the --matrix result: give --matrix and a FILE ending in .npy or .csv")
     if args.out is not None:
         check_writable(args.out, "--out")
+        if os.path.exists(args.out) and os.path.exists(args.matrix) and os.path.samefile(args.out, args.matrix):
+            raise MiniBertError(f"--out {args.out} is the --matrix input itself; writing it would destroy the "
+                                "texts: choose another file")
     model = minibert.load(args.model, backend=args.backend)
     args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
@@ -203,12 +206,13 @@ def cmd_similarity(args):
         if head_label(model) and chosen == model.config.num_hidden_layers:     # encode adds the head there
             layer += f" + {head_label(model)}"
         matrix = similarity_matrix(model, texts, layer=args.layer, pooling=args.pooling)     # [N, N]
-        if args.out is not None:
-            with writing(args.out, "--out"):
+        if args.out is not None:     # whole or not at all: a full disk left a header-only .npy
+            from .files import atomic_file
+            with atomic_file(args.out) as f:
                 if args.out.endswith(".npy"):
-                    np.save(args.out, matrix)
+                    np.save(f, matrix)
                 else:
-                    np.savetxt(args.out, matrix, delimiter=",", fmt="%.6f")
+                    np.savetxt(f, matrix, delimiter=",", fmt="%.6f")
         if args.json:
             print(json.dumps({"layer": layer, "pooling": args.pooling, "texts": texts, "matrix": matrix.tolist()}))
             return

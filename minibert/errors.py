@@ -5,7 +5,9 @@ MiniBertError
 ├── ConfigError         config.json keys missing, unknown, impossible or unsupported
 ├── TokenizerError      tokenizer files missing or inconsistent with the model
 ├── InputError          texts or arrays given to tokenize/forward/encode that cannot be used
-└── BackendError        an unknown backend, or one this machine cannot run (e.g. no CUDA device)
+├── BackendError        an unknown backend, or one this machine cannot run (e.g. no CUDA device)
+├── OutputError         an output that cannot be written, or that would destroy an input or the model
+└── TrainingError       a fine-tuning run that diverged (a non-finite loss)
 
 Warnings go through warn_caller, which points them at the user's line.
 """
@@ -37,6 +39,15 @@ class InputError(MiniBertError, ValueError):
 
 class BackendError(MiniBertError):
     """The requested compute backend is unknown or unavailable on this machine."""
+
+
+class OutputError(MiniBertError):
+    """An output cannot be written (full disk, permissions), or writing it would destroy an input, the source
+    model or a folder minibert did not write."""
+
+
+class TrainingError(MiniBertError):
+    """Training diverged: a loss or gradient stopped being a finite number."""
 
 
 def warn_caller(message, category=UserWarning):

@@ -1,4 +1,4 @@
-"""Reading a model directory's files: regular files only, each of a bounded size.
+"""Reading a model directory's files: regular files only, each of a bounded size; writing outputs whole.
 
 A FIFO named config.json blocks the first read forever, /dev/zero linked as a tokenizer file reads until
 memory runs out, and a JSON file of gigabytes is not a config: each is refused before any byte is read,
@@ -6,9 +6,13 @@ with a message naming the file. Callers pass their own error class (ConfigError,
 ModelFileError), so the error says which part of the model is at fault.
 """
 
+import errno
 import json
 import os
+import shutil
 import stat
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 MiB = 1 << 20
@@ -101,3 +105,102 @@ def read_json(path: Path, limit: int, error, what: str):
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise error(f"{path}: cannot read {what} as JSON ({type(e).__name__}: {e}); "
                     "re-download it or the model") from None
+
+
+# ---- writing: every output is complete or absent ---------------------------------------------------------------
+# An output is written under a temporary name beside it (the same directory, so the rename is atomic) and
+# renamed into place only once complete: a full disk, a refusal or Ctrl-C half-way leaves the file the user
+# had, never an empty or truncated one.
+
+WRITE_ADVICE = {errno.ENOSPC: "free some disk space or write elsewhere", errno.EDQUOT: "the disk quota is spent; "
+                "free some space or write elsewhere", errno.EACCES: "check its permissions or write elsewhere",
+                errno.EPERM: "check its permissions or write elsewhere",
+                errno.EROFS: "the file system is read-only; write elsewhere"}
+
+
+def write_failure(path, error: OSError):
+    """One OutputError line for an OSError met while writing `path`."""
+    from .errors import OutputError
+    advice = WRITE_ADVICE.get(error.errno, "check the disk and the folder, or write elsewhere")
+    return OutputError(f"{path}: cannot write it ({error.strerror or error}); {advice}; nothing was "
+                       "changed there")
+
+
+def output_mode(directory=False) -> int:
+    """The permissions open() would give a new file (directory): 0o666 (0o777) less the umask, so every
+    file minibert writes gets the same ones (mkstemp alone makes 0600 files)."""
+    umask = os.umask(0)      # the only way to read it; put back at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def remove_quietly(path):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def atomic_file(path, mode="wb", encoding=None):
+    """Yields a file object open on a temporary name beside `path`; when the block ends normally the file
+    is flushed, synced and renamed to `path`. On any exception (KeyboardInterrupt included) the temporary
+    is removed and `path` is untouched; an OSError while writing becomes one OutputError naming `path`."""
+    path = Path(path)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_failure(path, e) from None
+    try:
+        try:
+            os.fchmod(fd, output_mode())
+            with open(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except OSError as e:
+            raise write_failure(path, e) from None
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+
+
+def write_bytes(path, data: bytes):
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_directory(path):
+    """Yields a new, empty temporary directory beside `path`; when the block ends normally it takes
+    `path`'s place whole (what was there before goes, so no file of an earlier run stays behind). On any
+    exception the temporary directory is removed and `path` is untouched. Replacing a non-empty directory
+    is two renames (the old one aside, the new one in), then the old one is deleted."""
+    path = Path(path)
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(temporary, output_mode(directory=True))
+    except OSError as e:
+        raise write_failure(path, e) from None
+    try:
+        try:
+            yield temporary
+            for child in temporary.iterdir():       # on disk before the rename makes them the output
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            if path.is_dir() and any(path.iterdir()):
+                aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, aside / path.name)
+                os.replace(temporary, path)
+                remove_quietly(aside)
+            else:
+                os.replace(temporary, path)          # over nothing, or over an empty directory
+        except OSError as e:
+            raise write_failure(path, e) from None
+    except BaseException:
+        remove_quietly(temporary)
+        raise

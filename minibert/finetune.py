@@ -21,13 +21,19 @@ import numpy as np
 
 from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads, map_tree
 from .config import read_config
-from .errors import InputError, ModelFileError
+from .errors import InputError, ModelFileError, OutputError, TrainingError
+from .files import atomic_directory
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
 from .kernels.reference_backward import IGNORE_INDEX
+from .threads import BLAS
+from .train_state import STATE_FILE
 from .weights import sinusoidal_positions, weight_set_of_layer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+# Written into every classifier directory: a directory holding it (or a training state) is minibert's own
+# output, replaced whole by the next save; any other non-empty directory is refused as an output.
+OUTPUT_MARK = "minibert_classifier.json"
 
 
 @dataclass(frozen=True)
@@ -243,18 +249,24 @@ class Classifier:
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out, cut = [], 0
-        for start in range(0, len(texts), batch_size):
-            part = texts[start:start + batch_size]
-            pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
-            batch = self.tokenizer(part, pairs, max_length=self.max_length)
-            cut += int(batch.truncated.sum())
-            logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                           self.weights, self.head, self.config, task=self.task,
-                                           keep_activations=False)
-            if self.task == "sequence":
-                out.append(logits)
-            else:
-                out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
+        with BLAS:     # as the forward holds it: NumPy's own BLAS threads crawl on a busy machine
+            for start in range(0, len(texts), batch_size):
+                part = texts[start:start + batch_size]
+                pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
+                batch = self.tokenizer(part, pairs, max_length=self.max_length)
+                cut += int(batch.truncated.sum())
+                logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                               self.weights, self.head, self.config, task=self.task,
+                                               keep_activations=False)
+                if not np.isfinite(logits).all():   # NaN probabilities are not JSON, NaN labels are arbitrary
+                    bad = start + int(np.flatnonzero(~np.isfinite(logits).reshape(len(part), -1).all(axis=1))[0])
+                    raise ModelFileError(f"{self.source}: the classifier's outputs for text {bad} are not finite "
+                                         "numbers (NaN or inf): its weights are damaged or its training "
+                                         "diverged; retrain it (a lower learning rate)")
+                if self.task == "sequence":
+                    out.append(logits)
+                else:
+                    out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
         if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
             from .errors import warn_caller
             warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
@@ -320,15 +332,28 @@ class Classifier:
 
     def save(self, directory):
         """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
-        model, config.json with architectures, id2label and label2id, and the tokenizer files."""
-        from safetensors.numpy import save_file
+        model, config.json with architectures, id2label and label2id, and the tokenizer files. The directory
+        is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
+        save stays behind; a directory minibert did not write is refused (check_output_directory)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        check_output_directory(directory, [self.source, getattr(self.tokenizer, "dir", self.source)],
+                               resaving=True)
+        with atomic_directory(directory) as temporary:
+            self.write_files(temporary)
+        return directory
+
+    def write_files(self, directory):
+        """Classifier.save's files, written into the existing, empty `directory`."""
+        from safetensors.numpy import save
+        directory = Path(directory)
         tensors = tensors_from_tree(self.weights, self.config, task=self.task, head=self.head)
         if self.config.sinusoidal_positions:      # transformers rebuilds the fixed table itself
             tensors = {n: t for n, t in tensors.items() if not n.endswith("position_embeddings.weight")}
-        save_file({name: np.ascontiguousarray(t, dtype=np.float32) for name, t in tensors.items()},
-                  str(directory / "model.safetensors"), metadata={"format": "pt"})
+        # Serialized here and written by Python: safetensors' own writer made 0600 files and raised its own
+        # error on a full disk.
+        (directory / "model.safetensors").write_bytes(
+            save({name: np.ascontiguousarray(t, dtype=np.float32) for name, t in tensors.items()},
+                 metadata={"format": "pt"}))
         raw = json.loads((Path(self.source) / "config.json").read_text(encoding="utf-8"))
         raw["architectures"] = [architecture(self.config, self.task)]
         # The weights are written in float32: a source's float16 would make transformers (dtype "auto", its
@@ -342,9 +367,48 @@ class Classifier:
         # From the folder the tokenizer was read from: the one above the model's when only that one has it.
         tokenizer_dir = Path(getattr(self.tokenizer, "dir", self.source))
         for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).is_file() and tokenizer_dir.resolve() != directory.resolve():
+            if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, directory / name)
+        (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
+                                             encoding="utf-8")
         return directory
+
+
+def is_own_output(directory):
+    """Whether `directory` is a classifier directory minibert wrote (its mark, or a training state)."""
+    return any((Path(directory) / name).is_file() for name in (OUTPUT_MARK, STATE_FILE))
+
+
+def check_output_directory(directory, sources, *, resaving=False):
+    """Refuse, before any work, a classifier output that would destroy what the user owns: the source model
+    (or a directory inside it or holding it), a file, or a non-empty directory minibert did not write.
+    resaving: a classifier loaded from its own minibert directory may be saved back there."""
+    directory = Path(directory)
+    target = directory.resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if target == source and resaving and is_own_output(directory):
+            continue
+        if target == source or source in target.parents or target in source.parents:
+            where = ("is" if target == source else "is inside" if source in target.parents else "holds")
+            raise OutputError(f"{directory}: the output directory {where} the model directory {source}; saving "
+                              "there would replace the model's own files: choose another output directory")
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{directory}: exists and is not a directory; choose another output directory")
+    if directory.is_dir() and not is_own_output(directory):
+        entries = sorted(os.listdir(directory))
+        if entries:
+            raise OutputError(f"{directory}: holds files minibert did not write ({', '.join(entries[:3])}"
+                              f"{', ...' if len(entries) > 3 else ''}); a classifier replaces its output directory "
+                              "whole: choose a new or empty directory")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as e:
+        raise OutputError(f"{directory}: cannot write the checkpoint there ({e.strerror or e}); choose a "
+                          "writable place") from None
 
 
 def empty_weights(config, dtype):
@@ -434,6 +498,73 @@ def accuracy(classifier, examples):
     return correct / max(total, 1)
 
 
+def python_value(value):
+    """A NumPy scalar as the Python value it holds (np.int64(1) -> 1, np.str_('a') -> 'a'); others as given."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def checked_labels(labels, what):
+    """Labels as Python values, checked: NumPy scalars converted (an np.int64 label failed only when the
+    checkpoint's config.json was written, after a whole epoch); None, NaN, inf and blank strings refused
+    naming the example; one type for all (1 and "1", or 1 and True, would be two classes that print alike)."""
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+        raise InputError(f"{what}: labels must be a list (or array) of labels, found {type(labels).__name__}")
+    out, kinds = [], {}
+    for i, label in enumerate(labels):
+        label = python_value(label)
+        if (label is None or (isinstance(label, float) and not np.isfinite(label))
+                or (isinstance(label, str) and not label.strip())):
+            raise InputError(f"{what}: label {i} is {label!r}; every example needs a label")
+        if not isinstance(label, (str, int, float)):
+            raise InputError(f"{what}: label {i} is a {type(label).__name__} ({label!r}); labels are str, int or "
+                             "float")
+        kinds.setdefault(type(label).__name__, i)
+        out.append(label)
+    if len(kinds) > 1:
+        raise InputError(f"{what}: labels mix types ({', '.join(f'{k} at {i}' for k, i in kinds.items())}); they "
+                         "would be different classes that print alike: give every label the same type")
+    return out
+
+
+def checked_texts(texts, what, words=False):
+    """Texts (words=True: lists of words) as a list of Python str, refusing anything else by position."""
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+        raise InputError(f"{what}: give a list (or array) of {'word lists' if words else 'texts'}, found "
+                         f"{type(texts).__name__}")
+    if words:
+        return [checked_texts(sentence, f"{what} sentence {i}") for i, sentence in enumerate(texts)]
+    out = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{what}: item {i} is a {type(text).__name__} ({text!r:.40}), not a str")
+        out.append(str(text))          # np.str_ -> str
+    return out
+
+
+def checked_examples(examples, task, what):
+    """`examples` with Python lists throughout (NumPy arrays and scalars converted), checked up front."""
+    if not isinstance(examples, Examples):
+        raise InputError(f"{what}: give an Examples(texts=..., labels=...), found {type(examples).__name__}")
+    texts = checked_texts(examples.texts, f"{what} texts", words=task == "token")
+    pairs = None if examples.text_pairs is None else checked_texts(examples.text_pairs, f"{what} text_pairs")
+    if task == "token":
+        if isinstance(examples.labels, (str, bytes)) or not hasattr(examples.labels, "__len__"):
+            raise InputError(f"{what}: labels must be one list of labels per sentence")
+        per_sentence = [python_value(tags) for tags in examples.labels]
+        if any(isinstance(tags, (str, bytes)) or not hasattr(tags, "__len__") for tags in per_sentence):
+            raise InputError(f"{what}: labels must be one list of labels per sentence (one per word)")
+        flat = checked_labels([tag for tags in per_sentence for tag in tags], f"{what} labels")
+        labels, start = [], 0
+        for tags in per_sentence:
+            labels.append(flat[start:start + len(tags)])
+            start += len(tags)
+    else:
+        labels = checked_labels(examples.labels, f"{what} labels")
+    checked = Examples(texts=texts, labels=labels, text_pairs=pairs)
+    check_examples(checked, task, what)
+    return checked
+
+
 def check_examples(examples, task, what):
     if len(examples.texts) != len(examples.labels) or not examples.texts:
         raise InputError(f"{what}: {len(examples.texts)} texts but {len(examples.labels)} labels; "
@@ -445,6 +576,38 @@ def check_examples(examples, task, what):
             if isinstance(words, str) or len(words) != len(tags):
                 raise InputError(f"{what}: sentence {i} must be a list of words with one label per word "
                                  f"(found {len(tags)} labels)")
+
+
+def is_number(x):
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def is_count(x, low):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and x >= low
+
+
+def check_recipe(recipe):
+    """Every recipe value checked before the model loads: a bad one would train nothing and save nothing
+    (epochs 0), divide by zero (batch_size 0), give NaN losses and a checkpoint of them (a negative
+    batch_size), or a NumPy traceback after loading (seed -1)."""
+    if recipe.dtype not in ("float32", "float64"):
+        raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
+    for name, ok in (("epochs", is_count(recipe.epochs, 1)), ("batch_size", is_count(recipe.batch_size, 1)),
+                     ("lr", is_number(recipe.lr) and np.isfinite(recipe.lr) and recipe.lr >= 0),
+                     ("warmup_ratio", is_number(recipe.warmup_ratio) and 0 <= recipe.warmup_ratio <= 1),
+                     ("dropout", is_number(recipe.dropout) and 0 <= recipe.dropout < 1),
+                     ("weight_decay", is_number(recipe.weight_decay) and 0 <= recipe.weight_decay < np.inf),
+                     ("max_grad_norm", is_number(recipe.max_grad_norm) and 0 <= recipe.max_grad_norm < np.inf),
+                     ("adam_eps", is_number(recipe.adam_eps) and 0 < recipe.adam_eps < np.inf),
+                     ("betas", isinstance(recipe.betas, (tuple, list)) and len(recipe.betas) == 2
+                      and all(is_number(b) and 0 <= b < 1 for b in recipe.betas)),
+                     ("seed", is_count(recipe.seed, 0)),
+                     ("max_length", recipe.max_length is None or is_count(recipe.max_length, 1)),
+                     ("patience", recipe.patience is None or is_count(recipe.patience, 1))):
+        if not ok:
+            raise InputError(f"recipe.{name} {getattr(recipe, name)!r} is out of range (epochs, batch_size, "
+                             "max_length, patience: ints >= 1; seed: an int >= 0; lr, weight_decay, max_grad_norm "
+                             ">= 0; adam_eps > 0; warmup_ratio in [0, 1]; dropout and betas in [0, 1))")
 
 
 def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels=None, progress=None,
@@ -467,43 +630,23 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     from .api import Model, load
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
-    if recipe.dtype not in ("float32", "float64"):
-        raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
-    # A bad number would train nothing and save nothing (epochs 0), divide by zero (batch_size 0), or give
-    # NaN losses and a checkpoint of them (a negative batch_size): refused before the model loads.
-    for name, ok in (("epochs", isinstance(recipe.epochs, (int, np.integer)) and recipe.epochs >= 1),
-                     ("batch_size", isinstance(recipe.batch_size, (int, np.integer)) and recipe.batch_size >= 1),
-                     ("lr", np.isfinite(recipe.lr) and recipe.lr >= 0),
-                     ("warmup_ratio", 0 <= recipe.warmup_ratio <= 1), ("dropout", 0 <= recipe.dropout < 1),
-                     ("weight_decay", recipe.weight_decay >= 0), ("max_grad_norm", recipe.max_grad_norm >= 0)):
-        if not ok:
-            raise InputError(f"recipe.{name} {getattr(recipe, name)!r} is out of range (epochs and batch_size: "
-                             "ints >= 1; lr, weight_decay, max_grad_norm >= 0; warmup_ratio in [0, 1]; dropout in "
-                             "[0, 1))")
-    if recipe.patience is not None and (recipe.patience < 1 or dev is None):
+    check_recipe(recipe)
+    if recipe.patience is not None and dev is None:
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
                          "a patience of at least 1 epoch")
     if resume and checkpoint_dir is None:
         raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
-    check_examples(train, task, "train")
+    train = checked_examples(train, task, "train")
     if dev is not None:
-        check_examples(dev, task, "dev")
-    if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
-        try:
-            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-            if not os.access(checkpoint_dir, os.W_OK):
-                raise PermissionError(errno.EACCES, "not writable")
-        except OSError as e:
-            raise InputError(f"{checkpoint_dir}: cannot write the checkpoint there ({e.strerror or e})") from None
-    if not isinstance(model, Model):
-        model = load(model, backend="numpy", dtype=recipe.dtype)
-    config = model.config
+        dev = checked_examples(dev, task, "dev")
 
     def flat(examples):
         return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
-    labels = sorted(set(flat(train)), key=str) if labels is None else list(labels)
+    labels = sorted(set(flat(train)), key=str) if labels is None else checked_labels(labels, "labels")
     if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
         raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=)")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels {labels} name a class twice")
     label2id = {label: i for i, label in enumerate(labels)}
     # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
     for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):
@@ -511,6 +654,14 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
         if unknown:
             raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
                              + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
+    if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
+        local = [model] if isinstance(model, (str, os.PathLike)) and Path(model).exists() else []
+        check_output_directory(checkpoint_dir, local)
+    if not isinstance(model, Model):
+        model = load(model, backend="numpy", dtype=recipe.dtype)
+    config = model.config
+    if checkpoint_dir is not None:       # a hub id or the bundled model: its folder is known once loaded
+        check_output_directory(checkpoint_dir, [model.source, model.encoder_dir])
     rng = np.random.default_rng(recipe.seed)
     classifier = new_classifier(model, task, labels, recipe, rng)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
@@ -528,45 +679,73 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     step = first_epoch * steps_per_epoch
     report = progress_report.reporter(progress, total, recipe.epochs, initial=step)
     try:
-        for epoch in range(first_epoch + 1, recipe.epochs + 1):
-            losses = []
-            for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
-                lr = lr_at(step, total, warmup, recipe.lr)
-                loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr, rng)
-                losses.append(loss)
-                step += 1
-                report.step(epoch=epoch, step=step, loss=loss, running=float(np.mean(losses)), lr=lr,
-                            epoch_end=len(losses) == steps_per_epoch)
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-            if dev is not None:
-                record["dev_accuracy"] = accuracy(classifier, dev)
-            improved = recipe.patience is None or best is None or record["dev_accuracy"] > best["metric"]
-            if recipe.patience is not None:
-                if improved:
-                    best = {"epoch": epoch, "metric": record["dev_accuracy"], "params": [p.copy() for _, p in params]}
-                record["best_epoch"] = best["epoch"]
-            classifier.history.append(record)
-            if checkpoint_dir is not None:
-                if improved:
-                    classifier.save(checkpoint_dir)
-                train_state.save_state(checkpoint_dir, params=params, adam=state, rng=rng, epoch=epoch,
-                                       history=classifier.history, run=run,
-                                       best=None if best is None else {**best, "params": None if improved
-                                                                       else best["params"]})
-            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-            report.message(shown + (f"; saved {checkpoint_dir}" if checkpoint_dir is not None and improved else ""))
-            if on_epoch is not None:
-                on_epoch(classifier)
-            if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
-                report.message(f"early stopping: no better dev accuracy for {recipe.patience} epoch(s); the best "
-                               f"was epoch {best['epoch']} ({best['metric']:.4f})")
-                break
+        with BLAS:      # the forward's thread policy: one BLAS thread (an epoch ran 6-10x slower on a busy machine)
+            for epoch in range(first_epoch + 1, recipe.epochs + 1):
+                losses = []
+                for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
+                    lr = lr_at(step, total, warmup, recipe.lr)
+                    try:
+                        loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr,
+                                          rng)
+                    except TrainingError as e:
+                        raise TrainingError(diverged(step + 1, epoch, e, recipe, checkpoint_dir)) from None
+                    losses.append(loss)
+                    step += 1
+                    report.step(epoch=epoch, step=step, loss=loss, running=float(np.mean(losses)), lr=lr,
+                                epoch_end=len(losses) == steps_per_epoch)
+                if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
+                    raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
+                                                 checkpoint_dir))
+                record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+                if dev is not None:
+                    record["dev_accuracy"] = accuracy(classifier, dev)
+                improved = recipe.patience is None or best is None or record["dev_accuracy"] > best["metric"]
+                if recipe.patience is not None:
+                    if improved:
+                        best = {"epoch": epoch, "metric": record["dev_accuracy"],
+                                "params": [p.copy() for _, p in params]}
+                    record["best_epoch"] = best["epoch"]
+                classifier.history.append(record)
+                if checkpoint_dir is not None:
+                    save_checkpoint(classifier, checkpoint_dir, improved, params=params, adam=state, rng=rng,
+                                    epoch=epoch, history=classifier.history, run=run,
+                                    best=None if best is None else {**best, "params": None if improved
+                                                                    else best["params"]})
+                shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+                report.message(shown + (f"; saved {checkpoint_dir}" if checkpoint_dir is not None and improved
+                                        else ""))
+                if on_epoch is not None:
+                    on_epoch(classifier)
+                if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
+                    report.message(f"early stopping: no better dev accuracy for {recipe.patience} epoch(s); the "
+                                   f"best was epoch {best['epoch']} ({best['metric']:.4f})")
+                    break
     finally:
         report.close()
     if best is not None and best["epoch"] != classifier.history[-1]["epoch"]:
         for (_, p), value in zip(params, best["params"]):
             p[...] = value
     return classifier
+
+
+def diverged(step, epoch, cause, recipe, checkpoint_dir):
+    """The one line a diverged run stops with."""
+    kept = (f"; {checkpoint_dir} keeps what it held before this epoch"
+            if checkpoint_dir is not None and Path(checkpoint_dir).exists() else "")
+    return (f"training diverged at step {step} (epoch {epoch}): {cause}; nothing of this epoch was saved{kept}. "
+            f"Try a lower learning rate (it was {recipe.lr:g}) or check the data")
+
+
+def save_checkpoint(classifier, checkpoint_dir, improved, **state):
+    """After an epoch: the classifier and the training state, written as one new directory that replaces the
+    previous epoch's (or an earlier run's) whole; when the classifier did not improve, the state file alone."""
+    from . import train_state
+    if not improved:
+        train_state.save_state(checkpoint_dir, **state)
+        return
+    with atomic_directory(checkpoint_dir) as temporary:
+        classifier.write_files(temporary)
+        train_state.save_state(temporary, **state)
 
 
 def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
@@ -609,14 +788,18 @@ def new_classifier(model, task, labels, recipe, rng):
 def train_step(classifier, batch_items, params, state, recipe, lr, rng):
     """One optimizer step on a list of tokenized examples; returns the batch's loss."""
     ids, mask, types, labels = collate(batch_items, classifier.config.pad_token_id, classifier.task)
-    loss, _, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, classifier.weights,
-                                                        classifier.head, classifier.config, task=classifier.task,
-                                                        dropout=recipe.dropout, rng=rng if recipe.dropout else None)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):     # checked below: one clear error
+        loss, _, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, classifier.weights,
+                                                            classifier.head, classifier.config,
+                                                            task=classifier.task, dropout=recipe.dropout,
+                                                            rng=rng if recipe.dropout else None)
     grads_by_id = {id(p): g for (_, p), (_, g) in zip(trainable(classifier.weights, classifier.head, classifier.config),
                                                       trainable(weights_grads, head_grads, classifier.config))}
     grads = [grads_by_id[id(p)] for _, p in params]
-    if recipe.max_grad_norm:
-        clip_by_global_norm(grads, recipe.max_grad_norm)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = clip_by_global_norm(grads, recipe.max_grad_norm)     # max_grad_norm 0: measured, not clipped
+    if not (np.isfinite(loss) and np.isfinite(norm)):           # before the update: the weights stay finite
+        raise TrainingError(f"the loss is {float(loss)} and the gradient norm {norm}")
     adamw_update([p for _, p in params], grads, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
                  weight_decay=recipe.weight_decay, decay=[decays(name) for name, _ in params])
     return float(loss)

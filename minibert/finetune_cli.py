@@ -18,10 +18,12 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import InputError, MiniBertError
+from .errors import InputError, MiniBertError, OutputError
+from .files import atomic_file
 from .train_state import STATE_FILE
 
 
@@ -71,43 +73,72 @@ def read_examples(path, args):
 
 
 def cmd_finetune(args):
-    from .finetune import Recipe, finetune
-    train = read_examples(args.train, args)
-    dev = read_examples(args.dev, args) if args.dev else None
+    from .finetune import Recipe, check_recipe, finetune
     recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed, dtype=args.dtype, patience=args.patience)
+    check_recipe(recipe)            # every option before the data is read and the model loads
+    train = read_examples(args.train, args)
+    dev = read_examples(args.dev, args) if args.dev else None
+    finished = []
     try:
         finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr,
-                 checkpoint_dir=args.out, resume=args.resume)
+                 checkpoint_dir=args.out, resume=args.resume, on_epoch=finished.append)
     except KeyboardInterrupt:
-        saved = (Path(args.out) / STATE_FILE).is_file()
+        # Resumable only from this run's own state: one this command wrote, or the one it resumed from.
+        # A new run into an --out holding an older run's state has neither (--resume would be refused).
+        saved = bool(finished) or (args.resume and (Path(args.out) / STATE_FILE).is_file())
         which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
+        untouched = f" ({args.out} is as it was)" if Path(args.out).exists() else ""
         raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert predict {args.out} INPUT uses it); "
                                 "run the same command with --resume to continue after the last finished epoch"
-                                if saved else "no epoch had finished; nothing saved") from None
+                                if saved else f"no epoch had finished; nothing saved{untouched}") from None
+
+
+def check_predictions_out(out, args):
+    """--out refused up front when writing it would destroy what the user owns: the input, or a file of the
+    classifier directory; or when it cannot be a file there."""
+    out, model_dir = Path(out), Path(args.model_dir)
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a directory; give a file name")
+    if not out.resolve().parent.is_dir():
+        raise OutputError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.exists() and args.input != "-" and Path(args.input).exists() and os.path.samefile(out, args.input):
+        raise OutputError(f"--out {out} is the input file itself; writing the predictions there would destroy the "
+                          "texts: choose another file")
+    if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
+        raise OutputError(f"--out {out} is inside the classifier directory {model_dir}; write the predictions "
+                          "elsewhere")
+
+
+def prediction_lines(classifier, texts, pairs):
+    """One JSON line per text (the whole prediction is computed first: an error leaves no half output)."""
+    if classifier.task == "sequence":
+        probs = classifier.predict_proba(texts, pairs)
+        return [json.dumps({"text": texts[i], **({"pair": pairs[i]} if pairs else {}),
+                            "label": classifier.labels[int(row.argmax())],
+                            "probabilities": {label: round(float(p), 6) for label, p in zip(classifier.labels, row)}},
+                           ensure_ascii=False, allow_nan=False)
+                for i, row in enumerate(probs)]
+    return [json.dumps({"text": text, "words": [{"word": w, "label": label, "start": s, "end": e}
+                                                for w, label, (s, e) in words]}, ensure_ascii=False)
+            for text, words in zip(texts, classifier.tag(texts))]
 
 
 def cmd_predict(args):
     from .finetune import load_classifier
+    if args.out is not None:
+        check_predictions_out(args.out, args)
     texts, pairs = read_texts(args.input, args.text_col, args.pair_col)     # the cheap check first
     classifier = load_classifier(args.model_dir)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    try:
-        if classifier.task == "sequence":
-            probs = classifier.predict_proba(texts, pairs)
-            for i, row in enumerate(probs):
-                record = {"text": texts[i], **({"pair": pairs[i]} if pairs else {}),
-                          "label": classifier.labels[int(row.argmax())],
-                          "probabilities": {label: round(float(p), 6) for label, p in zip(classifier.labels, row)}}
-                print(json.dumps(record, ensure_ascii=False), file=out)
-        else:
-            for text, words in zip(texts, classifier.tag(texts)):
-                print(json.dumps({"text": text, "words": [{"word": w, "label": label, "start": s, "end": e}
-                                                          for w, label, (s, e) in words]}, ensure_ascii=False),
-                      file=out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    lines = prediction_lines(classifier, texts, pairs)
+    if args.out is None:
+        for line in lines:
+            print(line)
+        return
+    # Under a temporary name, renamed at the end: a refusal, a full disk or Ctrl-C leaves --out as it was.
+    with atomic_file(args.out, "w", encoding="utf-8") as out:
+        for line in lines:
+            out.write(line + "\n")
 
 
 def add_commands(sub):

@@ -15,7 +15,6 @@ interrupt while saving leaves the previous epoch's state whole.
 
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelFileError
+from .files import atomic_file
 
 STATE_FILE = "minibert_training_state.npz"
 FORMAT = 1
@@ -63,10 +63,8 @@ def save_state(directory, *, params, adam, rng, epoch, history, best, run):
             "rng": rng.bit_generator.state, "history": history, "run": run,
             "best": None if best is None else {"epoch": best["epoch"], "metric": best["metric"]}}
     arrays["meta"] = np.array(json.dumps(meta))
-    temporary = directory / (STATE_FILE + ".partial")
-    with open(temporary, "wb") as f:
+    with atomic_file(directory / STATE_FILE) as f:     # a full disk: one error naming the file, no leftover
         np.savez(f, **arrays)
-    os.replace(temporary, directory / STATE_FILE)
 
 
 def load_state(directory, params, run):

@@ -354,3 +354,130 @@ def test_inspect_on_a_root_layout_counts_sentence_bert_config_and_module_folders
             "1_Pooling/config.json, 2_Normalize/config.json, config.json, model.safetensors, tokenizer_config.json, "
             "tokenizer.json\n" in out)
     assert "ignored     golden.npz, versions.json\n" in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs are written whole or not at all (issue 22).
+
+def enospc_after(partial):
+    """A writer that writes `partial` bytes and then finds the disk full."""
+    import errno
+
+    def write(target, *args, **kwargs):
+        if isinstance(target, str):         # a writer given the path opens it itself
+            with open(target, "wb") as f:
+                f.write(partial)
+        else:
+            target.write(partial)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return write
+
+
+def no_temporaries(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")] == []
+
+
+def test_atomic_file_keeps_the_old_file_on_any_failure(tmp_path):
+    import errno
+    import os
+
+    from minibert.errors import OutputError
+    from minibert.files import atomic_file
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    for error in (KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device"),
+                  OSError(errno.EROFS, "Read-only file system"), ValueError("a bug")):
+        with pytest.raises((KeyboardInterrupt, OutputError, ValueError)) as caught:
+            with atomic_file(target, "w", encoding="utf-8") as f:
+                f.write("new, half")
+                raise error
+        assert target.read_text() == "old" and no_temporaries(tmp_path)
+        if isinstance(error, OSError):
+            assert str(caught.value).startswith(f"{target}: cannot write it") and "\n" not in str(caught.value)
+    old = os.umask(0o027)
+    try:
+        with atomic_file(target) as f:
+            f.write(b"new")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(OutputError, match="No such file or directory"):
+        with atomic_file(tmp_path / "missing" / "x") as f:
+            pass
+
+
+@pytest.mark.parametrize("suffix, writer", [(".npy", "save"), (".csv", "savetxt")])
+def test_similarity_matrix_out_on_a_full_disk(tiny, tmp_path, capsys, monkeypatch, suffix, writer):
+    """Before: a full disk left a header-only .npy (and a raw OSError)."""
+    (tmp_path / "texts.txt").write_text("the cat\nthe dog\n")
+    out = tmp_path / f"m{suffix}"
+    out.write_bytes(b"the previous matrix")
+    monkeypatch.setattr(np, writer, enospc_after(b"\x93NUMPY header"))
+    err = one_line_error(capsys, ["similarity", "--matrix", str(tmp_path / "texts.txt"), "--model", tiny,
+                                  "--out", str(out)])
+    assert out.read_bytes() == b"the previous matrix" and no_temporaries(tmp_path)
+    assert f"{out}: cannot write it (No space left on device); free some disk space" in err
+
+
+def test_similarity_matrix_out_may_not_be_its_input(tiny, tmp_path, capsys):
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\nthe cat\nthe dog\n")
+    err = one_line_error(capsys, ["similarity", "--matrix", str(texts), "--model", tiny, "--out", str(texts)])
+    assert "is the --matrix input itself" in err and texts.read_text() == "text\nthe cat\nthe dog\n"
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from pathlib import Path
+
+    from minibert.finetune import Examples, Recipe, finetune
+    model = Path(__file__).parent / "fixtures" / "families" / "bert_cased"
+    out = tmp_path_factory.mktemp("clf") / "clf"
+    finetune(str(model), Examples(texts=["the cat", "a red dog", "the mat", "a red cat"], labels=["n", "y", "n", "y"]),
+             recipe=Recipe(epochs=1, batch_size=4), checkpoint_dir=out)
+    return out
+
+
+def test_predict_out_is_written_only_when_complete(classifier_dir, tmp_path, capsys, monkeypatch):
+    """Before: predict --out F opened F before predicting: a refusal or Ctrl-C left F empty."""
+    from minibert import finetune_cli
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\na red dog\n")
+    out = tmp_path / "predictions.jsonl"
+    out.write_text("earlier predictions\n")
+    # a refusal (not a classifier directory), then Ctrl-C while predicting: F as it was
+    assert finetune_cli.main(["predict", str(tmp_path / "not_a_classifier"), str(texts), "--out", str(out)]) == 1
+    monkeypatch.setattr(finetune_cli, "prediction_lines", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert finetune_cli.main(["predict", str(classifier_dir), str(texts), "--out", str(out)]) == 130
+    assert out.read_text() == "earlier predictions\n" and no_temporaries(tmp_path)
+    capsys.readouterr()
+    monkeypatch.undo()
+    import errno
+    import os
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    assert finetune_cli.main(["predict", str(classifier_dir), str(texts), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write it (No space left on device)" in err and err.count("\n") == 1
+    assert out.read_text() == "earlier predictions\n" and no_temporaries(tmp_path)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert finetune_cli.main(["predict", str(classifier_dir), str(texts), "--out", str(out)]) == 0
+    import json
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["the cat", "a red dog"]
+
+
+def test_predict_out_may_not_be_its_input_or_in_the_classifier(classifier_dir, tmp_path, capsys):
+    """Before: --out equal to the input overwrote the input."""
+    from minibert import finetune_cli
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\n")
+    (tmp_path / "link.txt").symlink_to(texts)
+    for out, message in ((texts, "is the input file itself"), (tmp_path / "link.txt", "is the input file itself"),
+                         (classifier_dir / "config.json", "is inside the classifier directory")):
+        before = out.read_bytes()
+        assert finetune_cli.main(["predict", str(classifier_dir), str(texts), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and out.read_bytes() == before

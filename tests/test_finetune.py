@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 import minibert
 from minibert.config import read_config
-from minibert.errors import InputError, ModelFileError
+from minibert.errors import InputError, ModelFileError, OutputError, TrainingError
 from minibert.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
                                first_piece_labels, length_buckets, load_classifier, lr_at, trainable)
 from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
@@ -692,7 +692,7 @@ def test_resume_takes_the_same_model_named_another_way(tmp_path, monkeypatch):
 def test_an_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
     """Found by a user: a --out that cannot be created failed only when the first epoch was saved."""
     (tmp_path / "file").write_text("")
-    with pytest.raises(InputError, match="cannot write the checkpoint there"):
+    with pytest.raises(OutputError, match="cannot write the checkpoint there"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(4), checkpoint_dir=tmp_path / "file" / "clf",
                  on_epoch=lambda _: pytest.fail("trained before refusing"))
 
@@ -728,3 +728,257 @@ def test_progress_is_a_bar_with_the_running_loss_on_a_terminal():
     last = [part for part in text.split("\r") if "4/4" in part][-1]
     assert re.search(r"loss \d\.\d{4}", last), last
     assert "epoch 2, train_loss" in text                                   # the epoch lines above the bar
+
+
+# ---- outputs: nothing the user owns is overwritten or emptied (issue 22) -------------------------------------------
+
+def tree_bytes(directory):
+    """{relative path: bytes} of every file under directory: to show it untouched."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def leftovers(folder):
+    """Temporary names minibert's writers leave only while writing."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".") or p.suffix in (".tmp", ".partial"))
+
+
+def copy_model(name, tmp_path):
+    import shutil
+    return Path(shutil.copytree(FAMILIES / name, tmp_path / name))
+
+
+def test_finetune_refuses_an_out_that_is_the_model_or_inside_or_around_it(tmp_path, capsys):
+    """Before: `finetune --model DIR --out DIR` replaced the pretrained model's weights and config.json."""
+    from minibert import finetune_cli
+    model = copy_model("bert_cased", tmp_path)
+    before = tree_bytes(model)
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"word {i},{i % 2}\n" for i in range(8)))
+    for out in (model, model / "clf", tmp_path):
+        code = finetune_cli.main(["finetune", str(tmp_path / "train.csv"), "--model", str(model), "--out", str(out),
+                                  "--epochs", "1"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and "the model directory" in err and str(out) in err, err
+        assert "epoch" not in err                                    # refused before training
+    assert tree_bytes(model) == before
+    with pytest.raises(OutputError, match="is the model directory"):
+        finetune(str(model), pair_task(4), checkpoint_dir=model)
+
+
+def test_a_directory_minibert_did_not_write_is_refused_as_output(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(OutputError, match=r"mine: holds files minibert did not write \(notes.txt\)"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), checkpoint_dir=out,
+                 on_epoch=lambda _: pytest.fail("trained before refusing"))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1))
+    with pytest.raises(OutputError, match="holds files minibert did not write"):
+        classifier.save(out)
+    assert tree_bytes(out) == {"notes.txt": b"my notes"}
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match="is not a directory"):
+        classifier.save(tmp_path / "a_file")
+    # new, empty, or minibert's own (saved again, or a loaded classifier saved back where it came from): fine
+    for target in (tmp_path / "new", tmp_path / "new", (tmp_path / "empty")):
+        target.mkdir(exist_ok=True) if target.name == "empty" else None
+        classifier.save(target)
+    loaded = minibert.load_classifier(tmp_path / "new")
+    loaded.save(tmp_path / "new")
+    assert (tmp_path / "new" / "tokenizer.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_rerun_into_an_earlier_runs_out_replaces_the_directory_whole(tmp_path):
+    """Before: the earlier run's tokenizer.json stayed beside the new run's vocab files, and the reloaded
+    classifier tokenized with the other vocabulary (0.4681/0.5319 instead of 0.4769/0.5231)."""
+    train = pair_task(8)
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    out = tmp_path / "clf"
+    finetune(str(FAMILIES / "roberta"), train, recipe=recipe, checkpoint_dir=out)
+    assert (out / "tokenizer.json").is_file()
+    model = copy_model("bert_cased", tmp_path)
+    (model / "tokenizer.json").unlink()          # its vocabulary in vocab.txt only
+    second = finetune(str(model), train, recipe=recipe, checkpoint_dir=out)
+    fresh = finetune(str(model), train, recipe=recipe, checkpoint_dir=tmp_path / "fresh")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "fresh").iterdir())
+    assert not (out / "tokenizer.json").exists() and not (out / "merges.txt").exists()
+    texts = ["the cat sat", "a red dog"]
+    np.testing.assert_allclose(minibert.load_classifier(out).predict_proba(texts, texts),
+                               second.predict_proba(texts, texts), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(minibert.load_classifier(out).predict_proba(texts, texts),
+                                  minibert.load_classifier(tmp_path / "fresh").predict_proba(texts, texts))
+    assert leftovers(tmp_path) == [] and fresh.history == second.history
+
+
+def test_saved_files_get_the_permissions_of_any_new_file(tmp_path):
+    """Before: model.safetensors was 0600 (mkstemp's) and config.json 0644."""
+    import os
+    old = os.umask(0o022)
+    try:
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8),
+                 checkpoint_dir=tmp_path / "clf")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "clf").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+    assert (tmp_path / "clf").stat().st_mode & 0o777 == 0o755
+    assert {"model.safetensors", "config.json", "minibert_training_state.npz"} <= set(modes)
+
+
+def enospc(*args, **kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_is_one_error_naming_the_directory_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """Before: a raw SafetensorError after the whole training (and the state write: OSError [Errno 28] with
+    no path and a .partial left)."""
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    out = tmp_path / "clf"
+    finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=out)
+    before = tree_bytes(out)
+    monkeypatch.setattr(Path, "write_bytes", enospc)          # the weights file
+    with pytest.raises(OutputError) as caught:
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8, seed=2), recipe=recipe, checkpoint_dir=out)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: cannot write it (No space left on device); free some disk space")
+    assert "\n" not in message
+    assert tree_bytes(out) == before and leftovers(tmp_path) == [] and leftovers(out) == []
+    monkeypatch.undo()                                        # then the training state, written alone (epoch 2
+    from minibert import finetune as ft                       # is no better than epoch 1)
+    monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.9, 0.5]))
+    with pytest.raises(OutputError, match=f"{out / 'minibert_training_state.npz'}: cannot write it .No space left"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8), dev=pair_task(4), checkpoint_dir=out,
+                 recipe=Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0, patience=2),
+                 on_epoch=lambda c: monkeypatch.setattr(np, "savez", enospc) if len(c.history) == 1 else None)
+    assert leftovers(out) == []
+
+
+def test_an_interrupt_while_saving_leaves_the_previous_epoch_whole(tmp_path, monkeypatch):
+    from minibert import finetune as ft
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    out = tmp_path / "clf"
+    finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=out)
+    before = tree_bytes(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ft.shutil, "copyfile", interrupted)     # half-way through the directory
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8, seed=3), recipe=recipe, checkpoint_dir=out,
+                 labels=["no", "yes"])
+    assert tree_bytes(out) == before and leftovers(tmp_path) == []
+
+
+# ---- training fails loudly ---------------------------------------------------------------------------------------
+
+def test_a_diverged_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys):
+    """Before: --lr 1e10 trained on NaN losses, saved the result and exited 0."""
+    from minibert import finetune_cli
+    with pytest.raises(TrainingError, match=r"training diverged at step 2 \(epoch 1\): the loss is nan"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(16), checkpoint_dir=tmp_path / "clf",
+                 recipe=Recipe(epochs=2, lr=1e10, batch_size=4))
+    assert not (tmp_path / "clf").exists() and leftovers(tmp_path) == []
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"the cat {i},{i % 2}\n" for i in range(16)))
+    code = finetune_cli.main(["finetune", str(tmp_path / "train.csv"), "--model", str(FAMILIES / "bert_cased"),
+                              "--out", str(tmp_path / "cli"), "--lr", "1e10", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and "minibert: error: training diverged at step" in err and "lower learning rate" in err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_a_model_with_non_finite_outputs_is_refused_not_printed_as_nan(tmp_path, capsys):
+    """Before: predict printed NaN probabilities, which is not JSON."""
+    from minibert import finetune_cli
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8))
+    classifier.head["out"]["b"][:] = np.nan
+    classifier.save(tmp_path / "clf")
+    with pytest.raises(ModelFileError, match=r"outputs for text 0 are not finite numbers"):
+        classifier.predict_proba(["the cat"])
+    (tmp_path / "in.txt").write_text("the cat\n")
+    assert finetune_cli.main(["predict", str(tmp_path / "clf"), str(tmp_path / "in.txt")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "not finite numbers" in captured.err and captured.err.count("\n") == 1
+
+
+def test_numpy_texts_and_labels_train_as_lists_do(tmp_path):
+    """Before: NumPy labels trained a whole epoch, then failed saving config.json ('int64 is not JSON
+    serializable', a folder with only model.safetensors left); NumPy texts raised a raw ValueError."""
+    data = pair_task(8)
+    as_ints = [int(label == "yes") for label in data.labels]
+    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    listed = finetune(str(FAMILIES / "bert_cased"), Examples(texts=data.texts, labels=as_ints,
+                                                             text_pairs=data.text_pairs), recipe=recipe)
+    given = Examples(texts=np.array(data.texts), labels=np.array(as_ints), text_pairs=np.array(data.text_pairs))
+    arrays = finetune(str(FAMILIES / "bert_cased"), given, recipe=recipe, labels=np.array([0, 1]),
+                      checkpoint_dir=tmp_path / "clf")
+    assert arrays.history == listed.history and arrays.labels == [0, 1]
+    assert all(type(label) is int for label in arrays.labels)
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["id2label"] == {"0": 0, "1": 1}
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["a", None, "b"], r"train labels: label 1 is None; every example needs a label"),
+    ([1.0, float("nan"), 0.0], r"label 1 is nan"),
+    (["a", "", "b"], r"label 1 is ''"),
+    ([1, "1", 0], r"labels mix types \(int at 0, str at 1\)"),
+    ([True, 1, 0], r"labels mix types \(bool at 0, int at 1\)"),
+    ([{"x": 1}, "a", "b"], r"label 0 is a dict"),
+])
+def test_labels_given_from_python_are_checked_before_loading(labels, message):
+    with pytest.raises(InputError, match=message):
+        finetune("/no/such/model", Examples(texts=["a", "b", "c"], labels=labels))
+
+
+def test_texts_that_are_not_strings_are_refused_before_loading():
+    with pytest.raises(InputError, match=r"train texts: item 1 is a int"):
+        finetune("/no/such/model", Examples(texts=["a", 5], labels=["x", "y"]))
+    with pytest.raises(InputError, match=r"give a list \(or array\) of texts, found str"):
+        finetune("/no/such/model", Examples(texts="ab", labels=["x", "y"]))
+
+
+@pytest.mark.parametrize("flags, name", [(["--seed", "-1"], "seed"), (["--max-length", "0"], "max_length"),
+                                         (["--patience", "0"], "patience"), (["--epochs", "0"], "epochs")])
+def test_every_option_is_checked_before_the_data_and_model_are_read(tmp_path, capsys, flags, name):
+    """Before: --seed -1 gave a NumPy traceback after the model had loaded."""
+    from minibert import finetune_cli
+    code = finetune_cli.main(["finetune", str(tmp_path / "missing.csv"), "--model", "/no/such/model",
+                              "--out", str(tmp_path / "clf"), *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and f"recipe.{name} " in err and "is out of range" in err and err.count("\n") == 1
+
+
+def test_training_and_prediction_hold_blas_to_one_thread(monkeypatch):
+    """As the forward does (threads.BLAS): without it an epoch ran 6-10x slower on a busy machine."""
+    from minibert import finetune as ft
+    from minibert.threads import BLAS
+    seen = []
+    real_forward, real_loss = ft.classifier_forward, ft.loss_and_grads
+    monkeypatch.setattr(ft, "classifier_forward", lambda *a, **k: seen.append(BLAS._holders) or real_forward(*a, **k))
+    monkeypatch.setattr(ft, "loss_and_grads", lambda *a, **k: seen.append(BLAS._holders) or real_loss(*a, **k))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8))
+    classifier.predict(["the cat"])
+    if not BLAS.available:
+        pytest.skip("threadpoolctl finds no BLAS to hold on this machine")
+    assert len(seen) == 2 and all(holders >= 1 for holders in seen), seen
+    assert BLAS._holders == 0
+
+
+def test_an_interrupted_new_run_over_an_older_runs_out_does_not_offer_resume(tmp_path, capsys, monkeypatch):
+    """Before: Ctrl-C in the first epoch of a new run said to use --resume, which was then refused (the state
+    there was the older run's)."""
+    from minibert import finetune as ft, finetune_cli
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"the cat {i},{i % 2}\n" for i in range(8)))
+    command = ["finetune", str(tmp_path / "train.csv"), "--model", str(FAMILIES / "bert_cased"),
+               "--out", str(tmp_path / "clf"), "--epochs", "1", "--batch-size", "4"]
+    assert finetune_cli.main(command) == 0
+    before = tree_bytes(tmp_path / "clf")
+    capsys.readouterr()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ft, "train_step", interrupted)
+    assert finetune_cli.main(command[:-4] + ["--epochs", "2", "--batch-size", "4"]) == 130
+    err = capsys.readouterr().err
+    assert "no epoch had finished; nothing saved" in err and "is as it was" in err and "--resume" not in err
+    assert tree_bytes(tmp_path / "clf") == before
