@@ -95,11 +95,13 @@ class Index:
         so its word never makes search download a repository (--model ID does, the user's choice)."""
         import minibert
         source, hub = self.manifest.get("model_source"), self.manifest.get("model_hub")
-        if hub and not (source and Path(source).is_dir()):
+        if source and Path(source).is_dir():
+            return minibert.load(source, backend=backend)
+        if hub:
             return minibert.load(cached_snapshot(self.directory, hub), backend=backend)
-        if source is None:
-            raise InputError(f"{self.directory}: the manifest names no model; pass --model")
-        return minibert.load(source, backend=backend)
+        # Not a directory here: a model_source such as "org/name" would be a hub download on a manifest's word.
+        raise InputError(f"{self.directory} was extracted with the model {source}, which is not a directory here; "
+                         "pass --model (its directory or hub id) to choose the model yourself")
 
     def matrix_and_query_options(self, model):
         """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""

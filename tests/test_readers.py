@@ -210,3 +210,26 @@ def test_labelled_data_must_be_a_table(tmp_path):
         readers.read_labelled(write(tmp_path / "in.txt"))
     with pytest.raises(InputError, match="input file not found"):
         readers.read_labelled(tmp_path / "gone.csv")
+
+
+def test_predict_keeps_one_record_per_line_and_reads_its_own_output(tmp_path, monkeypatch, capsys):
+    """End to end with a real classifier: blank lines and U+2028 kept in place (predict dropped and split
+    them), `predict -` reads standard input, and predict reads back the JSONL its --out wrote."""
+    from pathlib import Path
+
+    from minibert.finetune import Examples, Recipe
+    families = Path(__file__).parent / "fixtures" / "families"
+    train = Examples(texts=["the cat", "a dog", "red car", "blue sky"], labels=["x", "y", "x", "y"])
+    clf = finetune.finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=4))
+    clf.save(tmp_path / "clf")
+    lines = ["the cat", "", "a\u2028dog", "red\x0ccar", ""]
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    assert main(["predict", str(tmp_path / "clf"), str(tmp_path / "in.txt"), "--out", str(tmp_path / "p.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert [r["text"] for r in records] == lines
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO((tmp_path / "in.txt").read_bytes())))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "clf"), "-"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.split("\n") if line] == records
+    assert main(["predict", str(tmp_path / "clf"), str(tmp_path / "p.jsonl")]) == 0     # raw U+2028 inside
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.split("\n") if line] == lines

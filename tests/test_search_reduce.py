@@ -570,3 +570,13 @@ def test_a_manifest_hub_id_is_looked_up_in_the_local_cache_only(folder, monkeypa
                                          "not download .*: pass --model someone/else"):
         search.Index(directory).load_model()
     assert asked == [("someone/else", {"revision": hub["revision"], "local_files_only": True})]
+
+
+def test_a_manifest_model_source_that_is_no_directory_is_never_fetched(folder, monkeypatch):
+    """model_source "org/name" (no model_hub) went to minibert.load, which downloads hub ids."""
+    directory, _ = folder("npy")
+    edit(directory, model_source="someone/else", model_hub=None)
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(InputError, match="extracted with the model someone/else, which is not a directory here; "
+                                         "pass --model"):
+        search.Index(directory).load_model()
