@@ -1,7 +1,8 @@
-"""Corpus files read as their formats define them, as a stream.
+"""Files read as their formats define them, as a stream: the one place a file becomes rows, for every command.
 
     .txt    one text per line; a line ends at "\\n" ("\\r\\n" accepted) and at nothing else: form feeds,
-            vertical tabs, U+2028/2029, NEL and the separators \\x1c-\\x1e are characters of the text
+            vertical tabs, U+2028/2029, NEL and the separators \\x1c-\\x1e are characters of the text; a
+            blank line is an empty text in its place ("-", standard input, is read as .txt)
     .jsonl  one JSON value per non-blank line, the text in a string field (U+2028 may sit in a string)
     .csv    standard quoting (a quoted field may hold commas, quotes and newlines), fields of any size
     .tsv    fields split at tabs with no quoting at all (GLUE's convention): '"' is an ordinary character
@@ -12,8 +13,9 @@ open_texts(path, field) reads a file once to count its texts, hash its bytes and
 text starts; `texts[start:stop]` then reads just those chunks again and checks that their bytes are the
 ones hashed. So the corpus is never held whole in memory, the recorded hash is that of the bytes that were
 encoded, and a file rewritten during a run is refused instead of mixed in. open_corpus (any format,
-Parquet included) and read_texts (the same, as a list) are what extract, search and the CLI call;
-jsonl_records splits JSON Lines for the probe files; sha256_of fingerprints an input file for manifests.
+Parquet included) and read_texts (the same, as a list) are what extract, search, embed and similarity
+call; read_text_pairs is predict's (the same rows); read_labelled (texts and labels: label_of says what a
+label may be) and read_conll are finetune's and probe's; sha256_of fingerprints an input file for manifests.
 """
 
 import csv
@@ -309,17 +311,6 @@ def open_corpus(path, field="text"):
             raise InputError(f"{path}: input file not found")
         return read_parquet_texts(Path(path), field)
     return open_texts(path, field)
-
-
-def jsonl_records(path, text):
-    """(line number, value) for each non-blank line of a JSON Lines text; InputError naming a bad line.
-    Lines end at "\n" only: U+2028 and friends are valid inside JSON strings."""
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip(" \t\r"):
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
 
 
 def read_parquet_texts(path, field):
