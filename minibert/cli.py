@@ -169,8 +169,8 @@ def encoding_options(args):
 def cmd_embed(args):
     import minibert
     if args.texts == ["-"]:
-        from .readers import read_texts
-        args.texts = read_texts("-")
+        from .readers import read_texts, some_texts
+        args.texts = some_texts(read_texts("-"), "-")
     model = minibert.load(args.model, backend=args.backend)
     check_lengths(args, model)
     vectors = model.encode(args.texts, **encoding_options(args), dtype="float32")
@@ -292,6 +292,7 @@ def cmd_probe(args):
 
     import minibert
     from . import probe
+    from .readers import read_conll, read_labelled
     token_level = args.conll or str(args.data).lower().endswith(".conll")
     if args.plot and Path(args.data).resolve() in (Path(args.plot).resolve(),
                                                    Path(args.plot).with_suffix(".csv").resolve()):
@@ -302,10 +303,10 @@ def cmd_probe(args):
                "batch_size": args.batch_size}
     # The data and every option that needs no model are checked before the model is loaded.
     if token_level:
-        sentences, tags = probe.read_conll(args.data)
+        sentences, tags = read_conll(args.data)
         probe.token_probe_folds(tags, folds=args.folds, l2=args.l2, seed=args.seed)
     else:
-        texts, labels = probe.read_labelled(args.data, args.text_col, args.label_col)
+        texts, labels = read_labelled(args.data, args.text_col, args.label_col)
         probe.sentence_probe_folds(labels, folds=args.folds, l2=args.l2, seed=args.seed)
     model = minibert.load(args.model, backend=args.backend)
     # stdout carries the JSON alone with --json; what would be printed beside it goes to stderr.

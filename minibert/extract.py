@@ -10,6 +10,7 @@ under a ".partial" name and renamed only when complete, manifest last, so an int
 a directory that looks finished; `resume=True` (`--resume`) finishes it.
 """
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -31,13 +32,12 @@ from .errors import InputError, MiniBertError
 from .progress import RowProgress
 from .readers import TextFile, sha256_of
 from .recipe import applied_recipe
-from .store import LOCK, OWN_FILE, PROGRESS, finalise, read_json_file, write_durably
+from .store import LOCK, OWN_FILE, PROGRESS, SHARD_ROWS, finalise, read_json_file, write_durably
 from .tokenizer import as_text_list
 from .weights import checkpoint_files
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size
-SHARD_ROWS = 65536      # rows per safetensors shard
 
 
 def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, normalize=None, fmt="npy",
@@ -109,6 +109,10 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
     job = {"texts_sha256": texts_sha256(texts), "count": N, "model_source": model_source,
            "config_sha256": model.config_sha256,
            "weights": weights_fingerprint(model.source), "compute_dtype": np.dtype(model.dtype).name,
+           # what shapes a vector besides the weights and options: the recipe in force (a max_seq_length set
+           # on the model included) and the tokenizer's files
+           "recipe": applied_recipe(model, layers, pooling, normalize, max_length),
+           "recipe_sha256": recipe_fingerprint(model.recipe), "tokenizer_sha256": tokenizer_fingerprint(model),
            "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
            "format": fmt, "batch_size": batch_size, "max_length": max_length, "window": window, "stride": stride,
            "minibert_version": __version__}
@@ -329,13 +333,20 @@ def prepare_directory(out, job, *, overwrite, resume):
 
 
 def job_difference(old, new):
-    """': input texts differ (...)' naming the first fields in which two job records differ."""
+    """' (pooling was 'mean', now 'cls'; recipe.max_length was 32, now 16)' naming the first fields in which
+    two job records differ (inside a record such as the recipe, the field within it)."""
     if not isinstance(old, dict):
         return ""
-    changed = [key for key in new if old.get(key) != new[key]]
+    changed = []
+    for key in new:
+        was, now = old.get(key), new[key]
+        if isinstance(was, dict) and isinstance(now, dict):
+            changed += [(f"{key}.{k}", was.get(k), now.get(k)) for k in {**was, **now} if was.get(k) != now.get(k)]
+        elif was != now:
+            changed.append((key, was, now))
     if not changed:
         return ""
-    shown = [f"{key} was {old.get(key)!r:.40}, now {new[key]!r:.40}" for key in changed[:3]]
+    shown = [f"{key} was {was!r:.40}, now {now!r:.40}" for key, was, now in changed[:3]]
     return " (" + "; ".join(shown) + ")"
 
 
@@ -372,6 +383,42 @@ def weights_fingerprint(source):
             for k in range(17):
                 f.seek(size * k // 17)
                 digest.update(f.read(1 << 16))
+    return digest.hexdigest()
+
+
+def recipe_fingerprint(recipe):
+    """sha256 of every recipe setting that shapes a vector (where each was read from excepted): pooling,
+    max_length, lower-casing, prompts, and the Dense modules' weights."""
+    digest = hashlib.sha256()
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        if f.name in ("sources", "files"):
+            continue
+        if f.name == "dense":
+            for d in value:
+                digest.update(f"{d.path}:{d.activation}:{d.weight.shape}:{d.bias is not None}".encode())
+                for array in (d.weight, d.bias if d.bias is not None else np.zeros(0)):
+                    digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        else:
+            value = dict(value) if f.name == "prompts" else value
+            digest.update(f"{f.name}={json.dumps(value, sort_keys=True, default=str)};".encode())
+    return digest.hexdigest()
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+def tokenizer_fingerprint(model):
+    """sha256 of the tokenizer files the model read (names and bytes), None when there is no folder."""
+    folder = getattr(model.tokenizer, "dir", None)
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(f"{name}:{sha256_of(path)};".encode())
     return digest.hexdigest()
 
 

@@ -11,12 +11,11 @@ TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and
 token. The checkpoint is written to --out after every epoch (with --patience: after every epoch that is
 the best so far), and beside it the state --resume continues from, so an interrupted run keeps its model
 and can go on. Progress goes to stderr: a bar on a terminal, a line every 10 seconds otherwise. predict
-writes one JSON line per input text.
+writes one JSON line per input text, read as extract reads it (minibert.readers: a blank .txt line is an
+empty text; - is standard input).
 """
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -27,49 +26,20 @@ from .files import atomic_file
 from .train_state import STATE_FILE
 
 
-def read_texts(path, text_col, pair_col=None):
-    """(texts, pairs or None) from .txt (one text per line), .csv/.tsv (columns) or .jsonl (fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    content = path.read_text(encoding="utf-8-sig")    # as finetune reads its data: a byte-order mark is no column name
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        if pair_col:
-            raise InputError(f"{path}: a .txt file holds one text per line; pairs need .csv, .tsv or .jsonl")
-        return [line for line in content.splitlines() if line.strip()], None
-    columns = [text_col] + ([pair_col] if pair_col else [])
-    if suffix == ".jsonl":
-        try:
-            rows = [json.loads(line) for line in content.splitlines() if line.strip()]
-        except ValueError as e:
-            raise InputError(f"{path}: not one JSON object per line ({e})") from None
-    elif suffix in (".csv", ".tsv"):
-        # TSV as finetune reads it (probe.read_labelled): tabs only, no quoting, so a text that starts with '"'
-        # is a text, not the start of a field that swallows the next rows.
-        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-        rows = list(csv.DictReader(io.StringIO(content), **tsv))
-    else:
-        raise InputError(f"{path}: texts must be .txt, .csv, .tsv or .jsonl")
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or any(not isinstance(row.get(c), str) for c in columns):
-            raise InputError(f"{path}: row {n} needs text in {' and '.join(map(repr, columns))} "
-                             "(choose the columns with --text-col / --pair-col)")
-    return [row[text_col] for row in rows], ([row[pair_col] for row in rows] if pair_col else None)
-
-
 def read_examples(path, args):
     from .finetune import Examples
-    from .probe import read_conll, read_labelled
+    from .readers import read_conll, read_labelled
     if args.task == "token":
         if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
             raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
                              "between sentences), not .csv/.tsv/.jsonl")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
+    if args.pair_col:
+        texts, pairs, labels = read_labelled(path, args.text_col, args.label_col, args.pair_col)
+        return Examples(texts=texts, labels=labels, text_pairs=pairs)
     texts, labels = read_labelled(path, args.text_col, args.label_col)
-    pairs = read_labelled(path, args.pair_col, args.label_col)[0] if args.pair_col else None
-    return Examples(texts=texts, labels=labels, text_pairs=pairs)
+    return Examples(texts=texts, labels=labels)
 
 
 def cmd_finetune(args):
@@ -128,7 +98,8 @@ def cmd_predict(args):
     from .finetune import load_classifier
     if args.out is not None:
         check_predictions_out(args.out, args)
-    texts, pairs = read_texts(args.input, args.text_col, args.pair_col)     # the cheap check first
+    from .readers import read_text_pairs
+    texts, pairs = read_text_pairs(args.input, args.text_col, args.pair_col)     # the cheap check first
     classifier = load_classifier(args.model_dir)
     lines = prediction_lines(classifier, texts, pairs)
     if args.out is None:
@@ -166,7 +137,7 @@ def add_commands(sub):
     p = sub.add_parser("predict", help="predict with a fine-tuned classifier directory, one JSON line per text",
                        epilog="example: minibert predict clf texts.txt")
     p.add_argument("model_dir")
-    p.add_argument("input", help=".txt (one text per line), .csv, .tsv or .jsonl")
+    p.add_argument("input", help=".txt (one text per line), .csv, .tsv, .jsonl, .parquet, or - for standard input")
     p.add_argument("--text-col", default="text")
     p.add_argument("--pair-col", default=None)
     p.add_argument("--out", default=None, help="write the JSON lines here instead of standard output")

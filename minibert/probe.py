@@ -11,7 +11,6 @@ Axes: N examples, D features, C classes, L layers.
 """
 
 import csv
-import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .readers import allow_large_csv_fields, jsonl_records
+from .readers import read_conll, read_labelled  # noqa: F401  (the probe's data: readers is their one home)
 
 # ---------------------------------------------------------------------------------------------------------
 # The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
@@ -248,87 +247,6 @@ def entity_f1(true_sentences, pred_sentences):
     if n_true + n_pred == 0:
         return 1.0
     return 2 * tp / (n_true + n_pred)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading the user's data
-# ---------------------------------------------------------------------------------------------------------
-
-
-def read_labelled(path, text_col="text", label_col="label"):
-    """(texts, labels) from .csv / .tsv (columns) or .jsonl (fields); labels are kept as strings."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    try:
-        content = path.read_text(encoding="utf-8-sig")            # a byte-order mark is not part of a column name
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read as UTF-8 text ({e})") from None
-    suffix = path.suffix.lower()
-    texts, labels = [], []
-    if suffix == ".jsonl":
-        for n, record in jsonl_records(path, content):
-            if not isinstance(record, dict) or not isinstance(record.get(text_col), str) or label_col not in record:
-                raise InputError(f"{path}:{n}: needs a string field {text_col!r} and a field {label_col!r} "
-                                 "(choose them with --text-col / --label-col)")
-            texts.append(record[text_col])
-            labels.append(str(record[label_col]))
-    elif suffix in (".csv", ".tsv"):
-        # TSV as GLUE writes it: tabs only, no quoting (a field that starts with '"' must not swallow rows).
-        allow_large_csv_fields()
-        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-        reader = csv.DictReader(io.StringIO(content), **tsv)
-        try:
-            missing = [c for c in (text_col, label_col) if reader.fieldnames is None or c not in reader.fieldnames]
-            if missing:
-                raise InputError(f"{path}: no column {missing[0]!r}; columns are {reader.fieldnames} "
-                                 "(choose them with --text-col / --label-col)")
-            for row in reader:
-                texts.append(row[text_col] or "")
-                labels.append(row[label_col] or "")
-        except csv.Error as e:      # e.g. a field past the csv size limit; DictReader.line_num lags a row behind
-            raise InputError(f"{path}:{reader.reader.line_num}: cannot read as {suffix[1:].upper()} ({e})") from None
-    else:
-        raise InputError(f"{path}: labelled data must be .csv, .tsv or .jsonl (CoNLL token data: .conll or --conll)")
-    if not texts:
-        raise InputError(f"{path}: no examples")
-    return texts, labels
-
-
-def read_conll(path):
-    """CoNLL token data: one token per line with its label in the last column, a blank line between
-    sentences; -DOCSTART- lines are skipped. Returns (sentences [list of words], tags [list of labels])."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    sentences, tags, words, labels = [], [], [], []
-    offset = 0
-    with open(path, "rb") as f:                     # bytes, so a bad byte is found on its own line
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {offset + e.start} of the "
-                                 "file); save the file as UTF-8") from None
-            offset += len(raw)
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if words:
-                    sentences.append(words)
-                    tags.append(labels)
-                    words, labels = [], []
-                continue
-            if len(parts) < 2:
-                raise InputError(f"{path}:{n}: expected a token and a label separated by whitespace, "
-                                 f"found {line.strip()!r}")
-            words.append(parts[0])
-            labels.append(parts[-1])
-    if words:
-        sentences.append(words)
-        tags.append(labels)
-    if not sentences:
-        raise InputError(f"{path}: no sentences")
-    return sentences, tags
 
 
 # ---------------------------------------------------------------------------------------------------------

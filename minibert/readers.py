@@ -1,7 +1,8 @@
-"""Corpus files read as their formats define them, as a stream.
+"""Files read as their formats define them, as a stream: the one place a file becomes rows, for every command.
 
     .txt    one text per line; a line ends at "\\n" ("\\r\\n" accepted) and at nothing else: form feeds,
-            vertical tabs, U+2028/2029, NEL and the separators \\x1c-\\x1e are characters of the text
+            vertical tabs, U+2028/2029, NEL and the separators \\x1c-\\x1e are characters of the text; a
+            blank line is an empty text in its place ("-", standard input, is read as .txt)
     .jsonl  one JSON value per non-blank line, the text in a string field (U+2028 may sit in a string)
     .csv    standard quoting (a quoted field may hold commas, quotes and newlines), fields of any size
     .tsv    fields split at tabs with no quoting at all (GLUE's convention): '"' is an ordinary character
@@ -12,13 +13,15 @@ open_texts(path, field) reads a file once to count its texts, hash its bytes and
 text starts; `texts[start:stop]` then reads just those chunks again and checks that their bytes are the
 ones hashed. So the corpus is never held whole in memory, the recorded hash is that of the bytes that were
 encoded, and a file rewritten during a run is refused instead of mixed in. open_corpus (any format,
-Parquet included) and read_texts (the same, as a list) are what extract, search and the CLI call;
-jsonl_records splits JSON Lines for the probe files; sha256_of fingerprints an input file for manifests.
+Parquet included) and read_texts (the same, as a list) are what extract, search, embed and similarity
+call; read_text_pairs is predict's (the same rows); read_labelled (texts and labels: label_of says what a
+label may be) and read_conll are finetune's and probe's; sha256_of fingerprints an input file for manifests.
 """
 
 import csv
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -84,10 +87,11 @@ def kind_of(path):
     return suffix if suffix in (".jsonl", ".csv", ".tsv") else ".txt"
 
 
-def text_records(path, lines, field, header):
-    """(offset, line number, text) per text in the lines, for every format. `header` is a dict: empty when
-    the lines start at the top of the file (csv/tsv: the header is read and its "column" stored there), else
-    the one filled then."""
+def records(path, lines, header):
+    """(offset, line number, record) per record of the lines, for every format: a .txt line (str, every line
+    a record, a blank one too), a .jsonl JSON value (blank lines skipped), a .csv/.tsv row as a list of
+    fields (blank lines skipped). The csv/tsv header row is not a record: its names go into header["names"]
+    (`header` is empty when the lines start at the top of the file, else the one filled then)."""
     kind = kind_of(path)
     if kind == ".txt":
         for offset, number, raw in lines:
@@ -98,22 +102,41 @@ def text_records(path, lines, field, header):
             if not line.strip(" \t\r\n"):                # JSON's whitespace only: U+2028 is no blank
                 continue
             try:
-                record = json.loads(line)
+                yield offset, number, json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{number}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
-            yield offset, number, record[field]
     elif kind == ".tsv":
         for offset, number, raw in lines:
             fields = without_newline(decode(path, offset, number, raw)).split("\t")
-            if "column" not in header:
-                header["column"] = header_column(path, fields, field)
+            if "names" not in header:
+                header["names"] = fields
             elif fields != [""]:                         # a blank line is no row, as in csv
-                column = header["column"]
-                yield offset, number, fields[column] if column < len(fields) else ""
+                yield offset, number, fields
     else:
-        yield from csv_records(path, lines, field, header)
+        yield from csv_records(path, lines, header)
+
+
+def text_records(path, lines, field, header):
+    """(offset, line number, text) per text in the lines: the line (.txt), the string field `field` (.jsonl),
+    the column `field` (.csv/.tsv; "" where a row is short of it)."""
+    kind = kind_of(path)
+    for offset, number, record in records(path, lines, header):
+        if kind == ".txt":
+            yield offset, number, record
+        elif kind == ".jsonl":
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
+            yield offset, number, record[field]
+        else:
+            [column] = columns_of(path, header, [field])
+            yield offset, number, record[column] if column < len(record) else ""
+
+
+def columns_of(path, header, fields):
+    """The indices of `fields` among the csv/tsv header's names (kept in header["columns"])."""
+    if "columns" not in header:
+        header["columns"] = [header_column(path, header["names"], field) for field in fields]
+    return header["columns"]
 
 
 def allow_large_csv_fields():
@@ -122,7 +145,7 @@ def allow_large_csv_fields():
         csv.field_size_limit(CSV_FIELD_LIMIT)
 
 
-def csv_records(path, lines, field, header):
+def csv_records(path, lines, header):
     allow_large_csv_fields()
     reader = csv.reader(decode(path, offset, number, raw) for offset, number, raw in lines)
     while True:
@@ -133,11 +156,10 @@ def csv_records(path, lines, field, header):
             return
         except csv.Error as e:
             raise InputError(f"{path}:{lines.number}: not valid CSV ({e})") from None
-        if "column" not in header:
-            header["column"] = header_column(path, row, field)
+        if "names" not in header:
+            header["names"] = row
         elif row:                                                 # [] is a blank line
-            column = header["column"]
-            yield start, number, row[column] if column < len(row) else ""
+            yield start, number, row
 
 
 def header_column(path, names, field):
@@ -157,17 +179,12 @@ class TextFile:
         self.path, self.name, self.spool = Path(path).resolve(), name or str(path), spool
         self.chunk = chunk or CHUNK
         self.field = None if kind_of(path) == ".txt" else field
-        self.header = {}                                         # csv/tsv: {"column": index}
+        self.header = {}                              # csv/tsv: {"names": header row, "columns": [index]}
         self.cached = (None, None)                               # (chunk number, its texts)
         self.count, self.starts, self.digests, self.end, self.sha256 = self.scan()
 
     def open(self):
-        if self.spool is not None:
-            return _Unclosed(self.spool)
-        try:
-            return open(self.path, "rb")
-        except OSError as e:
-            raise InputError(f"{self.name}: cannot read ({e.strerror or e})") from None
+        return _Unclosed(self.spool) if self.spool is not None else open_file(self.path, self.name)
 
     def scan(self):
         """Read the whole file once: count, chunk starts [(byte offset, lines before)], chunk digests, the
@@ -190,8 +207,10 @@ class TextFile:
                 total.update(raw)
                 part.update(raw)
             digests.append(part.hexdigest())
-            if kind_of(self.path) in (".csv", ".tsv") and "column" not in self.header:
-                raise InputError(f"{self.name}: empty file: no header naming a column {self.field!r}")
+            if kind_of(self.path) in (".csv", ".tsv"):
+                if "names" not in self.header:
+                    raise InputError(f"{self.name}: empty file: no header naming a column {self.field!r}")
+                columns_of(self.name, self.header, [self.field])         # a header without it: refused
             return count, starts, digests, lines.position, total.hexdigest()
 
     def read_chunk(self, c):
@@ -240,6 +259,13 @@ class TextFile:
         return self.read_chunk(index // self.chunk)[index % self.chunk]
 
 
+def open_file(path, name):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
+
+
 class _Unclosed:
     """A context manager over an open file that leaves it open (the spooled standard input)."""
 
@@ -253,13 +279,18 @@ class _Unclosed:
         return False
 
 
+def spooled_stdin():
+    """Standard input copied to a temporary file as it is read (so it can be read again, like a file)."""
+    spool = tempfile.TemporaryFile()
+    shutil.copyfileobj(sys.stdin.buffer, spool)
+    spool.flush()
+    return spool
+
+
 def open_texts(path, field="text"):
-    """A TextFile for a path, or for "-" (standard input, copied to a temporary file as it is read)."""
+    """A TextFile for a path, or for "-" (standard input, read as .txt, copied to a temporary file as it is read)."""
     if path == "-":
-        spool = tempfile.TemporaryFile()
-        shutil.copyfileobj(sys.stdin.buffer, spool)
-        spool.flush()
-        return TextFile("stdin.txt", field, name="-", spool=spool)
+        return TextFile("stdin.txt", field, name="-", spool=spooled_stdin())
     if not Path(path).is_file():
         raise InputError(f"{path}: input file not found")
     return TextFile(path, field)
@@ -280,17 +311,6 @@ def open_corpus(path, field="text"):
             raise InputError(f"{path}: input file not found")
         return read_parquet_texts(Path(path), field)
     return open_texts(path, field)
-
-
-def jsonl_records(path, text):
-    """(line number, value) for each non-blank line of a JSON Lines text; InputError naming a bad line.
-    Lines end at "\n" only: U+2028 and friends are valid inside JSON strings."""
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip(" \t\r"):
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
 
 
 def read_parquet_texts(path, field):
@@ -322,3 +342,124 @@ def sha256_of(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def some_texts(texts, path):
+    """`texts` unless there are none: an empty input is refused (an empty standard input is a mistake, not
+    a request for no output)."""
+    if not len(texts):
+        where = "standard input" if str(path) == "-" else str(path)
+        raise InputError(f"{path}: no texts in {where} (one text per line for .txt and standard input)")
+    return texts
+
+
+def read_text_pairs(path, text_col="text", pair_col=None):
+    """(texts, pairs or None) for predict, read as extract reads its input (open_corpus): .txt a line each
+    (a blank line is an empty text, so the output keeps one record per input line), .jsonl a string field,
+    .csv/.tsv/.parquet a column, "-" standard input as .txt. An input with no texts is refused."""
+    texts = list(some_texts(open_corpus(path, text_col), path))
+    if pair_col is None:
+        return texts, None
+    if path == "-" or kind_of(path) == ".txt" and Path(path).suffix.lower() != ".parquet":
+        raise InputError(f"{path}: one text per line; sentence pairs (--pair-col) need .csv, .tsv, .jsonl or .parquet")
+    return texts, list(open_corpus(path, pair_col))
+
+
+MISSING = object()        # a field a JSON record or a short csv/tsv row does not have
+
+
+def read_table(path, fields, what):
+    """[(line number, [value per field])] of a .jsonl/.csv/.tsv file, read with the rules of `records`: JSON
+    values as parsed (MISSING when absent), csv/tsv fields as strings (MISSING in a short row)."""
+    if path == "-" or kind_of(path) == ".txt":
+        raise InputError(f"{path}: {what} must be .csv, .tsv or .jsonl (CoNLL token data: .conll)")
+    if not Path(path).is_file():
+        raise InputError(f"{path}: input file not found")
+    rows, header = [], {}
+    with open_file(path, path) as f:
+        for _, number, record in records(str(path), Lines(f, 0, None, 0), header):
+            if kind_of(path) == ".jsonl":
+                if not isinstance(record, dict):
+                    raise InputError(f"{path}:{number}: a JSON object with fields {', '.join(map(repr, fields))} "
+                                     f"expected, found {json.dumps(record)[:40]}")
+                rows.append((number, [record.get(name, MISSING) for name in fields]))
+            else:
+                columns = columns_of(path, header, fields)
+                rows.append((number, [record[c] if c < len(record) else MISSING for c in columns]))
+    if kind_of(path) in (".csv", ".tsv"):
+        if "names" not in header:
+            raise InputError(f"{path}: empty file: no header naming the columns {', '.join(map(repr, fields))}")
+        columns_of(path, header, fields)
+    return rows
+
+
+def label_of(path, number, value, first):
+    """A label as the file writes it. A label is a non-blank string, or in JSON Lines an integer (kept as its
+    decimal string: 1 is "1"); one file writes all its labels one way, so 1 and "1" are never two classes
+    nor silently one. `first` holds (type, line) of the file's first label. Anything else (blank, missing,
+    null, 1.0, true, lists) is refused naming the line."""
+    if value is MISSING or value is None or isinstance(value, str) and not value.strip():
+        said = "missing" if value is MISSING else "null" if value is None else f"blank ({value!r})"
+        raise InputError(f"{path}:{number}: the label is {said}; every example needs a label")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"{path}:{number}: the label {json.dumps(value)[:40]} is a JSON "
+                         f"{type(value).__name__.replace('float', 'number with a fraction or exponent')}; "
+                         "a label is a string or an integer (write 1.0 as 1, true as \"true\")")
+    kind, line = first.setdefault("label", (type(value), number))
+    if kind is not type(value):
+        names = {str: "string", int: "integer"}
+        raise InputError(f"{path}:{number}: the label {json.dumps(value)} is {'an' if type(value) is int else 'a'} "
+                         f"{names[type(value)]}, but the labels before it are {names[kind]}s (the first at line "
+                         f"{line}); write every label the same way")
+    return str(value)
+
+
+def read_labelled(path, text_col="text", label_col="label", pair_col=None):
+    """(texts, labels), or (texts, pairs, labels) with pair_col, from .csv/.tsv (columns) or .jsonl (fields),
+    as finetune and probe read them. Texts follow extract's rules (a JSON text must be a string, a short csv
+    row has an empty text); labels follow label_of. A file with no examples is refused."""
+    fields = [text_col, label_col] + ([pair_col] if pair_col else [])
+    texts, labels, pairs, first = [], [], [], {}
+    for number, values in read_table(path, fields, "labelled data"):
+        text, label, *pair = ["" if v is MISSING and kind_of(path) != ".jsonl" else v for v in values]
+        if not all(isinstance(v, str) for v in [text] + pair):
+            raise InputError(f"{path}:{number}: needs a string field {text_col!r}"
+                             f"{f' and {pair_col!r}' if pair_col else ''} (choose with --text-col / --pair-col)")
+        texts.append(text)
+        pairs.extend(pair)
+        labels.append(label_of(path, number, values[1], first))
+    if not texts:
+        raise InputError(f"{path}: no examples")
+    return (texts, pairs, labels) if pair_col else (texts, labels)
+
+
+def read_conll(path):
+    """CoNLL token data: one token per line, its label in the last column, a blank line between sentences;
+    -DOCSTART- lines are skipped. Columns are split at ASCII spaces and tabs only, so a word may hold a
+    no-break space or any other Unicode space ("1\u00a0000"). Lines end at "\n" as in .txt. "-" reads
+    standard input. Returns (sentences [list of words], tags [list of labels])."""
+    if path != "-" and not Path(path).is_file():
+        raise InputError(f"{path}: input file not found")
+    sentences, tags, words, labels = [], [], [], []
+    source = _Unclosed(spooled_stdin()) if path == "-" else open_file(path, path)
+    with source as f:
+        for offset, number, raw in Lines(f, 0, None, 0):
+            line = without_newline(decode(path, offset, number, raw))
+            parts = [part for part in re.split("[ \t]+", line) if part]
+            if not parts or parts[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(words)
+                    tags.append(labels)
+                    words, labels = [], []
+                continue
+            if len(parts) < 2:
+                raise InputError(f"{path}:{number}: expected a token and a label separated by spaces or a tab, "
+                                 f"found {line.strip()!r}")
+            words.append(parts[0])
+            labels.append(parts[-1])
+    if words:
+        sentences.append(words)
+        tags.append(labels)
+    if not sentences:
+        raise InputError(f"{path}: no sentences")
+    return sentences, tags

@@ -6,6 +6,8 @@
            so query and corpus vectors come from the same layer and pooling
     texts: the manifest's input file (an absolute path, read with the manifest's field, checked against its
            sha256), the vectors.jsonl texts, or --texts FILE
+    model: --model, else the manifest's model directory, else its hub id and commit from the local hub
+           cache only (a manifest never makes search contact the hub)
 """
 
 from dataclasses import dataclass
@@ -88,13 +90,18 @@ class Index:
         self.texts = read_index_texts(directory, emb, texts_file, field)
 
     def load_model(self, backend="cpu"):
-        """The model the extraction recorded: its directory, or, where that is gone (another machine, a
-        cleared cache), the hub id at the recorded commit."""
+        """The model the extraction recorded: its directory, or, where that is gone (another machine), the
+        hub id at the recorded commit, from the local hub cache only: a manifest is data anyone can edit,
+        so its word never makes search download a repository (--model ID does, the user's choice)."""
         import minibert
         source, hub = self.manifest.get("model_source"), self.manifest.get("model_hub")
-        if hub and not (source and Path(source).is_dir()):
-            return minibert.load(hub["hub_id"], revision=hub["revision"], backend=backend)
-        return minibert.load(source, backend=backend)
+        if source and Path(source).is_dir():
+            return minibert.load(source, backend=backend)
+        if hub:
+            return minibert.load(cached_snapshot(self.directory, hub), backend=backend)
+        # Not a directory here: a model_source such as "org/name" would be a hub download on a manifest's word.
+        raise InputError(f"{self.directory} was extracted with the model {source}, which is not a directory here; "
+                         "pass --model (its directory or hub id) to choose the model yourself")
 
     def matrix_and_query_options(self, model):
         """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""
@@ -151,6 +158,17 @@ class Index:
         indices, scores = top_k(matrix, q, k)
         return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i]) for i, s in zip(row_i, row_s)]
                 for row_i, row_s in zip(indices, scores)]
+
+
+def cached_snapshot(directory, hub):
+    """The local snapshot of a hub record (validated by store.read_manifest), never fetched."""
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(hub["hub_id"], revision=hub["revision"], local_files_only=True)
+    except Exception:
+        raise InputError(f"{directory} was extracted with {hub['hub_id']} at commit {hub['revision']}, which is not "
+                         "in the local hub cache, and search does not download a model a manifest names: pass "
+                         f"--model {hub['hub_id']} (or the model's directory) to choose it yourself") from None
 
 
 def shown(recipe, keys):

@@ -11,17 +11,25 @@ Output directory (written by minibert.extract; pca.npz and reduced.npy by minibe
     extract.lock             while a run holds the directory: its pid, host and start time
 Every file is written under a ".partial" name and renamed only when complete (finalise), manifest last.
 `import minibert` loads this module (for load_embeddings), not the extraction machinery.
+
+A directory is read back only as far as it checks out (read_manifest, checked_npy): every manifest key is
+known and of its type and range; every file it lists is one of the names above, a regular file inside the
+directory (no path, no symlink out of it, no FIFO); every array's dtype, shape and byte size match the
+manifest before it is mapped. Anything else is one InputError naming the directory and what is wrong.
 """
 
 import json
 import os
 import re
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, MiniBertError
+from .files import SETTINGS_LIMIT, open_regular, read_limited, regular_size
 
 PROGRESS = "progress.json"
 LOCK = "extract.lock"
@@ -31,9 +39,12 @@ OWN_FILE = re.compile(r"(manifest\.json|progress\.json|vectors\.(npy|npz|jsonl)|
 
 
 def read_json_file(path):
+    """A small JSON file minibert wrote (progress.json, manifest.json): a regular file only, size-bounded."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        return json.loads(read_limited(path, SETTINGS_LIMIT, InputError, "this extraction file").decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:
         raise InputError(f"{path}: unreadable ({e}); pass --overwrite to start again") from None
 
 
@@ -136,45 +147,310 @@ def load_embeddings(directory):
 
 def read_embeddings(directory):
     d = Path(directory)
+    manifest = read_manifest(d)
+    fmt, files, count = manifest["format"], manifest["files"], manifest["count"]
+    dtype, row_shape = manifest["dtype"], manifest.get("row_shape")
+    if fmt == "npy" and "tokens.npy" in files:
+        offsets = np.load(checked_npy(d, "offsets.npy", np.int64, (count + 1,)))
+        total = int(offsets[-1]) if len(offsets) else 0
+        if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
+            raise damaged(d, "offsets.npy does not run from 0 upwards")
+        tokens = np.load(checked_npy(d, "tokens.npy", dtype, (total,), row_shape), mmap_mode="r")
+        return Embeddings(manifest, tokens=tokens, offsets=offsets)
+    if fmt == "npy":
+        return Embeddings(manifest, vectors=np.load(checked_npy(d, "vectors.npy", dtype, (count,), row_shape),
+                                                    mmap_mode="r"))
+    if fmt == "npz":
+        path = member(d, "vectors.npz")
+        try:
+            with open_regular(path, InputError, "vectors.npz") as f, zipfile.ZipFile(f) as z:
+                with z.open("vectors.npy") as m:
+                    check_npy_header(d, "vectors.npz", m, None, dtype, (count,), row_shape)
+                with z.open("vectors.npy") as m:
+                    vectors = np.lib.format.read_array(m)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise damaged(d, f"vectors.npz cannot be read ({type(e).__name__}: {e})") from None
+        return Embeddings(manifest, vectors=vectors)
+    if fmt == "safetensors":
+        return Embeddings(manifest, vectors=read_shards(d, files, dtype, count, row_shape))
+    return read_jsonl(d, manifest, dtype, count, row_shape)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checking a directory before trusting it
+# ---------------------------------------------------------------------------------------------------------
+
+# The files an extraction lists: bare names minibert writes, nothing else (no path, so nothing outside).
+LISTED = re.compile(r"vectors\.(npy|npz|jsonl)|vectors-\d{5}\.safetensors|tokens\.npy|offsets\.npy|"
+                    r"pca\.npz|reduced\.npy")
+DTYPES = ("float16", "float32", "float64")
+FORMAT_FILES = {"npy": "vectors.npy or tokens.npy and offsets.npy", "npz": "vectors.npz",
+                "safetensors": "vectors-NNNNN.safetensors shards", "jsonl": "vectors.jsonl"}
+SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64"}
+SHARD_ROWS = 65536      # rows per safetensors shard, as extract writes them
+
+
+def damaged(d, what):
+    return InputError(f"{d}: {what}; the extraction directory is damaged or was edited: extract it again")
+
+
+def count_(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < 2 ** 63
+
+
+def sha256_hex(v):
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
+def optional(check):
+    return lambda v: v is None or check(v)
+
+
+def hub_record(v):
+    return (isinstance(v, dict) and set(v) == {"hub_id", "revision"} and isinstance(v["hub_id"], str)
+            and re.fullmatch(r"[\w.-]{1,96}(/[\w.-]{1,96})?", v["hub_id"]) is not None
+            and ".." not in v["hub_id"] and isinstance(v["revision"], str)
+            and re.fullmatch(r"[0-9a-f]{40}", v["revision"]) is not None)
+
+
+def layers_value(v):
+    return (v == "all" or count_(v, -(2 ** 31)) or isinstance(v, list) and 0 < len(v) <= 1024
+            and all(count_(x, -(2 ** 31)) for x in v))
+
+
+def input_path(v):
+    """The corpus path extract records: "-" or absolute (read only while its sha256 matches)."""
+    return isinstance(v, str) and (v == "-" or Path(v).is_absolute()) and "\x00" not in v
+
+
+def str_list(v, limit=1 << 20):
+    return isinstance(v, list) and len(v) <= limit and all(isinstance(x, str) for x in v)
+
+
+def is_str(v):
+    return isinstance(v, str)
+
+
+def is_dict(v):
+    return isinstance(v, dict)
+
+
+# key: (check, what it must be). Keys marked required must be there; the others may be missing (older runs).
+MANIFEST = {
+    "minibert_version": (is_str, "a string"),
+    "model_source": (optional(is_str), "a string"),
+    "model_hub": (optional(hub_record), 'null or {"hub_id": "org/name", "revision": a 40-hex commit}'),
+    "config_sha256": (optional(sha256_hex), "a sha256 (64 hex digits)"),
+    "layers": (layers_value, "an int, a list of ints or 'all'"),
+    "combine": (optional(is_str), "null or a string"),
+    "pooling": (optional(is_str), "null or a string"),
+    "normalize": (optional(lambda v: isinstance(v, bool)), "null, true or false"),
+    "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "format": (lambda v: v in FORMAT_FILES, f"one of {', '.join(FORMAT_FILES)}"),
+    "count": (count_, "an int >= 0"),
+    "row_shape": (lambda v: isinstance(v, list) and len(v) <= 3 and all(count_(x, 1) and x < 2 ** 31 for x in v),
+                  "a list of at most 3 positive ints"),
+    "max_length": (optional(count_), "null or an int >= 0"),
+    "window": (optional(count_), "null or an int >= 0"),
+    "stride": (optional(count_), "null or an int >= 0"),
+    "recipe": (optional(is_dict), "null or an object"),
+    "input": (optional(input_path), 'null, "-" or an absolute path'),
+    "field": (optional(is_str), "null or a string"),
+    "input_sha256": (optional(sha256_hex), "null or a sha256 (64 hex digits)"),
+    "engine": (is_dict, "an object"),
+    "files": (lambda v: str_list(v, 1 << 16) and all(LISTED.fullmatch(x) for x in v) and len(set(v)) == len(v),
+              "a list of the file names an extraction holds (vectors.npy, pca.npz, ...: no paths)"),
+    "job": (is_dict, "an object"),
+    "resumed_at": (lambda v: isinstance(v, list) and all(count_(x) for x in v), "a list of ints >= 0"),
+    "complete": (lambda v: isinstance(v, bool), "true or false"),
+    "reduce": (optional(is_dict), "null or an object"),
+}
+REQUIRED = ("format", "count", "dtype", "files", "complete")
+REDUCE = {
+    "method": (lambda v: v == "pca", '"pca"'),
+    "k": (lambda v: count_(v, 1), "an int >= 1"),
+    "whiten": (lambda v: isinstance(v, bool), "true or false"),
+    "fitted_on": (lambda v: v in ("vectors", "tokens"), '"vectors" or "tokens"'),
+    "rows": (count_, "an int >= 0"),
+    "variance_kept": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1.0 + 1e-6,
+                      "a number from 0 to 1"),
+    "projection": (lambda v: v == "pca.npz", '"pca.npz"'),
+    "vectors": (lambda v: v == "reduced.npy", '"reduced.npy"'),
+}
+
+
+def check_fields(d, record, schema, required, where):
+    unknown = sorted(set(record) - set(schema))
+    if unknown:
+        raise damaged(d, f"{where} holds unknown key(s) {', '.join(map(repr, unknown[:5]))}")
+    for key in required:
+        if key not in record:
+            raise damaged(d, f"{where} has no {key!r}")
+    for key, value in record.items():
+        check, what = schema[key]
+        if not check(value):
+            raise damaged(d, f"{where}: {key!r} must be {what}, found {json.dumps(value)[:60]}")
+
+
+def read_manifest(d):
+    """manifest.json, checked against MANIFEST (and its files against the format); an unfinished or
+    missing one is refused saying what to do."""
     try:
-        manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_json_file(d / "manifest.json")
     except FileNotFoundError:
         if (d / PROGRESS).exists():
             saved = read_json_file(d / PROGRESS)
+            saved = saved if isinstance(saved, dict) else {}
+            job = saved.get("job") if isinstance(saved.get("job"), dict) else {}
             raise MiniBertError(f"{d}: the extraction was interrupted after {saved.get('rows', '?')} of "
-                                f"{saved.get('job', {}).get('count', '?')} rows; run the same extract command "
+                                f"{job.get('count', '?')} rows; run the same extract command "
                                 "with --resume to finish it") from None
         partial = any(d.glob("*.partial"))
         raise MiniBertError(f"{d}: no manifest.json" + ("; the extraction was interrupted before it finished: "
                             "run it again with --overwrite" if partial else "; not an extraction directory")) from None
-    if not manifest.get("complete"):
+    if not isinstance(manifest, dict):
+        raise damaged(d, "manifest.json is not a JSON object")
+    if manifest.get("complete") is False:
         raise MiniBertError(f"{d}: the manifest says the extraction is incomplete; run it again")
-    fmt, files = manifest["format"], manifest["files"]
-    if fmt == "npy" and "tokens.npy" in files:
-        return Embeddings(manifest, tokens=np.load(d / "tokens.npy", mmap_mode="r"), offsets=np.load(d / "offsets.npy"))
-    if fmt == "npy":
-        return Embeddings(manifest, vectors=np.load(d / "vectors.npy", mmap_mode="r"))
-    if fmt == "npz":
-        with np.load(d / "vectors.npz") as data:
-            return Embeddings(manifest, vectors=data["vectors"])
-    if fmt == "safetensors":
-        from safetensors.numpy import load_file
-        parts = [load_file(str(d / name))["vectors"] for name in files]
-        return Embeddings(manifest, vectors=np.concatenate(parts) if parts else np.zeros((0,)))
-    rows = [json.loads(line) for line in (d / "vectors.jsonl").read_text(encoding="utf-8").splitlines()]
-    return Embeddings(manifest, vectors=np.array([r["vector"] for r in rows], dtype=manifest["dtype"]),
-                      texts=[r["text"] for r in rows])
+    check_fields(d, manifest, MANIFEST, REQUIRED, "manifest.json")
+    fmt, files, count = manifest["format"], manifest["files"], manifest["count"]
+    shards = ([f"vectors-{i:05d}.safetensors" for i in range(max(1, -(-count // SHARD_ROWS)))]
+              if fmt == "safetensors" else None)
+    expected = {"npy": (["vectors.npy"], ["tokens.npy", "offsets.npy"]), "npz": (["vectors.npz"],),
+                "safetensors": (shards,), "jsonl": (["vectors.jsonl"],)}[fmt]
+    reduce = manifest.get("reduce")
+    if reduce is not None:
+        check_fields(d, reduce, REDUCE, tuple(REDUCE), "manifest.json 'reduce'")
+        if reduce["fitted_on"] == "vectors" and reduce["rows"] != count:
+            raise damaged(d, f"manifest.json: 'reduce' was fitted on {reduce['rows']} rows, but 'count' is {count}")
+    data = [name for name in files if name not in ("pca.npz", "reduced.npy")]
+    if data not in expected or (reduce is not None) != ({"pca.npz", "reduced.npy"} <= set(files)):
+        raise damaged(d, f"manifest.json: 'files' {files} do not match format {fmt!r} ({FORMAT_FILES[fmt]}, "
+                         "and pca.npz, reduced.npy exactly when 'reduce' is there)")
+    return manifest
+
+
+def member(d, name):
+    """d/name, a regular file that is really in d (a symlink out of it refused); InputError otherwise."""
+    path = d / name
+    if path.is_symlink() and path.resolve().parent != d.resolve():
+        raise damaged(d, f"{name} is a link to {os.readlink(path)}, outside the directory")
+    if regular_size(path, InputError, f"the extraction's {name}") is None:
+        raise damaged(d, f"{name} is listed in manifest.json but missing")
+    return path
+
+
+def checked_npy(d, name, dtype, leading, row_shape=None):
+    """d/name after checking its .npy header against the manifest: dtype, shape (leading + row_shape; a
+    None row_shape takes the file's) and its size in bytes, before anything maps it."""
+    path = member(d, name)
+    try:
+        with open_regular(path, InputError, f"the extraction's {name}") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_npy_header(d, name, f, size, dtype, leading, row_shape)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise damaged(d, f"{name} is not a readable .npy file ({type(e).__name__}: {e})") from None
+    return path
+
+
+def check_npy_header(d, name, f, size, dtype, leading, row_shape):
+    """The header of an open .npy stream against the manifest; `size` the file's bytes (None: not checked)."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise damaged(d, f"{name}: unknown .npy version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, found = read(f)
+    want = tuple(leading) + (tuple(row_shape) if row_shape is not None else tuple(shape[len(leading):]))
+    if found != np.dtype(dtype) or fortran or tuple(shape) != want:
+        raise damaged(d, f"{name} holds {'Fortran-order ' if fortran else ''}{found} {list(shape)[:8]}, but the "
+                         f"manifest says {np.dtype(dtype)} {list(want)}")
+    if size is not None:
+        needed = f.tell() + int(np.prod(want, dtype=object)) * np.dtype(dtype).itemsize
+        if size != needed:
+            raise damaged(d, f"{name} holds {size:,} bytes where its {list(want)} rows need {needed:,} "
+                             f"({'truncated' if size < needed else 'trailing bytes'})")
+
+
+def read_shards(d, files, dtype, count, row_shape):
+    """The safetensors shards' vectors, each shard's header checked (dtype, shape, offsets, size) first."""
+    from safetensors.numpy import load_file
+    parts, rows = [], 0
+    for name in files:
+        path = member(d, name)
+        with open_regular(path, InputError, f"the extraction's {name}") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if length is None or length > min(size - 8, 100 << 20):
+                raise damaged(d, f"{name} is not a safetensors file (a header of {length} bytes in {size:,})")
+            try:
+                header = json.loads(f.read(length))
+                entry = header["vectors"]
+                shape, kind, (begin, end) = entry["shape"], entry["dtype"], entry["data_offsets"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise damaged(d, f"{name}: unreadable safetensors header ({type(e).__name__}: {e})") from None
+        want_rows = min(SHARD_ROWS, count - rows) if count else 0
+        want = [want_rows] + (list(row_shape) if row_shape is not None else list(shape[1:]))
+        if SAFETENSORS_DTYPES.get(kind) != dtype or shape != want or begin != 0 or end != size - 8 - length:
+            raise damaged(d, f"{name} holds {kind} {shape} (bytes {begin}..{end} of {size - 8 - length}), but the "
+                             f"manifest says {dtype} {want} filling the file")
+        if not all(count_(x) for x in shape) or end != int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize:
+            raise damaged(d, f"{name}: {shape} {kind} does not fill its {end} bytes")
+        try:
+            parts.append(load_file(str(path))["vectors"])
+        except Exception as e:                 # safetensors raises its own SafetensorError
+            raise damaged(d, f"{name} cannot be read ({type(e).__name__}: {e})") from None
+        rows += want_rows
+    return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def read_jsonl(d, manifest, dtype, count, row_shape):
+    path, vectors, texts = member(d, "vectors.jsonl"), [], []
+    with open_regular(path, InputError, "the extraction's vectors.jsonl") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                vector = np.array(record["vector"], dtype=dtype)
+                text = record["text"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise damaged(d, f"vectors.jsonl:{n}: not a record with a text and a vector ({e})") from None
+            if not isinstance(text, str) or record.get("index") != n - 1 or (
+                    row_shape is not None and list(vector.shape) != list(row_shape)):
+                raise damaged(d, f"vectors.jsonl:{n}: not row {n - 1} with a text and a {row_shape} vector")
+            vectors.append(vector)
+            texts.append(text)
+    if len(vectors) != count:
+        raise damaged(d, f"vectors.jsonl holds {len(vectors)} rows, but the manifest says {count}")
+    return Embeddings(manifest, vectors=np.array(vectors, dtype=dtype), texts=texts)
 
 
 def load_projection(directory, manifest):
     """The PCA stored beside an extraction by --reduce."""
     if not manifest.get("reduce"):
         raise MiniBertError(f"{directory}: this extraction has no projection; run extract with --reduce pca:K")
-    return PCA.load(Path(directory) / manifest["reduce"]["projection"])
+    d, reduce = Path(directory), manifest["reduce"]
+    path = member(d, reduce["projection"])
+    try:
+        with open_regular(path, InputError, "the extraction's pca.npz") as f:
+            pca = PCA.load(f)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, InputError):
+            raise
+        raise damaged(d, f"pca.npz cannot be read ({type(e).__name__}: {e})") from None
+    width = (manifest.get("row_shape") or [pca.mean.shape[-1]])[-1]
+    k = reduce["k"]
+    if (pca.mean.shape, pca.components.shape, pca.explained_variance.shape) != ((width,), (k, width), (k,)):
+        raise damaged(d, f"pca.npz holds a projection {list(pca.components.shape)}, but the manifest says "
+                         f"{k} components of {width} features")
+    return pca
 
 
 def load_reduced(directory, manifest):
     """The corpus's projected vectors [rows, K], memory-mapped."""
     if not manifest.get("reduce"):
         raise MiniBertError(f"{directory}: this extraction has no reduced vectors; run extract with --reduce pca:K")
-    return np.load(Path(directory) / manifest["reduce"]["vectors"], mmap_mode="r")
+    reduce = manifest["reduce"]
+    return np.load(checked_npy(Path(directory), reduce["vectors"], np.float32, (reduce["rows"], reduce["k"])),
+                   mmap_mode="r")

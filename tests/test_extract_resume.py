@@ -247,3 +247,36 @@ def test_killed_extraction_resumes_without_losing_or_duplicating_rows(tiny_model
     assert lines == (tmp_path / "whole" / "vectors.jsonl").read_text().splitlines()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["resumed_at"] == [done] and manifest["count"] == 120 and not (out / "progress.json").exists()
+
+
+@pytest.mark.parametrize("change", ["max_seq_length", "tokenizer", "prompts"])
+def test_resume_refuses_another_effective_recipe_or_tokenizer(tmp_path, small_chunks, monkeypatch, change):
+    """A max_seq_length set on the model (or another vocabulary, or a recipe's prompts) before the resume
+    was accepted: the output mixed two truncations under one manifest. Each now changes the job."""
+    import dataclasses
+    from types import MappingProxyType
+    model = minibert.load(str(write_tiny(tmp_path / "m")), backend="cpu")
+    real_encode = type(model).encode
+    calls = {"n": 0}
+
+    def failing(self, texts, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:                       # the probe, one chunk, then a failure
+            raise RuntimeError("worker lost")
+        return real_encode(self, texts, **kwargs)
+    monkeypatch.setattr(type(model), "encode", failing)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        extract_module.extract(model, CORPUS, tmp_path / "cut")
+    monkeypatch.setattr(type(model), "encode", real_encode)
+    if change == "max_seq_length":
+        model.max_seq_length = 4
+        expected = "recipe.max_length was 32, now 4"
+    elif change == "tokenizer":
+        vocab = tmp_path / "m" / "vocab.txt"
+        vocab.write_text(vocab.read_text() + "extra\n")
+        expected = "tokenizer_sha256 was"
+    else:
+        model.recipe = dataclasses.replace(model.recipe, prompts=MappingProxyType({"query": "q: "}))
+        expected = "recipe_sha256 was"
+    with pytest.raises(InputError, match=f"cannot resume .* another job \\({expected}"):
+        extract_module.extract(model, CORPUS, tmp_path / "cut", resume=True)

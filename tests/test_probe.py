@@ -9,6 +9,7 @@ import pytest
 
 from minibert import probe
 from minibert.cli import main
+from minibert.readers import read_labelled
 
 
 # ----- data made here: three topics, and a toy person/place tagging task -----------------------------------
@@ -231,17 +232,6 @@ def test_matches_scikit_learn(model):
 
 # ----- reading files and the command ------------------------------------------------------------------------
 
-def test_readers(tmp_path):
-    (tmp_path / "d.tsv").write_text("label\tsentence\npos\tgood\nneg\tbad\n")
-    assert probe.read_labelled(tmp_path / "d.tsv", "sentence", "label") == (["good", "bad"], ["pos", "neg"])
-    (tmp_path / "d.jsonl").write_text(json.dumps({"t": "x", "y": 1}) + "\n\n" + json.dumps({"t": "z", "y": 0}) + "\n")
-    assert probe.read_labelled(tmp_path / "d.jsonl", "t", "y") == (["x", "z"], ["1", "0"])
-    with pytest.raises(probe.InputError, match="no column 'text'"):
-        probe.read_labelled(tmp_path / "d.tsv")
-    (tmp_path / "d.conll").write_text("-DOCSTART- -X- O\n\nEU NNP B-ORG\nrejects VBZ O\n\nPeter B-PER\n")
-    assert probe.read_conll(tmp_path / "d.conll") == ([["EU", "rejects"], ["Peter"]], [["B-ORG", "O"], ["B-PER"]])
-
-
 def test_probe_command(tmp_path, capsys):
     texts, labels = topic_data(n_per_topic=10, seed=7)
     with open(tmp_path / "topics.csv", "w") as f:
@@ -300,22 +290,11 @@ def test_probe_command_checks_data_and_options_before_loading_the_model(tmp_path
     assert not (tmp_path / "probe.png").exists() and not (tmp_path / "probe.csv").exists()
 
 
-def test_readers_name_the_bad_line(tmp_path):
-    (tmp_path / "bad.conll").write_bytes(b"EU B-ORG\nrejects O\n\nPeter\xff B-PER\n")
-    with pytest.raises(probe.InputError, match=r"bad.conll:4: not valid UTF-8 \(invalid start byte at byte 25 "):
-        probe.read_conll(tmp_path / "bad.conll")
-    long_text = "x" * (200 << 10)           # past the csv module's default 128 KiB field limit: still read
-    (tmp_path / "big.csv").write_text(f"text,label\nshort,a\n{long_text},b\n")
-    assert probe.read_labelled(tmp_path / "big.csv") == (["short", long_text], ["a", "b"])
-    (tmp_path / "bom.csv").write_text("text,label\nfine,a\n", encoding="utf-8-sig")   # as Excel saves it
-    assert probe.read_labelled(tmp_path / "bom.csv") == (["fine"], ["a"])
-
-
 def test_tsv_fields_are_not_quoted(tmp_path):
     """GLUE's .tsv files: tab-separated, no quoting; a text that starts with a quote is just a text."""
     (tmp_path / "d.tsv").write_text('sentence\tlabel\n"quoted" start\tpos\nnext row\tneg\n"open\tneg\n')
-    assert probe.read_labelled(tmp_path / "d.tsv", "sentence") == (['"quoted" start', "next row", '"open'],
-                                                                   ["pos", "neg", "neg"])
+    assert read_labelled(tmp_path / "d.tsv", "sentence") == (['"quoted" start', "next row", '"open'],
+                                                             ["pos", "neg", "neg"])
 
 
 def test_probe_json_is_the_table_in_numbers(tmp_path, capsys):

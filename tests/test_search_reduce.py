@@ -397,3 +397,186 @@ sys.exit(main(["search", {str(tmp_path / "o")!r}, {CORPUS[4]!r}, "-k", "1", "--j
     assert run.returncode == 0, run.stderr
     [result] = json.loads(run.stdout.splitlines()[-1])
     assert result["hits"][0]["index"] == 4
+
+
+# ----- an extraction folder is trusted only as far as it checks out -------------------------------------------
+# Each case edits or damages a real extraction the way a user, a disk or an attacker could; every one was a raw
+# KeyError/ValueError/SafetensorError, a hang, a partial search or another file's lines before.
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return minibert.load(str(write_tiny(tmp_path_factory.mktemp("tiny"))), backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def extractions(tiny, tmp_path_factory):
+    """One finished extraction per format (npy with --reduce), of CORPUS read from a file."""
+    root = tmp_path_factory.mktemp("extractions")
+    (root / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    from minibert.readers import open_corpus
+    for fmt in ("npy", "npz", "safetensors", "jsonl"):
+        extract(tiny, open_corpus(str(root / "corpus.txt")), root / fmt, fmt=fmt,
+                reduce="pca:3" if fmt == "npy" else None)
+    extract(tiny, CORPUS, root / "tokens", pooling="none")
+    return root
+
+
+@pytest.fixture
+def folder(extractions, tmp_path):
+    """A copy of one extraction, to damage: folder("npy") -> (directory, its manifest as a dict)."""
+    import shutil
+
+    def copy(fmt):
+        shutil.copytree(extractions / fmt, tmp_path / fmt)
+        return tmp_path / fmt, json.loads((tmp_path / fmt / "manifest.json").read_text())
+    return copy
+
+
+def edit(directory, **changes):
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.update(changes)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def refused(directory, message):
+    with pytest.raises(InputError, match=message):
+        minibert.load_embeddings(directory)
+
+
+@pytest.mark.parametrize("fmt, name", [("npy", "vectors.npy"), ("npz", "vectors.npz"),
+                                       ("safetensors", "vectors-00000.safetensors"), ("jsonl", "vectors.jsonl"),
+                                       ("tokens", "tokens.npy"), ("tokens", "offsets.npy"), ("npy", "reduced.npy")])
+def test_a_truncated_data_file_is_one_clear_error(folder, fmt, name):
+    """The most realistic damage (a copy cut short): `mmap length is greater than file size` before."""
+    directory, _ = folder(fmt)
+    data = (directory / name).read_bytes()
+    (directory / name).write_bytes(data[:len(data) - 8])
+    with pytest.raises(InputError, match=f"{directory}: .*; the extraction directory is damaged or was edited"):
+        emb = minibert.load_embeddings(directory)
+        emb.reduced
+
+
+def test_search_on_a_truncated_folder_is_one_line(folder, capsys):
+    directory, _ = folder("npy")
+    data = (directory / "vectors.npy").read_bytes()
+    (directory / "vectors.npy").write_bytes(data[:-4])
+    assert main(["search", str(directory), "a cat"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"vectors.npy holds \d+ bytes where its \[12, 16\] rows need "
+                                              r"\d+ \(truncated\)", err), err
+
+
+def test_a_fifo_in_place_of_a_data_file_is_refused_without_opening_it(folder):
+    """A FIFO named vectors.npy hung search forever (np.load opened it and waited for a writer)."""
+    import threading
+    directory, _ = folder("npy")
+    (directory / "vectors.npy").unlink()
+    os.mkfifo(directory / "vectors.npy")
+    outcome = []
+
+    def load():
+        try:
+            minibert.load_embeddings(directory)
+        except Exception as e:
+            outcome.append(e)
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():                     # release the hung open so the test process can end
+        fd = os.open(directory / "vectors.npy", os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        pytest.fail("load_embeddings opened the FIFO and waited")
+    assert isinstance(outcome[0], InputError) and "is a FIFO (named pipe), not a regular file" in str(outcome[0])
+
+
+def test_fewer_rows_than_the_count_are_refused(folder, tiny, tmp_path):
+    """30 rows against count 40 was searched partially without a word."""
+    directory, manifest = folder("npy")
+    edit(directory, count=manifest["count"] + 10, reduce=None, files=["vectors.npy"])
+    refused(directory, r"vectors.npy holds float32 \[12, 16\], but the manifest says float32 \[22, 16\]")
+    directory, manifest = folder("jsonl")
+    edit(directory, count=40)
+    refused(directory, "vectors.jsonl holds 12 rows, but the manifest says 40")
+    directory, manifest = folder("safetensors")
+    edit(directory, count=40)
+    refused(directory, r"vectors-00000.safetensors holds F32 \[12, 16\] .*, but the manifest says float32 \[40, 16\]")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"files": ["/etc/passwd"]}, "'files' must be a list of the file names an extraction holds"),
+    ({"files": ["../npz/vectors.npy"]}, "'files' must be a list of the file names"),
+    ({"files": ["vectors.npz"]}, r"'files' \['vectors.npz'\] do not match format 'npy'"),
+    ({"reduce": {"method": "pca", "k": 3, "whiten": False, "fitted_on": "vectors", "rows": 12,
+                 "variance_kept": 0.5, "projection": "/tmp/pca.npz", "vectors": "reduced.npy"}},
+     "'projection' must be \"pca.npz\""),
+    ({"reduce": {"method": "pca", "k": 3, "whiten": False, "fitted_on": "vectors", "rows": 12,
+                 "variance_kept": 0.5, "projection": "pca.npz", "vectors": "../reduced.npy"}},
+     "'vectors' must be \"reduced.npy\""),
+    ({"input": "../corpus.txt"}, "'input' must be null, \"-\" or an absolute path"),
+    ({"count": "12"}, "'count' must be an int >= 0, found \"12\""),
+    ({"count": -1}, "'count' must be an int >= 0"),
+    ({"dtype": "object"}, "'dtype' must be one of float16, float32, float64"),
+    ({"row_shape": [16, 0]}, "'row_shape' must be a list of at most 3 positive ints"),
+    ({"layers": {"a": 1}}, "'layers' must be an int, a list of ints or 'all'"),
+    ({"surprise": 1}, "unknown key\\(s\\) 'surprise'"),
+    ({"model_hub": {"hub_id": "../../etc", "revision": "main"}}, "'model_hub' must be null or"),
+    ({"complete": "yes"}, "'complete' must be true or false"),
+])
+def test_every_manifest_field_is_checked(folder, changes, message):
+    directory, _ = folder("npy")
+    edit(directory, **changes)
+    refused(directory, message)
+
+
+def test_a_manifest_that_is_no_object_or_lacks_a_key_is_refused(folder):
+    directory, manifest = folder("npy")
+    (directory / "manifest.json").write_text("[1, 2]")
+    refused(directory, "manifest.json is not a JSON object")
+    del manifest["format"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    refused(directory, "manifest.json has no 'format'")
+
+
+def test_a_data_file_linked_from_outside_is_refused(folder, tmp_path):
+    directory, _ = folder("npy")
+    outside = tmp_path / "elsewhere.npy"
+    os.replace(directory / "vectors.npy", outside)
+    os.symlink(outside, directory / "vectors.npy")
+    refused(directory, "vectors.npy is a link to .*elsewhere.npy, outside the directory")
+
+
+def test_the_recorded_input_is_read_only_while_its_hash_matches(folder, tmp_path):
+    """An input pointing at another file: its lines were shown as the hits' texts."""
+    directory, _ = folder("npy")
+    other = tmp_path / "other.txt"
+    other.write_text("".join(f"secret {i}\n" for i in range(len(CORPUS))))
+    edit(directory, input=str(other))
+    assert search.Index(directory).texts is None
+
+
+def test_a_manifest_hub_id_is_looked_up_in_the_local_cache_only(folder, monkeypatch):
+    """model_hub made search download any repository id a manifest named."""
+    import huggingface_hub
+    directory, _ = folder("npy")
+    hub = {"hub_id": "someone/else", "revision": "0123456789abcdef0123456789abcdef01234567"}
+    edit(directory, model_source=str(directory / "gone"), model_hub=hub)
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append((repo_id, kwargs))
+        raise huggingface_hub.utils.LocalEntryNotFoundError("not cached")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(InputError, match="someone/else at commit 0123.* not in the local hub cache, and search does "
+                                         "not download .*: pass --model someone/else"):
+        search.Index(directory).load_model()
+    assert asked == [("someone/else", {"revision": hub["revision"], "local_files_only": True})]
+
+
+def test_a_manifest_model_source_that_is_no_directory_is_never_fetched(folder, monkeypatch):
+    """model_source "org/name" (no model_hub) went to minibert.load, which downloads hub ids."""
+    directory, _ = folder("npy")
+    edit(directory, model_source="someone/else", model_hub=None)
+    monkeypatch.setattr(minibert, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(InputError, match="extracted with the model someone/else, which is not a directory here; "
+                                         "pass --model"):
+        search.Index(directory).load_model()
