@@ -21,6 +21,7 @@ import numpy as np
 
 from .backends import BACKENDS
 from .errors import MiniBertError
+from .pooling import CLI_POOLINGS
 from .tree import leaves
 
 DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
@@ -418,7 +419,7 @@ def add_model_arguments(p, model_help="model directory or hub id (default: bundl
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
 
 
-POOLINGS = ["cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken"]
+POOLINGS = CLI_POOLINGS                  # the pooling registry's (minibert/pooling.py)
 RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' pooling; mean for a plain checkpoint)"
 
 

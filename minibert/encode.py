@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, warn_caller
-from .pooling import apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words,
+                      resolve_layers)
 from .recipe import encode_settings, prepare_texts, prompt_length
 from .tokenizer import as_text_list, encode_batch
 
@@ -238,7 +239,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
     # Texts whose token vectors must be kept: all for token-level output; windowed ones for max pooling,
     # which needs each merged token. Other pooling of a windowed text is linear in the merged tokens, so
     # each window adds its share as it comes (`shares`) and the text's tokens are never held.
-    keep_tokens = set(range(N)) if token_level else windowed if pooling == "max" else set()
+    keep_tokens = set(range(N)) if token_level else windowed if POOLINGS[pooling].window_share is None else set()
     pooled = np.zeros((N, len(chosen), H), dtype=np.float64)
     sums = {i: np.zeros((len(tokenized[i].ids), len(chosen), H)) for i in keep_tokens}   # [n, layers, H]
     counts = {i: np.zeros(len(tokenized[i].ids), dtype=np.int64) for i in keep_tokens}   # [n]
@@ -286,8 +287,9 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
 def window_shares(rows, tokenized, texts, pooling):
     """Per token of each windowed text, the weight one window's vector carries in the pooled vector.
 
-    A merged token is the mean of the windows covering it (vector sum / coverage), and cls, mean and
-    mean_sqrt_len are weighted sums of merged tokens, so pooled = sum over windows of share . window tokens.
+    A merged token is the mean of the windows covering it (vector sum / coverage), and the linear poolings
+    are weighted sums of merged tokens (Pooling.window_share), so pooled = sum over windows of share . window
+    tokens.
     """
     coverage = {i: np.zeros(len(tokenized[i].ids)) for i in texts}                 # text -> [n]
     for row in rows:
@@ -295,11 +297,7 @@ def window_shares(rows, tokenized, texts, pooling):
             coverage[row.text][row.positions] += 1
     shares = {}
     for i, covered in coverage.items():
-        n = len(covered)
-        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n), "lasttoken": np.eye(1, n, n - 1)[0],
-                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n)),
-                  "weightedmean": np.arange(1, n + 1) / (n * (n + 1) / 2)}[pooling]      # [n]
-        shares[i] = weight / covered
+        shares[i] = POOLINGS[pooling].window_share(len(covered)) / covered      # [n]
     return shares
 
 

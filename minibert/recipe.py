@@ -23,15 +23,13 @@ from types import MappingProxyType
 import numpy as np
 
 from .errors import ConfigError, InputError, ModelFileError
+from .pooling import POOLINGS
 
 MODULE_PREFIX = "sentence_transformers."
-# Pooling flags in 1_Pooling/config.json -> minibert's pooling names.
-POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                 "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-                 "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# Pooling flags in 1_Pooling/config.json -> minibert's pooling names, from the pooling registry.
+POOLING_FLAGS = {p.flag: p.name for p in POOLINGS.values() if p.flag}
 # Newer files may name the mode in one string ("pooling_mode": "mean") instead of flags.
-POOLING_NAMES = {"cls": "cls", "max": "max", "mean": "mean", "mean_sqrt_len_tokens": "mean_sqrt_len",
-                 "weightedmean": "weightedmean", "lasttoken": "lasttoken"}
+POOLING_NAMES = {p.mode: p.name for p in POOLINGS.values() if p.mode}
 # Dense's activation_function is a dotted torch class name; the last part names the function.
 DENSE_ACTIVATIONS = ("Identity", "Tanh", "ReLU", "Sigmoid", "GELU", "SiLU")
 DEFAULT_SOURCE = "minibert default"
