@@ -37,6 +37,13 @@ def resolve_layers(layers, num_layers):
     return resolved
 
 
+def resolve_layer_choice(layers, num_layers):
+    """layers -> (hidden-state indices, single): single when one int layer was asked, whose vectors then
+    come out without a layer axis."""
+    single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
+    return resolve_layers(layers, num_layers), single
+
+
 def check_options(pooling, combine):
     if not isinstance(pooling, str) or pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, found {pooling!r}")
