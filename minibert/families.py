@@ -16,6 +16,7 @@ A `Family` holds, for one config.json model_type:
     head_names                 task ("sequence", "token") -> head part -> checkpoint module name
     attention_output_dropout   whether training drops out the attention output projection before the add
     parity_modules             where `parity --ops` hooks each captured internal inside transformers' layer
+    reference_layers           the path to those layers in transformers' base model ("*": each of a list)
     tokenizer_class            the WordPiece class AutoTokenizer picks when tokenizer_config.json names none
 
 config.py reads the config fields, weights.py and hf_checkpoint.py the names (both ways), backprop.py and
@@ -212,6 +213,7 @@ class Family:
     fixed: dict = field(default_factory=dict)
     attention_output_dropout: bool = True
     tokenizer_class: str = "BertTokenizer"
+    reference_layers: str = "encoder.layer"
 
     @property
     def head_names(self) -> dict:
@@ -244,7 +246,7 @@ FAMILIES = {family.model_type: family for family in [
            keys=("sinusoidal_positions",),
            fixed={"token_type_embeddings": False, "type_vocab_size": 1, "layer_norm_eps": 1e-12},
            # its TransformerBlock adds the attention output projection as it is
-           attention_output_dropout=False),
+           attention_output_dropout=False, reference_layers="transformer.layer"),
     Family("electra", "Electra",
            Names(BERT_EMBEDDINGS, ELECTRA_PROJECTION, BERT_LAYER, [], ("electra.",),
                  ("generator_predictions.", "generator_lm_head.", "discriminator_predictions.") + BUFFERS),
@@ -261,7 +263,9 @@ FAMILIES = {family.model_type: family for family in [
                                   "num_memory_blocks".split()),             # written by the original code, unused
            keys=("embedding_size", "num_hidden_groups"),
            defaults={"num_hidden_groups": 1},          # AlbertConfig's default: every layer shares one set
-           fixed={"embedding_projection": True}),
+           fixed={"embedding_projection": True},
+           # each group's layer is called once per layer sharing it: hooks record every call
+           reference_layers="encoder.albert_layer_groups.*.albert_layers"),
     Family("mpnet", "MPNet",
            Names(DISTILBERT_EMBEDDINGS, [], MPNET_LAYER, BERT_POOLER, ("mpnet.",), ("lm_head.",) + BUFFERS,
                  MPNET_RELATIVE_BIAS),

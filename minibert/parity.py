@@ -81,16 +81,14 @@ ORDER = ("query", "key", "value", "attention.probs", "attention.context", "atten
 
 def hooked_layers(reference, config):
     """(distinct layer modules in call order, internal -> (path, which): the family's parity_modules)."""
-    where = family_of(config).parity_modules
-    encoder = getattr(reference, "encoder", None)
-    if hasattr(encoder, "layer"):
-        return list(encoder.layer), where
-    if hasattr(getattr(reference, "transformer", None), "layer"):
-        return list(reference.transformer.layer), where
-    if hasattr(encoder, "albert_layer_groups"):
-        return [layer for group in encoder.albert_layer_groups for layer in group.albert_layers], where
-    raise MiniBertError(f"--ops knows the modules of BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ALBERT and MPNet; "
-                        f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
+    family = family_of(config)
+    found = [reference]
+    for part in family.reference_layers.split("."):       # "*": every module of the lists found so far
+        found = [m for lst in found for m in lst] if part == "*" else [getattr(m, part, None) for m in found]
+        if any(m is None for m in found):
+            raise MiniBertError(f"--ops hooks {family.model_type}'s layers at {family.reference_layers}; "
+                                f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
+    return [layer for layers in found for layer in layers], family.parity_modules
 
 
 def compare_ops(model, texts):

@@ -465,3 +465,21 @@ def test_family_records_are_complete_and_consistent():
         assert parts == ({"dense", "out"} if family.sequence_head.dense_activation else {"out"})
         assert set(family.parity_modules) == set(FAMILIES["bert"].parity_modules)
         assert set(family.keys) <= set(SWITCH_FIELDS) and set(family.fixed) <= set(SWITCH_FIELDS) | set(BERT_KEYS)
+
+
+def test_parity_hooks_find_each_familys_layers():
+    """parity --ops finds the layers by the record's reference_layers, on stand-ins laid out as transformers'
+    models are (ALBERT: groups of layers, in call order), and refuses a model laid out otherwise."""
+    from types import SimpleNamespace as Module
+    from minibert.families import FAMILIES
+    from minibert.parity import hooked_layers
+    bert = Module(encoder=Module(layer=["l0", "l1"]))
+    distil = Module(transformer=Module(layer=["t0", "t1", "t2"]))
+    albert = Module(encoder=Module(albert_layer_groups=[Module(albert_layers=["g0"]), Module(albert_layers=["g1"])]))
+    for model_type, reference, layers in [("bert", bert, ["l0", "l1"]), ("mpnet", bert, ["l0", "l1"]),
+                                          ("distilbert", distil, ["t0", "t1", "t2"]),
+                                          ("albert", albert, ["g0", "g1"])]:
+        config = Module(model_type=model_type)
+        assert hooked_layers(reference, config) == (layers, FAMILIES[model_type].parity_modules)
+    with pytest.raises(minibert.MiniBertError, match="laid out otherwise"):
+        hooked_layers(distil, Module(model_type="roberta"))
