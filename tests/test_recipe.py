@@ -569,3 +569,22 @@ def test_encode_settings_resolve_layers_and_max_length_once(tmp_path):
     assert plain.recipe.max_length is None
     assert encode_settings(plain, pooling=None, normalize=None, max_length=None, layers=-1, prompt=None,
                            prompt_name=None).max_length == plain.tokenizer.max_length == plain.max_seq_length
+
+
+@pytest.mark.parametrize("case", ["st_mean_sqrt_len_lower", "st_legacy_layout_prompts"])
+def test_token_level_extract_cuts_and_prompts_as_encode(tmp_path, case):
+    """extract(pooling="none") lays out its token rows by the tokens encode will give: the recipe's
+    max_seq_length (24 here, under the tokenizer's 32), lower-casing and default prompt. It counted the
+    raw texts cut at the tokenizer's limit, and refused the run ("gave 24 token vectors where its
+    tokenization has 32")."""
+    from minibert.extract import extract
+    model = minibert.load(str(FIXTURES / case))
+    texts = ["Word " * 200, "Short Text"]
+    with pytest.warns(UserWarning, match="truncated"):
+        want = model.encode(texts, pooling="none")
+    with pytest.warns(UserWarning, match="truncated"):
+        extract(model, texts, tmp_path / "out", pooling="none")
+    got = minibert.load_embeddings(tmp_path / "out")
+    assert len(want[0]) == model.recipe.max_length < model.tokenizer.max_length
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(got.token_vectors(i), w)
