@@ -12,7 +12,7 @@ from .backends import make_ops
 from .config import read_config
 from .errors import InputError, ModelFileError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
-from .recipe import Recipe, read_recipe
+from .recipe import Recipe, read_recipe, resolve_max_length
 from .tokenizer import Tokenizer
 from .weights import check_model_directory, load_weights
 
@@ -260,8 +260,7 @@ class Model:
     @property
     def max_seq_length(self) -> int:
         """Tokens encode() keeps per text by default: the recipe's max_seq_length, else the tokenizer's limit."""
-        limit = self.recipe.max_length
-        return min(limit, self.config.max_tokens) if limit is not None else self.tokenizer.max_length
+        return resolve_max_length(self)
 
     @max_seq_length.setter
     def max_seq_length(self, value: int):

@@ -23,9 +23,6 @@ Heads (a dict of linear weights, `head`) follow each family's transformers class
     token, every family:     x -> dropout -> out, per token
 """
 
-from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
 from .kernels.reference_backward import (activation_backward, activation_forward, attention_backward,
@@ -35,57 +32,18 @@ from .kernels.reference_backward import (activation_backward, activation_forward
                                          linear_forward, relative_position_bias_backward,
                                          relative_position_bias_forward)
 from .config import RELATIVE_MAX_DISTANCE
+from .families import FAMILIES
 from .model import additive_mask, make_position_ids
+from .tree import zeros_like_tree
 
 TASKS = ("sequence", "token")
 
 
-@dataclass(frozen=True)
-class SequenceHead:
-    """How a family's sequence-classification head reaches the logits from the [CLS] (first) token."""
-    pooler: bool                     # True: BERT's tanh pooler first (weights["pooler"])
-    dense_activation: Optional[str]  # an extra dense layer with this activation (head["dense"]), or None
-    dropout_before_dense: bool       # RoBERTa and ELECTRA drop out the [CLS] vector before the dense layer
-
-
-SEQUENCE_HEADS = {
-    "bert": SequenceHead(pooler=True, dense_activation=None, dropout_before_dense=False),
-    "albert": SequenceHead(pooler=True, dense_activation=None, dropout_before_dense=False),
-    "roberta": SequenceHead(pooler=False, dense_activation="tanh", dropout_before_dense=True),
-    "xlm-roberta": SequenceHead(pooler=False, dense_activation="tanh", dropout_before_dense=True),
-    "electra": SequenceHead(pooler=False, dense_activation="gelu", dropout_before_dense=True),
-    "distilbert": SequenceHead(pooler=False, dense_activation="relu", dropout_before_dense=False),
-    "mpnet": SequenceHead(pooler=False, dense_activation="tanh", dropout_before_dense=True),
-}
-
-
-# Whether the family drops out the attention output projection before the residual add (DistilBERT's
-# TransformerBlock adds it as it is).
-ATTENTION_OUTPUT_DROPOUT = {"bert": True, "roberta": True, "xlm-roberta": True, "electra": True, "albert": True,
-                            "distilbert": False, "mpnet": True}
-
-
-def map_tree(tree, leaf, memo=None):
-    """The tree (dicts, lists, arrays, None) with leaf(array) for each array, sharing where `tree` shares:
-    two layers holding one weights dict (ALBERT) get one dict in the result."""
-    memo = {} if memo is None else memo
-    if tree is None:
-        return None
-    if id(tree) in memo:
-        return memo[id(tree)]
-    if isinstance(tree, dict):
-        made = {key: map_tree(value, leaf, memo) for key, value in tree.items()}
-    elif isinstance(tree, list):
-        made = [map_tree(value, leaf, memo) for value in tree]
-    else:
-        made = leaf(tree)
-    memo[id(tree)] = made
-    return made
-
-
-def zeros_like_tree(tree):
-    """Zero arrays shaped like `tree`'s, sharing where it shares (the gradients of shared layers add up)."""
-    return map_tree(tree, lambda array: np.zeros(array.shape, dtype=array.dtype))
+# Views of the family records (families.py) that the forward and backward functions below read: each
+# family's sequence head (a families.SequenceHead), and whether it drops out the attention output projection
+# before the residual add (DistilBERT's TransformerBlock adds it as it is).
+SEQUENCE_HEADS = {model_type: family.sequence_head for model_type, family in FAMILIES.items()}
+ATTENTION_OUTPUT_DROPOUT = {model_type: family.attention_output_dropout for model_type, family in FAMILIES.items()}
 
 
 def add_linear_grads(grads, dw, db):

@@ -21,6 +21,8 @@ import numpy as np
 
 from .backends import BACKENDS
 from .errors import MiniBertError
+from .pooling import CLI_POOLINGS
+from .tree import leaves
 
 DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
 
@@ -86,21 +88,10 @@ def cmd_inspect(args):
                                 f"{', '.join(name for name, *_ in in_file)}; the checkpoint is damaged or was "
                                 "saved after training diverged: use another copy or checkpoint")
         # Finite in the file but not after the cast to float32 (float64 values beyond 3.4e38).
-        overflow = [name for name, array in flatten(model.weights) if not np.isfinite(array).all()]
+        overflow = [name for name, array in leaves(model.weights) if not np.isfinite(array).all()]
         if overflow:
             raise MiniBertError(f"values too large for float32 in {', '.join(overflow)}; load with dtype='float64'")
         print("check       all weights finite")
-
-
-def flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from flatten(value, f"{prefix}{key}.")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from flatten(value, f"{prefix}{i}.")
-    elif tree is not None:
-        yield prefix[:-1], tree
 
 
 def cmd_parity(args):
@@ -433,7 +424,7 @@ def add_model_arguments(p, model_help="model directory or hub id (default: bundl
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
 
 
-POOLINGS = ["cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken"]
+POOLINGS = CLI_POOLINGS                  # the pooling registry's (minibert/pooling.py)
 RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' pooling; mean for a plain checkpoint)"
 
 

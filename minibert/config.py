@@ -13,10 +13,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
+from .families import FAMILIES
 from .kernels.reference import ACTIVATION_FUNCTIONS
 from .files import SETTINGS_LIMIT, read_json
 
-SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet")
+SUPPORTED_FAMILIES = tuple(FAMILIES)
 # hidden_act values: the activation table's names less tanh, which only the pooler uses
 ACTIVATIONS = tuple(name for name in ACTIVATION_FUNCTIONS if name != "tanh")
 POSITION_RULES = ("index", "skip_padding")   # see minibert.model.position_ids
@@ -40,12 +41,13 @@ UNSUPPORTED_REASONS = {
     "convbert": "span-based dynamic convolution heads",
 }
 
-# Class-name stems in config.json's "architectures" ("RobertaForMaskedLM" -> "Roberta") -> model_type.
+# Class-name stems in config.json's "architectures" ("RobertaForMaskedLM" -> "Roberta") -> model_type: the
+# supported families' (families.py) and the unsupported ones', so their configs get UNSUPPORTED_REASONS.
 ARCHITECTURE_FAMILIES = {
-    "Bert": "bert", "Roberta": "roberta", "XLMRoberta": "xlm-roberta", "DistilBert": "distilbert",
-    "Electra": "electra", "Albert": "albert", "XLNet": "xlnet", "Deberta": "deberta", "DebertaV2": "deberta-v2",
-    "MPNet": "mpnet", "Funnel": "funnel", "Longformer": "longformer", "BigBird": "big_bird",
-    "XLMRobertaXL": "xlm-roberta-xl", "RoFormer": "roformer", "Nezha": "nezha", "ConvBert": "convbert",
+    **{family.architecture: family.model_type for family in FAMILIES.values()},
+    "XLNet": "xlnet", "Deberta": "deberta", "DebertaV2": "deberta-v2", "Funnel": "funnel",
+    "Longformer": "longformer", "BigBird": "big_bird", "XLMRobertaXL": "xlm-roberta-xl", "RoFormer": "roformer",
+    "Nezha": "nezha", "ConvBert": "convbert",
 }
 ARCHITECTURE_SUFFIX = re.compile(r"(LMHeadModel|Model|For[A-Za-z]+)$")
 
@@ -67,45 +69,6 @@ IGNORED_KEYS = frozenset("""
     directionality pooler_fc_size pooler_num_attention_heads pooler_num_fc_layers
     pooler_size_per_head pooler_type is_encoder_decoder tie_encoder_decoder
 """.split())
-
-# Per family: keys its transformers model never reads in the encoder (task heads, dropout), ...
-FAMILY_IGNORED_KEYS = {
-    "electra": frozenset("summary_type summary_use_proj summary_activation summary_last_dropout "
-                         "summary_proj_to_labels".split()),      # the sequence-summary head
-    "albert": frozenset("classifier_dropout_prob down_scale_factor gap_size net_structure_type "
-                        "num_memory_blocks".split()),             # written by the original code, unused
-    # DistilBERT hard-codes LayerNorm eps 1e-12 whatever its config says.
-    "distilbert": frozenset("dropout attention_dropout qa_dropout seq_classif_dropout output_past "
-                            "tie_weights_ layer_norm_eps".split()),
-}
-# ... keys it renames to the common field names ...
-FAMILY_KEY_NAMES = {
-    "distilbert": {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-                   "hidden_dim": "intermediate_size", "activation": "hidden_act",
-                   "sinusoidal_pos_embds": "sinusoidal_positions"},
-}
-# ... switch fields its config.json may set ...
-FAMILY_KEYS = {
-    "electra": ("embedding_size",),
-    "albert": ("embedding_size", "num_hidden_groups"),
-    "distilbert": ("sinusoidal_positions",),
-    "mpnet": ("relative_attention_num_buckets",),
-}
-# ... switch values that differ from BERT's when config.json does not set them ...
-FAMILY_DEFAULTS = {
-    "albert": {"num_hidden_groups": 1},           # AlbertConfig's default: every layer shares one set
-    "mpnet": {"relative_attention_num_buckets": 32},   # MPNetConfig's default
-}
-# ... and switch values its architecture fixes, whatever config.json says.
-FAMILY_FIXED = {
-    "roberta": {"position_rule": "skip_padding"},
-    "xlm-roberta": {"position_rule": "skip_padding"},
-    "albert": {"embedding_projection": True},
-    "distilbert": {"token_type_embeddings": False, "type_vocab_size": 1, "layer_norm_eps": 1e-12},
-    # MPNet numbers positions from padding index 1 whatever config.json's pad_token_id says.
-    "mpnet": {"position_rule": "skip_padding", "token_type_embeddings": False, "type_vocab_size": 1,
-              "pad_token_id": 1},
-}
 
 # Keys that change the forward pass in ways minibert does not implement, whatever their value: quantized
 # weights, rotary or relative positions, sparse or windowed attention (other families' configs).
@@ -228,23 +191,24 @@ def detect_family(raw: dict, where: str) -> str:
 
 def config_from_dict(raw: dict, where: str = "config") -> Config:
     family = detect_family(raw, where)
-    renames = FAMILY_KEY_NAMES.get(family, {})
+    record = FAMILIES[family]
+    renames = record.key_names
     for theirs, ours in renames.items():
         if theirs in raw and ours in raw:
             raise ConfigError(f"{where}: both {theirs!r} and {ours!r} are set; {family} names it {theirs!r}")
     raw = {renames.get(k, k): v for k, v in raw.items()}
     raw["model_type"] = family
-    fixed = FAMILY_FIXED.get(family, {})
+    fixed = record.fixed
     missing = [k for k in REQUIRED_KEYS if k not in raw and k not in fixed]
     if missing:
         their_names = {ours: theirs for theirs, ours in renames.items()}
         raise ConfigError(f"{where}: missing key(s) {', '.join(their_names.get(k, k) for k in missing)} "
                           f"for model_type {family!r}; {RESTORE}")
-    family_keys = FAMILY_KEYS.get(family, ())
+    family_keys = record.keys
     known = (set(BERT_KEYS) | set(family_keys) | set(fixed) | set(UNSUPPORTED_UNLESS) | IGNORED_KEYS
-             | HARMLESS_KEYS | FAMILY_IGNORED_KEYS.get(family, frozenset()))
+             | HARMLESS_KEYS | record.ignored_keys)
     # Another family's switches (embedding_size on BERT, ...) and keys known to change the forward pass.
-    other_switches = set().union(*FAMILY_KEYS.values(), *(set(r) for r in FAMILY_KEY_NAMES.values()),
+    other_switches = set().union(*(f.keys for f in FAMILIES.values()), *(set(f.key_names) for f in FAMILIES.values()),
                                  SWITCH_FIELDS) | FORWARD_CHANGING_KEYS
     refused = sorted(k for k in raw if k not in known and k in other_switches)
     if refused:
@@ -263,7 +227,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
             raise ConfigError(f"{where}: {key}={raw[key]!r} is not supported (only {allowed[0]!r}); "
                               "minibert supports absolute-position encoder-only families: "
                               f"{', '.join(SUPPORTED_FAMILIES)}")
-    values = {**DEFAULTS, **FAMILY_DEFAULTS.get(family, {}),
+    values = {**DEFAULTS, **record.defaults,
               **{k: raw[k] for k in BERT_KEYS + family_keys if k in raw}, **fixed}
     # Switches a family leaves alone keep BERT's meaning.
     values.setdefault("embedding_size", values["hidden_size"])

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, warn_caller
-from .pooling import apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words, resolve_layers
+from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words,
+                      resolve_layer_choice)
 from .recipe import encode_settings, prepare_texts, prompt_length
 from .tokenizer import as_text_list, encode_batch
 
@@ -153,9 +154,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     texts = as_text_list(texts, "texts")
     check_lengths(max_length, window, stride, batch_size,
                   model.tokenizer.max_length)   # the caller's, before the recipe's
-    recipe = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
-                             num_layers=model.config.num_hidden_layers, prompt=prompt, prompt_name=prompt_name,
-                             max_tokens=model.config.max_tokens)
+    recipe = encode_settings(model, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
+                             prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
     check_options(pooling, combine)
     texts, skip = prepare_texts(recipe, texts), prompt_length(model, recipe)
@@ -176,12 +176,12 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     first_index = FIRST_ROW.get()
     warn_truncated(model, tokenized, max_length, first_index)
     warn_unknown(model, tokenized, first_index=first_index)
-    per_layer, captured = run(model, tokenized, layers=layers, pooling=pooling, batch_size=batch_size,
+    per_layer, captured = run(model, tokenized, chosen=recipe.layers, pooling=pooling, batch_size=batch_size,
                               window=window, stride=stride, progress=progress, capture=request.names, skip=skip)
     if pooling == "none":
-        vectors = [finish(v, layers, combine, normalize, out_dtype) for v in per_layer]
+        vectors = [finish(v, recipe.single_layer, combine, normalize, out_dtype) for v in per_layer]
     else:
-        vectors = finish(per_layer, layers, combine, normalize, out_dtype, dense=recipe.dense)
+        vectors = finish(per_layer, recipe.single_layer, combine, normalize, out_dtype, dense=recipe.dense)
     if capture is None:
         return vectors
     return EncodeResult(vectors, request.keyed({name: [v.astype(out_dtype) for v in values]
@@ -194,10 +194,11 @@ def rows_of(tokenized, first_index):
 
 
 def warn_truncated(model, tokenized, max_length, first_index=None):
+    """max_length: the limit the texts were cut to (resolved: an int)."""
     cut = sum(t.truncated for t in tokenized)
     if cut:
         warn_caller(f"minibert: {cut} of {len(tokenized)} texts{rows_of(tokenized, first_index)} were longer than "
-                    f"{max_length or model.tokenizer.max_length} tokens and were truncated; "
+                    f"{max_length} tokens and were truncated; "
                     "pass window= (and stride=) to cover long texts whole")
 
 
@@ -221,12 +222,11 @@ def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
                     f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
 
-def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progress, capture, skip=0):
+def run(model, tokenized, *, chosen, pooling, batch_size, window, stride, progress, capture, skip=0):
     """The batching loop. Returns pooled [N, layers, H] (float64), or for pooling "none" a list of
     per-text [n, layers, H]; plus captured internals per text (unpadded). The first `skip` tokens of
-    each text (a prompt) are left out of the pooling."""
-    L, H = model.config.num_hidden_layers, model.config.hidden_size
-    chosen = resolve_layers(layers, L)
+    each text (a prompt) are left out of the pooling. chosen: the hidden-state indices (resolved)."""
+    H = model.config.hidden_size
     check_batching(batch_size, window, stride, model.tokenizer.max_length)
     if stride is None and window is not None:
         stride = window // 4
@@ -238,7 +238,7 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
     # Texts whose token vectors must be kept: all for token-level output; windowed ones for max pooling,
     # which needs each merged token. Other pooling of a windowed text is linear in the merged tokens, so
     # each window adds its share as it comes (`shares`) and the text's tokens are never held.
-    keep_tokens = set(range(N)) if token_level else windowed if pooling == "max" else set()
+    keep_tokens = set(range(N)) if token_level else windowed if POOLINGS[pooling].window_share is None else set()
     pooled = np.zeros((N, len(chosen), H), dtype=np.float64)
     sums = {i: np.zeros((len(tokenized[i].ids), len(chosen), H)) for i in keep_tokens}   # [n, layers, H]
     counts = {i: np.zeros(len(tokenized[i].ids), dtype=np.int64) for i in keep_tokens}   # [n]
@@ -286,8 +286,9 @@ def run(model, tokenized, *, layers, pooling, batch_size, window, stride, progre
 def window_shares(rows, tokenized, texts, pooling):
     """Per token of each windowed text, the weight one window's vector carries in the pooled vector.
 
-    A merged token is the mean of the windows covering it (vector sum / coverage), and cls, mean and
-    mean_sqrt_len are weighted sums of merged tokens, so pooled = sum over windows of share . window tokens.
+    A merged token is the mean of the windows covering it (vector sum / coverage), and the linear poolings
+    are weighted sums of merged tokens (Pooling.window_share), so pooled = sum over windows of share . window
+    tokens.
     """
     coverage = {i: np.zeros(len(tokenized[i].ids)) for i in texts}                 # text -> [n]
     for row in rows:
@@ -295,19 +296,15 @@ def window_shares(rows, tokenized, texts, pooling):
             coverage[row.text][row.positions] += 1
     shares = {}
     for i, covered in coverage.items():
-        n = len(covered)
-        weight = {"cls": np.eye(1, n)[0], "mean": np.full(n, 1 / n), "lasttoken": np.eye(1, n, n - 1)[0],
-                  "mean_sqrt_len": np.full(n, 1 / np.sqrt(n)),
-                  "weightedmean": np.arange(1, n + 1) / (n * (n + 1) / 2)}[pooling]      # [n]
-        shares[i] = weight / covered
+        shares[i] = POOLINGS[pooling].window_share(len(covered)) / covered      # [n]
     return shares
 
 
-def finish(stacked, layers, combine, normalize, out_dtype, dense=()):
+def finish(stacked, single_layer, combine, normalize, out_dtype, dense=()):
     """[..., layers, H] -> drop the layer axis for a single int layer, or combine layers; the recipe's
     Dense modules; normalise; cast."""
     layer_axis = stacked.ndim - 2
-    if isinstance(layers, (int, np.integer)):
+    if single_layer:
         out = np.take(stacked, 0, axis=layer_axis)
     else:
         out = combine_layers(stacked, combine, layer_axis)
@@ -417,13 +414,15 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
     if not isinstance(prefix_space, bool):
         raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
     check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
+    chosen, single = resolve_layer_choice(layers, model.config.num_hidden_layers)
+    max_length = max_length or model.tokenizer.max_length    # encode_words does not read the recipe's max_seq_length
     lower = lower_keeping_offsets if model.recipe.do_lower_case else None     # as encode does for this recipe
     read = inputs if lower is None else [[lower(w) for w in t] if pretokenized else lower(t) for t in inputs]
     tokenized = tokenize_texts(model, read, max_length, window, pretokenized=pretokenized,
                                prefix_space=prefix_space)
     warn_truncated(model, tokenized, max_length)
     warn_unknown(model, tokenized)
-    per_text, _ = run(model, tokenized, layers=layers, pooling="none", batch_size=batch_size, window=window,
+    per_text, _ = run(model, tokenized, chosen=chosen, pooling="none", batch_size=batch_size, window=window,
                       stride=stride, progress=progress, capture=None)
     results = []
     for i, tok in enumerate(tokenized):
@@ -442,7 +441,7 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
                               for w in word_index], dtype=np.int64)
             words = [inputs[i][s:e] for s, e in spans]
         results.append(WordVectors(words=list(words), spans=spans.astype(np.int64).reshape(-1, 2),
-                                   vectors=finish(vectors, layers, combine, normalize, out_dtype),
+                                   vectors=finish(vectors, single, combine, normalize, out_dtype),
                                    has_pieces=has_pieces))
     if pretokenized:
         warn_pieceless(model, inputs, results, prefix_space)

@@ -31,7 +31,7 @@ from .encode import FIRST_ROW, tokenize_texts
 from .errors import InputError, MiniBertError
 from .progress import RowProgress
 from .readers import TextFile, sha256_of
-from .recipe import applied_recipe
+from .recipe import applied_recipe, encode_settings, prepare_texts
 from .store import LOCK, OWN_FILE, PROGRESS, SHARD_ROWS, finalise, read_json_file, write_durably
 from .tokenizer import as_text_list
 from .weights import checkpoint_files
@@ -637,11 +637,14 @@ def sigterm_as_interrupt():
 
 
 def token_counts(model, texts, max_length, window):
-    """Tokens per text (the tokenizer is cheap), so the flat token array can be laid out before encoding."""
+    """Tokens per text (the tokenizer is cheap), so the flat token array can be laid out before encoding;
+    texts prepared and cut as encode's settings say (the recipe's prompt, lower-casing, max_seq_length)."""
+    settings = encode_settings(model, pooling="none", normalize=None, max_length=max_length, layers=-1,
+                               prompt=None, prompt_name=None)
     counts = np.zeros(len(texts), dtype=np.int64)
     for start in range(0, len(texts), CHUNK):
-        counts[start:start + CHUNK] = [len(t.ids) for t in tokenize_texts(model, texts[start:start + CHUNK],
-                                                                           max_length, window)]
+        chunk = prepare_texts(settings, texts[start:start + CHUNK])
+        counts[start:start + CHUNK] = [len(t.ids) for t in tokenize_texts(model, chunk, settings.max_length, window)]
     return counts
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads, map_tree
+from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
 from .config import read_config
 from .errors import InputError, ModelFileError, OutputError, TrainingError
 from .files import atomic_directory
@@ -27,6 +27,7 @@ from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_fro
 from .kernels.reference_backward import IGNORE_INDEX
 from .threads import BLAS
 from .train_state import STATE_FILE
+from .tree import copy_tree, leaves
 from .weights import sinusoidal_positions, weight_set_of_layer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -144,21 +145,10 @@ def trainable(weights, head, config):
     if not config.token_type_embeddings:
         frozen.add(id(weights["embeddings"]["token_type"]))
     seen, out = set(frozen), []
-
-    def walk(node, name):
-        if node is None:
-            return
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{name}.{key}")
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{name}.{i}")
-        elif id(node) not in seen:
-            seen.add(id(node))
-            out.append((name.lstrip("."), node))
-    walk(weights, "")
-    walk(head, "head")
+    for name, array in [*leaves(weights), *leaves(head, "head")]:
+        if id(array) not in seen:
+            seen.add(id(array))
+            out.append((name, array))
     return out
 
 
@@ -803,8 +793,3 @@ def train_step(classifier, batch_items, params, state, recipe, lr, rng):
     adamw_update([p for _, p in params], grads, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
                  weight_decay=recipe.weight_decay, decay=[decays(name) for name, _ in params])
     return float(loss)
-
-
-def copy_tree(tree, dtype):
-    """A writable copy in `dtype` of a weights tree, keeping its sharing (ALBERT)."""
-    return map_tree(tree, lambda array: np.array(array, dtype=dtype, copy=True))

@@ -1,33 +1,21 @@
 """minibert's weights and head trees <-> tensors named as transformers' task models name them.
 
-The encoder's names come from minibert/weights.py's tables (FAMILY_NAMES), read in reverse: a table row
-(ours, theirs, arrangement) says how checkpoint tensors become one minibert array, and `tensors_from_tree`
-undoes that arrangement (transpose back, split the fused Q/K/V). The heads' names (HEAD_NAMES) are the
-only new names here: transformers' ForSequenceClassification / ForTokenClassification modules.
+The names come from each family's record (minibert/families.py). The encoder's tables are read in reverse:
+a table row (ours, theirs, arrangement) says how checkpoint tensors become one minibert array, and
+`tensors_from_tree` undoes that arrangement (transpose back, split the fused Q/K/V). The heads' names
+(Family.head_names) are transformers' ForSequenceClassification / ForTokenClassification modules.
 """
 
 import numpy as np
 
-from .weights import FAMILY_NAMES, weight_set_of_layer
+from .families import family_of
+from .weights import weight_set_of_layer
 
-# Head part -> checkpoint module name, per task and family. Every part is a Linear ([out, in] weight).
-HEAD_NAMES = {
-    "sequence": {"bert": {"out": "classifier"}, "albert": {"out": "classifier"},
-                 "roberta": {"dense": "classifier.dense", "out": "classifier.out_proj"},
-                 "xlm-roberta": {"dense": "classifier.dense", "out": "classifier.out_proj"},
-                 "electra": {"dense": "classifier.dense", "out": "classifier.out_proj"},
-                 "distilbert": {"dense": "pre_classifier", "out": "classifier"},
-                 "mpnet": {"dense": "classifier.dense", "out": "classifier.out_proj"}},
-    "token": {family: {"out": "classifier"} for family in FAMILY_NAMES},
-}
-# transformers' class name for each family and task, for config.json's "architectures".
-ARCHITECTURES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert",
-                 "electra": "Electra", "albert": "Albert", "mpnet": "MPNet"}
 TASK_SUFFIX = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 
 
 def architecture(config, task):
-    return ARCHITECTURES[config.model_type] + TASK_SUFFIX[task]
+    return family_of(config).architecture + TASK_SUFFIX[task]
 
 
 def split_arranged(array, theirs, arrangement):
@@ -65,7 +53,7 @@ def leaf(tree, dotted):
 
 def table_rows(config, include_position=True):
     """(our dotted name within its block, checkpoint name(s), arrangement, block) of the encoder's tensors."""
-    names = FAMILY_NAMES[config.model_type]
+    names = family_of(config).names
     rows = [(ours, theirs, arr, "embeddings") for ours, theirs, arr in names.embeddings
             if include_position or ours != "embeddings.position"]
     if config.embedding_projection:
@@ -79,14 +67,14 @@ def table_rows(config, include_position=True):
 def has_pooler(config, task):
     """Whether transformers' model for the task holds the pooler: the base model ("encoder") and the
     sequence classifiers of BERT and ALBERT do; token classifiers and the other families' heads do not."""
-    return task == "encoder" or (task == "sequence" and config.model_type in ("bert", "albert"))
+    return task == "encoder" or (task == "sequence" and family_of(config).sequence_head.pooler)
 
 
 def tensors_from_tree(weights, config, *, task, head=None, prefix=None):
     """Every encoder tensor (and the head's) under transformers' names for the task model ("sequence",
     "token", or "encoder" for the bare base model), float arrays as given. prefix: what the task model puts
     before the encoder's names (default: the family's, "bert.")."""
-    names = FAMILY_NAMES[config.model_type]
+    names = family_of(config).names
     prefix = names.model_prefixes[0] if prefix is None else prefix
     out = {}
     for ours, theirs, arrangement, block in table_rows(config):
@@ -99,7 +87,7 @@ def tensors_from_tree(weights, config, *, task, head=None, prefix=None):
             theirs = theirs.format(i=g) if isinstance(theirs, str) else tuple(t.format(i=g) for t in theirs)
             out.update(split_arranged(leaf(weights["layers"][layer_index], ours), theirs, arrangement))
     out = {prefix + name: tensor for name, tensor in out.items()}
-    for part, module in HEAD_NAMES[task][config.model_type].items() if head else ():
+    for part, module in family_of(config).head_names[task].items() if head else ():
         out[module + ".weight"] = np.ascontiguousarray(head[part]["w"].T)
         out[module + ".bias"] = np.ascontiguousarray(head[part]["b"])
     return out
@@ -112,7 +100,7 @@ def tree_from_tensors(tensors, config, *, task, dtype, template):
     not hold: DistilBERT's zero token-type row, a generated sinusoidal table) whose arrays are replaced.
     A name missing from `tensors` keeps the template's array.
     """
-    names = FAMILY_NAMES[config.model_type]
+    names = family_of(config).names
     prefix = names.model_prefixes[0]
     plain = {name[len(prefix):] if name.startswith(prefix) else name: t for name, t in tensors.items()}
     weights = {"embeddings": dict(template["embeddings"]), "embedding_projection": template.get("embedding_projection"),
@@ -150,7 +138,7 @@ def tree_from_tensors(tensors, config, *, task, dtype, template):
         sets.append(layer)
     weights["layers"] = [sets[g] for g in weight_set_of_layer(config)]
     head = {}
-    for part, module in HEAD_NAMES[task][config.model_type].items():
+    for part, module in family_of(config).head_names[task].items():
         if module + ".weight" in tensors:
             head[part] = {"w": np.ascontiguousarray(tensors[module + ".weight"].T).astype(dtype),
                           "b": tensors[module + ".bias"].astype(dtype)}

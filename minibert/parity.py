@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from .errors import MiniBertError
+from .families import family_of
 from .model import capture_name, relative_position_bias
 
 
@@ -74,51 +75,20 @@ def compare(model, texts):
     return rows
 
 
-# Where each captured internal lives inside transformers' modules, for forward hooks: our internal ->
-# (module path under one layer, which tensor: "out" the output, "first" the output's first element, "in" the
-# input). "in" reads tensors transformers never returns: DistilBERT's and ALBERT's context enters the output
-# projection, their activation output enters the second feed-forward linear.
-BERT_STYLE = {     # BERT, RoBERTa, XLM-R, ELECTRA: encoder.layer[i]
-    "query": ("attention.self.query", "out"), "key": ("attention.self.key", "out"),
-    "value": ("attention.self.value", "out"), "attention.context": ("attention.self", "first"),
-    "attention.output": ("attention.output.dense", "out"), "attention.layer_norm": ("attention.output", "out"),
-    "ffn.intermediate": ("intermediate", "out"), "ffn.output": ("output.dense", "out"),
-}
-DISTILBERT = {     # transformer.layer[i]
-    "query": ("attention.q_lin", "out"), "key": ("attention.k_lin", "out"), "value": ("attention.v_lin", "out"),
-    "attention.context": ("attention.out_lin", "in"), "attention.output": ("attention.out_lin", "out"),
-    "attention.layer_norm": ("sa_layer_norm", "out"), "ffn.intermediate": ("ffn.lin2", "in"),
-    "ffn.output": ("ffn.lin2", "out"),
-}
-ALBERT = {         # encoder.albert_layer_groups[g].albert_layers[j], each called once per layer that shares it
-    "query": ("attention.query", "out"), "key": ("attention.key", "out"), "value": ("attention.value", "out"),
-    "attention.context": ("attention.dense", "in"), "attention.output": ("attention.dense", "out"),
-    "attention.layer_norm": ("attention.LayerNorm", "out"), "ffn.intermediate": ("ffn_output", "in"),
-    "ffn.output": ("ffn_output", "out"),
-}
-MPNET = {          # encoder.layer[i]; the context enters the output projection attn.o
-    "query": ("attention.attn.q", "out"), "key": ("attention.attn.k", "out"), "value": ("attention.attn.v", "out"),
-    "attention.context": ("attention.attn.o", "in"), "attention.output": ("attention.attn.o", "out"),
-    "attention.layer_norm": ("attention.LayerNorm", "out"), "ffn.intermediate": ("intermediate", "out"),
-    "ffn.output": ("output.dense", "out"),
-}
 ORDER = ("query", "key", "value", "attention.probs", "attention.context", "attention.output",
          "attention.layer_norm", "ffn.intermediate", "ffn.output")
 
 
-def hooked_layers(reference):
-    """(distinct layer modules in call order, internal -> (path, which)) for the reference's layout."""
-    encoder = getattr(reference, "encoder", None)
-    if hasattr(encoder, "relative_attention_bias"):
-        return list(encoder.layer), MPNET
-    if hasattr(encoder, "layer"):
-        return list(encoder.layer), BERT_STYLE
-    if hasattr(getattr(reference, "transformer", None), "layer"):
-        return list(reference.transformer.layer), DISTILBERT
-    if hasattr(encoder, "albert_layer_groups"):
-        return [layer for group in encoder.albert_layer_groups for layer in group.albert_layers], ALBERT
-    raise MiniBertError(f"--ops knows the modules of BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ALBERT and MPNet; "
-                        f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
+def hooked_layers(reference, config):
+    """(distinct layer modules in call order, internal -> (path, which): the family's parity_modules)."""
+    family = family_of(config)
+    found = [reference]
+    for part in family.reference_layers.split("."):       # "*": every module of the lists found so far
+        found = [m for lst in found for m in lst] if part == "*" else [getattr(m, part, None) for m in found]
+        if any(m is None for m in found):
+            raise MiniBertError(f"--ops hooks {family.model_type}'s layers at {family.reference_layers}; "
+                                f"{type(reference).__name__} is laid out otherwise (compare layers without --ops)")
+    return [layer for layers in found for layer in layers], family.parity_modules
 
 
 def compare_ops(model, texts):
@@ -133,7 +103,7 @@ def compare_ops(model, texts):
     ours = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, output_attentions=True,
                          capture=["layer*"])
     reference, torch = reference_model(model.source, model.dtype)
-    layers, where = hooked_layers(reference)
+    layers, where = hooked_layers(reference, model.config)
     seen = {internal: [] for internal in where}         # internal -> one array per call, i.e. per layer
 
     def hook(internal, which):

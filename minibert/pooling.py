@@ -2,12 +2,14 @@
 word pooling, normalisation. Plain NumPy; shapes in comments (B batch, T tokens, H hidden, L layers).
 """
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import numpy as np
 
 from .errors import InputError
 from .kernels import reference
 
-POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken", "none")
 COMBINES = (None, "mean", "sum", "concat")
 SUBWORD_POOLINGS = ("first", "last", "mean", "first_last")
 
@@ -35,8 +37,15 @@ def resolve_layers(layers, num_layers):
     return resolved
 
 
+def resolve_layer_choice(layers, num_layers):
+    """layers -> (hidden-state indices, single): single when one int layer was asked, whose vectors then
+    come out without a layer axis."""
+    single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
+    return resolve_layers(layers, num_layers), single
+
+
 def check_options(pooling, combine):
-    if pooling not in POOLINGS:
+    if not isinstance(pooling, str) or pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, found {pooling!r}")
     if combine not in COMBINES:
         raise InputError(f"combine must be one of None, 'mean', 'sum', 'concat', found {combine!r}")
@@ -44,16 +53,34 @@ def check_options(pooling, combine):
 
 def pool(hidden, mask, pooling):
     """One layer's [B, T, H] with mask [B, T] -> [B, H] (pooling "none" is handled by the caller)."""
-    if pooling == "cls":      # the first token the mask keeps ([CLS], or the first after an excluded prompt)
-        return hidden[np.arange(len(hidden)), np.argmax(mask > 0, axis=1)]   # [B, H]
-    if pooling in ("weightedmean", "lasttoken"):
-        return pool_by_position(hidden, mask, pooling)
+    return POOLINGS[pooling].pool(hidden, mask)
+
+
+def pool_cls(hidden, mask):
+    """The first token the mask keeps ([CLS], or the first after an excluded prompt)."""
+    return hidden[np.arange(len(hidden)), np.argmax(mask > 0, axis=1)]   # [B, H]
+
+
+def pool_max(hidden, mask):
     m = mask[..., None].astype(hidden.dtype)                                   # [B, T, 1]
-    if pooling == "max":
-        return np.where(m > 0, hidden, -np.inf).max(axis=1).astype(hidden.dtype)  # [B, H]
+    return np.where(m > 0, hidden, -np.inf).max(axis=1).astype(hidden.dtype)  # [B, H]
+
+
+def masked_sum(hidden, mask):
+    m = mask[..., None].astype(hidden.dtype)                                   # [B, T, 1]
     total = (hidden * m).sum(axis=1)                                           # [B, H]
     count = np.maximum(m.sum(axis=1), 1)                                       # [B, 1]
-    return total / (count if pooling == "mean" else np.sqrt(count))           # [B, H]
+    return total, count
+
+
+def pool_mean(hidden, mask):
+    total, count = masked_sum(hidden, mask)
+    return total / count                                                       # [B, H]
+
+
+def pool_mean_sqrt_len(hidden, mask):
+    total, count = masked_sum(hidden, mask)
+    return total / np.sqrt(count)                                              # [B, H]
 
 
 def pool_by_position(hidden, mask, pooling):
@@ -69,6 +96,36 @@ def pool_by_position(hidden, mask, pooling):
     weights = mask * np.arange(1, T + 1, dtype=hidden.dtype)                   # [B, T]
     total = np.einsum("bt,bth->bh", weights, hidden)                           # [B, H]
     return total / np.maximum(weights.sum(axis=1, keepdims=True), 1)          # [B, H]
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """One pooling: how it runs, how a long text's windows feed it, how sentence-transformers names it."""
+    name: str
+    pool: Optional[Callable]          # (hidden [B, T, H], mask [B, T]) -> [B, H]; None: token vectors ("none")
+    window_share: Optional[Callable]  # n -> [n] weight of each merged token of an n-token windowed text in the
+                                      #   pooled vector (linear poolings); None: windows' tokens are merged first
+    flag: Optional[str] = None        # its pooling_mode_* flag in 1_Pooling/config.json
+    mode: Optional[str] = None        # its name in newer files' "pooling_mode" string
+    cli: bool = True                  # offered as a --pooling choice
+
+
+# In the order of error messages and the CLI's choices. A merged token is the mean of the windows covering
+# it, and the linear poolings are weighted sums of merged tokens: each window adds share . its tokens.
+POOLINGS = {p.name: p for p in [
+    Pooling("cls", pool_cls, lambda n: np.eye(1, n)[0], "pooling_mode_cls_token", "cls"),
+    Pooling("mean", pool_mean, lambda n: np.full(n, 1 / n), "pooling_mode_mean_tokens", "mean"),
+    Pooling("max", pool_max, None, "pooling_mode_max_tokens", "max"),
+    Pooling("mean_sqrt_len", pool_mean_sqrt_len, lambda n: np.full(n, 1 / np.sqrt(n)),
+            "pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    Pooling("weightedmean", lambda hidden, mask: pool_by_position(hidden, mask, "weightedmean"),
+            lambda n: np.arange(1, n + 1) / (n * (n + 1) / 2), "pooling_mode_weightedmean_tokens", "weightedmean"),
+    Pooling("lasttoken", lambda hidden, mask: pool_by_position(hidden, mask, "lasttoken"),
+            lambda n: np.eye(1, n, n - 1)[0], "pooling_mode_lasttoken", "lasttoken"),
+    Pooling("none", None, None),
+]}
+# What the CLI offers as --pooling: sentence poolings ("none", token vectors, only where a command takes it).
+CLI_POOLINGS = [p.name for p in POOLINGS.values() if p.cli and p.pool is not None]
 
 
 def apply_dense(vectors, dense_modules):

@@ -23,15 +23,13 @@ from types import MappingProxyType
 import numpy as np
 
 from .errors import ConfigError, InputError, ModelFileError
+from .pooling import POOLINGS, resolve_layer_choice
 
 MODULE_PREFIX = "sentence_transformers."
-# Pooling flags in 1_Pooling/config.json -> minibert's pooling names.
-POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                 "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-                 "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# Pooling flags in 1_Pooling/config.json -> minibert's pooling names, from the pooling registry.
+POOLING_FLAGS = {p.flag: p.name for p in POOLINGS.values() if p.flag}
 # Newer files may name the mode in one string ("pooling_mode": "mean") instead of flags.
-POOLING_NAMES = {"cls": "cls", "max": "max", "mean": "mean", "mean_sqrt_len_tokens": "mean_sqrt_len",
-                 "weightedmean": "weightedmean", "lasttoken": "lasttoken"}
+POOLING_NAMES = {p.mode: p.name for p in POOLINGS.values() if p.mode}
 # Dense's activation_function is a dotted torch class name; the last part names the function.
 DENSE_ACTIVATIONS = ("Identity", "Tanh", "ReLU", "Sigmoid", "GELU", "SiLU")
 DEFAULT_SOURCE = "minibert default"
@@ -301,31 +299,41 @@ def read_prompts(model_dir: Path, take) -> None:
 
 @dataclass(frozen=True, eq=False)
 class EncodeSettings:
-    """What one encode call does after the caller's options and the recipe are merged."""
+    """What one encode call does after the caller's options and the recipe are merged: every option resolved
+    once here, so the rest of the call reads these values and nothing re-derives them."""
     pooling: str
     normalize: bool
-    max_length: object            # int, or None for the tokenizer's limit
+    max_length: int               # tokens kept per text (resolve_max_length)
+    layers: list                  # hidden-state indices in the order asked (0 = embedding output)
+    single_layer: bool            # one int layer asked: its vectors come out without a layer axis
     dense: tuple                  # Dense modules for the sentence vector, or ()
     prompt: str                   # prepended to every text ("" for none)
     include_prompt: bool          # False: the prompt's tokens are left out of the pooling
     lower: bool                   # do_lower_case: lower-case texts (and the prompt) before tokenizing
 
 
-def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, num_layers, prompt, prompt_name,
-                    max_tokens) -> EncodeSettings:
-    """Options given explicitly win; the recipe fills in the rest.
+def resolve_max_length(model, max_length=None) -> int:
+    """Tokens kept per text: max_length when given; else the recipe's (max_seq_length read from the checkpoint
+    or set on the model), cut to the positions as transformers would fail past them; else the tokenizer's."""
+    if max_length is not None:
+        return max_length
+    if model.recipe.max_length is not None:
+        return min(model.recipe.max_length, model.config.max_tokens)
+    return model.tokenizer.max_length
+
+
+def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, prompt_name) -> EncodeSettings:
+    """Options given explicitly win; the model's recipe fills in the rest.
 
     The recipe's head (Dense modules, Normalize) belongs to its sentence vector, the last layer pooled:
     a single-int `layers` naming the last layer with a pooling other than "none". Other layers, lists of
     layers and token vectors come out of the encoder as they are (normalised only when asked).
     """
-    sentence_vector = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) and \
-        layers in (-1, num_layers) and pooling != "none"
+    recipe, num_layers = model.recipe, model.config.num_hidden_layers
+    chosen, single = resolve_layer_choice(layers, num_layers)
     pooling = recipe.pooling if pooling is None else pooling
-    sentence_vector = sentence_vector and pooling != "none"
+    sentence_vector = single and chosen == [num_layers] and pooling != "none"
     normalize = (recipe.normalize and sentence_vector) if normalize is None else normalize
-    if max_length is None and recipe.max_length is not None:
-        max_length = min(recipe.max_length, max_tokens)        # as transformers would fail past the positions
     if prompt is None and prompt_name is not None:
         if prompt_name not in recipe.prompts:
             raise InputError(f"prompt_name {prompt_name!r} is not one of this model's prompts "
@@ -335,21 +343,19 @@ def encode_settings(recipe: Recipe, *, pooling, normalize, max_length, layers, n
         prompt = recipe.prompts[recipe.default_prompt_name]
     if prompt is not None and not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, found {type(prompt).__name__}")
-    return EncodeSettings(pooling=pooling, normalize=bool(normalize), max_length=max_length,
-                          dense=recipe.dense if sentence_vector else (), prompt=prompt or "",
-                          include_prompt=recipe.include_prompt,
-                          lower=recipe.do_lower_case)
+    return EncodeSettings(pooling=pooling, normalize=bool(normalize), max_length=resolve_max_length(model, max_length),
+                          layers=chosen, single_layer=single, dense=recipe.dense if sentence_vector else (),
+                          prompt=prompt or "", include_prompt=recipe.include_prompt, lower=recipe.do_lower_case)
 
 
 def applied_recipe(model, layers, pooling, normalize, max_length):
     """What the options left as None (pooling, normalize, max_length) became, and the head applied: the
     settings a reader of the manifest needs without loading the model's recipe."""
-    settings = encode_settings(model.recipe, pooling=pooling, normalize=normalize, max_length=max_length,
-                               layers=layers, num_layers=model.config.num_hidden_layers, prompt=None,
-                               prompt_name=None, max_tokens=model.config.max_tokens)
+    settings = encode_settings(model, pooling=pooling, normalize=normalize, max_length=max_length,
+                               layers=layers, prompt=None, prompt_name=None)
     return {"kind": model.recipe.kind, "pooling": settings.pooling, "normalize": settings.normalize,
-            "max_length": settings.max_length or model.tokenizer.max_length,
-            "dense": [d.path for d in settings.dense], "prompt": settings.prompt or None}
+            "max_length": settings.max_length, "dense": [d.path for d in settings.dense],
+            "prompt": settings.prompt or None}
 
 
 def prepare_texts(settings: EncodeSettings, texts: list) -> list:
@@ -366,6 +372,5 @@ def prompt_length(model, settings: EncodeSettings) -> int:
     if settings.include_prompt or not settings.prompt:
         return 0
     from .tokenizer import encode_batch
-    limit = settings.max_length or model.tokenizer.max_length
-    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), limit)
+    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), settings.max_length)
     return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)

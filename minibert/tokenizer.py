@@ -15,6 +15,7 @@ from . import files
 from .config import Config
 from .conventions import FieldMapping
 from .errors import InputError, MiniBertError, TokenizerError
+from .families import FAMILIES
 
 
 @dataclass
@@ -300,13 +301,10 @@ WORDPIECE_STYLES = {
     "MPNetTokenizer": WordPieceStyle({"bos": "<s>", "eos": "</s>", "unk": "[UNK]", "sep": "</s>", "pad": "<pad>",
                                       "cls": "<s>", "mask": "<mask>"}, ("mask",), True),
 }
-# The class transformers' AutoTokenizer picks from config.json's model_type when tokenizer_config.json names
-# none (older checkpoints); DistilBERT's, ELECTRA's, ... are BERT's.
-WORDPIECE_CLASS_OF_MODEL = {"mpnet": "MPNetTokenizer"}
-
-
 def wordpiece_style(settings: dict, model_type: str) -> WordPieceStyle:
-    named = str(settings.get("tokenizer_class") or WORDPIECE_CLASS_OF_MODEL.get(model_type, "BertTokenizer"))
+    # When tokenizer_config.json names no class (older checkpoints), the one transformers' AutoTokenizer picks
+    # from config.json's model_type: the family's tokenizer_class.
+    named = str(settings.get("tokenizer_class") or FAMILIES[model_type].tokenizer_class)
     return WORDPIECE_STYLES["MPNetTokenizer" if named.startswith("MPNet") else "BertTokenizer"]
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint tensors -> minibert's weights dict. The only place Hugging Face tensor names appear.
+"""Checkpoint tensors -> minibert's weights dict, by the name tables of minibert/families.py.
 
 The result is a nested dict of arrays in the compute dtype, linear weights stored (in, out) so the
 model reads `x @ w + b`, and Q, K, V fused into one (H, 3H) projection. E is the embedding width
@@ -23,7 +23,6 @@ import os
 import posixpath
 import struct
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,134 +30,11 @@ import numpy as np
 from . import files, torch_checkpoint
 from .config import Config
 from .errors import ModelFileError
+from .families import FAMILIES, LEGACY_SUFFIXES, family_of
+from .tree import size
 
-# (minibert name, checkpoint name or names, arrangement). "{i}" is the index of a set of layer weights:
-# the layer for most families, the hidden group for ALBERT.
-BERT_EMBEDDINGS = [
-    ("embeddings.word",       "embeddings.word_embeddings.weight",       "as_is"),
-    ("embeddings.position",   "embeddings.position_embeddings.weight",   "as_is"),
-    ("embeddings.token_type", "embeddings.token_type_embeddings.weight", "as_is"),
-    ("embeddings.ln.g",       "embeddings.LayerNorm.weight",             "as_is"),
-    ("embeddings.ln.b",       "embeddings.LayerNorm.bias",               "as_is"),
-]
-BERT_LAYER = [
-    ("qkv.w", ("encoder.layer.{i}.attention.self.query.weight", "encoder.layer.{i}.attention.self.key.weight",
-               "encoder.layer.{i}.attention.self.value.weight"), "transpose_concat"),
-    ("qkv.b", ("encoder.layer.{i}.attention.self.query.bias", "encoder.layer.{i}.attention.self.key.bias",
-               "encoder.layer.{i}.attention.self.value.bias"), "concat"),
-    ("attn_out.w", "encoder.layer.{i}.attention.output.dense.weight",     "transpose"),
-    ("attn_out.b", "encoder.layer.{i}.attention.output.dense.bias",       "as_is"),
-    ("attn_ln.g",  "encoder.layer.{i}.attention.output.LayerNorm.weight", "as_is"),
-    ("attn_ln.b",  "encoder.layer.{i}.attention.output.LayerNorm.bias",   "as_is"),
-    ("ffn_in.w",   "encoder.layer.{i}.intermediate.dense.weight",         "transpose"),
-    ("ffn_in.b",   "encoder.layer.{i}.intermediate.dense.bias",           "as_is"),
-    ("ffn_out.w",  "encoder.layer.{i}.output.dense.weight",               "transpose"),
-    ("ffn_out.b",  "encoder.layer.{i}.output.dense.bias",                 "as_is"),
-    ("ffn_ln.g",   "encoder.layer.{i}.output.LayerNorm.weight",           "as_is"),
-    ("ffn_ln.b",   "encoder.layer.{i}.output.LayerNorm.bias",             "as_is"),
-]
-BERT_POOLER = [
-    ("pooler.w", "pooler.dense.weight", "transpose"),
-    ("pooler.b", "pooler.dense.bias",   "as_is"),
-]
-
-ELECTRA_PROJECTION = [
-    ("embedding_projection.w", "embeddings_project.weight", "transpose"),
-    ("embedding_projection.b", "embeddings_project.bias",   "as_is"),
-]
-
-# ALBERT: the projection lives in the encoder; groups hold one layer each (inner_group_num 1, see config).
-ALBERT_PROJECTION = [
-    ("embedding_projection.w", "encoder.embedding_hidden_mapping_in.weight", "transpose"),
-    ("embedding_projection.b", "encoder.embedding_hidden_mapping_in.bias",   "as_is"),
-]
-ALBERT_LAYER_PREFIX = "encoder.albert_layer_groups.{i}.albert_layers.0."
-ALBERT_LAYER = [(ours, tuple(ALBERT_LAYER_PREFIX + t for t in theirs) if isinstance(theirs, tuple)
-                 else ALBERT_LAYER_PREFIX + theirs, arrangement) for ours, theirs, arrangement in [
-    ("qkv.w", ("attention.query.weight", "attention.key.weight", "attention.value.weight"), "transpose_concat"),
-    ("qkv.b", ("attention.query.bias", "attention.key.bias", "attention.value.bias"), "concat"),
-    ("attn_out.w", "attention.dense.weight",            "transpose"),
-    ("attn_out.b", "attention.dense.bias",              "as_is"),
-    ("attn_ln.g",  "attention.LayerNorm.weight",        "as_is"),
-    ("attn_ln.b",  "attention.LayerNorm.bias",          "as_is"),
-    ("ffn_in.w",   "ffn.weight",                        "transpose"),
-    ("ffn_in.b",   "ffn.bias",                          "as_is"),
-    ("ffn_out.w",  "ffn_output.weight",                 "transpose"),
-    ("ffn_out.b",  "ffn_output.bias",                   "as_is"),
-    ("ffn_ln.g",   "full_layer_layer_norm.weight",      "as_is"),
-    ("ffn_ln.b",   "full_layer_layer_norm.bias",        "as_is"),
-]]
-ALBERT_POOLER = [
-    ("pooler.w", "pooler.weight", "transpose"),
-    ("pooler.b", "pooler.bias",   "as_is"),
-]
-
-# DistilBERT: no segment table (the loader supplies a zero row), its own layer names, no pooler.
-DISTILBERT_EMBEDDINGS = [row for row in BERT_EMBEDDINGS if row[0] != "embeddings.token_type"]
-DISTILBERT_LAYER = [
-    ("qkv.w", ("transformer.layer.{i}.attention.q_lin.weight", "transformer.layer.{i}.attention.k_lin.weight",
-               "transformer.layer.{i}.attention.v_lin.weight"), "transpose_concat"),
-    ("qkv.b", ("transformer.layer.{i}.attention.q_lin.bias", "transformer.layer.{i}.attention.k_lin.bias",
-               "transformer.layer.{i}.attention.v_lin.bias"), "concat"),
-    ("attn_out.w", "transformer.layer.{i}.attention.out_lin.weight",   "transpose"),
-    ("attn_out.b", "transformer.layer.{i}.attention.out_lin.bias",     "as_is"),
-    ("attn_ln.g",  "transformer.layer.{i}.sa_layer_norm.weight",       "as_is"),
-    ("attn_ln.b",  "transformer.layer.{i}.sa_layer_norm.bias",         "as_is"),
-    ("ffn_in.w",   "transformer.layer.{i}.ffn.lin1.weight",            "transpose"),
-    ("ffn_in.b",   "transformer.layer.{i}.ffn.lin1.bias",              "as_is"),
-    ("ffn_out.w",  "transformer.layer.{i}.ffn.lin2.weight",            "transpose"),
-    ("ffn_out.b",  "transformer.layer.{i}.ffn.lin2.bias",              "as_is"),
-    ("ffn_ln.g",   "transformer.layer.{i}.output_layer_norm.weight",   "as_is"),
-    ("ffn_ln.b",   "transformer.layer.{i}.output_layer_norm.bias",     "as_is"),
-]
-
-# MPNet: no segment table (the loader supplies a zero row); q, k, v, o under attention.attn; one relative
-# position bias table for all layers, in the encoder.
-MPNET_LAYER = [
-    ("qkv.w", ("encoder.layer.{i}.attention.attn.q.weight", "encoder.layer.{i}.attention.attn.k.weight",
-               "encoder.layer.{i}.attention.attn.v.weight"), "transpose_concat"),
-    ("qkv.b", ("encoder.layer.{i}.attention.attn.q.bias", "encoder.layer.{i}.attention.attn.k.bias",
-               "encoder.layer.{i}.attention.attn.v.bias"), "concat"),
-    ("attn_out.w", "encoder.layer.{i}.attention.attn.o.weight",      "transpose"),
-    ("attn_out.b", "encoder.layer.{i}.attention.attn.o.bias",        "as_is"),
-    ("attn_ln.g",  "encoder.layer.{i}.attention.LayerNorm.weight",   "as_is"),
-    ("attn_ln.b",  "encoder.layer.{i}.attention.LayerNorm.bias",     "as_is"),
-] + [row for row in BERT_LAYER if row[0].startswith("ffn_")]
-MPNET_RELATIVE_BIAS = [
-    ("relative_attention_bias.table", "encoder.relative_attention_bias.weight", "as_is"),
-]
-
-
-@dataclass(frozen=True)
-class Names:
-    """One family's checkpoint layout."""
-    embeddings: list
-    projection: list      # read only when config.embedding_projection
-    layer: list
-    pooler: list          # read when every tensor it names is present, else pooler None
-    model_prefixes: tuple  # what task-head checkpoints (BertForMaskedLM, ...) put before the encoder's names
-    ignored_prefixes: tuple  # task heads and buffers the encoder does not use
-    relative_bias: list = ()  # read only when config.relative_attention_num_buckets
-
-
-# The encoder's buffers, and the classification heads of ...ForSequenceClassification / ...ForTokenClassification
-# checkpoints (minibert finetune's own among them): transformers' AutoModel leaves both out, and so does load.
-BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids") + ("classifier.", "pre_classifier.")
-FAMILY_NAMES = {
-    "bert": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("bert.",), ("cls.",) + BUFFERS),
-    "roberta": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",), ("lm_head.",) + BUFFERS),
-    "xlm-roberta": Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",), ("lm_head.",) + BUFFERS),
-    "electra": Names(BERT_EMBEDDINGS, ELECTRA_PROJECTION, BERT_LAYER, [], ("electra.",),
-                     ("generator_predictions.", "generator_lm_head.", "discriminator_predictions.") + BUFFERS),
-    "albert": Names(BERT_EMBEDDINGS, ALBERT_PROJECTION, ALBERT_LAYER, ALBERT_POOLER, ("albert.",),
-                    ("predictions.", "sop_classifier.") + BUFFERS),
-    "distilbert": Names(DISTILBERT_EMBEDDINGS, [], DISTILBERT_LAYER, [], ("distilbert.",),
-                        ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.") + BUFFERS),
-    "mpnet": Names(DISTILBERT_EMBEDDINGS, [], MPNET_LAYER, BERT_POOLER, ("mpnet.",), ("lm_head.",) + BUFFERS,
-                   MPNET_RELATIVE_BIAS),
-}
-# Older TensorFlow-converted checkpoints name LayerNorm parameters gamma/beta.
-LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+# The checkpoint names are the families' (families.py): minibert name <- checkpoint name(s), by arrangement.
+FAMILY_NAMES = {model_type: family.names for model_type, family in FAMILIES.items()}
 
 
 def expected_shapes(c: Config) -> dict:
@@ -546,7 +422,7 @@ def canonical(name: str, model_prefixes: tuple) -> str:
 def load_weights(model_dir: Path, config: Config, dtype) -> dict:
     """Read, check and arrange every tensor; raise ModelFileError naming any missing, extra or misshapen one."""
     checkpoint = Checkpoint(checkpoint_files(model_dir))
-    names = FAMILY_NAMES[config.model_type]
+    names = family_of(config).names
     by_name = {canonical(n, names.model_prefixes): n for n in checkpoint.names()}
     shapes = expected_shapes(config)
     used = set()
@@ -644,17 +520,9 @@ def non_finite_tensors(model_dir: Path) -> list:
 
 def parameter_counts(weights: dict) -> dict:
     """Parameters per block, for `minibert inspect`; a set of layer weights shared by several layers counts once."""
-    def count(tree):
-        if tree is None:
-            return 0
-        if isinstance(tree, dict):
-            return sum(count(v) for v in tree.values())
-        if isinstance(tree, list):
-            return sum(count(v) for v in tree)
-        return int(tree.size)
-    counts = {"embeddings": count(weights["embeddings"])}
+    counts = {"embeddings": size(weights["embeddings"])}
     if weights.get("embedding_projection") is not None:
-        counts["embedding_projection"] = count(weights["embedding_projection"])
+        counts["embedding_projection"] = size(weights["embedding_projection"])
     users = {}   # id of a layer-weights dict -> the layers using it, in order
     for i, layer in enumerate(weights["layers"], start=1):       # layer i: the one producing hidden_states[i]
         users.setdefault(id(layer), (layer, []))[1].append(i)
@@ -662,8 +530,8 @@ def parameter_counts(weights: dict) -> dict:
         name = f"layer{indices[0]}" if len(indices) == 1 else f"layer{indices[0]}-{indices[-1]} (shared)"
         if len(indices) > 1 and indices != list(range(indices[0], indices[-1] + 1)):
             name = f"layer{','.join(map(str, indices))} (shared)"
-        counts[name] = count(layer)
-    counts["pooler"] = count(weights["pooler"])
+        counts[name] = size(layer)
+    counts["pooler"] = size(weights["pooler"])
     if weights.get("relative_attention_bias") is not None:
-        counts["relative_attention_bias"] = count(weights["relative_attention_bias"])
+        counts["relative_attention_bias"] = size(weights["relative_attention_bias"])
     return counts

@@ -599,3 +599,29 @@ def test_mixed_scripts_and_emoji_give_the_same_vector_alone_and_in_a_batch(model
     together = model.encode(texts, normalize=True)
     alone = np.stack([model.encode([t], normalize=True)[0] for t in texts])
     assert np.abs(together - alone).max() <= 1e-6        # see the batch-invariance bound below
+
+
+def test_pooling_registry_window_shares_are_the_poolings_weights():
+    """Each linear pooling's window_share(n) is the weight it gives each of n tokens: pooling the identity
+    (token t = unit vector t) returns exactly those weights. Non-linear poolings have none."""
+    from minibert.pooling import POOLINGS
+    for n in (1, 2, 7):
+        for p in POOLINGS.values():
+            if p.window_share is None:
+                assert p.name in ("max", "none")
+                continue
+            got = p.pool(np.eye(n)[None], np.ones((1, n)))[0]                   # [n]
+            np.testing.assert_allclose(p.window_share(n), got, rtol=1e-15, atol=0)
+
+
+def test_pooling_registry_feeds_cli_and_recipe():
+    """The CLI's choices and the recipe's sentence-transformers names come from the registry."""
+    from minibert import cli
+    from minibert.pooling import POOLINGS
+    from minibert.recipe import POOLING_FLAGS, POOLING_NAMES
+    sentence = [name for name, p in POOLINGS.items() if p.pool is not None]
+    assert cli.POOLINGS == sentence == sorted(set(POOLING_FLAGS.values()), key=sentence.index)
+    assert set(POOLING_NAMES.values()) == set(sentence)
+    embed = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["embed"]._actions
+                 if a.dest == "pooling")
+    assert embed.choices == sentence + ["none"]

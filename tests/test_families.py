@@ -440,3 +440,46 @@ def test_mpnet_vocab_txt_alone_joins_pairs_as_its_tokenizer_json_does(tmp_path):
     want, got = full.tokenize(texts, pairs), vocab_only.tokenize(texts, pairs)
     np.testing.assert_array_equal(got.input_ids, want.input_ids)
     np.testing.assert_array_equal(got.token_type_ids, want.token_type_ids)
+
+
+def test_family_records_are_complete_and_consistent():
+    """families.py's records: every supported family has one, its architecture stem reads back as its
+    model_type, its layer table names each layer parameter once, its head names the parts its head has, and
+    parity hooks the same internals in every family."""
+    from minibert.config import (ARCHITECTURE_FAMILIES, BERT_KEYS, SUPPORTED_FAMILIES, SWITCH_FIELDS,
+                                 detect_family)
+    from minibert.families import FAMILIES
+    from minibert.weights import expected_shapes
+    layer_keys = {"qkv.w", "qkv.b", "attn_out.w", "attn_out.b", "attn_ln.g", "attn_ln.b", "ffn_in.w", "ffn_in.b",
+                  "ffn_out.w", "ffn_out.b", "ffn_ln.g", "ffn_ln.b"}
+    assert SUPPORTED_FAMILIES == tuple(FAMILIES)
+    config = config_from_dict(json.loads((FAMILIES_DIR / "bert_cased" / "config.json").read_text()))
+    for model_type, family in FAMILIES.items():
+        assert family.model_type == model_type and ARCHITECTURE_FAMILIES[family.architecture] == model_type
+        assert detect_family({"architectures": [family.architecture + "ForMaskedLM"]}, "here") == model_type
+        assert [ours for ours, _, _ in family.names.layer] == sorted(layer_keys, key=[
+            ours for ours, _, _ in FAMILIES["bert"].names.layer].index)
+        assert all(ours in expected_shapes(config) for table in (family.names.embeddings, family.names.projection,
+                   family.names.pooler, family.names.relative_bias) for ours, _, _ in table)
+        parts = set(family.head_names["sequence"])
+        assert parts == ({"dense", "out"} if family.sequence_head.dense_activation else {"out"})
+        assert set(family.parity_modules) == set(FAMILIES["bert"].parity_modules)
+        assert set(family.keys) <= set(SWITCH_FIELDS) and set(family.fixed) <= set(SWITCH_FIELDS) | set(BERT_KEYS)
+
+
+def test_parity_hooks_find_each_familys_layers():
+    """parity --ops finds the layers by the record's reference_layers, on stand-ins laid out as transformers'
+    models are (ALBERT: groups of layers, in call order), and refuses a model laid out otherwise."""
+    from types import SimpleNamespace as Module
+    from minibert.families import FAMILIES
+    from minibert.parity import hooked_layers
+    bert = Module(encoder=Module(layer=["l0", "l1"]))
+    distil = Module(transformer=Module(layer=["t0", "t1", "t2"]))
+    albert = Module(encoder=Module(albert_layer_groups=[Module(albert_layers=["g0"]), Module(albert_layers=["g1"])]))
+    for model_type, reference, layers in [("bert", bert, ["l0", "l1"]), ("mpnet", bert, ["l0", "l1"]),
+                                          ("distilbert", distil, ["t0", "t1", "t2"]),
+                                          ("albert", albert, ["g0", "g1"])]:
+        config = Module(model_type=model_type)
+        assert hooked_layers(reference, config) == (layers, FAMILIES[model_type].parity_modules)
+    with pytest.raises(minibert.MiniBertError, match="laid out otherwise"):
+        hooked_layers(distil, Module(model_type="roberta"))

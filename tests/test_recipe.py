@@ -538,3 +538,53 @@ def test_max_seq_length_can_be_set_as_sentence_transformers_users_do():
     for bad in (1, 10**6, 2.5, True, "8"):
         with pytest.raises(InputError, match="max_seq_length must be"):
             model.max_seq_length = bad
+
+
+def test_encode_settings_resolve_layers_and_max_length_once(tmp_path):
+    """encode_settings resolves `layers` (to hidden-state indices, and whether the layer axis drops) and
+    max_length (explicit > max_seq_length set on the model > the recipe's, cut to the positions > the
+    tokenizer's limit) into one value that encode, applied_recipe and model.max_seq_length all read."""
+    from minibert.recipe import applied_recipe, encode_settings
+    model = minibert.load(str(copy_case(tmp_path)))
+    L = model.config.num_hidden_layers
+
+    def settings(**options):
+        values = {"pooling": None, "normalize": None, "max_length": None, "layers": -1, "prompt": None,
+                  "prompt_name": None, **options}
+        return encode_settings(model, **values)
+
+    recipe_limit = min(model.recipe.max_length, model.config.max_tokens)
+    assert (settings().layers, settings().single_layer, settings().max_length) == ([L], True, recipe_limit)
+    assert settings().dense == model.recipe.dense and settings(layers=[-1]).dense == ()   # head: the sentence vector
+    assert (settings(layers="all").layers, settings(layers="all").single_layer) == (list(range(L + 1)), False)
+    assert settings(layers=[0, -2]).layers == [0, L - 1]
+    with pytest.raises(InputError, match="does not exist"):
+        settings(layers=L + 1)
+    assert settings(max_length=5).max_length == 5
+    model.max_seq_length = 7
+    assert settings().max_length == 7 == model.max_seq_length
+    assert applied_recipe(model, -1, None, None, None)["max_length"] == 7
+    assert settings(max_length=5).max_length == 5
+    plain = minibert.load(str(write_tiny(tmp_path / "plain")))
+    assert plain.recipe.max_length is None
+    assert encode_settings(plain, pooling=None, normalize=None, max_length=None, layers=-1, prompt=None,
+                           prompt_name=None).max_length == plain.tokenizer.max_length == plain.max_seq_length
+
+
+@pytest.mark.parametrize("case", ["st_mean_sqrt_len_lower", "st_legacy_layout_prompts"])
+def test_token_level_extract_cuts_and_prompts_as_encode(tmp_path, case):
+    """extract(pooling="none") lays out its token rows by the tokens encode will give: the recipe's
+    max_seq_length (24 here, under the tokenizer's 32), lower-casing and default prompt. It counted the
+    raw texts cut at the tokenizer's limit, and refused the run ("gave 24 token vectors where its
+    tokenization has 32")."""
+    from minibert.extract import extract
+    model = minibert.load(str(FIXTURES / case))
+    texts = ["Word " * 200, "Short Text"]
+    with pytest.warns(UserWarning, match="truncated"):
+        want = model.encode(texts, pooling="none")
+    with pytest.warns(UserWarning, match="truncated"):
+        extract(model, texts, tmp_path / "out", pooling="none")
+    got = minibert.load_embeddings(tmp_path / "out")
+    assert len(want[0]) == model.recipe.max_length < model.tokenizer.max_length
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(got.token_vectors(i), w)
