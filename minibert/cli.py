@@ -28,7 +28,8 @@ DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The
 
 
 def cmd_demo(args):
-    """Embed a few sentences with the default model, print every layer's shape and the similarities."""
+    """Embed a few sentences with the default model (or --model), print every layer's shape and the similarities
+    of the sentence vectors its recipe makes."""
     import minibert
     model = minibert.load(args.model, backend=args.backend)
     print(model)
@@ -36,9 +37,12 @@ def cmd_demo(args):
     for i, h in enumerate(out.hidden_states):
         print(f"hidden_states[{i}] {'embeddings' if i == 0 else f'layer {i}':>10}  shape {h.shape}")
     print(f"pooler_output               shape {out.pooler_output.shape if out.pooler_output is not None else None}")
-    mask = out.attention_mask[..., None]
-    vecs = (out.last_hidden_state * mask).sum(1) / mask.sum(1)          # mean over real tokens
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    # The sentence vectors as the model's own recipe makes them (its pooling, Dense layers, prompt, length):
+    # a mean over the last layer was another model's cosines for any checkpoint with another recipe.
+    vecs = model.encode(DEMO_TEXTS)                                      # [3, D]
+    print(f"sentence vectors            shape {vecs.shape}  (the model's recipe: pooling {model.recipe.pooling}"
+          f"{', ' + str(len(model.recipe.dense)) + ' Dense' if model.recipe.dense else ''})")
+    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     sims = vecs @ vecs.T
     for i in range(len(DEMO_TEXTS)):
         for j in range(i + 1, len(DEMO_TEXTS)):

@@ -4,6 +4,10 @@ A FIFO named config.json blocks the first read forever, /dev/zero linked as a to
 memory runs out, and a JSON file of gigabytes is not a config: each is refused before any byte is read,
 with a message naming the file. Callers pass their own error class (ConfigError, TokenizerError,
 ModelFileError), so the error says which part of the model is at fault.
+
+The numbers a checkpoint's header gives (sizes, strides, offsets, element counts) are bounded here before
+any arithmetic: Python multiplies ints of any length, so a shape of huge numbers would take minutes, and
+an int of more than 4,300 digits cannot even be formatted into a message.
 """
 
 import errno
@@ -14,10 +18,13 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 MiB = 1 << 20
 SETTINGS_LIMIT = 64 * MiB      # config.json, tokenizer_config.json, special_tokens_map.json, shard indexes
 TOKENIZER_LIMIT = 512 * MiB    # tokenizer.json, vocab.txt, vocab.json, merges.txt (the largest known: ~35 MiB)
+NUMBER_LIMIT = 2 ** 63         # safetensors and torch write sizes, strides and offsets as 64-bit ints
+MAX_DIMS = 32                  # NumPy 1.x's limit (2.x: 64); checkpoint tensors have 1 to 4
 
 FILE_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -204,3 +211,58 @@ def atomic_directory(path):
     except BaseException:
         remove_quietly(temporary)
         raise
+
+
+class LongNumber(NamedTuple):
+    """A JSON integer of more digits than any size has, left unconverted (converting is quadratic in its length)."""
+    digits: int
+
+
+def header_int(text: str):
+    """parse_int for json.loads of a checkpoint header: an int, or a LongNumber the checks below refuse."""
+    return int(text) if len(text) <= 20 else LongNumber(len(text.lstrip("-")))
+
+
+def is_size(value) -> bool:
+    """A size, stride, offset or count as a file may give it: a non-bool int from 0 to 2**63 - 1."""
+    return type(value) is int and 0 <= value < NUMBER_LIMIT
+
+
+def shown(value, depth: int = 0) -> str:
+    """A value read from a file, for a message: short whatever its size (a long list, a long string, an
+    int of 100,000 digits, which str() refuses, are cut or described)."""
+    if isinstance(value, LongNumber):
+        return f"<a number of {value.digits:,} digits>"
+    if type(value) is int and not -NUMBER_LIMIT <= value < NUMBER_LIMIT:
+        return f"<a number of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+    if isinstance(value, (list, tuple)) and depth < 2:
+        items = [shown(v, depth + 1) for v in value[:8]] + ([f"... {len(value) - 8:,} more"] if len(value) > 8 else [])
+        return (f"[{', '.join(items)}]" if isinstance(value, list)
+                else f"({', '.join(items)}{',' if len(value) == 1 else ''})")
+    if isinstance(value, str):
+        return repr(value[:80]) + ("..." if len(value) > 80 else "")
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def shape_problem(shape, itemsize: int, strides=None):
+    """What makes a tensor's shape (and strides, for a view) from a file unusable, or None. At most MAX_DIMS
+    sizes, each is_size, whose non-zero ones multiply to fewer than 2**63 bytes (NumPy's limit; it counts a
+    zero-size tensor's other sizes too). Checked in that order, so no long list is walked and no product
+    grows past 2**126."""
+    if not isinstance(shape, (list, tuple)):
+        return f"shape {shown(shape)} is not a list of sizes"
+    if len(shape) > MAX_DIMS:
+        return f"shape {shown(shape)} has {len(shape):,} dimensions, more than the {MAX_DIMS} minibert reads"
+    if not all(is_size(n) for n in shape):
+        return f"shape {shown(shape)} is not a list of ints from 0 to 2**63 - 1"
+    if strides is not None and (not isinstance(strides, (list, tuple)) or len(strides) != len(shape)
+                                or not all(is_size(s) for s in strides)):
+        return f"strides {shown(strides)} are not {len(shape)} ints from 0 to 2**63 - 1, one per size"
+    product = itemsize
+    for n in shape:
+        product *= max(n, 1)
+        if product >= NUMBER_LIMIT:
+            return f"shape {shown(shape)} spans 2**63 bytes or more"
+    return None

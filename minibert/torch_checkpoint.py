@@ -59,14 +59,8 @@ class TensorRef(NamedTuple):
 
 
 def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    """Stand-in for torch._utils._rebuild_tensor_v2: records the view, checks its arguments' types."""
-    if not isinstance(storage, Storage):
-        raise ModelFileError(f"a tensor's storage is {type(storage).__name__}, not a storage record")
-    ints = ((storage_offset,) + tuple(size) + tuple(stride)
-            if isinstance(size, tuple) and isinstance(stride, tuple) else None)
-    if ints is None or len(size) != len(stride) or not all(type(n) is int for n in ints):
-        raise ModelFileError("a tensor's offset, size and stride are not ints "
-                             f"({storage_offset!r}, {size!r}, {stride!r})")
+    """Stand-in for torch._utils._rebuild_tensor_v2: records the view; tensor_location checks it, once the
+    state dict gives the tensor a name to report."""
     return TensorRef(storage, storage_offset, size, stride)
 
 
@@ -111,12 +105,13 @@ class StateDictUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ModelFileError(f"{self.where}: unknown persistent id {str(pid)[:80]}; {FIX}")
+            raise ModelFileError(f"{self.where}: unknown persistent id {files.shown(pid)}; {FIX}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, StorageType):
-            raise ModelFileError(f"{self.where}: a storage of type {storage_type!r}; {FIX}")
-        if not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise ModelFileError(f"{self.where}: a storage with key {key!r} and {numel!r} elements; {FIX}")
+            raise ModelFileError(f"{self.where}: a storage of type {files.shown(storage_type)}; {FIX}")
+        if not isinstance(key, str) or not files.is_size(numel):
+            raise ModelFileError(f"{self.where}: a storage with key {files.shown(key)} and {files.shown(numel)} "
+                                 f"elements; {FIX}")
         dtype = STORAGE_DTYPES[storage_type.name][0]
         seen = self.storages.setdefault(key, Storage(key, dtype, numel))
         if seen != Storage(key, dtype, numel):       # torch writes one record per storage, with one type
@@ -173,9 +168,9 @@ def archive_tensors(path: Path, f, archive: zipfile.ZipFile) -> dict:
     tensors = {}
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, TensorRef):
-            raise ModelFileError(f"{path}: state dict entry {str(name)[:80]!r} is a {type(tensor).__name__}, not a "
+            raise ModelFileError(f"{path}: state dict entry {files.shown(name)} is a {type(tensor).__name__}, not a "
                                  f"tensor; {FIX}")
-        tensors[name] = tensor_location(path, name, tensor, spans[tensor.storage.key])
+        tensors[name] = tensor_location(path, name, tensor, spans)
     return tensors
 
 
@@ -207,31 +202,42 @@ def storage_span(path: Path, f, archive: zipfile.ZipFile, prefix: str, storage: 
 STORAGE_ITEMSIZE = {dtype: size for dtype, size in STORAGE_DTYPES.values()}
 
 
-def tensor_location(path: Path, name: str, tensor: TensorRef, span: tuple) -> tuple:
+def tensor_location(path: Path, name: str, tensor: TensorRef, spans: dict) -> tuple:
     """(dtype, shape, strides or None, byte span covering the tensor's elements) after checking that every
-    element lies inside the storage."""
-    storage, shape, strides = tensor.storage, tensor.shape, tensor.strides
-    itemsize = STORAGE_ITEMSIZE[storage.dtype]
-    if tensor.offset < 0 or any(n < 0 for n in shape) or any(s < 0 for s in strides):
-        raise ModelFileError(f"{path}: tensor {name!r}: negative offset, size or stride ({tensor.offset}, {shape}, "
-                             f"{strides}); {FIX}")
+    element lies inside the storage. The numbers come from the pickle: each is bounded (files.shape_problem)
+    before any is multiplied or printed."""
+    storage, offset, shape, strides = tensor
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(storage, Storage):
+        raise ModelFileError(f"{where}: its storage is a {type(storage).__name__}, not a storage record; {FIX}")
+    itemsize, span = STORAGE_ITEMSIZE[storage.dtype], spans[storage.key]
+    if not isinstance(shape, tuple) or not isinstance(strides, tuple):
+        raise ModelFileError(f"{where}: size {files.shown(shape)} and stride {files.shown(strides)} are not "
+                             f"tuples; {FIX}")
+    problem = files.shape_problem(shape, itemsize, strides)
+    if not problem and not files.is_size(offset):
+        problem = f"storage offset {files.shown(offset)} is not an int from 0 to 2**63 - 1"
+    if problem:
+        raise ModelFileError(f"{where}: {problem}; {FIX}")
     count = 1
     for n in shape:
         count *= n
     if count == 0:
-        return storage.dtype, tuple(shape), None, (span[0], span[0])
+        return storage.dtype, shape, None, (span[0], span[0])
     if count > storage.numel:          # only a broadcast (stride 0) view can: never in a state dict
-        raise ModelFileError(f"{path}: tensor {name!r} ({shape}, strides {strides}) has more elements than its "
+        raise ModelFileError(f"{where} ({shape}, strides {strides}) has more elements than its "
                              f"storage ({storage.numel}); {FIX}")
-    last = tensor.offset + sum((n - 1) * s for n, s in zip(shape, strides))      # the last element's index
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))      # the last element's index
     if last >= storage.numel:
-        raise ModelFileError(f"{path}: tensor {name!r} ({shape}, strides {strides}, offset {tensor.offset}) reaches "
+        raise ModelFileError(f"{where} ({shape}, strides {strides}, offset {offset}) reaches "
                              f"element {last} of a storage of {storage.numel} (storage out of range); {FIX}")
     contiguous, step = True, 1
     for n, s in reversed(list(zip(shape, strides))):
         if n != 1 and s != step:
             contiguous = False
         step *= n
-    start = span[0] + tensor.offset * itemsize
-    end = start + (count if contiguous else last - tensor.offset + 1) * itemsize
-    return storage.dtype, tuple(shape), None if contiguous else tuple(strides), (start, end)
+    start = span[0] + offset * itemsize
+    end = start + (count if contiguous else last - offset + 1) * itemsize
+    # A size-1 dimension never moves: its stride, however large, is not passed on to NumPy (which would overflow).
+    strides = None if contiguous else tuple(s if n != 1 else 0 for n, s in zip(shape, strides))
+    return storage.dtype, shape, strides, (start, end)

@@ -174,7 +174,7 @@ def read_header(path: Path) -> dict:
     except OSError as e:
         raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); check the file's permissions") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), parse_int=files.header_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ModelFileError(f"{path}: the header is not valid JSON ({type(e).__name__}: {e}); {fix}") from None
     if not isinstance(header, dict):
@@ -189,7 +189,7 @@ def read_header(path: Path) -> dict:
             continue
         problem = entry_problem(entry, data_size)
         if problem:
-            raise ModelFileError(f"{path}: tensor {name!r}: {problem}; {fix}")
+            raise ModelFileError(f"{path}: tensor {files.shown(name)}: {problem}; {fix}")
         spans.append((entry["data_offsets"][0], entry["data_offsets"][1], name))
     end = 0
     for start, stop, name in sorted(spans):
@@ -204,18 +204,19 @@ def read_header(path: Path) -> dict:
 
 
 def entry_problem(entry, data_size):
-    """What is wrong with one header entry, or None."""
+    """What is wrong with one header entry, or None. Every number is bounded (files.shape_problem,
+    files.is_size) before it is multiplied or printed."""
     if not isinstance(entry, dict):
         return "its entry is not a JSON object"
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-        return f"unknown dtype {dtype!r}"
-    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        return f"shape {shape!r} is not a list of non-negative ints"
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
-            or not 0 <= offsets[0] <= offsets[1]):
-        return f"data_offsets {offsets!r} are not a [start, end] pair of byte positions"
+        return f"unknown dtype {files.shown(dtype)}"
+    problem = files.shape_problem(shape, SAFETENSORS_DTYPES[dtype])
+    if problem:
+        return problem
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(files.is_size(n) for n in offsets)
+            or offsets[0] > offsets[1]):
+        return f"data_offsets {files.shown(offsets)} are not a [start, end] pair of byte positions"
     if offsets[1] > data_size:
         return (f"data_offsets {offsets} end past the file's {data_size} bytes of data (the file is truncated "
                 "or its header is corrupt)")

@@ -8,12 +8,16 @@ tokenizer.json, or the torch-saved pytorch_model.bin fixture), mutates one of it
 tokenizer files) with seeded random byte-level
 or structure-aware mutations, then loads it (and, when that succeeds, runs a forward pass). The only acceptable
 outcomes are success or a
-minibert.MiniBertError; anything else is reported. Prints one JSON line: counts and the failures.
+minibert.MiniBertError; anything else is reported. Among the mutations are hostile header numbers (sizes of
+4,300 digits, 100 KB integers referenced many times through the pickle's memo, more than 64 dimensions), which
+once took minutes: the slowest refusal's time is reported. Prints one JSON line: counts, the slowest refusal
+and the failures.
 """
 
 import argparse
 import io
 import json
+import pickle
 import random
 import shutil
 import struct
@@ -35,6 +39,8 @@ TORCH_BIN = Path(__file__).parent / "fixtures" / "torch_bin" / "views"
 TARGETS = {"tiny": ("model.safetensors", "config.json", "tokenizer_config.json", "vocab.txt"),
            "roberta": ("model.safetensors", "config.json", "tokenizer.json", "special_tokens_map.json"),
            "torch": ("pytorch_model.bin", "pytorch_model.bin")}
+HUGE = int("9" * 4300)       # the longest int JSON text converts to by default
+HOSTILE_SHAPES = [[HUGE] * 1000, [HUGE] * 20, [1] * 65, [2 ** 62, 2 ** 62, 0], [2 ** 70], [2 ** 61, 1]]
 INTERESTING_NUMBERS = [0, 1, -1, 2, 7, 255, 256, 65535, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 63 - 1, 2 ** 63,
                        2 ** 64, -(2 ** 63), 10 ** 30, 0.5, -0.0, 1e308, float("nan")]
 
@@ -99,9 +105,20 @@ def mutate_torch_archive(data: bytes, rng: random.Random) -> bytes:
     entries = {info.filename: source.read(info) for info in source.infolist()}
     pkl = next(name for name in entries if name.endswith("/data.pkl"))
     records = [name for name in entries if "/data/" in name]
-    kind = rng.choice(["pickle", "pickle", "int", "record", "drop", "swap"])
+    kind = rng.choice(["pickle", "pickle", "int", "huge", "record", "drop", "swap"])
     if kind == "pickle":
         entries[pkl] = mutate_bytes(entries[pkl], rng)
+    elif kind == "huge":             # one int becomes a 100 KB one (LONG4, memo 250); later ints refer to it
+        raw = bytearray(entries[pkl])
+        spots = [i for i, b in enumerate(raw[:-1]) if b in (ord("K"), ord("M"))]
+        if spots:
+            first = rng.randrange(len(spots))
+            for i in rng.sample(spots[first + 1:], min(len(spots) - first - 1, rng.choice([1, 10, 40]))):
+                raw[i:i + 2] = b"h\xfa"                    # BINGET 250 (both 2 bytes: later spots stay put)
+            i = spots[first]
+            big = pickle.dumps((1 << 800_000) - 1, protocol=2)[2:-1] + b"q\xfa"    # LONG4 ..., BINPUT 250
+            raw[i:i + (3 if raw[i] == ord("M") else 2)] = big
+        entries[pkl] = bytes(raw)
     elif kind == "int":              # BININT1 / BININT2 arguments: offsets, sizes, strides, numel
         raw = bytearray(entries[pkl])
         spots = [i for i, b in enumerate(raw[:-1]) if b in (ord("K"), ord("M"))]
@@ -130,7 +147,14 @@ def mutate_structured(name: str, data: bytes, rng: random.Random) -> bytes:
     if name == "model.safetensors":
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + length])
-        header = mutate_json_value(header, rng)
+        if rng.random() < 0.2:      # hostile numbers in one entry
+            entry = header[rng.choice([name for name in header if name != "__metadata__"])]
+            if rng.random() < 0.8:
+                entry["shape"] = list(rng.choice(HOSTILE_SHAPES))
+            else:
+                entry["data_offsets"] = [rng.choice([HUGE, 2 ** 70, 2 ** 63])] * 2
+        else:
+            header = mutate_json_value(header, rng)
         text = json.dumps(header).encode("utf-8", "surrogatepass")
         keep_length = rng.random() < 0.3                      # sometimes leave the old length in place
         return struct.pack("<Q", length if keep_length else len(text)) + text + data[8 + length:]
@@ -158,6 +182,7 @@ def main():
                  for kind, names in TARGETS.items() for name in names}
     rng = random.Random(args.seed)
     counts = {"loaded": 0, "minibert_error": 0}
+    slowest = (0.0, None)                   # the longest refusal: seconds, case
     failures = []
     start = time.perf_counter()
     for i in range(args.iterations):
@@ -173,18 +198,20 @@ def main():
         except (ValueError, UnicodeDecodeError):
             data = mutate_bytes(original, rng)
         (case / name).write_bytes(data)
+        began = time.perf_counter()
         try:
             model = minibert.load(str(case), backend="cpu")
             model(["the cat sat on the mat", ""])
             counts["loaded"] += 1
         except minibert.MiniBertError:
             counts["minibert_error"] += 1
+            slowest = max(slowest, (time.perf_counter() - began, f"{i}: {kind}/{name}"))
         except BaseException as e:  # noqa: BLE001 - the point is to catch everything else
             failures.append({"iteration": i, "file": f"{kind}/{name}", "structured": structured,
                              "error": f"{type(e).__module__}.{type(e).__name__}: {e}"[:300],
                              "where": traceback.format_exc().splitlines()[-3:]})
     print(json.dumps({"iterations": args.iterations, "seconds": round(time.perf_counter() - start, 2),
-                      **counts, "failures": failures}))
+                      **counts, "slowest_refusal": [round(slowest[0], 3), slowest[1]], "failures": failures}))
 
 
 if __name__ == "__main__":

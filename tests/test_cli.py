@@ -481,3 +481,23 @@ def test_predict_out_may_not_be_its_input_or_in_the_classifier(classifier_dir, t
         assert finetune_cli.main(["predict", str(classifier_dir), str(texts), "--out", str(out)]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["st_cls", "st_weightedmean_two_dense"])
+def test_demo_cosines_follow_the_models_recipe(capsys, case):
+    """demo --model X printed cosines of mean-pooled last layers whatever X's recipe; now those of X's own
+    sentence vectors (model.encode, checked against sentence-transformers by tests/test_recipe.py)."""
+    import minibert
+    from conftest import FIXTURES
+    assert main(["demo", "--model", str(FIXTURES / case), "--backend", "numpy"]) == 0
+    printed = [float(line.split()[1]) for line in capsys.readouterr().out.splitlines() if line.startswith("cosine ")]
+    model = minibert.load(str(FIXTURES / case), backend="numpy")
+    vectors = model.encode(cli.DEMO_TEXTS)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    out = model(cli.DEMO_TEXTS)
+    mask = out.attention_mask[..., None]
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    np.testing.assert_allclose(printed, [vectors[i] @ vectors[j] for i, j in pairs], atol=5e-5)   # printed to 4 places
+    assert max(abs(p - mean[i] @ mean[j]) for p, (i, j) in zip(printed, pairs)) > 0.01

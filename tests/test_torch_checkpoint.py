@@ -6,13 +6,16 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_loading import refused_by_every_reader
 from tiny import write_tiny
 
 import minibert
@@ -187,7 +190,8 @@ def test_the_hand_made_writer_reads_back():
      r"reaches element 5 of a storage of 4 \(storage out of range\)"),
     (("FloatStorage", "0", 4, 0, (2, 2), (3, 1)), {"0": b"\0" * 16}, r"reaches element 4 of a storage of 4"),
     (("FloatStorage", "1", 4, 0, (4,), (1,)), {"0": b"\0" * 16}, r"storage '1' has no record archive/data/1"),
-    (("FloatStorage", "0", 4, -1, (4,), (1,)), {"0": b"\0" * 16}, r"negative offset, size or stride"),
+    (("FloatStorage", "0", 4, -1, (4,), (1,)), {"0": b"\0" * 16},
+     r"storage offset -1 is not an int from 0 to 2\*\*63 - 1"),
     (("FloatStorage", "0", 4, 0, (1000, 1000), (0, 0)), {"0": b"\0" * 16}, r"more elements than its storage"),
     (("ComplexFloatStorage", "0", 4, 0, (4,), (1,)), {"0": b"\0" * 32}, r"asks for torch.ComplexFloatStorage"),
 ])
@@ -195,6 +199,82 @@ def test_damaged_storages_are_refused(tmp_path, tensor, records, message):
     write_archive(tmp_path, fake_torch_pickle({"embeddings.word_embeddings.weight": tensor}), records)
     with pytest.raises(ModelFileError, match=message):
         minibert.load(str(tmp_path), backend="numpy")
+
+
+def hostile_pickle(numel, offset, size, stride) -> bytes:
+    """data.pkl with one tensor, embeddings.word_embeddings.weight, of FloatStorage '0'; any int in `size`
+    or `stride` equal to the first size is written once and then referenced through the pickle's memo
+    (BINPUT / BINGET), as a 101 KB file can hold 40 copies of one 100 KB integer."""
+    def ints(values):
+        out = b"("
+        for value in values:
+            out += b"h\x01" if value == size[0] and value > 2 ** 63 else pickle.dumps(value, protocol=2)[2:-1]
+        return out + b"t"
+    out = io.BytesIO()
+    out.write(b"\x80\x02}(" + pickle.dumps("embeddings.word_embeddings.weight", protocol=2)[2:-1])
+    out.write(b"ctorch._utils\n_rebuild_tensor_v2\n(")
+    out.write(b"(" + pickle.dumps("storage", protocol=2)[2:-1] + b"ctorch\nFloatStorage\n"
+              + pickle.dumps("0", protocol=2)[2:-1] + pickle.dumps("cpu", protocol=2)[2:-1]
+              + pickle.dumps(numel, protocol=2)[2:-1] + b"tQ")
+    out.write(pickle.dumps(offset, protocol=2)[2:-1])
+    if size and size[0] > 2 ** 63:           # the first copy, memoized as entry 1
+        out.write(b"(" + pickle.dumps(size[0], protocol=2)[2:-1] + b"q\x01" + ints(size[1:])[1:])
+    else:
+        out.write(ints(size))
+    out.write(ints(stride) + b"\x89" + b"ccollections\nOrderedDict\n)RtRu.")      # NEWFALSE, OrderedDict(), ...
+    return out.getvalue()
+
+
+BIG = (1 << 800_000) - 1    # a 100 KB integer (about 240,800 digits)
+
+
+@pytest.mark.parametrize("numel, offset, size, stride, message", [
+    (4, 0, (BIG,) * 40, (1,) * 40, r"shape \(<a number of about 240,825 digits>, .*, \.\.\. 32 more\) has 40 "
+                                   r"dimensions, more than the 32"),
+    (4, 0, (BIG,) * 20, (1,) * 20, r"shape \(<a number of about 240,825 digits>, .*\) is not a list of ints from 0 "
+                                   r"to 2\*\*63 - 1"),
+    (4, 0, (1,) * 65, (1,) * 65, r"shape \(1, 1, 1, 1, 1, 1, 1, 1, \.\.\. 57 more\) has 65 dimensions"),
+    (4, 0, (2 ** 62, 2 ** 62, 0), (1, 1, 1), r"shape \(4611686018427387904, 4611686018427387904, 0\) spans 2\*\*63 "
+                                             "bytes"),
+    (4, 0, (1, 2), (2 ** 70, 2), r"strides \(<a number of about 22 digits>, 2\) are not 2 ints from 0 to 2\*\*63 - 1"),
+    (4, 0, (2, 2), (2, 1, 1), r"strides \(2, 1, 1\) are not 2 ints"),
+    (4, 2 ** 70, (2,), (1,), r"storage offset <a number of about 22 digits> is not an int from 0 to 2\*\*63 - 1"),
+    (4, 0.5, (2,), (1,), r"storage offset 0.5 is not an int"),
+], ids=["40_memo_refs", "20_memo_refs", "65_dims", "2**62", "stride_2**70", "3_strides", "offset_2**70",
+        "float_offset"])
+def test_hostile_view_numbers_are_refused_fast_naming_file_and_tensor(tmp_path, capsys, numel, offset, size, stride,
+                                                                      message):
+    """Sizes, strides and offsets from the pickle are bounded before anything multiplies or prints them: 40
+    memo references to one 100 KB integer kept load busy for about 50 s (it grows with the square); more than
+    64 dimensions, [2**62, 2**62, 0] and a stride of 2**70 were raw ValueError / OverflowError tracebacks."""
+    directory = write_archive(tmp_path / "model", hostile_pickle(numel, offset, size, stride), {"0": b"\0" * 16})
+    where = re.escape(str(directory / "pytorch_model.bin"))
+    refused_by_every_reader(directory, rf"{where}: tensor 'embeddings.word_embeddings.weight': {message}", capsys)
+
+
+def test_the_memo_file_is_small():
+    """The hostile file of the first case is what the issue describes: about 101 KB for 40 sizes."""
+    assert 95_000 < len(hostile_pickle(4, 0, (BIG,) * 40, (1,) * 40)) < 110_000
+
+
+@pytest.mark.parametrize("numel", [2 ** 63, BIG, -1], ids=["2**63", "100KB", "-1"])
+def test_hostile_storage_counts_are_refused(tmp_path, numel):
+    write_archive(tmp_path / "model", hostile_pickle(numel, 0, (2,), (1,)), {"0": b"\0" * 16})
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=r"pytorch_model.bin: data.pkl: a storage with key '0' and "
+                                             r"(-1|<a number of about [\d,]+ digits>) elements"):
+        minibert.load(str(tmp_path / "model"), backend="numpy")
+    assert time.perf_counter() - start < 1
+
+
+def test_a_huge_stride_on_a_size_one_dimension_is_not_passed_to_numpy(tmp_path):
+    """A view's size-1 dimension never moves, whatever its stride (torch writes such strides for slices): a
+    stride of 2**62 there read as NumPy strides overflowed; now the values are read."""
+    from minibert.weights import Checkpoint
+    directory = write_archive(tmp_path / "model", hostile_pickle(4, 0, (1, 2), (2 ** 62, 2)),
+                              {"0": np.arange(4, dtype="<f4").tobytes()})
+    checkpoint = Checkpoint([directory / "pytorch_model.bin"])
+    np.testing.assert_array_equal(checkpoint.read("embeddings.word_embeddings.weight", np.float32), [[0, 2]])
 
 
 def test_integer_weights_are_refused_naming_the_dtype(tmp_path):
