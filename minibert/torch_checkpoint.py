@@ -19,6 +19,7 @@ import collections
 import functools
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -119,6 +120,24 @@ class StateDictUnpickler(pickle.Unpickler):
         return seen
 
 
+def check_memo_indices(data: bytes, where: str) -> None:
+    """Refuse memo indices that no pickler writes, before the C unpickler sees them.
+
+    CPython's unpickler grows its memo array to twice a PUT / LONG_BINPUT index: one 4-byte index near
+    2**29 in a 34 KB data.pkl made it allocate 8 GiB (found by tests/fuzz_loading.py). A pickler numbers
+    memo entries 0, 1, 2, ... as it writes them, so an index never exceeds the count of opcodes before it.
+    """
+    try:
+        for count, (opcode, arg, position) in enumerate(pickletools.genops(data)):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (type(arg) is int and 0 <= arg <= count):
+                raise ModelFileError(f"{where}: memo index {files.shown(arg)} at byte {position}, after {count} "
+                                     f"opcodes; no pickler writes that (the file is damaged or crafted); {FIX}")
+    except ModelFileError:
+        raise
+    except (ValueError, TypeError, EOFError) as e:
+        raise ModelFileError(f"{where}: not a readable pickle ({type(e).__name__}: {str(e)[:200]}); {FIX}") from None
+
+
 def is_torch_file(path: Path) -> bool:
     return path.suffix == ".bin"
 
@@ -159,6 +178,7 @@ def archive_tensors(path: Path, f, archive: zipfile.ZipFile) -> dict:
         raise ModelFileError(f"{path}: saved on a big-endian machine; {FIX} on a little-endian one")
     with archive.open(pickles[0]) as stream:
         data = stream.read(PICKLE_LIMIT + 1)
+    check_memo_indices(data, f"{path}: data.pkl")
     unpickler = StateDictUnpickler(data, f"{path}: data.pkl")
     state = unpickler.load()
     if not isinstance(state, dict):

@@ -6,8 +6,11 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import resource
 import shutil
+import struct
 import sys
 import time
 import zipfile
@@ -265,6 +268,26 @@ def test_hostile_storage_counts_are_refused(tmp_path, numel):
                                              r"(-1|<a number of about [\d,]+ digits>) elements"):
         minibert.load(str(tmp_path / "model"), backend="numpy")
     assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize("put", [b"r" + struct.pack("<I", 2 ** 29), b"p536870912\n"], ids=["LONG_BINPUT", "PUT"])
+def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_path, put):
+    """CPython's unpickler sizes its memo array from a PUT index: one LONG_BINPUT of 2**29 in the views
+    fixture's data.pkl (the fuzzer's iteration 714 of seed 0) made load allocate 8 GiB, then succeed."""
+    good = FIXTURES / "views" / "pytorch_model.bin"
+    with zipfile.ZipFile(good) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        pickled, records = z.read(name), {n.split("/data/")[1]: z.read(n) for n in z.namelist() if "/data/" in n}
+    first_put = next(at for op, arg, at in pickletools.genops(pickled) if op.name == "BINPUT")   # torch's first
+    hostile = pickled[:first_put] + put + pickled[first_put + 2:]
+    directory = write_archive(tmp_path / "model", hostile, records)
+    shutil.copy(good.parent / "config.json", directory / "config.json")
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelFileError, match=r"data.pkl: memo index 536870912 at byte \d+, after \d+ opcodes"):
+        minibert.load(str(directory), backend="numpy")
+    assert time.perf_counter() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000      # KiB: no 8 GiB memo
 
 
 def test_a_huge_stride_on_a_size_one_dimension_is_not_passed_to_numpy(tmp_path):
