@@ -78,7 +78,10 @@ def verified_default_model_dir() -> Path:
         path = model_dir / name
         try:
             with open_regular(path, ModelFileError, "a default model file") as f:
-                actual = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = hashlib.sha256()       # hashlib.file_digest would need Python 3.11; 3.9 is supported
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                actual = digest.hexdigest()
         except FileNotFoundError:
             raise ModelFileError(f"{path}: missing from the default model; {fix}") from None
         except OSError as e:
