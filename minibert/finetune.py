@@ -23,7 +23,7 @@ from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads,
 from .config import read_config
 from .errors import InputError, ModelFileError
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
-from .kernels.reference_backward import IGNORE_INDEX
+from .kernels.reference import IGNORE_INDEX
 from .weights import sinusoidal_positions, weight_set_of_layer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
