@@ -30,9 +30,12 @@ def libm_erf():
     """libm's float64 erf as a NumPy ufunc, compiled by Numba on first use (Numba calls libm's erf, as
     math.erf does): NumPy has no erf, and a Python call per element is too slow for training, which
     evaluates erf on every intermediate activation twice per step. Imported here, not at the top, so that
-    `import minibert` does not import Numba."""
+    `import minibert` does not import Numba. Cached on disk where Numba can write its cache."""
     import numba
-    return numba.vectorize(["float64(float64)"])(scalar_erf)
+    try:
+        return numba.vectorize(["float64(float64)"], cache=True)(scalar_erf)
+    except RuntimeError:      # numba: "cannot cache function ...: no locator available" (kernels.cpu.jit warns)
+        return numba.vectorize(["float64(float64)"])(scalar_erf)
 
 
 def erf(x):

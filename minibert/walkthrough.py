@@ -65,7 +65,7 @@ def walkthrough(model, text=DEFAULT_TEXT):
                                                eps=c.layer_norm_eps)                # [1, T, E]
     x = x[0]                                                                        # [T, E]
     if w.get("embedding_projection") is not None:                   # ALBERT, ELECTRA: E -> H
-        x = x @ w["embedding_projection"]["w"] + w["embedding_projection"]["b"]
+        x, _ = reference.linear_forward(x, w["embedding_projection"]["w"], w["embedding_projection"]["b"])   # [T, H]
     steps.append(Step("embeddings", "minibert/model.py: embeddings",
                       "LayerNorm(word[ids] + position[positions] + token_type[types])", out.hidden_states[0][0], x))
     table = (w.get("relative_attention_bias") or {}).get("table")   # MPNet's [32, NH], else None
