@@ -61,9 +61,10 @@ OPS_NAMES = tuple(name for name, member in vars(Ops).items()
                   if inspect.isfunction(member) and not name.startswith("_"))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class BackendOps:
-    """One backend's functions under the names of Ops (what make_ops returns)."""
+    """One backend's functions under the names of Ops (what make_ops returns). Not frozen: a profiler or a
+    benchmark may wrap an op in place (benchmarks/profile_forward.py, benchmarks/cuda_compare.py)."""
     name: str
     embed: Callable
     linear: Callable
