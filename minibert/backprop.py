@@ -32,7 +32,7 @@ import numpy as np
 from .kernels.reference import (activation_backward, activation_forward, cross_entropy_backward,
                                 cross_entropy_forward, dropout_backward, dropout_forward, linear_backward,
                                 linear_forward, relative_position_bias_backward, relative_position_bias_forward)
-from .kernels.reference_layers import (add_linear_grads, embeddings_backward, embeddings_forward,
+from .kernels.reference_layers import (READERS_ONLY, add_linear_grads, embeddings_backward, embeddings_forward,
                                        encoder_layer_backward, encoder_layer_forward)
 from .config import RELATIVE_MAX_DISTANCE
 from .model import additive_mask, make_position_ids
@@ -114,7 +114,7 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
                                          eps=config.layer_norm_eps, dropout=dropout,
                                          drop_attention_output=ATTENTION_OUTPUT_DROPOUT[config.model_type], rng=rng)
         if keep_activations:
-            saved_layers.append(saved)
+            saved_layers.append({name: value for name, value in saved.items() if name not in READERS_ONLY})
     return x, {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
                "mask_bias": mask_bias, "position_bias": position_bias, "embeddings": saved_embeddings,
                "projection_input": projection_input, "layers": saved_layers}

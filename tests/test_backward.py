@@ -276,6 +276,8 @@ def test_dropout_placement_follows_the_family(name, dropped):
     _, saved = encoder_forward(ids, mask, types, weights, config, dropout=0.1, rng=np.random.default_rng(0))
     layer = saved["layers"][0]
     assert layer["attention"].scale is not None and layer["ffn_scale"] is not None
+    from minibert.kernels.reference_layers import READERS_ONLY
+    assert not set(READERS_ONLY) & set(layer)           # training holds what its backward reads, no more
     assert (layer["projected_scale"] is not None) == dropped
 
 
