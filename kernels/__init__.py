@@ -1,5 +1,8 @@
 """Compute kernels, imported as `minibert.kernels`.
 
-`reference` is the plain-NumPy specification of every op; `cpu` holds the same ops as Numba kernels
-(outputs first), each tested against the reference. Kernels know nothing about models.
+`reference` is the plain-NumPy specification of every op, each forward directly above its backward;
+`reference_layers` strings them into BERT's unfused embeddings and encoder layer (forward and backward), the
+one layer inference is tested against and training differentiates. `cpu` and `cuda` hold the ops as Numba
+kernels (outputs first), each tested against the reference; `cpu_backward` the optimizer's kernel. The ops
+know nothing about models.
 """

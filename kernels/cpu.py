@@ -8,7 +8,7 @@ work and no second pool spins on the cores the first one needs.
 Rows are independent and each row is computed the same way whatever else is in the batch (attention
 stops at a text's last real key), so a text's numbers do not depend on the batch it lands in. float64
 matmuls go through `matmul_ordered`, whose summation order is fixed, so that holds bit for bit; float32
-matmuls are BLAS, which may round a row by its place in the call (see `minibert.backends.cpu_ops`).
+matmuls are BLAS, which may round a row by its place in the call (see `minibert/backends/cpu.py`).
 Compiled lazily per dtype and
 cached on disk. float32 kernels use the vectorisable `fast_exp` and `fast_erf` below instead of libm
 (which Numba cannot vectorise on this platform); float64 keeps libm's exp and erf.

@@ -1,6 +1,6 @@
 """numba.cuda kernels: outputs first, no model knowledge. Each mirrors a function in reference.py.
 
-Imported only by the "cuda" backend (minibert.cuda_backend): importing this module imports numba.cuda.
+Imported only by the "cuda" backend (minibert/backends/cuda.py): importing this module imports numba.cuda.
 Works with numba's built-in CUDA target and with the numba-cuda package (which takes over `numba.cuda`
 when installed), and runs on the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) for tests without a GPU.
 
@@ -136,7 +136,7 @@ def kernels_for(dtype):
 
     @cuda.jit(device=True)
     def normalize_row(out, n, gamma, beta, eps, scratch):
-        """LayerNorm of out[n] in place: two-pass mean and biased variance, as reference.layer_norm.
+        """LayerNorm of out[n] in place: two-pass mean and biased variance, as reference.layer_norm_forward.
 
         Each thread reads and writes only its own columns, so out may alias the kernel's input."""
         C = out.shape[1]

@@ -24,7 +24,7 @@ from .config import read_config
 from .errors import InputError, ModelFileError, OutputError, TrainingError
 from .files import atomic_directory
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
-from .kernels.reference_backward import IGNORE_INDEX
+from .kernels.reference import IGNORE_INDEX
 from .threads import BLAS
 from .train_state import STATE_FILE
 from .tree import copy_tree, leaves

@@ -6,8 +6,8 @@ Axes: B batch, T tokens, H hidden, NH heads, HS head size (H // NH), I intermedi
 The numerics are BERT's: exact-erf GELU (or the config's activation), LayerNorm *after* each residual
 add (post-LN), and padding removed by adding a large negative number to masked keys' scores.
 `ops` (an `Ops`, the contract in minibert.backends) supplies embed, linear, add_layer_norm, attention and
-the rest; nothing here knows which device or library runs them. kernels/reference.py `encoder_layer` is the
-same layer written out unfused, op by op.
+the rest; nothing here knows which device or library runs them. kernels/reference_layers.py
+`encoder_layer_forward` is the same layer written out unfused, op by op.
 
 Every supported family (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT, MPNet) runs through the same
 `encoder`. Their differences arrive as data, never as a branch on the family's name: the config's position_rule
@@ -115,7 +115,7 @@ def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops: 
 
 def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops: Ops, activation, eps):
     """Position-wise feed-forward: H -> I with the activation, I -> H, residual add, LayerNorm."""
-    # activation(x W1 + b1) in one op; kernels/reference.py encoder_layer writes the two steps apart
+    # activation(x W1 + b1) in one op; kernels/reference_layers.py encoder_layer_forward writes the two steps apart
     intermediate = ops.linear(x, ffn_in["w"], ffn_in["b"], activation=activation)   # [B, T, I]
     projected = ops.linear(intermediate, ffn_out["w"], ffn_out["b"])                 # [B, T, H]
     out = ops.add_layer_norm(x, projected, ffn_ln["g"], ffn_ln["b"], eps)           # [B, T, H] LayerNorm(x + FFN)

@@ -74,7 +74,7 @@ class Embedder:
     available there). The encoding options are those of Model.encode; batch_size is the encoder's batch
     (texts per forward pass), not Ray's: pass Ray's batch_size to map_batches. Output: `output_column`
     added to the batch (layout in the module docstring). Vectors equal model.encode's on the same batch of
-    texts; a text's numbers move by a few float32 ulp with the batch it lands in (see backends.cpu_ops).
+    texts; a text's numbers move by a few float32 ulp with the batch it lands in (see minibert/backends/cpu.py).
     Options left as None mean what they mean for Model.encode: the checkpoint's recipe, the model's dtype.
     """
 

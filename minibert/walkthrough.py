@@ -1,8 +1,9 @@
 """A guided run through the encoder for one sentence: `python -m minibert.walkthrough "text"`.
 
 At each step it prints where the code is, the shape, and a few numbers from minibert next to the same
-numbers recomputed here from the formula in plain NumPy (no minibert op is called for the recomputation;
-only the weights are shared). Read docs/walkthrough.md beside it.
+numbers recomputed from the formula in plain NumPy: the unfused embeddings and layer of
+kernels/reference_layers.py, which training also runs (no backend op is called for the recomputation; only
+the weights are shared). Read docs/walkthrough.md beside it.
 
 Axes: T tokens, H hidden, NH heads, HS head size, I intermediate.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import RELATIVE_MAX_DISTANCE
-from .kernels import reference
+from .kernels import reference, reference_layers
 
 DEFAULT_TEXT = "The cat sat on the mat."
 
@@ -35,17 +36,19 @@ class Step:
 # The formulas, one small function each, on a single sentence (no batch axis, no padding).
 
 def formula_layer(x, w, config, bias_table=None):
-    """One encoder layer of one text x [T, H] from the formulas: kernels/reference.py `encoder_layer`, the
-    unfused layer (nothing fused, the residual adds and erf GELU on lines of their own). Returns every
-    intermediate by its capture name, and "out". bias_table [32, NH]: MPNet's relative position bias."""
+    """One encoder layer of one text x [T, H] from the formulas: kernels/reference_layers.py
+    `encoder_layer_forward`, the unfused layer training also runs (nothing fused, the residual adds and erf
+    GELU on lines of their own). Returns every intermediate by its capture name, and "out". bias_table
+    [32, NH]: MPNet's relative position bias."""
+    from .model import INTERNALS
     T = x.shape[0]
     bias = (None if bias_table is None else
-            reference.relative_position_bias(bias_table, T, config.relative_attention_num_buckets,
-                                             RELATIVE_MAX_DISTANCE))                 # [1, NH, T, T]
-    out, inside = reference.encoder_layer(x[None], np.zeros((1, T), x.dtype), **w,
-                                          num_heads=config.num_attention_heads, activation=config.hidden_act,
-                                          eps=config.layer_norm_eps, position_bias=bias)   # [1, T, H]
-    return {**{name: value[0] for name, value in inside.items()}, "out": out[0]}
+            reference.relative_position_bias_forward(bias_table, T, config.relative_attention_num_buckets,
+                                                     RELATIVE_MAX_DISTANCE)[0])      # [1, NH, T, T]
+    out, inside = reference_layers.encoder_layer_forward(
+        x[None], np.zeros((1, T), x.dtype), bias, **w, num_heads=config.num_attention_heads,
+        activation=config.hidden_act, eps=config.layer_norm_eps)                     # [1, T, H]
+    return {**{name: inside[name][0] for name in INTERNALS}, "out": out[0]}
 
 
 def walkthrough(model, text=DEFAULT_TEXT):
@@ -58,11 +61,11 @@ def walkthrough(model, text=DEFAULT_TEXT):
     out = model.forward(ids, mask, types, output_attentions=True, capture="layer1.*")
     positions = make_position_ids(ids, c)[0]                        # [T]
     steps = []
-    e = w["embeddings"]
-    x = e["word"][ids[0]] + e["position"][positions] + e["token_type"][types[0]]       # [T, E]
-    x = reference.layer_norm(x, e["ln"]["g"], e["ln"]["b"], c.layer_norm_eps)
+    x, _ = reference_layers.embeddings_forward(ids, positions[None], types, **w["embeddings"],
+                                               eps=c.layer_norm_eps)                # [1, T, E]
+    x = x[0]                                                                        # [T, E]
     if w.get("embedding_projection") is not None:                   # ALBERT, ELECTRA: E -> H
-        x = x @ w["embedding_projection"]["w"] + w["embedding_projection"]["b"]
+        x, _ = reference.linear_forward(x, w["embedding_projection"]["w"], w["embedding_projection"]["b"])   # [T, H]
     steps.append(Step("embeddings", "minibert/model.py: embeddings",
                       "LayerNorm(word[ids] + position[positions] + token_type[types])", out.hidden_states[0][0], x))
     table = (w.get("relative_attention_bias") or {}).get("table")   # MPNet's [32, NH], else None

@@ -164,7 +164,7 @@ def test_device_tensor_indices_are_what_numba_device_arrays_accept():
             from numba.cuda.cudadrv import dummyarray
         except ImportError:                 # numba 0.58 (the declared floor) keeps it in numba.misc
             from numba.misc import dummyarray
-        from minibert.cuda_backend import basic_index
+        from minibert.backends.cuda import basic_index
         host = np.zeros((2, 5, 12), np.float32)
         cases = [(Ellipsis, slice(None, 4)), (Ellipsis, slice(4, 8)), (Ellipsis, slice(8, None)),
                  (slice(None), 0), (1,), (-1, slice(1, 4), slice(None, None, 2)), (slice(None), -2, Ellipsis)]
@@ -339,56 +339,58 @@ def test_scalar_maths_are_the_reference_activations_on_the_cpu_too(K, dtype):
                                                (None, "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")]
                          + [(np.float64, None), (np.float64, "gelu")])
 def test_matmul_with_fused_bias_and_activation(K, dev, dtype, activation):
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(1)
     a, w, b = rand(rng, 15, 24, dtype=dtype), rand(rng, 24, 40, dtype=dtype, scale=0.5), rand(rng, 40, dtype=dtype)
     out = dev(np.full((15, 40), np.nan, dtype))
     K.matmul_bias_act(out, dev(a), dev(w), dev(b), activation)
-    np.testing.assert_allclose(host(out), reference.linear(a, w, b, activation), atol=tol(dtype), rtol=0)
+    np.testing.assert_allclose(host(out), reference_backend.linear(a, w, b, activation), atol=tol(dtype), rtol=0)
 
 
 @on_device
 def test_matmul_tile_tails_strided_rows_and_the_pooler(K, dev):
     """Several output tiles with partial edges, a K that is not a multiple of TILE_K, rows of any stride."""
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(2)
     M, Kd, N = K.TILE_M + 6, K.TILE_K * 2 + 5, K.TILE_N + 3
     a, w = rand(rng, M, Kd, dtype=np.float32), rand(rng, Kd, N, dtype=np.float32, scale=0.3)
     b = rand(rng, N, dtype=np.float32)
     out = dev(np.zeros((M, N), np.float32))
     K.matmul_bias_act(out, dev(a), dev(w), dev(b), "gelu")
-    np.testing.assert_allclose(host(out), reference.linear(a, w, b, "gelu"), atol=tol(np.float32, 2), rtol=0)
+    np.testing.assert_allclose(host(out), reference_backend.linear(a, w, b, "gelu"), atol=tol(np.float32, 2), rtol=0)
 
     hidden = rand(rng, 3, 5, Kd, dtype=np.float32)                  # the pooler reads hidden[:, 0], a strided view
     pooled = dev(np.zeros((3, N), np.float32))
     K.matmul_bias_act(pooled, dev(hidden)[:, 0], dev(w), dev(b), "tanh")
-    np.testing.assert_allclose(host(pooled), reference.linear(hidden[:, 0], w, b, "tanh"), atol=tol(np.float32), rtol=0)
+    np.testing.assert_allclose(host(pooled), reference_backend.linear(hidden[:, 0], w, b, "tanh"), atol=tol(np.float32),
+                               rtol=0)
 
 
 @on_device
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C", [48, 200])
 def test_layer_norm_and_add_layer_norm(K, dev, dtype, C):
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(3)
     x, r = rand(rng, 6, C, dtype=dtype, scale=3), rand(rng, 6, C, dtype=dtype)
     g, b = rand(rng, C, dtype=dtype), rand(rng, C, dtype=dtype)
     out = dev(np.zeros_like(x))
     K.layer_norm(out, dev(x), dev(g), dev(b), 1e-12)
-    np.testing.assert_allclose(host(out), reference.layer_norm(x, g, b, 1e-12), atol=tol(dtype, 10), rtol=0)
+    np.testing.assert_allclose(host(out), reference_backend.layer_norm(x, g, b, 1e-12), atol=tol(dtype, 10), rtol=0)
     xd = dev(x)
     K.add_layer_norm(xd, xd, dev(r), dev(g), dev(b), 1e-5)          # out may alias x
-    np.testing.assert_allclose(host(xd), reference.layer_norm(x, g, b, 1e-5, residual=r), atol=tol(dtype, 10), rtol=0)
+    np.testing.assert_allclose(host(xd), reference_backend.layer_norm(x, g, b, 1e-5, residual=r), atol=tol(dtype, 10),
+                               rtol=0)
 
 
 @on_device
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_embed(K, dev, dtype):
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(4)
     word, pos, tt = rand(rng, 50, 12, dtype=dtype), rand(rng, 20, 12, dtype=dtype), rand(rng, 2, 12, dtype=dtype)
     ids, positions, types = rng.integers(0, 50, (3, 7)), np.tile(np.arange(7), (3, 1)), rng.integers(0, 2, (3, 7))
-    want = reference.embed(ids, positions, types, word, pos, tt)
+    want = reference_backend.embed(ids, positions, types, word, pos, tt)
     out = dev(np.zeros((3, 7, 12), dtype))
     K.embed(out, dev(ids), dev(positions), dev(types), dev(word), dev(pos), dev(tt))
     np.testing.assert_array_equal(host(out), want)                  # the same two additions in the same order
@@ -415,13 +417,13 @@ def padded_attention_inputs(rng, B, T, NH, HS, dtype):
     (np.float64, 2, 20, 1, 64),      # float64 at head size 64: 16-key tiles (shared-memory budget)
 ])
 def test_attention_online_softmax_padding_and_strided_views(K, dev, dtype, B, T, NH, HS):
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(5)
     fused, (q, k, v), bias = padded_attention_inputs(rng, B, T, NH, HS, dtype)
     H = NH * HS
     dfused = dev(fused)
     dq, dk, dv = dfused[:, :, :H], dfused[:, :, H:2 * H], dfused[:, :, 2 * H:]
-    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True)
+    want_ctx, want_probs = reference_backend.attention(q, k, v, bias, NH, True)
     context, probs = dev(np.zeros((B, T, H), dtype)), dev(np.full((B, NH, T, T), np.nan, dtype))
     K.attention(context, probs, dq, dk, dv, dev(bias), NH, True)
     ctx_with_probs, probs = host(context), host(probs)
@@ -441,19 +443,19 @@ def test_attention_online_softmax_padding_and_strided_views(K, dev, dtype, B, T,
     (np.float64, 3, 9, 2, 4, 1),
 ])
 def test_attention_adds_a_position_bias(K, dev, dtype, B, T, NH, HS, bias_rows):
-    from minibert.kernels import reference
+    from minibert.backends import reference_backend
     rng = np.random.default_rng(7)
     fused, (q, k, v), bias = padded_attention_inputs(rng, B, T, NH, HS, dtype)
     position_bias = rand(rng, bias_rows, NH, T, T, dtype=dtype, scale=2)
     H = NH * HS
     dfused = dev(fused)
     dq, dk, dv = dfused[:, :, :H], dfused[:, :, H:2 * H], dfused[:, :, 2 * H:]
-    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True, position_bias=position_bias)
+    want_ctx, want_probs = reference_backend.attention(q, k, v, bias, NH, True, position_bias=position_bias)
     context, probs = dev(np.zeros((B, T, H), dtype)), dev(np.full((B, NH, T, T), np.nan, dtype))
     K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(position_bias))
     np.testing.assert_allclose(host(probs), want_probs, atol=tol(dtype), rtol=0)
     np.testing.assert_allclose(host(context), want_ctx, atol=tol(dtype, 10), rtol=0)
-    assert np.abs(want_probs - reference.attention(q, k, v, bias, NH, True)[1]).max() > 0.1   # the bias matters
+    assert np.abs(want_probs - reference_backend.attention(q, k, v, bias, NH, True)[1]).max() > 0.1   # the bias matters
     with pytest.raises(ValueError, match="position_bias has shape"):
         one_head = np.ascontiguousarray(position_bias[:, :1])          # [rows, 1, T, T]: a head short
         K.attention(context, probs, dq, dk, dv, dev(bias), NH, True, position_bias=dev(one_head))
@@ -463,10 +465,10 @@ def test_attention_adds_a_position_bias(K, dev, dtype, B, T, NH, HS, bias_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relative_position_bias_gathers_the_reference_buckets(dtype):
     """T = 140: distances past max_distance 128, so every bucket of the table is read."""
-    from minibert.backends import make_ops, numpy_ops
+    from minibert.backends import make_ops, reference_backend
     ops = make_ops("cuda")
     table = rand(np.random.default_rng(8), 32, 3, dtype=dtype)
-    want = numpy_ops().relative_position_bias(table, 140, 32, 128)                  # [1, NH, T, T]
+    want = reference_backend.relative_position_bias(table, 140, 32, 128)                  # [1, NH, T, T]
     ours = ops.to_host(ops.relative_position_bias(ops.prepare(table), 140, 32, 128))
     np.testing.assert_array_equal(ours, want)
 
@@ -486,7 +488,7 @@ def test_contiguous_copy_of_a_strided_view(K, dev):
 @on_device
 def test_device_tensor_views_shapes_and_host_copies():
     from minibert.backends import make_ops
-    from minibert.cuda_backend import DeviceTensor
+    from minibert.backends.cuda import DeviceTensor
     ops = make_ops("cuda")
     x = np.arange(2 * 5 * 12, dtype=np.float32).reshape(2, 5, 12)
     t = ops.prepare({"x": x, "none": None, "list": [x]})["x"]
@@ -507,8 +509,8 @@ def test_device_tensor_views_shapes_and_host_copies():
 
 @on_device
 def test_ops_linear_on_strided_and_3d_views_and_mask_upload():
-    from minibert.backends import make_ops, numpy_ops
-    ops, ref = make_ops("cuda"), numpy_ops()
+    from minibert.backends import make_ops, reference_backend
+    ops, ref = make_ops("cuda"), reference_backend
     rng = np.random.default_rng(6)
     x, b = rand(rng, 2, 5, 24, dtype=np.float32), rand(rng, 8, dtype=np.float32)
     dx, db = ops.prepare([x, b])

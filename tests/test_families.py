@@ -92,10 +92,10 @@ def test_float64_within_1e_10_of_transformers_float64(name, backend):
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_unfused_reference_layer_is_the_fused_layer_in_float64(name, backend):
-    """kernels/reference.py encoder_layer (the formula, nothing fused) against model.py's fused layers, every
-    layer and internal of every family, on the golden batch with its padding: float64, within 1e-12."""
-    from minibert.kernels import reference
-    from minibert.model import additive_mask
+    """kernels/reference_layers.py encoder_layer_forward (the formula, nothing fused) against model.py's fused
+    layers, every layer and internal of every family, on the golden batch with its padding: float64, within 1e-12."""
+    from minibert.kernels.reference_layers import encoder_layer_forward
+    from minibert.model import INTERNALS, additive_mask
     g, model = family_golden(name), family_model(name, backend, "float64")
     out = model.forward(g["input_ids"], g["attention_mask"], g.get("token_type_ids"), capture="*")
     bias_weights = model.weights.get("relative_attention_bias")
@@ -104,13 +104,12 @@ def test_unfused_reference_layer_is_the_fused_layer_in_float64(name, backend):
         bias_weights["table"], T, model.config.relative_attention_num_buckets, 128)     # [1, NH, T, T]
     mask_bias = additive_mask(g["attention_mask"], np.float64)                          # [B, T]
     for i, layer in enumerate(model.weights["layers"], start=1):
-        ours, inside = reference.encoder_layer(out.hidden_states[i - 1], mask_bias, **layer,
-                                               num_heads=model.config.num_attention_heads,
-                                               activation=model.config.hidden_act,
-                                               eps=model.config.layer_norm_eps, position_bias=bias)
+        ours, inside = encoder_layer_forward(out.hidden_states[i - 1], mask_bias, bias, **layer,
+                                             num_heads=model.config.num_attention_heads,
+                                             activation=model.config.hidden_act, eps=model.config.layer_norm_eps)
         np.testing.assert_allclose(ours, out.hidden_states[i], atol=1e-12, rtol=0)
-        for internal, value in inside.items():
-            np.testing.assert_allclose(value, out.captured[f"layer{i}.{internal}"], atol=1e-12, rtol=0,
+        for internal in INTERNALS:
+            np.testing.assert_allclose(inside[internal], out.captured[f"layer{i}.{internal}"], atol=1e-12, rtol=0,
                                        err_msg=f"layer{i}.{internal}")
 
 
@@ -392,8 +391,7 @@ def test_mpnet_without_its_bias_would_be_far_off(backend):
 @pytest.mark.parametrize("bias_rows", [1, 3])
 def test_cpu_attention_adds_a_position_bias_as_the_reference_does(dtype, tolerance, bias_rows):
     """[1, NH, T, T] (MPNet's, shared by the batch) or one per text, with padding; None leaves it out."""
-    from minibert.backends import cpu_ops
-    from minibert.kernels import reference
+    from minibert.backends import cpu as cpu_backend, reference_backend
     rng = np.random.default_rng(11)
     B, T, NH, HS = 3, 13, 4, 8
     fused = rng.standard_normal((B, T, 3 * NH * HS)).astype(dtype)
@@ -402,11 +400,11 @@ def test_cpu_attention_adds_a_position_bias_as_the_reference_does(dtype, toleran
     mask[1, 7:] = 0
     mask_bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
     position_bias = rng.standard_normal((bias_rows, NH, T, T)).astype(dtype)
-    context, probs = cpu_ops().attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
-    want_context, want_probs = reference.attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
+    context, probs = cpu_backend.attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
+    want_context, want_probs = reference_backend.attention(q, k, v, mask_bias, NH, True, position_bias=position_bias)
     assert np.abs(probs - want_probs).max() < tolerance and np.abs(context - want_context).max() < 10 * tolerance
     assert (probs[1, :, :, 7:] == 0).all()
-    _, plain = reference.attention(q, k, v, mask_bias, NH, True)
+    _, plain = reference_backend.attention(q, k, v, mask_bias, NH, True)
     assert np.abs(probs - plain).max() > 0.1
 
 

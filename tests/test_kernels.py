@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from minibert.backends import cpu_ops, numpy_ops
+from minibert.backends import cpu as cpu_backend, reference_backend
 from minibert import threads as minibert_threads
 from minibert.kernels import cpu, reference
 
@@ -38,12 +38,13 @@ def test_layer_norm_and_add_layer_norm(dtype):
     g, b = rand(rng, 48, dtype=dtype), rand(rng, 48, dtype=dtype)
     out = np.empty_like(x)
     cpu.layer_norm(out, x, g, b, 1e-12)
-    np.testing.assert_allclose(out, reference.layer_norm(x, g, b, 1e-12), atol=TOL[dtype] * 10, rtol=0)
+    np.testing.assert_allclose(out, reference_backend.layer_norm(x, g, b, 1e-12), atol=TOL[dtype] * 10, rtol=0)
     cpu.add_layer_norm(out, x, r, g, b, 1e-5)
-    np.testing.assert_allclose(out, reference.layer_norm(x, g, b, 1e-5, residual=r), atol=TOL[dtype] * 10, rtol=0)
-    ops = cpu_ops()
+    np.testing.assert_allclose(out, reference_backend.layer_norm(x, g, b, 1e-5, residual=r), atol=TOL[dtype] * 10,
+                               rtol=0)
+    ops = cpu_backend
     np.testing.assert_allclose(ops.layer_norm(x.reshape(37, 4, 12)[..., :12], g[:12], b[:12], 1e-12),
-                               reference.layer_norm(x.reshape(37, 4, 12), g[:12], b[:12], 1e-12),
+                               reference_backend.layer_norm(x.reshape(37, 4, 12), g[:12], b[:12], 1e-12),
                                atol=TOL[dtype] * 10, rtol=0)
 
 
@@ -52,8 +53,8 @@ def test_layer_norm_and_add_layer_norm(dtype):
 def test_linear_with_fused_bias_activation(dtype, activation):
     rng = np.random.default_rng(1)
     x, w, b = rand(rng, 3, 5, 24, dtype=dtype), rand(rng, 24, 40, dtype=dtype, scale=0.5), rand(rng, 40, dtype=dtype)
-    ours = cpu_ops().linear(x, w, b, activation=activation)
-    want = reference.linear(x, w, b, activation=activation)
+    ours = cpu_backend.linear(x, w, b, activation=activation)
+    want = reference_backend.linear(x, w, b, activation=activation)
     assert ours.shape == (3, 5, 40) and ours.dtype == dtype
     np.testing.assert_allclose(ours, want, atol=TOL[dtype] * 5, rtol=0)
 
@@ -85,7 +86,7 @@ def test_float64_linear_and_attention_use_the_ordered_matmul():
     rng = np.random.default_rng(3)
     x, w, b = (rand(rng, 2, 7, 24, dtype=np.float64), rand(rng, 24, 40, dtype=np.float64),
                rand(rng, 40, dtype=np.float64))
-    np.testing.assert_array_equal(cpu_ops().linear(x, w, b),
+    np.testing.assert_array_equal(cpu_backend.linear(x, w, b),
                                   reference.matmul_in_k_order(x.reshape(14, 24), w).reshape(2, 7, 40) + b)
     q, k, v = (rand(rng, 2, 7, 24, dtype=np.float64) for _ in range(3))
     blas_calls = []
@@ -98,12 +99,13 @@ def test_float64_linear_and_attention_use_the_ordered_matmul():
             return getattr(np, name)
     # Compiled first: Numba binds a kernel's `np` when it compiles, and with a cold cache (after any edit of
     # kernels/cpu.py) it would otherwise compile matmul_ordered against the stand-in and fail.
-    cpu_ops().attention(q, k, v, np.zeros((2, 7)), 4, False)
+    cpu_backend.attention(q, k, v, np.zeros((2, 7)), 4, False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cpu, "np", CountingNumpy())
-        context, _ = cpu_ops().attention(q, k, v, np.zeros((2, 7)), 4, False)
+        context, _ = cpu_backend.attention(q, k, v, np.zeros((2, 7)), 4, False)
     assert not blas_calls
-    np.testing.assert_allclose(context, reference.attention(q, k, v, np.zeros((2, 7)), 4)[0], atol=1e-13, rtol=0)
+    np.testing.assert_allclose(context, reference_backend.attention(q, k, v, np.zeros((2, 7)), 4)[0], atol=1e-13,
+                               rtol=0)
 
 
 def test_every_backend_implements_every_activation_of_the_one_table():
@@ -124,7 +126,7 @@ def test_bias_activation_kernels_in_place_over_a_wide_range(dtype, activation):
     bias = rand(rng, 130, dtype=dtype)
     y = x.copy()
     cpu.bias_kernel(activation)(y, bias)
-    exact = reference.linear(x.astype(np.float64), np.eye(130), bias.astype(np.float64), activation=activation)
+    exact = reference_backend.linear(x.astype(np.float64), np.eye(130), bias.astype(np.float64), activation=activation)
     error = np.abs(y - exact) / np.maximum(1, np.abs(exact))       # relative, absolute below 1
     assert error.max() <= 6 * np.finfo(dtype).eps + (1e-7 if dtype == np.float32 else 0)   # + erf's 1e-7
 
@@ -186,8 +188,8 @@ def test_embed(dtype):
     rng = np.random.default_rng(2)
     word, pos, tt = rand(rng, 50, 8, dtype=dtype), rand(rng, 20, 8, dtype=dtype), rand(rng, 2, 8, dtype=dtype)
     ids, positions, types = rng.integers(0, 50, (3, 7)), np.tile(np.arange(7), (3, 1)), rng.integers(0, 2, (3, 7))
-    ours = cpu_ops().embed(ids, positions, types, word, pos, tt)
-    np.testing.assert_array_equal(ours, reference.embed(ids, positions, types, word, pos, tt))
+    ours = cpu_backend.embed(ids, positions, types, word, pos, tt)
+    np.testing.assert_array_equal(ours, reference_backend.embed(ids, positions, types, word, pos, tt))
 
 
 def attention_case(dtype, T, B=4, NH=4, HS=8, seed=3):
@@ -211,12 +213,12 @@ def attention_case(dtype, T, B=4, NH=4, HS=8, seed=3):
 @pytest.mark.parametrize("T", [1, 7, 33, 97])
 def test_attention_with_padding_and_strided_inputs(dtype, T):
     q, k, v, bias, NH = attention_case(dtype, T)
-    ctx, probs = cpu_ops().attention(q, k, v, bias, NH, True)
-    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True)
+    ctx, probs = cpu_backend.attention(q, k, v, bias, NH, True)
+    want_ctx, want_probs = reference_backend.attention(q, k, v, bias, NH, True)
     np.testing.assert_allclose(probs, want_probs, atol=TOL[dtype], rtol=0)
     np.testing.assert_allclose(ctx, want_ctx, atol=TOL[dtype] * 10, rtol=0)
     assert (probs[1, :, :, T // 2 + 1:] == 0).all()
-    ctx_only, none = cpu_ops().attention(q, k, v, bias, NH, False)
+    ctx_only, none = cpu_backend.attention(q, k, v, bias, NH, False)
     assert none is None
     np.testing.assert_array_equal(ctx_only, ctx)
 
@@ -227,8 +229,8 @@ def test_attention_splits_long_texts_by_heads(monkeypatch, T):
     q, k, v, bias, NH = attention_case(np.float32, T, NH=8)
     units, _ = cpu.attention_units(cpu.key_lengths(bias), NH, T)
     assert any(h1 - h0 < NH for _, _, h0, h1 in units)
-    ctx, probs = cpu_ops().attention(q, k, v, bias, NH, True)
-    want_ctx, want_probs = reference.attention(q, k, v, bias, NH, True)
+    ctx, probs = cpu_backend.attention(q, k, v, bias, NH, True)
+    want_ctx, want_probs = reference_backend.attention(q, k, v, bias, NH, True)
     np.testing.assert_allclose(probs, want_probs, atol=2e-6, rtol=0)
     np.testing.assert_allclose(ctx, want_ctx, atol=2e-5, rtol=0)
 
@@ -245,16 +247,16 @@ def test_attention_of_a_text_does_not_depend_on_its_batch_padding(dtype, n, thre
     mask = np.ones((3, T))
     mask[1, n:] = 0
     bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
-    batch, _ = cpu_ops().attention(fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:], bias, NH, False)
+    batch, _ = cpu_backend.attention(fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:], bias, NH, False)
     alone_fused = np.ascontiguousarray(fused[1:2, :n])
-    alone, _ = cpu_ops().attention(alone_fused[..., :H], alone_fused[..., H:2 * H], alone_fused[..., 2 * H:],
+    alone, _ = cpu_backend.attention(alone_fused[..., :H], alone_fused[..., H:2 * H], alone_fused[..., 2 * H:],
                                    bias[1:2, :n], NH, False)
     np.testing.assert_array_equal(batch[1, :n], alone[0])
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
 def test_ops_accept_empty_batches(shape):
-    ops = cpu_ops()
+    ops = cpu_backend
     B, T = shape
     fused, ones = np.ones((B, T, 3 * 16), np.float32), np.ones(8, np.float32)
     ctx, probs = ops.attention(fused[..., :16], fused[..., 16:32], fused[..., 32:], np.zeros((B, T), np.float32),
@@ -275,7 +277,7 @@ def test_ops_give_the_same_numbers_on_any_number_of_threads(dtype, threads):
     """Row kernels and attention: bitwise; matmuls: OpenBLAS rounds a row differently with the number of rows
     in the call, so within float rounding."""
     rng = np.random.default_rng(6)
-    ops = cpu_ops()
+    ops = cpu_backend
     x, w, b = rand(rng, 7, 61, 96, dtype=dtype), rand(rng, 96, 384, dtype=dtype, scale=0.1), rand(rng, 384, dtype=dtype)
     g, beta = rand(rng, 96, dtype=dtype), rand(rng, 96, dtype=dtype)
     q, k, v, bias, NH = attention_case(dtype, 61, B=7, NH=12, HS=32)
@@ -304,7 +306,7 @@ def test_blas_thread_count_is_held_at_one_during_an_op_and_restored_after(monkey
     monkeypatch.setitem(cpu.BIAS_ACTIVATIONS, None, spy)
     try:
         blas._set([3] * len(before))
-        cpu_ops().linear(np.ones((3000, 64), np.float32), np.ones((64, 64), np.float32), np.ones(64, np.float32))
+        cpu_backend.linear(np.ones((3000, 64), np.float32), np.ones((64, 64), np.float32), np.ones(64, np.float32))
         assert seen and set(seen) == {1}
         assert blas.thread_counts()[0] == 3
         with blas:
@@ -360,7 +362,7 @@ def test_split_is_contiguous_and_balanced():
 
 
 def test_numpy_ops_keep_dtype():
-    ops = numpy_ops()
+    ops = reference_backend
     x = np.ones((2, 3, 4), dtype=np.float32)
     w, b = np.ones((4, 5), dtype=np.float32), np.ones(5, dtype=np.float32)
     assert ops.linear(x, w, b, activation="gelu").dtype == np.float32

@@ -9,16 +9,37 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "minibert"
 
 
+def module_name(path):
+    """minibert/model.py -> "model", minibert/backends/cpu.py -> "backends.cpu", minibert/backends/__init__.py
+    -> "backends"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports_of_each_module():
-    """module -> the minibert modules it imports anywhere in its text (top level or inside functions)."""
-    sources = {path.stem: path.read_text() for path in PACKAGE.glob("*.py")}
+    """module -> the minibert modules it imports anywhere in its text (top level or inside functions), relative
+    imports resolved from its package: `from ..errors import` in backends/cpu.py is "errors", and
+    `from . import threads` or `from .backends import cpu` name a module when there is one by that name."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph = {}
-    for name, source in sources.items():
-        found = set(re.findall(r"^\s*from \.(\w+) import", source, re.M))
-        for group in re.findall(r"^\s*from \. import ([\w, ]+)", source, re.M):
-            found |= {part.strip() for part in group.split(",")}
-        graph[name] = {module for module in found if module in sources and module != name}
+    for name, path in paths.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for dots, target, names in re.findall(r"^\s*from (\.+)([\w.]*) import \(?([\w, ]+)", path.read_text(), re.M):
+            base = package[:len(package) - (len(dots) - 1)] + ([target] if target else [])
+            module = ".".join(part for part in base if part)
+            found |= {f"{module}.{part.strip()}".strip(".") for part in names.split(",")
+                      if f"{module}.{part.strip()}".strip(".") in paths}
+            if target and module in paths:
+                found.add(module)
+        graph[name] = {module for module in found if module != name}
     return graph
+
+
+def test_relative_imports_resolve_in_subpackages():
+    graph = imports_of_each_module()
+    assert {"threads", "backends.reference_backend"} <= graph["backends.cpu"]
+    assert "errors" in graph["backends.cuda"] and "backends" in graph["model"] and "errors" in graph["backends"]
 
 
 def test_no_module_reaches_itself_through_its_imports():

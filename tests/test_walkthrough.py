@@ -52,8 +52,8 @@ def test_float32_and_a_wrong_formula_is_caught(tmp_path, monkeypatch):
     _, _, steps = walkthrough.walkthrough(model, "the cat sat")
     assert max(s.max_diff for s in steps) < 1e-5
     # The tanh approximation in place of exact GELU: the comparison must notice.
-    right = walkthrough.reference.encoder_layer
-    monkeypatch.setattr(walkthrough.reference, "encoder_layer",
+    right = walkthrough.reference_layers.encoder_layer_forward
+    monkeypatch.setattr(walkthrough.reference_layers, "encoder_layer_forward",
                         lambda *args, **kwargs: right(*args, **{**kwargs, "activation": "gelu_new"}))
     _, _, steps = walkthrough.walkthrough(model, "the cat sat")
     bad = {s.name for s in steps if s.max_diff > 1e-5}

@@ -1,6 +1,7 @@
 """The "cuda" backend: the ops contract of minibert.backends on an NVIDIA GPU through numba.cuda kernels.
 
-Imported only when backend="cuda" is asked for, so a CPU-only install never imports numba.cuda.
+Imported only when backend="cuda" is asked for, and numba.cuda only by `load` (which make_ops calls), so a
+CPU-only install never imports numba.cuda.
 
 Activations stay on the device from layer to layer as `DeviceTensor`s, thin wrappers over numba device
 arrays that support exactly what minibert.model does outside the ops: `.shape`, `.dtype`, `.ndim` and
@@ -13,11 +14,11 @@ one place results cross back to the host.
 import dataclasses
 import os
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import BackendError
+from ..errors import BackendError
+from ..kernels.reference import relative_position_buckets
 
 NO_DEVICE = ("backend 'cuda': no CUDA device was found{reason}. Use backend='cpu' on this machine; to test "
              "the CUDA code path without a GPU, set NUMBA_ENABLE_CUDASIM=1 in the environment before "
@@ -129,11 +130,19 @@ def is_c_contiguous(shape, strides, itemsize):
     return True
 
 
-def cuda_ops():
-    cuda = import_numba_cuda()
-    if not cuda.is_available():
-        raise BackendError(NO_DEVICE.format(reason=no_device_reason(cuda)))
-    from .kernels import cuda as kernels, reference
+# numba.cuda and minibert.kernels.cuda, set by load(): importing this module imports no CUDA machinery.
+cuda = None
+kernels = None
+
+
+def load():
+    """Import numba.cuda and the kernels (once) and check for a device: make_ops("cuda") calls this first.
+    Returns what BackendOps records besides the functions."""
+    global cuda, kernels
+    found = import_numba_cuda()
+    if not found.is_available():
+        raise BackendError(NO_DEVICE.format(reason=no_device_reason(found)))
+    from ..kernels import cuda as loaded
 
     try:   # launches of a few blocks (small batches) are expected, not a mistake worth a warning
         from numba.core.errors import NumbaPerformanceWarning
@@ -141,125 +150,145 @@ def cuda_ops():
                                 category=NumbaPerformanceWarning)
     except ImportError:
         pass
+    cuda, kernels = found, loaded
+    return {"implementation": getattr(cuda, "implementation", "unknown"),
+            "simulator": os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")}
 
-    def device(x, dtype=None):
-        """The numba device array behind x: DeviceTensors unwrap, host arrays are copied over."""
-        if isinstance(x, DeviceTensor):
-            return x.array
-        if hasattr(x, "copy_to_host"):          # a numba device array (or the simulator's stand-in)
-            return x
-        if hasattr(x, "__cuda_array_interface__") and hasattr(cuda, "as_cuda_array"):
-            return cuda.as_cuda_array(x)        # CuPy, PyTorch, ...: zero-copy
-        return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
 
-    def empty(shape, dtype):
-        return cuda.device_array(tuple(shape), dtype=dtype)
+def synchronize():
+    """Wait for the device's queued work."""
+    cuda.synchronize()
 
-    def contiguous(array):
-        """`array` itself when C-contiguous, else a contiguous device copy (3-D arrays; 2-D rows pass)."""
-        if is_c_contiguous(array.shape, array.strides, array.dtype.itemsize):
-            return array
-        if array.ndim != 3:
-            raise BackendError(f"backend 'cuda': cannot lay out a strided {array.ndim}-d array as rows")
-        out = empty(array.shape, array.dtype)
-        kernels.contiguous_copy(out, array)
-        return out
 
-    def rows(array):
-        """[..., C] -> [N, C] without a copy when possible (2-D views of any strides pass as they are)."""
-        return array if array.ndim == 2 else kernels.as_rows(contiguous(array))
+def device(x, dtype=None):
+    """The numba device array behind x: DeviceTensors unwrap, host arrays are copied over."""
+    if isinstance(x, DeviceTensor):
+        return x.array
+    if hasattr(x, "copy_to_host"):          # a numba device array (or the simulator's stand-in)
+        return x
+    if hasattr(x, "__cuda_array_interface__") and hasattr(cuda, "as_cuda_array"):
+        return cuda.as_cuda_array(x)        # CuPy, PyTorch, ...: zero-copy
+    return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
 
-    def embed(input_ids, position_ids, token_type_ids, word, position, token_type):
-        word = device(word)
-        ids = [device(a, np.int64) for a in (input_ids, position_ids, token_type_ids)]
-        out = empty(tuple(ids[0].shape) + (word.shape[1],), word.dtype)
-        kernels.embed(out, *ids, word, device(position), device(token_type))
-        return DeviceTensor(out)
 
-    def linear(x, w, b, activation=None):
-        if activation not in kernels.ACTIVATION_CODES:
-            raise BackendError(f"backend 'cuda': unknown activation {activation!r}")
-        x, w = device(x), device(w)
-        a = rows(x)
-        out = empty((a.shape[0], w.shape[1]), w.dtype)
-        kernels.matmul_bias_act(out, a, w, device(b), activation)
-        return DeviceTensor(out.reshape(*(tuple(x.shape)[:-1] + (w.shape[1],))))
+def empty(shape, dtype):
+    return cuda.device_array(tuple(shape), dtype=dtype)
 
-    def layer_norm(x, gamma, beta, eps, residual=None):
-        x = device(x)
-        out = empty(x.shape, x.dtype)
-        if residual is None:
-            kernels.layer_norm(rows(out), rows(x), device(gamma), device(beta), eps)
-        else:
-            kernels.add_layer_norm(rows(out), rows(x), rows(device(residual)), device(gamma), device(beta), eps)
-        return DeviceTensor(out)
 
-    mask_cache = {}     # the last mask_bias seen, host copy -> device array: uploaded once per forward
+def contiguous(array):
+    """`array` itself when C-contiguous, else a contiguous device copy (3-D arrays; 2-D rows pass)."""
+    if is_c_contiguous(array.shape, array.strides, array.dtype.itemsize):
+        return array
+    if array.ndim != 3:
+        raise BackendError(f"backend 'cuda': cannot lay out a strided {array.ndim}-d array as rows")
+    out = empty(array.shape, array.dtype)
+    kernels.contiguous_copy(out, array)
+    return out
 
-    def device_mask(mask_bias, dtype):
-        if not isinstance(mask_bias, np.ndarray):
-            return device(mask_bias, dtype)
-        host = np.ascontiguousarray(mask_bias, dtype=dtype)
-        seen = mask_cache.get("host")
-        if seen is None or seen.shape != host.shape or not np.array_equal(seen, host):
-            mask_cache["host"], mask_cache["device"] = host.copy(), cuda.to_device(host)
-        return mask_cache["device"]
 
-    probs_placeholder = {}
+def rows(array):
+    """[..., C] -> [N, C] without a copy when possible (2-D views of any strides pass as they are)."""
+    return array if array.ndim == 2 else kernels.as_rows(contiguous(array))
 
-    def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
-        q, k, v = device(q), device(k), device(v)
-        B, T, H = q.shape
-        if H % num_heads:
-            raise BackendError(f"backend 'cuda': hidden size {H} is not a multiple of {num_heads} heads")
-        context = empty((B, T, H), q.dtype)
-        if return_probs:
-            probs = empty((B, num_heads, T, T), q.dtype)
-        else:
-            if q.dtype not in probs_placeholder:
-                probs_placeholder[q.dtype] = empty((1, 1, 1, 1), q.dtype)
-            probs = probs_placeholder[q.dtype]
-        kernels.attention(context, probs, q, k, v, device_mask(mask_bias, q.dtype), num_heads, return_probs,
-                          position_bias=None if position_bias is None else device(position_bias, q.dtype))
-        return DeviceTensor(context), (DeviceTensor(probs) if return_probs else None)
 
-    bucket_cache = {}    # (T, num_buckets, max_distance) -> device buckets [T, T]: uploaded once per length
+def embed(input_ids, position_ids, token_type_ids, word, position, token_type):
+    word = device(word)
+    ids = [device(a, np.int64) for a in (input_ids, position_ids, token_type_ids)]
+    out = empty(tuple(ids[0].shape) + (word.shape[1],), word.dtype)
+    kernels.embed(out, *ids, word, device(position), device(token_type))
+    return DeviceTensor(out)
 
-    def relative_position_bias(table, T, num_buckets, max_distance):
-        """The buckets on the host (reference.py's integers, the spec), gathered from the table on the device."""
-        key = (T, num_buckets, max_distance)
-        if key not in bucket_cache:
-            bucket_cache.clear()
-            bucket_cache[key] = cuda.to_device(reference.relative_position_buckets(T, num_buckets, max_distance))
-        table = device(table)
-        out = empty((1, table.shape[1], T, T), table.dtype)
-        kernels.relative_position_bias(out, bucket_cache[key], table)
-        return DeviceTensor(out)
 
-    def prepare(weights):
-        """The weights dict with every array uploaded once (same structure, DeviceTensors); an array
-        that appears several times (ALBERT's shared layers) is uploaded once and shared."""
-        uploaded = {}
+def linear(x, w, b, activation=None):
+    if activation not in kernels.ACTIVATION_CODES:
+        raise BackendError(f"backend 'cuda': unknown activation {activation!r}")
+    x, w = device(x), device(w)
+    a = rows(x)
+    out = empty((a.shape[0], w.shape[1]), w.dtype)
+    kernels.matmul_bias_act(out, a, w, device(b), activation)
+    return DeviceTensor(out.reshape(*(tuple(x.shape)[:-1] + (w.shape[1],))))
 
-        def upload(array):
-            if id(array) not in uploaded:
-                uploaded[id(array)] = (array, DeviceTensor(cuda.to_device(np.ascontiguousarray(array))))
-            return uploaded[id(array)][1]
-        return map_arrays(weights, upload)
 
-    def to_host(value):
-        """NumPy copies of every DeviceTensor in value (EncoderOutput, tuples, lists, dicts); others as is."""
-        return map_arrays(value, lambda a: a, device_array=lambda t: t.copy_to_host())
+def layer_norm(x, gamma, beta, eps, residual=None):
+    x = device(x)
+    out = empty(x.shape, x.dtype)
+    if residual is None:
+        kernels.layer_norm(rows(out), rows(x), device(gamma), device(beta), eps)
+    else:
+        kernels.add_layer_norm(rows(out), rows(x), rows(device(residual)), device(gamma), device(beta), eps)
+    return DeviceTensor(out)
 
-    def add_layer_norm(x, residual, gamma, beta, eps):
-        return layer_norm(x, gamma, beta, eps, residual=residual)
 
-    return SimpleNamespace(name="cuda", embed=embed, linear=linear, layer_norm=layer_norm,
-                           add_layer_norm=add_layer_norm, attention=attention,
-                           relative_position_bias=relative_position_bias, prepare=prepare, to_host=to_host,
-                           synchronize=cuda.synchronize,
-                           implementation=getattr(cuda, "implementation", "unknown"),
-                           simulator=os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"))
+# The last mask_bias seen, host copy -> device array: uploaded once per forward (one per process).
+mask_cache = {}
+
+
+def device_mask(mask_bias, dtype):
+    if not isinstance(mask_bias, np.ndarray):
+        return device(mask_bias, dtype)
+    host = np.ascontiguousarray(mask_bias, dtype=dtype)
+    seen = mask_cache.get("host")
+    if seen is None or seen.shape != host.shape or not np.array_equal(seen, host):
+        mask_cache["host"], mask_cache["device"] = host.copy(), cuda.to_device(host)
+    return mask_cache["device"]
+
+
+# dtype -> a [1, 1, 1, 1] device array the attention kernel writes no probabilities into.
+probs_placeholder = {}
+
+
+def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=None):
+    q, k, v = device(q), device(k), device(v)
+    B, T, H = q.shape
+    if H % num_heads:
+        raise BackendError(f"backend 'cuda': hidden size {H} is not a multiple of {num_heads} heads")
+    context = empty((B, T, H), q.dtype)
+    if return_probs:
+        probs = empty((B, num_heads, T, T), q.dtype)
+    else:
+        if q.dtype not in probs_placeholder:
+            probs_placeholder[q.dtype] = empty((1, 1, 1, 1), q.dtype)
+        probs = probs_placeholder[q.dtype]
+    kernels.attention(context, probs, q, k, v, device_mask(mask_bias, q.dtype), num_heads, return_probs,
+                      position_bias=None if position_bias is None else device(position_bias, q.dtype))
+    return DeviceTensor(context), (DeviceTensor(probs) if return_probs else None)
+
+
+# (T, num_buckets, max_distance) -> device buckets [T, T]: uploaded once per length.
+bucket_cache = {}
+
+
+def relative_position_bias(table, T, num_buckets, max_distance):
+    """The buckets on the host (reference.py's integers, the spec), gathered from the table on the device."""
+    key = (T, num_buckets, max_distance)
+    if key not in bucket_cache:
+        bucket_cache.clear()
+        bucket_cache[key] = cuda.to_device(relative_position_buckets(T, num_buckets, max_distance))
+    table = device(table)
+    out = empty((1, table.shape[1], T, T), table.dtype)
+    kernels.relative_position_bias(out, bucket_cache[key], table)
+    return DeviceTensor(out)
+
+
+def prepare(weights):
+    """The weights dict with every array uploaded once (same structure, DeviceTensors); an array
+    that appears several times (ALBERT's shared layers) is uploaded once and shared."""
+    uploaded = {}
+
+    def upload(array):
+        if id(array) not in uploaded:
+            uploaded[id(array)] = (array, DeviceTensor(cuda.to_device(np.ascontiguousarray(array))))
+        return uploaded[id(array)][1]
+    return map_arrays(weights, upload)
+
+
+def to_host(output):
+    """NumPy copies of every DeviceTensor in output (EncoderOutput, tuples, lists, dicts); others as is."""
+    return map_arrays(output, lambda a: a, device_array=lambda t: t.copy_to_host())
+
+
+def add_layer_norm(x, residual, gamma, beta, eps):
+    return layer_norm(x, gamma, beta, eps, residual=residual)
 
 
 def map_arrays(value, host_array, device_array=None):
