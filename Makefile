@@ -59,7 +59,7 @@ ray-test: $(RAY)/.ready
 # too old a NumPy that skip would pass silently (PyPI's Linux NumPy wheels always bring OpenBLAS).
 floors-test: $(FLOORS)/.ready
 	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|numba|safetensors|huggingface.hub|tokenizers|tqdm|threadpoolctl|pytest|hypothesis) '
-	$(FLOORS)/bin/python -c 'import sys, numpy; from minibert.threads import BLAS; \
+	$(FLOORS)/bin/python -c 'import sys, numpy; from minibert.backends.threads import BLAS; \
 	BLAS.available or sys.exit(f"make floors-test: NumPy {numpy.__version__}: the CPU backend cannot find its OpenBLAS")'
 	$(FLOORS)/bin/python -m pytest -q -m "not reference" -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make floors-test: no tests were collected"; exit $$code

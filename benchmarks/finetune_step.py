@@ -25,8 +25,9 @@ def main():
         os.environ[var] = str(args.threads)
     import numpy as np
     import minibert
-    from minibert.finetune import Recipe, collate, new_classifier, tokenize_examples, train_step, trainable, Examples
-    from minibert.hf_checkpoint import tensors_from_tree
+    from minibert.train.finetune import (Examples, Recipe, collate, new_classifier, tokenize_examples, train_step,
+                                         trainable)
+    from minibert.train.hf_checkpoint import tensors_from_tree
 
     base = ["A man is playing a guitar on the stage.", "The weather forecast says it will rain tomorrow afternoon.",
             "Two dogs run across a snowy field.", "She reads the newspaper every morning before work.",

@@ -63,11 +63,11 @@ def main():
         os.environ[var] = str(args.threads)
     import numpy as np
     import minibert
-    from minibert.backprop import classifier_forward
-    from minibert.finetune import (Examples, Recipe, collate, length_buckets, lr_at, new_classifier,
+    from minibert.train.backprop import classifier_forward
+    from minibert.train.finetune import (Examples, Recipe, collate, length_buckets, lr_at, new_classifier,
                                    tokenize_examples, train_step, trainable)
-    from minibert.hf_checkpoint import tensors_from_tree
-    from minibert.probe import read_conll
+    from minibert.train.hf_checkpoint import tensors_from_tree
+    from minibert.analysis.probe import read_conll
 
     if args.data is None:
         import importlib.util

@@ -5,7 +5,7 @@
 One process: a local Ray cluster (this machine's CPUs, no dashboard) is started once; then, per repeat,
 in interleaved order: the local engine at 1 and at 2 threads, and the Ray engine with 1 worker x 1 CPU,
 2 workers x 1 CPU and 1 worker x 2 CPUs. Every run writes the same npy output (mean-pooled last layer,
-float32) from the same synthetic corpus, in chunks of minibert.extract.CHUNK texts. Reported, as medians:
+float32) from the same synthetic corpus, in chunks of minibert.corpus.extract.CHUNK texts. Reported, as medians:
 
     texts/s           end to end: texts / wall time of the extract call (Ray: actor start, model load,
                       encoding, transfer to the driver and writing, but not ray.init)
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import minibert                                           # noqa: E402
-from minibert import extract as local                     # noqa: E402
-from minibert import ray_data                             # noqa: E402
+from minibert.corpus import extract as local  # noqa: E402
+from minibert.corpus import ray_data  # noqa: E402
 
 
 class TimedChunks(ray_data.ChunkEmbedder):
@@ -42,7 +42,7 @@ class TimedChunks(ray_data.ChunkEmbedder):
     report_dir = None
 
     def encode_chunk(self, start, texts):
-        from minibert.encode import tokenize_texts
+        from minibert.embed.encode import tokenize_texts
         cpu0, t0 = os.times(), time.perf_counter()
         out = super().encode_chunk(start, texts)
         cpu1, t1 = os.times(), time.perf_counter()

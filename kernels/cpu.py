@@ -2,7 +2,7 @@
 
 Every kernel is single-threaded and releases the GIL (nogil): the "cpu" ops in minibert.backends split
 rows (or attention heads) into contiguous pieces and run the pieces on minibert's own threads
-(minibert.threads), with NumPy's BLAS held to one thread meanwhile, so one pool of threads does all the
+(minibert.backends.threads), with NumPy's BLAS held to one thread meanwhile, so one pool of threads does all the
 work and no second pool spins on the cores the first one needs.
 
 Rows are independent and each row is computed the same way whatever else is in the batch (attention
@@ -421,7 +421,7 @@ def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengt
     Every query row, padding included, is computed, as the reference does.
 
     Per block of heads: scores = q @ k^T and context = exp-scores @ v (float32: BLAS, which the caller holds
-    to one thread, see minibert.threads.BLAS; float64: matmul_ordered), softmax_scores in between, the division
+    to one thread, see minibert.backends.threads.BLAS; float64: matmul_ordered), softmax_scores in between, the division
     by the sum applied to the
     context rows. Consecutive whole texts of equal key length share one block (one stacked matmul). Real
     queries (before L) and padding queries go to separate matmuls, so a text's scores come from matmuls of

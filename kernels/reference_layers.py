@@ -1,7 +1,7 @@
 """BERT's embeddings and encoder layer written out op by op from kernels/reference.py, nothing fused, forward
 and backward: *the* unfused layer. minibert/model.py computes the same layer with fused ops (a Q|K|V matmul,
 bias + activation after a matmul, the residual add inside LayerNorm); the walkthrough, the fused-path tests
-and training (minibert/backprop.py) all read this one.
+and training (minibert/train/backprop.py) all read this one.
 
     x = LayerNorm(x + Dropout(Attention(x)))      Attention(x) = softmax(Q K^T / sqrt(HS) + mask) V Wo + bo
     x = LayerNorm(x + Dropout(FFN(x)))            FFN(x) = GELU(x W1 + b1) W2 + b2, GELU with the exact erf
@@ -63,7 +63,7 @@ def embeddings_backward(dout, input_ids, position_ids, token_type_ids, *, word, 
 def encoder_layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
                           activation, eps, dropout=0.0, drop_attention_output=True, rng=None):
     """x [B, T, H] -> [B, T, H], and saved. mask_bias [B, T] (0 for a real key, a large negative number for
-    padding); position_bias [B or 1, NH, T, T] or None (MPNet). Weights as minibert.weights arranges them
+    padding); position_bias [B or 1, NH, T, T] or None (MPNet). Weights as minibert.checkpoint.weights arranges them
     (qkv["w"] [H, 3H]). activation: a name of reference.ACTIVATIONS (BERT's "gelu" is the exact erf GELU).
     dropout: the probability of every dropout; drop_attention_output False leaves the attention output
     projection undropped (DistilBERT)."""

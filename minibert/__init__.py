@@ -3,8 +3,8 @@
 from importlib import metadata as _metadata
 
 from .api import Model, load
-from .estimator import SentenceEncoder
-from .store import load_embeddings
+from .embed.estimator import SentenceEncoder
+from .corpus.store import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
                      TokenizerError)
 
@@ -15,9 +15,9 @@ except _metadata.PackageNotFoundError:                     # a source tree on sy
 
 
 def load_classifier(directory, *, dtype="float32"):
-    """A fine-tuned classifier directory (minibert.finetune or transformers' ...ForSequenceClassification /
+    """A fine-tuned classifier directory (minibert.train.finetune or transformers' ...ForSequenceClassification /
     ...ForTokenClassification, safetensors) -> a Classifier with predict, predict_proba and tag."""
-    from .finetune import load_classifier as load_from   # the training code loads only when asked for
+    from .train.finetune import load_classifier as load_from   # the training code loads only when asked for
     return load_from(directory, dtype=dtype)
 
 

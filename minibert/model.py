@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from .backends import Ops
-from .config import RELATIVE_MAX_DISTANCE
+from .checkpoint.config import RELATIVE_MAX_DISTANCE
 from .conventions import OutputMapping
 from .errors import InputError
 

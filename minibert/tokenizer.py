@@ -12,10 +12,10 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from . import files
-from .config import Config
+from .checkpoint.config import Config
 from .conventions import FieldMapping
 from .errors import InputError, MiniBertError, TokenizerError
-from .families import FAMILIES
+from .checkpoint.families import FAMILIES
 
 
 @dataclass

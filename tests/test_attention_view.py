@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from minibert import attention_view
+from minibert.analysis import attention_view
 from minibert.cli import main
 
 TEXT, PAIR = "The cat sat on the mat.", "Where did it sit?"

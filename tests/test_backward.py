@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minibert.backprop import SEQUENCE_HEADS, classifier_forward, loss_and_grads
-from minibert.config import read_config
+from minibert.train.backprop import SEQUENCE_HEADS, classifier_forward, loss_and_grads
+from minibert.checkpoint.config import read_config
 from minibert.kernels import reference as rb
 from minibert.model import encoder, make_position_ids
-from minibert.weights import load_weights
+from minibert.checkpoint.weights import load_weights
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
 GRAD_GOLDENS = Path(__file__).parent / "fixtures" / "grad_goldens"
@@ -145,7 +145,7 @@ def test_attention_backward_with_a_position_bias(rng):
 def test_relative_position_bias_backward_scatter_adds_shared_buckets(rng):
     """T = 40 reaches past the 8 exact distances into the shared logarithmic buckets (up to 8 distances a
     bucket here), so rows gathered by many (query, key) pairs are checked."""
-    from minibert.config import RELATIVE_MAX_DISTANCE
+    from minibert.checkpoint.config import RELATIVE_MAX_DISTANCE
     from minibert.kernels.reference import relative_position_buckets
     T, NH, buckets = 40, 3, 32
     table = rng.standard_normal((buckets, NH))
@@ -270,7 +270,7 @@ def test_prediction_forward_keeps_no_layer_activations():
 @pytest.mark.parametrize("name,dropped", [("bert_cased", True), ("distilbert", False)])
 def test_dropout_placement_follows_the_family(name, dropped):
     """Training-mode dropout where transformers has it: DistilBERT adds the attention output undropped."""
-    from minibert.backprop import encoder_forward
+    from minibert.train.backprop import encoder_forward
     config, weights = family_model(name)
     ids, mask, types = tiny_batch(config, np.random.default_rng(1))
     _, saved = encoder_forward(ids, mask, types, weights, config, dropout=0.1, rng=np.random.default_rng(0))
@@ -348,7 +348,7 @@ def test_grad_goldens_cover_every_family_and_task():
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
 def test_grads_match_torch_autograd(path):
-    from minibert.grad_parity import compare_grads, minibert_grads
+    from minibert.train.grad_parity import compare_grads, minibert_grads
     family, task = path.stem.rsplit("_", 1)
     with np.load(path) as data:
         golden = {key: data[key] for key in data.files}
@@ -374,7 +374,7 @@ def test_grads_match_torch_autograd_live(name, task):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from minibert.api import default_model_dir
-    from minibert.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
+    from minibert.train.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
                                       reference_grads)
     model_dir = default_model_dir() if name == "all-MiniLM-L6-v2" else FAMILIES / name
     config = read_config(model_dir / "config.json")
@@ -391,7 +391,7 @@ def test_grads_match_torch_autograd_live(name, task):
 @pytest.mark.reference
 def test_grad_report_names_every_block():
     pytest.importorskip("torch")
-    from minibert.grad_parity import grad_report
+    from minibert.train.grad_parity import grad_report
     lines = grad_report(FAMILIES / "albert_groups", "sequence")
     blocks = [line.split()[0] for line in lines[1:]]
     assert blocks == ["embeddings", "embedding_hidden_mapping_in", "albert_layer_groups.0",

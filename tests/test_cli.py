@@ -430,7 +430,7 @@ def test_similarity_matrix_out_may_not_be_its_input(tiny, tmp_path, capsys):
 def classifier_dir(tmp_path_factory):
     from pathlib import Path
 
-    from minibert.finetune import Examples, Recipe, finetune
+    from minibert.train.finetune import Examples, Recipe, finetune
     model = Path(__file__).parent / "fixtures" / "families" / "bert_cased"
     out = tmp_path_factory.mktemp("clf") / "clf"
     finetune(str(model), Examples(texts=["the cat", "a red dog", "the mat", "a red cat"], labels=["n", "y", "n", "y"]),
@@ -440,7 +440,7 @@ def classifier_dir(tmp_path_factory):
 
 def test_predict_out_is_written_only_when_complete(classifier_dir, tmp_path, capsys, monkeypatch):
     """Before: predict --out F opened F before predicting: a refusal or Ctrl-C left F empty."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat\na red dog\n")
     out = tmp_path / "predictions.jsonl"
@@ -471,7 +471,7 @@ def test_predict_out_is_written_only_when_complete(classifier_dir, tmp_path, cap
 
 def test_predict_out_may_not_be_its_input_or_in_the_classifier(classifier_dir, tmp_path, capsys):
     """Before: --out equal to the input overwrote the input."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat\n")
     (tmp_path / "link.txt").symlink_to(texts)

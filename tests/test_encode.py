@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tiny import write_tiny
 
 import minibert
-from minibert import extract as extract_module
+from minibert.corpus import extract as extract_module
 from minibert.errors import InputError, MiniBertError
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
@@ -189,7 +189,7 @@ def test_extract_end_to_end_and_refusal_to_overwrite(tmp_path, model):
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors", "jsonl"])
 def test_extract_formats_round_trip(tmp_path, model, fmt):
-    from minibert.extract import extract
+    from minibert.corpus.extract import extract
     extract(model, TEXTS, tmp_path, fmt=fmt, dtype="float16" if fmt == "safetensors" else "float32")
     loaded = minibert.load_embeddings(tmp_path)
     want = model.encode(TEXTS)
@@ -198,7 +198,7 @@ def test_extract_formats_round_trip(tmp_path, model, fmt):
 
 
 def test_extract_token_level_is_flat_with_offsets(tmp_path, model):
-    from minibert.extract import extract
+    from minibert.corpus.extract import extract
     extract(model, TEXTS, tmp_path, pooling="none")
     loaded = minibert.load_embeddings(tmp_path)
     want = model.encode(TEXTS, pooling="none")
@@ -208,7 +208,7 @@ def test_extract_token_level_is_flat_with_offsets(tmp_path, model):
 
 
 def test_interrupted_extract_leaves_nothing_that_looks_complete(tmp_path, model, monkeypatch):
-    from minibert import extract as extract_module
+    from minibert.corpus import extract as extract_module
     calls = {"n": 0}
     real_encode = type(model).encode
 
@@ -409,7 +409,7 @@ def test_encode_returns_the_dtype_the_model_was_loaded_with(model_for):
 
 
 def test_extract_writes_the_dtype_the_model_was_loaded_with(tmp_path, model_for):
-    from minibert.extract import extract
+    from minibert.corpus.extract import extract
     model64 = model_for("cpu", "float64")
     manifest = extract(model64, TEXTS, tmp_path / "a")
     loaded = minibert.load_embeddings(tmp_path / "a")
@@ -437,10 +437,10 @@ def test_bad_dtypes_are_input_errors(model, dtype):
     ({"dtype": "bfloat16"}, "dtype must be one of"),
 ])
 def test_options_are_refused_before_any_text_is_tokenized(model, monkeypatch, options, message):
-    import minibert.encode
+    import minibert.embed.encode
     def tokenized_too_soon(*args, **kwargs):
         raise AssertionError("texts were tokenized before the options were checked")
-    monkeypatch.setattr(minibert.encode, "tokenize_texts", tokenized_too_soon)
+    monkeypatch.setattr(minibert.embed.encode, "tokenize_texts", tokenized_too_soon)
     with pytest.raises(InputError, match=message):
         model.encode(["x"], **options)
     if "capture" not in options:
@@ -452,7 +452,7 @@ def test_options_are_refused_before_any_text_is_tokenized(model, monkeypatch, op
 
 def test_pre_split_words_get_the_prefix_space_on_byte_level_bpe():
     from conftest import FIXTURES
-    from minibert.encode import tokenize_texts
+    from minibert.embed.encode import tokenize_texts
     roberta = minibert.load(str(FIXTURES / "families" / "roberta"), backend="numpy")
     words = ["Hund", "und", "Katze"]
     with_space = tokenize_texts(roberta, [words], None, None, pretokenized=True)[0]
@@ -604,7 +604,7 @@ def test_mixed_scripts_and_emoji_give_the_same_vector_alone_and_in_a_batch(model
 def test_pooling_registry_window_shares_are_the_poolings_weights():
     """Each linear pooling's window_share(n) is the weight it gives each of n tokens: pooling the identity
     (token t = unit vector t) returns exactly those weights. Non-linear poolings have none."""
-    from minibert.pooling import POOLINGS
+    from minibert.embed.pooling import POOLINGS
     for n in (1, 2, 7):
         for p in POOLINGS.values():
             if p.window_share is None:
@@ -617,8 +617,8 @@ def test_pooling_registry_window_shares_are_the_poolings_weights():
 def test_pooling_registry_feeds_cli_and_recipe():
     """The CLI's choices and the recipe's sentence-transformers names come from the registry."""
     from minibert import cli
-    from minibert.pooling import POOLINGS
-    from minibert.recipe import POOLING_FLAGS, POOLING_NAMES
+    from minibert.embed.pooling import POOLINGS
+    from minibert.embed.recipe import POOLING_FLAGS, POOLING_NAMES
     sentence = [name for name, p in POOLINGS.items() if p.pool is not None]
     assert cli.POOLINGS == sentence == sorted(set(POOLING_FLAGS.values()), key=sentence.index)
     assert set(POOLING_NAMES.values()) == set(sentence)

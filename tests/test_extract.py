@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from tiny import tiny_config, tiny_tensors, write_tiny
 
 import minibert
-from minibert import extract as extract_module
-from minibert import readers, store
+from minibert.corpus import extract as extract_module
+from minibert.corpus import readers, store
 from minibert.cli import main
 from minibert.errors import InputError, MiniBertError
 
@@ -229,7 +229,7 @@ def test_a_cut_text_truncates_to_the_same_tokens_as_the_whole_text(family, piece
     """cut_to_fit against the tokenizer on the whole text: WordPiece, byte-level BPE, SentencePiece
     (Unigram, Metaspace), CJK splitting; long words ([UNK] over 100 characters), runs of spaces, combining
     marks, controls the normalizer drops, special tokens written in the text."""
-    from minibert.encode import tokenize_texts
+    from minibert.embed.encode import tokenize_texts
     from minibert.tokenizer import encode_batch
     model = loaded_family(family)
     text = "".join(pieces)
@@ -407,7 +407,7 @@ def test_reduce_with_several_layers_is_refused_before_any_work(tiny_model, tmp_p
 
 def test_reduce_on_a_full_disk_is_one_line_and_leaves_the_extraction_intact(tiny_model, tmp_path,
                                                                             monkeypatch, capsys):
-    from minibert import reduce
+    from minibert.corpus import reduce
     (tmp_path / "c.txt").write_text("\n".join(CORPUS) + "\n")
     monkeypatch.setattr(minibert, "load", lambda *args, **kwargs: tiny_model)
     real = reduce.reduce_extraction
@@ -473,7 +473,7 @@ def test_one_progress_report_for_the_whole_run():
 def test_the_run_report_advances_batch_by_batch(tiny_model, tmp_path, monkeypatch):
     """extract's one report moves after every batch of encode, not only after each 4,096-text chunk (a chunk
     of long texts is minutes of work), and encode(progress=callable) says rows done after each batch."""
-    import minibert.extract as extract_module
+    import minibert.corpus.extract as extract_module
     calls = []
     tiny_model.encode([f"text {i}" for i in range(25)], batch_size=10, progress=lambda done, total: calls.append(
         (done, total)))

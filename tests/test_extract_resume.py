@@ -18,7 +18,7 @@ import pytest
 from tiny import write_tiny
 
 import minibert
-from minibert import extract as extract_module
+from minibert.corpus import extract as extract_module
 from minibert.errors import InputError, MiniBertError
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
@@ -197,8 +197,8 @@ import signal, sys, time
 # A shell's background jobs (CI runners among them) start with SIGINT ignored, and Python then installs no
 # KeyboardInterrupt handler: give the child the handler an interactive user's minibert has.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import minibert.api, minibert.extract
-minibert.extract.CHUNK = 4
+import minibert.api, minibert.corpus.extract
+minibert.corpus.extract.CHUNK = 4
 real = minibert.api.Model.encode
 calls = []
 def slow(self, texts, **kwargs):          # the probe and 3 chunks, then one that waits for the signal

@@ -16,9 +16,9 @@ from safetensors.numpy import load_file, save_file
 
 import minibert
 from minibert import ConfigError, InputError, ModelFileError
-from minibert.config import config_from_dict
+from minibert.checkpoint.config import config_from_dict
 from minibert.model import make_position_ids
-from minibert.weights import parameter_counts, sinusoidal_positions
+from minibert.checkpoint.weights import parameter_counts, sinusoidal_positions
 
 FAMILIES_DIR = Path(__file__).parent / "fixtures" / "families"
 FAMILIES = ["bert_cased", "bert_chinese", "bert_multilingual", "roberta", "xlm_roberta", "distilbert",
@@ -444,10 +444,10 @@ def test_family_records_are_complete_and_consistent():
     """families.py's records: every supported family has one, its architecture stem reads back as its
     model_type, its layer table names each layer parameter once, its head names the parts its head has, and
     parity hooks the same internals in every family."""
-    from minibert.config import (ARCHITECTURE_FAMILIES, BERT_KEYS, SUPPORTED_FAMILIES, SWITCH_FIELDS,
+    from minibert.checkpoint.config import (ARCHITECTURE_FAMILIES, BERT_KEYS, SUPPORTED_FAMILIES, SWITCH_FIELDS,
                                  detect_family)
-    from minibert.families import FAMILIES
-    from minibert.weights import expected_shapes
+    from minibert.checkpoint.families import FAMILIES
+    from minibert.checkpoint.weights import expected_shapes
     layer_keys = {"qkv.w", "qkv.b", "attn_out.w", "attn_out.b", "attn_ln.g", "attn_ln.b", "ffn_in.w", "ffn_in.b",
                   "ffn_out.w", "ffn_out.b", "ffn_ln.g", "ffn_ln.b"}
     assert SUPPORTED_FAMILIES == tuple(FAMILIES)
@@ -469,8 +469,8 @@ def test_parity_hooks_find_each_familys_layers():
     """parity --ops finds the layers by the record's reference_layers, on stand-ins laid out as transformers'
     models are (ALBERT: groups of layers, in call order), and refuses a model laid out otherwise."""
     from types import SimpleNamespace as Module
-    from minibert.families import FAMILIES
-    from minibert.parity import hooked_layers
+    from minibert.checkpoint.families import FAMILIES
+    from minibert.analysis.parity import hooked_layers
     bert = Module(encoder=Module(layer=["l0", "l1"]))
     distil = Module(transformer=Module(layer=["t0", "t1", "t2"]))
     albert = Module(encoder=Module(albert_layer_groups=[Module(albert_layers=["g0"]), Module(albert_layers=["g1"])]))

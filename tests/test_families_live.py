@@ -173,7 +173,7 @@ def test_mpnet_buckets_match_transformers_up_to_3000_tokens():
 
 
 def test_parity_ops_names_the_mpnet_position_bias():
-    from minibert.parity import compare_ops
+    from minibert.analysis.parity import compare_ops
     model = minibert.load(str(FAMILIES_DIR / "mpnet"), backend="cpu", dtype="float64")
     rows = dict(compare_ops(model, TEXTS[:2]))
     assert list(rows)[:3] == ["embeddings", "position_bias", "layer1.query"]

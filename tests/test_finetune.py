@@ -10,12 +10,12 @@ import pytest
 from safetensors.numpy import load_file
 
 import minibert
-from minibert.config import read_config
+from minibert.checkpoint.config import read_config
 from minibert.errors import InputError, ModelFileError, OutputError, TrainingError
-from minibert.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
+from minibert.train.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
                                first_piece_labels, length_buckets, load_classifier, lr_at, trainable)
-from minibert.hf_checkpoint import tensors_from_tree, tree_from_tensors
-from minibert.weights import FAMILY_NAMES, load_weights
+from minibert.train.hf_checkpoint import tensors_from_tree, tree_from_tensors
+from minibert.checkpoint.weights import FAMILY_NAMES, load_weights
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
 # Every fixture family fine-tunes.
@@ -161,7 +161,7 @@ def write_conll(path, sentences, tags):
 
 
 def test_token_finetune_from_conll(tmp_path):
-    from minibert.probe import read_conll
+    from minibert.analysis.probe import read_conll
     rng = np.random.default_rng(0)
     names, others = ["Anna", "Bob", "Carla", "Dieter"], ["met", "saw", "the", "cat", "in", "town"]
     sentences = [[str(w) for w in rng.choice(names + others, rng.integers(3, 7))] for _ in range(48)]
@@ -400,8 +400,8 @@ def test_twenty_steps_track_torch(name):
     (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from minibert.finetune import collate, new_classifier, tokenize_examples, train_step
-    from minibert.hf_checkpoint import tensors_from_tree
+    from minibert.train.finetune import collate, new_classifier, tokenize_examples, train_step
+    from minibert.train.hf_checkpoint import tensors_from_tree
     recipe = Recipe(lr=1e-3, batch_size=4, warmup_ratio=0.1, weight_decay=0.01, dropout=0.0, seed=0)
     train = pair_task(80)
     model = minibert.load(FAMILIES / name, backend="numpy")
@@ -455,7 +455,7 @@ def test_twenty_steps_track_torch(name):
 
 def test_finetune_and_predict_commands_for_pairs(tmp_path, capsys):
     import csv
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     data = pair_task(96)
     with open(tmp_path / "train.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -476,7 +476,8 @@ def test_finetune_and_predict_commands_for_pairs(tmp_path, capsys):
 
 
 def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monkeypatch):
-    from minibert import finetune, finetune_cli
+    from minibert.train import finetune
+    from minibert.cli import train as finetune_cli
     sentences = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]] * 4
     tags = [["B-PER" if w[0].isupper() else "O" for w in s] for s in sentences]
     write_conll(tmp_path / "train.conll", sentences, tags)
@@ -512,7 +513,7 @@ def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monk
 def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
     """Found by a user: predict refused a CSV with a byte-order mark (Excel's) that finetune had trained on,
     and read a TSV text starting with '"' as a quoted field running over the next rows."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     out = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4)).save(
         tmp_path / "clf")
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,label\nthe cat,no\na dog,yes\n")
@@ -524,7 +525,7 @@ def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
 
 def test_token_task_refuses_table_files(tmp_path, capsys):
     """Found by a user: a .jsonl given to --task token was read as CoNLL and trained on labels like 'x"}'."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     (tmp_path / "train.jsonl").write_text('{"text": "the cat", "label": "x"}\n{"text": "a dog", "label": "y"}\n')
     assert finetune_cli.main(["finetune", str(tmp_path / "train.jsonl"), "--task", "token", "--out",
                               str(tmp_path / "o"), "--model", str(FAMILIES / "bert_cased")]) == 1
@@ -532,7 +533,7 @@ def test_token_task_refuses_table_files(tmp_path, capsys):
 
 
 def test_command_errors_are_one_line(tmp_path, capsys):
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     (tmp_path / "bad.csv").write_text("text,label\n")
     assert finetune_cli.main(["finetune", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"),
                               "--model", str(FAMILIES / "bert_cased")]) == 1
@@ -582,7 +583,7 @@ def trained_arrays(classifier):
 
 
 def test_patience_stops_and_keeps_the_best_epoch(tmp_path, monkeypatch):
-    from minibert import finetune as ft
+    from minibert.train import finetune as ft
     monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
     per_epoch = []
     recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, dropout=0.1, patience=2)
@@ -612,7 +613,7 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
     run ends with exactly the uninterrupted run's weights, history and checkpoint, in float64 and float32
     alike (the state keeps the training dtype). With patience, the early stop falls after the interruption
     and the best epoch before it."""
-    from minibert import finetune as ft
+    from minibert.train import finetune as ft
     if patience:
         monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
     train, dev = pair_task(24), pair_task(8, seed=1)
@@ -749,7 +750,7 @@ def copy_model(name, tmp_path):
 
 def test_finetune_refuses_an_out_that_is_the_model_or_inside_or_around_it(tmp_path, capsys):
     """Before: `finetune --model DIR --out DIR` replaced the pretrained model's weights and config.json."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     model = copy_model("bert_cased", tmp_path)
     before = tree_bytes(model)
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"word {i},{i % 2}\n" for i in range(8)))
@@ -845,7 +846,7 @@ def test_a_full_disk_while_saving_is_one_error_naming_the_directory_and_keeps_th
     assert "\n" not in message
     assert tree_bytes(out) == before and leftovers(tmp_path) == [] and leftovers(out) == []
     monkeypatch.undo()                                        # then the training state, written alone (epoch 2
-    from minibert import finetune as ft                       # is no better than epoch 1)
+    from minibert.train import finetune as ft  # is no better than epoch 1)
     monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.9, 0.5]))
     with pytest.raises(OutputError, match=f"{out / 'minibert_training_state.npz'}: cannot write it .No space left"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(8), dev=pair_task(4), checkpoint_dir=out,
@@ -855,7 +856,7 @@ def test_a_full_disk_while_saving_is_one_error_naming_the_directory_and_keeps_th
 
 
 def test_an_interrupt_while_saving_leaves_the_previous_epoch_whole(tmp_path, monkeypatch):
-    from minibert import finetune as ft
+    from minibert.train import finetune as ft
     recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     out = tmp_path / "clf"
     finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=out)
@@ -874,7 +875,7 @@ def test_an_interrupt_while_saving_leaves_the_previous_epoch_whole(tmp_path, mon
 
 def test_a_diverged_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys):
     """Before: --lr 1e10 trained on NaN losses, saved the result and exited 0."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     with pytest.raises(TrainingError, match=r"training diverged at step 2 \(epoch 1\): the loss is nan"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(16), checkpoint_dir=tmp_path / "clf",
                  recipe=Recipe(epochs=2, lr=1e10, batch_size=4))
@@ -889,7 +890,7 @@ def test_a_diverged_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys
 
 def test_a_model_with_non_finite_outputs_is_refused_not_printed_as_nan(tmp_path, capsys):
     """Before: predict printed NaN probabilities, which is not JSON."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8))
     classifier.head["out"]["b"][:] = np.nan
     classifier.save(tmp_path / "clf")
@@ -941,7 +942,7 @@ def test_texts_that_are_not_strings_are_refused_before_loading():
                                          (["--patience", "0"], "patience"), (["--epochs", "0"], "epochs")])
 def test_every_option_is_checked_before_the_data_and_model_are_read(tmp_path, capsys, flags, name):
     """Before: --seed -1 gave a NumPy traceback after the model had loaded."""
-    from minibert import finetune_cli
+    from minibert.cli import train as finetune_cli
     code = finetune_cli.main(["finetune", str(tmp_path / "missing.csv"), "--model", "/no/such/model",
                               "--out", str(tmp_path / "clf"), *flags])
     err = capsys.readouterr().err
@@ -950,8 +951,8 @@ def test_every_option_is_checked_before_the_data_and_model_are_read(tmp_path, ca
 
 def test_training_and_prediction_hold_blas_to_one_thread(monkeypatch):
     """As the forward does (threads.BLAS): without it an epoch ran 6-10x slower on a busy machine."""
-    from minibert import finetune as ft
-    from minibert.threads import BLAS
+    from minibert.train import finetune as ft
+    from minibert.backends.threads import BLAS
     seen = []
     real_forward, real_loss = ft.classifier_forward, ft.loss_and_grads
     monkeypatch.setattr(ft, "classifier_forward", lambda *a, **k: seen.append(BLAS._holders) or real_forward(*a, **k))
@@ -967,7 +968,8 @@ def test_training_and_prediction_hold_blas_to_one_thread(monkeypatch):
 def test_an_interrupted_new_run_over_an_older_runs_out_does_not_offer_resume(tmp_path, capsys, monkeypatch):
     """Before: Ctrl-C in the first epoch of a new run said to use --resume, which was then refused (the state
     there was the older run's)."""
-    from minibert import finetune as ft, finetune_cli
+    from minibert.train import finetune as ft
+    from minibert.cli import train as finetune_cli
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"the cat {i},{i % 2}\n" for i in range(8)))
     command = ["finetune", str(tmp_path / "train.csv"), "--model", str(FAMILIES / "bert_cased"),
                "--out", str(tmp_path / "clf"), "--epochs", "1", "--batch-size", "4"]

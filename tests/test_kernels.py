@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minibert.backends import cpu as cpu_backend, reference_backend
-from minibert import threads as minibert_threads
+from minibert.backends import threads as minibert_threads
 from minibert.kernels import cpu, reference
 
 # float32 kernels accumulate in a different order from NumPy; float64 differences are rounding only.
@@ -109,7 +109,7 @@ def test_float64_linear_and_attention_use_the_ordered_matmul():
 
 
 def test_every_backend_implements_every_activation_of_the_one_table():
-    from minibert.config import ACTIVATIONS as CONFIG_ACTIVATIONS
+    from minibert.checkpoint.config import ACTIVATIONS as CONFIG_ACTIVATIONS
     functions = set(reference.ACTIVATION_FUNCTIONS.values())
     assert set(cpu.BIAS_ACTIVATIONS) == functions | {None}
     assert set(CONFIG_ACTIVATIONS) == set(reference.ACTIVATION_FUNCTIONS) - {"tanh"}

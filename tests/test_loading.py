@@ -197,8 +197,8 @@ def refused_by_every_reader(directory, match, capsys):
     """load, load_classifier, non_finite_tensors and `minibert inspect --check` each refuse `directory` with
     a ModelFileError matching `match`, in well under a second each (hostile headers once took minutes)."""
     from minibert.cli import main
-    from minibert.finetune import load_classifier
-    from minibert.weights import non_finite_tensors
+    from minibert.train.finetune import load_classifier
+    from minibert.checkpoint.weights import non_finite_tensors
     config = json.loads((directory / "config.json").read_text())
     config.update(architectures=["BertForSequenceClassification"], id2label={"0": "no", "1": "yes"})
     (directory / "config.json").write_text(json.dumps(config))
@@ -255,7 +255,7 @@ def test_hostile_header_numbers_are_refused_fast_naming_file_and_tensor(tmp_path
 
 def test_sizes_up_to_the_bounds_still_load(tmp_path):
     """The bounds refuse nothing real: an empty tensor with 32 dimensions, one of them 2**40, is read."""
-    from minibert.weights import Checkpoint
+    from minibert.checkpoint.weights import Checkpoint
     directory = with_extra_tensor(tmp_path / "model", [2 ** 40] + [1] * 30 + [0])
     checkpoint = Checkpoint([directory / "model.safetensors"])
     assert checkpoint.read("extra", np.float32).shape == (2 ** 40,) + (1,) * 30 + (0,)
@@ -331,7 +331,7 @@ def test_unknown_config_keys_warn_once_naming_them_and_load(tmp_path, monkeypatc
     monkeypatch.delenv("MINIBERT_STRICT_CONFIG", raising=False)
     write_tiny(tmp_path / "plain")
     write_tiny(tmp_path / "extra", tiny_config(mystery_switch=3, zeta_setting="x"), tiny_tensors(tiny_config()))
-    with pytest.warns(minibert.config.UnknownConfigKeysWarning) as caught:
+    with pytest.warns(minibert.checkpoint.config.UnknownConfigKeysWarning) as caught:
         _, out = run(tmp_path / "extra")
     assert len(caught) == 1
     assert "unknown key(s) mystery_switch, zeta_setting ignored" in str(caught[0].message)
@@ -350,7 +350,7 @@ def test_keys_known_not_to_change_the_forward_pass_are_ignored_silently(tmp_path
     write_tiny(tmp_path, tiny_config(_attn_implementation="sdpa", _commit_hash="abc", layerdrop=0.1),
                tiny_tensors(tiny_config()))
     minibert.load(str(tmp_path), backend="numpy")
-    assert not [w for w in recwarn if issubclass(w.category, minibert.config.UnknownConfigKeysWarning)]
+    assert not [w for w in recwarn if issubclass(w.category, minibert.checkpoint.config.UnknownConfigKeysWarning)]
 
 
 def test_max_len_in_an_old_tokenizer_config_limits_the_tokens(tmp_path):
@@ -479,7 +479,7 @@ MAKE_OLD_TOKENIZERS = old_tokenizers_script()
 
 def minibert_tokenization(case_dir):
     """golden.json's layout, from minibert's Tokenizer on the folder holding config.json (the weights')."""
-    from minibert.config import read_config
+    from minibert.checkpoint.config import read_config
     from minibert.tokenizer import Tokenizer
     weights_dir = case_dir / "checkpoint-1" if (case_dir / "checkpoint-1").is_dir() else case_dir
     tokenizer = Tokenizer(weights_dir, read_config(weights_dir / "config.json"))

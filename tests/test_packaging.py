@@ -32,7 +32,7 @@ def hide(monkeypatch, *names):
 
 
 def sha256(path):
-    from minibert.readers import sha256_of
+    from minibert.corpus.readers import sha256_of
     return sha256_of(path)
 
 
@@ -102,10 +102,10 @@ def installed_copy(tmp_path, monkeypatch):
 
 def hashes(monkeypatch):
     """Counts the files the default model's check hashes."""
-    import hashlib
+    from minibert import api
     calls = []
-    real = hashlib.file_digest
-    monkeypatch.setattr(hashlib, "file_digest", lambda f, *a: calls.append(f.name) or real(f, *a))
+    real = api.sha256_of_file
+    monkeypatch.setattr(api, "sha256_of_file", lambda f: calls.append(f.name) or real(f))
     return calls
 
 

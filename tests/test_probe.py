@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from minibert import probe
+from minibert.analysis import probe
 from minibert.cli import main
-from minibert.readers import read_labelled
+from minibert.corpus.readers import read_labelled
 
 
 # ----- data made here: three topics, and a toy person/place tagging task -----------------------------------

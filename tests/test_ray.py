@@ -1,4 +1,4 @@
-"""Extraction on Ray Data (minibert.ray_data): the same files as the single-machine engine, rows checked.
+"""Extraction on Ray Data (minibert.corpus.ray_data): the same files as the single-machine engine, rows checked.
 
 The first group needs no Ray (the row-order checks, the Parquet reader, the errors a user sees without
 Ray or without a reachable cluster) and runs in `make test`. The rest start a local Ray cluster
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import minibert
-from minibert import extract as local
-from minibert import readers
+from minibert.corpus import extract as local
+from minibert.corpus import readers
 from minibert.errors import InputError, MiniBertError
-from minibert.ray_data import ChunkEmbedder, OrderedRows, check_reachable, require_ray
+from minibert.corpus.ray_data import ChunkEmbedder, OrderedRows, check_reachable, require_ray
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 if os.environ.get("MINIBERT_RAY_TEST") == "1" and not HAVE_RAY:      # `make ray-test`: skipping is failing
@@ -131,7 +131,7 @@ def test_extract_through_encode_range_writes_the_local_files(tmp_path, monkeypat
 def test_embedder_outside_ray_is_encode_on_the_batch_and_starts_no_cluster():
     """Called directly (as Ray calls it) on one batch, Embedder gives encode's bits for that batch, keeps the
     other columns, refuses a missing text column, and does not start Ray by asking for its CPUs."""
-    from minibert.ray_data import Embedder
+    from minibert.corpus.ray_data import Embedder
     texts = corpus(40, seed=3)
     stage = Embedder(layers=[-1, 0], pooling="none", output_column="tokens")
     out = stage({"id": np.arange(40), "text": np.array(texts, dtype=object)})
@@ -256,7 +256,7 @@ def test_ray_engine_gives_the_local_vectors_bit_for_bit_in_input_order(ray_clust
     2 threads (each thread's matmul takes its own rows, so OpenBLAS rounds differently): measured max |diff|
     8.6e-7 on the first chunk, 3.3e-7 relative to its largest component (2.6), i.e. ~3.5 float32 ulp; held
     to 1e-6 relative to the largest component."""
-    from minibert.ray_data import extract
+    from minibert.corpus.ray_data import extract
     monkeypatch.setattr(local, "CHUNK", 1000)       # 3 chunks for 2 workers
     (tmp_path / "report").mkdir()
     stage = type("Report", (ReportThreads,), {"report_dir": str(tmp_path / "report")})
@@ -287,7 +287,7 @@ class ReportThreads(ChunkEmbedder):
     report_dir = None
 
     def encode_chunk(self, start, texts):
-        from minibert.threads import BLAS, thread_count
+        from minibert.backends.threads import BLAS, thread_count
         counts = BLAS.thread_counts()
         report = {"numba": thread_count(), "openblas": counts[0] if counts else None,
                   "omp_env": os.environ.get("OMP_NUM_THREADS")}
@@ -319,7 +319,7 @@ class FailOnce(ChunkEmbedder):
 def test_workers_run_as_many_threads_as_cpus_and_token_level_output(ray_cluster, tmp_path, monkeypatch):
     """1 worker x 2 CPUs: the actor's Numba and OpenBLAS counts are 2 (not the node's count), and its
     token-level output (a ragged column) equals the local engine's at 2 threads, bit for bit."""
-    from minibert.ray_data import extract
+    from minibert.corpus.ray_data import extract
     texts = corpus(400, seed=1)
     monkeypatch.setattr(local, "CHUNK", 150)
     (tmp_path / "report").mkdir()
@@ -341,7 +341,7 @@ def test_workers_run_as_many_threads_as_cpus_and_token_level_output(ray_cluster,
 def test_a_failed_chunk_is_retried_and_every_row_is_written_once(ray_cluster, texts, fault, tmp_path, monkeypatch):
     """kill: the actor dies mid-run; Ray Data restarts it and reruns the chunk. raise: the chunk's encode
     raises once; the actor tries it again. Either way the output is the reference, row for row."""
-    from minibert.ray_data import extract
+    from minibert.corpus.ray_data import extract
     monkeypatch.setattr(local, "CHUNK", 200)
     part = texts[:1000]
     stage = type("FailOnce", (FailOnce,), {"marker_dir": str(tmp_path), "fault": fault})
@@ -357,7 +357,7 @@ def test_a_failed_chunk_is_retried_and_every_row_is_written_once(ray_cluster, te
 @needs_ray
 def test_a_chunk_that_keeps_failing_stops_the_run_with_one_line_and_no_manifest(ray_cluster, tmp_path,
                                                                                  monkeypatch):
-    from minibert.ray_data import extract
+    from minibert.corpus.ray_data import extract
     monkeypatch.setattr(local, "CHUNK", 100)
     stage = type("FailAlways", (FailOnce,), {"marker_dir": str(tmp_path / "nowhere"), "fault": "raise"})
     with pytest.raises(MiniBertError, match="the Ray run failed: .*FileNotFoundError"):   # no marker can be made
@@ -374,7 +374,7 @@ class WrongModel(ChunkEmbedder):
 
 @needs_ray
 def test_a_worker_with_another_model_is_refused(ray_cluster, tmp_path):
-    from minibert.ray_data import extract
+    from minibert.corpus.ray_data import extract
     t = time.perf_counter()
     with pytest.raises(MiniBertError, match=r"the Ray run failed: .*MiniBertError: this Ray worker's model .* is "
                                             r"not the driver's"):
@@ -387,7 +387,7 @@ def test_embedder_in_a_users_own_pipeline(ray_cluster):
     """Rows with a text column in, the same rows plus a fixed-shape tensor column (pooled) or a ragged
     column (token level) out. Ray's batches are not encode's, so a text's batch differs: measured max |diff|
     1.2e-7 on the normalised vectors (held to 1e-6) and 2.3e-6 on token vectors up to ~10 (held to 1e-5)."""
-    from minibert.ray_data import Embedder
+    from minibert.corpus.ray_data import Embedder
     ray = ray_cluster
     texts = corpus(120, seed=2)
     model = minibert.load()

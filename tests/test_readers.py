@@ -1,4 +1,4 @@
-"""One reader per format (minibert.readers), shared by every command: extract, embed, predict, finetune and
+"""One reader per format (minibert.corpus.readers), shared by every command: extract, embed, predict, finetune and
 probe get the same rows from the same file, in every format, standard input included.
 
 Each command is run through the CLI up to the point where it would load a model (stopped there), and the
@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 import minibert
-from minibert import finetune, readers
+from minibert.train import finetune
+from minibert.corpus import readers
 from minibert.cli import main
 from minibert.errors import InputError
 
@@ -217,7 +218,7 @@ def test_predict_keeps_one_record_per_line_and_reads_its_own_output(tmp_path, mo
     them), `predict -` reads standard input, and predict reads back the JSONL its --out wrote."""
     from pathlib import Path
 
-    from minibert.finetune import Examples, Recipe
+    from minibert.train.finetune import Examples, Recipe
     families = Path(__file__).parent / "fixtures" / "families"
     train = Examples(texts=["the cat", "a dog", "red car", "blue sky"], labels=["x", "y", "x", "y"])
     clf = finetune.finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=4))

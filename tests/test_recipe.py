@@ -1,4 +1,4 @@
-"""The checkpoint's own embedding recipe (minibert/recipe.py): sentence-transformers' modules reproduced.
+"""The checkpoint's own embedding recipe (minibert/embed/recipe.py): sentence-transformers' modules reproduced.
 
 Torch-free: the tiny st_* fixtures (saved by sentence-transformers itself, tests/fixtures/make_st.py) against
 their goldens, the bundled model's recipe, the new poolings against loops, and bad recipes refused.
@@ -16,8 +16,8 @@ from tiny import write_tiny
 
 import minibert
 from minibert.errors import ConfigError, InputError, ModelFileError
-from minibert.pooling import pool_by_position
-from minibert.recipe import read_recipe
+from minibert.embed.pooling import pool_by_position
+from minibert.embed.recipe import read_recipe
 
 ST_CASES = sorted(p.name for p in FIXTURES.glob("st_*") if p.is_dir())
 # Measured worst |minibert - sentence-transformers| (sentence-transformers 6.2.0): 3.1e-6 over the st_* goldens
@@ -544,7 +544,7 @@ def test_encode_settings_resolve_layers_and_max_length_once(tmp_path):
     """encode_settings resolves `layers` (to hidden-state indices, and whether the layer axis drops) and
     max_length (explicit > max_seq_length set on the model > the recipe's, cut to the positions > the
     tokenizer's limit) into one value that encode, applied_recipe and model.max_seq_length all read."""
-    from minibert.recipe import applied_recipe, encode_settings
+    from minibert.embed.recipe import applied_recipe, encode_settings
     model = minibert.load(str(copy_case(tmp_path)))
     L = model.config.num_hidden_layers
 
@@ -577,7 +577,7 @@ def test_token_level_extract_cuts_and_prompts_as_encode(tmp_path, case):
     max_seq_length (24 here, under the tokenizer's 32), lower-casing and default prompt. It counted the
     raw texts cut at the tokenizer's limit, and refused the run ("gave 24 token vectors where its
     tokenization has 32")."""
-    from minibert.extract import extract
+    from minibert.corpus.extract import extract
     model = minibert.load(str(FIXTURES / case))
     texts = ["Word " * 200, "Short Text"]
     with pytest.warns(UserWarning, match="truncated"):

@@ -8,7 +8,7 @@ import pytest
 from tiny import tiny_config, write_tiny
 
 import minibert
-from minibert.parity import compare
+from minibert.analysis.parity import compare
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
 
@@ -82,7 +82,7 @@ def test_parity_ops_reads_every_internal_of_each_module_layout(family):
     """DistilBERT and ALBERT name their modules differently, and ALBERT calls one layer module for several
     layers: every internal must still line up with the same tensor in transformers (measured <= 3e-15)."""
     from conftest import FIXTURES
-    from minibert.parity import compare_ops
+    from minibert.analysis.parity import compare_ops
     model = minibert.load(FIXTURES / "families" / family, backend="numpy", dtype="float64")
     rows = compare_ops(model, TEXTS[:2])
     assert len(rows) == 1 + model.config.num_hidden_layers * 10

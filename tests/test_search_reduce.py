@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import minibert
-from minibert import reduce, search
+from minibert.corpus import reduce, search
 from minibert.cli import main
 from minibert.errors import InputError, MiniBertError
-from minibert.extract import extract
+from minibert.corpus.extract import extract
 from tiny import write_tiny
 
 CORPUS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today.",
@@ -236,9 +236,10 @@ def test_whiten_refuses_directions_without_variance():
 ])
 def test_extract_refuses_reduce_options_before_any_work(model, corpus_file, tmp_path, capsys, monkeypatch, argv,
                                                         message):
-    import minibert.extract
+    import minibert.corpus.extract
     # extract's own checks (one probe text encoded) refuse it before the output directory is locked
-    monkeypatch.setattr(minibert.extract, "directory_lock", lambda *a, **k: pytest.fail("the extraction started"))
+    monkeypatch.setattr(minibert.corpus.extract, "directory_lock",
+                        lambda *a, **k: pytest.fail("the extraction started"))
     out = tmp_path / "vecs"
     assert main(["extract", str(corpus_file), "--out", str(out), "--quiet", *argv]) == 1
     err = capsys.readouterr().err
@@ -413,7 +414,7 @@ def extractions(tiny, tmp_path_factory):
     """One finished extraction per format (npy with --reduce), of CORPUS read from a file."""
     root = tmp_path_factory.mktemp("extractions")
     (root / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
-    from minibert.readers import open_corpus
+    from minibert.corpus.readers import open_corpus
     for fmt in ("npy", "npz", "safetensors", "jsonl"):
         extract(tiny, open_corpus(str(root / "corpus.txt")), root / fmt, fmt=fmt,
                 reduce="pca:3" if fmt == "npy" else None)

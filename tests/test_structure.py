@@ -38,7 +38,7 @@ def imports_of_each_module():
 
 def test_relative_imports_resolve_in_subpackages():
     graph = imports_of_each_module()
-    assert {"threads", "backends.reference_backend"} <= graph["backends.cpu"]
+    assert {"backends.threads", "backends.reference_backend"} <= graph["backends.cpu"]
     assert "errors" in graph["backends.cuda"] and "backends" in graph["model"] and "errors" in graph["backends"]
 
 
@@ -56,5 +56,6 @@ def test_no_module_reaches_itself_through_its_imports():
 def test_import_minibert_loads_no_extraction_machinery():
     code = "import sys, minibert; print(sorted(m for m in sys.modules if m.startswith('minibert.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for module in ("extract", "reduce", "readers", "search", "probe", "ray_data", "finetune"):
+    for module in ("corpus.extract", "corpus.reduce", "corpus.readers", "corpus.search", "analysis.probe",
+                   "corpus.ray_data", "train.finetune"):
         assert f"'minibert.{module}'" not in loaded, loaded

@@ -171,7 +171,7 @@ def test_build_opcodes_cannot_change_checked_records_or_minibert_functions(tmp_p
         write_archive(tmp_path / name, data, {"0": b"\0" * (4 * V * H)})
         with pytest.raises(ModelFileError):
             minibert.load(str(tmp_path / name), backend="numpy")
-    from minibert.torch_checkpoint import rebuild_tensor
+    from minibert.checkpoint.torch_bin import rebuild_tensor
     assert rebuild_tensor.__defaults__ == (False, None, None)
     minibert.load(str(FIXTURES / "fp32"), backend="numpy")
 
@@ -180,7 +180,7 @@ def test_the_hand_made_writer_reads_back():
     """fake_torch_pickle is what the refusals below rely on: check it against the real fixture's bytes."""
     data = np.arange(6, dtype=np.float32)
     pickled = fake_torch_pickle({"w": ("FloatStorage", "0", 6, 1, (2, 2), (1, 2))})
-    from minibert.torch_checkpoint import StateDictUnpickler
+    from minibert.checkpoint.torch_bin import StateDictUnpickler
     state = StateDictUnpickler(pickled, "test").load()
     assert state["w"].offset == 1 and state["w"].shape == (2, 2) and state["w"].strides == (1, 2)
     assert data.size == state["w"].storage.numel
@@ -293,7 +293,7 @@ def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_
 def test_a_huge_stride_on_a_size_one_dimension_is_not_passed_to_numpy(tmp_path):
     """A view's size-1 dimension never moves, whatever its stride (torch writes such strides for slices): a
     stride of 2**62 there read as NumPy strides overflowed; now the values are read."""
-    from minibert.weights import Checkpoint
+    from minibert.checkpoint.weights import Checkpoint
     directory = write_archive(tmp_path / "model", hostile_pickle(4, 0, (1, 2), (2 ** 62, 2)),
                               {"0": np.arange(4, dtype="<f4").tobytes()})
     checkpoint = Checkpoint([directory / "pytorch_model.bin"])
@@ -402,7 +402,7 @@ def test_a_classifier_with_only_pytorch_model_bin_loads(tmp_path):
     only pytorch_model.bin (older hub ones) was "corrupt or truncated". The same tensors in both formats
     (with an int64 position_ids buffer in the .bin) give the same logits."""
     from safetensors.numpy import load_file
-    from minibert.finetune import Examples, Recipe, finetune
+    from minibert.train.finetune import Examples, Recipe, finetune
     families = Path(__file__).parent / "fixtures" / "families"
     train = Examples(texts=["the cat", "a dog", "the mat", "a cat"], labels=["x", "y", "x", "y"])
     clf = finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "st")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import minibert
-from minibert import walkthrough
+from minibert.analysis import walkthrough
 from tiny import write_tiny
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"

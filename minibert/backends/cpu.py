@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .. import threads
+from . import threads
 from ..kernels import cpu as kernels
 from .reference_backend import prepare, relative_position_bias, synchronize, to_host   # the same on the host
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError, MiniBertError
+from ..errors import InputError, MiniBertError
 from .readers import open_corpus, sha256_of
 from .store import load_embeddings, load_projection, load_reduced
 
@@ -105,7 +105,7 @@ class Index:
 
     def matrix_and_query_options(self, model):
         """The [N, D] rows searched, and the encode() options that give a query vector comparable to them."""
-        from .pooling import resolve_layers
+        from ..embed.pooling import resolve_layers
         m, vectors = self.manifest, self.embeddings.vectors
         options = {"pooling": m["pooling"], "combine": m["combine"], "max_length": m.get("max_length"),
                    "window": m.get("window"), "stride": m.get("stride"), "layers": m["layers"]}
@@ -132,7 +132,7 @@ class Index:
     def check_recipe(self, model):
         """The same config.json can come with another recipe (the encoder's folder alone, or its files copied
         without modules.json): the query would then be pooled, cut or projected unlike the corpus."""
-        from .recipe import applied_recipe
+        from ..embed.recipe import applied_recipe
         m, recorded = self.manifest, self.manifest.get("recipe")
         if recorded is None:                           # written before manifests recorded the recipe
             return

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .readers import read_conll, read_labelled  # noqa: F401  (the probe's data: readers is their one home)
+from ..errors import InputError
+from ..corpus.readers import read_conll, read_labelled  # noqa: F401  (the probe's data: readers is their one home)
 
 # ---------------------------------------------------------------------------------------------------------
 # The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
@@ -119,7 +119,7 @@ class LogisticRegression:
 def one_blas_thread():
     """The solver's matmuls are thin ([N, D] x [D, C], C small): one OpenBLAS thread runs them fastest, and
     measured 30x faster than OpenBLAS's own threads on a busy 2-core machine. Reuses the CPU backend's hold."""
-    from .threads import BLAS
+    from ..backends.threads import BLAS
     return BLAS
 
 
@@ -318,7 +318,7 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5
                     batch_size=32, max_length=None):
     """Fit and cross-validate a probe on each layer's pooled vectors of `texts` (pooling None: the model's
     recipe's, as encode; each layer's vectors as the encoder gives them, no Dense or normalisation)."""
-    from .pooling import resolve_layers
+    from ..embed.pooling import resolve_layers
     if len(texts) != len(labels):
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
     if pooling == "none":
@@ -336,7 +336,7 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5
 
 def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=32):
     """Fit and cross-validate a per-token tagger on each layer's word vectors; folds split by sentence."""
-    from .pooling import resolve_layers
+    from ..embed.pooling import resolve_layers
     if len(sentences) != len(tags):
         raise InputError(f"{len(sentences)} sentences but {len(tags)} tag sequences")
     sentence_folds = token_probe_folds(tags, folds=folds, l2=l2, seed=seed)

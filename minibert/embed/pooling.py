@@ -7,8 +7,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import InputError
-from .kernels import reference
+from ..errors import InputError
+from ..kernels import reference
 
 COMBINES = (None, "mean", "sum", "concat")
 SUBWORD_POOLINGS = ("first", "last", "mean", "first_last")

@@ -1,4 +1,4 @@
-"""A guided run through the encoder for one sentence: `python -m minibert.walkthrough "text"`.
+"""A guided run through the encoder for one sentence: `python -m minibert.analysis.walkthrough "text"`.
 
 At each step it prints where the code is, the shape, and a few numbers from minibert next to the same
 numbers recomputed from the formula in plain NumPy: the unfused embeddings and layer of
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import RELATIVE_MAX_DISTANCE
-from .kernels import reference, reference_layers
+from ..checkpoint.config import RELATIVE_MAX_DISTANCE
+from ..kernels import reference, reference_layers
 
 DEFAULT_TEXT = "The cat sat on the mat."
 
@@ -40,7 +40,7 @@ def formula_layer(x, w, config, bias_table=None):
     `encoder_layer_forward`, the unfused layer training also runs (nothing fused, the residual adds and erf
     GELU on lines of their own). Returns every intermediate by its capture name, and "out". bias_table
     [32, NH]: MPNet's relative position bias."""
-    from .model import INTERNALS
+    from ..model import INTERNALS
     T = x.shape[0]
     bias = (None if bias_table is None else
             reference.relative_position_bias_forward(bias_table, T, config.relative_attention_num_buckets,
@@ -53,8 +53,8 @@ def formula_layer(x, w, config, bias_table=None):
 
 def walkthrough(model, text=DEFAULT_TEXT):
     """Run `text` through minibert and through the formulas; returns (tokens, ids, [Step, ...])."""
-    from .model import make_position_ids
-    from .pooling import l2_normalize, pool
+    from ..model import make_position_ids
+    from ..embed.pooling import l2_normalize, pool
     c, w = model.config, model.weights
     batch = model.tokenize([text])
     ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids   # [1, T]
@@ -91,11 +91,11 @@ def walkthrough(model, text=DEFAULT_TEXT):
         steps.append(Step(f"layer {i + 1} output", "minibert/model.py: encoder_layer",
                           "the same layer, its own weights",
                           out.hidden_states[i + 1][0], x))
-    # What model.encode(text) does with the last layer (minibert/encode.py: encode calls these two).
+    # What model.encode(text) does with the last layer (minibert/embed/encode.py: encode calls these two).
     pooled = pool(out.hidden_states[-1], mask, "mean")                  # [1, H]
-    steps.append(Step("mean pooling", "minibert/pooling.py: pool", "mean over the T tokens of the last layer",
+    steps.append(Step("mean pooling", "minibert/embed/pooling.py: pool", "mean over the T tokens of the last layer",
                       pooled[0], x.mean(0)))
-    steps.append(Step("normalised", "minibert/pooling.py: l2_normalize", "v / ||v||",
+    steps.append(Step("normalised", "minibert/embed/pooling.py: l2_normalize", "v / ||v||",
                       l2_normalize(pooled)[0], x.mean(0) / np.linalg.norm(x.mean(0))))
     if out.pooler_output is not None:
         steps.append(Step("pooler", "minibert/model.py: pooler", "tanh(h_[CLS] Wp + bp)", out.pooler_output[0],
@@ -125,7 +125,7 @@ def report(tokens, ids, steps, model):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minibert.walkthrough", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m minibert.analysis.walkthrough", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", nargs="?", default=DEFAULT_TEXT)
     parser.add_argument("--model", default=None, help="model directory or hub id (default: bundled all-MiniLM-L6-v2)")

@@ -19,10 +19,10 @@ import warnings
 
 import numpy as np
 
-from .backends import BACKENDS
-from .errors import MiniBertError
-from .pooling import CLI_POOLINGS
-from .tree import leaves
+from ..backends import BACKENDS
+from ..errors import MiniBertError
+from ..embed.pooling import CLI_POOLINGS
+from ..tree import leaves
 
 DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
 
@@ -51,20 +51,20 @@ def cmd_demo(args):
 
 def cmd_inspect(args):
     import minibert
-    from .weights import parameter_counts
+    from ..checkpoint.weights import parameter_counts
     model = minibert.load(args.model, backend="numpy")
     c = model.config
     print(f"source      {model.source}")
 
     from pathlib import Path
 
-    from .weights import used_and_ignored_files
+    from ..checkpoint.weights import used_and_ignored_files
     used, ignored = used_and_ignored_files(Path(model.source), model.recipe.transformer_path, model.tokenizer.files,
                                            model.recipe.files)
     print(f"files used  {', '.join(used)}")
     print(f"ignored     {', '.join(ignored) or '-'}")
     print(f"family      {c.model_type}")
-    from .config import SWITCH_FIELDS
+    from ..checkpoint.config import SWITCH_FIELDS
     for key, value in vars(c).items():
         if key not in SWITCH_FIELDS:
             print(f"  {key:<32}{value}")
@@ -83,7 +83,7 @@ def cmd_inspect(args):
     print(f"parameters  {sum(counts.values()):,}")
     if args.check:
 
-        from .weights import non_finite_tensors
+        from ..checkpoint.weights import non_finite_tensors
         in_file = non_finite_tensors(model.encoder_dir)
         for name, nan, inf, size in in_file:
             print(f"  {name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
@@ -100,10 +100,10 @@ def cmd_inspect(args):
 
 def cmd_parity(args):
     import minibert
-    from .parity import compare, compare_ops
+    from ..analysis.parity import compare, compare_ops
     model = minibert.load(args.model, backend=args.backend, dtype=args.dtype)
     if args.grad:                           # the backward pass against torch autograd, float64
-        from .grad_parity import grad_report
+        from ..train.grad_parity import grad_report
         print("\n".join(grad_report(model.source, args.task)))
         return
     texts = args.text or DEMO_TEXTS
@@ -164,7 +164,7 @@ def encoding_options(args):
 def cmd_embed(args):
     import minibert
     if args.texts == ["-"]:
-        from .readers import read_texts, some_texts
+        from ..corpus.readers import read_texts, some_texts
         args.texts = some_texts(read_texts("-"), "-")
     model = minibert.load(args.model, backend=args.backend)
     check_lengths(args, model)
@@ -192,9 +192,9 @@ def cmd_similarity(args):
     model = minibert.load(args.model, backend=args.backend)
     args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
-        from .readers import read_texts
-        from .pooling import resolve_layers
-        from .search import format_matrix, similarity_matrix
+        from ..corpus.readers import read_texts
+        from ..embed.pooling import resolve_layers
+        from ..corpus.search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, args.field)
         [chosen] = resolve_layers(args.layer, model.config.num_hidden_layers)
         layer = layer_label(chosen)
@@ -202,7 +202,7 @@ def cmd_similarity(args):
             layer += f" + {head_label(model)}"
         matrix = similarity_matrix(model, texts, layer=args.layer, pooling=args.pooling)     # [N, N]
         if args.out is not None:     # whole or not at all: a full disk left a header-only .npy
-            from .files import atomic_file
+            from ..files import atomic_file
             with atomic_file(args.out) as f:
                 if args.out.endswith(".npy"):
                     np.save(f, matrix)
@@ -240,8 +240,8 @@ def head_label(model):
 
 def cmd_extract(args):
     import minibert
-    from .extract import extract
-    from .readers import open_corpus
+    from ..corpus.extract import extract
+    from ..corpus.readers import open_corpus
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
@@ -257,7 +257,7 @@ def cmd_extract(args):
                "resume": args.resume, "source_file": args.input, "field": args.field, "reduce": args.reduce,
                "whiten": args.whiten, "progress": None if not args.quiet else False}
     if args.engine == "ray":
-        from .ray_data import extract as extract_on_ray
+        from ..corpus.ray_data import extract as extract_on_ray
         manifest = extract_on_ray(texts, args.out, model=args.model, backend=args.backend, address=args.address,
                                   workers=args.workers, cpus_per_worker=args.cpus_per_worker, **options)
     else:
@@ -273,7 +273,7 @@ def cmd_extract(args):
 def check_reduce_rows(args, texts):
     """--reduce pca:K against the row count, for --engine ray before Ray starts (the driver's own checks
     come later). Pooled rows only: token rows outnumber texts, so K < texts is all that is known."""
-    from .reduce import check_k, parse_reduce
+    from ..corpus.reduce import check_k, parse_reduce
     if args.pooling != "none":
         check_k(parse_reduce(args.reduce), len(texts), math.inf)
 
@@ -286,8 +286,8 @@ def cmd_probe(args):
     from pathlib import Path
 
     import minibert
-    from . import probe
-    from .readers import read_conll, read_labelled
+    from ..analysis import probe
+    from ..corpus.readers import read_conll, read_labelled
     token_level = args.conll or str(args.data).lower().endswith(".conll")
     if args.plot and Path(args.data).resolve() in (Path(args.plot).resolve(),
                                                    Path(args.plot).with_suffix(".csv").resolve()):
@@ -335,7 +335,7 @@ def cmd_probe(args):
 
 def cmd_search(args):
     import minibert
-    from .search import Index, format_hits
+    from ..corpus.search import Index, format_hits
     index = Index(args.index, layer=args.layer, reduced=args.reduced, texts_file=args.texts, field=args.field)
     model = minibert.load(args.model, backend=args.backend) if args.model else index.load_model(backend=args.backend)
     results = index.search(model, args.queries, args.k)
@@ -356,7 +356,7 @@ def cmd_search(args):
 
 def cmd_attention(args):
     import minibert
-    from . import attention_view
+    from ..analysis import attention_view
     if not (args.html or args.json):
         raise MiniBertError("attention writes --html FILE and/or --json FILE")
     for path, flag in ((args.html, "--html"), (args.json, "--json")):
@@ -428,7 +428,7 @@ def add_model_arguments(p, model_help="model directory or hub id (default: bundl
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
 
 
-POOLINGS = CLI_POOLINGS                  # the pooling registry's (minibert/pooling.py)
+POOLINGS = CLI_POOLINGS                  # the pooling registry's (minibert/embed/pooling.py)
 RECIPE_DEFAULT = "default: the model's recipe (sentence-transformers' pooling; mean for a plain checkpoint)"
 
 
@@ -450,7 +450,7 @@ def add_encoding_arguments(p):
 
 
 def package_version():
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -568,7 +568,8 @@ def build_parser():
     p.add_argument("text")
     p.add_argument("--pair", default=None, help="a second text, encoded as a pair")
     p.add_argument("--html", default=None, metavar="FILE", help="write the page (opens offline in any browser)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the data (format: minibert.attention_view)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write the data (format: minibert.analysis.attention_view)")
     add_model_arguments(p)
     p.set_defaults(run=cmd_attention)
 
@@ -594,7 +595,7 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parity)
 
-    from .finetune_cli import add_commands      # finetune, predict
+    from .train import add_commands      # finetune, predict
     add_commands(sub)
     for command in sub.choices.values():        # global flags work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -30,7 +30,7 @@ class SentenceEncoder:
     def set_params(self, **params):
         for key, value in params.items():
             if key not in self.get_params():
-                from .errors import InputError
+                from ..errors import InputError
                 raise InputError(f"SentenceEncoder has no parameter {key!r}; it has {', '.join(self.get_params())}")
             setattr(self, key, value)
         self.__dict__.pop("_loaded", None)
@@ -43,7 +43,7 @@ class SentenceEncoder:
 
     def transform(self, texts):
         if isinstance(texts, (str, bytes)):          # list() of it would give one vector per character
-            from .errors import InputError
+            from ..errors import InputError
             raise InputError("SentenceEncoder.transform takes a list of texts (or a 1-D array), found a single "
                              f"{type(texts).__name__}; wrap it: [text]")
         texts = texts.tolist() if isinstance(texts, np.ndarray) else list(texts)
@@ -52,7 +52,7 @@ class SentenceEncoder:
     def encode_kwargs(self):
         options = dict(self.encode_options or {})
         if "batch_size" in options:
-            from .errors import InputError
+            from ..errors import InputError
             raise InputError("SentenceEncoder: give batch_size as its own parameter (batch_size=...), not in "
                              "encode_options")
         return {"batch_size": self.batch_size, **options}

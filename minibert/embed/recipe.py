@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .errors import ConfigError, InputError, ModelFileError
+from ..errors import ConfigError, InputError, ModelFileError
 from .pooling import POOLINGS, resolve_layer_choice
 
 MODULE_PREFIX = "sentence_transformers."
@@ -371,6 +371,6 @@ def prompt_length(model, settings: EncodeSettings) -> int:
     texts' limit leaves their last token in the pooling, not none)."""
     if settings.include_prompt or not settings.prompt:
         return 0
-    from .tokenizer import encode_batch
+    from ..tokenizer import encode_batch
     [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), settings.max_length)
     return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)

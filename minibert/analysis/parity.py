@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 
-from .errors import MiniBertError
-from .families import family_of
-from .model import capture_name, relative_position_bias
+from ..errors import MiniBertError
+from ..checkpoint.families import family_of
+from ..model import capture_name, relative_position_bias
 
 
 class ReferenceMissing(MiniBertError):

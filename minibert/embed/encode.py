@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, warn_caller
+from ..errors import InputError, warn_caller
 from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool, pool_words,
                       resolve_layer_choice)
 from .recipe import encode_settings, prepare_texts, prompt_length
-from .tokenizer import as_text_list, encode_batch
+from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
 
@@ -149,7 +149,7 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
            prompt=None, prompt_name=None, text_pairs=None):
     """Embeddings of `texts` (with `text_pairs`: of each pair) from the chosen layers; see Model.encode.
 
-    Options left as None come from the checkpoint's recipe (minibert.recipe): pooling, normalize,
+    Options left as None come from the checkpoint's recipe (minibert.embed.recipe): pooling, normalize,
     max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
     check_lengths(max_length, window, stride, batch_size,

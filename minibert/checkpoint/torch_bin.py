@@ -25,8 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-from . import files
-from .errors import ModelFileError
+from .. import files
+from ..errors import ModelFileError
 
 PICKLE_LIMIT = 64 * files.MiB      # a state dict's pickle holds names and shapes: ~100 KiB for BERT-large
 

@@ -8,7 +8,7 @@ pca.npz (the projection), reduced.npy (the corpus projected) and the manifest th
 under a ".partial" name with ordinary writes (never through a memory map: a full disk then raises ENOSPC,
 where a write into a mapped page would kill the process with SIGBUS), and renames them only when all three
 are complete, so a failure leaves the extraction as it was. `load_embeddings(DIR).project(v)` applies the
-stored projection to new vectors (the PCA class and the readers of these files live in minibert.store).
+stored projection to new vectors (the PCA class and the readers of these files live in minibert.corpus.store).
 """
 
 import errno
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MiniBertError
+from ..errors import InputError, MiniBertError
 from .store import PCA, load_embeddings     # PCA: the stored projection (pca.npz), read back by the store
 
 CHUNK = 65536           # rows read at a time from a memory-mapped array

@@ -1,7 +1,7 @@
 """The store: the files an extraction directory holds, written so a crash never leaves one that looks
 finished, and read back as an `Embeddings`.
 
-Output directory (written by minibert.extract; pca.npz and reduced.npy by minibert.reduce):
+Output directory (written by minibert.corpus.extract; pca.npz and reduced.npy by minibert.corpus.reduce):
     manifest.json            what was extracted, from what, by which minibert (written last)
     vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
     tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MiniBertError
-from .files import SETTINGS_LIMIT, open_regular, read_limited, regular_size
+from ..errors import InputError, MiniBertError
+from ..files import SETTINGS_LIMIT, open_regular, read_limited, regular_size
 
 PROGRESS = "progress.json"
 LOCK = "extract.lock"

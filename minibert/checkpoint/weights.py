@@ -1,4 +1,4 @@
-"""Checkpoint tensors -> minibert's weights dict, by the name tables of minibert/families.py.
+"""Checkpoint tensors -> minibert's weights dict, by the name tables of minibert/checkpoint/families.py.
 
 The result is a nested dict of arrays in the compute dtype, linear weights stored (in, out) so the
 model reads `x @ w + b`, and Q, K, V fused into one (H, 3H) projection. E is the embedding width
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, torch_checkpoint
+from .. import files
+from . import torch_bin as torch_checkpoint
 from .config import Config
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .families import FAMILIES, LEGACY_SUFFIXES, family_of
-from .tree import size
+from ..tree import size
 
 # The checkpoint names are the families' (families.py): minibert name <- checkpoint name(s), by arrangement.
 FAMILY_NAMES = {model_type: family.names for model_type, family in FAMILIES.items()}
@@ -86,7 +87,7 @@ def checkpoint_files(model_dir: Path) -> list:
 def check_model_directory(model_dir: Path) -> None:
     """One error naming every missing part when neither weights nor a tokenizer are there (a wrong directory,
     a download that fetched only some files), instead of only the first one load would meet."""
-    from .tokenizer import has_tokenizer_files, tokenizer_dir
+    from ..tokenizer import has_tokenizer_files, tokenizer_dir
     if any(files.is_present(model_dir / name, ModelFileError, name) for layout in LAYOUTS for name in layout):
         return
     if has_tokenizer_files(tokenizer_dir(model_dir)):

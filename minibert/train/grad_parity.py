@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .backprop import loss_and_grads
-from .config import read_config
+from ..checkpoint.config import read_config
 from .hf_checkpoint import tensors_from_tree, tree_from_tensors
-from .weights import load_weights
+from ..checkpoint.weights import load_weights
 
 NUM_LABELS = 3
 

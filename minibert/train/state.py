@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelFileError
-from .files import atomic_file
+from ..errors import InputError, ModelFileError
+from ..files import atomic_file
 
 STATE_FILE = "minibert_training_state.npz"
 FORMAT = 1

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 CHUNK = 4096                    # texts per indexed chunk: a re-read costs at most one chunk
 BOM = b"\xef\xbb\xbf"

@@ -1,6 +1,6 @@
 """minibert's weights and head trees <-> tensors named as transformers' task models name them.
 
-The names come from each family's record (minibert/families.py). The encoder's tables are read in reverse:
+The names come from each family's record (minibert/checkpoint/families.py). The encoder's tables are read in reverse:
 a table row (ours, theirs, arrangement) says how checkpoint tensors become one minibert array, and
 `tensors_from_tree` undoes that arrangement (transpose back, split the fused Q/K/V). The heads' names
 (Family.head_names) are transformers' ForSequenceClassification / ForTokenClassification modules.
@@ -8,8 +8,8 @@ a table row (ours, theirs, arrangement) says how checkpoint tensors become one m
 
 import numpy as np
 
-from .families import family_of
-from .weights import weight_set_of_layer
+from ..checkpoint.families import family_of
+from ..checkpoint.weights import weight_set_of_layer
 
 TASK_SUFFIX = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 

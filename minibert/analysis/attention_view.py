@@ -29,7 +29,7 @@ import json
 
 import numpy as np
 
-from .errors import InputError, warn_caller
+from ..errors import InputError, warn_caller
 
 FORMAT = "minibert-attention/1"
 PAGE_WARN_BYTES = 20_000_000       # browsers grow slow to open and draw pages much larger than this

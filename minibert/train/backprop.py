@@ -26,15 +26,15 @@ Heads (a dict of linear weights, `head`) follow each family's transformers class
 
 import numpy as np
 
-from .kernels.reference import (activation_backward, activation_forward, cross_entropy_backward,
+from ..kernels.reference import (activation_backward, activation_forward, cross_entropy_backward,
                                 cross_entropy_forward, dropout_backward, dropout_forward, linear_backward,
                                 linear_forward, relative_position_bias_backward, relative_position_bias_forward)
-from .kernels.reference_layers import (READERS_ONLY, add_linear_grads, embeddings_backward, embeddings_forward,
+from ..kernels.reference_layers import (READERS_ONLY, add_linear_grads, embeddings_backward, embeddings_forward,
                                        encoder_layer_backward, encoder_layer_forward)
-from .config import RELATIVE_MAX_DISTANCE
-from .families import FAMILIES
-from .model import additive_mask, make_position_ids
-from .tree import zeros_like_tree
+from ..checkpoint.config import RELATIVE_MAX_DISTANCE
+from ..checkpoint.families import FAMILIES
+from ..model import additive_mask, make_position_ids
+from ..tree import zeros_like_tree
 
 TASKS = ("sequence", "token")
 

@@ -1,11 +1,11 @@
 """The extraction run: a corpus encoded to files chunk by chunk, with bounded memory, one run per directory.
 
-    texts (minibert.readers) -> encode CHUNK texts -> a writer (npy, npz, safetensors, jsonl, token-level npy)
-    -> progress.json after every chunk is on disk -> manifest.json last (minibert.store) -> --reduce (reduce)
+    texts (minibert.corpus.readers) -> encode CHUNK texts -> a writer (npy, npz, safetensors, jsonl, token-level npy)
+    -> progress.json after every chunk is on disk -> manifest.json last (minibert.corpus.store) -> --reduce (reduce)
 
 This module holds the run itself: the directory lock, the resume state (job fingerprint, progress.json),
 the writers, SIGTERM handling and the loop. What the directory holds and how it is read back
-(load_embeddings) is minibert.store; how input files are read is minibert.readers. Every file is written
+(load_embeddings) is minibert.corpus.store; how input files are read is minibert.corpus.readers. Every file is written
 under a ".partial" name and renamed only when complete, manifest last, so an interrupted run never leaves
 a directory that looks finished; `resume=True` (`--resume`) finishes it.
 """
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import reduce as reduction          # called through the module, so a replaced reduce_extraction is the one run
-from .encode import FIRST_ROW, tokenize_texts
-from .errors import InputError, MiniBertError
-from .progress import RowProgress
+from .. import __version__
+from . import reduce as reduction  # called through the module, so a replaced reduce_extraction is the one run
+from ..embed.encode import FIRST_ROW, tokenize_texts
+from ..errors import InputError, MiniBertError
+from ..progress import RowProgress
 from .readers import TextFile, sha256_of
-from .recipe import applied_recipe, encode_settings, prepare_texts
+from ..embed.recipe import applied_recipe, encode_settings, prepare_texts
 from .store import LOCK, OWN_FILE, PROGRESS, SHARD_ROWS, finalise, read_json_file, write_durably
-from .tokenizer import as_text_list
-from .weights import checkpoint_files
+from ..tokenizer import as_text_list
+from ..checkpoint.weights import checkpoint_files
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size

@@ -12,10 +12,10 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .families import FAMILIES
-from .kernels.reference import ACTIVATION_FUNCTIONS
-from .files import SETTINGS_LIMIT, read_json
+from ..kernels.reference import ACTIVATION_FUNCTIONS
+from ..files import SETTINGS_LIMIT, read_json
 
 SUPPORTED_FAMILIES = tuple(FAMILIES)
 # hidden_act values: the activation table's names less tanh, which only the pooler uses

@@ -4,7 +4,7 @@ Ray is imported only in the functions here, and only when they run (`pip install
 
     Embedder        a callable class for map_batches over rows with a text column: loads the model once per
                     actor, sizes minibert's threads to the CPUs Ray gave the actor, adds an embedding column
-    extract(...)    minibert.extract.extract (the same writers, formats and manifest) with the encoding done
+    extract(...)    minibert.corpus.extract.extract (the same writers, formats and manifest) with the encoding done
                     by a pool of Ray actors: one Dataset row per chunk of 4,096 texts, each chunk encoded by
                     one model.encode call exactly as the local engine encodes it, the rows streamed back to
                     the driver in input order and checked index by index before they are written
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from . import threads
-from .errors import InputError, MiniBertError
+from ..backends import threads
+from ..errors import InputError, MiniBertError
 
 INSTALL_RAY = "pip install 'minibert-numpy[ray]'"
 
@@ -97,7 +97,7 @@ class Embedder:
 
     def __call__(self, batch):
         if not isinstance(batch, dict):
-            raise InputError(f"minibert.ray_data.Embedder takes numpy batches (map_batches' default "
+            raise InputError(f"minibert.corpus.ray_data.Embedder takes numpy batches (map_batches' default "
                              f"batch_format), found {type(batch).__name__}")
         if self.text_column not in batch:
             raise InputError(f"no column {self.text_column!r} in the batch; columns are {list(batch)} "
@@ -173,7 +173,7 @@ class ChunkEmbedder(Embedder):
 
 
 class OrderedRows:
-    """encode_range(start, stop) for minibert.extract.extract, served from a stream of row blocks that must
+    """encode_range(start, stop) for minibert.corpus.extract.extract, served from a stream of row blocks that must
     carry the indexes first, first + 1, ..., total - 1 exactly once and in order.
 
     `open_stream(first)` is called on the first request and yields (index [n], values [n, ...] or a list of
@@ -302,7 +302,7 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b
 
 def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=None, cpus_per_worker=1,
             retries=3, connect_timeout=30.0, progress=None, embedder_class=ChunkEmbedder, **options):
-    """`minibert extract --engine ray`: minibert.extract.extract with the encoding done on Ray actors.
+    """`minibert extract --engine ray`: minibert.corpus.extract.extract with the encoding done on Ray actors.
 
     model: directory, hub id or None (default model), resolved by the driver for the manifest and by each
     worker for the encoding (the config hashes must agree). address: None starts a local Ray cluster;
@@ -310,7 +310,7 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
     workers: actors in the pool (default: the cluster's CPUs // cpus_per_worker); each holds a model and
     runs cpus_per_worker threads. retries: attempts after the first for a chunk whose encoding raised (a
     chunk whose actor died is rerun by Ray Data on a restarted actor, see ChunkEmbedder).
-    options: those of minibert.extract.extract (layers, pooling, fmt, dtype, overwrite, source_file, ...).
+    options: those of minibert.corpus.extract.extract (layers, pooling, fmt, dtype, overwrite, source_file, ...).
     Returns the manifest, whose "engine" records the run.
     """
     import minibert

@@ -1,5 +1,5 @@
 """The `finetune` and `predict` commands. `add_commands(sub)` adds them to minibert's command parser
-(cli.build_parser needs one line for it); `python -m minibert.finetune_cli ...` runs them on their own.
+(cli.build_parser needs one line for it); `python -m minibert.cli.train ...` runs them on their own.
 
     minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
                       [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
@@ -11,7 +11,7 @@ TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and
 token. The checkpoint is written to --out after every epoch (with --patience: after every epoch that is
 the best so far), and beside it the state --resume continues from, so an interrupted run keeps its model
 and can go on. Progress goes to stderr: a bar on a terminal, a line every 10 seconds otherwise. predict
-writes one JSON line per input text, read as extract reads it (minibert.readers: a blank .txt line is an
+writes one JSON line per input text, read as extract reads it (minibert.corpus.readers: a blank .txt line is an
 empty text; - is standard input).
 """
 
@@ -21,14 +21,14 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InputError, MiniBertError, OutputError
-from .files import atomic_file
-from .train_state import STATE_FILE
+from ..errors import InputError, MiniBertError, OutputError
+from ..files import atomic_file
+from ..train.state import STATE_FILE
 
 
 def read_examples(path, args):
-    from .finetune import Examples
-    from .readers import read_conll, read_labelled
+    from ..train.finetune import Examples
+    from ..corpus.readers import read_conll, read_labelled
     if args.task == "token":
         if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
             raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
@@ -43,7 +43,7 @@ def read_examples(path, args):
 
 
 def cmd_finetune(args):
-    from .finetune import Recipe, check_recipe, finetune
+    from ..train.finetune import Recipe, check_recipe, finetune
     recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed, dtype=args.dtype, patience=args.patience)
     check_recipe(recipe)            # every option before the data is read and the model loads
@@ -95,10 +95,10 @@ def prediction_lines(classifier, texts, pairs):
 
 
 def cmd_predict(args):
-    from .finetune import load_classifier
+    from ..train.finetune import load_classifier
     if args.out is not None:
         check_predictions_out(args.out, args)
-    from .readers import read_text_pairs
+    from ..corpus.readers import read_text_pairs
     texts, pairs = read_text_pairs(args.input, args.text_col, args.pair_col)     # the cheap check first
     classifier = load_classifier(args.model_dir)
     lines = prediction_lines(classifier, texts, pairs)
@@ -145,7 +145,7 @@ def add_commands(sub):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minibert.finetune_cli")
+    parser = argparse.ArgumentParser(prog="python -m minibert.cli.train")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

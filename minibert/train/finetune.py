@@ -20,15 +20,15 @@ from typing import Optional
 import numpy as np
 
 from .backprop import SEQUENCE_HEADS, TASKS, classifier_forward, loss_and_grads
-from .config import read_config
-from .errors import InputError, ModelFileError, OutputError, TrainingError
-from .files import atomic_directory
+from ..checkpoint.config import read_config
+from ..errors import InputError, ModelFileError, OutputError, TrainingError
+from ..files import atomic_directory
 from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
-from .kernels.reference import IGNORE_INDEX
-from .threads import BLAS
-from .train_state import STATE_FILE
-from .tree import copy_tree, leaves
-from .weights import sinusoidal_positions, weight_set_of_layer
+from ..kernels.reference import IGNORE_INDEX
+from ..backends.threads import BLAS
+from .state import STATE_FILE
+from ..tree import copy_tree, leaves
+from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
@@ -185,7 +185,7 @@ def adamw_update(params, grads, state, *, lr, betas, eps, weight_decay, decay, f
     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, then p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     state: {"step": t, "m": [...], "v": [...]} (created on the first call). fused: the same arithmetic in
     one Numba loop per array (kernels/cpu_backward.adamw) instead of NumPy's pass per operation."""
-    from .kernels import cpu_backward
+    from ..kernels import cpu_backward
     if not state:
         state.update(step=0, m=[np.zeros_like(p) for p in params], v=[np.zeros_like(p) for p in params])
     state["step"] += 1
@@ -258,7 +258,7 @@ class Classifier:
                 else:
                     out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
         if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
-            from .errors import warn_caller
+            from ..errors import warn_caller
             warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
                         f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
                         + ("; their words past the cut get no label" if self.task == "token" else ""))
@@ -266,7 +266,7 @@ class Classifier:
 
     def predict_proba(self, texts, text_pairs=None):
         """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
-        from .tokenizer import as_text_list
+        from ..tokenizer import as_text_list
         self.require("sequence", "predict_proba")
         # One output (a score: cross-encoders, regression) or independent labels: a softmax over the outputs
         # would be 1.0 for every text, or probabilities the model was not trained to give.
@@ -283,7 +283,7 @@ class Classifier:
 
     def predict(self, texts, text_pairs=None):
         """Sequence task: one label per text (or pair); the label alone for one str."""
-        from .tokenizer import as_text_list
+        from ..tokenizer import as_text_list
         self.require("sequence", "predict")
         labels = [self.labels[i] for i in self.predict_proba(as_text_list(texts, "texts"), text_pairs).argmax(axis=1)]
         return labels[0] if isinstance(texts, str) else labels
@@ -291,7 +291,7 @@ class Classifier:
     def tag(self, texts):
         """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
         word's label is its first piece's. One str gives its one list."""
-        from .tokenizer import as_text_list
+        from ..tokenizer import as_text_list
         self.require("token", "tag")
         if isinstance(texts, str):
             return self.tag([texts])[0]
@@ -426,8 +426,8 @@ def empty_weights(config, dtype):
 def load_classifier(directory, *, dtype="float32"):
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
     ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
-    from .tokenizer import Tokenizer
-    from .weights import Checkpoint, checkpoint_files
+    from ..tokenizer import Tokenizer
+    from ..checkpoint.weights import Checkpoint, checkpoint_files
     directory = Path(directory)
     config = read_config(directory / "config.json")
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -611,13 +611,14 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=Recipe(), labels
     on_epoch: called with the Classifier after each epoch.
 
     checkpoint_dir: after each epoch the checkpoint (Classifier.save) is written there, and beside it the
-    state an interrupted run resumes from (minibert.train_state); resume=True continues the run saved there
+    state an interrupted run resumes from (minibert.train.state); resume=True continues the run saved there
     after its last finished epoch, and finishes with what the uninterrupted run would have given.
     recipe.patience: stop when the dev accuracy has not improved for that many epochs; the best epoch's
     weights are the ones returned (and the checkpoint is only rewritten when an epoch is the best so far).
     """
-    from . import progress as progress_report, train_state
-    from .api import Model, load
+    from .. import progress as progress_report
+    from . import state as train_state
+    from ..api import Model, load
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     check_recipe(recipe)
@@ -729,7 +730,7 @@ def diverged(step, epoch, cause, recipe, checkpoint_dir):
 def save_checkpoint(classifier, checkpoint_dir, improved, **state):
     """After an epoch: the classifier and the training state, written as one new directory that replaces the
     previous epoch's (or an earlier run's) whole; when the classifier did not improve, the state file alone."""
-    from . import train_state
+    from . import state as train_state
     if not improved:
         train_state.save_state(checkpoint_dir, **state)
         return
@@ -741,7 +742,7 @@ def save_checkpoint(classifier, checkpoint_dir, improved, **state):
 def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
     """Put the run saved in checkpoint_dir back: parameters (in place, so shared arrays stay shared), the
     generator's state and the history. Returns (AdamW's state, the last finished epoch, the best epoch or None)."""
-    from . import train_state
+    from . import state as train_state
     saved = train_state.load_state(checkpoint_dir, params, run)
     stopped = (recipe.patience is not None and saved["best"] is not None
                and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)

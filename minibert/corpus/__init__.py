@@ -1,0 +1,1 @@
+"""Corpus files in, vectors on disk, read back: readers, extraction runs, the store, Ray, reduction, search."""

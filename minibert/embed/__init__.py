@@ -1,0 +1,1 @@
+"""Sentence and word vectors: encode, pooling, the sentence-transformers recipe, the scikit-learn estimator."""

@@ -1,0 +1,1 @@
+"""Fine-tuning without torch: layers' backward, AdamW, the loop, classifiers, checkpoints transformers loads."""
