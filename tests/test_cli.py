@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from minibert import cli
+from minibert.cli import embed as embed_commands
 from minibert.cli import main
+from minibert.cli.common import DEMO_TEXTS
 from tiny import tiny_config, tiny_tensors, write_tiny
 
 
@@ -55,7 +57,7 @@ def test_other_broken_pipes_are_errors(monkeypatch, capsys):
     """A BrokenPipeError that is not about standard output (a socket, a child process) is an error."""
     def broken(args):
         raise BrokenPipeError(32, "Broken pipe")
-    monkeypatch.setattr(cli, "cmd_demo", broken)
+    monkeypatch.setattr(embed_commands, "cmd_demo", broken)
     assert main(["demo"]) == 1
     assert capsys.readouterr().err == "minibert: error: BrokenPipeError: [Errno 32] Broken pipe\n"
 
@@ -122,7 +124,7 @@ def test_errors_the_commands_did_not_anticipate_are_one_line(monkeypatch, capsys
     one line and exit 1; --debug shows the traceback."""
     def fails(args):
         raise error
-    monkeypatch.setattr(cli, "cmd_demo", fails)
+    monkeypatch.setattr(embed_commands, "cmd_demo", fails)
     assert main(["demo"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"minibert: error: {line}") and one_line(err), err
@@ -189,6 +191,23 @@ def test_debug_is_accepted_before_or_after_the_command():
     assert parser.parse_args(["--debug", "inspect"]).debug is True
     assert parser.parse_args(["inspect", "--debug"]).debug is True
     assert parser.parse_args(["inspect"]).debug is False
+
+
+def test_each_command_is_an_add_and_cmd_pair_of_one_group():
+    """Every command comes from a module of cli.GROUPS, whose add_X(sub) adds it and whose cmd_X(args) runs it:
+    the parser of a command sits beside its handler, and a new group is one name in GROUPS."""
+    import importlib
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    owner = {}
+    for group in cli.GROUPS:
+        module = importlib.import_module(f"minibert.cli.{group}")
+        for name in commands:
+            if hasattr(module, f"add_{name.replace('-', '_')}"):
+                owner.setdefault(name, []).append(module)
+    assert set(owner) == set(commands) and all(len(found) == 1 for found in owner.values()), owner
+    for name, [module] in owner.items():
+        assert commands[name].get_default("run") is getattr(module, f"cmd_{name.replace('-', '_')}")
 
 
 def test_similarity_json_and_matrix_written_to_a_file(tiny, tmp_path, capsys):
@@ -492,9 +511,9 @@ def test_demo_cosines_follow_the_models_recipe(capsys, case):
     assert main(["demo", "--model", str(FIXTURES / case), "--backend", "numpy"]) == 0
     printed = [float(line.split()[1]) for line in capsys.readouterr().out.splitlines() if line.startswith("cosine ")]
     model = minibert.load(str(FIXTURES / case), backend="numpy")
-    vectors = model.encode(cli.DEMO_TEXTS)
+    vectors = model.encode(DEMO_TEXTS)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    out = model(cli.DEMO_TEXTS)
+    out = model(DEMO_TEXTS)
     mask = out.attention_mask[..., None]
     mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
     mean /= np.linalg.norm(mean, axis=1, keepdims=True)

@@ -617,10 +617,11 @@ def test_pooling_registry_window_shares_are_the_poolings_weights():
 def test_pooling_registry_feeds_cli_and_recipe():
     """The CLI's choices and the recipe's sentence-transformers names come from the registry."""
     from minibert import cli
+    from minibert.cli.common import POOLINGS as CLI_POOLINGS
     from minibert.embed.pooling import POOLINGS
     from minibert.embed.recipe import POOLING_FLAGS, POOLING_NAMES
     sentence = [name for name, p in POOLINGS.items() if p.pool is not None]
-    assert cli.POOLINGS == sentence == sorted(set(POOLING_FLAGS.values()), key=sentence.index)
+    assert CLI_POOLINGS == sentence == sorted(set(POOLING_FLAGS.values()), key=sentence.index)
     assert set(POOLING_NAMES.values()) == set(sentence)
     embed = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["embed"]._actions
                  if a.dest == "pooling")

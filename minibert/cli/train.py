@@ -1,5 +1,5 @@
-"""The `finetune` and `predict` commands. `add_commands(sub)` adds them to minibert's command parser
-(cli.build_parser needs one line for it); `python -m minibert.cli.train ...` runs them on their own.
+"""The `finetune` and `predict` commands, each `add_X(sub)` beside its `cmd_X(args)`. `add_commands(sub)` adds
+them to minibert's command parser (a group of cli.GROUPS); `python -m minibert.cli.train ...` runs them alone.
 
     minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
                       [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
@@ -64,6 +64,30 @@ def cmd_finetune(args):
                                 if saved else f"no epoch had finished; nothing saved{untouched}") from None
 
 
+def add_finetune(sub):
+    p = sub.add_parser("finetune", help="fine-tune a classifier (sequence or token) and save a Hugging Face checkpoint",
+                       epilog="example: minibert finetune train.csv --text-col sentence --label-col label --out clf")
+    p.add_argument("train", help="training data: .csv/.tsv/.jsonl (sequence) or CoNLL (token)")
+    p.add_argument("--out", required=True, help="checkpoint directory, rewritten after every epoch")
+    p.add_argument("--task", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--pair-col", default=None, help="second text of a sentence pair")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--dev", default=None, help="dev file in the same format, evaluated after each epoch")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the --dev accuracy has not improved for N epochs; --out keeps the best epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out after its last finished epoch (same arguments)")
+    p.set_defaults(run=cmd_finetune)
+
+
 def check_predictions_out(out, args):
     """--out refused up front when writing it would destroy what the user owns: the input, or a file of the
     classifier directory; or when it cannot be a file there."""
@@ -112,28 +136,7 @@ def cmd_predict(args):
             out.write(line + "\n")
 
 
-def add_commands(sub):
-    p = sub.add_parser("finetune", help="fine-tune a classifier (sequence or token) and save a Hugging Face checkpoint",
-                       epilog="example: minibert finetune train.csv --text-col sentence --label-col label --out clf")
-    p.add_argument("train", help="training data: .csv/.tsv/.jsonl (sequence) or CoNLL (token)")
-    p.add_argument("--out", required=True, help="checkpoint directory, rewritten after every epoch")
-    p.add_argument("--task", choices=["sequence", "token"], default="sequence")
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--pair-col", default=None, help="second text of a sentence pair")
-    p.add_argument("--label-col", default="label")
-    p.add_argument("--dev", default=None, help="dev file in the same format, evaluated after each epoch")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--patience", type=int, default=None,
-                   help="stop when the --dev accuracy has not improved for N epochs; --out keeps the best epoch")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out after its last finished epoch (same arguments)")
-    p.set_defaults(run=cmd_finetune)
+def add_predict(sub):
     p = sub.add_parser("predict", help="predict with a fine-tuned classifier directory, one JSON line per text",
                        epilog="example: minibert predict clf texts.txt")
     p.add_argument("model_dir")
@@ -142,6 +145,11 @@ def add_commands(sub):
     p.add_argument("--pair-col", default=None)
     p.add_argument("--out", default=None, help="write the JSON lines here instead of standard output")
     p.set_defaults(run=cmd_predict)
+
+
+def add_commands(sub):
+    for add in (add_finetune, add_predict):       # in this order in `minibert --help`
+        add(sub)
 
 
 def main(argv=None):
