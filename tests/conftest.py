@@ -22,3 +22,18 @@ def model_for():
 def golden(name):
     with np.load(FIXTURES / "minilm" / f"{name}.npz") as data:
         return {key: data[key] for key in data.files}
+
+
+def pytest_collection_finish(session):
+    """Start the children of the tests marked child_process now, so that they run beside the rest
+    (tests/background.py)."""
+    import background
+    for item in session.items:
+        marker = item.get_closest_marker("child_process")
+        if marker is not None:
+            background.start(item.nodeid, marker.kwargs["run"])
+
+
+def pytest_sessionfinish(session):
+    import background
+    background.stop_all()

@@ -210,7 +210,10 @@ def main():
             failures.append({"iteration": i, "file": f"{kind}/{name}", "structured": structured,
                              "error": f"{type(e).__module__}.{type(e).__name__}: {e}"[:300],
                              "where": traceback.format_exc().splitlines()[-3:]})
+    import resource
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps({"iterations": args.iterations, "seconds": round(time.perf_counter() - start, 2),
+                      "peak_rss_mib": peak_rss_mib,
                       **counts, "slowest_refusal": [round(slowest[0], 3), slowest[1]], "failures": failures}))
 
 

@@ -100,14 +100,23 @@ def plain_env(**extra):
 # The plain process (no simulator)
 # ----------------------------------------------------------------------------------------------------------
 
+def simulator_run():
+    """The child pytest of test_simulator_suite (None where this process is the simulator or on a GPU)."""
+    if SIMULATOR or REAL_GPU:
+        return None
+    return dict(args=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+                cwd=ROOT, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
+
+
 @in_plain_process
-def test_simulator_suite():
-    """The simulator tests below, in a child pytest with NUMBA_ENABLE_CUDASIM=1."""
+@pytest.mark.child_process(run=simulator_run)
+def test_simulator_suite(request):
+    """The simulator tests below, in a child pytest with NUMBA_ENABLE_CUDASIM=1 (started when collection
+    ends, tests/background.py)."""
     if REAL_GPU:
         pytest.skip("MINIBERT_TEST_REAL_GPU=1: the device tests run on the GPU in this process")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    from background import finished
+    result = finished(request, simulator_run, timeout=900)
     tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
     assert result.returncode == 0, f"simulator tests failed:\n{tail}"
     assert " passed" in result.stdout and " failed" not in result.stdout, tail
@@ -464,12 +473,16 @@ def test_attention_adds_a_position_bias(K, dev, dtype, B, T, NH, HS, bias_rows):
 @on_device
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relative_position_bias_gathers_the_reference_buckets(dtype):
-    """T = 140: distances past max_distance 128, so every bucket of the table is read."""
+    """T = 24 with max_distance 20: distances past max_distance, so every bucket a sequence can reach is read,
+    the same 31 of 32 as MPNet's max_distance 128 at T = 140 (58,800 simulated threads, 40 s a dtype)."""
     from minibert.backends import make_ops, reference_backend
+    from minibert.kernels.reference import relative_position_buckets
+    reached = set(np.unique(relative_position_buckets(24, 32, 20)))
+    assert reached == set(np.unique(relative_position_buckets(140, 32, 128)))
     ops = make_ops("cuda")
     table = rand(np.random.default_rng(8), 32, 3, dtype=dtype)
-    want = reference_backend.relative_position_bias(table, 140, 32, 128)                  # [1, NH, T, T]
-    ours = ops.to_host(ops.relative_position_bias(ops.prepare(table), 140, 32, 128))
+    want = reference_backend.relative_position_bias(table, 24, 32, 20)                    # [1, NH, T, T]
+    ours = ops.to_host(ops.relative_position_bias(ops.prepare(table), 24, 32, 20))
     np.testing.assert_array_equal(ours, want)
 
 
