@@ -46,8 +46,10 @@ test: $(VENV)/.ready
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check minibert kernels tests benchmarks
 
+# bin/pytest, not `python -m pytest`: -m puts the checkout's root on sys.path, where the top-level kernels/
+# folder hides the PyPI package `kernels` that transformers 5 imports (ImportError: CUDAProperties).
 reference-test: $(REF)/.ready
-	$(REF)/bin/python -m pytest -q -m reference -p no:cacheprovider; \
+	$(REF)/bin/pytest -q -m reference -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make reference-test: no tests were collected"; exit $$code
 
 # MINIBERT_RAY_TEST=1: a Ray test skipped for want of Ray is an error here, not a pass.
