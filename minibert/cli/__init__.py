@@ -58,7 +58,7 @@ def cmd_inspect(args):
 
     from pathlib import Path
 
-    from ..checkpoint.weights import used_and_ignored_files
+    from ..checkpoint.layout import used_and_ignored_files
     used, ignored = used_and_ignored_files(Path(model.source), model.recipe.transformer_path, model.tokenizer.files,
                                            model.recipe.files)
     print(f"files used  {', '.join(used)}")
@@ -83,7 +83,7 @@ def cmd_inspect(args):
     print(f"parameters  {sum(counts.values()):,}")
     if args.check:
 
-        from ..checkpoint.weights import non_finite_tensors
+        from ..checkpoint.layout import non_finite_tensors
         in_file = non_finite_tensors(model.encoder_dir)
         for name, nan, inf, size in in_file:
             print(f"  {name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")

@@ -34,7 +34,7 @@ from .readers import TextFile, sha256_of
 from ..embed.recipe import applied_recipe, encode_settings, prepare_texts
 from .store import LOCK, OWN_FILE, PROGRESS, SHARD_ROWS, finalise, read_json_file, write_durably
 from ..tokenizer import as_text_list
-from ..checkpoint.weights import checkpoint_files
+from ..checkpoint.layout import checkpoint_files
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size
