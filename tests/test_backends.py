@@ -13,7 +13,7 @@ import pytest
 import minibert
 from minibert.backends import BACKENDS, MODULES, OPS_NAMES, BackendOps, Ops, make_ops
 from minibert.errors import BackendError
-from minibert.kernels import cpu
+from minibert.kernels import cpu_math
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,15 +83,15 @@ def test_make_ops_holds_the_module_functions(backend):
 
 
 def test_numba_cache_unavailable_is_a_warning_not_an_error(monkeypatch):
-    real_njit = cpu.numba.njit
+    real_njit = cpu_math.numba.njit
 
     def njit(*args, cache=False, **options):
         if cache:     # what numba raises when no cache directory can be written
             raise RuntimeError("cannot cache function 'double': no locator available for file 'x.py'")
         return real_njit(*args, **options)
-    monkeypatch.setattr(cpu.numba, "njit", njit)
+    monkeypatch.setattr(cpu_math.numba, "njit", njit)
     with pytest.warns(UserWarning, match="Numba cache unavailable .*Set NUMBA_CACHE_DIR to a writable directory"):
-        double = cpu.jit()(lambda x: 2 * x)
+        double = cpu_math.jit()(lambda x: 2 * x)
     assert double(21) == 42
 
 

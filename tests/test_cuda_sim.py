@@ -228,7 +228,7 @@ def test_kernels_compile_to_ptx_within_shared_memory_limits():
             dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(7, 5))
         except (ImportError, AttributeError):
             pass
-        from minibert.kernels import cuda as K
+        from minibert.kernels import cuda as K, cuda_attention
 
         def probe(out):
             out[0] = 1.0
@@ -261,7 +261,7 @@ def test_kernels_compile_to_ptx_within_shared_memory_limits():
             check("gather_bias", k.gather_bias, (arr(dt, 4), ids, arr(dt, 2)), dt)
             for hs in (4, 32, 64, 128):
                 for biased in (False, True):
-                    kernel = K.attention_kernel(dt, hs, K.keys_per_tile(dt, hs), biased)
+                    kernel = cuda_attention.attention_kernel(dt, hs, cuda_attention.keys_per_tile(dt, hs), biased)
                     check(f"attention_hs{hs}{'_biased' if biased else ''}", kernel,
                           (arr(dt, 3), arr(dt, 4), arr(dt, 3, "A"), arr(dt, 3, "A"), arr(dt, 3, "A"), arr(dt, 4, "A"),
                            arr(dt, 2), F, types.boolean), dt)

@@ -19,6 +19,7 @@ from tiny import write_tiny
 
 import minibert
 from minibert.corpus import extract as extract_module
+from minibert.corpus import writers
 from minibert.errors import InputError, MiniBertError
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
@@ -97,7 +98,7 @@ def test_exception_midway_then_resume_equals_an_uninterrupted_run(tiny_model, tm
 def test_disk_full_midway_is_one_clear_error_and_resume_finishes(tiny_model, tmp_path, small_chunks, monkeypatch,
                                                                  fmt, pooling):
     whole = extract_module.extract(tiny_model, CORPUS, tmp_path / "whole", fmt=fmt, pooling=pooling)
-    real_write = extract_module.write_rows
+    real_write = writers.write_rows
     calls = {"n": 0}
 
     def filling_up(f, offset, data):
@@ -106,12 +107,12 @@ def test_disk_full_midway_is_one_clear_error_and_resume_finishes(tiny_model, tmp
             f.write(data[:len(data) // 2])        # a torn write, as a full disk leaves it
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(f, offset, data)
-    monkeypatch.setattr(extract_module, "write_rows", filling_up)
+    monkeypatch.setattr(writers, "write_rows", filling_up)
     with pytest.raises(MiniBertError, match=r"disk full after 4 of 9 rows \(No space left on device\); free some "
                                             r"space and run the same command with --resume to finish"):
         extract_module.extract(tiny_model, CORPUS, tmp_path / "full", fmt=fmt, pooling=pooling)
     assert_nothing_looks_complete(tmp_path / "full")
-    monkeypatch.setattr(extract_module, "write_rows", real_write)
+    monkeypatch.setattr(writers, "write_rows", real_write)
     manifest = extract_module.extract(tiny_model, CORPUS, tmp_path / "full", fmt=fmt, pooling=pooling, resume=True)
     assert_same_output(loaded(tmp_path / "full"), loaded(tmp_path / "whole"))
     assert manifest["files"] == whole["files"]

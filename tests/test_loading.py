@@ -197,7 +197,7 @@ def refused_by_every_reader(directory, match, capsys):
     a ModelFileError matching `match`, in well under a second each (hostile headers once took minutes)."""
     from minibert.cli import main
     from minibert.train.finetune import load_classifier
-    from minibert.checkpoint.weights import non_finite_tensors
+    from minibert.checkpoint.layout import non_finite_tensors
     config = json.loads((directory / "config.json").read_text())
     config.update(architectures=["BertForSequenceClassification"], id2label={"0": "no", "1": "yes"})
     (directory / "config.json").write_text(json.dumps(config))
@@ -254,7 +254,7 @@ def test_hostile_header_numbers_are_refused_fast_naming_file_and_tensor(tmp_path
 
 def test_sizes_up_to_the_bounds_still_load(tmp_path):
     """The bounds refuse nothing real: an empty tensor with 32 dimensions, one of them 2**40, is read."""
-    from minibert.checkpoint.weights import Checkpoint
+    from minibert.checkpoint.safetensors import Checkpoint
     directory = with_extra_tensor(tmp_path / "model", [2 ** 40] + [1] * 30 + [0])
     checkpoint = Checkpoint([directory / "model.safetensors"])
     assert checkpoint.read("extra", np.float32).shape == (2 ** 40,) + (1,) * 30 + (0,)

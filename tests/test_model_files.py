@@ -73,7 +73,7 @@ def test_rewriting_the_checkpoint_in_place_changes_nothing(tmp_path):
 def test_a_checkpoint_that_changes_while_loading_is_refused(tmp_path, monkeypatch):
     """A download still writing the file while minibert reads it: the tensors would mix two versions."""
     write_tiny(tmp_path)
-    read = minibert.checkpoint.weights.Checkpoint.read
+    read = minibert.checkpoint.safetensors.Checkpoint.read
     calls = []
 
     def read_then_append(self, name, dtype, mapped=False):
@@ -83,7 +83,7 @@ def test_a_checkpoint_that_changes_while_loading_is_refused(tmp_path, monkeypatc
                 f.write(b"\0" * 64)
         return read(self, name, dtype, mapped)
 
-    monkeypatch.setattr(minibert.checkpoint.weights.Checkpoint, "read", read_then_append)
+    monkeypatch.setattr(minibert.checkpoint.safetensors.Checkpoint, "read", read_then_append)
     with pytest.raises(ModelFileError, match="changed while minibert was reading it"):
         minibert.load(str(tmp_path), backend="numpy")
 
@@ -198,7 +198,7 @@ def test_no_room_for_the_private_copy_reads_the_word_table_into_memory(tmp_path,
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(minibert.checkpoint.weights.tempfile, "TemporaryFile", full)
+    monkeypatch.setattr(minibert.checkpoint.safetensors.tempfile, "TemporaryFile", full)
     model = minibert.load(str(tmp_path), backend="numpy")
     assert not isinstance(model.weights["embeddings"]["word"].base, np.memmap)
     np.testing.assert_array_equal(model.encode(TEXTS), want)

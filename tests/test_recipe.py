@@ -6,8 +6,11 @@ Under -m reference: every case rebuilt live, and the bundled model, against Sent
 """
 
 import json
+import re
 import shutil
+import struct
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -262,6 +265,31 @@ def test_dense_shape_must_match_its_config(tmp_path):
     d = copy_case(tmp_path)
     edit_json(d / "2_Dense" / "config.json", lambda c: {**c, "out_features": 7})
     with pytest.raises(ModelFileError, match=r"linear.weight has shape \(12, 16\)"):
+        minibert.load(str(d), backend="numpy")
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([int("9" * 4300)] * 1000, r"shape \[<a number of 4,300 digits>, .*, \.\.\. 992 more\] has 1,000 dimensions"),
+    ([2 ** 62, 2 ** 62, 0], r"shape \[4611686018427387904, 4611686018427387904, 0\] spans 2\*\*63 bytes or more"),
+    ([-1], r"shape \[-1\] is not a list of ints from 0"),
+])
+def test_a_hostile_dense_header_is_refused_naming_the_tensor_like_the_encoders(tmp_path, shape, message):
+    """The Dense weights are read by the encoder's checked reader: the safetensors library refused these headers
+    without naming the tensor ("invalid JSON in header: number out of range", "overflow computing buffer size")."""
+    d = copy_case(tmp_path)
+    path = d / "2_Dense" / "model.safetensors"
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    end = len(data) - 8 - length
+    header["extra"] = {"dtype": "F32", "shape": shape, "data_offsets": [end, end]}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=rf"{re.escape(str(path))}: tensor 'extra': {message}") as error:
+        read_recipe(d)
+    assert time.perf_counter() - start < 1 and len(str(error.value)) < 500
+    with pytest.raises(ModelFileError, match=rf"{re.escape(str(path))}: tensor 'extra': {message}"):
         minibert.load(str(d), backend="numpy")
 
 

@@ -236,9 +236,9 @@ def test_whiten_refuses_directions_without_variance():
 ])
 def test_extract_refuses_reduce_options_before_any_work(model, corpus_file, tmp_path, capsys, monkeypatch, argv,
                                                         message):
-    import minibert.corpus.extract
+    import minibert.corpus.resume
     # extract's own checks (one probe text encoded) refuse it before the output directory is locked
-    monkeypatch.setattr(minibert.corpus.extract, "directory_lock",
+    monkeypatch.setattr(minibert.corpus.resume, "directory_lock",
                         lambda *a, **k: pytest.fail("the extraction started"))
     out = tmp_path / "vecs"
     assert main(["extract", str(corpus_file), "--out", str(out), "--quiet", *argv]) == 1

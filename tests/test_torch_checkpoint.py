@@ -293,7 +293,7 @@ def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_
 def test_a_huge_stride_on_a_size_one_dimension_is_not_passed_to_numpy(tmp_path):
     """A view's size-1 dimension never moves, whatever its stride (torch writes such strides for slices): a
     stride of 2**62 there read as NumPy strides overflowed; now the values are read."""
-    from minibert.checkpoint.weights import Checkpoint
+    from minibert.checkpoint.safetensors import Checkpoint
     directory = write_archive(tmp_path / "model", hostile_pickle(4, 0, (1, 2), (2 ** 62, 2)),
                               {"0": np.arange(4, dtype="<f4").tobytes()})
     checkpoint = Checkpoint([directory / "pytorch_model.bin"])

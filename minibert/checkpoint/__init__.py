@@ -1,1 +1,1 @@
-"""Model directory -> config and weights: families, safetensors and torch .bin readers, weights assembly."""
+"""Model directory -> config and weights: families, layout (which files), safetensors and .bin readers, assembly."""

@@ -12,7 +12,7 @@ A pickle can call any importable function, so data.pkl is read by an unpickler t
 a state dict needs (the tensor and parameter rebuild functions, torch's storage types, OrderedDict) and
 refuses any other global when the pickle names it, before anything is called. The rebuild functions are
 minibert's own stand-ins: they record where a tensor's elements are (storage, offset, shape, strides),
-and weights.Checkpoint reads those bytes from the archive like a safetensors tensor.
+and safetensors.Checkpoint reads those bytes from the archive like a safetensors tensor.
 """
 
 import collections

@@ -50,7 +50,8 @@ def add_attention(sub):
 def cmd_inspect(args):
     import minibert
     from ..checkpoint.config import SWITCH_FIELDS
-    from ..checkpoint.weights import non_finite_tensors, parameter_counts, used_and_ignored_files
+    from ..checkpoint.layout import non_finite_tensors, used_and_ignored_files
+    from ..checkpoint.weights import parameter_counts
     model = minibert.load(args.model, backend="numpy")
     c = model.config
     print(f"source      {model.source}")

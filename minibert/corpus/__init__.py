@@ -1,1 +1,1 @@
-"""Corpus files in, vectors on disk, read back: readers, extraction runs, the store, Ray, reduction, search."""
+"""Corpus files in, vectors on disk, read back: readers, extract (+ writers, resume), store, Ray, reduce, search."""

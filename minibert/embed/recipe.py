@@ -22,6 +22,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .. import files
+from ..checkpoint.safetensors import Checkpoint
 from ..errors import ConfigError, InputError, ModelFileError
 from .pooling import POOLINGS, resolve_layer_choice
 
@@ -249,15 +251,15 @@ def read_dense(folder: Path, rel: str) -> Dense:
                  if (folder / "pytorch_model.bin").is_file() else "nothing")
         raise ModelFileError(f"{weights_path}: missing (found {other}); save the Dense weights as safetensors, e.g. "
                              "SentenceTransformer(dir).save(dir, safe_serialization=True)")
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    # The checked reader load uses: a hostile header is refused naming the tensor, in bounded time and words.
+    checkpoint = Checkpoint([weights_path])
+    tensors = {name: checkpoint.read_stored(name) for name in ("linear.weight", "linear.bias")
+               if name in checkpoint.names()}
+    checkpoint.check_unchanged()
     weight, bias = tensors.get("linear.weight"), tensors.get("linear.bias")
     if weight is None or weight.ndim != 2:
-        raise ModelFileError(f"{weights_path}: needs a 2-D linear.weight [out, in], found {sorted(tensors)}")
+        raise ModelFileError(f"{weights_path}: needs a 2-D linear.weight [out, in], found "
+                             f"{files.shown(sorted(checkpoint.names()))}")
     shape = (found.get("out_features", weight.shape[0]), found.get("in_features", weight.shape[1]))
     if tuple(weight.shape) != shape:
         raise ModelFileError(f"{weights_path}: linear.weight has shape {tuple(weight.shape)}, config.json says "

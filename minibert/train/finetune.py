@@ -427,7 +427,8 @@ def load_classifier(directory, *, dtype="float32"):
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
     ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
     from ..tokenizer import Tokenizer
-    from ..checkpoint.weights import Checkpoint, checkpoint_files
+    from ..checkpoint.layout import checkpoint_files
+    from ..checkpoint.safetensors import Checkpoint
     directory = Path(directory)
     config = read_config(directory / "config.json")
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
