@@ -173,6 +173,9 @@ def test_tei_routes_answer_in_teis_shapes():
             all_tokens = http.post("/embed_all", json={"inputs": TEXTS[:3], "layers": layer}).json()
             for tokens, want in zip(all_tokens, model.encode(TEXTS[:3], pooling="none", layers=layer)):
                 close(tokens, want)
+        from huggingface_hub import InferenceClient          # the hub's client for TEI posts to /
+        close(np.asarray(InferenceClient(server.url).feature_extraction("the cat sat")).reshape(-1),
+              model.encode("the cat sat"))
         tokens = http.post("/tokenize", json={"inputs": ["hello cats"]}).json()
         assert tokens == [[{"id": 2, "text": "[CLS]", "special": True, "start": None, "stop": None},
                            {"id": 45, "text": "hello", "special": False, "start": 0, "stop": 5},
@@ -189,6 +192,7 @@ def test_tei_routes_answer_in_teis_shapes():
         assert sparse.status_code == 501 and "not implemented" in sparse.json()["error"]
         text = http.get("/metrics").text
         assert 'minibert_requests_total{route="/embed",status="200"} 3' in text
+        assert 'minibert_requests_total{route="/",status="200"} 1' in text
         assert "# TYPE minibert_request_duration_seconds histogram" in text
         assert metric(text, "minibert_input_tokens_total") > 0 and metric(text, "minibert_batch_rows_count") > 0
     assert len(server.log) >= 10 and json.loads(server.log[0])["path"] == "/embed"       # one JSON line each

@@ -1,7 +1,7 @@
 """The HTTP routes: OpenAI's embeddings API and text-embeddings-inference's (TEI), answering in their shapes.
 
     POST /v1/embeddings   OpenAI           GET /v1/models
-    POST /embed  /embed_all  /rerank  /tokenize  (/embed_sparse: 501)   GET /health  /info  /metrics   TEI
+    POST /embed (and /)  /embed_all  /rerank  /tokenize  (/embed_sparse: 501)   GET /health  /info  /metrics   TEI
 
 Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI's {"error", "error_type"}
 elsewhere, never a traceback. Status codes: 400 malformed JSON or empty input (and every refusal under
@@ -362,6 +362,7 @@ async def metrics(request):
 ROUTES = [Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
           Route("/v1/models", openai_models, methods=["GET"]),
           Route("/embed", tei_embed, methods=["POST"]), Route("/embed_all", tei_embed_all, methods=["POST"]),
+          Route("/", tei_embed, methods=["POST"]),       # TEI's route for the hub's clients (InferenceClient)
           Route("/embed_sparse", tei_embed_sparse, methods=["POST"]), Route("/rerank", tei_rerank, methods=["POST"]),
           Route("/tokenize", tei_tokenize, methods=["POST"]), Route("/health", health, methods=["GET"]),
           Route("/info", info, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
