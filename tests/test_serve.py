@@ -214,14 +214,15 @@ def test_truncation_right_and_left(dense_model):
         assert np.abs(np.array(left) - np.array(right)).max() > 1e-3                     # not the same tokens
 
 
-def write_cross_encoder(directory):
+def write_cross_encoder(directory, outputs=1):
     """A tiny one-output BertForSequenceClassification, as transformers saves a cross-encoder."""
-    config = tiny_config(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"},
-                         label2id={"LABEL_0": 0})
+    config = tiny_config(architectures=["BertForSequenceClassification"],
+                         id2label={str(i): f"LABEL_{i}" for i in range(outputs)},
+                         label2id={f"LABEL_{i}": i for i in range(outputs)})
     rng = np.random.default_rng(1)
     tensors = {**tiny_tensors(config, seed=1, prefix="bert."),
-               "classifier.weight": rng.standard_normal((1, 16)).astype(np.float32),
-               "classifier.bias": np.array([0.1], dtype=np.float32)}
+               "classifier.weight": rng.standard_normal((outputs, 16)).astype(np.float32),
+               "classifier.bias": np.full(outputs, 0.1, dtype=np.float32)}
     return write_tiny(directory, config=config, tensors=tensors)
 
 
@@ -241,6 +242,19 @@ def test_rerank_scores_with_the_cross_encoder(tmp_path, dense_model):
     with running(dense_model) as server, server.client() as http:
         missing = http.post("/rerank", json={"query": query, "texts": texts})
         assert missing.status_code == 422 and "--reranker" in missing.json()["error"]
+
+
+def test_serve_command_refuses_what_cannot_work(tmp_path, capsys, monkeypatch):
+    from minibert.cli import main
+    assert main(["serve", str(DENSE), "--max-batch-tokens", "16", "--port", "0"]) == 1
+    assert "--max-batch-tokens 16 is less than the model's input limit 32" in capsys.readouterr().err
+    assert main(["serve", str(DENSE), "--reranker", str(write_cross_encoder(tmp_path / "three", outputs=3))]) == 1
+    assert "a reranker is a cross-encoder with one output (a score); this classifier has 3 sequence outputs" in \
+        capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)                  # as if the serve extra were not installed
+    assert main(["serve", str(DENSE)]) == 1
+    assert "serve needs the serve extra (uvicorn is missing): pip install 'minibert-numpy[serve]'" in \
+        capsys.readouterr().err
 
 
 BAD = [  # (route, body, status, words in the message)

@@ -438,6 +438,8 @@ def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=
     @contextlib.asynccontextmanager
     async def lifespan(app):
         server.batcher.start()
+        # One small batch before listening: Numba compiles its kernels on first use (seconds), not on a client's.
+        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"]))
         try:
             yield
         finally:
