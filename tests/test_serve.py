@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,6 +215,21 @@ def test_truncation_right_and_left(dense_model):
         assert np.abs(np.array(left) - np.array(right)).max() > 1e-3                     # not the same tokens
 
 
+def test_recipe_limit_above_the_tokenizers_own(tmp_path):
+    """max_seq_length 24 in sentence_bert_config.json, model_max_length 16 in tokenizer_config.json: encode cuts
+    at 24, so the server does too (through model.tokenize every text was refused: 'exceeds the model's 16')."""
+    shutil.copytree(DENSE, tmp_path / "m")
+    for name, key, value in (("sentence_bert_config.json", "max_seq_length", 24),
+                             ("tokenizer_config.json", "model_max_length", 16)):
+        path = tmp_path / "m" / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    model = minibert.load(str(tmp_path / "m"))
+    text = "the cat sat on the mat " * 3                                     # 20 tokens
+    with running(model) as server, server.client() as http:
+        assert http.get("/info").json()["max_input_length"] == 24
+        close(http.post("/embed", json={"inputs": text}).json()[0], model.encode(text))
+
+
 def write_cross_encoder(directory, outputs=1):
     """A tiny one-output BertForSequenceClassification, as transformers saves a cross-encoder."""
     config = tiny_config(architectures=["BertForSequenceClassification"],
@@ -280,6 +296,7 @@ BAD = [  # (route, body, status, words in the message)
     ("/embed", b'{"inputs": "\\ud800 cat"}', 422, "lone surrogate"),
     ("/nowhere", {"inputs": "a"}, 404, "no route POST /nowhere"),
     ("/v1/nowhere", {"input": "a"}, 404, "no route POST /v1/nowhere"),
+    ("/v1/models", {"input": "a"}, 405, "/v1/models does not take POST; it takes GET"),
 ]
 
 

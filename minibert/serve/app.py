@@ -376,7 +376,9 @@ async def api_error(request, e):
 async def http_error(request, e):
     kind = "not_found" if e.status_code in (404, 405) else "invalid"
     message = (f"no route {request.method} {request.url.path}; routes: {', '.join(sorted(KNOWN))}"
-               if kind == "not_found" else str(e.detail))
+               if e.status_code == 404 else f"{request.url.path} does not take {request.method}; "
+               f"it takes {e.headers.get('Allow', 'another method') if e.headers else 'another method'}"
+               if e.status_code == 405 else str(e.detail))
     return error_response(ApiError(e.status_code, message, kind), request.url.path)
 
 

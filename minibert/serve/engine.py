@@ -61,25 +61,20 @@ class Engine:
                     skip=prompt_length(self.model, settings) if layer is None else 0)
         prepared = prepare_texts(settings, texts)
         limit = self.max_input_length
-        if direction == "right":
-            batch = self.model.tokenize(prepared, max_length=limit)          # encode's tokens, cut as encode cuts
-            lengths = batch.attention_mask.sum(axis=1)
-            if not truncate and batch.truncated.any():
-                i = int(np.argmax(batch.truncated))
-                raise TooLong(f"inputs[{i}] has more than the model's {limit} tokens; shorten it or set truncate")
-            return [Row(batch.input_ids[b, :n], batch.token_type_ids[b, :n], want) for b, n in enumerate(lengths)]
+        one_type = self.model.tokenizer.single_segment        # as encode: RoBERTa-style models keep type 0
+        cut = limit if direction == "right" else None         # encode's truncation; the left cut is made below
         rows = []
-        for i, e in enumerate(encode_batch(self.model.tokenizer.backend, prepared, None)):
-            ids, special = np.array(e.ids, dtype=np.int64), np.array(e.special_tokens_mask, dtype=bool)
-            if len(ids) > limit:
+        for i, e in enumerate(encode_batch(self.model.tokenizer.backend, prepared, cut)):
+            ids, types = np.array(e.ids, dtype=np.int64), np.array(e.type_ids, dtype=np.int64) * (not one_type)
+            if e.overflowing or len(ids) > limit:
                 if not truncate:
-                    raise TooLong(f"inputs[{i}] has {len(ids)} tokens, more than the model's {limit}; shorten it "
-                                  "or set truncate")
-                lead = int(np.argmax(~special)) if (~special).any() else 0
-                trail = int(np.argmax(~special[::-1])) if (~special).any() else 0
-                keep = limit - lead - trail                                   # content tokens kept from the end
-                ids = np.concatenate([ids[:lead], ids[len(ids) - trail - keep:]])
-            rows.append(Row(ids, np.zeros(len(ids), dtype=np.int64), want))
+                    raise TooLong(f"inputs[{i}] has more than the model's {limit} tokens; shorten it or set truncate")
+                if len(ids) > limit:        # left: the leading special tokens, then the text's end and its closing ones
+                    special = np.array(e.special_tokens_mask, dtype=bool)
+                    lead = int(np.argmax(~special)) if (~special).any() else 0
+                    keep = np.r_[0:lead, len(ids) - (limit - lead):len(ids)]
+                    ids, types = ids[keep], types[keep]
+            rows.append(Row(ids, types, want))
         return rows
 
     def id_rows(self, sequences, *, normalize=None, layer=None, what="input", nested=True):
