@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -267,6 +268,12 @@ def test_serve_command_refuses_what_cannot_work(tmp_path, capsys, monkeypatch):
     assert main(["serve", str(DENSE), "--reranker", str(write_cross_encoder(tmp_path / "three", outputs=3))]) == 1
     assert "a reranker is a cross-encoder with one output (a score); this classifier has 3 sequence outputs" in \
         capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(DENSE), "--port", str(port)]) == 1
+    assert f"could not serve on 127.0.0.1:{port}" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "uvicorn", None)                  # as if the serve extra were not installed
     assert main(["serve", str(DENSE)]) == 1
     assert "serve needs the serve extra (uvicorn is missing): pip install 'minibert-numpy[serve]'" in \

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..errors import InputError, MiniBertError
+from ..errors import InputError
 from .batcher import Batcher
 from .engine import Engine, TooLong, cut_dimensions, tokens_of
 from .metrics import Metrics
@@ -33,7 +33,7 @@ from .metrics import Metrics
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch_tokens: int = 16384          # TEI's defaults, but for the body (TEI: 2 MB)
+    max_batch_tokens: int = 16384          # TEI's defaults
     max_client_batch_size: int = 32
     max_concurrent_requests: int = 512
     max_body_bytes: int = 2_000_000
@@ -148,6 +148,7 @@ def parse_inputs(value, param, max_batch):
                 raise ApiError(400, f"{param}[{i}][{bad}] = {json.dumps(ids[bad])[:40]} is not a token id (an "
                                "integer)", "invalid", param)
         return "ids", value, True
+
     def category(x):
         return "text" if isinstance(x, str) else "id" if is_id(x) else "list" if isinstance(x, list) else None
     i = next(i for i, x in enumerate(value) if category(x) is None or category(x) != category(value[0]))
@@ -384,8 +385,7 @@ async def http_error(request, e):
 
 async def server_error(request, e):
     """A fault of the server (not of the request): one line to the client, the traceback to the log."""
-    kind = "invalid" if isinstance(e, MiniBertError) else "server"
-    return error_response(ApiError(500, f"the server failed on this request ({type(e).__name__}: {e})", kind),
+    return error_response(ApiError(500, f"the server failed on this request ({type(e).__name__}: {e})", "server"),
                           request.url.path)
 
 

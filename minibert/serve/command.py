@@ -81,11 +81,14 @@ def cmd_serve(args):
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
+    except SystemExit:                  # uvicorn's answer to an address it cannot bind, after logging why
+        pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
-        raise MiniBertError(f"could not serve on {args.host}:{args.port} (see the message above)")
+        raise MiniBertError(f"could not serve on {args.host}:{args.port} (the line above says why: an address in use "
+                            "needs another --port)")
     print("minibert serve: stopped", file=sys.stderr, flush=True)
 
 
