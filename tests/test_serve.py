@@ -423,6 +423,16 @@ def test_429_only_past_the_concurrency_limit(dense_model):
     assert max(in_flight) <= 2
 
 
+def test_threads_hold_the_forward_pass(dense_model):
+    import numba
+    with running(dense_model, Limits(threads=1)) as server, server.client() as http:
+        forward, seen = server.state.batcher.forward, []
+        server.state.batcher.forward = lambda rows: seen.append(numba.get_num_threads()) or forward(rows)
+        assert http.post("/embed", json={"inputs": "a"}).status_code == 200
+        assert http.get("/info").json()["threads"] == 1
+    assert seen == [1]
+
+
 def test_health_answers_during_a_long_batch(dense_model):
     with running(dense_model) as server, server.client() as http:
         slowed(server, 2.0)

@@ -37,6 +37,7 @@ class Limits:
     max_client_batch_size: int = 32
     max_concurrent_requests: int = 512
     max_body_bytes: int = 2_000_000
+    threads: object = None                 # compute threads for the forward pass; None: NUMBA_NUM_THREADS (every core)
     auto_truncate: bool = False            # truncate over-long texts when a request does not say (OpenAI's route)
 
 
@@ -165,7 +166,7 @@ class Server:
         self.engine, self.limits, self.reranker = Engine(model), limits, reranker
         self.model_id = model_id or default_model_id(model)
         self.metrics = Metrics()
-        self.batcher = Batcher(self.engine.forward, limits.max_batch_tokens, self.metrics)
+        self.batcher = Batcher(self.engine.forward, limits.max_batch_tokens, self.metrics, limits.threads)
         self.rerank_lock = threading.Lock()
         self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
         if limits.max_batch_tokens < self.engine.max_input_length:
@@ -352,7 +353,8 @@ async def info(request):
                          "max_client_batch_size": limits.max_client_batch_size,
                          "auto_truncate": limits.auto_truncate, "tokenization_workers": None,
                          "version": __version__, "sha": None, "docker_label": None,
-                         "backend": model.backend, "dimensions": server.engine.dimension, "recipe": recipe,
+                         "backend": model.backend, "threads": limits.threads, "dimensions": server.engine.dimension,
+                         "recipe": recipe,
                          "reranker": server.reranker.source if server.reranker is not None else None})
 
 

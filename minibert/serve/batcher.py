@@ -33,8 +33,8 @@ def plan(entries, budget):
 
 
 class Batcher:
-    def __init__(self, forward, max_batch_tokens, metrics):
-        self.forward, self.budget, self.metrics = forward, max_batch_tokens, metrics
+    def __init__(self, forward, max_batch_tokens, metrics, threads=None):
+        self.forward, self.budget, self.metrics, self.threads = forward, max_batch_tokens, metrics, threads
         self.waiting, self.stopping = [], False
         self.ready = threading.Condition()
         self.thread = threading.Thread(target=self.loop, name="minibert-batcher", daemon=True)
@@ -59,6 +59,9 @@ class Batcher:
         self.thread.join()
 
     def loop(self):
+        if self.threads is not None:        # Numba's thread count is set per calling thread: this one runs the model
+            from ..threads import set_thread_count
+            set_thread_count(self.threads)
         while True:
             with self.ready:
                 while not self.waiting and not self.stopping:

@@ -3,7 +3,7 @@ imported only when it runs, so the rest of minibert never needs the `serve` extr
 
     minibert serve [MODEL] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--reranker DIR]
                    [--max-batch-tokens N] [--max-client-batch-size N] [--max-concurrent-requests N]
-                   [--max-body-bytes N] [--auto-truncate] [--graceful-timeout S]
+                   [--max-body-bytes N] [--auto-truncate] [--threads N] [--graceful-timeout S]
 
 SIGTERM or SIGINT: stop accepting, answer the requests already accepted (up to --graceful-timeout seconds),
 exit 0.
@@ -54,6 +54,8 @@ def add_serve(sub):
     p.add_argument("--max-body-bytes", type=positive, default=2_000_000, help="request body limit (default 2 MB)")
     p.add_argument("--auto-truncate", action="store_true", help="truncate inputs over the model's limit when a "
                    "request does not say (OpenAI's route never says); default: refuse them (413)")
+    p.add_argument("--threads", type=positive, default=None,
+                   help="compute threads for the forward pass (default: NUMBA_NUM_THREADS, every core)")
     p.add_argument("--graceful-timeout", type=positive, default=30,
                    help="seconds to finish accepted requests after SIGTERM/SIGINT (default 30)")
     p.set_defaults(run=cmd_serve)
@@ -70,7 +72,7 @@ def cmd_serve(args):
     reranker = minibert.load_classifier(args.reranker) if args.reranker else None
     limits = Limits(max_batch_tokens=args.max_batch_tokens, max_client_batch_size=args.max_client_batch_size,
                     max_concurrent_requests=args.max_concurrent_requests, max_body_bytes=args.max_body_bytes,
-                    auto_truncate=args.auto_truncate)
+                    threads=args.threads, auto_truncate=args.auto_truncate)
     api_key = args.api_key if args.api_key is not None else (os.environ.get("MINIBERT_API_KEY") or None)
     app = create_app(model, limits, reranker=reranker, api_key=api_key, model_id=args.model_id)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
@@ -98,7 +100,8 @@ def startup_line(server, host, port, keyed):
     shown = (f"{engine.pooling}" + "".join(f"+dense({d.path})" for d in recipe.dense)
              + ("+normalize" if recipe.normalize else ""))
     return (f"minibert serve: listening on http://{host}:{port} model={server.model_id} ({model.source}) "
-            f"backend={model.backend} dtype={model.dtype.__name__} recipe={shown} dim={engine.dimension} "
+            f"backend={model.backend} threads={limits.threads or 'all'} dtype={model.dtype.__name__} "
+            f"recipe={shown} dim={engine.dimension} "
             f"max_input_length={engine.max_input_length} max_batch_tokens={limits.max_batch_tokens} "
             f"max_client_batch_size={limits.max_client_batch_size} "
             f"max_concurrent_requests={limits.max_concurrent_requests} max_body_bytes={limits.max_body_bytes} "
