@@ -435,7 +435,7 @@ def test_threads_hold_the_forward_pass(dense_model):
 
 def test_health_answers_during_a_long_batch(dense_model):
     with running(dense_model) as server, server.client() as http:
-        slowed(server, 2.0)
+        slowed(server, 3.0)
         answer = []
         thread = threading.Thread(target=lambda: answer.append(http.post("/embed", json={"inputs": "a"})))
         thread.start()
@@ -444,7 +444,7 @@ def test_health_answers_during_a_long_batch(dense_model):
             time.sleep(0.01)
         started = time.monotonic()
         assert http.get("/health").status_code == 200
-        assert time.monotonic() - started < 0.5 and thread.is_alive()
+        assert time.monotonic() - started < 1.0 and thread.is_alive()      # the batch holds the worker for 3 s
         thread.join(30)
         assert answer[0].status_code == 200
 
