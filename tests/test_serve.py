@@ -125,6 +125,8 @@ def test_token_id_inputs_are_the_texts_own_vectors(dense_model):
         close([d.embedding for d in client.embeddings.create(input=ids, model="m").data], want)
         close(client.embeddings.create(input=ids[0], model="m").data[0].embedding, want[0])
         close(http.post("/embed", json={"inputs": ids[1]}).json()[0], want[1])
+        outside = http.post("/embed", json={"inputs": [ids[0], [2, 49, 3]]})
+        assert outside.status_code == 400 and outside.json()["error"].startswith("inputs[1][1] = 49 is not a token")
         bad = http.post("/v1/embeddings", json={"input": [ids[0], [2, 49, 3]]})
         assert bad.status_code == 400
         assert bad.json()["error"]["message"].startswith("input[1][1] = 49 is not a token id of this model's")

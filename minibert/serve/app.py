@@ -186,8 +186,10 @@ class Server:
             if kind == "ids":
                 return self.engine.id_rows(values, normalize=normalize, layer=layer, what=param, nested=nested)
             return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer, **options)
-        except InputError as e:
+        except TooLong as e:
             raise refusal(e, param) from None
+        except InputError as e:        # an id outside the vocabulary is a 400 on every route, as a malformed id
+            raise ApiError(400 if kind == "ids" else 422, str(e), "invalid", param) from None
 
     def rerank_logits(self, query, texts, truncate):
         """The reranker's logits [N, 1] for (query, text) pairs; pairs over its limit refused unless truncate."""
