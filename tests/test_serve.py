@@ -425,6 +425,15 @@ def test_429_only_past_the_concurrency_limit(dense_model):
     assert max(in_flight) <= 2
 
 
+def test_one_batch_runs_before_the_server_listens():
+    """Numba compiles on first use: the start-up runs a batch so that no client's request waits for that."""
+    model = minibert.load(str(DENSE))
+    calls, iter_layers = [], model.iter_layers
+    model.iter_layers = lambda *args, **kwargs: calls.append(args[0].shape) or iter_layers(*args, **kwargs)
+    with running(model):
+        assert len(calls) == 1
+
+
 def test_threads_hold_the_forward_pass(dense_model):
     import numba
     with running(dense_model, Limits(threads=1)) as server, server.client() as http:
@@ -451,10 +460,11 @@ def test_health_answers_during_a_long_batch(dense_model):
         assert answer[0].status_code == 200
 
 
-def test_sigterm_under_load_answers_every_accepted_request(dense_model):
-    """A server process stopped with SIGTERM while 4 clients send requests: it stops accepting, answers what it
-    accepted (each a correct 200, as many as it logged), exits 0. A request sent after SIGTERM may be refused
-    at the connection, never answered wrongly."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_under_load_answers_every_accepted_request(dense_model, stop):
+    """A server process stopped with SIGTERM (or Ctrl-C's SIGINT) while 4 clients send requests: it stops
+    accepting, answers what it accepted (each a correct 200, as many as it logged), exits 0. A request sent
+    after the signal may be refused at the connection, never answered wrongly."""
     texts = ["the cat sat on the mat " * 4] * 16 + ["a dog ran"] * 16
     want = dense_model.encode(texts)
     process = subprocess.Popen([sys.executable, "-m", "minibert", "serve", str(DENSE), "--port", "0"],
@@ -489,7 +499,7 @@ def test_sigterm_under_load_answers_every_accepted_request(dense_model):
         while len(results) < 20:
             time.sleep(0.01)
         terminated.append(time.monotonic())
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         for t in threads:
             t.join(60)
         assert process.wait(60) == 0
