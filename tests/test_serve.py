@@ -49,8 +49,8 @@ def close(got, want, tol=TOL):
 
 
 class Running:
-    def __init__(self, url, state, log):
-        self.url, self.state, self.log = url, state, log
+    def __init__(self, url, state, log, thread):
+        self.url, self.state, self.log, self.thread = url, state, log, thread
 
     def client(self, **options):
         return httpx.Client(base_url=self.url, timeout=60, **options)
@@ -71,7 +71,7 @@ def running(model, limits=Limits(), **options):
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Running(f"http://127.0.0.1:{port}", app.server, log)
+        yield Running(f"http://127.0.0.1:{port}", app.server, log, thread)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -432,6 +432,26 @@ def test_one_batch_runs_before_the_server_listens():
     model.iter_layers = lambda *args, **kwargs: calls.append(args[0].shape) or iter_layers(*args, **kwargs)
     with running(model):
         assert len(calls) == 1
+
+
+def test_responses_are_serialised_off_the_event_loop(dense_model, monkeypatch):
+    """Token vectors of a full request are millions of floats: turned into JSON on a worker thread, not on the
+    thread that runs the event loop (which would hold /health meanwhile)."""
+    import types
+
+    from minibert.serve import app as module
+    threads = []
+
+    def dumps(value, **kwargs):
+        if not (isinstance(value, dict) and "time" in value):         # not the access log's line
+            threads.append(threading.current_thread())
+        return json.dumps(value, **kwargs)
+    monkeypatch.setattr(module, "json", types.SimpleNamespace(dumps=dumps, loads=json.loads))
+    with running(dense_model) as server, server.client() as http:
+        for route in ("/embed", "/embed_all", "/v1/embeddings"):
+            assert http.post(route, json={"inputs": TEXTS, "input": TEXTS}).status_code == 200
+        loop_thread = server.thread
+    assert len(threads) == 3 and loop_thread not in threads
 
 
 def test_threads_hold_the_forward_pass(dense_model):

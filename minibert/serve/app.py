@@ -229,6 +229,14 @@ def inference(handler):
     return route
 
 
+async def json_reply(build):
+    """A JSON response whose body `build()` makes, made and serialised on a worker thread: a batch of token
+    vectors is millions of floats, seconds the event loop (and /health) must not wait."""
+    def body():
+        return json.dumps(build(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return Response(await run_in_threadpool(body), media_type="application/json")
+
+
 def vector_json(vector, encoding_format):
     if encoding_format == "base64":               # as OpenAI's API: the little-endian float32 bytes
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
@@ -245,12 +253,12 @@ async def openai_embeddings(request, server):
     inputs = parse_inputs(body.get("input"), "input", server.limits.max_client_batch_size)
     rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate)
     vectors = await server.embed(rows)
-    data = [{"object": "embedding", "index": i,
-             "embedding": vector_json(cut_dimensions(v, dimensions, row.want.normalize), encoding_format)}
-            for i, (v, row) in enumerate(zip(vectors, rows))]
     tokens = sum(len(row.ids) for row in rows)
-    return JSONResponse({"object": "list", "data": data, "model": server.model_id,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return await json_reply(lambda: {
+        "object": "list", "model": server.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "data": [{"object": "embedding", "index": i,
+                  "embedding": vector_json(cut_dimensions(v, dimensions, row.want.normalize), encoding_format)}
+                 for i, (v, row) in enumerate(zip(vectors, rows))]})
 
 
 async def openai_models(request):
@@ -274,7 +282,8 @@ async def tei_embed(request, server):
     inputs = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     rows = await server.rows(inputs, param="inputs", normalize=normalize, **options)
     vectors = await server.embed(rows)
-    return JSONResponse([cut_dimensions(v, dimensions, row.want.normalize).tolist() for v, row in zip(vectors, rows)])
+    return await json_reply(lambda: [cut_dimensions(v, dimensions, row.want.normalize).tolist()
+                                     for v, row in zip(vectors, rows)])
 
 
 @inference
@@ -285,7 +294,8 @@ async def tei_embed_all(request, server):
     options = tei_options(body, server)
     inputs = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     rows = await server.rows(inputs, param="inputs", layer=layer, **options)
-    return JSONResponse([tokens.tolist() for tokens in await server.embed(rows)])
+    outputs = await server.embed(rows)
+    return await json_reply(lambda: [tokens.tolist() for tokens in outputs])
 
 
 async def tei_embed_sparse(request):
