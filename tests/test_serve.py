@@ -276,6 +276,10 @@ def test_serve_command_refuses_what_cannot_work(tmp_path, capsys, monkeypatch):
         port = taken.getsockname()[1]
         assert main(["serve", str(DENSE), "--port", str(port)]) == 1
     assert f"could not serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    for flag, value in (("--port", "70000"), ("--max-batch-tokens", "0"), ("--threads", "two")):
+        with pytest.raises(SystemExit) as exit:                        # argparse: one line, exit 2
+            main(["serve", str(DENSE), flag, value])
+        assert exit.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "uvicorn", None)                  # as if the serve extra were not installed
     assert main(["serve", str(DENSE)]) == 1
     assert "serve needs the serve extra (uvicorn is missing): pip install 'minibert-numpy[serve]'" in \

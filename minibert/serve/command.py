@@ -29,6 +29,16 @@ def positive(text):
     return value
 
 
+def port_number(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 (any free port) to 65535, found {text!r}")
+    return value
+
+
 def add_serve(sub):
     p = sub.add_parser("serve", help="an embedding server: OpenAI's /v1/embeddings and text-embeddings-inference's "
                        "routes, batching across requests", epilog="example: minibert serve --port 8080 "
@@ -40,23 +50,27 @@ def add_serve(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 "
                    "for every interface, e.g. in a container)")
-    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start-up)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but "
-                   "/health (default: $MINIBERT_API_KEY, else no key)")
-    p.add_argument("--model-id", default=None, help="the model's name in responses (default: the hub id or the "
-                   "folder's name)")
-    p.add_argument("--reranker", default=None, help="a cross-encoder directory (one output) to answer /rerank")
-    p.add_argument("--max-batch-tokens", type=positive, default=16384,
+    p.add_argument("--port", type=port_number, default=8080, help="0 picks a free port (printed at start-up)")
+    p.add_argument("--api-key", metavar="KEY", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $MINIBERT_API_KEY, "
+                        "else no key)")
+    p.add_argument("--model-id", metavar="NAME", default=None,
+                   help="the model's name in responses (default: the hub id or the folder's name)")
+    p.add_argument("--reranker", metavar="DIR", default=None,
+                   help="a cross-encoder directory (one output) to answer /rerank")
+    p.add_argument("--max-batch-tokens", metavar="N", type=positive, default=16384,
                    help="tokens per forward batch after padding, rows x longest row (default 16384)")
-    p.add_argument("--max-client-batch-size", type=positive, default=32, help="inputs per request (default 32)")
-    p.add_argument("--max-concurrent-requests", type=positive, default=512,
+    p.add_argument("--max-client-batch-size", metavar="N", type=positive, default=32,
+                   help="inputs per request (default 32)")
+    p.add_argument("--max-concurrent-requests", metavar="N", type=positive, default=512,
                    help="requests answered at once; more get 429 (default 512)")
-    p.add_argument("--max-body-bytes", type=positive, default=2_000_000, help="request body limit (default 2 MB)")
+    p.add_argument("--max-body-bytes", metavar="N", type=positive, default=2_000_000,
+                   help="request body limit (default 2 MB)")
     p.add_argument("--auto-truncate", action="store_true", help="truncate inputs over the model's limit when a "
                    "request does not say (OpenAI's route never says); default: refuse them (413)")
-    p.add_argument("--threads", type=positive, default=None,
+    p.add_argument("--threads", metavar="N", type=positive, default=None,
                    help="compute threads for the forward pass (default: NUMBA_NUM_THREADS, every core)")
-    p.add_argument("--graceful-timeout", type=positive, default=30,
+    p.add_argument("--graceful-timeout", metavar="S", type=positive, default=30,
                    help="seconds to finish accepted requests after SIGTERM/SIGINT (default 30)")
     p.set_defaults(run=cmd_serve)
 
