@@ -4,9 +4,10 @@
     POST /embed (and /)  /embed_all  /rerank  /tokenize  (/embed_sparse: 501)   GET /health  /info  /metrics   TEI
 
 Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI's {"error", "error_type"}
-elsewhere, never a traceback. Status codes: 400 malformed JSON or empty input (and every refusal under
-/v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or wrong key,
-404 unknown route, 413 body, client batch or input over a limit, 429 past --max-concurrent-requests.
+elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
+refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
+wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
+--max-concurrent-requests, 501 /embed_sparse.
 """
 
 import asyncio
