@@ -18,14 +18,14 @@ FLOORS := .venv-floors
 # other dependency. (Set here, not taken from the environment, where INSTALL and the like are common.)
 VENV_FIRST :=
 VENV_INSTALL := pip install -q
-$(VENV)/.ready: VENV_EXTRAS := model,test
+$(VENV)/.ready: VENV_EXTRAS := model,test,serve
 # torch first, pinned: the local CPU wheel; any torch from PyPI is a multi-GB CUDA build.
 $(REF)/.ready: VENV_EXTRAS := model,test,reference
 $(REF)/.ready: VENV_FIRST := torch==2.13.0
 $(RAY)/.ready: VENV_EXTRAS := model,test,ray
 # uv's lowest-direct resolution installs each direct dependency at its declared floor, so the floors in
 # pyproject.toml are the versions tested, with no second list to keep in step.
-$(FLOORS)/.ready: VENV_EXTRAS := model,test
+$(FLOORS)/.ready: VENV_EXTRAS := model,test,serve
 $(FLOORS)/.ready: VENV_FIRST := uv
 $(FLOORS)/.ready: VENV_INSTALL := uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct
 

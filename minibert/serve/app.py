@@ -1,0 +1,468 @@
+"""The HTTP routes: OpenAI's embeddings API and text-embeddings-inference's (TEI), answering in their shapes.
+
+    POST /v1/embeddings   OpenAI           GET /v1/models
+    POST /embed (and /)  /embed_all  /rerank  /tokenize  (/embed_sparse: 501)   GET /health  /info  /metrics   TEI
+
+Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI's {"error", "error_type"}
+elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
+refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
+wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
+--max-concurrent-requests, 501 /embed_sparse.
+"""
+
+import asyncio
+import base64
+import hmac
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..errors import InputError
+from .batcher import Batcher
+from .engine import Engine, TooLong, cut_dimensions, tokens_of
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_tokens: int = 16384          # TEI's defaults
+    max_client_batch_size: int = 32
+    max_concurrent_requests: int = 512
+    max_body_bytes: int = 2_000_000
+    threads: object = None                 # compute threads for the forward pass; None: NUMBA_NUM_THREADS (every core)
+    auto_truncate: bool = False            # truncate over-long texts when a request does not say (OpenAI's route)
+
+
+class ApiError(Exception):
+    """A refusal: status, message, and the kind, which picks each API's error type."""
+
+    def __init__(self, status, message, kind, param=None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+# kind -> (OpenAI type, OpenAI code, TEI error_type)
+KINDS = {"invalid": ("invalid_request_error", None, "validation"),
+         "invalid_json": ("invalid_request_error", "invalid_json", "validation"),
+         "empty": ("invalid_request_error", "empty_input", "empty"),
+         "too_large": ("invalid_request_error", "payload_too_large", "validation"),
+         "unauthorized": ("invalid_request_error", "invalid_api_key", "unauthorized"),
+         "not_found": ("invalid_request_error", "not_found", "not_found"),
+         "overloaded": ("requests", "rate_limit_exceeded", "overloaded"),
+         "unsupported": ("invalid_request_error", "not_implemented", "backend"),
+         "server": ("server_error", None, "backend")}
+
+
+def error_response(error: ApiError, path: str) -> JSONResponse:
+    openai_type, code, tei_type = KINDS[error.kind]
+    status = error.status
+    if path.startswith("/v1/"):
+        if status == 422:
+            status = 400                  # OpenAI answers every malformed request 400
+        body = {"error": {"message": error.message, "type": openai_type, "param": error.param, "code": code}}
+    else:
+        body = {"error": error.message, "error_type": tei_type}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def refusal(e: InputError, param="input") -> ApiError:
+    if isinstance(e, TooLong):
+        return ApiError(413, str(e), "too_large", param)
+    return ApiError(422, str(e), "invalid", param)
+
+
+# ---- request bodies ----------------------------------------------------------------------------------------
+
+async def read_json(request, limit):
+    """The body as a JSON object, refused past `limit` bytes (read to its end, kept only up to the limit, so
+    that the client always hears the 413)."""
+    declared = request.headers.get("content-length")
+    over = declared is not None and declared.isdigit() and int(declared) > limit
+    body = bytearray()
+    async for chunk in request.stream():
+        if not over:
+            body += chunk
+            over = len(body) > limit
+    if over:
+        raise ApiError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
+                       "too_large")
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, f"the request body must be a JSON object, found {type(value).__name__}", "invalid")
+    return value
+
+
+def option(body, name, kind, default=None, choices=None, low=None, high=None):
+    """body[name] checked against its JSON type (bool is not an int), range or choices; absent or null ->
+    default."""
+    value = body.get(name)
+    if value is None:
+        return default
+    names = {bool: "true or false", int: "an integer", str: "a string"}
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(422, f"{name} must be {names[kind]}, found {json.dumps(value)[:80]}", "invalid", name)
+    if choices is not None and value.lower() not in choices:
+        raise ApiError(422, f"{name} must be one of {', '.join(choices)}, found {value!r}", "invalid", name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ApiError(422, f"{name} must be between {low} and {high}, found {value}", "invalid", name)
+    return value.lower() if choices is not None else value
+
+
+def is_id(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_inputs(value, param, max_batch):
+    """A string, a list of strings, a list of token ids or a list of lists of ids -> ("texts", [str], nested)
+    or ("ids", [[int]], nested); anything else an ApiError naming the place."""
+    if value is None:
+        raise ApiError(400, f"{param} is required: a string or a list of strings (or of token ids)", "empty", param)
+    if isinstance(value, str):
+        return "texts", [value], False
+    if not isinstance(value, list):
+        raise ApiError(422, f"{param} must be a string or a list, found {json.dumps(value)[:80]}", "invalid", param)
+    if not value:
+        raise ApiError(400, f"{param} is an empty list: nothing to embed", "empty", param)
+    if all(is_id(x) for x in value):
+        return "ids", [value], False
+    if len(value) > max_batch:
+        raise ApiError(413, f"{param} holds {len(value)} inputs, more than the server's {max_batch} per request "
+                       "(--max-client-batch-size); split the request", "too_large", param)
+    if all(isinstance(x, str) for x in value):
+        return "texts", value, True
+    if all(isinstance(x, list) for x in value):
+        for i, ids in enumerate(value):
+            bad = next((j for j, x in enumerate(ids) if not is_id(x)), None)
+            if bad is not None:
+                raise ApiError(400, f"{param}[{i}][{bad}] = {json.dumps(ids[bad])[:40]} is not a token id (an "
+                               "integer)", "invalid", param)
+        return "ids", value, True
+
+    def category(x):
+        return "text" if isinstance(x, str) else "id" if is_id(x) else "list" if isinstance(x, list) else None
+    i = next(i for i, x in enumerate(value) if category(x) is None or category(x) != category(value[0]))
+    raise ApiError(422, f"{param}[{i}] is {json.dumps(value[i])[:40]}: {param} must be strings, token ids or lists of "
+                   "token ids, not a mix", "invalid", param)
+
+
+# ---- the application ---------------------------------------------------------------------------------------
+
+class Server:
+    """What the routes share: the engine, the batcher, the metrics, the limits."""
+
+    def __init__(self, model, limits, reranker=None, model_id=None, log=None):
+        self.engine, self.limits, self.reranker = Engine(model), limits, reranker
+        self.model_id = model_id or default_model_id(model)
+        self.metrics = Metrics()
+        self.batcher = Batcher(self.engine.forward, limits.max_batch_tokens, self.metrics, limits.threads)
+        self.rerank_lock = threading.Lock()
+        self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+        if limits.max_batch_tokens < self.engine.max_input_length:
+            raise InputError(f"--max-batch-tokens {limits.max_batch_tokens} is less than the model's input limit "
+                             f"{self.engine.max_input_length}: one long input could never run")
+
+    async def embed(self, rows):
+        """Rows through the batcher -> their outputs, awaited without holding the event loop."""
+        self.metrics.observe_inputs(len(rows), sum(len(row.ids) for row in rows))
+        return await asyncio.wrap_future(self.batcher.submit(rows))
+
+    async def rows(self, inputs, *, param, layer=None, normalize=None, **options):
+        """Parsed inputs -> the engine's rows (texts tokenized in a worker thread: a long text never holds the
+        event loop); the engine's refusals as ApiErrors."""
+        kind, values, nested = inputs
+        try:
+            if kind == "ids":
+                return self.engine.id_rows(values, normalize=normalize, layer=layer, what=param, nested=nested)
+            return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer, **options)
+        except TooLong as e:
+            raise refusal(e, param) from None
+        except InputError as e:        # an id outside the vocabulary is a 400 on every route, as a malformed id
+            raise ApiError(400 if kind == "ids" else 422, str(e), "invalid", param) from None
+
+    def rerank_logits(self, query, texts, truncate):
+        """The reranker's logits [N, 1] for (query, text) pairs; pairs over its limit refused unless truncate."""
+        classifier = self.reranker
+        with self.rerank_lock:               # one reranker forward at a time, beside the embedding batches
+            try:
+                batch = classifier.tokenizer([query] * len(texts), texts, max_length=classifier.max_length)
+                if not truncate and batch.truncated.any():
+                    i = int(np.argmax(batch.truncated))
+                    raise TooLong(f"the pair (query, texts[{i}]) has more than the reranker's "
+                                  f"{classifier.max_length or classifier.tokenizer.max_length} tokens; set truncate")
+                return classifier.logits([query] * len(texts), texts, batch_size=len(texts))
+            except InputError as e:
+                raise refusal(e, "texts") from None
+
+
+def default_model_id(model):
+    from pathlib import Path
+    if model.origin:
+        return model.origin["hub_id"]
+    name = Path(model.source).name
+    return "all-MiniLM-L6-v2" if name in ("model_files", "model") else name      # the bundled default model
+
+
+def inference(handler):
+    """A route that runs the model: counted against --max-concurrent-requests, refused with 429 past it."""
+    async def route(request):
+        server = request.app.state.server
+        if server.metrics.in_flight >= server.limits.max_concurrent_requests:
+            raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests} "
+                           "requests (--max-concurrent-requests); retry shortly", "overloaded")
+        server.metrics.in_flight += 1             # only the event loop's thread changes it
+        try:
+            return await handler(request, server)
+        finally:
+            server.metrics.in_flight -= 1
+    return route
+
+
+async def json_reply(build):
+    """A JSON response whose body `build()` makes, made and serialised on a worker thread: a batch of token
+    vectors is millions of floats, seconds the event loop (and /health) must not wait."""
+    def body():
+        return json.dumps(build(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return Response(await run_in_threadpool(body), media_type="application/json")
+
+
+def vector_json(vector, encoding_format):
+    if encoding_format == "base64":               # as OpenAI's API: the little-endian float32 bytes
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@inference
+async def openai_embeddings(request, server):
+    body = await read_json(request, server.limits.max_body_bytes)
+    encoding_format = option(body, "encoding_format", str, "float", choices=("float", "base64"))
+    dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
+    option(body, "model", str)                      # any name: the server serves one model
+    option(body, "user", str)
+    inputs = parse_inputs(body.get("input"), "input", server.limits.max_client_batch_size)
+    rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate)
+    vectors = await server.embed(rows)
+    tokens = sum(len(row.ids) for row in rows)
+    return await json_reply(lambda: {
+        "object": "list", "model": server.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "data": [{"object": "embedding", "index": i,
+                  "embedding": vector_json(cut_dimensions(v, dimensions, row.want.normalize), encoding_format)}
+                 for i, (v, row) in enumerate(zip(vectors, rows))]})
+
+
+async def openai_models(request):
+    server = request.app.state.server
+    return JSONResponse({"object": "list", "data": [{"id": server.model_id, "object": "model", "created": 0,
+                                                     "owned_by": "minibert"}]})
+
+
+def tei_options(body, server):
+    return {"truncate": option(body, "truncate", bool, server.limits.auto_truncate),
+            "direction": option(body, "truncation_direction", str, "right", choices=("right", "left")),
+            "prompt_name": option(body, "prompt_name", str)}
+
+
+@inference
+async def tei_embed(request, server):
+    body = await read_json(request, server.limits.max_body_bytes)
+    normalize = option(body, "normalize", bool)
+    dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
+    options = tei_options(body, server)
+    inputs = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    rows = await server.rows(inputs, param="inputs", normalize=normalize, **options)
+    vectors = await server.embed(rows)
+    return await json_reply(lambda: [cut_dimensions(v, dimensions, row.want.normalize).tolist()
+                                     for v, row in zip(vectors, rows)])
+
+
+@inference
+async def tei_embed_all(request, server):
+    body = await read_json(request, server.limits.max_body_bytes)
+    L = server.engine.num_layers
+    layer = option(body, "layers", int, -1, low=-(L + 1), high=L)
+    options = tei_options(body, server)
+    inputs = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    rows = await server.rows(inputs, param="inputs", layer=layer, **options)
+    outputs = await server.embed(rows)
+    return await json_reply(lambda: [tokens.tolist() for tokens in outputs])
+
+
+async def tei_embed_sparse(request):
+    raise ApiError(501, "sparse vectors (SPLADE) are not implemented by minibert yet; use /embed", "unsupported")
+
+
+@inference
+async def tei_rerank(request, server):
+    body = await read_json(request, server.limits.max_body_bytes)
+    if server.reranker is None:
+        raise ApiError(422, "this server has no reranker; start it with --reranker DIR (a cross-encoder)", "invalid")
+    query = option(body, "query", str)
+    if query is None:
+        raise ApiError(400, "query is required: a string", "empty", "query")
+    texts = body.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ApiError(422, "texts must be a list of strings", "invalid", "texts")
+    if not texts:
+        raise ApiError(400, "texts is an empty list: nothing to rerank", "empty", "texts")
+    if len(texts) > server.limits.max_client_batch_size:
+        raise ApiError(413, f"texts holds {len(texts)} texts, more than the server's "
+                       f"{server.limits.max_client_batch_size} per request (--max-client-batch-size)", "too_large")
+    raw_scores = option(body, "raw_scores", bool, False)
+    return_text = option(body, "return_text", bool, False)
+    truncate = option(body, "truncate", bool, server.limits.auto_truncate)
+    if option(body, "truncation_direction", str, "right", choices=("right", "left")) != "right":
+        raise ApiError(422, "rerank truncates pairs from the right only", "invalid", "truncation_direction")
+    logits = await run_in_threadpool(server.rerank_logits, query, texts, truncate)          # [N, 1]
+    scores = logits[:, 0] if raw_scores else 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+    ranked = sorted(range(len(texts)), key=lambda i: -scores[i])
+    return JSONResponse([{"index": i, "score": float(scores[i]), **({"text": texts[i]} if return_text else {})}
+                         for i in ranked])
+
+
+@inference
+async def tei_tokenize(request, server):
+    body = await read_json(request, server.limits.max_body_bytes)
+    add_special_tokens = option(body, "add_special_tokens", bool, True)
+    prompt_name = option(body, "prompt_name", str)
+    kind, values, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    if kind != "texts":
+        raise ApiError(422, "inputs must be text to tokenize", "invalid", "inputs")
+    try:
+        tokens = await run_in_threadpool(tokens_of, server.engine, values, prompt_name=prompt_name,
+                                         add_special_tokens=add_special_tokens)
+    except InputError as e:
+        raise refusal(e, "inputs") from None
+    return JSONResponse(tokens)
+
+
+async def health(request):
+    return Response(status_code=200)
+
+
+async def info(request):
+    from .. import __version__
+    server = request.app.state.server
+    model, limits = server.engine.model, server.limits
+    recipe = {"kind": model.recipe.kind, "pooling": server.engine.pooling, "normalize": model.recipe.normalize,
+              "dense": [d.path for d in model.recipe.dense], "prompts": dict(model.recipe.prompts)}
+    return JSONResponse({"model_id": server.model_id, "model_sha": (model.origin or {}).get("revision"),
+                         "model_dtype": np.dtype(model.dtype).name,
+                         "model_type": {"embedding": {"pooling": server.engine.pooling}},
+                         "max_concurrent_requests": limits.max_concurrent_requests,
+                         "max_input_length": server.engine.max_input_length,
+                         "max_batch_tokens": limits.max_batch_tokens, "max_batch_requests": None,
+                         "max_client_batch_size": limits.max_client_batch_size,
+                         "auto_truncate": limits.auto_truncate, "tokenization_workers": None,
+                         "version": __version__, "sha": None, "docker_label": None,
+                         "backend": model.backend, "threads": limits.threads, "dimensions": server.engine.dimension,
+                         "recipe": recipe,
+                         "reranker": server.reranker.source if server.reranker is not None else None})
+
+
+async def metrics(request):
+    return PlainTextResponse(request.app.state.server.metrics.text(), media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+          Route("/v1/models", openai_models, methods=["GET"]),
+          Route("/embed", tei_embed, methods=["POST"]), Route("/embed_all", tei_embed_all, methods=["POST"]),
+          Route("/", tei_embed, methods=["POST"]),       # TEI's route for the hub's clients (InferenceClient)
+          Route("/embed_sparse", tei_embed_sparse, methods=["POST"]), Route("/rerank", tei_rerank, methods=["POST"]),
+          Route("/tokenize", tei_tokenize, methods=["POST"]), Route("/health", health, methods=["GET"]),
+          Route("/info", info, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
+KNOWN = {route.path for route in ROUTES}
+
+
+async def api_error(request, e):
+    return error_response(e, request.url.path)
+
+
+async def http_error(request, e):
+    kind = "not_found" if e.status_code in (404, 405) else "invalid"
+    message = (f"no route {request.method} {request.url.path}; routes: {', '.join(sorted(KNOWN))}"
+               if e.status_code == 404 else f"{request.url.path} does not take {request.method}; "
+               f"it takes {e.headers.get('Allow', 'another method') if e.headers else 'another method'}"
+               if e.status_code == 405 else str(e.detail))
+    return error_response(ApiError(e.status_code, message, kind), request.url.path)
+
+
+async def server_error(request, e):
+    """A fault of the server (not of the request): one line to the client, the traceback to the log."""
+    return error_response(ApiError(500, f"the server failed on this request ({type(e).__name__}: {e})", "server"),
+                          request.url.path)
+
+
+class FrontDoor:
+    """ASGI middleware around the routes: the API key (every route but /health), one JSON access-log line
+    per request, and the request counters and latency histograms."""
+
+    def __init__(self, app, server, api_key):
+        self.app, self.server, self.api_key = app, server, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, path = time.perf_counter(), [500], scope["path"]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            if self.api_key is not None and path != "/health" and not self.authorized(scope):
+                given = any(name == b"authorization" for name, _ in scope["headers"])
+                error = ApiError(401, "wrong API key" if given else "missing API key: send the header "
+                                 "'Authorization: Bearer KEY'", "unauthorized")
+                await error_response(error, path)(scope, receive, sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - start
+            route = path if path in KNOWN else "other"
+            self.server.metrics.observe_request(route, status[0], seconds)
+            client = scope.get("client") or ("", 0)
+            self.server.log(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                                        "client": f"{client[0]}:{client[1]}", "method": scope["method"],
+                                        "path": path, "status": status[0], "ms": round(seconds * 1000, 2)}))
+
+    def authorized(self, scope):
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
+
+
+def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=None, log=None):
+    """The ASGI application serving `model` (and a one-output cross-encoder `reranker` on /rerank). The batcher
+    starts with the application's lifespan and, at shutdown, finishes every request it was given."""
+    import contextlib
+    if reranker is not None and (reranker.task != "sequence" or len(reranker.labels) != 1):
+        raise InputError(f"--reranker {reranker.source}: a reranker is a cross-encoder with one output (a score); "
+                         f"this classifier has {len(reranker.labels)} {reranker.task} outputs")
+    server = Server(model, limits, reranker=reranker, model_id=model_id, log=log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        server.batcher.start()
+        # One small batch before listening: Numba compiles its kernels on first use (seconds), not on a client's.
+        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"]))
+        try:
+            yield
+        finally:
+            await run_in_threadpool(server.batcher.stop)
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
+    app.state.server = server
+    return FrontDoor(app, server, api_key)
