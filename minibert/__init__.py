@@ -15,9 +15,10 @@ except _metadata.PackageNotFoundError:                     # a source tree on sy
 
 
 def load_classifier(directory, *, dtype="float32"):
-    """A fine-tuned classifier directory (minibert.train.finetune or transformers' ...ForSequenceClassification /
-    ...ForTokenClassification, safetensors) -> a Classifier with predict, predict_proba and tag."""
-    from .train.finetune import load_classifier as load_from   # the training code loads only when asked for
+    """A fine-tuned classifier directory (minibert.train.finetune's output or transformers'
+    ...ForSequenceClassification / ...ForTokenClassification, safetensors) -> a Classifier with predict,
+    predict_proba and tag."""
+    from .train.classifier import load_classifier as load_from   # the training code loads only when asked for
     return load_from(directory, dtype=dtype)
 
 
