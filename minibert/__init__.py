@@ -22,6 +22,14 @@ def load_classifier(directory, *, dtype="float32"):
     return load_from(directory, dtype=dtype)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError",
-           "ConfigError", "TokenizerError",
-           "InputError", "BackendError", "__version__"]
+def search(model, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
+    """Cosine top-k over a `minibert extract` directory (memory-mapped), the queries encoded by `model` as
+    the directory's manifest says. A query string gives a list of Hit(index, score, text); a list of
+    queries, a list of lists."""
+    from .corpus.search import search as search_index     # the corpus code loads only when asked for
+    return search_index(model, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
+                        field=field)
+
+
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "search", "SentenceEncoder", "MiniBertError",
+           "ModelFileError", "ConfigError", "TokenizerError", "InputError", "BackendError", "__version__"]

@@ -335,9 +335,11 @@ class Model:
     def config_sha256(self):
         """sha256 of the config.json this model was built from (None without one): the one fingerprint that
         extractions, search indexes and Ray workers compare to know they hold the same model."""
-        from .corpus.readers import sha256_of
         path = self.encoder_dir / "config.json"
-        return sha256_of(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            return sha256_of_file(f)
 
     def get_sentence_embedding_dimension(self) -> int:
         """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
@@ -375,8 +377,11 @@ class Model:
                             stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space)
 
     def search(self, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
-        """Cosine top-k over a `minibert extract` directory (memory-mapped), queries encoded as the manifest
-        says. A query string gives a list of Hit(index, score, text); a list of queries, a list of lists."""
+        """Deprecated: use minibert.search(model, index_dir, queries, ...), which gives the same hits. Search
+        belongs to the corpus stage, which sits above this module; this method is the one import upward."""
+        import warnings
+        warnings.warn("Model.search is deprecated: use minibert.search(model, index_dir, queries, ...) "
+                      "(minibert.corpus.search.search), which gives the same hits", DeprecationWarning, stacklevel=2)
         from .corpus.search import search
         return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
                       field=field)
