@@ -149,3 +149,24 @@ def test_import_minibert_loads_no_extraction_machinery():
     for module in ("corpus.extract", "corpus.reduce", "corpus.readers", "corpus.search", "analysis.probe",
                    "corpus.ray_data", "train.finetune"):
         assert f"'minibert.{module}'" not in loaded, loaded
+
+
+def test_the_public_api_is_annotated():
+    """mypy (`make lint`) checks what is annotated: every argument and return of the public API is, so that
+    a caller's type checker sees them too (py.typed)."""
+    import inspect
+
+    from minibert.api import Model
+    from minibert.train.classifier import Classifier
+    from minibert.train.finetune import finetune
+    public = [minibert.load, minibert.load_classifier, minibert.search, finetune,
+              *(getattr(Model, name) for name in ("tokenize", "forward", "__call__", "iter_layers", "encode",
+                                                  "encode_words", "get_sentence_embedding_dimension")),
+              Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget,
+              *(getattr(Classifier, name) for name in ("logits", "predict_proba", "predict", "tag", "save"))]
+    for function in public:
+        signature = inspect.signature(function)
+        missing = [name for name, parameter in signature.parameters.items()
+                   if name != "self" and parameter.annotation is inspect.Parameter.empty]
+        assert not missing and signature.return_annotation is not inspect.Signature.empty, \
+            f"{function.__qualname__}: annotate {missing or 'the return'}"

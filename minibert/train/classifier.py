@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, List, Optional, Sequence, Union, cast
 
 import numpy as np
 
@@ -45,18 +45,19 @@ def init_head(config, task, num_labels, rng, dtype):
 @dataclass
 class Classifier:
     """A fine-tuned encoder with its head: predict labels, probabilities, save as a Hugging Face directory."""
-    config: object
+    config: Any                      # a checkpoint.config.Config
     weights: dict
     head: dict
     task: str
     labels: list                     # id -> label
-    tokenizer: object
+    tokenizer: Any                   # a minibert.tokenizer.Tokenizer
     source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
     problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
 
-    def logits(self, texts, text_pairs=None, batch_size=32):
+    def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
+               batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
@@ -86,7 +87,8 @@ class Classifier:
                         + ("; their words past the cut get no label" if self.task == "token" else ""))
         return np.concatenate(out) if self.task == "sequence" else out
 
-    def predict_proba(self, texts, text_pairs=None):
+    def predict_proba(self, texts: Union[str, Sequence[str]],
+                      text_pairs: Union[str, Sequence[str], None] = None) -> np.ndarray:
         """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
         from ..tokenizer import as_text_list
         self.require("sequence", "predict_proba")
@@ -97,20 +99,20 @@ class Classifier:
                              f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
                              "use logits(texts) (apply a sigmoid for multi-label probabilities)")
         # A str is one text (as in encode), never a sequence of one-character texts.
-        logits = self.logits(as_text_list(texts, "texts"),
-                             None if text_pairs is None else as_text_list(text_pairs, "text_pairs"))   # [N, K]
+        logits = cast(np.ndarray, self.logits(as_text_list(texts, "texts"),   # a sequence task's: one [N, K]
+                                              None if text_pairs is None else as_text_list(text_pairs, "text_pairs")))
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = e / e.sum(axis=1, keepdims=True)                                         # [N, K]
         return probabilities[0] if isinstance(texts, str) else probabilities
 
-    def predict(self, texts, text_pairs=None):
+    def predict(self, texts: Union[str, Sequence[str]], text_pairs: Union[str, Sequence[str], None] = None) -> Any:
         """Sequence task: one label per text (or pair); the label alone for one str."""
         from ..tokenizer import as_text_list
         self.require("sequence", "predict")
         labels = [self.labels[i] for i in self.predict_proba(as_text_list(texts, "texts"), text_pairs).argmax(axis=1)]
         return labels[0] if isinstance(texts, str) else labels
 
-    def tag(self, texts):
+    def tag(self, texts: Union[str, Sequence[str]]) -> Any:
         """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
         word's label is its first piece's. One str gives its one list."""
         from ..tokenizer import as_text_list
@@ -138,11 +140,11 @@ class Classifier:
             out.append([tuple(w) for w in words])
         return out
 
-    def require(self, task, what):
+    def require(self, task: str, what: str) -> None:
         if self.task != task:
             raise InputError(f"{what} is for {task} classifiers; this one is a {self.task} classifier")
 
-    def save(self, directory):
+    def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
         """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
         model, config.json with architectures, id2label and label2id, and the tokenizer files. The directory
         is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
@@ -154,7 +156,7 @@ class Classifier:
             self.write_files(temporary)
         return directory
 
-    def write_files(self, directory):
+    def write_files(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
         """Classifier.save's files, written into the existing, empty `directory`."""
         from safetensors.numpy import save
         directory = Path(directory)
@@ -245,7 +247,7 @@ def empty_weights(config, dtype):
             "relative_attention_bias": relative}
 
 
-def load_classifier(directory, *, dtype="float32"):
+def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "float32") -> Classifier:
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
     ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
     from ..tokenizer import Tokenizer
@@ -264,7 +266,7 @@ def load_classifier(directory, *, dtype="float32"):
               if all(str(i) in id2label for i in range(len(id2label))) else None)
     if not labels:
         raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
-    np_dtype = np.dtype(dtype).type
+    np_dtype: type = np.dtype(dtype).type
     # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
     checkpoint = Checkpoint(checkpoint_files(directory))
     stored = set(checkpoint.names())

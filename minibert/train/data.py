@@ -38,7 +38,7 @@ def first_piece_labels(words, word_labels, offsets, word_ids, label2id):
     by their character offsets in ' '.join(words)."""
     spans = word_spans(words)
     starts = np.array([s for s, _ in spans])                                   # [W]
-    labels = np.full(len(offsets), IGNORE_INDEX, dtype=np.int64)               # [n]
+    labels: np.ndarray = np.full(len(offsets), IGNORE_INDEX, dtype=np.int64)   # [n]
     seen = set()
     for t, ((start, end), word_id) in enumerate(zip(offsets, word_ids)):
         if word_id < 0 or end <= start:
@@ -76,11 +76,11 @@ def length_buckets(lengths, batch_size, rng):
 def collate(items, pad_id, task):
     """A list of (ids, types, labels) -> input_ids, attention_mask, token_type_ids [B, T], labels [B] or [B, T]."""
     B, T = len(items), max(len(ids) for ids, _, _ in items)
-    input_ids = np.full((B, T), pad_id, dtype=np.int64)                         # [B, T]
-    mask = np.zeros((B, T), dtype=np.int64)                                     # [B, T]
-    types = np.zeros((B, T), dtype=np.int64)                                    # [B, T]
-    labels = (np.zeros(B, dtype=np.int64) if task == "sequence"
-              else np.full((B, T), IGNORE_INDEX, dtype=np.int64))               # [B] or [B, T]
+    input_ids: np.ndarray = np.full((B, T), pad_id, dtype=np.int64)             # [B, T]
+    mask: np.ndarray = np.zeros((B, T), dtype=np.int64)                         # [B, T]
+    types: np.ndarray = np.zeros((B, T), dtype=np.int64)                        # [B, T]
+    labels: np.ndarray = (np.zeros(B, dtype=np.int64) if task == "sequence"
+                          else np.full((B, T), IGNORE_INDEX, dtype=np.int64))   # [B] or [B, T]
     for b, (ids, tt, label) in enumerate(items):
         n = len(ids)
         input_ids[b, :n], mask[b, :n], types[b, :n] = ids, 1, tt
@@ -102,7 +102,8 @@ def checked_labels(labels, what):
     naming the example; one type for all (1 and "1", or 1 and True, would be two classes that print alike)."""
     if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
         raise InputError(f"{what}: labels must be a list (or array) of labels, found {type(labels).__name__}")
-    out, kinds = [], {}
+    out: list = []
+    kinds: dict = {}
     for i, label in enumerate(labels):
         label = python_value(label)
         if (label is None or (isinstance(label, float) and not np.isfinite(label))

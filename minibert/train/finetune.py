@@ -11,7 +11,7 @@ Axes: B batch, T tokens, H hidden, K classes (labels).
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..errors import InputError, TrainingError
 from ..files import atomic_directory
 from ..kernels.reference import IGNORE_INDEX
 from .backprop import TASKS, loss_and_grads
-from .classifier import check_output_directory, new_classifier
+from .classifier import Classifier, check_output_directory, new_classifier
 from .data import Examples, checked_examples, checked_labels, collate, length_buckets, tokenize_examples
 from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 
@@ -33,7 +33,7 @@ class TrainingRecipe:
     batch_size: int = 16
     warmup_ratio: float = 0.0        # share of all steps spent warming up from 0
     weight_decay: float = 0.01       # decoupled (AdamW); not on biases and LayerNorm weights
-    betas: tuple = (0.9, 0.999)
+    betas: Tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0       # clip the global gradient norm to this; 0 turns clipping off
     dropout: float = 0.1             # every dropout of the encoder and head while training
@@ -75,8 +75,10 @@ def check_recipe(recipe):
                              ">= 0; adam_eps > 0; warmup_ratio in [0, 1]; dropout and betas in [0, 1))")
 
 
-def finetune(model, train, *, task="sequence", dev=None, recipe=TrainingRecipe(), labels=None, progress=None,
-             on_epoch=None, checkpoint_dir=None, resume=False):
+def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Optional[Examples] = None,
+             recipe: TrainingRecipe = TrainingRecipe(), labels: Optional[Sequence[Any]] = None,
+             progress: Optional[TextIO] = None, on_epoch: Optional[Callable[[Classifier], Any]] = None,
+             checkpoint_dir: Union[str, "os.PathLike[str]", None] = None, resume: bool = False) -> Classifier:
     """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
 
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
@@ -139,7 +141,8 @@ def finetune(model, train, *, task="sequence", dev=None, recipe=TrainingRecipe()
     if checkpoint_dir is not None:
         dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
         run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items)
-    state, first_epoch, best = {}, 0, None       # AdamW's state; best: {"epoch", "metric", "params"}
+    best: Any = None                             # {"epoch", "metric", "params"} of the best epoch so far
+    state, first_epoch = {}, 0                   # AdamW's state, the last finished epoch
     if resume:
         state, first_epoch, best = resume_run(checkpoint_dir, run, recipe, classifier, params, rng)
     step = first_epoch * steps_per_epoch
