@@ -43,8 +43,13 @@ test: $(VENV)/.ready
 	$(VENV)/bin/python -m pytest -q -m "not reference" -p no:cacheprovider; \
 	code=$$?; [ $$code -ne 5 ] || echo "make test: no tests were collected"; exit $$code
 
+# mypy pinned here, so a new release cannot turn lint red on its own; the `test` extra's floor (mypy 1.10)
+# passes too. What it checks: pyproject.toml's [tool.mypy].
+MYPY := mypy==1.20.2
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check minibert kernels tests benchmarks
+	$(VENV)/bin/python -m pip install -q $(MYPY)
+	$(VENV)/bin/python -m mypy
 
 # bin/pytest, not `python -m pytest`: -m puts the checkout's root on sys.path, where the top-level kernels/
 # folder hides the PyPI package `kernels` that transformers 5 imports (ImportError: CUDAProperties).

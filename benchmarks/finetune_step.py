@@ -25,8 +25,10 @@ def main():
         os.environ[var] = str(args.threads)
     import numpy as np
     import minibert
-    from minibert.train.finetune import (Examples, Recipe, collate, new_classifier, tokenize_examples, train_step,
-                                         trainable)
+    from minibert.train.classifier import new_classifier
+    from minibert.train.data import Examples, collate, tokenize_examples
+    from minibert.train.finetune import TrainingRecipe, train_step
+    from minibert.train.optimizer import trainable
     from minibert.train.hf_checkpoint import tensors_from_tree
 
     base = ["A man is playing a guitar on the stage.", "The weather forecast says it will rain tomorrow afternoon.",
@@ -35,7 +37,7 @@ def main():
     texts = [base[i % len(base)] for i in range(args.batch)]
     pairs = [base[(i + 1) % len(base)] for i in range(args.batch)]
     labels = ["yes" if i % 2 else "no" for i in range(args.batch)]
-    recipe = Recipe(lr=2e-5, dropout=0.0)
+    recipe = TrainingRecipe(lr=2e-5, dropout=0.0)
     model = minibert.load(backend="numpy")
     classifier = new_classifier(model, "sequence", ["no", "yes"], recipe, np.random.default_rng(0))
     items = tokenize_examples(model.tokenizer, Examples(texts, labels, pairs), "sequence", {"no": 0, "yes": 1}, None)

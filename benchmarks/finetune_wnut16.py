@@ -64,8 +64,10 @@ def main():
     import numpy as np
     import minibert
     from minibert.train.backprop import classifier_forward
-    from minibert.train.finetune import (Examples, Recipe, collate, length_buckets, lr_at, new_classifier,
-                                   tokenize_examples, train_step, trainable)
+    from minibert.train.classifier import new_classifier
+    from minibert.train.data import Examples, collate, length_buckets, tokenize_examples
+    from minibert.train.finetune import TrainingRecipe, train_step
+    from minibert.train.optimizer import lr_at, trainable
     from minibert.train.hf_checkpoint import tensors_from_tree
     from minibert.analysis.probe import read_conll
 
@@ -80,7 +82,7 @@ def main():
     train, dev = Examples(sentences[:cut], tags[:cut]), Examples(sentences[cut:], tags[cut:])
     labels = sorted({t for ts in tags for t in ts})
     label2id = {label: i for i, label in enumerate(labels)}
-    recipe = Recipe(epochs=args.epochs, lr=5e-5, batch_size=16, warmup_ratio=0.1, dropout=0.1, seed=0)
+    recipe = TrainingRecipe(epochs=args.epochs, lr=5e-5, batch_size=16, warmup_ratio=0.1, dropout=0.1, seed=0)
     model = minibert.load(backend="numpy")
     rng = np.random.default_rng(recipe.seed)
     classifier = new_classifier(model, "token", labels, recipe, rng)

@@ -1,6 +1,6 @@
 """Numba kernels for training where NumPy's temporaries cost the time (the matmuls stay BLAS).
 
-Each kernel computes exactly what its NumPy specification in minibert/train/finetune.py computes, in the same
+Each kernel computes exactly what its NumPy specification in minibert/train/optimizer.py computes, in the same
 order of operations and the array's dtype, one pass over memory instead of one per operation; the tests
 compare them bit for bit.
 """

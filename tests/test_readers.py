@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 import minibert
-from minibert.train import finetune
+from minibert.train import classifier, finetune
 from minibert.corpus import readers
 from minibert.cli import main
 from minibert.errors import InputError
@@ -64,7 +64,7 @@ def reads(monkeypatch):
     def stop(*args, **kwargs):
         raise Stop
     monkeypatch.setattr(minibert, "load", stop)
-    monkeypatch.setattr(finetune, "load_classifier", stop)
+    monkeypatch.setattr(classifier, "load_classifier", stop)
     monkeypatch.setattr(finetune, "finetune", lambda model, train, **k: seen.update(finetune=train) or stop())
 
     def run(argv, stdin=None):
@@ -218,10 +218,11 @@ def test_predict_keeps_one_record_per_line_and_reads_its_own_output(tmp_path, mo
     them), `predict -` reads standard input, and predict reads back the JSONL its --out wrote."""
     from pathlib import Path
 
-    from minibert.train.finetune import Examples, Recipe
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe
     families = Path(__file__).parent / "fixtures" / "families"
     train = Examples(texts=["the cat", "a dog", "red car", "blue sky"], labels=["x", "y", "x", "y"])
-    clf = finetune.finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=4))
+    clf = finetune.finetune(str(families / "bert_cased"), train, recipe=TrainingRecipe(epochs=1, batch_size=4))
     clf.save(tmp_path / "clf")
     lines = ["the cat", "", "a\u2028dog", "red\x0ccar", ""]
     (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -125,6 +125,19 @@ def test_model_search_over_an_extraction(model, corpus_file, tmp_path):
         model.search(out, "x", layer=4)
 
 
+def test_model_search_is_deprecated_for_minibert_search(model, corpus_file, tmp_path):
+    """Model.search made api (the front door) import corpus.search (a stage above it, tests/test_structure.py):
+    minibert.search(model, ...) is the way now, and Model.search warns and gives the same hits."""
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out, source_file=str(corpus_file))
+    queries = ["Stocks tumbled.", CORPUS[3]]
+    hits = minibert.search(model, out, queries, k=3)
+    assert hits[1][0].index == 3 and len(hits) == 2 and all(len(h) == 3 for h in hits)
+    with pytest.warns(DeprecationWarning, match=r"use minibert\.search\(model, index_dir, queries"):
+        assert model.search(out, queries, k=3) == hits
+    assert [hit.index for hit in minibert.search(model, out, CORPUS[3], k=1)] == [3]   # one query: one list
+
+
 def test_search_command_texts_and_reduced(model, corpus_file, tmp_path, capsys):
     out = tmp_path / "vecs"
     assert main(["extract", str(corpus_file), "--out", str(out), "--reduce", "pca:6", "--quiet"]) == 0

@@ -402,10 +402,12 @@ def test_a_classifier_with_only_pytorch_model_bin_loads(tmp_path):
     only pytorch_model.bin (older hub ones) was "corrupt or truncated". The same tensors in both formats
     (with an int64 position_ids buffer in the .bin) give the same logits."""
     from safetensors.numpy import load_file
-    from minibert.train.finetune import Examples, Recipe, finetune
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
     families = Path(__file__).parent / "fixtures" / "families"
     train = Examples(texts=["the cat", "a dog", "the mat", "a cat"], labels=["x", "y", "x", "y"])
-    clf = finetune(str(families / "bert_cased"), train, recipe=Recipe(epochs=1, batch_size=2)).save(tmp_path / "st")
+    clf = finetune(str(families / "bert_cased"), train, recipe=TrainingRecipe(epochs=1, batch_size=2)).save(
+        tmp_path / "st")
     tensors = load_file(str(clf / "model.safetensors"))
     tensors["bert.embeddings.position_ids"] = np.arange(8, dtype=np.int64)[None]
     storage = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}

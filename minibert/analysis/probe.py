@@ -1,7 +1,8 @@
 """Layer-wise linear probes: which layer's vectors carry the information a task needs?
 
 A probe is a multinomial logistic regression fitted on one layer's frozen vectors, scored by k-fold
-cross-validation. Everything is NumPy, written here: the solver (L-BFGS), the folds, the metrics.
+cross-validation. Everything is NumPy, written here: the folds, the metrics and the run over layers; the
+solver is analysis/lbfgs.py, the table and plot analysis/probe_plot.py.
 
 Axes: N examples, D features, C classes, L layers.
 
@@ -10,150 +11,15 @@ Axes: N examples, D features, C classes, L layers.
                      entity-level F1 over BIO spans (folds split by sentence, so no sentence is in both sides)
 """
 
-import csv
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..corpus.readers import read_conll, read_labelled  # noqa: F401  (the probe's data: readers is their one home)
-
-# ---------------------------------------------------------------------------------------------------------
-# The classifier: multinomial logistic regression, L2 on the weights (not the bias), solved by L-BFGS.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def softmax_loss(theta, X, Y, l2):
-    """Mean cross-entropy + l2/2 ||W||^2 and its gradient.
-
-    theta [(D + 1) * C] holds W [D, C] then b [C]; X [N, D]; Y [N, C] one-hot.
-    """
-    N, D = X.shape
-    C = Y.shape[1]
-    W, b = theta[:D * C].reshape(D, C), theta[D * C:]
-    Z = X @ W + b                                                   # [N, C] logits
-    Z -= Z.max(axis=1, keepdims=True)                               # stable log-sum-exp
-    log_norm = np.log(np.exp(Z).sum(axis=1, keepdims=True))         # [N, 1]
-    log_p = Z - log_norm                                            # [N, C]
-    loss = -(Y * log_p).sum() / N + 0.5 * l2 * (W * W).sum()
-    R = (np.exp(log_p) - Y) / N                                     # [N, C] d loss / d logits
-    grad = np.concatenate([(X.T @ R + l2 * W).ravel(), R.sum(axis=0)])
-    return loss, grad
-
-
-def lbfgs(fun, x0, *, max_iter=500, tol=1e-6, memory=10):
-    """Minimise a smooth function with L-BFGS (Nocedal & Wright, algorithm 7.4) and a backtracking
-    Armijo line search. Stops when max |gradient| <= tol. Returns (x, info dict)."""
-    x = x0.copy()
-    f, g = fun(x)
-    S, Yd = [], []                                                  # recent steps and gradient changes
-    it = 0
-    for it in range(1, max_iter + 1):
-        if np.abs(g).max() <= tol:
-            it -= 1
-            break
-        # Two-loop recursion: d = -H g with H the inverse-Hessian estimate from the stored pairs.
-        q = g.copy()
-        alphas = []
-        for s, y in reversed(list(zip(S, Yd))):
-            a = (s @ q) / (y @ s)
-            alphas.append(a)
-            q -= a * y
-        if S:
-            q *= (S[-1] @ Yd[-1]) / (Yd[-1] @ Yd[-1])               # initial scaling gamma = s'y / y'y
-        else:
-            q /= max(np.linalg.norm(g), 1.0)                        # first step: short, along -g
-        for (s, y), a in zip(zip(S, Yd), reversed(alphas)):
-            q += s * (a - (y @ q) / (y @ s))
-        d = -q
-        slope = g @ d
-        if slope >= 0:                                              # not a descent direction: restart
-            S, Yd = [], []
-            d, slope = -g, -(g @ g)
-        step = 1.0
-        while True:
-            x_new = x + step * d
-            f_new, g_new = fun(x_new)
-            if f_new <= f + 1e-4 * step * slope or step < 1e-12:
-                break
-            step *= 0.5
-        s, y = x_new - x, g_new - g
-        if s @ y > 1e-10 * (y @ y):                                 # keep only pairs with positive curvature
-            S.append(s)
-            Yd.append(y)
-            if len(S) > memory:
-                S.pop(0)
-                Yd.pop(0)
-        x, f, g = x_new, f_new, g_new
-        if step < 1e-12:
-            break
-    grad_max = float(np.abs(g).max())
-    return x, {"iterations": it, "loss": float(f), "grad_max": grad_max, "converged": grad_max <= tol}
-
-
-@dataclass
-class LogisticRegression:
-    """Fitted probe: standardises features with the training mean/std, then softmax(x W + b)."""
-    mean: np.ndarray            # [D]
-    scale: np.ndarray           # [D]
-    W: np.ndarray               # [D, C]
-    b: np.ndarray               # [C]
-    classes: np.ndarray         # [C] the label of each column
-    info: dict
-
-    def decision(self, X):
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.W + self.b   # [N, C]
-
-    def predict_proba(self, X):
-        Z = self.decision(X)
-        Z -= Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        return P / P.sum(axis=1, keepdims=True)                    # [N, C]
-
-    def predict(self, X):
-        return self.classes[self.decision(X).argmax(axis=1)]
-
-
-def one_blas_thread():
-    """The solver's matmuls are thin ([N, D] x [D, C], C small): one OpenBLAS thread runs them fastest, and
-    measured 30x faster than OpenBLAS's own threads on a busy 2-core machine. Reuses the CPU backend's hold."""
-    from ..backends.threads import BLAS
-    return BLAS
-
-
-def fit_logistic(X, y, *, l2=1e-2, standardize=True, max_iter=1000, tol=1e-5):
-    """Fit multinomial logistic regression on X [N, D] with labels y [N] (any hashable values).
-
-    Minimises mean cross-entropy + l2/2 ||W||^2, which is scikit-learn's objective with C = 1 / (l2 N).
-    Features are standardised first (layers differ in scale by orders of magnitude).
-    """
-    check_l2(l2)
-    X = np.asarray(X, dtype=np.float64)
-    classes, y_index = np.unique(np.asarray(y), return_inverse=True)
-    N, D = X.shape
-    C = len(classes)
-    if C < 2:
-        raise InputError(f"a probe needs at least 2 classes, found {C} ({classes.tolist()})")
-    mean = X.mean(axis=0) if standardize else np.zeros(D)
-    scale = X.std(axis=0) if standardize else np.ones(D)
-    scale = np.where(scale > 1e-12, scale, 1.0)                     # constant features stay at zero
-    Xs = (X - mean) / scale
-    Y = np.eye(C)[y_index]                                          # [N, C]
-    with one_blas_thread():
-        theta, info = lbfgs(lambda t: softmax_loss(t, Xs, Y, l2), np.zeros((D + 1) * C), max_iter=max_iter, tol=tol)
-    if not info["converged"]:
-        warnings.warn(f"minibert probe: L-BFGS stopped after {info['iterations']} iterations with max |gradient| "
-                      f"{info['grad_max']:.1e} > {tol:.0e}; a larger l2= converges sooner", stacklevel=2)
-    return LogisticRegression(mean, scale, theta[:D * C].reshape(D, C), theta[D * C:], classes, info)
-
-
-def check_l2(l2):
-    """The L2 strength is a finite number >= 0: NaN makes every loss NaN (the solver then returns zeros and
-    the scores look like chance), a negative one makes the loss unbounded below."""
-    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) or not 0 <= l2 < np.inf:
-        raise InputError(f"l2 (the L2 strength, --l2) must be a finite number >= 0, found {l2!r}")
+from .lbfgs import check_l2, fit_logistic
+# The table and plot under the names the `probe` command calls them by (probe.format_table, probe.write_plot).
+from .probe_plot import format_table, write_plot  # noqa: F401
 
 
 def check_labels(labels, fold_of, folds, unit="examples"):
@@ -170,6 +36,7 @@ def check_labels(labels, fold_of, folds, unit="examples"):
         if len(train) < 2:
             raise InputError(f"with {folds} folds, fold {k}'s training part holds only the label "
                              f"{str(train[0])!r}: give each label more {unit}, or use fewer --folds")
+
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -373,63 +240,3 @@ def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds
     classes, counts = np.unique(y, return_counts=True)
     notes = [f"{dropped} word(s) produced no tokenizer pieces and were left out"] if dropped else []
     return ProbeResult("token", rows, float(counts.max() / counts.sum()), len(y), classes.tolist(), folds, notes)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------------------------
-
-
-def layer_name(layer):
-    return "embeddings" if layer == 0 else f"layer {layer}"
-
-
-def format_table(result):
-    """The per-layer table, best layer marked, chance level last."""
-    acc_name = "accuracy" if result.task == "sentence" else "token acc"
-    lines = [f"{'':<12}{acc_name:>18}{result.f1_name:>12}"]
-    best = result.best
-    for r in result.rows:
-        mark = "  <- best" if r is best else ""
-        lines.append(f"{layer_name(r.layer):<12}{r.accuracy:>10.3f} ± {r.accuracy_std:.3f}{r.f1:>12.3f}{mark}")
-    lines.append(f"{'chance':<12}{result.chance:>10.3f}   (always the most frequent label)")
-    return "\n".join(lines)
-
-
-def write_csv(result, path):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["layer", "accuracy", "accuracy_std", "entity_f1" if result.task == "token" else "macro_f1"])
-        for r in result.rows:
-            w.writerow([r.layer, f"{r.accuracy:.6f}", f"{r.accuracy_std:.6f}", f"{r.f1:.6f}"])
-
-
-def write_plot(result, path):
-    """A PNG of the scores per layer when matplotlib is installed (the `plot` extra); otherwise a CSV
-    beside the asked path. Returns the path written."""
-    path = Path(path)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")                                       # files only, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        csv_path = path.with_suffix(".csv")
-        write_csv(result, csv_path)
-        return csv_path
-    layers = [r.layer for r in result.rows]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.plot(layers, [r.accuracy for r in result.rows], marker="o", label="accuracy" if result.task == "sentence"
-            else "token accuracy")
-    ax.plot(layers, [r.f1 for r in result.rows], marker="s", label=result.f1_name)
-    ax.axhline(result.chance, color="grey", linestyle="--", label="chance (majority)")
-    ax.set_xticks(layers)
-    ax.set_xticklabels(["emb" if layer == 0 else str(layer) for layer in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("score")
-    ax.set_title(f"{result.task} probe, {result.folds}-fold CV, {result.examples} examples")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -3,7 +3,7 @@
 The "cpu" backend cuts each op into row pieces and runs them on `WORKERS`; each piece's matmul must run
 on the thread that owns the piece, so the BLAS library's own thread pool is held to one thread meanwhile
 (`BLAS`), and no idle BLAS thread spins on a core the next kernel needs. Nothing here knows about models
-or kernels; probe.py and ray_data.py use the same two handles.
+or kernels; analysis/lbfgs.py, the training loop and ray_data.py use the same handles.
 """
 
 import itertools

@@ -20,7 +20,7 @@ A `Family` holds, for one config.json model_type:
     tokenizer_class            the WordPiece class AutoTokenizer picks when tokenizer_config.json names none
 
 config.py reads the config fields, weights.py and hf_checkpoint.py the names (both ways), backprop.py and
-finetune.py the heads and dropout, parity.py the hooks, tokenizer.py the tokenizer class. Adding a family is
+classifier.py the heads and dropout, parity.py the hooks, tokenizer.py the tokenizer class. Adding a family is
 a new record here plus fixtures and tests (see docs/extending.md).
 """
 

@@ -27,7 +27,7 @@ from ..train.state import STATE_FILE
 
 
 def read_examples(path, args):
-    from ..train.finetune import Examples
+    from ..train.data import Examples
     from ..corpus.readers import read_conll, read_labelled
     if args.task == "token":
         if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
@@ -43,8 +43,8 @@ def read_examples(path, args):
 
 
 def cmd_finetune(args):
-    from ..train.finetune import Recipe, check_recipe, finetune
-    recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+    from ..train.finetune import TrainingRecipe, check_recipe, finetune
+    recipe = TrainingRecipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed, dtype=args.dtype, patience=args.patience)
     check_recipe(recipe)            # every option before the data is read and the model loads
     train = read_examples(args.train, args)
@@ -119,7 +119,7 @@ def prediction_lines(classifier, texts, pairs):
 
 
 def cmd_predict(args):
-    from ..train.finetune import load_classifier
+    from ..train.classifier import load_classifier
     if args.out is not None:
         check_predictions_out(args.out, args)
     from ..corpus.readers import read_text_pairs

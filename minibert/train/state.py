@@ -48,7 +48,7 @@ def describe_run(recipe, task, labels, source, train_items, dev_items):
 
 
 def save_state(directory, *, params, adam, rng, epoch, history, best, run):
-    """params: [(name, array)] (finetune.trainable); adam: AdamW's state dict; best: {"epoch", "metric",
+    """params: [(name, array)] (optimizer.trainable); adam: AdamW's state dict; best: {"epoch", "metric",
     "params" (a list like params' arrays, or None when the best epoch is this one)} or None."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,313 @@
+"""The classifier users keep: Classifier (logits, predict, predict_proba, tag, save), a new one from a
+pretrained model (new_classifier), and load_classifier for a directory saved by minibert or transformers; the
+output-directory checks that keep a save from destroying what the user owns.
+
+Axes: B batch, T tokens, H hidden, K classes (labels), N texts.
+"""
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union, cast
+
+import numpy as np
+
+from ..backends.threads import BLAS
+from ..checkpoint.config import read_config
+from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
+from ..errors import InputError, ModelFileError, OutputError
+from ..files import atomic_directory
+from ..tree import copy_tree
+from .backprop import SEQUENCE_HEADS, classifier_forward
+from .hf_checkpoint import architecture, has_pooler, tensors_from_tree, tree_from_tensors
+from .state import STATE_FILE
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+# Written into every classifier directory: a directory holding it (or a training state) is minibert's own
+# output, replaced whole by the next save; any other non-empty directory is refused as an output.
+OUTPUT_MARK = "minibert_classifier.json"
+
+
+def init_head(config, task, num_labels, rng, dtype):
+    """A new head as transformers initialises one: weights N(0, 0.02), biases 0."""
+    H = config.hidden_size
+    head = {"out": {"w": (rng.standard_normal((H, num_labels)) * 0.02).astype(dtype),
+                    "b": np.zeros(num_labels, dtype=dtype)}}
+    if task == "sequence" and SEQUENCE_HEADS[config.model_type].dense_activation:
+        head["dense"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype=dtype)}
+    return head
+
+
+@dataclass
+class Classifier:
+    """A fine-tuned encoder with its head: predict labels, probabilities, save as a Hugging Face directory."""
+    config: Any                      # a checkpoint.config.Config
+    weights: dict
+    head: dict
+    task: str
+    labels: list                     # id -> label
+    tokenizer: Any                   # a minibert.tokenizer.Tokenizer
+    source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
+    max_length: Optional[int] = None
+    history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
+    problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
+
+    def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
+               batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
+        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
+        out, cut = [], 0
+        with BLAS:     # as the forward holds it: NumPy's own BLAS threads crawl on a busy machine
+            for start in range(0, len(texts), batch_size):
+                part = texts[start:start + batch_size]
+                pairs = None if text_pairs is None else text_pairs[start:start + batch_size]
+                batch = self.tokenizer(part, pairs, max_length=self.max_length)
+                cut += int(batch.truncated.sum())
+                logits, _ = classifier_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                               self.weights, self.head, self.config, task=self.task,
+                                               keep_activations=False)
+                if not np.isfinite(logits).all():   # NaN probabilities are not JSON, NaN labels are arbitrary
+                    bad = start + int(np.flatnonzero(~np.isfinite(logits).reshape(len(part), -1).all(axis=1))[0])
+                    raise ModelFileError(f"{self.source}: the classifier's outputs for text {bad} are not finite "
+                                         "numbers (NaN or inf): its weights are damaged or its training "
+                                         "diverged; retrain it (a lower learning rate)")
+                if self.task == "sequence":
+                    out.append(logits)
+                else:
+                    out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
+        if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
+            from ..errors import warn_caller
+            warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
+                        f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
+                        + ("; their words past the cut get no label" if self.task == "token" else ""))
+        return np.concatenate(out) if self.task == "sequence" else out
+
+    def predict_proba(self, texts: Union[str, Sequence[str]],
+                      text_pairs: Union[str, Sequence[str], None] = None) -> np.ndarray:
+        """Sequence task: class probabilities [N, K], columns in the order of `labels`; [K] for one str."""
+        from ..tokenizer import as_text_list
+        self.require("sequence", "predict_proba")
+        # One output (a score: cross-encoders, regression) or independent labels: a softmax over the outputs
+        # would be 1.0 for every text, or probabilities the model was not trained to give.
+        if len(self.labels) == 1 or self.problem_type in ("regression", "multi_label_classification"):
+            raise InputError(f"this classifier's outputs are {'one score' if len(self.labels) == 1 else 'scores'} "
+                             f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
+                             "use logits(texts) (apply a sigmoid for multi-label probabilities)")
+        # A str is one text (as in encode), never a sequence of one-character texts.
+        logits = cast(np.ndarray, self.logits(as_text_list(texts, "texts"),   # a sequence task's: one [N, K]
+                                              None if text_pairs is None else as_text_list(text_pairs, "text_pairs")))
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = e / e.sum(axis=1, keepdims=True)                                         # [N, K]
+        return probabilities[0] if isinstance(texts, str) else probabilities
+
+    def predict(self, texts: Union[str, Sequence[str]], text_pairs: Union[str, Sequence[str], None] = None) -> Any:
+        """Sequence task: one label per text (or pair); the label alone for one str."""
+        from ..tokenizer import as_text_list
+        self.require("sequence", "predict")
+        labels = [self.labels[i] for i in self.predict_proba(as_text_list(texts, "texts"), text_pairs).argmax(axis=1)]
+        return labels[0] if isinstance(texts, str) else labels
+
+    def tag(self, texts: Union[str, Sequence[str]]) -> Any:
+        """Token task: per text a list of (word, label, (start, end)) with character spans in the text; a
+        word's label is its first piece's. One str gives its one list."""
+        from ..tokenizer import as_text_list
+        self.require("token", "tag")
+        if isinstance(texts, str):
+            return self.tag([texts])[0]
+        texts = as_text_list(texts, "texts")
+        batch = self.tokenizer(texts, max_length=self.max_length)
+        per_text = self.logits(texts)
+        out = []
+        for b, logits in enumerate(per_text):
+            words, last = [], None
+            for t, word_id in enumerate(batch.word_ids[b][:len(logits)]):
+                start, end = (int(v) for v in batch.offsets[b][t])
+                # Byte-level BPE (RoBERTa) makes pieces of extra spaces: not words, and never trained
+                # (first_piece_labels skips them too).
+                if word_id < 0 or not texts[b][start:end].strip():
+                    continue
+                if word_id != last:
+                    words.append([texts[b][start:end], self.labels[int(logits[t].argmax())], (start, end)])
+                    last = word_id
+                else:                       # a later piece of the same word: widen its span
+                    words[-1][2] = (words[-1][2][0], end)
+                    words[-1][0] = texts[b][words[-1][2][0]:end]
+            out.append([tuple(w) for w in words])
+        return out
+
+    def require(self, task: str, what: str) -> None:
+        if self.task != task:
+            raise InputError(f"{what} is for {task} classifiers; this one is a {self.task} classifier")
+
+    def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
+        """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
+        model, config.json with architectures, id2label and label2id, and the tokenizer files. The directory
+        is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
+        save stays behind; a directory minibert did not write is refused (check_output_directory)."""
+        directory = Path(directory)
+        check_output_directory(directory, [self.source, getattr(self.tokenizer, "dir", self.source)],
+                               resaving=True)
+        with atomic_directory(directory) as temporary:
+            self.write_files(temporary)
+        return directory
+
+    def write_files(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
+        """Classifier.save's files, written into the existing, empty `directory`."""
+        from safetensors.numpy import save
+        directory = Path(directory)
+        tensors = tensors_from_tree(self.weights, self.config, task=self.task, head=self.head)
+        if self.config.sinusoidal_positions:      # transformers rebuilds the fixed table itself
+            tensors = {n: t for n, t in tensors.items() if not n.endswith("position_embeddings.weight")}
+        # Serialized here and written by Python: safetensors' own writer made 0600 files and raised its own
+        # error on a full disk.
+        (directory / "model.safetensors").write_bytes(
+            save({name: np.ascontiguousarray(t, dtype=np.float32) for name, t in tensors.items()},
+                 metadata={"format": "pt"}))
+        raw = json.loads((Path(self.source) / "config.json").read_text(encoding="utf-8"))
+        raw["architectures"] = [architecture(self.config, self.task)]
+        # The weights are written in float32: a source's float16 would make transformers (dtype "auto", its
+        # default from v5) load them in half precision, with other predictions.
+        for key in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+            raw[key] = "float32"
+        raw.pop("problem_type", None)      # a source cross-encoder's "regression" is not what this one is
+        raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
+        raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
+        (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        # From the folder the tokenizer was read from: the one above the model's when only that one has it.
+        tokenizer_dir = Path(getattr(self.tokenizer, "dir", self.source))
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).is_file():
+                shutil.copyfile(tokenizer_dir / name, directory / name)
+        (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
+                                             encoding="utf-8")
+        return directory
+
+
+def is_own_output(directory):
+    """Whether `directory` is a classifier directory minibert wrote (its mark, or a training state)."""
+    return any((Path(directory) / name).is_file() for name in (OUTPUT_MARK, STATE_FILE))
+
+
+def check_output_directory(directory, sources, *, resaving=False):
+    """Refuse, before any work, a classifier output that would destroy what the user owns: the source model
+    (or a directory inside it or holding it), a file, or a non-empty directory minibert did not write.
+    resaving: a classifier loaded from its own minibert directory may be saved back there."""
+    directory = Path(directory)
+    target = directory.resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if target == source and resaving and is_own_output(directory):
+            continue
+        if target == source or source in target.parents or target in source.parents:
+            where = ("is" if target == source else "is inside" if source in target.parents else "holds")
+            raise OutputError(f"{directory}: the output directory {where} the model directory {source}; saving "
+                              "there would replace the model's own files: choose another output directory")
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{directory}: exists and is not a directory; choose another output directory")
+    if directory.is_dir() and not is_own_output(directory):
+        entries = sorted(os.listdir(directory))
+        if entries:
+            raise OutputError(f"{directory}: holds files minibert did not write ({', '.join(entries[:3])}"
+                              f"{', ...' if len(entries) > 3 else ''}); a classifier replaces its output directory "
+                              "whole: choose a new or empty directory")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as e:
+        raise OutputError(f"{directory}: cannot write the checkpoint there ({e.strerror or e}); choose a "
+                          "writable place") from None
+
+
+def empty_weights(config, dtype):
+    """A weights tree of zeros with the model's structure (the template tree_from_tensors fills)."""
+    E, H, I = config.embedding_size, config.hidden_size, config.intermediate_size
+
+    def linear(n_in, n_out):
+        return {"w": np.zeros((n_in, n_out), dtype), "b": np.zeros(n_out, dtype)}
+
+    def norm(n):
+        return {"g": np.ones(n, dtype), "b": np.zeros(n, dtype)}
+    position = (sinusoidal_positions(config.max_position_embeddings, E).astype(dtype) if config.sinusoidal_positions
+                else np.zeros((config.max_position_embeddings, E), dtype))
+    sets = [{"qkv": linear(H, 3 * H), "attn_out": linear(H, H), "attn_ln": norm(H), "ffn_in": linear(H, I),
+             "ffn_out": linear(I, H), "ffn_ln": norm(H)} for _ in range(config.num_hidden_groups)]
+    relative = ({"table": np.zeros((config.relative_attention_num_buckets, config.num_attention_heads), dtype)}
+                if config.relative_attention_num_buckets else None)
+    return {"embeddings": {"word": np.zeros((config.vocab_size, E), dtype), "position": position,
+                           "token_type": np.zeros((config.type_vocab_size, E), dtype), "ln": norm(E)},
+            "embedding_projection": linear(E, H) if config.embedding_projection else None,
+            "layers": [sets[g] for g in weight_set_of_layer(config)], "pooler": None,
+            "relative_attention_bias": relative}
+
+
+def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "float32") -> Classifier:
+    """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
+    ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
+    from ..tokenizer import Tokenizer
+    from ..checkpoint.layout import checkpoint_files
+    from ..checkpoint.safetensors import Checkpoint
+    directory = Path(directory)
+    config = read_config(directory / "config.json")
+    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    arch = next((a for a in raw.get("architectures") or [] if a.endswith(("ForSequenceClassification",
+                                                                           "ForTokenClassification"))), None)
+    if arch is None:
+        raise ModelFileError(f"{directory}: config.json's architectures {raw.get('architectures')} name no "
+                             "...ForSequenceClassification or ...ForTokenClassification model")
+    task = "sequence" if arch.endswith("ForSequenceClassification") else "token"
+    id2label = raw.get("id2label") or {}
+    labels = ([id2label[str(i)] for i in range(len(id2label))]
+              if all(str(i) in id2label for i in range(len(id2label))) else None)
+    if not labels:
+        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    np_dtype: type = np.dtype(dtype).type
+    # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
+    checkpoint = Checkpoint(checkpoint_files(directory))
+    stored = set(checkpoint.names())
+    tensors = {name: checkpoint.read(name, np_dtype) for name in stored
+               if checkpoint.location[name][1] in ("F16", "BF16", "F32", "F64")}   # not integer buffers (position_ids)
+    weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
+                                      template=empty_weights(config, np_dtype))
+    expected = set(tensors_from_tree(weights, config, task=task, head=head))
+    expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
+    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
+                                   head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
+    if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
+        needed |= {n for n in expected if "pooler" in n}
+    if config.sinusoidal_positions:
+        needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
+    missing, unexpected = sorted(needed - stored), sorted(stored - expected)
+    if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
+                                 and weights["pooler"] is None):
+        raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
+                             f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
+    if head["out"]["w"].shape[1] != len(labels):
+        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
+                             f"names {len(labels)}")
+    return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
+                      tokenizer=Tokenizer(directory, config), source=str(directory),
+                      problem_type=raw.get("problem_type"))
+
+
+def new_classifier(model, task, labels, recipe, rng):
+    """A Classifier holding a writable copy of the model's weights in recipe.dtype and a new head drawn
+    from rng (and a new pooler where the family's head needs one and the checkpoint has none)."""
+    dtype = np.dtype(recipe.dtype).type
+    config = model.config
+    weights = copy_tree(model.weights, dtype)
+    if not has_pooler(config, task):      # as transformers' task model: the pooler is not part of it
+        weights["pooler"] = None
+    elif weights["pooler"] is None:
+        H = config.hidden_size     # a checkpoint saved without its pooler: a new one, as transformers does
+        weights["pooler"] = {"w": (rng.standard_normal((H, H)) * 0.02).astype(dtype), "b": np.zeros(H, dtype)}
+    head = init_head(config, task, len(labels), rng, dtype)
+    return Classifier(config=config, weights=weights, head=head, task=task, labels=list(labels),
+                      tokenizer=model.tokenizer, source=str(model.encoder_dir),   # a sentence-transformers
+                      max_length=recipe.max_length)                                 # model's 0_Transformer/
