@@ -596,6 +596,8 @@ def build_parser():
 
     from .finetune_cli import add_commands      # finetune, predict
     add_commands(sub)
+    from .rerank_cli import add_rerank          # rerank
+    add_rerank(sub)
     for command in sub.choices.values():        # global flags work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
