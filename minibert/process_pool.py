@@ -140,8 +140,11 @@ class ProcessPool:
             except queue.Empty:
                 dead = [w for w in self.workers if w.exitcode is not None]
                 if dead:
-                    raise MiniBertError(f"worker process {dead[0].pid} exited with code {dead[0].exitcode} while "
-                                        f"{doing} (out of memory, or killed?); the pool is closed")
+                    code = dead[0].exitcode
+                    why = ("killed by a signal: out of memory?" if code < 0 else
+                           "its error is printed above; a script needs `if __name__ == \"__main__\":` for spawn")
+                    raise MiniBertError(f"worker process {dead[0].pid} exited with code {code} while {doing} ({why}); "
+                                        "the pool is closed")
 
     def encode(self, texts, text_pairs=None, *, chunk_size=None, progress=None, **options):
         """model.encode(texts, **options) over the workers: the per-text results in input order, an array
