@@ -138,7 +138,7 @@ def test_an_activation_outside_torch_is_not_run_and_an_unknown_torch_one_is_refu
 
 def test_an_embedding_model_is_not_a_cross_encoder():
     with pytest.raises(ModelFileError, match="one Transformer module"):
-        minibert.load_cross_encoder(FIXTURES / "st_query_document")
+        minibert.load_cross_encoder(FIXTURES / "surface_query_document")
 
 
 def test_rerank_command_prints_the_ranking(tmp_path, capsys, monkeypatch):

@@ -18,7 +18,7 @@ import minibert
 from minibert.errors import InputError, MiniBertError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")
-MODEL = str(FIXTURES / "st_query_document")
+MODEL = str(FIXTURES / "surface_query_document")
 TEXTS = [f"the cat sat on the mat {'hello ' * (i % 5)}{i}" for i in range(120)]
 
 
@@ -136,6 +136,6 @@ def test_bad_pool_use_is_refused(model, pool):
         model.encode(TEXTS, pool=pool, chunk_size=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        other = minibert.load(str(FIXTURES / "st_dot"))
+        other = minibert.load(str(FIXTURES / "surface_dot"))
     with pytest.raises(InputError, match="not this model"):
         other.encode(TEXTS, pool=pool)

@@ -1,7 +1,7 @@
 """The rest of SentenceTransformer's encode surface: truncate_dim, precision (quantize_embeddings), similarity and
 similarity_pairwise by similarity_fn_name, encode_query / encode_document, and the keywords refused by name.
 
-Torch-free: the st_query_document and st_dot fixtures (saved by sentence-transformers 6 itself,
+Torch-free: the surface_query_document and surface_dot fixtures (saved by sentence-transformers 6 itself,
 tests/fixtures/make_st_surface.py) against their goldens. Under -m reference: the same calls live, in float64.
 """
 
@@ -17,7 +17,7 @@ from minibert.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")   # the long text, as intended
 GOLDEN_TOL = 1e-6       # float32 vectors and scores; measured: at most 2.4e-7 over these fixtures
-CASES = ["st_query_document", "st_dot"]
+CASES = ["surface_query_document", "surface_dot"]
 spec = importlib.util.spec_from_file_location("make_st_surface", FIXTURES / "make_st_surface.py")
 MAKER = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(MAKER)
@@ -43,18 +43,18 @@ def test_encode_query_and_encode_document_apply_the_prompts_as_sentence_transfor
     close(model.encode_query(MAKER.TEXTS), want["encode_query"])
     close(model.encode_document(MAKER.TEXTS), want["encode_document"])
     close(model.encode(MAKER.TEXTS), want["encode"])
-    if case == "st_query_document":       # the prompts change the vectors: the test can tell them apart
+    if case == "surface_query_document":       # the prompts change the vectors: the test can tell them apart
         assert np.abs(want["encode_query"] - want["encode"]).max() > 1e-2
         assert np.abs(want["encode_document"] - want["encode_query"]).max() > 1e-2
-    # sentence-transformers 6 saves empty "query" and "document" prompts beside st_dot's "passage": "document"
+    # sentence-transformers 6 saves empty "query" and "document" prompts beside surface_dot's "passage": "document"
     # wins over "passage", as its encode_document checks document, passage, corpus in that order
-    assert load("st_dot").recipe.prompts["document"] == ""
+    assert load("surface_dot").recipe.prompts["document"] == ""
     given = model.encode_query(MAKER.TEXTS[:2], prompt="a ")
     np.testing.assert_array_equal(given, model.encode(MAKER.TEXTS[:2], prompt="a "))
 
 
 def test_truncate_dim_cuts_after_normalize_and_normalize_embeddings_renormalises():
-    model, want = load("st_query_document"), golden("st_query_document")
+    model, want = load("surface_query_document"), golden("surface_query_document")
     close(model.encode(MAKER.TEXTS, truncate_dim=8), want["truncate_8"])
     close(model.encode(MAKER.TEXTS, truncate_dim=8, normalize_embeddings=True), want["truncate_8_normalize"])
     assert abs(np.linalg.norm(want["truncate_8"], axis=1) - 1).max() > 1e-2          # cut after Normalize
@@ -68,7 +68,7 @@ def test_truncate_dim_cuts_after_normalize_and_normalize_embeddings_renormalises
 
 
 def test_truncate_dim_saved_in_config_sentence_transformers_applies():
-    model, want = load("st_dot"), golden("st_dot")
+    model, want = load("surface_dot"), golden("surface_dot")
     assert model.truncate_dim == 12 and model.get_sentence_embedding_dimension() == 12
     close(model.encode(MAKER.TEXTS), want["encode"])
     assert want["encode"].shape[1] == 12
@@ -115,7 +115,7 @@ def test_encode_precision_equals_sentence_transformers_encode(case):
 def test_similarity_follows_similarity_fn_name(case):
     model, want = load(case), golden(case)
     a, b = want["encode_full"][:6], want["encode_full"][4:]
-    assert model.similarity_fn_name == {"st_query_document": "cosine", "st_dot": "dot"}[case]
+    assert model.similarity_fn_name == {"surface_query_document": "cosine", "surface_dot": "dot"}[case]
     close(model.similarity(a, b), want["similarity_model"])
     for name in MAKER.SIMILARITIES:
         model.similarity_fn_name = name
@@ -131,7 +131,7 @@ def test_similarity_follows_similarity_fn_name(case):
 
 
 def test_sentence_transformers_keywords_minibert_does_not_take_are_refused_by_name():
-    model = load("st_query_document")
+    model = load("surface_query_document")
     for keyword, value, hint in [("task", "query", "encode_query"), ("processing_kwargs", {}, "max_length="),
                                  ("convert_to_tensor", True, "torch.from_numpy"), ("device", "cuda", "backend="),
                                  ("output_value", None, "token_embeddings"), ("sentences", ["a"], "first argument")]:
@@ -148,7 +148,7 @@ def test_sentence_transformers_keywords_minibert_does_not_take_are_refused_by_na
 
 
 def test_bad_encode_options_are_refused():
-    model = load("st_query_document")
+    model = load("surface_query_document")
     cases = [({"truncate_dim": 0}, "truncate_dim"), ({"truncate_dim": 8, "pooling": "none"}, "truncate_dim"),
              ({"precision": "int4"}, "precision must be one of"),
              ({"calibration_embeddings": np.ones((2, 16))}, "calibration_embeddings"),
