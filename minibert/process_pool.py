@@ -48,8 +48,8 @@ def worker_main(spec, threads, tasks, results):
     try:
         from .threads import set_thread_count
         set_thread_count(threads)
-        from .api import load
-        model = load(spec["source"], backend=spec["backend"], dtype=spec["dtype"])
+        import minibert                  # the package's load (api imports this module: no cycle through it)
+        model = minibert.load(spec["source"], backend=spec["backend"], dtype=spec["dtype"])
         model.recipe = spec["recipe"]
         model.truncate_dim = spec["truncate_dim"]
     except BaseException as e:           # noqa: BLE001 - reported to the parent, which raises it

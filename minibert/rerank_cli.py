@@ -8,6 +8,7 @@ best first, "rank  score  line  passage"; --json: a list of {"rank", "corpus_id"
 corpus_id counted from 0 over the passages (as sentence-transformers' rank) and line the FILE line (from 1).
 """
 
+import argparse
 import json
 import sys
 
@@ -42,8 +43,21 @@ def cmd_rerank(args):
         print(f"{rank:>4}  {r['score']:.6f}  line {lines[r['corpus_id']]:<5}  {r['text']}")
 
 
+def int_at_least(low):
+    """An argparse type: an int >= low (cli.py has the same; importing it from there would make a cycle)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an int, found {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, found {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 def add_rerank(sub):
-    from .cli import int_at_least
     p = sub.add_parser("rerank", help="order passages by a cross-encoder's score for a query",
                        description="Score (QUERY, passage) pairs with a cross-encoder (a sequence-classification "
                        "directory with one output, e.g. one saved by sentence-transformers' CrossEncoder) and "
