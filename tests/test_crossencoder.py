@@ -164,6 +164,18 @@ def test_rerank_command_prints_the_ranking(tmp_path, capsys, monkeypatch):
     assert "passage file not found" in capsys.readouterr().err
 
 
+def test_a_classifier_saved_by_minibert_loads_as_a_cross_encoder(tmp_path):
+    """Classifier.save (what `minibert finetune` writes): its softmax is predict(apply_softmax=True)'s."""
+    from minibert.finetune import load_classifier
+    classifier = load_classifier(FIXTURES / "ce_two_labels")
+    saved = cross_encoder(classifier.save(tmp_path / "saved"))
+    assert saved.activation == "Identity" and saved.max_length == 20
+    texts, pairs = [q for q, _ in MAKER.PAIRS], [p for _, p in MAKER.PAIRS]
+    classifier.max_length = 20
+    want = quiet(classifier.predict_proba, texts, pairs)
+    assert np.abs(quiet(saved.predict, MAKER.PAIRS, apply_softmax=True) - want).max() < 1e-6
+
+
 # ---- live, against sentence-transformers ----------------------------------------------------------------------
 
 @pytest.mark.reference
