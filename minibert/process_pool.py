@@ -30,6 +30,7 @@ import weakref
 import numpy as np
 
 from . import errors
+from .encode import FIRST_ROW, progress_bar
 from .errors import InputError, MiniBertError
 
 POLL_SECONDS = 0.2          # how often a waiting parent checks that its workers are alive
@@ -66,14 +67,17 @@ def worker_main(spec, threads, tasks, results):
             continue
         if task is None:
             return
-        chunk, texts, pairs, options = task
+        chunk, first, texts, pairs, options = task
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            row = FIRST_ROW.set(first)           # warnings name the input's rows, not the chunk's
             try:
                 vectors = model.encode(texts, text_pairs=pairs, progress=False, **options)
             except BaseException as e:   # noqa: BLE001
                 results.put(("failed", chunk, error_payload(e), []))
                 continue
+            finally:
+                FIRST_ROW.reset(row)
         results.put(("done", chunk, vectors, [(str(w.message), w.category.__name__) for w in caught]))
 
 
@@ -149,7 +153,6 @@ class ProcessPool:
     def encode(self, texts, text_pairs=None, *, chunk_size=None, progress=None, **options):
         """model.encode(texts, **options) over the workers: the per-text results in input order, an array
         [N, ...] (a list for pooling="none"). progress: as encode's, over the whole input."""
-        from .encode import progress_bar
         if self.closed:
             raise InputError("this process pool is closed; start another with model.start_multi_process_pool()")
         N = len(texts)
@@ -162,7 +165,7 @@ class ProcessPool:
         try:
             for chunk, start in enumerate(starts):
                 pairs = None if text_pairs is None else text_pairs[start:start + chunk_size]
-                self.tasks.put((chunk, texts[start:start + chunk_size], pairs, options))
+                self.tasks.put((chunk, start, texts[start:start + chunk_size], pairs, options))
             for _ in progress_bar(range(len(starts)), progress, N) if not callable(progress) else range(len(starts)):
                 kind, chunk, payload, caught = self.next_result("encoding")
                 for message, category in caught:      # the workers' warnings, in the caller

@@ -70,6 +70,12 @@ def test_float64_vectors_equal_the_single_process_bit_for_bit_in_input_order(mod
     np.testing.assert_array_equal(quantized, model.encode(TEXTS, precision="ubinary"))
 
 
+def test_worker_warnings_reach_the_caller_naming_the_input_rows(model, pool):
+    texts = ["hello"] * 10 + [" ".join(["the cat"] * 20)] + ["hello"] * 9
+    with pytest.warns(UserWarning, match=r"1 of 5 texts \(rows 10-14\) were longer than 16 tokens"):
+        model.encode(texts, pool=pool, chunk_size=5)
+
+
 def test_workers_carry_settings_made_on_the_model_after_load(model):
     model.max_seq_length, model.truncate_dim = 8, 6
     try:
