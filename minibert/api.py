@@ -243,7 +243,7 @@ class Model:
         options, as_list = translate({"normalize": normalize, "progress": progress, "pooling": pooling},
                                      sentence_transformers_options)
         pooling = options["pooling"]
-        cut = self.check_truncate_dim(truncate_dim, pooling, capture)
+        cut = self.check_truncate_dim(truncate_dim, pooling, capture, layers)
         renormalize = cut is not None and options["normalize"] is True
         if pool is not None:
             vectors = self.encode_in_pool(pool, texts, text_pairs, chunk_size, options["progress"], capture,
@@ -447,14 +447,17 @@ class Model:
     def truncate_dim(self, value):
         self._truncate_dim = None if value is None else check_dim(value, "truncate_dim")
 
-    def check_truncate_dim(self, truncate_dim, pooling, capture):
-        """The width encode cuts at, or None. Token vectors (pooling="none") are never cut by the model's
-        setting, as sentence-transformers cuts only sentence embeddings; asked for outright, they are refused."""
+    def check_truncate_dim(self, truncate_dim, pooling, capture, layers):
+        """The width encode cuts at, or None. Given here, it cuts any pooled vectors (token vectors are
+        refused); the model's setting cuts only its sentence vector (the last layer pooled), as
+        sentence-transformers cuts only sentence embeddings."""
         if truncate_dim is not None:
             if pooling == "none" or capture is not None:
                 raise InputError("truncate_dim cuts pooled vectors; not with pooling='none' or capture=")
             return check_dim(truncate_dim, "truncate_dim")
-        return None if pooling == "none" or capture is not None else self.truncate_dim
+        sentence_vector = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) and \
+            layers in (-1, self.config.num_hidden_layers) and pooling != "none" and capture is None
+        return self.truncate_dim if sentence_vector else None
 
     @property
     def similarity_fn_name(self) -> str:

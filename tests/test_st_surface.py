@@ -63,6 +63,8 @@ def test_truncate_dim_cuts_after_normalize_and_normalize_embeddings_renormalises
     assert model.get_sentence_embedding_dimension() == 8
     assert model.encode("hello").shape == (8,)
     assert len(model.encode(["hello"], pooling="none")[0][0]) == 16    # token vectors are never cut
+    assert model.encode(["hello"], layers=1).shape == (1, 16)         # nor other layers than the sentence vector's
+    assert model.encode(["hello"], layers=1, truncate_dim=8).shape == (1, 8)    # unless asked outright
     model.truncate_dim = None
     close(model.encode(MAKER.TEXTS), want["encode"])
 
