@@ -21,6 +21,20 @@ def load_classifier(directory, *, dtype="float32"):
     return load_from(directory, dtype=dtype)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "SentenceEncoder", "MiniBertError", "ModelFileError",
+def load_cross_encoder(source, *, dtype="float32", max_length=None, activation_fn=None):
+    """A cross-encoder directory (a sequence-classification checkpoint, with sentence-transformers' CrossEncoder
+    settings when it has them) -> a CrossEncoder with predict(pairs) and rank(query, documents)."""
+    from .crossencoder import load_cross_encoder as load_from
+    return load_from(source, dtype=dtype, max_length=max_length, activation_fn=activation_fn)
+
+
+def quantize_embeddings(embeddings, precision, *, ranges=None, calibration_embeddings=None):
+    """Vectors [N, D] in "float32", "int8", "uint8", "binary" or "ubinary", as sentence-transformers quantizes them."""
+    from .quantize import quantize_embeddings as quantize
+    return quantize(embeddings, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)
+
+
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_cross_encoder", "quantize_embeddings",
+           "SentenceEncoder", "MiniBertError", "ModelFileError",
            "ConfigError", "TokenizerError",
            "InputError", "BackendError", "__version__"]

@@ -291,7 +291,8 @@ class Model:
 
     def encode(self, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
                max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
-               prompt=None, prompt_name=None, text_pairs=None, **sentence_transformers_options):
+               prompt=None, prompt_name=None, text_pairs=None, truncate_dim=None, precision=None,
+               calibration_embeddings=None, pool=None, chunk_size=None, **sentence_transformers_options):
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
         With no options, the checkpoint's own recipe (`model.recipe`: sentence-transformers' Pooling, Dense,
@@ -313,17 +314,39 @@ class Model:
         text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
         progress: None (a bar on a terminal for large inputs), True, False, or a callable progress(done, total)
             called after each batch with the rows (texts, or windows of them) done so far.
-        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
+        truncate_dim: keep the first d dimensions of each vector (default: `model.truncate_dim`), cut after the
+            recipe's Normalize; normalize=True normalises again after the cut, as sentence-transformers does.
+        precision: "float32", "int8", "uint8", "binary" or "ubinary": the vectors quantized as
+            sentence-transformers' quantize_embeddings does (minibert.quantize), int8/uint8 steps from
+            `calibration_embeddings` [M, D] when given, else from the vectors themselves.
+        pool / chunk_size: encode in the worker processes of `model.start_multi_process_pool()`, chunk_size texts
+            to a task (minibert.process_pool).
+        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy
+            (minibert.conventions lists them, and the keywords refused with what to write instead).
         """
         from .conventions import shape_like_sentence_transformers, translate
         from .embed.encode import encode
-        options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
-        vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
-                         batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                         progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
-                         prompt_name=prompt_name, text_pairs=text_pairs)
+        options, as_list = translate({"normalize": normalize, "progress": progress, "pooling": pooling},
+                                     sentence_transformers_options)
+        pooling = options["pooling"]
+        cut = self.check_truncate_dim(truncate_dim, pooling, capture, layers)
+        renormalize = cut is not None and options["normalize"] is True
+        if pool is not None:
+            vectors = self.encode_in_pool(pool, texts, text_pairs, chunk_size, options["progress"], capture,
+                                          layers=layers, combine=combine, pooling=pooling,
+                                          normalize=options["normalize"], batch_size=batch_size,
+                                          max_length=max_length, window=window, stride=stride, dtype=dtype,
+                                          prompt=prompt, prompt_name=prompt_name, truncate_dim=truncate_dim)
+        else:
+            vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling,
+                             normalize=None if renormalize else options["normalize"],   # the recipe's, then cut
+                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                             progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
+                             prompt_name=prompt_name, text_pairs=text_pairs)
+            vectors = truncate_vectors(vectors, cut, renormalize)
         if capture is not None:
             return vectors
+        vectors = quantize_vectors(vectors, precision, calibration_embeddings)
         return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
 
     @property
@@ -340,8 +363,10 @@ class Model:
         return sha256_of(path) if path.is_file() else None
 
     def get_sentence_embedding_dimension(self) -> int:
-        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
-        return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size; at most
+        truncate_dim."""
+        width = int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        return min(width, self.truncate_dim) if self.truncate_dim else width     # as sentence-transformers
 
     @property
     def max_seq_length(self) -> int:
@@ -492,6 +517,137 @@ class Model:
                  else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T))
         return ids, mask, types
 
+    # ---- sentence-transformers' surface: truncate_dim, similarity, query/document prompts, a process pool ----
+
+    @property
+    def truncate_dim(self):
+        """Dimensions encode() keeps (None: all): config_sentence_transformers.json's truncate_dim until set,
+        as SentenceTransformer(..., truncate_dim=) sets it."""
+        if "_truncate_dim" not in self.__dict__:
+            from .similarity import saved_settings
+            self._truncate_dim = saved_settings(self.source).get("truncate_dim")
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value):
+        self._truncate_dim = None if value is None else check_dim(value, "truncate_dim")
+
+    def check_truncate_dim(self, truncate_dim, pooling, capture, layers):
+        """The width encode cuts at, or None. Given here, it cuts any pooled vectors (token vectors are
+        refused); the model's setting cuts only its sentence vector (the last layer pooled), as
+        sentence-transformers cuts only sentence embeddings."""
+        if truncate_dim is not None:
+            if pooling == "none" or capture is not None:
+                raise InputError("truncate_dim cuts pooled vectors; not with pooling='none' or capture=")
+            return check_dim(truncate_dim, "truncate_dim")
+        sentence_vector = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) and \
+            layers in (-1, self.config.num_hidden_layers) and pooling != "none" and capture is None
+        return self.truncate_dim if sentence_vector else None
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """How similarity() scores: "cosine", "dot", "euclidean" or "manhattan"; config_sentence_transformers.json's
+        similarity_fn_name until set, cosine when it names none."""
+        if "_similarity_fn_name" not in self.__dict__:
+            from .similarity import saved_settings
+            self._similarity_fn_name = saved_settings(self.source).get("similarity_fn_name", "cosine")
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value):
+        from .similarity import check_name
+        self._similarity_fn_name = "cosine" if value is None else check_name(value)
+
+    def similarity(self, a, b):
+        """Scores [N, M] of every row of a [N, D] with every row of b [M, D], by similarity_fn_name."""
+        from .similarity import similarity
+        return similarity(a, b, self.similarity_fn_name)
+
+    def similarity_pairwise(self, a, b):
+        """Scores [N] of row i of a with row i of b, by similarity_fn_name."""
+        from .similarity import similarity_pairwise
+        return similarity_pairwise(a, b, self.similarity_fn_name)
+
+    def encode_query(self, texts, **options):
+        """encode with the recipe's "query" prompt when it has one and none is given, as sentence-transformers."""
+        if options.get("prompt") is None and options.get("prompt_name") is None and "query" in self.recipe.prompts:
+            options["prompt_name"] = "query"
+        return self.encode(texts, **options)
+
+    def encode_document(self, texts, **options):
+        """encode with the recipe's "document" prompt (else "passage", else "corpus") when it has one and none
+        is given, as sentence-transformers."""
+        if options.get("prompt") is None and options.get("prompt_name") is None:
+            name = next((n for n in ("document", "passage", "corpus") if n in self.recipe.prompts), None)
+            if name is not None:
+                options["prompt_name"] = name
+        return self.encode(texts, **options)
+
+    def start_multi_process_pool(self, processes=None, *, threads_per_process=None):
+        """Worker processes that each load this model (minibert.process_pool): pass the pool to encode(pool=),
+        close it with pool.close() or a `with` block. processes: a count (default: the CPU count), or as
+        sentence-transformers' target_devices a list of "cpu" (one process each). threads_per_process:
+        minibert's threads in each (default: this process's threads shared out)."""
+        from .process_pool import ProcessPool
+        if isinstance(processes, (list, tuple)):
+            if not processes or any(device != "cpu" for device in processes):
+                raise InputError(f"target devices {processes!r}: minibert's pool runs on CPU processes; pass a "
+                                 "count, or a list of 'cpu'")
+            processes = len(processes)
+        return ProcessPool(self, processes, threads_per_process=threads_per_process)
+
+    @staticmethod
+    def stop_multi_process_pool(pool):
+        """pool.close(), under sentence-transformers' name."""
+        pool.close()
+
+    def encode_in_pool(self, pool, texts, text_pairs, chunk_size, progress, capture, **options):
+        from .process_pool import ProcessPool
+        from .tokenizer import as_text_list
+        if not isinstance(pool, ProcessPool):
+            raise InputError(f"pool must come from model.start_multi_process_pool(), found {type(pool).__name__}")
+        if pool.spec["source"] != self.source:
+            raise InputError(f"this pool holds {pool.spec['source']}, not this model ({self.source})")
+        if capture is not None:
+            raise InputError("capture= is not supported with pool=: encode without the pool to capture internals")
+        texts = as_text_list(texts, "texts")
+        if text_pairs is not None:
+            text_pairs = as_text_list(text_pairs, "text_pairs")
+        if not texts:
+            from .embed.encode import encode
+            return encode(self, texts, **{k: v for k, v in options.items() if k != "truncate_dim"})
+        return pool.encode(texts, text_pairs, chunk_size=chunk_size, progress=progress, **options)
+
+
+def check_dim(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{what} must be an int >= 1 (the dimensions to keep), found {value!r}")
+    return int(value)
+
+
+def truncate_vectors(vectors, cut, renormalize):
+    """The first `cut` dimensions of pooled vectors [..., D] (a list of them for pooling="none" is never cut);
+    renormalize: scaled to unit length again after the cut."""
+    if cut is None or isinstance(vectors, list):
+        return vectors
+    from .embed.pooling import l2_normalize
+    vectors = vectors[..., :cut]
+    return l2_normalize(vectors) if renormalize else np.ascontiguousarray(vectors)
+
+
+def quantize_vectors(vectors, precision, calibration_embeddings):
+    from .quantize import check_precision, quantize_embeddings
+    if precision is None:
+        if calibration_embeddings is not None:
+            raise InputError("calibration_embeddings= applies to precision='int8' or 'uint8'")
+        return vectors
+    check_precision(precision)
+    if calibration_embeddings is not None and precision not in ("int8", "uint8"):
+        raise InputError(f"calibration_embeddings= applies to precision='int8' or 'uint8', not {precision!r}")
+    if isinstance(vectors, list) or vectors.ndim != 2:
+        raise InputError("precision= quantizes sentence vectors [N, D]; not token vectors (pooling='none') or a "
+                         "layer axis (layers=[...] without combine=)")
+    return quantize_embeddings(vectors, precision, calibration_embeddings=calibration_embeddings)
 
 def first_outside(name, array, size, what, fix):
     """InputError naming the first entry of an integer array outside 0..size-1."""
