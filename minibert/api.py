@@ -316,6 +316,8 @@ class Model:
                progress: Union[bool, Callable[[int, int], Any], None] = None, dtype: Optional[DTypeLike] = None,
                capture: Union[str, Iterable[str], None] = None, prompt: Optional[str] = None,
                prompt_name: Optional[str] = None, text_pairs: Optional[Texts] = None,
+               truncate_dim: Optional[int] = None, precision: Optional[str] = None,
+               calibration_embeddings: Any = None, pool: Any = None, chunk_size: Optional[int] = None,
                **sentence_transformers_options: Any) -> Union[np.ndarray, List[np.ndarray], "EncodeResult"]:
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
@@ -338,17 +340,43 @@ class Model:
         text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
         progress: None (a bar on a terminal for large inputs), True, False, or a callable progress(done, total)
             called after each batch with the rows (texts, or windows of them) done so far.
-        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
+        truncate_dim: keep the first d dimensions of each vector (default: `model.truncate_dim`), cut after the
+            recipe's Normalize; normalize=True normalises again after the cut, as sentence-transformers does.
+        precision: "float32", "int8", "uint8", "binary" or "ubinary": the vectors quantized as
+            sentence-transformers' quantize_embeddings does (minibert.embed.quantize), int8/uint8 steps from
+            `calibration_embeddings` [M, D] when given, else from the vectors themselves.
+        pool / chunk_size: encode in the worker processes of `model.start_multi_process_pool()`, chunk_size texts
+            to a task (minibert.embed.process_pool).
+        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy
+            (minibert.conventions lists them, and the keywords refused with what to write instead).
         """
         from .conventions import shape_like_sentence_transformers, translate
         from .embed.encode import encode
-        options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
-        vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
-                         batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                         progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
-                         prompt_name=prompt_name, text_pairs=text_pairs)
+        from .embed.quantize import quantize_encoded
+        from .embed.truncate import cut_width, truncate_vectors
+        options, as_list = translate({"normalize": normalize, "progress": progress, "pooling": pooling},
+                                     sentence_transformers_options)
+        pooling = options["pooling"]
+        cut = cut_width(self, truncate_dim, pooling, capture, layers)
+        renormalize = cut is not None and options["normalize"] is True
+        vectors: Any
+        if pool is not None:
+            from .embed.process_pool import encode_in_pool
+            vectors = encode_in_pool(self, pool, texts, text_pairs, chunk_size, options["progress"], capture,
+                                     layers=layers, combine=combine, pooling=pooling,
+                                     normalize=options["normalize"], batch_size=batch_size, max_length=max_length,
+                                     window=window, stride=stride, dtype=dtype, prompt=prompt,
+                                     prompt_name=prompt_name, truncate_dim=truncate_dim)
+        else:
+            vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling,
+                             normalize=None if renormalize else options["normalize"],   # the recipe's, then cut
+                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                             progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
+                             prompt_name=prompt_name, text_pairs=text_pairs)
+            vectors = truncate_vectors(vectors, cut, renormalize)
         if capture is not None:
             return vectors
+        vectors = quantize_encoded(vectors, precision, calibration_embeddings)
         return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
 
     @property
@@ -367,8 +395,10 @@ class Model:
             return sha256_of_file(f)
 
     def get_sentence_embedding_dimension(self) -> int:
-        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
-        return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size; at most
+        truncate_dim."""
+        width = int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        return min(width, self.truncate_dim) if self.truncate_dim else width     # as sentence-transformers
 
     @property
     def max_seq_length(self) -> int:
@@ -525,6 +555,69 @@ class Model:
         types = (np.zeros((B, T), dtype=np.int64) if types is None
                  else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T))
         return ids, mask, types
+
+    # ---- sentence-transformers' surface: truncate_dim, similarity, query/document prompts, a process pool ----
+
+    @property
+    def truncate_dim(self) -> Optional[int]:
+        """Dimensions encode() keeps (None: all): config_sentence_transformers.json's truncate_dim until set,
+        as SentenceTransformer(..., truncate_dim=) sets it (minibert.embed.truncate)."""
+        if "_truncate_dim" not in self.__dict__:
+            from .embed.similarity import saved_settings
+            self._truncate_dim = saved_settings(self.source).get("truncate_dim")
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: Optional[int]) -> None:
+        from .embed.truncate import check_dim
+        self._truncate_dim = None if value is None else check_dim(value, "truncate_dim")
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """How similarity() scores: "cosine", "dot", "euclidean" or "manhattan"; config_sentence_transformers.json's
+        similarity_fn_name until set, cosine when it names none."""
+        if "_similarity_fn_name" not in self.__dict__:
+            from .embed.similarity import saved_settings
+            self._similarity_fn_name = saved_settings(self.source).get("similarity_fn_name", "cosine")
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: Optional[str]) -> None:
+        from .embed.similarity import check_name
+        self._similarity_fn_name = "cosine" if value is None else check_name(value)
+
+    def similarity(self, a: Any, b: Any) -> np.ndarray:
+        """Scores [N, M] of every row of a [N, D] with every row of b [M, D], by similarity_fn_name."""
+        from .embed.similarity import similarity
+        return similarity(a, b, self.similarity_fn_name)
+
+    def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
+        """Scores [N] of row i of a with row i of b, by similarity_fn_name."""
+        from .embed.similarity import similarity_pairwise
+        return similarity_pairwise(a, b, self.similarity_fn_name)
+
+    def encode_query(self, texts: Texts, **options: Any) -> Any:
+        """encode with the recipe's "query" prompt when it has one and none is given, as sentence-transformers."""
+        return self.encode(texts, **self.recipe.role_prompt("query", options))
+
+    def encode_document(self, texts: Texts, **options: Any) -> Any:
+        """encode with the recipe's "document" prompt (else "passage", else "corpus") when it has one and none
+        is given, as sentence-transformers."""
+        return self.encode(texts, **self.recipe.role_prompt("document", options))
+
+    def start_multi_process_pool(self, processes: Union[int, Sequence[str], None] = None, *,
+                                 threads_per_process: Optional[int] = None) -> Any:
+        """Worker processes that each load this model (minibert.embed.process_pool): pass the pool to
+        encode(pool=), close it with pool.close() or a `with` block. processes: a count (default: the CPU
+        count), or as sentence-transformers' target_devices a list of "cpu" (one process each).
+        threads_per_process: minibert's threads in each (default: this process's threads shared out)."""
+        from .embed.process_pool import start_pool
+        return start_pool(self, load, processes, threads_per_process)
+
+    @staticmethod
+    def stop_multi_process_pool(pool: Any) -> None:
+        """pool.close(), under sentence-transformers' name."""
+        pool.close()
 
 
 def first_outside(name, array, size, what, fix):
