@@ -136,6 +136,37 @@ def test_an_activation_outside_torch_is_not_run_and_an_unknown_torch_one_is_refu
         minibert.load_cross_encoder(folder)
 
 
+def without_id2label(case, folder, **config_changes):
+    """A copy of a fixture whose config.json has no id2label / label2id, as transformers 5 saves a
+    classifier whose labels are its defaults (LABEL_0, LABEL_1)."""
+    import shutil
+    folder = shutil.copytree(FIXTURES / case, folder, ignore=shutil.ignore_patterns("*.npz"))
+    config = json.loads((folder / "config.json").read_text())
+    del config["id2label"], config["label2id"]
+    (folder / "config.json").write_text(json.dumps({**config, **config_changes}))
+    return folder
+
+
+def test_a_config_without_id2label_gets_transformers_default_labels(tmp_path):
+    """transformers reads a config.json without id2label as num_labels labels (2 when it names none), called
+    LABEL_0..LABEL_{n-1}; the scores are the fixture's."""
+    from minibert.train.classifier import load_classifier
+    two = without_id2label("ce_two_labels", tmp_path / "two")
+    model = cross_encoder(two)
+    assert model.classifier.labels == ["LABEL_0", "LABEL_1"]
+    got = quiet(model.predict, MAKER.PAIRS, batch_size=3)
+    assert np.abs(got - golden("ce_two_labels")["predict"]).max() < GOLDEN_TOL
+    three = without_id2label("ce_three_labels", tmp_path / "three", num_labels=3)
+    assert load_classifier(three).labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    with pytest.raises(ModelFileError, match="3 classes but config.json has no id2label: transformers' default 2"):
+        load_classifier(without_id2label("ce_three_labels", tmp_path / "default"))
+    for bad in (0, "3", True):
+        with pytest.raises(ModelFileError, match="num_labels must be an int >= 1"):
+            load_classifier(without_id2label("ce_three_labels", tmp_path / f"bad{bad}", num_labels=bad))
+    with pytest.raises(ModelFileError, match="no usable id2label"):      # present but empty: not a default
+        load_classifier(without_id2label("ce_two_labels", tmp_path / "empty", id2label={}))
+
+
 def test_an_embedding_model_is_not_a_cross_encoder():
     with pytest.raises(ModelFileError, match="one Transformer module"):
         minibert.load_cross_encoder(FIXTURES / "surface_query_document")
@@ -211,3 +242,17 @@ def test_live_a_one_output_classifier_saved_by_minibert_loads_in_cross_encoder(t
     got = quiet(minibert.load_cross_encoder(saved).predict, MAKER.PAIRS, batch_size=3)
     assert type(reference.activation_fn).__name__ == "Tanh"     # the source's setting travels in config.json
     assert np.abs(got - want).max() < GOLDEN_TOL, np.abs(got - want).max()
+
+
+@pytest.mark.reference
+def test_live_a_config_without_id2label_reads_as_transformers_and_cross_encoder_read_it(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    from transformers import AutoConfig
+    folder = without_id2label("ce_two_labels", tmp_path / "two")
+    assert [AutoConfig.from_pretrained(folder).id2label[i] for i in range(2)] == \
+        minibert.load_classifier(folder).labels
+    reference = st.CrossEncoder(str(folder), device="cpu")
+    reference.model.double()
+    want = reference.predict(MAKER.PAIRS, batch_size=3, convert_to_tensor=True).numpy()
+    got = quiet(cross_encoder(folder, dtype="float64").predict, MAKER.PAIRS, batch_size=3)
+    assert np.abs(got - want).max() < 1e-12, np.abs(got - want).max()

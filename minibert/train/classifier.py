@@ -247,6 +247,27 @@ def empty_weights(config, dtype):
             "relative_attention_bias": relative}
 
 
+def config_labels(directory, raw):
+    """(labels by id, what named them) from config.json. Without id2label, transformers' default: num_labels
+    labels (2 when config.json names none either) called LABEL_0, LABEL_1, ...; transformers 5 saves a
+    classifier whose labels are those defaults with no id2label at all."""
+    if raw.get("id2label") is None:
+        count = raw.get("num_labels", 2)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ModelFileError(f"{directory}: config.json has no id2label and its num_labels must be an int >= 1, "
+                                 f"found {count!r}")
+        where = "num_labels" if "num_labels" in raw else "no num_labels either"
+        return ([f"LABEL_{i}" for i in range(count)],
+                f"config.json has no id2label: transformers' default {count} labels ({where}); name the labels "
+                "in config.json's id2label")
+    id2label = raw["id2label"]
+    labels = ([id2label[str(i)] for i in range(len(id2label))]
+              if isinstance(id2label, dict) and all(str(i) in id2label for i in range(len(id2label))) else None)
+    if not labels:
+        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    return labels, f"id2label names {len(labels)}"
+
+
 def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "float32") -> Classifier:
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
     ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
@@ -262,11 +283,7 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
         raise ModelFileError(f"{directory}: config.json's architectures {raw.get('architectures')} name no "
                              "...ForSequenceClassification or ...ForTokenClassification model")
     task = "sequence" if arch.endswith("ForSequenceClassification") else "token"
-    id2label = raw.get("id2label") or {}
-    labels = ([id2label[str(i)] for i in range(len(id2label))]
-              if all(str(i) in id2label for i in range(len(id2label))) else None)
-    if not labels:
-        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    labels, named = config_labels(directory, raw)
     np_dtype: type = np.dtype(dtype).type
     # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
     checkpoint = Checkpoint(checkpoint_files(directory))
@@ -289,8 +306,7 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
                              f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
     if head["out"]["w"].shape[1] != len(labels):
-        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
-                             f"names {len(labels)}")
+        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
                       tokenizer=Tokenizer(directory, config), source=str(directory),
                       problem_type=raw.get("problem_type"))
