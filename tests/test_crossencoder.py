@@ -167,6 +167,16 @@ def test_a_config_without_id2label_gets_transformers_default_labels(tmp_path):
         load_classifier(without_id2label("ce_two_labels", tmp_path / "empty", id2label={}))
 
 
+def test_config_sentence_transformers_json_counts_only_beside_a_modules_json(tmp_path):
+    """sentence-transformers 6 reads config_sentence_transformers.json (the activation) only for a directory
+    with a modules.json; without one it loads a plain checkpoint: config.json's setting, else the default."""
+    import shutil
+    folder = shutil.copytree(FIXTURES / "ce_identity", tmp_path / "ce", ignore=shutil.ignore_patterns("*.npz"))
+    (folder / "modules.json").unlink()
+    model = cross_encoder(folder)
+    assert model.activation == "Sigmoid" and "default" in model.activation_source
+
+
 def test_an_embedding_model_is_not_a_cross_encoder():
     with pytest.raises(ModelFileError, match="one Transformer module"):
         minibert.load_cross_encoder(FIXTURES / "surface_query_document")
@@ -205,6 +215,26 @@ def test_a_classifier_saved_by_minibert_loads_as_a_cross_encoder(tmp_path):
     classifier.max_length = 20
     want = quiet(classifier.predict_proba, texts, pairs)
     assert np.abs(quiet(saved.predict, MAKER.PAIRS, apply_softmax=True) - want).max() < 1e-6
+
+
+def test_a_cross_encoder_saved_again_keeps_its_stored_activation(tmp_path):
+    """Classifier.save copies a cross-encoder's config_sentence_transformers.json (its activation_fn) with the
+    modules.json beside which sentence-transformers reads it, so CrossEncoder scores the saved model as it
+    scored the source; an embedding model's settings (prompts, similarity) are not a classifier's."""
+    import shutil
+    from minibert.train.classifier import load_classifier
+    source = FIXTURES / "ce_identity"
+    saved = load_classifier(source).save(tmp_path / "saved")
+    name = "config_sentence_transformers.json"
+    for copied in (name, "modules.json", "sentence_bert_config.json"):
+        assert (saved / copied).read_bytes() == (source / copied).read_bytes()
+    model = cross_encoder(saved)
+    assert model.activation == "Identity" and name in model.activation_source
+    assert np.abs(quiet(model.predict, MAKER.PAIRS) - golden("ce_identity")["predict"]).max() < GOLDEN_TOL
+    embedding = shutil.copytree(FIXTURES / "ce_two_labels", tmp_path / "embedding",
+                                ignore=shutil.ignore_patterns("*.npz"))
+    shutil.copyfile(FIXTURES / "surface_dot" / name, embedding / name)
+    assert not (load_classifier(embedding).save(tmp_path / "from_embedding") / name).exists()
 
 
 # ---- live, against sentence-transformers ----------------------------------------------------------------------
@@ -252,6 +282,32 @@ def test_live_a_config_without_id2label_reads_as_transformers_and_cross_encoder_
     assert [AutoConfig.from_pretrained(folder).id2label[i] for i in range(2)] == \
         minibert.load_classifier(folder).labels
     reference = st.CrossEncoder(str(folder), device="cpu")
+    reference.model.double()
+    want = reference.predict(MAKER.PAIRS, batch_size=3, convert_to_tensor=True).numpy()
+    got = quiet(cross_encoder(folder, dtype="float64").predict, MAKER.PAIRS, batch_size=3)
+    assert np.abs(got - want).max() < 1e-12, np.abs(got - want).max()
+
+
+@pytest.mark.reference
+def test_live_a_cross_encoder_saved_again_scores_in_cross_encoder_with_its_activation(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    saved = minibert.load_classifier(FIXTURES / "ce_identity").save(tmp_path / "saved")
+    reference = st.CrossEncoder(str(saved), device="cpu")
+    assert type(reference.activation_fn).__name__ == "Identity"     # the default for one label is Sigmoid
+    reference.model.double()
+    want = reference.predict(MAKER.PAIRS, batch_size=3, convert_to_tensor=True).numpy()
+    got = quiet(cross_encoder(saved, dtype="float64").predict, MAKER.PAIRS, batch_size=3)
+    assert np.abs(got - want).max() < 1e-12, np.abs(got - want).max()
+
+
+@pytest.mark.reference
+def test_live_without_modules_json_cross_encoder_ignores_config_sentence_transformers_json(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    import shutil
+    folder = shutil.copytree(FIXTURES / "ce_identity", tmp_path / "ce", ignore=shutil.ignore_patterns("*.npz"))
+    (folder / "modules.json").unlink()
+    reference = st.CrossEncoder(str(folder), device="cpu")
+    assert type(reference.activation_fn).__name__ == cross_encoder(folder).activation == "Sigmoid"
     reference.model.double()
     want = reference.predict(MAKER.PAIRS, batch_size=3, convert_to_tensor=True).numpy()
     got = quiet(cross_encoder(folder, dtype="float64").predict, MAKER.PAIRS, batch_size=3)

@@ -30,6 +30,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Written into every classifier directory: a directory holding it (or a training state) is minibert's own
 # output, replaced whole by the next save; any other non-empty directory is refused as an output.
 OUTPUT_MARK = "minibert_classifier.json"
+# sentence-transformers 6 keeps a cross-encoder's activation_fn in config_sentence_transformers.json, which it
+# reads only beside a modules.json: a save of a cross-encoder keeps the three files its CrossEncoder reads.
+CROSS_ENCODER_SETTINGS = "config_sentence_transformers.json"
+CROSS_ENCODER_FILES = (CROSS_ENCODER_SETTINGS, "modules.json", "sentence_bert_config.json")
 
 
 def init_head(config, task, num_labels, rng, dtype):
@@ -146,7 +150,8 @@ class Classifier:
 
     def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
         """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
-        model, config.json with architectures, id2label and label2id, and the tokenizer files. The directory
+        model, config.json with architectures, id2label and label2id, the tokenizer files, and a
+        sentence-transformers cross-encoder's settings (its activation: CROSS_ENCODER_FILES). The directory
         is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
         save stays behind; a directory minibert did not write is refused (check_output_directory)."""
         directory = Path(directory)
@@ -183,9 +188,26 @@ class Classifier:
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, directory / name)
+        if cross_encoder_settings(Path(self.source)):    # CrossEncoder then scores the copy as it scored the source
+            for name in CROSS_ENCODER_FILES:
+                if (Path(self.source) / name).is_file():
+                    shutil.copyfile(Path(self.source) / name, directory / name)
         (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
                                              encoding="utf-8")
         return directory
+
+
+def cross_encoder_settings(source: Path) -> bool:
+    """Whether `source` holds a sentence-transformers cross-encoder's settings (its activation_fn) that a save
+    keeps. An embedding model's file of that name (prompts, similarity) does not describe a classifier."""
+    path = source / CROSS_ENCODER_SETTINGS
+    if not path.is_file():
+        return False
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{path}: not readable JSON ({e}); fix or remove it before saving") from None
+    return isinstance(raw, dict) and (raw.get("model_type") == "CrossEncoder" or "activation_fn" in raw)
 
 
 def is_own_output(directory):

@@ -7,7 +7,8 @@
                                                    the documents' order (a stable sort, as Python's sorted)
 
 Where the activation is stored, first found wins (as sentence-transformers 6 reads it):
-    config_sentence_transformers.json  "activation_fn"                          sentence-transformers >= 6
+    config_sentence_transformers.json  "activation_fn"                          sentence-transformers >= 6,
+                                                                                beside a modules.json only
     config.json  "sentence_transformers": {"activation_fn": ...}                sentence-transformers 4 and 5
     config.json  "sbert_ce_default_activation_function"                         before 4
 A dotted path outside torch (custom code) is not run: sentence-transformers then warns and uses the default
@@ -58,7 +59,7 @@ def stored_activation(model_dir, encoder_dir, num_labels):
     """(activation name, where it came from) for a cross-encoder directory."""
     found = None
     settings = Path(model_dir) / "config_sentence_transformers.json"
-    if settings.is_file():
+    if settings.is_file() and (Path(model_dir) / "modules.json").is_file():     # else a plain checkpoint to it
         value = read_json(settings).get("activation_fn")
         found = (value, f"{settings.name} activation_fn") if value else None
     if found is None:
