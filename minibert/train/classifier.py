@@ -59,6 +59,7 @@ class Classifier:
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
     problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
+    training: Optional[dict] = None               # finetune's run (train.model_card): saves write a README.md
 
     def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
@@ -150,19 +151,22 @@ class Classifier:
 
     def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
         """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
-        model, config.json with architectures, id2label and label2id, the tokenizer files, and a
-        sentence-transformers cross-encoder's settings (its activation: CROSS_ENCODER_FILES). The directory
+        model, config.json with architectures, id2label and label2id, the tokenizer files, a
+        sentence-transformers cross-encoder's settings (its activation: CROSS_ENCODER_FILES), and for a
+        classifier finetune trained, README.md (its model card, train.model_card). The directory
         is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
         save stays behind; a directory minibert did not write is refused (check_output_directory)."""
         directory = Path(directory)
         check_output_directory(directory, [self.source, getattr(self.tokenizer, "dir", self.source)],
                                resaving=True)
         with atomic_directory(directory) as temporary:
-            self.write_files(temporary)
+            self.write_files(temporary, final=directory)
         return directory
 
-    def write_files(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
-        """Classifier.save's files, written into the existing, empty `directory`."""
+    def write_files(self, directory: Union[str, "os.PathLike[str]"],
+                    final: Union[str, "os.PathLike[str]", None] = None) -> Path:
+        """Classifier.save's files, written into the existing, empty `directory`; `final`: where they will
+        live (the model card's examples load from there), `directory` itself by default."""
         from safetensors.numpy import save
         directory = Path(directory)
         tensors = tensors_from_tree(self.weights, self.config, task=self.task, head=self.head)
@@ -192,6 +196,9 @@ class Classifier:
             for name in CROSS_ENCODER_FILES:
                 if (Path(self.source) / name).is_file():
                     shutil.copyfile(Path(self.source) / name, directory / name)
+        if self.training is not None:       # a run of finetune: its model card, as the Hub shows one
+            from .model_card import model_card
+            (directory / "README.md").write_text(model_card(self, str(final or directory)), encoding="utf-8")
         (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
                                              encoding="utf-8")
         return directory
