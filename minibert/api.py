@@ -188,14 +188,20 @@ def hub_origin(model_dir: Path):
 
 
 def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32",
-         revision: Optional[str] = None, token: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> "Model":
+         revision: Optional[str] = None, token: Optional[str] = None, cache_dir: Optional[PathLike] = None,
+         truncate_dim: Optional[int] = None) -> "Model":
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
 
     revision, token, cache_dir: passed to huggingface_hub for a hub id (a branch, tag or commit; an access
     token for gated or private models; where the hub cache lives).
 
     backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
+    truncate_dim: the sentence vector's dimensions encode keeps (model.truncate_dim), as
+    SentenceTransformer(..., truncate_dim=); None keeps config_sentence_transformers.json's, if any.
     """
+    from .embed.truncate import check_dim
+    if truncate_dim is not None:
+        check_dim(truncate_dim, "truncate_dim")      # before anything loads
     np_dtype = DTYPES[compute_dtype_name(dtype)]
     ops = make_ops(backend)
     model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
@@ -209,8 +215,11 @@ def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTyp
         warn_caller(f"{model_dir} has no tokenizer files; using those in {tokenizer.dir}, the folder above "
                     "(copy them into the model directory to silence this)")
     weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
-    return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
-                 source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
+    model = Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
+                  source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
+    if truncate_dim is not None:
+        model.truncate_dim = truncate_dim
+    return model
 
 
 def compute_dtype_name(dtype: Any) -> str:

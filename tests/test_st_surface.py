@@ -37,6 +37,20 @@ def close(got, want, tol=GOLDEN_TOL):
     assert np.abs(got.astype(np.float64) - want).max() < tol, np.abs(got.astype(np.float64) - want).max()
 
 
+def test_load_takes_truncate_dim_as_sentence_transformer_does():
+    """minibert.load(..., truncate_dim=d) as SentenceTransformer(..., truncate_dim=d): it wins over the saved
+    setting, None keeps the saved one; a bad value is refused before anything loads."""
+    want = golden("surface_query_document")
+    model = load("surface_query_document", truncate_dim=8)
+    assert model.truncate_dim == 8 and model.get_sentence_embedding_dimension() == 8
+    close(model.encode(MAKER.TEXTS), want["truncate_8"])
+    assert load("surface_dot", truncate_dim=6).encode(MAKER.TEXTS).shape == (len(MAKER.TEXTS), 6)    # saved: 12
+    assert load("surface_dot", truncate_dim=None).truncate_dim == 12
+    for bad in (0, 2.5, True):
+        with pytest.raises(InputError, match="truncate_dim must be an int >= 1"):
+            minibert.load(str(FIXTURES / "no such model"), truncate_dim=bad)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_encode_query_and_encode_document_apply_the_prompts_as_sentence_transformers(case):
     model, want = load(case), golden(case)
@@ -187,6 +201,18 @@ def test_live_float64_encode_options_equal_sentence_transformers(case):
         reference.similarity_fn_name = model.similarity_fn_name = name
         assert np.abs(model.similarity(a, b) - reference.similarity(a, b).numpy()).max() < 1e-12
         assert np.abs(model.similarity_pairwise(a, b) - reference.similarity_pairwise(a, b).numpy()).max() < 1e-12
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", CASES)
+def test_live_load_truncate_dim_equals_sentence_transformer_truncate_dim(case):
+    st = pytest.importorskip("sentence_transformers")
+    for dim in (8, None):
+        reference = st.SentenceTransformer(str(FIXTURES / case), device="cpu", truncate_dim=dim).double()
+        model = load(case, dtype="float64", truncate_dim=dim)
+        assert model.get_sentence_embedding_dimension() == reference.get_sentence_embedding_dimension()
+        want = reference.encode(MAKER.TEXTS, convert_to_tensor=True).numpy()
+        assert np.abs(model.encode(MAKER.TEXTS) - want).max() < 1e-12, (case, dim)
 
 
 @pytest.mark.reference
