@@ -26,7 +26,7 @@ LAYERS = [
     ["embed", "embed.*"],                            # vectors from texts: pooling, recipe, encode
     ["api", "embed.estimator"],                      # load, Model; the scikit-learn wrapper around them
     ["corpus", "corpus.*", "train", "train.*"],      # using a model: corpora, search, fine-tuning
-    ["analysis", "analysis.*"],                      # probes, parity, attention view, walkthrough
+    ["analysis", "analysis.*", "serve", "serve.*"],  # probes, parity, attention view, walkthrough; the server
     ["", "__main__", "cli", "cli.*"],                # the package's front door and the commands
 ]
 # Upward imports kept on purpose, each with its reason; each must still exist (a stale entry fails).
