@@ -97,3 +97,28 @@ def test_an_encoder_only_checkpoint_has_no_sparse_vectors():
     model = minibert.load(str(Path(__file__).parent / "fixtures" / "families" / "bert_cased"), backend="numpy")
     with pytest.raises(minibert.ModelFileError, match="no masked-LM head"):
         model.encode_sparse("hi")
+
+
+def test_embed_sparse_prints_sparse_encoders_vectors(capsys):
+    from minibert.cli import main as cli_main
+    g = golden("splade_sum")                                 # sum pooling, log1p_relu, max_active_dims 20
+    texts = [str(t) for t in g["texts"]]
+    assert cli_main(["embed", *texts, "--sparse", "--model", str(HEADS_DIR / "splade_sum"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["text"] for row in rows] == texts
+    vectors = SparseVectors(ids=[np.array(row["ids"]) for row in rows],
+                            weights=[np.array(row["weights"]) for row in rows], vocab_size=rows[0]["vocab_size"],
+                            single=False)
+    assert_same_vectors(vectors, g["dense"], 1e-5)           # the command runs in float32
+    assert all(len(row["tokens"]) == len(row["ids"]) <= 20 for row in rows)
+    assert cli_main(["embed", texts[0], "--sparse", "--model", str(HEADS_DIR / "splade_sum")]) == 0
+    assert "of 600 non-zero" in capsys.readouterr().out
+
+
+def test_embed_sparse_refuses_dense_options_and_a_checkpoint_without_the_mlm_head(capsys):
+    from minibert.cli import main as cli_main
+    assert cli_main(["embed", "a cat", "--sparse", "--pooling", "cls", "--model", str(HEADS_DIR / "splade")]) == 1
+    assert "--pooling shape dense vectors" in capsys.readouterr().err
+    encoder_only = Path(__file__).parent / "fixtures" / "families" / "albert"
+    assert cli_main(["embed", "a cat", "--sparse", "--model", str(encoder_only)]) == 1
+    assert "no masked-LM head" in capsys.readouterr().err
