@@ -157,3 +157,15 @@ def test_pretraining_gradients_equal_torch_autograd_on_another_batch(name):
     assert abs(loss - torch_loss) < 1e-10
     assert max(error for _, error, _ in rows) < 1e-8
     assert grad_report(HEADS_DIR / name)[0].startswith("pretraining loss")
+
+
+@pytest.mark.parametrize("name", ["bert", "albert"])
+def test_parity_grad_task_pretraining_prints_the_heads_gradients(name, capsys):
+    from minibert.cli import main as cli_main
+    assert cli_main(["parity", str(HEADS_DIR / name), "--grad", "--task", "pretraining"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pretraining loss")
+    blocks = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
+    assert {"head", "embeddings"} <= set(blocks), blocks                  # the heads and the tied word table
+    assert any(block.startswith(("layer.", "albert_layer_groups.")) for block in blocks), blocks
+    assert max(blocks.values()) < 1e-8
