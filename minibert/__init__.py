@@ -4,7 +4,7 @@ import os as _os
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
-from .api import Model, load
+from .api import Model, load, load_sparse
 from .embed.estimator import SentenceEncoder
 from .corpus.store import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
@@ -41,5 +41,6 @@ def search(model: Model, index_dir: Union[str, "_os.PathLike[str]"], queries: Un
                         field=field)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "search", "SentenceEncoder", "MiniBertError",
-           "ModelFileError", "ConfigError", "TokenizerError", "InputError", "BackendError", "__version__"]
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_sparse", "search", "SentenceEncoder",
+           "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError", "InputError", "BackendError",
+           "__version__"]

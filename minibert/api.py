@@ -22,6 +22,8 @@ from .checkpoint.default_model import (DEFAULT_MODEL_PACKAGES, DEFAULT_MODEL_SHA
 
 if TYPE_CHECKING:
     from .embed.encode import EncodeResult, WordVectors
+    from .embed.sparse import SparseVectors
+    from .heads import Heads
     from .model import EncoderOutput, LayerOutput
     from .tokenizer import Batch
 
@@ -100,6 +102,24 @@ def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTyp
     ops = make_ops(backend)
     model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
     recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
+    return load_directory(model_dir, recipe, ops, np_dtype, backend)
+
+
+def load_sparse(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32") -> "Model":
+    """A sentence-transformers SparseEncoder directory (Transformer + SpladePooling in modules.json) as a Model
+    whose encode_sparse follows its settings; a directory without modules.json loads as `load` (max, relu)."""
+    from .embed.sparse import SpladeSettings, read_splade_settings
+    np_dtype, ops, model_dir = DTYPES[compute_dtype_name(dtype)], make_ops(backend), resolve_source(source)
+    if not (model_dir / "modules.json").is_file():
+        model, settings = load_directory(model_dir, read_recipe(model_dir), ops, np_dtype, backend), SpladeSettings()
+    else:
+        transformer, settings = read_splade_settings(model_dir)   # load's recipe reader refuses SpladePooling
+        model = load_directory(model_dir, Recipe(transformer_path=transformer), ops, np_dtype, backend)
+    model.splade_settings = settings
+    return model
+
+
+def load_directory(model_dir: Path, recipe: Recipe, ops: Any, np_dtype: type, backend: str) -> "Model":
     encoder_dir = model_dir / recipe.transformer_path  # the root, or e.g. 0_Transformer/
     check_model_directory(encoder_dir)      # neither weights nor tokenizer: one error naming both
     config = read_config(encoder_dir / "config.json")
@@ -143,6 +163,7 @@ class Model:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
         self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
         self.origin = origin        # {"hub_id", "revision" (the commit)} for a hub snapshot, else None
+        self.splade_settings: Any = None     # a SparseEncoder's SPLADE settings (load_sparse), else None
 
     def __getstate__(self):
         """Pickling (joblib, multiprocessing, scikit-learn n_jobs) leaves out the ops: functions built at load."""
@@ -314,6 +335,53 @@ class Model:
         from .corpus.search import search
         return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
                       field=field)
+
+    # ---- BERT's own heads (minibert/heads.py), read from the checkpoint on first use -----------------------------
+
+    @property
+    def heads(self) -> "Heads":
+        """The checkpoint's masked-LM and sentence heads (minibert.heads.Heads)."""
+        from .heads import model_heads
+        return model_heads(self)
+
+    def fill_mask(self, texts: Texts, top_k: int = 5, targets: Optional[Texts] = None) -> list:
+        """What transformers' pipeline("fill-mask") returns: per mask, top_k dicts {score, token, token_str,
+        sequence}, best first; nested per text and per mask as the pipeline nests them. targets: restrict the
+        candidates to these tokens (a word not in the vocabulary stands for its first piece)."""
+        from .heads import fill_mask
+        return fill_mask(self, texts, top_k=top_k, targets=targets)
+
+    def mlm_logits(self, texts: Optional[Texts] = None, text_pairs: Optional[Texts] = None, *,
+                   max_length: Optional[int] = None, input_ids: Any = None, attention_mask: Any = None,
+                   token_type_ids: Any = None) -> np.ndarray:
+        """Masked-LM logits [B, T, V] (transformers' prediction_logits) of texts or of id arrays."""
+        from .heads import model_mlm_logits
+        return model_mlm_logits(self, texts, text_pairs, max_length=max_length, input_ids=input_ids,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def nsp_logits(self, texts: Optional[Texts] = None, text_pairs: Optional[Texts] = None, *,
+                   max_length: Optional[int] = None, input_ids: Any = None, attention_mask: Any = None,
+                   token_type_ids: Any = None) -> np.ndarray:
+        """Sentence-head logits [B, 2] (transformers' seq_relationship_logits; ALBERT's sop_logits)."""
+        from .heads import model_nsp_logits
+        return model_nsp_logits(self, texts, text_pairs, max_length=max_length, input_ids=input_ids,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def next_sentence(self, first: Texts, second: Texts) -> Union[float, np.ndarray]:
+        """Probability that `second` follows `first` (softmax of the next-sentence logits, class 0), as
+        BertForNextSentencePrediction; a float for two strs, an array [N] for two lists."""
+        from .heads import next_sentence
+        return next_sentence(self, first, second)
+
+    def encode_sparse(self, texts: Texts, *, batch_size: int = 32, max_length: Optional[int] = None,
+                      max_active_dims: Optional[int] = None, pooling: Optional[str] = None,
+                      activation: Optional[str] = None) -> "SparseVectors":
+        """SPLADE vectors from the masked-LM head, as sentence-transformers' SparseEncoder.encode: a SparseVectors
+        (per text the non-zero vocabulary ids, ascending, and their weights; .decode(top_k), .to_dense()).
+        Settings: a SparseEncoder directory's (minibert.load_sparse), else max pooling of log1p(relu(logits))."""
+        from .embed.sparse import encode_sparse
+        return encode_sparse(self, texts, batch_size=batch_size, max_length=max_length,
+                             max_active_dims=max_active_dims, pooling=pooling, activation=activation)
 
     def capture_names(self, patterns: Union[str, Iterable[str], None]) -> frozenset:
         """Expand names and shell-style patterns into canonical "layer{i}.{internal}" names (i = 1..L, the

@@ -22,7 +22,7 @@ LAYERS = [
     ["errors", "files", "tree", "progress", "conventions", "kernels", "kernels.*"],   # no model knowledge
     ["checkpoint", "checkpoint.*", "tokenizer"],     # a model directory read: config, weights, tokenizer
     ["backends", "backends.*"],                      # the ops, one module per backend
-    ["model"],                                       # the encoder
+    ["model", "heads"],                              # the encoder, and BERT's own pretraining heads on it
     ["embed", "embed.*"],                            # vectors from texts: pooling, recipe, encode
     ["api", "embed.estimator"],                      # load, Model; the scikit-learn wrapper around them
     ["corpus", "corpus.*", "train", "train.*"],      # using a model: corpora, search, fine-tuning
@@ -159,10 +159,11 @@ def test_the_public_api_is_annotated():
     from minibert.api import Model
     from minibert.train.classifier import Classifier
     from minibert.train.finetune import finetune
-    public = [minibert.load, minibert.load_classifier, minibert.search, finetune,
+    public = [minibert.load, minibert.load_classifier, minibert.load_sparse, minibert.search, finetune,
               *(getattr(Model, name) for name in ("tokenize", "forward", "__call__", "iter_layers", "encode",
-                                                  "encode_words", "get_sentence_embedding_dimension")),
-              Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget,
+                                                  "encode_words", "get_sentence_embedding_dimension", "fill_mask",
+                                                  "mlm_logits", "nsp_logits", "next_sentence", "encode_sparse")),
+              Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget, Model.heads.fget,
               *(getattr(Classifier, name) for name in ("logits", "predict_proba", "predict", "tag", "save"))]
     for function in public:
         signature = inspect.signature(function)
