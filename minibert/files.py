@@ -11,6 +11,7 @@ an int of more than 4,300 digits cannot even be formatted into a message.
 """
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -112,6 +113,14 @@ def read_json(path: Path, limit: int, error, what: str):
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise error(f"{path}: cannot read {what} as JSON ({type(e).__name__}: {e}); "
                     "re-download it or the model") from None
+
+
+def sha256_of_file(f) -> str:
+    """Read in blocks: hashlib.file_digest would need Python 3.11, and 3.9 is supported."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 # ---- writing: every output is complete or absent ---------------------------------------------------------------

@@ -649,3 +649,20 @@ def test_model_families_against_their_transformers_goldens(name):
     if name.startswith("albert"):                                      # one upload per shared layer group
         layers = model.weights["layers"]
         assert len({id(layer["qkv"]["w"]) for layer in layers}) < len(layers)
+
+
+@on_device
+@pytest.mark.parametrize("name", ["bert", "albert"])
+def test_fill_mask_through_the_cuda_backend_equals_the_pipeline(name):
+    """BERT's own heads on the "cuda" backend: the encoder on the device, the head on the host copy of the
+    word table (the device holds the loaded one), against transformers' pipeline("fill-mask") goldens."""
+    import json
+
+    import minibert
+    directory = ROOT / "tests" / "fixtures" / "heads" / name
+    case = json.loads((directory / "fill_mask.json").read_text(encoding="utf-8"))["one"]
+    model = minibert.load(str(directory), backend="cuda")
+    out = model.fill_mask(case["inputs"], top_k=case.get("top_k", 5))
+    assert [a["token"] for a in out] == [a["token"] for a in case["output"]]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(out, case["output"])) < 1e-6
+    assert model.heads.tied and isinstance(model.heads.mlm["decoder"]["w"], np.ndarray)

@@ -377,7 +377,7 @@ def test_the_manifest_works_from_any_directory_and_search_reads_its_field(model_
     code, out, err = run_cli(capsys, ["search", str(work / "vecs"), "Shares dropped on Wall Street.", "-k", "1"])
     assert code == 0, err
     assert out.splitlines()[1].endswith("[1] The stock market fell sharply today."), out
-    hits = model.search(work / "vecs", "a kitten naps", k=1)
+    hits = minibert.search(model, work / "vecs", "a kitten naps", k=1)
     assert hits[0].text == "A cat sleeps on the sofa."
 
 

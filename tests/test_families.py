@@ -463,6 +463,14 @@ def test_family_records_are_complete_and_consistent():
         assert parts == ({"dense", "out"} if family.sequence_head.dense_activation else {"out"})
         assert set(family.parity_modules) == set(FAMILIES["bert"].parity_modules)
         assert set(family.keys) <= set(SWITCH_FIELDS) and set(family.fixed) <= set(SWITCH_FIELDS) | set(BERT_KEYS)
+        heads = family.pretraining_heads       # BERT's own heads: read on demand, and left out by load
+        assert [ours for ours, _, _ in heads.mlm] == ["transform.w", "transform.b", "ln.g", "ln.b", "decoder.w",
+                                                      "decoder.b"]
+        assert [ours for ours, _, _ in heads.sentence] in ([], ["w", "b"]) and bool(heads.sentence) == \
+            bool(heads.sentence_task)
+        for _, theirs, _ in [*heads.mlm, *heads.sentence]:
+            for name in (theirs,) if isinstance(theirs, str) else theirs:
+                assert name.startswith(family.names.ignored_prefixes), (model_type, name)
 
 
 def test_parity_hooks_find_each_familys_layers():

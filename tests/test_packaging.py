@@ -102,10 +102,10 @@ def installed_copy(tmp_path, monkeypatch):
 
 def hashes(monkeypatch):
     """Counts the files the default model's check hashes."""
-    from minibert import api
+    from minibert.checkpoint import default_model
     calls = []
-    real = api.sha256_of_file
-    monkeypatch.setattr(api, "sha256_of_file", lambda f: calls.append(f.name) or real(f))
+    real = default_model.sha256_of_file
+    monkeypatch.setattr(default_model, "sha256_of_file", lambda f: calls.append(f.name) or real(f))
     return calls
 
 

@@ -235,3 +235,18 @@ def test_predict_keeps_one_record_per_line_and_reads_its_own_output(tmp_path, mo
     assert [json.loads(line) for line in capsys.readouterr().out.split("\n") if line] == records
     assert main(["predict", str(tmp_path / "clf"), str(tmp_path / "p.jsonl")]) == 0     # raw U+2028 inside
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.split("\n") if line] == lines
+
+
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_extract_with_nothing_to_read_is_refused_like_embed_and_predict(tmp_path, monkeypatch, capsys, source):
+    """`extract -` with an empty standard input (or an empty .txt) wrote an empty extraction and exited 0,
+    where embed - and predict refuse it."""
+    import io
+    from minibert.cli import main
+    path = "-" if source == "stdin" else str(tmp_path / "empty.txt")
+    if source == "stdin":
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    else:
+        (tmp_path / "empty.txt").write_text("")
+    assert main(["extract", path, "--out", str(tmp_path / "out")]) == 1
+    assert "no texts in" in capsys.readouterr().err and not (tmp_path / "out").exists()

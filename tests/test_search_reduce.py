@@ -113,16 +113,16 @@ def test_top_k_equals_brute_force_across_chunks(monkeypatch):
 def test_model_search_over_an_extraction(model, corpus_file, tmp_path):
     out = tmp_path / "vecs"
     extract(model, CORPUS, out, layers=[0, 2, -1], source_file=str(corpus_file))
-    hits = model.search(out, CORPUS[3], k=3)                              # the last layer kept, by default
+    hits = minibert.search(model, out, CORPUS[3], k=3)                   # the last layer kept, by default
     assert hits[0].index == 3 and hits[0].text == CORPUS[3] and hits[0].score == pytest.approx(1, abs=1e-5)
     # Scores at layer 2 are the cosines of encode(layers=2) vectors.
     vecs = model.encode(CORPUS + ["Stocks tumbled."], layers=2, normalize=True).astype(np.float64)
     cos = vecs[:-1] @ vecs[-1]
-    [hits] = model.search(out, ["Stocks tumbled."], k=len(CORPUS), layer=2)
+    [hits] = minibert.search(model, out, ["Stocks tumbled."], k=len(CORPUS), layer=2)
     assert [h.index for h in hits] == np.argsort(-cos).tolist()
     np.testing.assert_allclose([h.score for h in hits], np.sort(cos)[::-1], atol=1e-5)
     with pytest.raises(InputError, match="was not extracted"):
-        model.search(out, "x", layer=4)
+        minibert.search(model, out, "x", layer=4)
 
 
 def test_model_search_is_deprecated_for_minibert_search(model, corpus_file, tmp_path):
@@ -168,7 +168,7 @@ def test_search_json_and_the_extraction_recipe(model, corpus_file, tmp_path, cap
     capsys.readouterr()
     assert main(["search", str(out), CORPUS[3], "Stocks tumbled.", "-k", "3", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    hits = model.search(out, [CORPUS[3], "Stocks tumbled."], k=3)
+    hits = minibert.search(model, out, [CORPUS[3], "Stocks tumbled."], k=3)
     assert [r["query"] for r in printed] == [CORPUS[3], "Stocks tumbled."]
     assert [[(h["rank"], h["index"], h["score"], h["text"]) for h in r["hits"]] for r in printed] == \
         [[(i, h.index, h.score, h.text) for i, h in enumerate(row, 1)] for row in hits]
@@ -179,10 +179,10 @@ def test_search_refuses_another_model_and_token_output(model, tmp_path):
     extract(model, CORPUS[:4], tmp_path / "vecs")
     tiny = minibert.load(write_tiny(tmp_path / "tiny"), backend="numpy")
     with pytest.raises(MiniBertError, match="extracted with"):
-        tiny.search(tmp_path / "vecs", "the cat")
+        minibert.search(tiny, tmp_path / "vecs", "the cat")
     extract(model, CORPUS[:4], tmp_path / "tokens", pooling="none")
     with pytest.raises(InputError, match="token-level"):
-        model.search(tmp_path / "tokens", "the cat")
+        minibert.search(model, tmp_path / "tokens", "the cat")
 
 
 def test_search_refuses_the_same_weights_under_another_recipe(tmp_path, capsys):
@@ -201,8 +201,8 @@ def test_search_refuses_the_same_weights_under_another_recipe(tmp_path, capsys):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(FIXTURES / "st_cls" / name, plain / name)
     with pytest.raises(MiniBertError, match="pooling cls.*pooling mean"):
-        minibert.load(str(plain), backend="numpy").search(tmp_path / "cls", "hello world")
-    assert cls_model.search(tmp_path / "cls", "hello world", k=1)[0].index == 1
+        minibert.search(minibert.load(str(plain), backend="numpy"), tmp_path / "cls", "hello world")
+    assert minibert.search(cls_model, tmp_path / "cls", "hello world", k=1)[0].index == 1
     legacy = FIXTURES / "st_legacy_layout_prompts"
     extract(minibert.load(str(legacy), backend="numpy"), texts, tmp_path / "dense")
     capsys.readouterr()

@@ -162,7 +162,7 @@ def test_float64_vectors_are_encodes_bit_for_bit():
         np.testing.assert_array_equal(np.array(results), want)
 
 
-def test_tei_routes_answer_in_teis_shapes():
+def test_tei_routes_answer_in_teis_shapes(monkeypatch):
     model = minibert.load(str(PROMPTED))
     with running(model) as server, server.client() as http:
         got = http.post("/embed", json={"inputs": TEXTS})
@@ -177,7 +177,10 @@ def test_tei_routes_answer_in_teis_shapes():
             all_tokens = http.post("/embed_all", json={"inputs": TEXTS[:3], "layers": layer}).json()
             for tokens, want in zip(all_tokens, model.encode(TEXTS[:3], pooling="none", layers=layer)):
                 close(tokens, want)
-        from huggingface_hub import InferenceClient          # the hub's client for TEI posts to /
+        from huggingface_hub import InferenceClient, constants   # the hub's client for TEI posts to /
+        # HF_HUB_OFFLINE=1 (read once, when huggingface_hub is first imported: machines without network set it)
+        # blocks every request of the client, even to this loopback server.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         close(np.asarray(InferenceClient(server.url).feature_extraction("the cat sat")).reshape(-1),
               model.encode("the cat sat"))
         tokens = http.post("/tokenize", json={"inputs": ["hello cats"]}).json()

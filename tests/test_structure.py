@@ -22,11 +22,11 @@ LAYERS = [
     ["errors", "files", "tree", "progress", "conventions", "kernels", "kernels.*"],   # no model knowledge
     ["checkpoint", "checkpoint.*", "tokenizer"],     # a model directory read: config, weights, tokenizer
     ["backends", "backends.*"],                      # the ops, one module per backend
-    ["model"],                                       # the encoder
+    ["model", "heads"],                              # the encoder, and BERT's own pretraining heads on it
     ["embed", "embed.*"],                            # vectors from texts: pooling, recipe, encode
     ["api", "embed.estimator"],                      # load, Model; the scikit-learn wrapper around them
     ["corpus", "corpus.*", "train", "train.*"],      # using a model: corpora, search, fine-tuning
-    ["analysis", "analysis.*"],                      # probes, parity, attention view, walkthrough
+    ["analysis", "analysis.*", "serve", "serve.*"],  # probes, parity, attention view, walkthrough; the server
     ["", "__main__", "cli", "cli.*"],                # the package's front door and the commands
 ]
 # Upward imports kept on purpose, each with its reason; each must still exist (a stale entry fails).
@@ -159,13 +159,14 @@ def test_the_public_api_is_annotated():
     from minibert.api import Model
     from minibert.train.classifier import Classifier
     from minibert.train.finetune import finetune
-    public = [minibert.load, minibert.load_classifier, minibert.search, finetune, minibert.load_cross_encoder,
-              minibert.quantize_embeddings,
+    public = [minibert.load, minibert.load_classifier, minibert.load_sparse, minibert.search, finetune,
+              minibert.load_cross_encoder, minibert.quantize_embeddings,
               *(getattr(Model, name) for name in ("tokenize", "forward", "__call__", "iter_layers", "encode",
-                                                  "encode_words", "get_sentence_embedding_dimension", "similarity",
-                                                  "similarity_pairwise", "encode_query", "encode_document",
-                                                  "start_multi_process_pool")),
-              Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget,
+                                                  "encode_words", "get_sentence_embedding_dimension", "fill_mask",
+                                                  "mlm_logits", "nsp_logits", "next_sentence", "encode_sparse",
+                                                  "similarity", "similarity_pairwise", "encode_query",
+                                                  "encode_document", "start_multi_process_pool")),
+              Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget, Model.heads.fget,
               *(getattr(Classifier, name) for name in ("logits", "predict_proba", "predict", "tag", "save"))]
     for function in public:
         signature = inspect.signature(function)

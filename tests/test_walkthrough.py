@@ -74,3 +74,31 @@ def test_doc_points_at_real_functions():
     assert len(pointers) >= 15
     for path, name in pointers:
         resolve(f"{path}: {name}")
+
+
+HEADS = Path(__file__).parent / "fixtures" / "heads"
+
+
+@pytest.mark.parametrize("name", ["bert", "albert", "roberta", "distilbert"])
+def test_the_pretraining_heads_and_losses_beside_their_formulas(name):
+    """A checkpoint with BERT's own heads adds the MLM logits and loss (and, for BERT's next sentence and
+    ALBERT's sentence order, the sentence head's logits and loss); the losses are the ones training computes."""
+    model = minibert.load(HEADS / name, backend="numpy", dtype="float64")
+    _, _, steps = walkthrough.walkthrough(model, "Paris is the capital of France.")
+    names = [s.name for s in steps]
+    tail = ["MLM logits", "MLM loss"] + (["NSP logits", "NSP loss"] if name in ("bert", "albert") else [])
+    assert names[-len(tail):] == tail
+    for step in steps:
+        assert step.max_diff < 1e-10, step.name
+        resolve(step.where)
+    assert steps[names.index("MLM logits")].ours.shape[-1] == model.config.vocab_size
+
+
+def test_a_wrong_head_formula_is_caught(monkeypatch):
+    model = minibert.load(HEADS / "bert", backend="numpy", dtype="float64")
+    right = walkthrough.reference_layers.mlm_head_forward
+    monkeypatch.setattr(walkthrough.reference_layers, "mlm_head_forward",
+                        lambda *args, **kwargs: right(*args, **{**kwargs, "activation": "relu"}))
+    _, _, steps = walkthrough.walkthrough(model, "the cat sat")
+    bad = {s.name for s in steps if s.max_diff > 1e-5}
+    assert {"MLM logits", "MLM loss"} <= bad and "NSP loss" not in bad

@@ -3,7 +3,8 @@
 At each step it prints where the code is, the shape, and a few numbers from minibert next to the same
 numbers recomputed from the formula in plain NumPy: the unfused embeddings and layer of
 kernels/reference_layers.py, which training also runs (no backend op is called for the recomputation; only
-the weights are shared). Read docs/walkthrough.md beside it.
+the weights are shared). A checkpoint with BERT's own heads adds them and their losses (MLM, NSP).
+Read docs/walkthrough.md beside it.
 
 Axes: T tokens, H hidden, NH heads, HS head size, I intermediate.
 """
@@ -100,7 +101,41 @@ def walkthrough(model, text=DEFAULT_TEXT):
     if out.pooler_output is not None:
         steps.append(Step("pooler", "minibert/model.py: pooler", "tanh(h_[CLS] Wp + bp)", out.pooler_output[0],
                           np.tanh(x[0] @ w["pooler"]["w"] + w["pooler"]["b"])))
+    if model.heads.mlm is not None:                                 # a checkpoint saved with BERT's own heads
+        steps += head_steps(model, batch, out, x)
     return batch.tokens[0], ids[0], steps
+
+
+def head_steps(model, batch, out, x):
+    """The pretraining heads and their losses on the sentence: every real token predicts itself (labels = its
+    id, the special tokens -100), and the sentence head's label is 0 ("the second segment follows")."""
+    from ..heads import mlm_logits, sentence_head
+    from ..train.pretrain import loss_and_grads
+    heads, c, w = model.heads, model.config, model.weights
+    ids = batch.input_ids[0]                                                        # [T]
+    labels = np.where(np.asarray(batch.sequence_ids[0]) == -1, -100, ids)           # [T]
+    theirs, _ = reference_layers.mlm_head_forward(x, **heads.mlm, activation=heads.activation, eps=heads.eps)   # [T, V]
+    sentence = heads.sentence is not None and out.pooler_output is not None
+    losses, _ = loss_and_grads(batch.input_ids, batch.attention_mask, batch.token_type_ids, w, heads, c,
+                               mlm_labels=labels[None], sentence_labels=np.array([0]) if sentence else None)
+    counted = labels != -100                                                        # [T]
+    shifted = theirs - theirs.max(-1, keepdims=True)                                # [T, V]
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))            # [T, V] log P(v | X)
+    steps = [Step("MLM logits", "minibert/heads.py: mlm_logits",
+                  f"LayerNorm({heads.activation}(h W_t + b_t)) D^T + b_d  (D: the word table{', tied' * heads.tied})",
+                  mlm_logits(out.hidden_states[-1], heads)[0], theirs),
+             Step("MLM loss", "minibert/train/pretrain.py: loss_and_grads",
+                  "L_MLM = -1/|M| sum_{i in M} log P(x_i | X)   (M: every real token, predicting itself)",
+                  np.asarray(losses["mlm"]), -log_probs[counted, ids[counted]].mean())]
+    if sentence:
+        pair, _ = reference_layers.sentence_head_forward(x[:1], pooler=w["pooler"], head=heads.sentence)   # [1, 2]
+        pair_log_probs = pair[0] - np.log(np.exp(pair[0]).sum())                    # [2]
+        steps += [Step("NSP logits", "minibert/heads.py: sentence_head", "tanh(h_[CLS] Wp + bp) W_s + b_s",
+                       sentence_head(out.pooler_output, **heads.sentence)[0], pair[0]),
+                  Step("NSP loss", "minibert/train/pretrain.py: loss_and_grads",
+                       "L_NSP = -log P(y | [CLS])   (y = 0: the second segment follows the first)",
+                       np.asarray(losses["sentence"]), -pair_log_probs[0])]
+    return steps
 
 
 def few(a, n=4):

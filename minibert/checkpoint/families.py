@@ -14,14 +14,16 @@ A `Family` holds, for one config.json model_type:
     names                      the checkpoint layout (`Names`): how tensors become minibert's weights tree
     sequence_head              how its ForSequenceClassification reaches the logits (`SequenceHead`)
     head_names                 task ("sequence", "token") -> head part -> checkpoint module name
+    pretraining_heads          its masked-LM head's and sentence head's checkpoint names (`PretrainingHeads`)
     attention_output_dropout   whether training drops out the attention output projection before the add
     parity_modules             where `parity --ops` hooks each captured internal inside transformers' layer
     reference_layers           the path to those layers in transformers' base model ("*": each of a list)
     tokenizer_class            the WordPiece class AutoTokenizer picks when tokenizer_config.json names none
 
 config.py reads the config fields, weights.py and hf_checkpoint.py the names (both ways), backprop.py and
-classifier.py the heads and dropout, parity.py the hooks, tokenizer.py the tokenizer class. Adding a family is
-a new record here plus fixtures and tests (see docs/extending.md).
+classifier.py the heads and dropout, heads.py and pretrain.py the pretraining heads, parity.py the hooks,
+tokenizer.py the tokenizer class. Adding a family is a new record here plus fixtures and tests (see
+docs/extending.md).
 """
 
 from dataclasses import dataclass, field
@@ -163,6 +165,47 @@ CLASSIFICATION_HEAD = SequenceHead(pooler=False, dense_activation="tanh", dropou
 CLASSIFIER = {"out": "classifier"}
 CLASSIFICATION_HEAD_NAMES = {"dense": "classifier.dense", "out": "classifier.out_proj"}
 
+# ---- pretraining heads -----------------------------------------------------------------------------------
+
+# The masked-LM head is the same three steps in every family, under its own names (minibert/heads.py):
+# (minibert name, checkpoint name or alternatives, arrangement) rows as above; a tuple under "first_present"
+# is one tensor saved under either name.
+def mlm_rows(dense, ln, decoder, biases):
+    return [("transform.w", dense + ".weight", "transpose"),
+            ("transform.b", dense + ".bias", "as_is"),
+            ("ln.g", ln + ".weight", "as_is"),
+            ("ln.b", ln + ".bias", "as_is"),
+            ("decoder.w", decoder + ".weight", "as_is"),      # [V, E], the word table's layout; read when untied
+            ("decoder.b", biases, "first_present")]
+
+
+@dataclass(frozen=True)
+class PretrainingHeads:
+    """One family's pretraining heads (not the classifier heads of `head_names`)."""
+    mlm: list
+    sentence: list = ()     # () when the family's pretraining has no sentence head
+    sentence_task: str = ""  # what the sentence head predicts, for messages
+    activation: str = "hidden_act"   # the transform's activation; "hidden_act": the config's
+
+
+BERT_HEADS = PretrainingHeads(
+    mlm_rows("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.decoder",
+             ("cls.predictions.bias", "cls.predictions.decoder.bias")),
+    [("w", "cls.seq_relationship.weight", "transpose"), ("b", "cls.seq_relationship.bias", "as_is")],
+    "next sentence")
+# RoBERTa, XLM-R, MPNet and the ELECTRA generator hard-code exact GELU in the head whatever hidden_act says.
+LM_HEAD = PretrainingHeads(mlm_rows("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
+                                    ("lm_head.bias", "lm_head.decoder.bias")), activation="gelu")
+ELECTRA_HEADS = PretrainingHeads(mlm_rows("generator_predictions.dense", "generator_predictions.LayerNorm",
+                                          "generator_lm_head", ("generator_lm_head.bias",)), activation="gelu")
+ALBERT_HEADS = PretrainingHeads(
+    mlm_rows("predictions.dense", "predictions.LayerNorm", "predictions.decoder",
+             ("predictions.bias", "predictions.decoder.bias")),
+    [("w", "sop_classifier.classifier.weight", "transpose"), ("b", "sop_classifier.classifier.bias", "as_is")],
+    "sentence order")
+DISTILBERT_HEADS = PretrainingHeads(mlm_rows("vocab_transform", "vocab_layer_norm", "vocab_projector",
+                                             ("vocab_projector.bias",)))
+
 # ---- parity hooks ----------------------------------------------------------------------------------------
 
 # Where each captured internal lives inside transformers' modules, for forward hooks: our internal ->
@@ -205,6 +248,7 @@ class Family:
     names: Names
     sequence_head: SequenceHead
     parity_modules: dict
+    pretraining_heads: PretrainingHeads
     sequence_head_names: dict = field(default_factory=lambda: CLASSIFIER)
     ignored_keys: frozenset = frozenset()
     key_names: dict = field(default_factory=dict)
@@ -227,15 +271,16 @@ ROBERTA_NAMES = Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("roberta.",
 FAMILIES = {family.model_type: family for family in [
     Family("bert", "Bert",
            Names(BERT_EMBEDDINGS, [], BERT_LAYER, BERT_POOLER, ("bert.",), ("cls.",) + BUFFERS),
-           POOLER_HEAD, BERT_STYLE_MODULES),
-    Family("roberta", "Roberta", ROBERTA_NAMES, CLASSIFICATION_HEAD, BERT_STYLE_MODULES,
+           POOLER_HEAD, BERT_STYLE_MODULES, BERT_HEADS),
+    Family("roberta", "Roberta", ROBERTA_NAMES, CLASSIFICATION_HEAD, BERT_STYLE_MODULES, LM_HEAD,
            sequence_head_names=CLASSIFICATION_HEAD_NAMES, fixed={"position_rule": "skip_padding"}),
-    Family("xlm-roberta", "XLMRoberta", ROBERTA_NAMES, CLASSIFICATION_HEAD, BERT_STYLE_MODULES,
+    Family("xlm-roberta", "XLMRoberta", ROBERTA_NAMES, CLASSIFICATION_HEAD, BERT_STYLE_MODULES, LM_HEAD,
            sequence_head_names=CLASSIFICATION_HEAD_NAMES, fixed={"position_rule": "skip_padding"}),
     Family("distilbert", "DistilBert",
            Names(DISTILBERT_EMBEDDINGS, [], DISTILBERT_LAYER, [], ("distilbert.",),
                  ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.") + BUFFERS),
            SequenceHead(pooler=False, dense_activation="relu", dropout_before_dense=False), DISTILBERT_MODULES,
+           DISTILBERT_HEADS,
            sequence_head_names={"dense": "pre_classifier", "out": "classifier"},
            # DistilBERT hard-codes LayerNorm eps 1e-12 whatever its config says.
            ignored_keys=frozenset("dropout attention_dropout qa_dropout seq_classif_dropout output_past "
@@ -251,14 +296,14 @@ FAMILIES = {family.model_type: family for family in [
            Names(BERT_EMBEDDINGS, ELECTRA_PROJECTION, BERT_LAYER, [], ("electra.",),
                  ("generator_predictions.", "generator_lm_head.", "discriminator_predictions.") + BUFFERS),
            SequenceHead(pooler=False, dense_activation="gelu", dropout_before_dense=True), BERT_STYLE_MODULES,
-           sequence_head_names=CLASSIFICATION_HEAD_NAMES,
+           ELECTRA_HEADS, sequence_head_names=CLASSIFICATION_HEAD_NAMES,
            ignored_keys=frozenset("summary_type summary_use_proj summary_activation summary_last_dropout "
                                   "summary_proj_to_labels".split()),      # the sequence-summary head
            keys=("embedding_size",)),
     Family("albert", "Albert",
            Names(BERT_EMBEDDINGS, ALBERT_PROJECTION, ALBERT_LAYER, ALBERT_POOLER, ("albert.",),
                  ("predictions.", "sop_classifier.") + BUFFERS),
-           POOLER_HEAD, ALBERT_MODULES,
+           POOLER_HEAD, ALBERT_MODULES, ALBERT_HEADS,
            ignored_keys=frozenset("classifier_dropout_prob down_scale_factor gap_size net_structure_type "
                                   "num_memory_blocks".split()),             # written by the original code, unused
            keys=("embedding_size", "num_hidden_groups"),
@@ -269,7 +314,7 @@ FAMILIES = {family.model_type: family for family in [
     Family("mpnet", "MPNet",
            Names(DISTILBERT_EMBEDDINGS, [], MPNET_LAYER, BERT_POOLER, ("mpnet.",), ("lm_head.",) + BUFFERS,
                  MPNET_RELATIVE_BIAS),
-           CLASSIFICATION_HEAD, MPNET_MODULES,
+           CLASSIFICATION_HEAD, MPNET_MODULES, LM_HEAD,
            sequence_head_names=CLASSIFICATION_HEAD_NAMES,
            keys=("relative_attention_num_buckets",),
            defaults={"relative_attention_num_buckets": 32},   # MPNetConfig's default

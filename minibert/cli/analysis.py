@@ -105,6 +105,10 @@ def cmd_parity(args):
     if args.tolerance is None:
         args.tolerance = 1e-10 if args.dtype == "float64" else 1e-4
     model = minibert.load(args.model, backend=args.backend, dtype=args.dtype)
+    if args.grad and args.task == "pretraining":     # the MLM (+ NSP) losses through BERT's own heads
+        from ..train.pretrain import grad_report as pretraining_report
+        print("\n".join(pretraining_report(model.encoder_dir)))
+        return
     if args.grad:                           # the backward pass against torch autograd, float64
         from ..train.grad_parity import grad_report
         print("\n".join(grad_report(model.source, args.task)))
@@ -142,7 +146,8 @@ def add_parity(sub):
                    "GELU, ...) through forward hooks and name the first one above tolerance")
     p.add_argument("--grad", action="store_true", help="compare the fine-tuning gradients of every parameter "
                    "with torch autograd (float64) and print the worst per block")
-    p.add_argument("--task", choices=["sequence", "token"], default="sequence", help="the head --grad puts on top")
+    p.add_argument("--task", choices=["sequence", "token", "pretraining"], default="sequence",
+                   help="the head --grad puts on top; pretraining: the checkpoint's own MLM (and NSP/SOP) heads")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parity)
 

@@ -17,13 +17,14 @@ from .common import (POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model
 def cmd_extract(args):
     import minibert
     from ..corpus.extract import extract
-    from ..corpus.readers import open_corpus
+    from ..corpus.readers import open_corpus, some_texts
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
         raise MiniBertError("--whiten scales the PCA components of --reduce pca:K: pass --reduce too")
     check_output_folder(args.out)
     texts = open_corpus(args.input, args.field)       # streamed: read again chunk by chunk, never held whole
+    some_texts(texts, args.input)      # nothing to read is a mistake (as embed - and predict say), not an empty folder
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
     model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
     check_lengths(args, model)

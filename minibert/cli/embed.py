@@ -43,6 +43,8 @@ def add_demo(sub):
 def cmd_embed(args):
     import minibert
     args.texts = texts_from_arguments(args.texts)
+    if args.sparse:
+        return embed_sparse(args)
     model = minibert.load(args.model, backend=args.backend)
     check_lengths(args, model)
     vectors = model.encode(args.texts, **encoding_options(args), dtype="float32")
@@ -55,6 +57,30 @@ def cmd_embed(args):
         print(f"{text[:40]!r:<44} shape {tuple(v.shape)}  {head[:-1]}, ...]  norm {np.linalg.norm(v):.4f}")
 
 
+def embed_sparse(args):
+    """--sparse: SPLADE vectors from the masked-LM head (minibert.load_sparse: a SparseEncoder directory's
+    settings, else max pooling of log1p(relu(logits))); per text its non-zero vocabulary ids and weights."""
+    import minibert
+    dense_only = [flag for flag, value in (("--layers", args.layers != "-1"), ("--combine", args.combine),
+                                            ("--pooling", args.pooling), ("--normalize", args.normalize is not None),
+                                            ("--window", args.window), ("--stride", args.stride)) if value]
+    if dense_only:
+        raise MiniBertError(f"--sparse gives one SPLADE vector per text from the masked-LM head; "
+                            f"{', '.join(dense_only)} shape dense vectors: leave them out")
+    model = minibert.load_sparse(args.model, backend=args.backend)
+    check_lengths(args, model)
+    vectors = model.encode_sparse(args.texts, batch_size=args.batch_size, max_length=args.max_length)
+    decoded = vectors.decode()
+    if args.json:
+        print_json([{"text": text, "vocab_size": vectors.vocab_size, "ids": ids.tolist(),
+                     "weights": weights.astype(np.float64).tolist(), "tokens": [token for token, _ in tokens]}
+                    for text, ids, weights, tokens in zip(args.texts, vectors.ids, vectors.weights, decoded)])
+        return
+    for text, ids, tokens in zip(args.texts, vectors.ids, decoded):
+        top = ", ".join(f"{token} {weight:.4f}" for token, weight in tokens[:8])
+        print(f"{text[:40]!r:<44} {len(ids)} of {vectors.vocab_size} non-zero  {top}{', ...' if len(ids) > 8 else ''}")
+
+
 def add_embed(sub):
     p = sub.add_parser("embed", help="print the vectors of a few texts",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -62,6 +88,8 @@ def add_embed(sub):
                               "  minibert embed 'A cat.' --layers -4,-3,-2,-1 --combine concat --json")
     p.add_argument("texts", nargs="+", help="texts, or - to read one text per line from standard input")
     add_encoding_arguments(p)
+    p.add_argument("--sparse", action="store_true", help="SPLADE vectors from the masked-LM head (a "
+                   "...ForMaskedLM checkpoint or a SparseEncoder directory): non-zero vocabulary ids and weights")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_embed)
 

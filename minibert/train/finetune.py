@@ -100,7 +100,8 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     """
     from .. import progress as progress_report
     from . import state as train_state
-    from ..api import DEFAULT_MODEL_HUB_ID, Model, load
+    from ..api import Model, load
+    from ..checkpoint.default_model import DEFAULT_MODEL_HUB_ID
     from .model_card import run_description
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")

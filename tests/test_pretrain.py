@@ -1,0 +1,146 @@
+"""Continued MLM pretraining: group_texts blocks, the collators' masking, the loop, its checkpoint and resume.
+
+Torch-free; the checkpoint's parity with AutoModelForMaskedLM is in tests/test_heads_live.py (-m reference).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minibert
+from minibert import InputError
+from minibert.cli import main as cli_main
+from minibert.train.pretrain import PretrainRecipe, group_texts, mask_tokens, pretrain, save_masked_lm
+
+HEADS_DIR = Path(__file__).parent / "fixtures" / "heads"
+CORPUS = (HEADS_DIR / "corpus.txt").read_text(encoding="utf-8").splitlines()
+FAST = dict(batch_size=4, max_length=24, lr=1e-3, validation_split=0.1)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return minibert.load(str(HEADS_DIR / "bert"), backend="numpy")
+
+
+def test_group_texts_concatenates_documents_with_their_special_tokens_and_drops_the_tail(bert):
+    texts = CORPUS[:6]
+    blocks = group_texts(bert.tokenizer, texts, 16)
+    everything = np.concatenate([bert.tokenize(t, truncation=False).input_ids[0] for t in texts])
+    assert blocks.ids.shape == (len(everything) // 16, 16)
+    assert np.array_equal(blocks.ids.reshape(-1), everything[:blocks.ids.size])
+    cls, sep = bert.tokenizer.backend.token_to_id("[CLS]"), bert.tokenizer.backend.token_to_id("[SEP]")
+    assert np.array_equal(blocks.special, np.isin(blocks.ids, [cls, sep]))
+    assert (blocks.words[blocks.special] == -1).all() and (blocks.words[~blocks.special] >= 0).all()
+    with pytest.raises(InputError, match="the corpus holds 5 tokens, fewer than one block of 16"):
+        group_texts(bert.tokenizer, ["Hello world!"], 16)
+
+
+def test_masking_follows_the_collator_80_10_10_and_never_touches_special_tokens():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 1000, (400, 250))
+    special = np.zeros(ids.shape, dtype=bool)
+    special[:, 0] = special[:, -1] = True
+    inputs, labels = mask_tokens(ids, special, rng, mask_id=3, vocab_size=1000, mlm_probability=0.15)
+    chosen = labels != -100
+    assert not chosen[special].any() and (inputs[special] == ids[special]).all()
+    assert np.array_equal(labels[chosen], ids[chosen])
+    assert abs(chosen[~special].mean() - 0.15) < 0.005                   # 99,200 tokens: 5 standard errors
+    assert abs((inputs[chosen] == 3).mean() - 0.8) < 0.01
+    kept = (inputs[chosen] == ids[chosen]).mean()
+    assert 0.1 - 0.01 < kept < 0.1 + 0.01 + 0.002                       # a random id may draw the same id
+    assert (inputs[~chosen] == ids[~chosen]).all()
+
+
+def test_whole_word_masking_chooses_whole_words(bert):
+    blocks = group_texts(bert.tokenizer, CORPUS, 32)
+    rng = np.random.default_rng(1)
+    inputs, labels = mask_tokens(blocks.ids, blocks.special, rng, mask_id=0, vocab_size=600, words=blocks.words)
+    chosen = labels != -100
+    for row in range(len(blocks.ids)):
+        for word in np.unique(blocks.words[row][chosen[row]]):
+            pieces = blocks.words[row] == word
+            assert chosen[row][pieces].all(), "a word was masked in part"
+        real = (~blocks.special[row]).sum()
+        assert 1 <= chosen[row].sum() <= max(1, round(real * 0.15))
+    assert not chosen[blocks.special].any()
+
+
+def test_held_out_perplexity_falls_and_the_checkpoint_loads(tmp_path):
+    out = tmp_path / "mlm"
+    result = pretrain(str(HEADS_DIR / "bert"), CORPUS * 3, recipe=PretrainRecipe(epochs=2, **FAST),
+                      checkpoint_dir=out)
+    before, first, last = result.history[0], result.history[1], result.history[-1]
+    assert before["epoch"] == 0 and "train_loss" not in before
+    assert last["dev_loss"] < first["dev_loss"] < before["dev_loss"]
+    assert last["dev_perplexity"] == pytest.approx(np.exp(last["dev_loss"]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+    reloaded = minibert.load(str(out), backend="numpy")
+    assert reloaded.heads.tied and reloaded.weights["pooler"] is not None      # the pooler a classifier reads
+    assert np.array_equal(reloaded.weights["embeddings"]["word"], result.weights["embeddings"]["word"])
+    texts = ["The quick brown [MASK] jumps over the lazy dog."]
+    source = minibert.load(str(HEADS_DIR / "bert"), backend="numpy")
+    assert not np.allclose(reloaded.mlm_logits(texts), source.mlm_logits(texts))   # it learnt something
+
+
+def test_a_pretrained_checkpoint_starts_a_classifier(tmp_path):
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
+    out = tmp_path / "mlm"
+    pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=out)
+    classifier = finetune(str(out), Examples(texts=["good", "bad", "fine", "awful"], labels=[1, 0, 1, 0]),
+                          recipe=TrainingRecipe(epochs=1, batch_size=2))
+    assert classifier.predict(["good"])[0] in (0, 1)
+
+
+def test_resume_finishes_bit_for_bit_as_the_uninterrupted_run(tmp_path):
+    recipe = PretrainRecipe(epochs=2, dropout=0.1, whole_word_mask=True, **FAST)
+    straight = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "a")
+
+    def interrupt(record):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "b", on_epoch=interrupt)
+    resumed = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "b",
+                       resume=True)
+    assert resumed.history == straight.history
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    with pytest.raises(InputError, match="differs from this one .recipe.lr"):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=PretrainRecipe(**{**recipe.__dict__, "lr": 0.5}),
+                 checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_recipe_and_corpus_refusals():
+    with pytest.raises(InputError, match=r"recipe.mlm_probability 1.5 is out of range"):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS, recipe=PretrainRecipe(mlm_probability=1.5))
+    with pytest.raises(InputError, match="the corpus has 1 document"):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS[:1], recipe=PretrainRecipe(max_length=8))
+    with pytest.raises(minibert.ModelFileError, match="no masked-LM head"):
+        pretrain(str(Path(__file__).parent / "fixtures" / "families" / "bert_cased"), CORPUS)
+
+
+def test_save_masked_lm_round_trips_through_load(tmp_path):
+    model = minibert.load(str(HEADS_DIR / "albert"), backend="numpy", dtype="float64")
+    save_masked_lm(tmp_path, model.weights, model.heads.mlm, model.config, tied=True, source_dir=model.encoder_dir,
+                   tokenizer_dir=model.tokenizer.dir)
+    again = minibert.load(str(tmp_path), backend="numpy", dtype="float64")
+    texts = ["The quick brown [MASK] jumps over the lazy dog."]
+    assert np.abs(again.mlm_logits(texts) - model.mlm_logits(texts)).max() < 1e-4     # saved in float32
+
+
+def test_pretrain_command(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"body": line}) + "\n" for line in CORPUS * 2), encoding="utf-8")
+    out = tmp_path / "out"
+    code = cli_main(["pretrain", str(corpus), "--field", "body", "--model", str(HEADS_DIR / "bert"), "--out", str(out),
+                     "--epochs", "1", "--batch-size", "4", "--max-length", "24", "--whole-word-mask"])
+    assert code == 0, capsys.readouterr().err
+    assert "dev_perplexity" in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file()
+    code = cli_main(["pretrain", str(corpus), "--field", "body", "--model", str(HEADS_DIR / "bert"), "--out", str(out),
+                     "--mlm-probability", "0"])
+    assert code == 1 and "mlm_probability 0.0 is out of range" in capsys.readouterr().err
+    shutil.rmtree(out)
