@@ -505,7 +505,7 @@ def test_a_finetuned_classifier_is_saved_with_a_model_card(tmp_path, capsys):
                     "metrics": ["accuracy"]}          # no base_model: a local directory has no hub id
     for record in classifier.history:
         assert f"| {record['epoch']} | {record['train_loss']:.6f} | {record['dev_accuracy']:.6f} |" in body
-    assert "| lr | 0.001 |" in body and "| batch_size | 8 |" in body and "Labels (id order): no, yes." in body
+    assert "| lr | 0.001 |" in body and "| batch_size | 8 |" in body and "labels (id order): no, yes." in body
     assert f"recipe={recipe!r}" in code_blocks(body, "python")[0]
     use = code_blocks(body, "python")[1]
     assert f"load_classifier({str(out)!r})" in use and "AutoModelForSequenceClassification" in body
@@ -531,10 +531,10 @@ def test_the_card_names_a_hub_base_model_and_the_token_task(tmp_path):
 
 
 def test_the_bundled_default_model_is_the_cards_base_model():
-    from minibert.train.model_card import front_matter
+    from minibert.train.model_card import classifier_card
     classifier = finetune(None, Examples(texts=["a cat", "a dog"], labels=["x", "y"]),
                           recipe=TrainingRecipe(epochs=1, batch_size=2, max_length=8))
-    assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in front_matter(classifier).splitlines()
+    assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in classifier_card(classifier, "d").splitlines()
 
 
 def test_the_cards_command_reproduces_the_run(tmp_path):
@@ -567,7 +567,7 @@ def test_live_the_cards_transformers_example_runs_and_gives_minibert_logits(tmp_
     namespace = {}
     exec(code_blocks(body, "python")[2], namespace)
     want = classifier.logits(["first text"], ["second text"])
-    assert np.abs(namespace["logits"].detach().numpy() - want).max() < 1e-5
+    assert np.abs(namespace["logits"].detach().numpy() - want).max() < 1e-6        # measured 7.5e-9
 
 
 def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monkeypatch):

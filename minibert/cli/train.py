@@ -67,16 +67,11 @@ def cmd_finetune(args):
 
 def reproducing_command(args):
     """The finetune command line with every setting spelled out (defaults too), for the model card."""
-    import shlex
-    words = ["minibert", "finetune", args.train, "--out", args.out, "--task", args.task]
-    for flag, value in (("--model", args.model), ("--text-col", args.text_col), ("--pair-col", args.pair_col),
-                        ("--label-col", args.label_col), ("--dev", args.dev), ("--epochs", args.epochs),
-                        ("--lr", args.lr), ("--batch-size", args.batch_size), ("--max-length", args.max_length),
-                        ("--seed", args.seed), ("--dtype", args.dtype), ("--patience", args.patience),
-                        *(("--dataset", name) for name in args.dataset or [])):
-        if value is not None:
-            words += [flag, str(value)]
-    return shlex.join(words)
+    from .common import spelled_out
+    return spelled_out("finetune", [args.train], args, ["--out", "--task", "--model", "--text-col", "--pair-col",
+                                                        "--label-col", "--dev", "--epochs", "--lr", "--batch-size",
+                                                        "--max-length", "--seed", "--dtype", "--patience",
+                                                        "--dataset"])
 
 
 def add_finetune(sub):

@@ -197,8 +197,8 @@ class Classifier:
                 if (Path(self.source) / name).is_file():
                     shutil.copyfile(Path(self.source) / name, directory / name)
         if self.training is not None:       # a run of finetune: its model card, as the Hub shows one
-            from .model_card import model_card
-            (directory / "README.md").write_text(model_card(self, str(final or directory)), encoding="utf-8")
+            from .model_card import classifier_card
+            (directory / "README.md").write_text(classifier_card(self, str(final or directory)), encoding="utf-8")
         (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
                                              encoding="utf-8")
         return directory

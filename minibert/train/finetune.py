@@ -102,17 +102,14 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     from . import state as train_state
     from ..api import Model, load
     from ..checkpoint.default_model import DEFAULT_MODEL_HUB_ID
-    from .model_card import run_description
+    from .model_card import check_run_names, run_description
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     check_recipe(recipe)
     if recipe.patience is not None and dev is None:
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
                          "a patience of at least 1 epoch")
-    if datasets is not None and (isinstance(datasets, str) or not all(isinstance(d, str) for d in datasets)):
-        raise InputError(f"datasets must be a list of names (str), found {datasets!r}")
-    if command is not None and not isinstance(command, str):
-        raise InputError(f"command must be a str (the command line that reproduces the run), found {command!r}")
+    check_run_names(datasets, command)
     if resume and checkpoint_dir is None:
         raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
     train = checked_examples(train, task, "train")
