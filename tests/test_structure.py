@@ -174,3 +174,12 @@ def test_the_public_api_is_annotated():
                    if name != "self" and parameter.annotation is inspect.Parameter.empty]
         assert not missing and signature.return_annotation is not inspect.Signature.empty, \
             f"{function.__qualname__}: annotate {missing or 'the return'}"
+
+
+def test_no_module_is_over_500_lines():
+    """A module does one job (issue #23): past 500 lines it has always been several (a parser beside the
+    assembly, writers beside the run, the loop beside the optimizer)."""
+    paths = list(PACKAGE.rglob("*.py")) + list(KERNELS.rglob("*.py"))
+    long = {str(path.relative_to(PACKAGE.parent)): n for path in paths
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500}
+    assert not long, f"over 500 lines, split by job: {long}"
