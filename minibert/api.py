@@ -13,6 +13,7 @@ from .checkpoint.config import read_config
 from .errors import InputError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .embed.recipe import Recipe, read_recipe, resolve_max_length
+from .embed.surface import SentenceTransformersSurface
 from .tokenizer import Tokenizer
 from .files import sha256_of_file
 from .checkpoint.layout import check_model_directory
@@ -114,7 +115,9 @@ class CaptureRequest:
         return {key: value for name, value in captured.items() for key in self.keys.get(name, (name,))}
 
 
-class Model:
+class Model(SentenceTransformersSurface):
+    loader = staticmethod(load)             # what a process pool's workers rebuild the model with
+
     def __init__(self, *, config: Any, weights: dict, tokenizer: Tokenizer, ops: Any, dtype: type, source: str,
                  backend: str, recipe: Recipe = Recipe(), origin: Optional[dict] = None) -> None:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
@@ -229,34 +232,13 @@ class Model:
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy
             (minibert.conventions lists them, and the keywords refused with what to write instead).
         """
-        from .conventions import shape_like_sentence_transformers, translate
-        from .embed.encode import encode
-        from .embed.quantize import quantize_encoded
-        from .embed.truncate import cut_width, truncate_vectors
-        options, as_list = translate({"normalize": normalize, "progress": progress, "pooling": pooling},
-                                     sentence_transformers_options)
-        pooling = options["pooling"]
-        cut = cut_width(self, truncate_dim, pooling, capture, layers)
-        renormalize = cut is not None and options["normalize"] is True
-        vectors: Any
-        if pool is not None:
-            from .embed.process_pool import encode_in_pool
-            vectors = encode_in_pool(self, pool, texts, text_pairs, chunk_size, options["progress"], capture,
-                                     layers=layers, combine=combine, pooling=pooling,
-                                     normalize=options["normalize"], batch_size=batch_size, max_length=max_length,
-                                     window=window, stride=stride, dtype=dtype, prompt=prompt,
-                                     prompt_name=prompt_name, truncate_dim=truncate_dim)
-        else:
-            vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling,
-                             normalize=None if renormalize else options["normalize"],   # the recipe's, then cut
-                             batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                             progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
-                             prompt_name=prompt_name, text_pairs=text_pairs)
-            vectors = truncate_vectors(vectors, cut, renormalize)
-        if capture is not None:
-            return vectors
-        vectors = quantize_encoded(vectors, precision, calibration_embeddings)
-        return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
+        from .embed.surface import encode_with_options
+        return encode_with_options(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
+                                   batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                                   progress=progress, dtype=dtype, capture=capture, prompt=prompt,
+                                   prompt_name=prompt_name, text_pairs=text_pairs, truncate_dim=truncate_dim,
+                                   precision=precision, calibration_embeddings=calibration_embeddings, pool=pool,
+                                   chunk_size=chunk_size, sentence_transformers_options=sentence_transformers_options)
 
     @property
     def encoder_dir(self) -> Path:
@@ -481,69 +463,6 @@ class Model:
         types = (np.zeros((B, T), dtype=np.int64) if types is None
                  else np.ascontiguousarray(types, dtype=np.int64).reshape(B, T))
         return ids, mask, types
-
-    # ---- sentence-transformers' surface: truncate_dim, similarity, query/document prompts, a process pool ----
-
-    @property
-    def truncate_dim(self) -> Optional[int]:
-        """Dimensions encode() keeps (None: all): config_sentence_transformers.json's truncate_dim until set,
-        as SentenceTransformer(..., truncate_dim=) sets it (minibert.embed.truncate)."""
-        if "_truncate_dim" not in self.__dict__:
-            from .embed.similarity import saved_settings
-            self._truncate_dim = saved_settings(self.source).get("truncate_dim")
-        return self._truncate_dim
-
-    @truncate_dim.setter
-    def truncate_dim(self, value: Optional[int]) -> None:
-        from .embed.truncate import check_dim
-        self._truncate_dim = None if value is None else check_dim(value, "truncate_dim")
-
-    @property
-    def similarity_fn_name(self) -> str:
-        """How similarity() scores: "cosine", "dot", "euclidean" or "manhattan"; config_sentence_transformers.json's
-        similarity_fn_name until set, cosine when it names none."""
-        if "_similarity_fn_name" not in self.__dict__:
-            from .embed.similarity import saved_settings
-            self._similarity_fn_name = saved_settings(self.source).get("similarity_fn_name", "cosine")
-        return self._similarity_fn_name
-
-    @similarity_fn_name.setter
-    def similarity_fn_name(self, value: Optional[str]) -> None:
-        from .embed.similarity import check_name
-        self._similarity_fn_name = "cosine" if value is None else check_name(value)
-
-    def similarity(self, a: Any, b: Any) -> np.ndarray:
-        """Scores [N, M] of every row of a [N, D] with every row of b [M, D], by similarity_fn_name."""
-        from .embed.similarity import similarity
-        return similarity(a, b, self.similarity_fn_name)
-
-    def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
-        """Scores [N] of row i of a with row i of b, by similarity_fn_name."""
-        from .embed.similarity import similarity_pairwise
-        return similarity_pairwise(a, b, self.similarity_fn_name)
-
-    def encode_query(self, texts: Texts, **options: Any) -> Any:
-        """encode with the recipe's "query" prompt when it has one and none is given, as sentence-transformers."""
-        return self.encode(texts, **self.recipe.role_prompt("query", options))
-
-    def encode_document(self, texts: Texts, **options: Any) -> Any:
-        """encode with the recipe's "document" prompt (else "passage", else "corpus") when it has one and none
-        is given, as sentence-transformers."""
-        return self.encode(texts, **self.recipe.role_prompt("document", options))
-
-    def start_multi_process_pool(self, processes: Union[int, Sequence[str], None] = None, *,
-                                 threads_per_process: Optional[int] = None) -> Any:
-        """Worker processes that each load this model (minibert.embed.process_pool): pass the pool to
-        encode(pool=), close it with pool.close() or a `with` block. processes: a count (default: the CPU
-        count), or as sentence-transformers' target_devices a list of "cpu" (one process each).
-        threads_per_process: minibert's threads in each (default: this process's threads shared out)."""
-        from .embed.process_pool import start_pool
-        return start_pool(self, load, processes, threads_per_process)
-
-    @staticmethod
-    def stop_multi_process_pool(pool: Any) -> None:
-        """pool.close(), under sentence-transformers' name."""
-        pool.close()
 
 
 def first_outside(name, array, size, what, fix):
