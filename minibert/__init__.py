@@ -2,7 +2,7 @@
 
 import os as _os
 from importlib import metadata as _metadata
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
 from .api import Model, load, load_sparse
 from .embed.estimator import SentenceEncoder
@@ -17,8 +17,11 @@ except _metadata.PackageNotFoundError:                     # a source tree on sy
 
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .corpus.search import Hit
     from .train.classifier import Classifier
+    from .train.crossencoder import CrossEncoder
 
 
 def load_classifier(directory: Union[str, "_os.PathLike[str]"], *, dtype: str = "float32") -> "Classifier":
@@ -41,6 +44,21 @@ def search(model: Model, index_dir: Union[str, "_os.PathLike[str]"], queries: Un
                         field=field)
 
 
-__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_sparse", "search", "SentenceEncoder",
-           "MiniBertError", "ModelFileError", "ConfigError", "TokenizerError", "InputError", "BackendError",
-           "__version__"]
+def load_cross_encoder(source: Union[str, "_os.PathLike[str]"], *, dtype: str = "float32",
+                       max_length: Optional[int] = None, activation_fn: Optional[str] = None) -> "CrossEncoder":
+    """A cross-encoder directory (a sequence-classification checkpoint, with sentence-transformers' CrossEncoder
+    settings when it has them) -> a CrossEncoder with predict(pairs) and rank(query, documents)."""
+    from .train.crossencoder import load_cross_encoder as load_from   # the training code loads only when asked
+    return load_from(source, dtype=dtype, max_length=max_length, activation_fn=activation_fn)
+
+
+def quantize_embeddings(embeddings: Any, precision: str, *, ranges: Any = None,
+                        calibration_embeddings: Any = None) -> "np.ndarray":
+    """Vectors [N, D] in "float32", "int8", "uint8", "binary" or "ubinary", as sentence-transformers quantizes them."""
+    from .embed.quantize import quantize_embeddings as quantize
+    return quantize(embeddings, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)
+
+
+__all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_cross_encoder", "load_sparse",
+           "quantize_embeddings", "search", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError",
+           "TokenizerError", "InputError", "BackendError", "__version__"]

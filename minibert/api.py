@@ -13,6 +13,7 @@ from .checkpoint.config import read_config
 from .errors import InputError, warn_caller
 from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
 from .embed.recipe import Recipe, read_recipe, resolve_max_length
+from .embed.surface import SentenceTransformersSurface
 from .tokenizer import Tokenizer
 from .files import sha256_of_file
 from .checkpoint.layout import check_model_directory
@@ -38,19 +39,28 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32",
-         revision: Optional[str] = None, token: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> "Model":
+         revision: Optional[str] = None, token: Optional[str] = None, cache_dir: Optional[PathLike] = None,
+         truncate_dim: Optional[int] = None) -> "Model":
     """Load a BERT checkpoint: `source` is a directory, a hub id, or None for the bundled default model.
 
     revision, token, cache_dir: passed to huggingface_hub for a hub id (a branch, tag or commit; an access
     token for gated or private models; where the hub cache lives).
 
     backend: "numpy" (plain NumPy reference, float32 or float64), "cpu" (Numba kernels), "cuda".
+    truncate_dim: the sentence vector's dimensions encode keeps (model.truncate_dim), as
+    SentenceTransformer(..., truncate_dim=); None keeps config_sentence_transformers.json's, if any.
     """
+    from .embed.truncate import check_dim
+    if truncate_dim is not None:
+        check_dim(truncate_dim, "truncate_dim")      # before anything loads
     np_dtype = DTYPES[compute_dtype_name(dtype)]
     ops = make_ops(backend)
     model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
     recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
-    return load_directory(model_dir, recipe, ops, np_dtype, backend)
+    model = load_directory(model_dir, recipe, ops, np_dtype, backend)
+    if truncate_dim is not None:
+        model.truncate_dim = truncate_dim
+    return model
 
 
 def load_sparse(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTypeLike = "float32") -> "Model":
@@ -105,7 +115,9 @@ class CaptureRequest:
         return {key: value for name, value in captured.items() for key in self.keys.get(name, (name,))}
 
 
-class Model:
+class Model(SentenceTransformersSurface):
+    loader = staticmethod(load)             # what a process pool's workers rebuild the model with
+
     def __init__(self, *, config: Any, weights: dict, tokenizer: Tokenizer, ops: Any, dtype: type, source: str,
                  backend: str, recipe: Recipe = Recipe(), origin: Optional[dict] = None) -> None:
         self.config, self.weights, self.tokenizer, self.ops = config, weights, tokenizer, ops
@@ -186,6 +198,8 @@ class Model:
                progress: Union[bool, Callable[[int, int], Any], None] = None, dtype: Optional[DTypeLike] = None,
                capture: Union[str, Iterable[str], None] = None, prompt: Optional[str] = None,
                prompt_name: Optional[str] = None, text_pairs: Optional[Texts] = None,
+               truncate_dim: Optional[int] = None, precision: Optional[str] = None,
+               calibration_embeddings: Any = None, pool: Any = None, chunk_size: Optional[int] = None,
                **sentence_transformers_options: Any) -> Union[np.ndarray, List[np.ndarray], "EncodeResult"]:
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
@@ -208,18 +222,23 @@ class Model:
         text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
         progress: None (a bar on a terminal for large inputs), True, False, or a callable progress(done, total)
             called after each batch with the rows (texts, or windows of them) done so far.
-        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.
+        truncate_dim: keep the first d dimensions of each vector (default: `model.truncate_dim`), cut after the
+            recipe's Normalize; normalize=True normalises again after the cut, as sentence-transformers does.
+        precision: "float32", "int8", "uint8", "binary" or "ubinary": the vectors quantized as
+            sentence-transformers' quantize_embeddings does (minibert.embed.quantize), int8/uint8 steps from
+            `calibration_embeddings` [M, D] when given, else from the vectors themselves.
+        pool / chunk_size: encode in the worker processes of `model.start_multi_process_pool()`, chunk_size texts
+            to a task (minibert.embed.process_pool).
+        sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy
+            (minibert.conventions lists them, and the keywords refused with what to write instead).
         """
-        from .conventions import shape_like_sentence_transformers, translate
-        from .embed.encode import encode
-        options, as_list = translate({"normalize": normalize, "progress": progress}, sentence_transformers_options)
-        vectors = encode(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=options["normalize"],
-                         batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                         progress=options["progress"], dtype=dtype, capture=capture, prompt=prompt,
-                         prompt_name=prompt_name, text_pairs=text_pairs)
-        if capture is not None:
-            return vectors
-        return shape_like_sentence_transformers(vectors, isinstance(texts, str), as_list)
+        from .embed.surface import encode_with_options
+        return encode_with_options(self, texts, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
+                                   batch_size=batch_size, max_length=max_length, window=window, stride=stride,
+                                   progress=progress, dtype=dtype, capture=capture, prompt=prompt,
+                                   prompt_name=prompt_name, text_pairs=text_pairs, truncate_dim=truncate_dim,
+                                   precision=precision, calibration_embeddings=calibration_embeddings, pool=pool,
+                                   chunk_size=chunk_size, sentence_transformers_options=sentence_transformers_options)
 
     @property
     def encoder_dir(self) -> Path:
@@ -237,8 +256,10 @@ class Model:
             return sha256_of_file(f)
 
     def get_sentence_embedding_dimension(self) -> int:
-        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size."""
-        return int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        """Width of encode()'s sentence vector: the last Dense module's output, else the hidden size; at most
+        truncate_dim."""
+        width = int(self.recipe.dense[-1].weight.shape[0]) if self.recipe.dense else self.config.hidden_size
+        return min(width, self.truncate_dim) if self.truncate_dim else width     # as sentence-transformers
 
     @property
     def max_seq_length(self) -> int:

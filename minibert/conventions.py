@@ -3,7 +3,12 @@
     normalize_embeddings=   -> normalize=
     show_progress_bar=      -> progress=
     convert_to_numpy=True   -> the default (an array); False -> a list with one array per text
-    convert_to_tensor=True  -> refused: minibert returns NumPy, never torch tensors
+    output_value="sentence_embedding" -> the default; "token_embeddings" -> pooling="none"
+    device="cpu"            -> the default (minibert picks its device at load: minibert.load(backend=))
+    truncate_dim, precision, prompt, prompt_name, batch_size, pool, chunk_size: the same names in Model.encode
+
+Keywords sentence-transformers takes and minibert does not are refused by name, with what to write instead
+(REFUSED); any other unknown keyword is refused with the list above.
 """
 
 from collections.abc import Mapping
@@ -12,25 +17,49 @@ from typing import Any, Iterator, List, Tuple, Union
 from .errors import InputError
 
 RENAMED = {"normalize_embeddings": "normalize", "show_progress_bar": "progress"}
-KNOWN = tuple(RENAMED) + ("convert_to_numpy", "convert_to_tensor")
+KNOWN = tuple(RENAMED) + ("convert_to_numpy", "convert_to_tensor", "output_value", "device")
+# sentence-transformers' keyword -> why minibert refuses it and what to use.
+REFUSED = {
+    "convert_to_tensor": "minibert returns NumPy arrays, never torch tensors; wrap the result with "
+                         "torch.from_numpy if you need one",
+    "task": "minibert runs no Router modules; use model.encode_query / model.encode_document for the "
+            "query/document prompts",
+    "processing_kwargs": "pass max_length= (tokens per text) to encode, or set model.max_seq_length",
+    "sentences": "pass the texts as the first argument: model.encode(texts)",
+    "inputs": "pass the texts as the first argument: model.encode(texts)",
+}
+OUTPUT_VALUES = {"sentence_embedding": None, "token_embeddings": "none"}
 
 
 def translate(options: dict, given: dict) -> Tuple[dict, bool]:
     """encode's own options updated with the sentence-transformers spellings in `given`; returns
     (options, as_list) where as_list asks for a list of per-text arrays instead of one array."""
+    for name in sorted(given):
+        if name in REFUSED and (name != "convert_to_tensor" or given[name]):
+            raise InputError(f"encode: {name}= is not supported: {REFUSED[name]}")
     unknown = sorted(set(given) - set(KNOWN))
     if unknown:
         raise InputError(f"encode got unexpected option(s) {', '.join(unknown)}; sentence-transformers spellings "
-                         f"accepted: {', '.join(KNOWN)}")
+                         f"accepted: {', '.join(k for k in KNOWN if k not in REFUSED)} (see docs/api.md)")
     options = dict(options)
     for theirs, ours in RENAMED.items():
         if theirs in given:
             if options.get(ours) is not None:
                 raise InputError(f"pass {ours}= or {theirs}=, not both")
             options[ours] = given[theirs]
-    if given.get("convert_to_tensor"):
-        raise InputError("convert_to_tensor: minibert returns NumPy arrays, never torch tensors; "
-                         "wrap the result with torch.from_numpy if you need one")
+    if "output_value" in given:
+        value = given["output_value"]
+        if value not in OUTPUT_VALUES:
+            raise InputError(f"output_value={value!r} is not supported: 'sentence_embedding' (the default) or "
+                             "'token_embeddings' (pooling='none'); for several outputs at once use model(texts)")
+        if OUTPUT_VALUES[value] is not None:
+            if options.get("pooling") not in (None, "none"):
+                raise InputError(f"pass pooling= or output_value=, not both (output_value={value!r} is "
+                                 "pooling='none')")
+            options["pooling"] = OUTPUT_VALUES[value]
+    if "device" in given and given["device"] not in (None, "cpu"):
+        raise InputError(f"device={given['device']!r}: minibert chooses its device when the model is loaded; "
+                         "use minibert.load(..., backend='cuda') for an NVIDIA GPU")
     return options, given.get("convert_to_numpy", True) is False
 
 

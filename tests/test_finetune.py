@@ -480,6 +480,96 @@ def test_finetune_and_predict_commands_for_pairs(tmp_path, capsys):
     assert record["label"] == expected and set(record["probabilities"]) == {"no", "yes"}
 
 
+def read_card(directory):
+    """(the README.md's YAML front matter as huggingface_hub reads it, the Markdown body)."""
+    from huggingface_hub.repocard import metadata_load
+    text = (Path(directory) / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n") and text.count("\n---\n") >= 1
+    return metadata_load(Path(directory) / "README.md"), text.split("\n---\n", 1)[1]
+
+
+def code_blocks(body, language):
+    return re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+
+
+def test_a_finetuned_classifier_is_saved_with_a_model_card(tmp_path, capsys):
+    """README.md in the Hub's form: its metadata, the run's recipe and per-epoch numbers, the call that
+    reproduces it, and a minibert example that runs."""
+    train, dev = pair_task(16), pair_task(8, seed=1)
+    recipe = TrainingRecipe(epochs=2, lr=1e-3, batch_size=8, dropout=0.0)
+    classifier = finetune(str(FAMILIES / "bert_cased"), train, dev=dev, recipe=recipe, datasets=["nyu-mll/glue"])
+    out = classifier.save(tmp_path / "clf")
+    meta, body = read_card(out)
+    assert meta == {"library_name": "minibert", "pipeline_tag": "text-classification",
+                    "tags": ["minibert", "bert", "text-classification"], "datasets": ["nyu-mll/glue"],
+                    "metrics": ["accuracy"]}          # no base_model: a local directory has no hub id
+    for record in classifier.history:
+        assert f"| {record['epoch']} | {record['train_loss']:.6f} | {record['dev_accuracy']:.6f} |" in body
+    assert "| lr | 0.001 |" in body and "| batch_size | 8 |" in body and "labels (id order): no, yes." in body
+    assert f"recipe={recipe!r}" in code_blocks(body, "python")[0]
+    use = code_blocks(body, "python")[1]
+    assert f"load_classifier({str(out)!r})" in use and "AutoModelForSequenceClassification" in body
+    assert 'predict(["first text"], ["second text"])' in use and "dev=dev" in code_blocks(body, "python")[0]
+    exec(use, {})
+    assert capsys.readouterr().out.strip() in ("['no']", "['yes']")
+    assert not (minibert.load_classifier(out).save(tmp_path / "again") / "README.md").exists()   # no run, no card
+
+
+def test_the_card_names_a_hub_base_model_and_the_token_task(tmp_path):
+    from minibert.train.model_card import run_description
+    sentences = [["Anna", "saw", "Bob"], ["the", "cat", "met", "Carla"]] * 2
+    tags = [["B-PER" if w[0].isupper() else "O" for w in s] for s in sentences]
+    classifier = finetune(str(FAMILIES / "electra"), Examples(texts=sentences, labels=tags), task="token",
+                          recipe=TrainingRecipe(epochs=1, batch_size=4))
+    classifier.training = run_description(**{**classifier.training, "base_model": "google/electra-small"})
+    meta, body = read_card(classifier.save(tmp_path / "ner"))
+    assert meta["base_model"] == "google/electra-small" and meta["pipeline_tag"] == "token-classification"
+    assert "metrics" not in meta and "datasets" not in meta        # no dev set scored, no dataset named
+    assert "AutoModelForTokenClassification" in body and "| epoch | train loss |" in body
+    with pytest.raises(InputError, match="datasets must be a list of names"):
+        finetune(str(FAMILIES / "electra"), Examples(texts=sentences, labels=tags), task="token", datasets="conll")
+
+
+def test_the_bundled_default_model_is_the_cards_base_model():
+    from minibert.train.model_card import classifier_card
+    classifier = finetune(None, Examples(texts=["a cat", "a dog"], labels=["x", "y"]),
+                          recipe=TrainingRecipe(epochs=1, batch_size=2, max_length=8))
+    assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in classifier_card(classifier, "d").splitlines()
+
+
+def test_the_cards_command_reproduces_the_run(tmp_path):
+    """The finetune command writes its card with every setting spelled out; that command, run again, trains
+    the same weights (and may write over the directory: the card is part of minibert's own output)."""
+    import csv
+    import shlex
+    from minibert.cli import train as finetune_cli
+    data = pair_task(16)
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text", "pair", "label"], *zip(data.texts, data.text_pairs, data.labels)])
+    out = tmp_path / "clf"
+    assert finetune_cli.main(["finetune", str(tmp_path / "train.csv"), "--pair-col", "pair", "--out", str(out),
+                              "--epochs", "1", "--batch-size", "8", "--model", str(FAMILIES / "bert_cased"),
+                              "--dataset", "me/pairs"]) == 0
+    meta, body = read_card(out)
+    assert meta["datasets"] == ["me/pairs"]
+    command = shlex.split(code_blocks(body, "bash")[0])
+    assert command[:2] == ["minibert", "finetune"] and "--lr" in command and "--seed" in command
+    first = (out / "model.safetensors").read_bytes()
+    assert finetune_cli.main(command[1:]) == 0
+    assert (out / "model.safetensors").read_bytes() == first and read_card(out)[1] == body
+
+
+@pytest.mark.reference
+def test_live_the_cards_transformers_example_runs_and_gives_minibert_logits(tmp_path):
+    pytest.importorskip("transformers")
+    classifier = finetune(str(FAMILIES / "bert_cased"), pair_task(8), recipe=TrainingRecipe(epochs=1, batch_size=8))
+    _, body = read_card(classifier.save(tmp_path / "clf"))
+    namespace = {}
+    exec(code_blocks(body, "python")[2], namespace)
+    want = classifier.logits(["first text"], ["second text"])
+    assert np.abs(namespace["logits"].detach().numpy() - want).max() < 1e-6        # measured 7.5e-9
+
+
 def test_token_command_and_interrupt_keeps_the_last_epoch(tmp_path, capsys, monkeypatch):
     from minibert.train import finetune
     from minibert.cli import train as finetune_cli

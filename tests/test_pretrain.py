@@ -144,3 +144,67 @@ def test_pretrain_command(tmp_path, capsys):
                      "--mlm-probability", "0"])
     assert code == 1 and "mlm_probability 0.0 is out of range" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+# ---- the model card written with each checkpoint ---------------------------------------------------------------
+
+def read_card(directory):
+    from huggingface_hub.repocard import metadata_load
+    text = (Path(directory) / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return metadata_load(Path(directory) / "README.md"), text.split("\n---\n", 1)[1]
+
+
+def code_blocks(body, language):
+    import re
+    return re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+
+
+def test_a_pretraining_checkpoint_has_a_model_card_with_the_runs_numbers(tmp_path, capsys):
+    out = tmp_path / "mlm"
+    recipe = PretrainRecipe(epochs=2, **FAST)
+    result = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=out, datasets=["me/corpus"])
+    meta, body = read_card(out)
+    assert meta == {"library_name": "minibert", "pipeline_tag": "fill-mask", "tags": ["minibert", "bert", "fill-mask"],
+                    "datasets": ["me/corpus"], "metrics": ["perplexity"]}
+    before, *epochs = result.history
+    assert f"| 0 |  | {before['dev_loss']:.6f} | {before['dev_perplexity']:.6f} |" in body     # before training
+    for record in epochs:
+        assert (f"| {record['epoch']} | {record['train_loss']:.6f} | {record['dev_loss']:.6f} | "
+                f"{record['dev_perplexity']:.6f} |") in body
+    assert f"recipe={recipe!r}" in code_blocks(body, "python")[0] and "AutoModelForMaskedLM" in body
+    exec(code_blocks(body, "python")[1], {})                  # the minibert example runs: fill-mask on the checkpoint
+    assert "token_str" in capsys.readouterr().out
+    pretrain(str(HEADS_DIR / "bert"), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), dev_texts=CORPUS[:4],
+             checkpoint_dir=tmp_path / "dev")
+    assert ", dev_texts=dev_texts, checkpoint_dir=" in code_blocks(read_card(tmp_path / "dev")[1], "python")[0]
+    with pytest.raises(InputError, match="command must be a str"):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS, recipe=recipe, command=["minibert"])
+
+
+def test_the_pretraining_cards_command_reproduces_the_run(tmp_path):
+    import shlex
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 2) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli_main(["pretrain", str(corpus), "--model", str(HEADS_DIR / "bert"), "--out", str(out), "--epochs", "1",
+                     "--batch-size", "4", "--max-length", "24", "--whole-word-mask", "--dataset", "me/corpus"]) == 0
+    meta, body = read_card(out)
+    command = shlex.split(code_blocks(body, "bash")[0])
+    assert command[:2] == ["minibert", "pretrain"] and "--whole-word-mask" in command and "--lr" in command
+    first = (out / "model.safetensors").read_bytes()
+    shutil.rmtree(out)
+    assert cli_main(command[1:]) == 0
+    assert (out / "model.safetensors").read_bytes() == first and read_card(out) == (meta, body)
+
+
+@pytest.mark.reference
+def test_live_the_pretraining_cards_transformers_example_loads_the_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "mlm"
+    pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=out)
+    namespace = {}
+    exec(code_blocks(read_card(out)[1], "python")[2], namespace)
+    texts = ["The [MASK] sat on the mat."]           # the card's example
+    want = namespace["logits"].detach().numpy()
+    assert np.abs(minibert.load(str(out), backend="numpy").mlm_logits(texts) - want).max() < 2e-5   # measured 2.1e-6

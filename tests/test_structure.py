@@ -160,9 +160,12 @@ def test_the_public_api_is_annotated():
     from minibert.train.classifier import Classifier
     from minibert.train.finetune import finetune
     public = [minibert.load, minibert.load_classifier, minibert.load_sparse, minibert.search, finetune,
+              minibert.load_cross_encoder, minibert.quantize_embeddings,
               *(getattr(Model, name) for name in ("tokenize", "forward", "__call__", "iter_layers", "encode",
                                                   "encode_words", "get_sentence_embedding_dimension", "fill_mask",
-                                                  "mlm_logits", "nsp_logits", "next_sentence", "encode_sparse")),
+                                                  "mlm_logits", "nsp_logits", "next_sentence", "encode_sparse",
+                                                  "similarity", "similarity_pairwise", "encode_query",
+                                                  "encode_document", "start_multi_process_pool")),
               Model.config_sha256.fget, Model.max_seq_length.fget, Model.encoder_dir.fget, Model.heads.fget,
               *(getattr(Classifier, name) for name in ("logits", "predict_proba", "predict", "tag", "save"))]
     for function in public:

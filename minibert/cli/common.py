@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 from pathlib import Path
 
 from ..backends import BACKENDS
@@ -121,3 +122,17 @@ def texts_from_arguments(texts):
         return texts
     from ..corpus.readers import read_texts, some_texts
     return some_texts(read_texts("-"), "-")
+
+
+def spelled_out(command, positionals, args, flags):
+    """`minibert COMMAND POSITIONALS --flag value ...` with every flag's value in args (defaults too; a repeated
+    flag once per value, a switch when on), shell-quoted: the line that reproduces a run, for its model card."""
+    words = ["minibert", command, *positionals]
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        for one in value if isinstance(value, list) else [value]:
+            if one is True:
+                words.append(flag)
+            elif one is not None and one is not False:
+                words += [flag, str(one)]
+    return shlex.join(words)

@@ -3,7 +3,8 @@ them to minibert's command parser (a group of cli.GROUPS).
 
     minibert fill-mask TEXT [TEXT ...] [--model M] [--top-k 5] [--targets T [T ...]] [--json]
     minibert pretrain CORPUS --model M --out DIR [--field F] [--dev FILE] [--epochs --lr --batch-size
-                      --max-length --mlm-probability 0.15 --whole-word-mask --seed --dtype --resume --patience]
+                      --max-length --mlm-probability 0.15 --whole-word-mask --seed --dtype --resume --patience
+                      --dataset NAME]
 
 Each TEXT holds the model's own mask token ([MASK], <mask>, ...) once or more. Plain output: per mask, one
 line per candidate (score, token, the filled-in text); --json: what transformers' pipeline("fill-mask")
@@ -16,7 +17,7 @@ epoch's held-out loss and perplexity go to stderr.
 import json
 import sys
 
-from .common import add_model_arguments, int_at_least
+from .common import add_model_arguments, int_at_least, spelled_out
 
 
 def cmd_fill_mask(args):
@@ -61,7 +62,10 @@ def cmd_pretrain(args):
                             mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask,
                             seed=args.seed, dtype=args.dtype, patience=args.patience)
     pretrain(args.model, texts, recipe=recipe, dev_texts=dev, progress=sys.stderr, checkpoint_dir=args.out,
-             resume=args.resume)
+             resume=args.resume, datasets=args.dataset,
+             command=spelled_out("pretrain", [args.corpus], args, [
+                 "--model", "--out", "--field", "--dev", "--epochs", "--lr", "--batch-size", "--max-length",
+                 "--mlm-probability", "--whole-word-mask", "--seed", "--dtype", "--patience", "--dataset"]))
 
 
 def add_pretrain(sub):
@@ -82,6 +86,8 @@ def add_pretrain(sub):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--patience", type=int, default=None,
                    help="stop when the held-out loss has not fallen for N epochs; --out keeps the best epoch")
+    p.add_argument("--dataset", action="append", default=None, metavar="NAME",
+                   help="a hub dataset id the corpus comes from, for the model card (README.md); repeatable")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same arguments)")
     p.set_defaults(run=cmd_pretrain)
 

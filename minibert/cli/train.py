@@ -3,7 +3,7 @@ them to minibert's command parser (a group of cli.GROUPS); `python -m minibert.c
 
     minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
                       [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
-                      [--patience N] [--resume]
+                      [--patience N] [--dataset NAME] [--resume]
     minibert predict DIR INPUT [--text-col C] [--pair-col C] [--out FILE]
 
 TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and a label column for
@@ -52,7 +52,8 @@ def cmd_finetune(args):
     finished = []
     try:
         finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr,
-                 checkpoint_dir=args.out, resume=args.resume, on_epoch=finished.append)
+                 checkpoint_dir=args.out, resume=args.resume, on_epoch=finished.append, datasets=args.dataset,
+                 command=reproducing_command(args))
     except KeyboardInterrupt:
         # Resumable only from this run's own state: one this command wrote, or the one it resumed from.
         # A new run into an --out holding an older run's state has neither (--resume would be refused).
@@ -62,6 +63,15 @@ def cmd_finetune(args):
         raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert predict {args.out} INPUT uses it); "
                                 "run the same command with --resume to continue after the last finished epoch"
                                 if saved else f"no epoch had finished; nothing saved{untouched}") from None
+
+
+def reproducing_command(args):
+    """The finetune command line with every setting spelled out (defaults too), for the model card."""
+    from .common import spelled_out
+    return spelled_out("finetune", [args.train], args, ["--out", "--task", "--model", "--text-col", "--pair-col",
+                                                        "--label-col", "--dev", "--epochs", "--lr", "--batch-size",
+                                                        "--max-length", "--seed", "--dtype", "--patience",
+                                                        "--dataset"])
 
 
 def add_finetune(sub):
@@ -83,6 +93,8 @@ def add_finetune(sub):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--patience", type=int, default=None,
                    help="stop when the --dev accuracy has not improved for N epochs; --out keeps the best epoch")
+    p.add_argument("--dataset", action="append", default=None, metavar="NAME",
+                   help="a hub dataset id the data comes from, for the model card (README.md); repeatable")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out after its last finished epoch (same arguments)")
     p.set_defaults(run=cmd_finetune)

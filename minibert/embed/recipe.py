@@ -46,6 +46,10 @@ class Dense:
     path: str                     # the module's folder, for messages and `minibert inspect`
 
 
+# The prompts sentence-transformers' encode_query / encode_document use, the first the model has.
+ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
+
+
 @dataclass(frozen=True, eq=False)
 class Recipe:
     """How the checkpoint turns token vectors into its sentence vector, and where each setting came from.
@@ -70,6 +74,15 @@ class Recipe:
         """Pickle the read-only mappings as plain dicts (a mappingproxy does not pickle)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return rebuild_recipe, ({**values, "prompts": dict(self.prompts), "sources": dict(self.sources)},)
+
+    def role_prompt(self, role: str, options: dict) -> dict:
+        """encode's options with prompt_name set to this recipe's prompt for `role` ("query" or "document",
+        ROLE_PROMPTS) when it has one and the options give no prompt: sentence-transformers' encode_query and
+        encode_document."""
+        if options.get("prompt") is not None or options.get("prompt_name") is not None:
+            return options
+        name = next((n for n in ROLE_PROMPTS[role] if n in self.prompts), None)
+        return options if name is None else {**options, "prompt_name": name}
 
     def source_of(self, setting: str) -> str:
         default = "sentence-transformers default" if self.kind == "sentence-transformers" else DEFAULT_SOURCE

@@ -30,6 +30,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Written into every classifier directory: a directory holding it (or a training state) is minibert's own
 # output, replaced whole by the next save; any other non-empty directory is refused as an output.
 OUTPUT_MARK = "minibert_classifier.json"
+# sentence-transformers 6 keeps a cross-encoder's activation_fn in config_sentence_transformers.json, which it
+# reads only beside a modules.json: a save of a cross-encoder keeps the three files its CrossEncoder reads.
+CROSS_ENCODER_SETTINGS = "config_sentence_transformers.json"
+CROSS_ENCODER_FILES = (CROSS_ENCODER_SETTINGS, "modules.json", "sentence_bert_config.json")
 
 
 def init_head(config, task, num_labels, rng, dtype):
@@ -55,6 +59,7 @@ class Classifier:
     max_length: Optional[int] = None
     history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
     problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
+    training: Optional[dict] = None               # finetune's run (train.model_card): saves write a README.md
 
     def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
@@ -146,18 +151,22 @@ class Classifier:
 
     def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
         """A Hugging Face checkpoint directory: model.safetensors under transformers' names for the task
-        model, config.json with architectures, id2label and label2id, and the tokenizer files. The directory
+        model, config.json with architectures, id2label and label2id, the tokenizer files, a
+        sentence-transformers cross-encoder's settings (its activation: CROSS_ENCODER_FILES), and for a
+        classifier finetune trained, README.md (its model card, train.model_card). The directory
         is written whole under a temporary name and then takes `directory`'s place, so no file of an earlier
         save stays behind; a directory minibert did not write is refused (check_output_directory)."""
         directory = Path(directory)
         check_output_directory(directory, [self.source, getattr(self.tokenizer, "dir", self.source)],
                                resaving=True)
         with atomic_directory(directory) as temporary:
-            self.write_files(temporary)
+            self.write_files(temporary, final=directory)
         return directory
 
-    def write_files(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
-        """Classifier.save's files, written into the existing, empty `directory`."""
+    def write_files(self, directory: Union[str, "os.PathLike[str]"],
+                    final: Union[str, "os.PathLike[str]", None] = None) -> Path:
+        """Classifier.save's files, written into the existing, empty `directory`; `final`: where they will
+        live (the model card's examples load from there), `directory` itself by default."""
         from safetensors.numpy import save
         directory = Path(directory)
         tensors = tensors_from_tree(self.weights, self.config, task=self.task, head=self.head)
@@ -183,9 +192,29 @@ class Classifier:
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, directory / name)
+        if cross_encoder_settings(Path(self.source)):    # CrossEncoder then scores the copy as it scored the source
+            for name in CROSS_ENCODER_FILES:
+                if (Path(self.source) / name).is_file():
+                    shutil.copyfile(Path(self.source) / name, directory / name)
+        if self.training is not None:       # a run of finetune: its model card, as the Hub shows one
+            from .model_card import classifier_card
+            (directory / "README.md").write_text(classifier_card(self, str(final or directory)), encoding="utf-8")
         (directory / OUTPUT_MARK).write_text(json.dumps({"written_by": "minibert", "task": self.task}) + "\n",
                                              encoding="utf-8")
         return directory
+
+
+def cross_encoder_settings(source: Path) -> bool:
+    """Whether `source` holds a sentence-transformers cross-encoder's settings (its activation_fn) that a save
+    keeps. An embedding model's file of that name (prompts, similarity) does not describe a classifier."""
+    path = source / CROSS_ENCODER_SETTINGS
+    if not path.is_file():
+        return False
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{path}: not readable JSON ({e}); fix or remove it before saving") from None
+    return isinstance(raw, dict) and (raw.get("model_type") == "CrossEncoder" or "activation_fn" in raw)
 
 
 def is_own_output(directory):
@@ -247,6 +276,27 @@ def empty_weights(config, dtype):
             "relative_attention_bias": relative}
 
 
+def config_labels(directory, raw):
+    """(labels by id, what named them) from config.json. Without id2label, transformers' default: num_labels
+    labels (2 when config.json names none either) called LABEL_0, LABEL_1, ...; transformers 5 saves a
+    classifier whose labels are those defaults with no id2label at all."""
+    if raw.get("id2label") is None:
+        count = raw.get("num_labels", 2)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ModelFileError(f"{directory}: config.json has no id2label and its num_labels must be an int >= 1, "
+                                 f"found {count!r}")
+        where = "num_labels" if "num_labels" in raw else "no num_labels either"
+        return ([f"LABEL_{i}" for i in range(count)],
+                f"config.json has no id2label: transformers' default {count} labels ({where}); name the labels "
+                "in config.json's id2label")
+    id2label = raw["id2label"]
+    labels = ([id2label[str(i)] for i in range(len(id2label))]
+              if isinstance(id2label, dict) and all(str(i) in id2label for i in range(len(id2label))) else None)
+    if not labels:
+        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    return labels, f"id2label names {len(labels)}"
+
+
 def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "float32") -> Classifier:
     """A Classifier from a checkpoint directory saved by `Classifier.save` or by transformers'
     ...ForSequenceClassification / ...ForTokenClassification.save_pretrained (safetensors or pytorch_model.bin)."""
@@ -262,11 +312,7 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
         raise ModelFileError(f"{directory}: config.json's architectures {raw.get('architectures')} name no "
                              "...ForSequenceClassification or ...ForTokenClassification model")
     task = "sequence" if arch.endswith("ForSequenceClassification") else "token"
-    id2label = raw.get("id2label") or {}
-    labels = ([id2label[str(i)] for i in range(len(id2label))]
-              if all(str(i) in id2label for i in range(len(id2label))) else None)
-    if not labels:
-        raise ModelFileError(f"{directory}: config.json has no usable id2label ({id2label!r})")
+    labels, named = config_labels(directory, raw)
     np_dtype: type = np.dtype(dtype).type
     # Through load's reader: safetensors or pytorch_model.bin (older hub classifiers have only that), shards.
     checkpoint = Checkpoint(checkpoint_files(directory))
@@ -289,8 +335,7 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
                              f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
     if head["out"]["w"].shape[1] != len(labels):
-        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but id2label "
-                             f"names {len(labels)}")
+        raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
                       tokenizer=Tokenizer(directory, config), source=str(directory),
                       problem_type=raw.get("problem_type"))

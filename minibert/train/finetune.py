@@ -78,7 +78,8 @@ def check_recipe(recipe):
 def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Optional[Examples] = None,
              recipe: TrainingRecipe = TrainingRecipe(), labels: Optional[Sequence[Any]] = None,
              progress: Optional[TextIO] = None, on_epoch: Optional[Callable[[Classifier], Any]] = None,
-             checkpoint_dir: Union[str, "os.PathLike[str]", None] = None, resume: bool = False) -> Classifier:
+             checkpoint_dir: Union[str, "os.PathLike[str]", None] = None, resume: bool = False,
+             datasets: Optional[Sequence[str]] = None, command: Optional[str] = None) -> Classifier:
     """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
 
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
@@ -92,16 +93,23 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     after its last finished epoch, and finishes with what the uninterrupted run would have given.
     recipe.patience: stop when the dev accuracy has not improved for that many epochs; the best epoch's
     weights are the ones returned (and the checkpoint is only rewritten when an epoch is the best so far).
+
+    Every save of the classifier writes README.md, a model card in the Hub's form (minibert.train.model_card):
+    datasets names the data for its metadata (hub dataset ids), command the command line that reproduces
+    the run (default: this call, in Python).
     """
     from .. import progress as progress_report
     from . import state as train_state
     from ..api import Model, load
+    from ..checkpoint.default_model import DEFAULT_MODEL_HUB_ID
+    from .model_card import check_run_names, run_description
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, found {task!r}")
     check_recipe(recipe)
     if recipe.patience is not None and dev is None:
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
                          "a patience of at least 1 epoch")
+    check_run_names(datasets, command)
     if resume and checkpoint_dir is None:
         raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
     train = checked_examples(train, task, "train")
@@ -125,13 +133,17 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
         local = [model] if isinstance(model, (str, os.PathLike)) and Path(model).exists() else []
         check_output_directory(checkpoint_dir, local)
+    base_model = DEFAULT_MODEL_HUB_ID if model is None else None
     if not isinstance(model, Model):
         model = load(model, backend="numpy", dtype=recipe.dtype)
+    base_model = model.origin["hub_id"] if model.origin else base_model
     config = model.config
     if checkpoint_dir is not None:       # a hub id or the bundled model: its folder is known once loaded
         check_output_directory(checkpoint_dir, [model.source, model.encoder_dir])
     rng = np.random.default_rng(recipe.seed)
     classifier = new_classifier(model, task, labels, recipe, rng)
+    classifier.training = run_description(base_model=base_model, source=model.source, recipe=recipe,
+                                          datasets=datasets, command=command, pairs=train.text_pairs is not None)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
     steps_per_epoch = -(-len(items) // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
@@ -228,7 +240,7 @@ def save_checkpoint(classifier, checkpoint_dir, improved, **state):
         train_state.save_state(checkpoint_dir, **state)
         return
     with atomic_directory(checkpoint_dir) as temporary:
-        classifier.write_files(temporary)
+        classifier.write_files(temporary, final=checkpoint_dir)
         train_state.save_state(temporary, **state)
 
 

@@ -273,14 +273,16 @@ def held_out_loss(batches, weights, heads, config):
 
 
 def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=None, checkpoint_dir=None,
-             resume=False, on_epoch=None) -> PretrainResult:
+             resume=False, on_epoch=None, datasets=None, command=None) -> PretrainResult:
     """Continue MLM pretraining of `model` (a minibert.Model with its MLM head, or a directory) on `texts`
     (documents), as transformers' run_mlm.py does: documents packed into blocks (group_texts), masked per
     batch (mask_tokens), AdamW with a linear schedule. Before training and after each epoch the held-out MLM
     loss and perplexity (exp of the loss; the held-out blocks are masked once, the same way every time) go to
     the history, and
     with checkpoint_dir a ...ForMaskedLM checkpoint is written there with the state `resume` continues from.
-    on_epoch: called with each epoch's record once it is saved."""
+    on_epoch: called with each epoch's record once it is saved. Each checkpoint gets README.md, a model card
+    in the Hub's form (train.model_card): datasets names the corpus (hub dataset ids), command the command
+    line that reproduces the run (default: this call)."""
     from dataclasses import replace as replaced
 
     from . import state as train_state
@@ -288,8 +290,10 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     from ..api import Model, load
     from ..heads import mask_token
     from ..tree import copy_tree
+    from .model_card import check_run_names, masked_lm_card, run_description
     from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
     check_recipe(recipe)
+    check_run_names(datasets, command)
     if resume and checkpoint_dir is None:
         raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
     if not isinstance(model, Model):
@@ -307,7 +311,9 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     pooler = trees["encoder"]["pooler"]
     weights = {**trees["encoder"], "pooler": None}          # the MLM model has no pooler: it does not train
     head = replaced(heads, mlm=trees["mlm"], sentence=None)
-    mask_id = mask_token(model.tokenizer, config)[1]
+    mask, mask_id = mask_token(model.tokenizer, config)
+    training = run_description(base_model=model.origin["hub_id"] if model.origin else None, source=model.source,
+                               recipe=recipe, datasets=datasets, command=command, dev_texts=dev_texts is not None)
     rng = np.random.default_rng(recipe.seed)
     dev_batches = (list(masked_batches(dev_blocks, np.arange(len(dev_blocks.ids)), recipe.batch_size,
                                        np.random.default_rng([recipe.seed, 1]), recipe, mask_id, config.vocab_size))
@@ -376,6 +382,8 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
                 if improved:
                     save_masked_lm(checkpoint_dir, {**weights, "pooler": pooler}, trees["mlm"], config,
                                    tied=heads.tied, source_dir=model.encoder_dir, tokenizer_dir=model.tokenizer.dir)
+                    card = masked_lm_card(training, config.model_type, history, mask, str(checkpoint_dir))
+                    (Path(checkpoint_dir) / "README.md").write_text(card, encoding="utf-8")
                 train_state.save_state(checkpoint_dir, params=params, adam=state, rng=rng, epoch=epoch,
                                        history=history, run=run,
                                        best=None if best is None else {**best, "params": None if improved
