@@ -158,8 +158,10 @@ def test_the_public_api_is_annotated():
 
     from minibert.api import Model
     from minibert.train.classifier import Classifier
+    from minibert.corpus.extract import extract
     from minibert.train.finetune import finetune
     public = [minibert.load, minibert.load_classifier, minibert.load_sparse, minibert.search, finetune,
+              extract, minibert.load_embeddings,
               minibert.load_cross_encoder, minibert.quantize_embeddings,
               *(getattr(Model, name) for name in ("tokenize", "forward", "__call__", "iter_layers", "encode",
                                                   "encode_words", "get_sentence_embedding_dimension", "fill_mask",

@@ -16,6 +16,7 @@ import errno
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,14 +34,21 @@ from .store import PROGRESS, finalise, write_durably
 from ..tokenizer import as_text_list
 from .writers import JsonlWriter, PooledWriter, TokenWriter
 
+if TYPE_CHECKING:
+    from ..api import Layers, Model, PathLike
+
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size
 
 
-def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, normalize=None, fmt="npy",
-            dtype=None, batch_size=32, max_length=None, window=None, stride=None, overwrite=False,
-            resume=False, source_file=None, field=None, progress=None, encode_range=None, engine=None,
-            reduce=None, whiten=False):
+def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "PathLike", *,
+            layers: "Layers" = -1, combine: Optional[str] = None, pooling: Optional[str] = None,
+            normalize: Optional[bool] = None, fmt: str = "npy", dtype: Optional[str] = None, batch_size: int = 32,
+            max_length: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
+            overwrite: bool = False, resume: bool = False, source_file: Optional["PathLike"] = None,
+            field: Optional[str] = None, progress: Union[bool, Callable[[int, int], None], None] = None,
+            encode_range: Optional[Callable[..., Any]] = None, engine: Optional[str] = None,
+            reduce: Optional[str] = None, whiten: bool = False) -> dict:
     """Encode `texts` into files under out_dir; returns the manifest dict.
 
     texts: a list of str, or a readers.TextFile (open_corpus), which is read chunk by chunk and records its
@@ -119,6 +127,7 @@ def extract(model, texts, out_dir, *, layers=-1, combine=None, pooling=None, nor
             finished, done = prepare_directory(out, job, overwrite=overwrite, resume=resume)
         if finished:                                    # resume of a job that had already finished
             return add_reduction(out, finished, reduce, whiten)
+        writer: Union[TokenWriter, JsonlWriter, PooledWriter]
         if token_level:
             writer = TokenWriter(out, N, row_shape, dtype, token_counts(model, texts, max_length, window))
         elif fmt == "jsonl":
@@ -215,7 +224,7 @@ def token_counts(model, texts, max_length, window):
     texts prepared and cut as encode's settings say (the recipe's prompt, lower-casing, max_seq_length)."""
     settings = encode_settings(model, pooling="none", normalize=None, max_length=max_length, layers=-1,
                                prompt=None, prompt_name=None)
-    counts = np.zeros(len(texts), dtype=np.int64)
+    counts: np.ndarray = np.zeros(len(texts), dtype=np.int64)
     for start in range(0, len(texts), CHUNK):
         chunk = prepare_texts(settings, texts[start:start + CHUNK])
         counts[start:start + CHUNK] = [len(t.ids) for t in tokenize_texts(model, chunk, settings.max_length, window)]

@@ -25,6 +25,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class Embeddings:
         return load_reduced(self.directory, self.manifest)
 
 
-def load_embeddings(directory):
+def load_embeddings(directory: Union[str, "os.PathLike[str]"]) -> Embeddings:
     """Read an extraction directory back; refuses one whose manifest is missing or incomplete."""
     embeddings = read_embeddings(directory)
     embeddings.directory = str(directory)
