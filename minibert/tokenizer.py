@@ -14,7 +14,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from . import files
 from .checkpoint.config import Config
 from .conventions import FieldMapping
-from .errors import InputError, MiniBertError, TokenizerError
+from .errors import InputError, MiniBertError, TokenizerError, warn_caller
 from .checkpoint.families import FAMILIES
 
 
@@ -85,7 +85,7 @@ class Tokenizer:
     def __init__(self, model_dir: Path, config: Config):
         try:
             self.build(model_dir, config)
-        except (MiniBertError, KeyboardInterrupt, SystemExit):
+        except (MiniBertError, Warning, KeyboardInterrupt, SystemExit):     # Warning: one turned into an error
             raise
         except BaseException as e:    # a setting of the wrong type, tokenizers refusing a value (or panicking)
             raise TokenizerError(f"{model_dir}: the tokenizer files are inconsistent ({type(e).__name__}: {e}); "
@@ -312,7 +312,6 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict, model_
     """BERT's WordPiece pipeline from vocab.txt, honouring tokenizer_config.json's casing settings and the
     special tokens of its tokenizer class (named there, or implied by config.json's model_type)."""
     style = wordpiece_style(settings, model_type)
-    lowercase = settings.get("do_lower_case", True)
     # A token's id is its line number, a repeated token keeping its last line, lines split on \n, \r\n and \r
     # only, as transformers' load_vocab and tokenizers' WordPiece read the file (str.splitlines would also
     # split on form feeds, U+2028, NEL, ..., which vocabularies hold, and shift every later id).
@@ -325,6 +324,15 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict, model_
     for name, token in (("unk", unk), ("cls", cls), ("sep", sep)):
         if token not in vocab:
             raise TokenizerError(f"{vocab_txt}: the {name} token {token!r} is not in the vocabulary")
+    lowercase = settings.get("do_lower_case")
+    if lowercase is None:
+        # BertTokenizer's default is to lower-case; a vocabulary with no lower-case letter could then match no
+        # letter at all (AntiBERTy's amino acids, A C D ... Y, each text [UNK] throughout): it is read as cased.
+        lowercase = not upper_case_only(vocab)
+        if not lowercase:
+            warn_caller(f"{vocab_txt}: its letters are all upper case and no tokenizer_config.json sets "
+                        f"do_lower_case, so texts are not lower-cased (BertTokenizer's default, do_lower_case=True, "
+                        f"would make every letter {unk}); a tokenizer_config.json with do_lower_case silences this")
     tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, lowercase=lowercase,
@@ -343,6 +351,14 @@ def wordpiece_from_vocab(vocab_txt: Path, settings: dict, specials: dict, model_
             special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
+
+
+def upper_case_only(vocab) -> bool:
+    """Whether the vocabulary's letters, outside bracketed special tokens ([CLS], [unused0], <s>), are all
+    upper case (and there is at least one)."""
+    words = [token for token in vocab if not (token[:1] in "[<" and token[-1:] in "]>")]
+    return (not any(c.islower() for word in words for c in word)
+            and any(c.isupper() for word in words for c in word))
 
 
 def bytelevel_bpe_from_files(vocab_json: Path, merges_txt: Path, settings: dict, specials: dict) -> HFTokenizer:

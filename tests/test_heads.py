@@ -8,6 +8,7 @@ parameter's gradient by torch autograd in float64; fill_mask.json: pipeline("fil
 import functools
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,61 @@ def test_a_head_tensor_missing_is_one_error_naming_it(tmp_path):
     model = minibert.load(str(target), backend="numpy")       # the encoder is complete: it loads
     with pytest.raises(ModelFileError, match="'cls.predictions.transform.dense.bias' is missing"):
         model.fill_mask("Paris is the [MASK].")
+
+
+def antiberty_shaped(tmp_path):
+    """The bert head fixture laid out as the antiberty package ships its model: config.json naming the project's
+    own class (architectures ["AntiBERTy"]), pytorch_model.bin holding three extra heads of its own beside BERT's
+    (cls.species, cls.chain, cls.graft on the pooler output) and the pooler, and the tokenizer's vocab.txt and
+    settings only in the folder above (trained_models/vocab.txt beside trained_models/AntiBERTy_md_smooth/)."""
+    from test_torch_checkpoint import fake_torch_pickle
+    tensors = load_file(str(HEADS_DIR / "bert" / "model.safetensors"))
+    rng = np.random.default_rng(3)
+    H = tensors["bert.pooler.dense.weight"].shape[0]
+    for head, labels in (("species", 6), ("chain", 2), ("graft", 2)):
+        tensors[f"cls.{head}.weight"] = rng.standard_normal((labels, H)).astype(np.float32)
+        tensors[f"cls.{head}.bias"] = rng.standard_normal(labels).astype(np.float32)
+    models = tmp_path / "trained_models"
+    folder = models / "AntiBERTy_md_smooth"
+    folder.mkdir(parents=True)
+    records = {str(i): np.ascontiguousarray(t, dtype="<f4").tobytes() for i, t in enumerate(tensors.values())}
+    pickled = fake_torch_pickle({name: ("FloatStorage", str(i), t.size, 0, t.shape,
+                                        tuple(s // t.itemsize for s in t.strides))
+                                 for i, (name, t) in enumerate(tensors.items())})
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickled)
+        z.writestr("archive/byteorder", "little")
+        for key, data in records.items():
+            z.writestr(f"archive/data/{key}", data)
+    config = json.loads((HEADS_DIR / "bert" / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["AntiBERTy"]}))
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(HEADS_DIR / "bert" / name, models / name)
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:.*the folder above")
+def test_a_checkpoint_of_a_project_class_with_extra_heads_fills_masks_as_the_pipeline(tmp_path):
+    """Before: loaded, silently, as BERT. Now it loads the same, saying that it takes 'AntiBERTy' for model_type's
+    BERT; its own heads' tensors are left out as transformers' BertForMaskedLM leaves them, and fill-mask gives the
+    pipeline's goldens of the same weights."""
+    folder = antiberty_shaped(tmp_path)
+    with pytest.warns(minibert.checkpoint.config.UnknownArchitectureWarning,
+                      match=r"architectures names 'AntiBERTy', a class minibert does not know; loaded as "
+                            r"model_type 'bert' says"):
+        model = minibert.load(str(folder), backend="numpy", dtype="float64")
+    assert model.tokenizer.files == ["../tokenizer_config.json", "../vocab.txt"]
+    for case in ("one", "several"):
+        c = fill_cases("bert")[case]
+        options = {key: value for key, value in c.items() if key not in ("inputs", "output")}
+        out = model.fill_mask(c["inputs"], **options)
+        assert nesting(out) == nesting(c["output"])
+        for mine, reference in zip(flat(out), flat(c["output"])):
+            assert (mine["token"], mine["token_str"], mine["sequence"]) == \
+                   (reference["token"], reference["token_str"], reference["sequence"])
+            assert abs(mine["score"] - reference["score"]) < 1e-12
+    assert sorted(model.heads.found) == sorted(name for name in load_file(str(HEADS_DIR / "bert" / "model.safetensors"))
+                                               if name.startswith("cls."))
 
 
 @pytest.mark.parametrize("name", HEADS)

@@ -5,6 +5,7 @@ BertForNextSentencePrediction and pipeline("fill-mask"); and fresh checkpoints w
 from the fixtures' (the transform follows hidden_act in BERT and ALBERT, and is fixed GELU in RoBERTa).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -169,3 +170,89 @@ def test_parity_grad_task_pretraining_prints_the_heads_gradients(name, capsys):
     assert {"head", "embeddings"} <= set(blocks), blocks                  # the heads and the tied word table
     assert any(block.startswith(("layer.", "albert_layer_groups.")) for block in blocks), blocks
     assert max(blocks.values()) < 1e-8
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real masked-LM checkpoint from PyPI: antiberty 0.1.3 (MIT) ships AntiBERTy, an 8-layer BERT (hidden 512)
+# trained on antibody sequences, as trained_models/AntiBERTy_md_smooth/{config.json, pytorch_model.bin} with
+# its 25-token vocabulary in trained_models/vocab.txt. `make reference-test` installs it and sets
+# MINIBERT_REFERENCE_STRICT=1, so there its absence fails instead of skipping.
+
+# Variable domains as published: trastuzumab heavy and light, adalimumab heavy.
+ANTIBODIES = ["EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSR"
+              "WGGDGFYAMDYWGQGTLVTVSS",
+              "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDFTLTISSLQPEDFATYYCQQHYTTPPTFGQG"
+              "TKVEIK",
+              "EVQLVESGGGLVQPGRSLRLSCAASGFTFDDYAMHWVRQAPGKGLEWVSAITWNSGHIDYADSVEGRFTISRDNAKNSLYLQMNSLRAEDTAVYYCAKVSY"
+              "LSTASSLDYWGQGTLVTVSS"]
+
+
+def masked(sequence, *positions):
+    """antiberty's input form: one amino acid a token, space-separated, [MASK] at the positions."""
+    return " ".join("[MASK]" if i in positions else letter for i, letter in enumerate(sequence))
+
+
+def antiberty_files():
+    """(model folder, vocab.txt) of the installed antiberty package, found without importing it."""
+    import importlib.util
+    spec = importlib.util.find_spec("antiberty")
+    if spec is None or not spec.submodule_search_locations:
+        reason = "antiberty is not installed (pip install antiberty==0.1.3): its AntiBERTy checkpoint is the real " \
+                 "masked-LM model these tests read"
+        if os.environ.get("MINIBERT_REFERENCE_STRICT", "") not in ("", "0"):
+            pytest.fail(reason + "; MINIBERT_REFERENCE_STRICT is set (make reference-test: rebuild .venv-reference "
+                                 "with `rm .venv-reference/.ready && make reference-test`)")
+        pytest.skip(reason)
+    models = Path(spec.submodule_search_locations[0]) / "trained_models"
+    return models / "AntiBERTy_md_smooth", models / "vocab.txt"
+
+
+ANTIBERTY_TEXTS = [masked(ANTIBODIES[0], 23), masked(ANTIBODIES[1], 30, 96), masked(ANTIBODIES[2], 5, 51)]
+
+
+def antiberty_pipeline():
+    """As antiberty's own AntiBERTyRunner reads it: BERT from the folder, BertTokenizer on the vocabulary with
+    do_lower_case=False (BertTokenizer's default, True, would make every amino acid [UNK])."""
+    folder, vocab = antiberty_files()
+    model = transformers.BertForMaskedLM.from_pretrained(folder, dtype=torch.float64,
+                                                         attn_implementation="eager").eval()
+    tokenizer = transformers.BertTokenizer(str(vocab), do_lower_case=False)
+    return folder, transformers.pipeline("fill-mask", model=model, tokenizer=tokenizer)
+
+
+def test_fill_mask_on_antiberty_equals_the_pipeline():
+    folder, pipe = antiberty_pipeline()
+    with pytest.warns(UserWarning) as caught:
+        f64 = minibert.load(str(folder), backend="numpy", dtype="float64")
+    said = [str(w.message) for w in caught]
+    assert any("architectures names 'AntiBERTy'" in m for m in said) and any("all upper case" in m for m in said)
+    f32 = minibert.load(str(folder), backend="cpu")
+    assert "[UNK]" not in f64.tokenize(ANTIBERTY_TEXTS).tokens[0]
+    worst = {"float64": 0.0, "float32": 0.0}
+    for inputs in [ANTIBERTY_TEXTS[0], ANTIBERTY_TEXTS[1], ANTIBERTY_TEXTS]:       # one mask, two, a batch of both
+        theirs = flat(pipe(inputs, top_k=5))
+        for name, model in (("float64", f64), ("float32", f32)):
+            ours = flat(model.fill_mask(inputs, top_k=5))
+            assert [(a["token"], a["token_str"], a["sequence"]) for a in ours] == \
+                   [(a["token"], a["token_str"], a["sequence"]) for a in theirs]
+            worst[name] = max(worst[name], *(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs)))
+    assert worst["float64"] < 1e-12 and worst["float32"] < 1e-5, worst
+    # Read as its authors read it, the model knows the framework: the masked residue of CAAS comes back first.
+    top = flat(f64.fill_mask(ANTIBERTY_TEXTS[0]))[0]
+    assert top["token_str"] == ANTIBODIES[0][23] == "A" and top["score"] > 0.5
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fill_mask_command_on_antiberty_prints_the_pipeline(capsys):
+    from minibert.cli import main as cli_main
+    folder, pipe = antiberty_pipeline()
+    theirs = flat(pipe(ANTIBERTY_TEXTS[1]))
+    assert cli_main(["fill-mask", ANTIBERTY_TEXTS[1], "--model", str(folder), "--json"]) == 0
+    ours = flat(json.loads(capsys.readouterr().out))
+    assert [(a["token"], a["token_str"], a["sequence"]) for a in ours] == \
+           [(a["token"], a["token_str"], a["sequence"]) for a in theirs]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs)) < 1e-5
+    assert cli_main(["fill-mask", ANTIBERTY_TEXTS[0], "--model", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [f"  {a['score']:.4f}  {a['token_str']!r:<16} {a['sequence']}" for a in flat(pipe(ANTIBERTY_TEXTS[0]))]
+    assert lines == [ANTIBERTY_TEXTS[0]] + expected

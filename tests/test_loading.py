@@ -352,6 +352,78 @@ def test_keys_known_not_to_change_the_forward_pass_are_ignored_silently(tmp_path
     assert not [w for w in recwarn if issubclass(w.category, minibert.checkpoint.config.UnknownConfigKeysWarning)]
 
 
+def test_unknown_architecture_of_a_supported_model_type_loads_its_encoder_and_warns_naming_it(tmp_path):
+    """A project's own class around BERT (antiberty's "AntiBERTy"): before, taken for BERT without a word. Now
+    one warning names the class; the encoder loads as model_type says, as transformers' Auto classes read it."""
+    write_tiny(tmp_path / "plain")
+    write_tiny(tmp_path / "own", tiny_config(architectures=["AntiBERTy"]), tiny_tensors(tiny_config()))
+    with pytest.warns(minibert.checkpoint.config.UnknownArchitectureWarning) as caught:
+        _, out = run(tmp_path / "own")
+    assert len(caught) == 1
+    assert re.search(r"own.config\.json: architectures names 'AntiBERTy', a class minibert does not know; loaded "
+                     r"as model_type 'bert' says", str(caught[0].message))
+    np.testing.assert_array_equal(out.last_hidden_state, run(tmp_path / "plain")[1].last_hidden_state)
+
+
+@pytest.mark.parametrize("architectures", [["BertModel"], ["BertForMaskedLM"], ["BertLMHeadModel"],
+                                           ["BertForPreTraining", "BertForSequenceClassification"], []])
+def test_known_architectures_load_without_the_unknown_architecture_warning(tmp_path, architectures, recwarn):
+    write_tiny(tmp_path, tiny_config(architectures=architectures), tiny_tensors(tiny_config()))
+    minibert.load(str(tmp_path), backend="numpy")
+    assert not [w for w in recwarn if issubclass(w.category, minibert.checkpoint.config.UnknownArchitectureWarning)]
+
+
+def test_unknown_architecture_without_model_type_is_still_refused(tmp_path):
+    config = tiny_config(architectures=["AntiBERTy"])
+    del config["model_type"]
+    write_tiny(tmp_path, config, tiny_tensors(tiny_config()))
+    with pytest.raises(ConfigError, match="model_type None is not supported.*names no model_type or known "
+                                          "architecture"):
+        minibert.load(str(tmp_path), backend="numpy")
+
+
+AMINO_ACIDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("ACDEFGHIKLMNPQRSTVWY")
+
+
+def amino_acid_model(directory, tokenizer_config=None):
+    """antiberty's vocabulary: the special tokens and the 20 amino acids, upper case, and no tokenizer_config.json."""
+    config = tiny_config(vocab_size=len(AMINO_ACIDS))
+    write_tiny(directory, config, tiny_tensors(config), vocab=False)
+    (directory / "vocab.txt").write_text("\n".join(AMINO_ACIDS) + "\n")
+    if tokenizer_config is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return directory
+
+
+def test_an_upper_case_only_vocabulary_is_not_lower_cased_unless_tokenizer_config_says(tmp_path, recwarn):
+    """Before: lower-cased as BertTokenizer's default does, so every letter of "E V Q [MASK] S" was [UNK] and
+    fill-mask answered for a text of unknowns. Now such a vocabulary is read as cased, with a warning naming the
+    file; tokenizer_config.json's do_lower_case still decides when it is there, silently."""
+    with pytest.warns(UserWarning, match=r"vocab\.txt: its letters are all upper case and no tokenizer_config\.json "
+                                         r"sets do_lower_case, so texts are not lower-cased \(BertTokenizer's default, "
+                                         r"do_lower_case=True, would make every letter \[UNK\]\)"):
+        cased = minibert.load(str(amino_acid_model(tmp_path / "bare")), backend="numpy")
+    assert cased.tokenize(["E V Q [MASK] S"]).tokens[0] == ["[CLS]", "E", "V", "Q", "[MASK]", "S", "[SEP]"]
+    recwarn.clear()
+    said = minibert.load(str(amino_acid_model(tmp_path / "said", {"do_lower_case": True})), backend="numpy")
+    assert said.tokenize(["E V Q [MASK] S"]).tokens[0] == ["[CLS]"] + ["[UNK]"] * 3 + ["[MASK]", "[UNK]", "[SEP]"]
+    assert not [w for w in recwarn if "upper case" in str(w.message)]
+
+
+def test_vocabularies_with_lower_case_letters_keep_bert_tokenizers_default(tmp_path, recwarn):
+    """The rule reads letters outside bracketed tokens only: [CLS], [unused0] and <s> say nothing of casing."""
+    words = VOCAB + ["[unused0]", "<s>", "CAT"]
+    config = tiny_config(vocab_size=len(words))
+    write_tiny(tmp_path / "lower", config, tiny_tensors(config), vocab=False)
+    (tmp_path / "lower" / "vocab.txt").write_text("\n".join(words) + "\n")
+    model = minibert.load(str(tmp_path / "lower"), backend="numpy")
+    assert model.tokenize(["The CAT"]).tokens[0] == ["[CLS]", "the", "cat", "[SEP]"]
+    from minibert.tokenizer import upper_case_only
+    assert upper_case_only(AMINO_ACIDS + ["[unused0]", "<s>", "##K"])
+    assert not upper_case_only(["[PAD]", "[UNK]", "12", "##3"]) and not upper_case_only(AMINO_ACIDS + ["a"])
+    assert not [w for w in recwarn if "upper case" in str(w.message)]
+
+
 def test_max_len_in_an_old_tokenizer_config_limits_the_tokens(tmp_path):
     """transformers < 4 wrote max_len where later versions write model_max_length; transformers 4 still reads it."""
     write_tiny(tmp_path, tokenizer_config={"do_lower_case": True, "max_len": 8})

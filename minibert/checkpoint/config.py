@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, warn_caller
 from .families import FAMILIES
 from ..kernels.reference import ACTIVATION_FUNCTIONS
 from ..files import SETTINGS_LIMIT, read_json
@@ -91,6 +91,10 @@ STRICT_ENV = "MINIBERT_STRICT_CONFIG"    # "1": unknown keys are a ConfigError i
 
 class UnknownConfigKeysWarning(UserWarning):
     """config.json holds keys minibert does not know; it loaded the model ignoring them."""
+
+
+class UnknownArchitectureWarning(UserWarning):
+    """config.json's architectures name a class minibert does not know; its model_type's encoder was loaded."""
 
 
 # Keys that are known but only accepted at the value that means "plain absolute-position encoder".
@@ -186,6 +190,14 @@ def detect_family(raw: dict, where: str) -> str:
     if named - {model_type}:
         raise ConfigError(f"{where}: model_type {model_type!r} disagrees with architectures {architectures}; "
                           "config.json must describe one family")
+    unknown = [a for a in architectures if isinstance(a, str) and ARCHITECTURE_SUFFIX.sub("", a) not in
+               ARCHITECTURE_FAMILIES]
+    if unknown:
+        # A project's own class around the family's encoder (AntiBERTy: BertModel + BERT's MLM head + its own
+        # heads): transformers' Auto classes go by model_type too; heads minibert does not know are ignored.
+        warn_caller(f"{where}: architectures names {', '.join(map(repr, unknown))}, a class minibert does not "
+                    f"know; loaded as model_type {model_type!r} says, the {model_type} encoder with the family's "
+                    "own heads where present (other heads' tensors are ignored)", UnknownArchitectureWarning)
     return model_type
 
 
