@@ -257,7 +257,7 @@ class Model:
         text_pairs: a second text per text, encoded together as one pair ([CLS] a [SEP] b [SEP]).
         progress: None (a bar on a terminal for large inputs), True, False, or a callable progress(done, total)
             called after each batch with the rows (texts, or windows of them) done so far.
-        max_batch_tokens: tokens per forward batch (None: 8192, embed.encode.MAX_BATCH_TOKENS); the texts of a
+        max_batch_tokens: tokens per forward batch (None: 2048, embed.encode.MAX_BATCH_TOKENS); the texts of a
             batch run end to end with no padding. batch_size: at most this many texts per batch too (None: no
             limit but the tokens). Neither changes the numbers beyond float32 rounding (float64: not at all).
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy.

@@ -693,7 +693,7 @@ def test_encode_batches_by_tokens_unless_batch_size_caps_the_texts(model):
     texts = ["one two three four five six"] * 40                # 8 tokens each
     done = []
     model.encode(texts, progress=lambda n, total: done.append(n))
-    assert done == [40]                                         # 320 tokens: one batch under the 8192 default
+    assert done == [40]                                         # 320 tokens: one batch under the 2048 default
     done.clear()
     model.encode(texts, max_batch_tokens=100, progress=lambda n, total: done.append(n))
     assert done == [12, 24, 36, 40]
