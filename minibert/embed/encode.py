@@ -216,11 +216,15 @@ def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
     unk = model.tokenizer.unk_id
     if unk is None:
         return
-    rates = []
-    for i, tok in enumerate(tokenized):
-        pieces = tok.ids[tok.word_ids >= 0]                                   # special tokens left out
-        if len(pieces) and (pieces == unk).mean() > threshold:
-            rates.append((i, float((pieces == unk).mean())))
+    if not tokenized:
+        return
+    ids = np.concatenate([tok.ids for tok in tokenized])                     # [all tokens]
+    text = np.repeat(np.arange(len(tokenized)), [len(tok.ids) for tok in tokenized])   # [all tokens]
+    piece = np.concatenate([tok.word_ids for tok in tokenized]) >= 0          # special tokens left out
+    pieces = np.bincount(text[piece], minlength=len(tokenized))               # [texts]
+    unknown = np.bincount(text[piece & (ids == unk)], minlength=len(tokenized))   # [texts]
+    rate = unknown / np.maximum(pieces, 1)                                    # [texts]
+    rates = [(int(i), float(rate[i])) for i in np.flatnonzero((pieces > 0) & (rate > threshold))]
     if rates:
         base = first_index or 0
         shown = ", ".join(f"texts[{base + i}] {rate:.0%}" for i, rate in rates[:5])
