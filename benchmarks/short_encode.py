@@ -25,7 +25,7 @@ CHILD = """
 import json, os, sys, time, warnings
 sys.path.insert(0, {benchmarks!r})
 import texts as workload
-texts = workload.stdlib_first_sentences({count})
+texts = workload.{workload}({count})
 import minibert
 model = minibert.load()
 with warnings.catch_warnings():
@@ -33,9 +33,9 @@ with warnings.catch_warnings():
     model.encode(texts[:64], normalize=True)            # warm-up: Numba's kernels loaded from the cache
     times = []
     for _ in range({repeats}):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model.encode(texts, normalize=True)
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t, time.process_time() - c))
 print(json.dumps(times))
 """
 
@@ -48,6 +48,7 @@ def main():
     p.add_argument("--sentences", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--long", action="store_true", help="the docstring sentences (about 27 tokens) instead")
     args = p.parse_args()
     benchmarks = str(Path(__file__).resolve().parent)
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -56,18 +57,23 @@ def main():
         return profile(args, benchmarks)      # this process's minibert (PYTHONPATH picks the tree)
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     times = {t: [] for t in trees}
-    code = CHILD.format(benchmarks=benchmarks, count=args.sentences, repeats=args.repeats)
+    workload = "stdlib_sentences" if args.long else "stdlib_first_sentences"
+    code = CHILD.format(benchmarks=benchmarks, count=args.sentences, repeats=args.repeats, workload=workload)
     for _ in range(args.rounds):
         for tree in trees:
             out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
                                  capture_output=True, text=True, check=True)
             times[tree] += json.loads(out.stdout.strip().splitlines()[-1])
-    base = statistics.median(times[trees[0]])
-    print(f"{args.sentences} short texts, {args.threads} threads, {args.rounds} rounds x {args.repeats} encodes")
+    wall = {tree: [w for w, _ in ts] for tree, ts in times.items()}
+    cpu = {tree: [c for _, c in ts] for tree, ts in times.items()}
+    base, base_cpu = statistics.median(wall[trees[0]]), statistics.median(cpu[trees[0]])
+    print(f"{args.sentences} {workload}, {args.threads} threads, {args.rounds} rounds x {args.repeats} encodes; "
+          "wall and process CPU time (all threads), medians")
     for tree in trees:
-        median = statistics.median(times[tree])
-        print(f"{str(tree):<40} median {median:.3f} s  spread {min(times[tree]):.3f}-{max(times[tree]):.3f}  "
-              f"texts/s {args.sentences / median:.0f}  first/this {base / median:.2f}")
+        median, median_cpu = statistics.median(wall[tree]), statistics.median(cpu[tree])
+        print(f"{str(tree):<32} wall {median:.3f} s ({min(wall[tree]):.3f}-{max(wall[tree]):.3f})  "
+              f"cpu {median_cpu:.3f} s  texts/s {args.sentences / median:.0f}  "
+              f"first/this wall {base / median:.2f} cpu {base_cpu / median_cpu:.2f}")
 
 
 def profile(args, benchmarks):
