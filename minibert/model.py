@@ -214,8 +214,9 @@ def pack(attention_mask):
     offsets [B + 1], text b in packed rows offsets[b]:offsets[b + 1]). x[keep] packs any [B, T, ...] array."""
     keep = np.asarray(attention_mask) != 0                                   # [B, T]
     lengths = keep.sum(axis=1)                                               # [B]
-    if not (keep == (np.arange(keep.shape[1]) < lengths[:, None])).all():
-        b = int(np.argmax((keep != (np.arange(keep.shape[1]) < lengths[:, None])).any(axis=1)))
+    holes = (keep != (np.arange(keep.shape[1]) < lengths[:, None])).any(axis=1)   # [B] not 1s then 0s
+    if holes.any():
+        b = int(np.argmax(holes))
         raise InputError(f"attention_mask[{b}] has padding before a real token: packing needs right-padded rows "
                          "(1s, then 0s), as tokenize gives; use iter_layers for other masks")
     return keep, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
