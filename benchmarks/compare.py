@@ -1,7 +1,7 @@
 """minibert against the engines its users would otherwise run, each as they run it, on the same machine.
 
     python benchmarks/compare.py [--shapes 32x128,8x512,64x16] [--threads 2] [--repeats 7] [--json out.json]
-    python benchmarks/compare.py --real-text [--sentences 2000] [--batch-size 32] [--passes 3]
+    python benchmarks/compare.py --real-text [--short-text] [--sentences 2000] [--batch-size 32] [--passes 3]
     python benchmarks/compare.py --cold-start [--starts 5] [--python .venv/bin/python]
     python benchmarks/compare.py --rss [--rss-shape 32x128]
     OPENBLAS_CORETYPE=Haswell python benchmarks/compare.py ...   (force another OpenBLAS kernel for NumPy)
@@ -30,8 +30,10 @@ peer at that shape. A warm-up run comes first (Numba compiles or loads its kerne
 into sentences: fixed for a given Python version), embedded as a user would: minibert's
 `model.encode(texts, normalize=True, max_length=256)`, sentence-transformers' `SentenceTransformer(dir)
 .encode(texts)`, and ONNX Runtime as fastembed drives it (`tokenizers`, batches sorted by length, mean
-pooling, L2 norm). Same batch size; tokenization and pooling included; interleaved passes, medians; the
-smallest cosine between each peer's vectors and minibert's.
+pooling, L2 norm). The peers' batch size is --batch-size; minibert batches by its token budget
+(max_batch_tokens) unless --minibert-batch-size caps its texts. --short-text: the first sentence of each
+docstring instead (about 12 tokens a text: queries, titles, chat turns are short). Tokenization and pooling
+included; interleaved passes, medians; the smallest cosine between each peer's vectors and minibert's.
 
 --cold-start: fresh processes (this Python, or --python for minibert's) that import, load the default
 model and embed one sentence; seconds from launch until the vector exists (interpreter start included)
@@ -63,9 +65,13 @@ def parse_args():
     p.add_argument("--backend", default="cpu")
     p.add_argument("--model", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--real-text", action="store_true", help="time sentence embedding of real text")
+    p.add_argument("--short-text", action="store_true",
+                   help="with --real-text: short texts (the first sentence of each docstring, about 12 tokens)")
     p.add_argument("--sentences", type=int, default=2000)
     p.add_argument("--passes", type=int, default=3, help="timed passes over the sentences per implementation")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="the peers' batch size (texts)")
+    p.add_argument("--minibert-batch-size", type=int, default=None,
+                   help="minibert's cap on texts per batch (default: none, batches of max_batch_tokens tokens)")
     p.add_argument("--cold-start", action="store_true", help="time fresh processes: import, load, embed one sentence")
     p.add_argument("--starts", type=int, default=5, help="cold starts per variant")
     p.add_argument("--python", default=sys.executable,
@@ -84,6 +90,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 import numpy as np  # noqa: E402
 
 import peers  # noqa: E402  (benchmarks/peers.py, beside this file)
+from texts import stdlib_first_sentences, stdlib_sentences  # noqa: E402  (benchmarks/texts.py)
 
 MIB = 1 << 20
 
@@ -206,50 +213,6 @@ def throughput(model):
 # ---------------------------------------------------------------------------------------------------
 # Real text
 
-def stdlib_sentences(count):
-    """Up to `count` English sentences from the docstrings of Python's standard library (deterministic)."""
-    import importlib
-    import inspect
-    import re
-    names = ["abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
-             "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
-             "decimal", "difflib", "doctest", "email", "enum", "fileinput", "fnmatch", "fractions", "ftplib",
-             "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client",
-             "imaplib", "inspect", "io", "ipaddress", "json", "logging", "lzma", "mailbox", "mimetypes",
-             "multiprocessing", "netrc", "numbers", "operator", "optparse", "os", "pathlib", "pdb", "pickle",
-             "pkgutil", "platform", "plistlib", "poplib", "pprint", "queue", "quopri", "random", "re", "sched",
-             "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "socketserver",
-             "sqlite3", "ssl", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap",
-             "threading", "timeit", "tokenize", "trace", "traceback", "turtle", "typing", "unittest", "urllib.parse",
-             "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile", "zoneinfo"]
-    seen, sentences = set(), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in names:
-            try:
-                module = importlib.import_module(name)
-            except Exception:
-                continue
-            docs = [inspect.getdoc(module)]
-            for _, member in sorted(vars(module).items()):
-                if inspect.isclass(member) or inspect.isfunction(member):
-                    docs.append(inspect.getdoc(member))
-                    if inspect.isclass(member):
-                        docs += [inspect.getdoc(m) for _, m in sorted(vars(member).items()) if inspect.isfunction(m)]
-            for doc in docs:
-                if not doc:
-                    continue
-                text = re.sub(r"\s+", " ", doc)
-                for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
-                    words = sentence.split()
-                    if 3 <= len(words) <= 200 and sentence not in seen and re.search("[a-z]{3}", sentence):
-                        seen.add(sentence)
-                        sentences.append(sentence)
-                        if len(sentences) == count:
-                            return sentences
-    return sentences
-
-
 def onnxruntime_encode(session, source, max_length, batch_size):
     """What fastembed does around an ONNX Runtime session: `tokenizers` truncating and padding, batches in
     sentence-transformers' order (longest texts first), masked mean pooling of the last layer, L2 norm."""
@@ -279,14 +242,14 @@ def onnxruntime_encode(session, source, max_length, batch_size):
 
 
 def real_text(model):
-    texts = stdlib_sentences(args.sentences)
+    texts = (stdlib_first_sentences if args.short_text else stdlib_sentences)(args.sentences)
     max_length = 256                                  # all-MiniLM-L6-v2's max_seq_length
     runs, missing = {}, {}
 
     def minibert_encode(texts):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")         # texts past 256 tokens are truncated on every side alike
-            return model.encode(texts, normalize=True, max_length=max_length, batch_size=args.batch_size)
+            return model.encode(texts, normalize=True, max_length=max_length, batch_size=args.minibert_batch_size)
     runs["minibert encode"] = minibert_encode
     st, description = peers.sentence_transformer(model.source, args.threads)
     if st is None:
@@ -320,11 +283,13 @@ def real_text(model):
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     best = min((name for name in medians if name != "minibert encode"), key=medians.get, default=None)
     result = {"sentences": len(texts), "real_tokens": token_count, "batch_size": args.batch_size,
+              "short_text": args.short_text, "minibert_batch_size": args.minibert_batch_size,
               "max_length": max_length, "not_run": missing, "best_peer": best,
               "minibert_vs_best_peer": medians[best] / medians["minibert encode"] if best else None}
-    print(f"real text: {len(texts)} sentences from the standard library's docstrings, {token_count} tokens, "
-          f"batch size {args.batch_size}, truncated to {max_length} tokens, tokenization and pooling included; "
-          f"unit vectors")
+    print(f"real text: {len(texts)} {'first ' if args.short_text else ''}sentences from the standard library's "
+          f"docstrings, {token_count} tokens, peers' batch size {args.batch_size} (minibert: "
+          f"{args.minibert_batch_size or 'its token budget'}), truncated to {max_length} tokens, tokenization and "
+          "pooling included; unit vectors")
     for name, reason in missing.items():
         print(f"  {name}: NOT RUN ({reason})")
     print(f"{'impl':<30}{'median s':>10}{'spread':>18}{'cpu s':>8}{'sentences/s':>13}{'t/minibert':>11}"

@@ -293,6 +293,48 @@ def attention_units_run(context, probs, q, k, v, position_bias, mask_bias, lengt
             scale_rows(out, inverse_sums, lo)
 
 
+def equal_length_runs(offsets):
+    """(first row, texts, n) for each maximal run of consecutive texts of one length n in texts laid end to
+    end (offsets [B + 1]): rows first:first + texts * n are a [texts, n, H] batch without any padding."""
+    lengths = np.diff(offsets)
+    starts = np.flatnonzero(np.diff(lengths, prepend=-1))                     # first text of each run
+    counts = np.diff(starts, append=len(lengths))
+    return [(int(offsets[b]), int(c), int(lengths[b])) for b, c in zip(starts, counts)]
+
+
+def packed_attention_work(offsets, num_heads):
+    """The packed attention's units: (run, unit) pairs, a run from equal_length_runs (empty texts dropped)
+    and a unit of attention_units over its texts; returns (runs, work, cost of each)."""
+    runs = [run for run in equal_length_runs(offsets) if run[2] > 0]
+    work, cost = [], []
+    for r, (_, texts, n) in enumerate(runs):
+        units, unit_cost = attention_units(np.full(texts, n, dtype=np.int64), num_heads, n)
+        work += [(r, unit) for unit in units]
+        cost += unit_cost
+    return runs, work, cost
+
+
+def packed_attention_run(context, q, k, v, position_bias, num_heads, scale, runs, work):
+    """Attention of texts laid end to end (q, k, v, context [N, H]) for `work` (from packed_attention_work) on
+    the calling thread. Each run of equal-length texts is a [texts, n, H] view with no key masked, handed to
+    attention_units_run: a text's arithmetic is the padded path's for its real queries and keys, the same
+    shapes of matmul, so float64 gives the padded path's bits."""
+    H = q.shape[1]
+    i = 0
+    while i < len(work):
+        r = work[i][0]
+        units = []
+        while i < len(work) and work[i][0] == r:
+            units.append(work[i][1])
+            i += 1
+        first, texts, n = runs[r]
+        q3, k3, v3, context3 = (a[first:first + texts * n].reshape(texts, n, H) for a in (q, k, v, context))
+        bias = None if position_bias is None else position_bias[:, :, :n, :n]     # [1, NH, n, n]
+        lengths = np.full(texts, n, dtype=np.int64)
+        no_mask = np.zeros((texts, n), dtype=q.dtype)
+        attention_units_run(context3, None, q3, k3, v3, bias, no_mask, lengths, num_heads, scale, False, units)
+
+
 # ---------------------------------------------------------------------------------------------------
 # float64 matmul in a fixed summation order, the basis of the float64 batch-invariance promise.
 

@@ -280,6 +280,41 @@ def attention_backward(dcontext, q, k, v, mask_bias, num_heads, position_bias, s
     return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh), dposition_bias
 
 
+# ---- attention over texts laid end to end (variable-length attention: no padding anywhere) ------------------
+
+def packed_attention_forward(q, k, v, offsets, num_heads, position_bias=None):
+    """Each text's attention over its own tokens: q, k, v [N, H] hold the texts end to end, text b in rows
+    offsets[b]:offsets[b + 1] (offsets [B + 1], N = offsets[-1]); position_bias [1, NH, >= n, >= n] or None
+    (the top-left n x n block is an n-token text's: the bias depends only on the query-key distance).
+    Exactly attention_forward of each text alone, with no key masked. Returns context [N, H] and per text
+    its AttentionSaved."""
+    context = np.empty(q.shape, dtype=q.dtype)                                 # [N, H]
+    saved = []
+    for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        bias = None if position_bias is None else position_bias[:, :, :hi - lo, :hi - lo]   # [1, NH, n, n]
+        out, kept = attention_forward(q[None, lo:hi], k[None, lo:hi], v[None, lo:hi],
+                                      np.zeros((1, hi - lo), dtype=q.dtype), num_heads, position_bias=bias)
+        context[lo:hi] = out[0]                                                # [n, H]
+        saved.append(kept)
+    return context, saved
+
+
+def packed_attention_backward(dcontext, q, k, v, offsets, num_heads, position_bias, saved):
+    """dcontext [N, H] -> dq, dk, dv [N, H] and dposition_bias (the shape of position_bias, None without one):
+    attention_backward of each text, the bias's gradient summed over the texts' blocks."""
+    dq, dk, dv = (np.zeros(q.shape, dtype=q.dtype) for _ in range(3))        # 3 x [N, H]
+    dbias = None if position_bias is None else np.zeros(position_bias.shape, dtype=q.dtype)
+    for (lo, hi), kept in zip(zip(offsets[:-1].tolist(), offsets[1:].tolist()), saved):
+        n = hi - lo
+        bias = None if position_bias is None else position_bias[:, :, :n, :n]
+        grads = attention_backward(dcontext[None, lo:hi], q[None, lo:hi], k[None, lo:hi], v[None, lo:hi],
+                                   np.zeros((1, n), dtype=q.dtype), num_heads, bias, kept)
+        dq[lo:hi], dk[lo:hi], dv[lo:hi] = grads[0][0], grads[1][0], grads[2][0]
+        if dbias is not None:
+            dbias[:, :, :n, :n] += grads[3]
+    return dq, dk, dv, dbias
+
+
 # ---- MPNet's relative position bias: a [buckets, NH] table gathered by bucketed query-key distance -------------
 
 def relative_position_buckets(T, num_buckets, max_distance):

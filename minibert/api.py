@@ -11,7 +11,8 @@ import numpy as np
 from .backends import make_ops
 from .checkpoint.config import read_config
 from .errors import InputError, warn_caller
-from .model import INTERNALS, capture_name, encoder, encoder_layers, make_position_ids
+from .model import (INTERNALS, capture_name, encoder, encoder_layers, make_position_ids, pack, packed_encoder_layers,
+                    unpack)
 from .embed.recipe import Recipe, read_recipe, resolve_max_length
 from .embed.surface import SentenceTransformersSurface
 from .tokenizer import Tokenizer
@@ -192,14 +193,31 @@ class Model(SentenceTransformersSurface):
         hosted = (self.ops.to_host(layer) for layer in layers)    # inputs checked now, layers run as taken
         return (dataclasses.replace(layer, captured=request.keyed(layer.captured)) for layer in hosted)
 
+    def iter_packed_layers(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                           num_layers: Optional[int] = None) -> Iterator["LayerOutput"]:
+        """iter_layers without computing a row for padding: the right-padded rows' real tokens laid end to end
+        (model.packed_encoder_layers), each layer handed back as [B, T, H] with zeros at padding. float64 gives
+        iter_layers' bits on the real tokens. A backend that cannot pack (cuda) runs iter_layers."""
+        if not getattr(self.ops, "packs", True):
+            return self.iter_layers(input_ids, attention_mask, token_type_ids, num_layers=num_layers)
+        input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
+        num_layers = self.check_num_layers(num_layers)
+        position_ids = make_position_ids(input_ids, self.config)                        # [B, T]
+        keep, offsets = pack(attention_mask)                                            # [B, T], [B + 1]
+        layers = packed_encoder_layers(input_ids[keep], offsets, token_type_ids[keep], position_ids[keep],
+                                       self.weights, self.config, self.ops, num_layers=num_layers)
+        return (dataclasses.replace(layer, hidden_state=unpack(layer.hidden_state, keep)) for layer in layers)
+
     def encode(self, texts: Texts, *, layers: Layers = -1, combine: Optional[str] = None,
-               pooling: Optional[str] = None, normalize: Optional[bool] = None, batch_size: int = 32,
-               max_length: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
+               pooling: Optional[str] = None, normalize: Optional[bool] = None,
+               batch_size: Optional[int] = None, max_length: Optional[int] = None, window: Optional[int] = None,
+               stride: Optional[int] = None,
                progress: Union[bool, Callable[[int, int], Any], None] = None, dtype: Optional[DTypeLike] = None,
                capture: Union[str, Iterable[str], None] = None, prompt: Optional[str] = None,
                prompt_name: Optional[str] = None, text_pairs: Optional[Texts] = None,
                truncate_dim: Optional[int] = None, precision: Optional[str] = None,
                calibration_embeddings: Any = None, pool: Any = None, chunk_size: Optional[int] = None,
+               max_batch_tokens: Optional[int] = None,
                **sentence_transformers_options: Any) -> Union[np.ndarray, List[np.ndarray], "EncodeResult"]:
         """Sentence (or token) vectors from any layers: one str gives one vector [H], a list gives [N, H].
 
@@ -229,6 +247,9 @@ class Model(SentenceTransformersSurface):
             `calibration_embeddings` [M, D] when given, else from the vectors themselves.
         pool / chunk_size: encode in the worker processes of `model.start_multi_process_pool()`, chunk_size texts
             to a task (minibert.embed.process_pool).
+        max_batch_tokens: tokens per forward batch (None: 2048, embed.encode.MAX_BATCH_TOKENS); the texts of a
+            batch run end to end with no padding. batch_size: at most this many texts per batch too (None: no
+            limit but the tokens). Neither changes the numbers beyond float32 rounding (float64: not at all).
         sentence-transformers' spellings also work: normalize_embeddings, show_progress_bar, convert_to_numpy
             (minibert.conventions lists them, and the keywords refused with what to write instead).
         """
@@ -238,7 +259,8 @@ class Model(SentenceTransformersSurface):
                                    progress=progress, dtype=dtype, capture=capture, prompt=prompt,
                                    prompt_name=prompt_name, text_pairs=text_pairs, truncate_dim=truncate_dim,
                                    precision=precision, calibration_embeddings=calibration_embeddings, pool=pool,
-                                   chunk_size=chunk_size, sentence_transformers_options=sentence_transformers_options)
+                                   chunk_size=chunk_size, max_batch_tokens=max_batch_tokens,
+                                   sentence_transformers_options=sentence_transformers_options)
 
     @property
     def encoder_dir(self) -> Path:
@@ -280,19 +302,21 @@ class Model(SentenceTransformersSurface):
 
     def encode_words(self, texts_or_words: Union[Texts, Sequence[Sequence[str]]], *, layers: Layers = -1,
                      combine: Optional[str] = None, subword: str = "first", normalize: bool = False,
-                     batch_size: int = 32, max_length: Optional[int] = None, window: Optional[int] = None,
-                     stride: Optional[int] = None, progress: Union[bool, Callable[[int, int], Any], None] = None,
-                     dtype: Optional[DTypeLike] = None, prefix_space: bool = True) -> List["WordVectors"]:
+                     batch_size: Optional[int] = None, max_length: Optional[int] = None,
+                     window: Optional[int] = None, stride: Optional[int] = None,
+                     progress: Union[bool, Callable[[int, int], Any], None] = None, dtype: Optional[DTypeLike] = None,
+                     prefix_space: bool = True, max_batch_tokens: Optional[int] = None) -> List["WordVectors"]:
         """Word vectors: list of WordVectors(words, spans, vectors, has_pieces) per text; subword pieces
         pooled by `subword` = "first", "last", "mean" or "first_last". Accepts texts or lists of words; for
         word lists, one entry per given word (zeros and has_pieces False for a word without tokens).
         prefix_space: byte-level BPE tokenizers encode each given word as if a space came before it, as
         transformers' is_split_into_words=True with add_prefix_space=True; False encodes words bare.
-        dtype as in encode."""
+        dtype, batch_size and max_batch_tokens as in encode."""
         from .embed.encode import encode_words
         return encode_words(self, texts_or_words, layers=layers, combine=combine, subword=subword,
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
-                            stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space)
+                            stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space,
+                            max_batch_tokens=max_batch_tokens)
 
     def search(self, index_dir: PathLike, queries: Texts, *, k: int = 10, layer: Optional[int] = None,
                reduced: bool = False, texts_file: Optional[PathLike] = None, field: Optional[str] = None) -> list:

@@ -1,10 +1,14 @@
 """The BERT encoder as pure functions over a weights dict and an `ops` backend.
 
 Axes: B batch, T tokens, H hidden, NH heads, HS head size (H // NH), I intermediate,
-      V vocabulary, P positions, TV token types, E embedding width (H except for ALBERT, ELECTRA).
+      V vocabulary, P positions, TV token types, E embedding width (H except for ALBERT, ELECTRA),
+      N tokens of texts laid end to end (packed: no padding).
 
 The numerics are BERT's: exact-erf GELU (or the config's activation), LayerNorm *after* each residual
 add (post-LN), and padding removed by adding a large negative number to masked keys' scores.
+Every op but attention works row by row, so the same layer runs a padded batch [B, T, H] (`encoder_layers`,
+what forward returns) or the texts laid end to end [N, H] (`packed_encoder_layers`, what encode runs: no row
+is computed for padding); only the attention op handed to `encoder_layer` differs.
 `ops` (an `Ops`, the contract in minibert.backends) supplies embed, linear, add_layer_norm, attention and
 the rest; nothing here knows which device or library runs them. kernels/reference_layers.py
 `encoder_layer_forward` is the same layer written out unfused, op by op.
@@ -98,15 +102,32 @@ def relative_position_bias(T, *, table, ops: Ops, config):
     return ops.relative_position_bias(table, T, config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)
 
 
-def self_attention(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ops: Ops, num_heads, eps,
-                   return_probs):
-    """Multi-head self-attention (position_bias [1, NH, T, T] or None added to the scaled scores), output
-    projection, residual add, LayerNorm."""
+def padded_attention(mask_bias, position_bias, *, ops: Ops, num_heads):
+    """The attention of a padded batch [B, T, H]: every text attends over its row, padding keys masked
+    (mask_bias [B, T]; position_bias [1, NH, T, T] or None added to the scaled scores)."""
+    def attend(q, k, v, return_probs):
+        return ops.attention(q, k, v, mask_bias, num_heads, return_probs,
+                             position_bias=position_bias)           # [B, T, H], [B, NH, T, T] or None
+    return attend
+
+
+def packed_attention(offsets, position_bias, *, ops: Ops, num_heads):
+    """The attention of texts laid end to end [N, H] (text b in rows offsets[b]:offsets[b + 1]): each text
+    attends over its own tokens only, as variable-length attention does; no padding exists to mask."""
+    def attend(q, k, v, return_probs):
+        if return_probs:
+            raise InputError("attention probabilities are [B, NH, T, T]: ask the padded forward for them")
+        return ops.packed_attention(q, k, v, offsets, num_heads, position_bias=position_bias), None   # [N, H]
+    return attend
+
+
+def self_attention(x, attend, *, qkv, attn_out, attn_ln, ops: Ops, eps, return_probs):
+    """Multi-head self-attention (`attend`: padded_attention or packed_attention), output projection,
+    residual add, LayerNorm. x is [B, T, H], or [N, H] for packed texts: every op but attend is row-wise."""
     H = x.shape[-1]
     fused = ops.linear(x, qkv["w"], qkv["b"])                               # [B, T, 3H]
     q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]       # 3 x [B, T, H]
-    context, probs = ops.attention(q, k, v, mask_bias, num_heads, return_probs,
-                                   position_bias=position_bias)     # [B, T, H], [B, NH, T, T]
+    context, probs = attend(q, k, v, return_probs)                          # [B, T, H], [B, NH, T, T]
     projected = ops.linear(context, attn_out["w"], attn_out["b"])           # [B, T, H]
     out = ops.add_layer_norm(x, projected, attn_ln["g"], attn_ln["b"], eps)  # [B, T, H] LayerNorm(x + attention)
     return out, {"query": q, "key": k, "value": v, "attention.probs": probs,
@@ -122,16 +143,15 @@ def feed_forward(x, *, ffn_in, ffn_out, ffn_ln, ops: Ops, activation, eps):
     return out, {"ffn.intermediate": intermediate, "ffn.output": projected}
 
 
-def encoder_layer(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops: Ops, config,
-                  keep=frozenset()):
-    """One transformer encoder layer: attention block then feed-forward block, each post-LN.
+def encoder_layer(x, attend, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, ops: Ops, config, keep=frozenset()):
+    """One transformer encoder layer: attention block then feed-forward block, each post-LN. `attend` is
+    padded_attention (x [B, T, H]) or packed_attention (x [N, H]): the only op that sees where texts end.
 
     Returns the output and the internals named in `keep` (see INTERNALS). The others are let go as soon as
     the next step no longer needs them: they are several times the size of the output.
     """
     eps = config.layer_norm_eps
-    attended, inside = self_attention(x, mask_bias, position_bias, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln,
-                                      ops=ops, num_heads=config.num_attention_heads, eps=eps,
+    attended, inside = self_attention(x, attend, qkv=qkv, attn_out=attn_out, attn_ln=attn_ln, ops=ops, eps=eps,
                                       return_probs="attention.probs" in keep)   # [B, T, H]
     kept = {name: value for name, value in {**inside, "attention.layer_norm": attended}.items() if name in keep}
     del inside                  # q, k, v (one [B, T, 3H] array), context: not needed by the feed-forward
@@ -172,6 +192,7 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     position_bias = (relative_position_bias(input_ids.shape[1], **weights["relative_attention_bias"], ops=ops,
                                             config=config)                  # [1, NH, T, T]
                      if weights.get("relative_attention_bias") is not None else None)
+    attend = padded_attention(mask_bias, position_bias, ops=ops, num_heads=config.num_attention_heads)
     x = embeddings(input_ids, position_ids, token_type_ids, **weights["embeddings"], ops=ops,
                    eps=config.layer_norm_eps)                               # [B, T, E]
     if weights.get("embedding_projection") is not None:
@@ -180,12 +201,56 @@ def encoder_layers(input_ids, attention_mask, token_type_ids, position_ids, weig
     for i, layer_weights in enumerate(weights["layers"][:num_layers], start=1):
         keep = {name for name in INTERNALS if capture_name(i, name) in capture}
         keep |= {"attention.probs"} if output_attentions else set()
-        x, kept = encoder_layer(x, mask_bias, position_bias, **layer_weights, ops=ops, config=config,
+        x, kept = encoder_layer(x, attend, **layer_weights, ops=ops, config=config,
                                 keep=frozenset(keep))                        # [B, T, H]
         yield LayerOutput(index=i, hidden_state=x,
                           attention=kept["attention.probs"] if output_attentions else None,
                           captured={capture_name(i, name): value for name, value in kept.items()
                                     if capture_name(i, name) in capture})
+
+
+def pack(attention_mask):
+    """Where the real tokens of right-padded rows go when the texts are laid end to end: (keep [B, T] bool,
+    offsets [B + 1], text b in packed rows offsets[b]:offsets[b + 1]). x[keep] packs any [B, T, ...] array."""
+    keep = np.asarray(attention_mask) != 0                                   # [B, T]
+    lengths = keep.sum(axis=1)                                               # [B]
+    holes = (keep != (np.arange(keep.shape[1]) < lengths[:, None])).any(axis=1)   # [B] not 1s then 0s
+    if holes.any():
+        b = int(np.argmax(holes))
+        raise InputError(f"attention_mask[{b}] has padding before a real token: packing needs right-padded rows "
+                         "(1s, then 0s), as tokenize gives; use iter_layers for other masks")
+    return keep, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def unpack(x, keep):
+    """Packed rows [N, ...] back to [B, T, ...] with zeros at padding (rows no layer computed)."""
+    out = np.zeros(keep.shape + x.shape[1:], dtype=x.dtype)                  # [B, T, ...]
+    out[keep] = x
+    return out
+
+
+def packed_encoder_layers(input_ids, offsets, token_type_ids, position_ids, weights, config, ops: Ops, *,
+                          num_layers=None):
+    """encoder_layers for texts laid end to end with no padding: ids, types, positions [N] (N real tokens,
+    text b in rows offsets[b]:offsets[b + 1]); yields LayerOutputs whose hidden_state is [N, H].
+
+    The same embeddings and encoder_layer; only the attention differs (packed_attention). MPNet's bias for
+    the longest text serves them all: it depends only on each query-key distance.
+    """
+    num_layers = config.num_hidden_layers if num_layers is None else num_layers
+    longest = max(int(np.diff(offsets).max(initial=0)), 1)
+    position_bias = (relative_position_bias(longest, **weights["relative_attention_bias"], ops=ops,
+                                            config=config)                  # [1, NH, longest, longest]
+                     if weights.get("relative_attention_bias") is not None else None)
+    attend = packed_attention(offsets, position_bias, ops=ops, num_heads=config.num_attention_heads)
+    x = embeddings(input_ids[None], position_ids[None], token_type_ids[None], **weights["embeddings"], ops=ops,
+                   eps=config.layer_norm_eps)[0]                            # [N, E]
+    if weights.get("embedding_projection") is not None:
+        x = project_embeddings(x, **weights["embedding_projection"], ops=ops)   # [N, H]
+    yield LayerOutput(index=0, hidden_state=x, attention=None, captured={})
+    for i, layer_weights in enumerate(weights["layers"][:num_layers], start=1):
+        x, _ = encoder_layer(x, attend, **layer_weights, ops=ops, config=config)   # [N, H]
+        yield LayerOutput(index=i, hidden_state=x, attention=None, captured={})
 
 
 def encoder(input_ids, attention_mask, token_type_ids, position_ids, weights, config, ops: Ops, *,

@@ -29,6 +29,14 @@ def test_unknown_backend_and_cuda_without_a_device():
         minibert.load(backend="cuda")
 
 
+def test_cuda_refuses_packed_attention_and_says_it_does_not_pack():
+    """cuda has no packed kernel yet: BackendOps.packs False sends encode to the padded forward, and a direct
+    call is a BackendError, not a crash."""
+    from minibert.backends import cuda
+    with pytest.raises(BackendError, match="backend 'cuda' has no packed attention.*padded forward"):
+        cuda.packed_attention(None, None, None, None, 2)
+
+
 def accepts(function, contract):
     """Whether every call `contract` allows is a call `function` takes, meaning the same: the same parameters
     in the same order, each default of the contract's kept (a default where the contract has none is fine);
@@ -49,8 +57,8 @@ def accepts(function, contract):
 def test_each_backend_module_implements_every_op_of_the_contract(backend):
     """Read from the module without running it: cuda's imports no numba.cuda until make_ops calls its load."""
     module = importlib.import_module(f"minibert.backends.{MODULES[backend]}")
-    assert OPS_NAMES == ("embed", "linear", "layer_norm", "add_layer_norm", "attention", "relative_position_bias",
-                         "prepare", "to_host", "synchronize")
+    assert OPS_NAMES == ("embed", "linear", "layer_norm", "add_layer_norm", "attention", "packed_attention",
+                         "relative_position_bias", "prepare", "to_host", "synchronize")
     for name in OPS_NAMES:
         function = getattr(module, name, None)
         assert callable(function), f"{module.__name__} has no function {name}"

@@ -602,6 +602,18 @@ def test_forward_float32_padded_batch_with_attentions_and_captures(tiny_models):
 
 
 @on_device
+def test_encode_on_cuda_runs_the_padded_forward(tiny_models):
+    """cuda has no packed attention (BackendOps.packs False): encode and iter_packed_layers take the padded
+    forward there, and give the reference's vectors."""
+    import minibert
+    gpu = minibert.load(str(tiny_models["bert"]), backend="cuda", dtype="float64")
+    ref = minibert.load(str(tiny_models["bert"]), backend="numpy", dtype="float64")
+    assert gpu.ops.packs is False and ref.ops.packs is True
+    texts = ["the cat sat on the mat.", "a dog ran!", "hello world, the cats ran on a mat sat the dog."]
+    np.testing.assert_allclose(gpu.encode(texts, layers="all"), ref.encode(texts, layers="all"), atol=1e-12, rtol=0)
+
+
+@on_device
 def test_forward_float64_matches_numpy_float64(tiny_models):
     ours, want, _, _ = forward_both(tiny_models["bert"], "float64", ["the cat sat on the mat.", "a dog"],
                                     output_attentions=True)

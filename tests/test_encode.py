@@ -626,3 +626,84 @@ def test_pooling_registry_feeds_cli_and_recipe():
     embed = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["embed"]._actions
                  if a.dest == "pooling")
     assert embed.choices == sentence + ["none"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packed batches (texts end to end, no padding row) against the padded forward.
+
+def padded_twin(model):
+    """The same model whose backend says it cannot pack: encode then runs the padded forward (as on cuda)."""
+    import copy
+    import dataclasses
+    twin = copy.copy(model)
+    twin.ops = dataclasses.replace(model.ops, packs=False)
+    return twin
+
+
+PACKED_TEXTS = TEXTS + ["the quick brown fox " * 30, "two words", "two more", "Zürich", "x y z"] * 3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_packed_encode_gives_the_padded_vectors(model_for, dtype):
+    """Every pooling, layers='all', windows, pairs, token vectors and encode_words: float64 bit for bit, float32
+    within the batch-dependence bound of test_model's default-model test, 1e-6 of the largest |value|."""
+    model = model_for("cpu", dtype)
+    padded = padded_twin(model)
+    bound = {"float64": 0, "float32": 1e-6}[dtype]
+
+    def same(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max(initial=0) <= bound * np.abs(b).max(initial=0)
+    for pooling in ("cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken"):
+        same(model.encode(PACKED_TEXTS, pooling=pooling, layers="all", normalize=False, max_batch_tokens=64),
+             padded.encode(PACKED_TEXTS, pooling=pooling, layers="all", normalize=False, batch_size=3))
+    for options in ({"window": 16, "stride": 4, "pooling": "max"}, {"window": 16, "pooling": "mean"},
+                    {"text_pairs": PACKED_TEXTS[::-1]}, {"prompt": "query: ", "pooling": "weightedmean"}):
+        same(model.encode(PACKED_TEXTS, **options), padded.encode(PACKED_TEXTS, batch_size=4, **options))
+    for a, b in zip(model.encode(PACKED_TEXTS, pooling="none", layers=[0, -1]),
+                    padded.encode(PACKED_TEXTS, pooling="none", layers=[0, -1], batch_size=5), strict=True):
+        same(a, b)
+    for a, b in zip(model.encode_words(PACKED_TEXTS, subword="mean"),
+                    padded.encode_words(PACKED_TEXTS, subword="mean", batch_size=2), strict=True):
+        same(a.vectors, b.vectors)
+
+
+def test_capture_runs_padded_batches_and_keeps_its_meaning(model_for):
+    """A captured internal is the padded forward's: encode with capture= takes the padded path (float64: the
+    vectors are the packed path's bits all the same)."""
+    model = model_for("cpu", "float64")
+    got = model.encode(PACKED_TEXTS, capture="layer2.attention.probs")
+    np.testing.assert_array_equal(got.vectors, model.encode(PACKED_TEXTS))
+    alone = model(PACKED_TEXTS[0], output_attentions=True)
+    np.testing.assert_array_equal(got.captured["layer2.attention.probs"][0], alone.attentions[1][0])
+
+
+@pytest.mark.parametrize("max_batch_tokens, batch_size, want", [
+    (8, None, [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]),     # lengths 1 3 5 8 9 9: sums up to 8, a 9 alone
+    (20, 2, [(0, 2), (2, 4), (4, 6)]),
+    (100, None, [(0, 6)])])
+def test_token_batches_hold_the_budget_and_the_text_count(max_batch_tokens, batch_size, want):
+    from minibert.embed.encode import token_batches
+    lengths = [1, 3, 5, 8, 9, 9]
+    assert token_batches(lengths, max_batch_tokens, batch_size, packed=True) == want
+    assert token_batches(lengths, 18, None, packed=False) == [(0, 3), (3, 5), (5, 6)]   # rows x longest
+
+
+def test_encode_batches_by_tokens_unless_batch_size_caps_the_texts(model):
+    texts = ["one two three four five six"] * 40                # 8 tokens each
+    done = []
+    model.encode(texts, progress=lambda n, total: done.append(n))
+    assert done == [40]                                         # 320 tokens: one batch under the 2048 default
+    done.clear()
+    model.encode(texts, max_batch_tokens=100, progress=lambda n, total: done.append(n))
+    assert done == [12, 24, 36, 40]
+    done.clear()
+    model.encode(texts, batch_size=32, progress=lambda n, total: done.append(n))
+    assert done == [32, 40]
+
+
+@pytest.mark.parametrize("option, value", [("max_batch_tokens", 0), ("max_batch_tokens", 2.5),
+                                           ("max_batch_tokens", True), ("batch_size", 0)])
+def test_bad_batch_limits_are_refused_before_tokenizing(model, option, value):
+    with pytest.raises(InputError, match=f"{option} \\(the most (tokens|texts) per batch\\) must be a positive int"):
+        model.encode(["a"], **{option: value})

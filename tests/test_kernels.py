@@ -383,3 +383,80 @@ def test_model_vectors_barely_depend_on_the_batch(model_for):
         for a, b in zip(alone.hidden_states, batch.hidden_states):
             np.testing.assert_allclose(a[0], b[i, :n], atol=2e-5, rtol=0)
         np.testing.assert_array_equal(alone.hidden_states[0][0], batch.hidden_states[0][i, :n])
+
+
+def packed_case(dtype, lengths, NH=4, HS=8, seed=7):
+    """q, k, v [N, H] as strided views of one fused array, texts of `lengths` end to end, their offsets, and the
+    same texts right-padded [B, T, H] with their additive mask."""
+    rng = np.random.default_rng(seed)
+    H, T = NH * HS, max(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    fused = rand(rng, int(offsets[-1]), 3 * H, dtype=dtype, scale=2)
+    padded = np.zeros((len(lengths), T, 3 * H), dtype=dtype)
+    mask = np.zeros((len(lengths), T))
+    for b, n in enumerate(lengths):
+        padded[b, :n], mask[b, :n] = fused[offsets[b]:offsets[b + 1]], 1
+    bias = ((1 - mask) * np.finfo(dtype).min).astype(dtype)
+    return fused, offsets, padded, bias, NH, H
+
+
+# Runs of equal lengths (one stacked matmul), a one-token text, and long texts whose heads are split.
+PACKED_LENGTHS = [[1], [3, 3, 3, 7, 7, 12], [5, 1, 40, 40, 2], [130, 9, 9]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths", PACKED_LENGTHS)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_attention_is_each_texts_padded_attention(dtype, lengths, with_bias, threads, monkeypatch):
+    """cpu packed_attention against the reference, and bit for bit against the padded cpu attention of the same
+    texts in float64 (the promise encode's packed batches keep); the reference's packed attention is its
+    padded one on the real rows."""
+    threads(3)
+    monkeypatch.setattr(cpu, "SCORES_BUDGET", 2 * 130 * 130)        # the 130-token text: 2 heads per block
+    fused, offsets, padded, bias, NH, H = packed_case(dtype, lengths)
+    T = padded.shape[1]
+    position_bias = (rand(np.random.default_rng(1), 1, NH, T + 3, T + 3, dtype=dtype) if with_bias else None)
+    q, k, v = fused[:, :H], fused[:, H:2 * H], fused[:, 2 * H:]
+    got = cpu_backend.packed_attention(q, k, v, offsets, NH, position_bias=position_bias)
+    want = reference_backend.packed_attention(q, k, v, offsets, NH, position_bias=position_bias)
+    np.testing.assert_allclose(got, want, atol=TOL[dtype] * 10, rtol=0)
+    pq, pk, pv = padded[..., :H], padded[..., H:2 * H], padded[..., 2 * H:]
+    square = None if position_bias is None else position_bias[:, :, :T, :T]
+    for backend, packed in ((cpu_backend, got), (reference_backend, want)):
+        context, _ = backend.attention(pq, pk, pv, bias, NH, False, position_bias=square)
+        rows = np.concatenate([context[b, :n] for b, n in enumerate(lengths)])
+        if backend is cpu_backend and dtype == np.float64:
+            np.testing.assert_array_equal(packed, rows)
+        else:
+            np.testing.assert_allclose(packed, rows, atol=TOL[dtype] * 10, rtol=0)
+
+
+def test_packed_attention_backward_is_each_texts_backward():
+    """The reference pair: gradients of the packed op are each text's attention_backward, the bias's summed."""
+    lengths = [4, 1, 6]
+    fused, offsets, _, _, NH, H = packed_case(np.float64, lengths)
+    q, k, v = fused[:, :H], fused[:, H:2 * H], fused[:, 2 * H:]
+    bias = rand(np.random.default_rng(2), 1, NH, 6, 6, dtype=np.float64)
+    dcontext = rand(np.random.default_rng(3), len(q), H, dtype=np.float64)
+    context, saved = reference.packed_attention_forward(q, k, v, offsets, NH, position_bias=bias)
+    dq, dk, dv, dbias = reference.packed_attention_backward(dcontext, q, k, v, offsets, NH, bias, saved)
+    dbias_want = np.zeros_like(bias)
+    for b, n in enumerate(lengths):
+        rows = slice(offsets[b], offsets[b + 1])
+        mask = np.zeros((1, n))
+        one, kept = reference.attention_forward(q[None, rows], k[None, rows], v[None, rows], mask, NH,
+                                                position_bias=bias[:, :, :n, :n])
+        np.testing.assert_array_equal(context[rows], one[0])
+        want = reference.attention_backward(dcontext[None, rows], q[None, rows], k[None, rows], v[None, rows], mask,
+                                            NH, bias[:, :, :n, :n], kept)
+        for got, wanted in zip((dq, dk, dv), want[:3]):
+            np.testing.assert_array_equal(got[rows], wanted[0])
+        dbias_want[:, :, :n, :n] += want[3]
+    np.testing.assert_allclose(dbias, dbias_want, rtol=0, atol=1e-15)
+
+
+def test_equal_length_runs():
+    offsets = np.array([0, 3, 6, 7, 7, 9, 11, 13], dtype=np.int64)            # lengths 3 3 1 0 2 2 2
+    assert cpu.equal_length_runs(offsets) == [(0, 2, 3), (6, 1, 1), (7, 1, 0), (7, 3, 2)]
+    runs, work, _ = cpu.packed_attention_work(offsets, 2)
+    assert runs == [(0, 2, 3), (6, 1, 1), (7, 3, 2)] and {r for r, _ in work} == {0, 1, 2}

@@ -219,6 +219,47 @@ def test_float64_bit_identity_under_every_openblas_kernel(core):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
+def check_packed(source, dtype, case, compare):
+    """Every layer of the packed encoder (texts end to end, no padding row) against the padded one's real rows;
+    the packed path's padding rows are zeros (never computed)."""
+    config, seed, rows, types, pad = case
+    model = minibert.load(source, backend="cpu", dtype=dtype)
+    ids, mask, tt = padded(rows, types, pad)
+    keep = mask.astype(bool)
+    pairs = list(zip(model.iter_layers(ids, mask, tt), model.iter_packed_layers(ids, mask, tt)))
+    assert len(pairs) == model.config.num_hidden_layers + 1
+    for a, b in pairs:
+        compare(a.hidden_state[keep], b.hidden_state[keep])
+        assert not b.hidden_state[~keep].any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(models_and_batches())
+@example(SKYLAKEX_CASE)
+def test_packed_float64_layers_are_the_padded_layers_bit_for_bit(case):
+    config, seed, *_ = case
+    check_packed(tiny_model_dir(config, seed), "float64", case, np.testing.assert_array_equal)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(models_and_batches())
+def test_packed_float32_layers_within_the_batch_dependence_bound(case):
+    """The packed projections see other rows than the padded ones do: BLAS's float32 rounding moves, within
+    the bound of test_float32_batch_dependence_is_bounded."""
+    config, seed, *_ = case
+
+    def close(x, y):
+        assert np.abs(x - y).max(initial=0) <= 1e-5 * max(float(np.abs(x).max(initial=0)), 1e-6)
+    check_packed(tiny_model_dir(config, seed), "float32", case, close)
+
+
+def test_packing_refuses_rows_that_are_not_right_padded(model):
+    ids, mask, tt = padded([[5, 6, 7], [5, 6]], [[0] * 3, [0] * 2], 0)
+    mask[1] = [0, 1, 1]
+    with pytest.raises(minibert.InputError, match=r"attention_mask\[1\] has padding before a real token"):
+        model.iter_packed_layers(ids, mask, tt)
+
+
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(models_and_batches())
 def test_float32_batch_dependence_is_bounded(case):

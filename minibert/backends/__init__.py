@@ -43,6 +43,11 @@ class Ops(Protocol):
         """Scaled dot-product attention: q, k, v [B, T, H], mask_bias [B, T], position_bias [B or 1, NH, T, T]
         or None -> (context [B, T, H], probs [B, NH, T, T] or None)."""
 
+    def packed_attention(self, q, k, v, offsets, num_heads, position_bias=None):
+        """attention of texts laid end to end with no padding: q, k, v [N, H], text b in rows
+        offsets[b]:offsets[b + 1], each attending over its own tokens; position_bias [1, NH, >= n, >= n] or
+        None -> context [N, H]. A backend without it raises BackendError (see `packs`)."""
+
     def relative_position_bias(self, table, T, num_buckets, max_distance):
         """MPNet's bias [1, NH, T, T] from its [buckets, NH] table."""
 
@@ -71,12 +76,14 @@ class BackendOps:
     layer_norm: Callable
     add_layer_norm: Callable
     attention: Callable
+    packed_attention: Callable
     relative_position_bias: Callable
     prepare: Callable
     to_host: Callable
     synchronize: Callable
     implementation: Optional[str] = None   # cuda: numba.cuda's implementation ("NVIDIA", ...), for reports
     simulator: bool = False                # cuda: running on Numba's CUDA simulator
+    packs: bool = True                     # packed_attention runs (cuda: not yet; callers pad instead)
 
 
 def backend_module(backend: str):

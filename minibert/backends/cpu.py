@@ -28,8 +28,8 @@ from . import threads
 from ..kernels import cpu as kernels
 from .reference_backend import prepare, relative_position_bias, synchronize, to_host   # the same on the host
 
-__all__ = ["embed", "linear", "layer_norm", "add_layer_norm", "attention", "relative_position_bias", "prepare",
-           "to_host", "synchronize"]
+__all__ = ["embed", "linear", "layer_norm", "add_layer_norm", "attention", "packed_attention",
+           "relative_position_bias", "prepare", "to_host", "synchronize"]
 
 SPLIT_ABOVE = 1 << 16      # elements (multiply-adds / 32 for matmuls) below which one thread is quicker
 
@@ -116,6 +116,23 @@ def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=N
     with threads.BLAS:
         threads.WORKERS.run(piece, pieces(len(units), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
     return context, (probs if return_probs else None)
+
+
+def packed_attention(q, k, v, offsets, num_heads, position_bias=None):
+    N, H = q.shape
+    context = np.empty((N, H), dtype=q.dtype)
+    if N == 0:
+        return context
+    scale = q.dtype.type(1.0 / math.sqrt(H // num_heads))
+    if position_bias is not None:
+        position_bias = np.asarray(position_bias, dtype=q.dtype)                  # [1, NH, >= n, >= n]
+    runs, work, cost = kernels.packed_attention_work(np.asarray(offsets, dtype=np.int64), num_heads)
+
+    def piece(first, last):
+        kernels.packed_attention_run(context, q, k, v, position_bias, num_heads, scale, runs, work[first:last])
+    with threads.BLAS:
+        threads.WORKERS.run(piece, pieces(len(work), sum(cost) * (H // num_heads) // 16, cost, per_thread=2))
+    return context
 
 
 def add_layer_norm(x, residual, gamma, beta, eps):

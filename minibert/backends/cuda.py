@@ -151,7 +151,7 @@ def load():
     except ImportError:
         pass
     cuda, kernels = found, loaded
-    return {"implementation": getattr(cuda, "implementation", "unknown"),
+    return {"implementation": getattr(cuda, "implementation", "unknown"), "packs": False,
             "simulator": os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")}
 
 
@@ -252,6 +252,12 @@ def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=N
     kernels.attention(context, probs, q, k, v, device_mask(mask_bias, q.dtype), num_heads, return_probs,
                       position_bias=None if position_bias is None else device(position_bias, q.dtype))
     return DeviceTensor(context), (DeviceTensor(probs) if return_probs else None)
+
+
+def packed_attention(q, k, v, offsets, num_heads, position_bias=None):
+    """Not on the device yet: BackendOps.packs is False, so encode and iter_packed_layers pad instead."""
+    raise BackendError("backend 'cuda' has no packed attention (texts laid end to end); use the padded "
+                       "forward, as encode does on this backend")
 
 
 # (T, num_buckets, max_distance) -> device buckets [T, T]: uploaded once per length.

@@ -31,6 +31,10 @@ def attention(q, k, v, mask_bias, num_heads, return_probs=False, position_bias=N
     return context, (saved.probs if return_probs else None)
 
 
+def packed_attention(q, k, v, offsets, num_heads, position_bias=None):
+    return reference.packed_attention_forward(q, k, v, offsets, num_heads, position_bias=position_bias)[0]
+
+
 def relative_position_bias(table, T, num_buckets, max_distance):
     return reference.relative_position_bias_forward(table, T, num_buckets, max_distance)[0]
 

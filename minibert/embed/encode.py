@@ -1,7 +1,11 @@
 """Texts -> the embeddings users ask for, batch by batch: layer choice, pooling, word vectors, long texts.
 
-Batches are formed after sorting by length (each padded only to its own longest text) and results come
-back in input order. Pooled outputs are pooled layer by layer as the encoder produces them.
+Rows are sorted by length and cut into batches of at most `max_batch_tokens` tokens (MAX_BATCH_TOKENS by
+default; with `batch_size`, also at most that many texts); results come back in input order. A batch runs
+packed: its texts laid end to end, no row computed for padding (Model.iter_packed_layers), float64 bit for
+bit what the padded forward gives. Captured internals need the padded forward ([B, T, ...] arrays), so a
+call with capture= runs padded batches, as the cuda backend does. Pooled outputs are pooled layer by layer
+as the encoder produces them.
 """
 
 import contextvars
@@ -17,6 +21,10 @@ from .recipe import encode_settings, prepare_texts, prompt_length
 from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
+# Tokens per forward batch unless max_batch_tokens says otherwise: 170 texts of 12 tokens, 4 of 512. Measured
+# on 2,000 short texts (2 threads, CPU time, medians of 5): 1024 and 2048 tokens 7.5 s, 4096 7.6 s, 8192
+# 8.2 s: past ~2048 rows a layer's activations leave the cache between ops; fewer gives small matmuls.
+MAX_BATCH_TOKENS = 2048
 
 
 @dataclass
@@ -144,16 +152,16 @@ def window_rows(index, tok, window, stride):
 FIRST_ROW = contextvars.ContextVar("minibert_first_row", default=None)
 
 
-def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=32,
+def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=None, batch_size=None,
            max_length=None, window=None, stride=None, progress=None, dtype=None, capture=None,
-           prompt=None, prompt_name=None, text_pairs=None):
+           prompt=None, prompt_name=None, text_pairs=None, max_batch_tokens=None):
     """Embeddings of `texts` (with `text_pairs`: of each pair) from the chosen layers; see Model.encode.
 
     Options left as None come from the checkpoint's recipe (minibert.embed.recipe): pooling, normalize,
     max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
     check_lengths(max_length, window, stride, batch_size,
-                  model.tokenizer.max_length)   # the caller's, before the recipe's
+                  model.tokenizer.max_length, max_batch_tokens)   # the caller's, before the recipe's
     recipe = encode_settings(model, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
                              prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
@@ -177,7 +185,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     warn_truncated(model, tokenized, max_length, first_index)
     warn_unknown(model, tokenized, first_index=first_index)
     per_layer, captured = run(model, tokenized, chosen=recipe.layers, pooling=pooling, batch_size=batch_size,
-                              window=window, stride=stride, progress=progress, capture=request.names, skip=skip)
+                              window=window, stride=stride, progress=progress, capture=request.names, skip=skip,
+                              max_batch_tokens=max_batch_tokens)
     if pooling == "none":
         vectors = [finish(v, recipe.single_layer, combine, normalize, out_dtype) for v in per_layer]
     else:
@@ -207,11 +216,15 @@ def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
     unk = model.tokenizer.unk_id
     if unk is None:
         return
-    rates = []
-    for i, tok in enumerate(tokenized):
-        pieces = tok.ids[tok.word_ids >= 0]                                   # special tokens left out
-        if len(pieces) and (pieces == unk).mean() > threshold:
-            rates.append((i, float((pieces == unk).mean())))
+    if not tokenized:
+        return
+    ids = np.concatenate([tok.ids for tok in tokenized])                     # [all tokens]
+    text = np.repeat(np.arange(len(tokenized)), [len(tok.ids) for tok in tokenized])   # [all tokens]
+    piece = np.concatenate([tok.word_ids for tok in tokenized]) >= 0          # special tokens left out
+    pieces = np.bincount(text[piece], minlength=len(tokenized))               # [texts]
+    unknown = np.bincount(text[piece & (ids == unk)], minlength=len(tokenized))   # [texts]
+    rate = unknown / np.maximum(pieces, 1)                                    # [texts]
+    rates = [(int(i), float(rate[i])) for i in np.flatnonzero((pieces > 0) & (rate > threshold))]
     if rates:
         base = first_index or 0
         shown = ", ".join(f"texts[{base + i}] {rate:.0%}" for i, rate in rates[:5])
@@ -222,12 +235,13 @@ def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
                     f"vocabulary does not hold): {shown}; this model cannot read them, their vectors say little")
 
 
-def run(model, tokenized, *, chosen, pooling, batch_size, window, stride, progress, capture, skip=0):
+def run(model, tokenized, *, chosen, pooling, batch_size, window, stride, progress, capture, skip=0,
+        max_batch_tokens=None):
     """The batching loop. Returns pooled [N, layers, H] (float64), or for pooling "none" a list of
     per-text [n, layers, H]; plus captured internals per text (unpadded). The first `skip` tokens of
     each text (a prompt) are left out of the pooling. chosen: the hidden-state indices (resolved)."""
     H = model.config.hidden_size
-    check_batching(batch_size, window, stride, model.tokenizer.max_length)
+    check_batching(batch_size, window, stride, model.tokenizer.max_length, max_batch_tokens)
     if stride is None and window is not None:
         stride = window // 4
     capture_names = model.capture_names(capture)
@@ -244,15 +258,19 @@ def run(model, tokenized, *, chosen, pooling, batch_size, window, stride, progre
     counts = {i: np.zeros(len(tokenized[i].ids), dtype=np.int64) for i in keep_tokens}   # [n]
     shares = window_shares(rows, tokenized, windowed - keep_tokens, pooling)              # text -> [n]
     captured = {name: [None] * N for name in sorted(capture_names)}
+    packed = not capture_names          # captured internals are the padded forward's [B, T, ...] arrays
     order = sorted(range(len(rows)), key=lambda r: len(rows[r].ids))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in progress_bar(batches, progress, len(rows)):
-        batch_rows = [rows[r] for r in batch]
+    batches = token_batches([len(rows[r].ids) for r in order], max_batch_tokens or MAX_BATCH_TOKENS, batch_size,
+                            packed)
+    for first, last in progress_bar(batches, progress, len(rows)):
+        batch_rows = [rows[r] for r in order[first:last]]
         ids, mask, types = pad(batch_rows, model.config.pad_token_id)
         lengths = mask.sum(axis=1)
         pool_mask = np.concatenate([np.zeros_like(mask[:, :skip]), mask[:, skip:]], axis=1)   # [B, T]
         direct = [k for k, row in enumerate(batch_rows) if row.text not in keep_tokens and row.text not in shares]
-        for layer in model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names):
+        layers = (model.iter_packed_layers(ids, mask, types, num_layers=max(chosen)) if packed else
+                  model.iter_layers(ids, mask, types, num_layers=max(chosen), capture=capture_names))
+        for layer in layers:
             index, hidden = layer.index, layer.hidden_state                     # [B, T, H]
             for name, value in layer.captured.items():      # internals are [B, T, ...] or [B, NH, T, T]
                 for k, row in enumerate(batch_rows):
@@ -281,6 +299,22 @@ def run(model, tokenized, *, chosen, pooling, batch_size, window, stride, progre
         tokens = merged[i].transpose(1, 0, 2)                                   # [layers, n, H]
         pooled[i] = pool(tokens, np.ones(tokens.shape[:2]), pooling)
     return pooled, captured
+
+
+def token_batches(lengths, max_tokens, max_texts, packed):
+    """Rows sorted by length [R] -> batches (first, last) of consecutive rows holding at most `max_tokens`
+    tokens (packed: the rows' own tokens; padded: rows x the longest) and at most `max_texts` rows (None: no
+    limit). A row longer than max_tokens is a batch of its own."""
+    batches, first, total = [], 0, 0
+    for r, n in enumerate(lengths):
+        size = total + n if packed else (r + 1 - first) * n       # lengths ascend: n is the longest so far
+        if r > first and (size > max_tokens or (max_texts is not None and r - first >= max_texts)):
+            batches.append((first, r))
+            first, size = r, n
+        total = size if packed else 0
+    if first < len(lengths):
+        batches.append((first, len(lengths)))
+    return batches
 
 
 def window_shares(rows, tokenized, texts, pooling):
@@ -339,9 +373,9 @@ def progress_bar(batches, progress, total_rows):
 
 def report_batches(batches, progress, total_rows):
     done = 0
-    for batch in batches:
-        yield batch                     # the loop body runs here; the batch is done when the next is asked for
-        done += len(batch)
+    for first, last in batches:
+        yield first, last               # the loop body runs here; the batch is done when the next is asked for
+        done += last - first
         progress(done, total_rows)
 
 
@@ -361,8 +395,9 @@ def output_dtype(model, dtype):
     return np.dtype(name)
 
 
-def check_lengths(max_length, window, stride, batch_size, limit):
-    """Every length option, before any text is tokenized: max_length, window, stride and batch_size."""
+def check_lengths(max_length, window, stride, batch_size, limit, max_batch_tokens=None):
+    """Every length option, before any text is tokenized: max_length, window, stride, batch_size and
+    max_batch_tokens."""
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
             raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), "
@@ -373,12 +408,19 @@ def check_lengths(max_length, window, stride, batch_size, limit):
         if window is not None:
             raise InputError("max_length and window cannot be combined: max_length cuts each text to its first "
                              "tokens, window covers the whole text; pass one of them")
-    check_batching(batch_size, window, stride, limit)
+    check_batching(batch_size, window, stride, limit, max_batch_tokens)
 
 
-def check_batching(batch_size, window, stride, limit):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, found {batch_size!r}")
+def is_count(value):
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+def check_batching(batch_size, window, stride, limit, max_batch_tokens=None):
+    if batch_size is not None and not is_count(batch_size):
+        raise InputError(f"batch_size (the most texts per batch) must be a positive int or None, found {batch_size!r}")
+    if max_batch_tokens is not None and not is_count(max_batch_tokens):
+        raise InputError(f"max_batch_tokens (the most tokens per batch) must be a positive int or None (the "
+                         f"default {MAX_BATCH_TOKENS}), found {max_batch_tokens!r}")
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 8 <= window <= limit:
             raise InputError(f"window must be an int between 8 and the model's {limit} tokens, found {window!r}")
@@ -390,8 +432,8 @@ def check_batching(batch_size, window, stride, limit):
 
 
 def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
-                 batch_size=32, max_length=None, window=None, stride=None, progress=None, dtype=None,
-                 prefix_space=True):
+                 batch_size=None, max_length=None, window=None, stride=None, progress=None, dtype=None,
+                 prefix_space=True, max_batch_tokens=None):
     """One vector per word: a list (one per text) of WordVectors.
 
     Raw texts are split into words by the tokenizer's pre-tokenizer; a list of word lists (NER data)
@@ -413,7 +455,7 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
         inputs = as_text_list(texts_or_words, "texts")
     if not isinstance(prefix_space, bool):
         raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
-    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length)
+    check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length, max_batch_tokens)
     chosen, single = resolve_layer_choice(layers, model.config.num_hidden_layers)
     max_length = max_length or model.tokenizer.max_length    # encode_words does not read the recipe's max_seq_length
     lower = lower_keeping_offsets if model.recipe.do_lower_case else None     # as encode does for this recipe
@@ -423,7 +465,7 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
     warn_truncated(model, tokenized, max_length)
     warn_unknown(model, tokenized)
     per_text, _ = run(model, tokenized, chosen=chosen, pooling="none", batch_size=batch_size, window=window,
-                      stride=stride, progress=progress, capture=None)
+                      stride=stride, progress=progress, capture=None, max_batch_tokens=max_batch_tokens)
     results = []
     for i, tok in enumerate(tokenized):
         found, word_index = pool_words(per_text[i], tok.word_ids, subword)         # [W', layers, H']

@@ -111,8 +111,8 @@ class Engine:
                   for row in rows}
         sentence = [b for b, row in enumerate(rows) if row.want.layer is None]
         out = [None] * B
-        for layer in model.iter_layers(ids, mask, types, num_layers=max(layers)):
-            hidden = layer.hidden_state                                       # [B, T, H]
+        for layer in model.iter_packed_layers(ids, mask, types, num_layers=max(layers)):   # no padding row run
+            hidden = layer.hidden_state                                       # [B, T, H], zeros at padding
             if layer.index == self.num_layers and sentence:
                 pool_mask = mask[sentence].copy()                             # [b, T]
                 for k, b in enumerate(sentence):
