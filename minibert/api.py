@@ -312,7 +312,7 @@ class Model(SentenceTransformersSurface):
         prefix_space: byte-level BPE tokenizers encode each given word as if a space came before it, as
         transformers' is_split_into_words=True with add_prefix_space=True; False encodes words bare.
         dtype, batch_size and max_batch_tokens as in encode."""
-        from .embed.encode import encode_words
+        from .embed.words import encode_words
         return encode_words(self, texts_or_words, layers=layers, combine=combine, subword=subword,
                             normalize=normalize, batch_size=batch_size, max_length=max_length, window=window,
                             stride=stride, progress=progress, dtype=dtype, prefix_space=prefix_space,
