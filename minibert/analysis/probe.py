@@ -182,7 +182,7 @@ def token_probe_folds(tags, *, folds=5, l2=1e-2, seed=0):
 
 
 def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5, l2=1e-2, seed=0,
-                    batch_size=32, max_length=None):
+                    batch_size=None, max_length=None):
     """Fit and cross-validate a probe on each layer's pooled vectors of `texts` (pooling None: the model's
     recipe's, as encode; each layer's vectors as the encoder gives them, no Dense or normalisation)."""
     from ..embed.pooling import resolve_layers
@@ -201,7 +201,7 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5
     return ProbeResult("sentence", rows, float(counts.max() / counts.sum()), len(texts), classes.tolist(), folds)
 
 
-def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=32):
+def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=None):
     """Fit and cross-validate a per-token tagger on each layer's word vectors; folds split by sentence."""
     from ..embed.pooling import resolve_layers
     if len(sentences) != len(tags):

@@ -32,7 +32,9 @@ def add_encoding_arguments(p):
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise the final vectors (--no-normalize: never); default: the model's recipe "
                         "(normalised when it lists sentence-transformers' Normalize; not for a plain checkpoint)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="at most this many texts a forward batch (default: batches are bounded by tokens, "
+                        "2,048 a batch, texts end to end without padding)")
     p.add_argument("--max-length", type=int_at_least(2), default=None,
                    help="cut texts to this many tokens, special tokens included (default: the model's maximum)")
     p.add_argument("--window", type=int_at_least(8), default=None,

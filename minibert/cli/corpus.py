@@ -168,7 +168,9 @@ def add_probe(sub):
     p.add_argument("--seed", type=int_at_least(0), default=0, help="shuffles the folds")
     p.add_argument("--plot", default="probe.png", help="PNG of the scores per layer (a CSV without matplotlib); "
                                                        "'' for none")
-    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="at most this many texts a forward batch (default: batches are bounded by tokens, "
+                        "2,048 a batch, texts end to end without padding)")
     p.add_argument("--json", action="store_true", help="machine-readable output: the scores per layer")
     add_model_arguments(p)
     p.set_defaults(run=cmd_probe)

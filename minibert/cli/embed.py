@@ -69,7 +69,7 @@ def embed_sparse(args):
                             f"{', '.join(dense_only)} shape dense vectors: leave them out")
     model = minibert.load_sparse(args.model, backend=args.backend)
     check_lengths(args, model)
-    vectors = model.encode_sparse(args.texts, batch_size=args.batch_size, max_length=args.max_length)
+    vectors = model.encode_sparse(args.texts, batch_size=args.batch_size or 32, max_length=args.max_length)
     decoded = vectors.decode()
     if args.json:
         print_json([{"text": text, "vocab_size": vectors.vocab_size, "ids": ids.tolist(),

@@ -43,7 +43,8 @@ CHUNK = 4096            # texts tokenized and encoded per step: bounds memory wh
 
 def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "PathLike", *,
             layers: "Layers" = -1, combine: Optional[str] = None, pooling: Optional[str] = None,
-            normalize: Optional[bool] = None, fmt: str = "npy", dtype: Optional[str] = None, batch_size: int = 32,
+            normalize: Optional[bool] = None, fmt: str = "npy", dtype: Optional[str] = None,
+            batch_size: Optional[int] = None,
             max_length: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
             overwrite: bool = False, resume: bool = False, source_file: Optional["PathLike"] = None,
             field: Optional[str] = None, progress: Union[bool, Callable[[int, int], None], None] = None,

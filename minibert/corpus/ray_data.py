@@ -79,7 +79,7 @@ class Embedder:
     """
 
     def __init__(self, model=None, *, layers=-1, combine=None, pooling=None, normalize=None, dtype=None,
-                 text_column="text", output_column="embedding", batch_size=32, max_length=None, window=None,
+                 text_column="text", output_column="embedding", batch_size=None, max_length=None, window=None,
                  stride=None, backend="cpu", num_threads=None):
         self.threads = size_threads(num_threads)             # before the model load imports numba
         import minibert

@@ -20,7 +20,7 @@ class SentenceEncoder:
     Model.encode (None: the checkpoint's recipe), e.g. {"layers": -2, "pooling": "mean"}.
     """
 
-    def __init__(self, model=None, backend="cpu", batch_size=32, encode_options=None):
+    def __init__(self, model=None, backend="cpu", batch_size=None, encode_options=None):
         self.model, self.backend, self.batch_size, self.encode_options = model, backend, batch_size, encode_options
 
     def get_params(self, deep=True):
