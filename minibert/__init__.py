@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 from .api import Model, load, load_sparse
 from .embed.estimator import SentenceEncoder
 from .corpus.store import load_embeddings
-from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError,
-                     TokenizerError)
+from .errors import (BackendError, ConfigError, InputError, MiniBertError, ModelFileError, OutputError,
+                     TokenizerError, TrainingError)
 
 try:
     __version__ = _metadata.version("minibert-numpy")      # the distribution's name, not the import name
@@ -61,4 +61,4 @@ def quantize_embeddings(embeddings: Any, precision: str, *, ranges: Any = None,
 
 __all__ = ["load", "Model", "load_embeddings", "load_classifier", "load_cross_encoder", "load_sparse",
            "quantize_embeddings", "search", "SentenceEncoder", "MiniBertError", "ModelFileError", "ConfigError",
-           "TokenizerError", "InputError", "BackendError", "__version__"]
+           "TokenizerError", "InputError", "BackendError", "OutputError", "TrainingError", "__version__"]

@@ -208,3 +208,34 @@ def test_live_the_pretraining_cards_transformers_example_loads_the_checkpoint(tm
     texts = ["The [MASK] sat on the mat."]           # the card's example
     want = namespace["logits"].detach().numpy()
     assert np.abs(minibert.load(str(out), backend="numpy").mlm_logits(texts) - want).max() < 2e-5   # measured 2.1e-6
+
+
+def test_pretraining_never_writes_over_the_model_or_a_folder_it_did_not_write(tmp_path):
+    """The classifier's rules (issue 22) hold for pretraining's output too: --out is checked before training,
+    the model's own folder and a folder minibert did not write are refused, files minibert wrote are replaced
+    whole (nothing of an earlier save stays behind)."""
+    from minibert import OutputError
+    model = tmp_path / "bert"
+    shutil.copytree(HEADS_DIR / "bert", model)
+    with pytest.raises(OutputError, match="the output directory is the model directory"):
+        pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=model)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds files minibert did not write \(notes.txt\)"):
+        pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=mine)
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    out = tmp_path / "mlm"
+    pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=out)
+    (out / "stale.bin").write_bytes(b"from an earlier save")
+    pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=out)   # a new run
+    assert not (out / "stale.bin").exists() and not list(tmp_path.glob(".mlm.*"))
+
+
+def test_a_diverged_pretraining_run_stops_naming_the_step_and_saves_nothing(tmp_path):
+    from minibert import TrainingError
+    out = tmp_path / "mlm"
+    with pytest.raises(TrainingError, match=r"training diverged at step \d+ \(epoch 1\)"):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS * 3,
+                 recipe=PretrainRecipe(epochs=2, **{**FAST, "lr": 1e10}), checkpoint_dir=out)
+    assert not out.exists()

@@ -292,6 +292,11 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     from ..tree import copy_tree
     from .model_card import check_run_names, masked_lm_card, run_description
     from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
+    from ..backends.threads import BLAS
+    from ..errors import TrainingError
+    from ..files import atomic_directory
+    from .classifier import check_output_directory
+    from .finetune import diverged
     check_recipe(recipe)
     check_run_names(datasets, command)
     if resume and checkpoint_dir is None:
@@ -304,8 +309,8 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     block = recipe.max_length or model.tokenizer.max_length
     train_blocks = group_texts(model.tokenizer, train_texts, block)
     dev_blocks = group_texts(model.tokenizer, held_texts, block) if held_texts else None
-    if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    if checkpoint_dir is not None:       # the model's folder, or a folder minibert did not write, is refused now
+        check_output_directory(checkpoint_dir, [model.source, getattr(model.tokenizer, "dir", model.source)])
     dtype = np.dtype(recipe.dtype).type
     trees = copy_tree({"encoder": model.weights, "mlm": heads.mlm}, dtype)   # the tied decoder stays the word table
     pooler = trees["encoder"]["pooler"]
@@ -347,55 +352,67 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
         history.append({"epoch": 0, "dev_loss": loss, "dev_perplexity": float(np.exp(loss))})
         report.message(f"before training: dev_loss {loss:.4f}, dev_perplexity {np.exp(loss):.4f}")
     try:
-        for epoch in range(first_epoch + 1, recipe.epochs + 1):
-            losses = []
-            order = rng.permutation(len(train_blocks.ids))
-            for inputs, labels in masked_batches(train_blocks, order, recipe.batch_size, rng, recipe, mask_id,
-                                                 config.vocab_size):
-                lr = lr_at(step, total, warmup, recipe.lr)
-                result, grads = loss_and_grads(inputs, np.ones_like(inputs), np.zeros_like(inputs), weights, head,
-                                               config, mlm_labels=labels, dropout=recipe.dropout,
-                                               rng=rng if recipe.dropout else None)
-                by_id = {id(p): g for (_, p), (_, g) in zip(params, trainable(grads["encoder"], grads["mlm"], config))}
-                ordered = [by_id[id(p)] for _, p in params]
-                if recipe.max_grad_norm:
-                    clip_by_global_norm(ordered, recipe.max_grad_norm)
-                adamw_update([p for _, p in params], ordered, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
-                             weight_decay=recipe.weight_decay, decay=decay)
-                losses.append(float(result["mlm"]))
-                step += 1
-                report.step(epoch=epoch, step=step, loss=losses[-1], running=float(np.mean(losses)), lr=lr,
-                            epoch_end=len(losses) == steps_per_epoch)
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-            if dev_batches is not None:
-                record["dev_loss"] = held_out_loss(dev_batches, weights, head, config)
-                record["dev_perplexity"] = float(np.exp(record["dev_loss"]))
-            improved = recipe.patience is None or best is None or record["dev_loss"] < best["metric"]
-            if recipe.patience is not None:
-                if dev_batches is None:
-                    raise InputError("recipe.patience needs held-out text (dev_texts or validation_split > 0)")
-                if improved:
-                    best = {"epoch": epoch, "metric": record["dev_loss"], "params": [p.copy() for _, p in params]}
-                record["best_epoch"] = best["epoch"]
-            history.append(record)
-            if checkpoint_dir is not None:
-                if improved:
-                    save_masked_lm(checkpoint_dir, {**weights, "pooler": pooler}, trees["mlm"], config,
-                                   tied=heads.tied, source_dir=model.encoder_dir, tokenizer_dir=model.tokenizer.dir)
-                    card = masked_lm_card(training, config.model_type, history, mask, str(checkpoint_dir))
-                    (Path(checkpoint_dir) / "README.md").write_text(card, encoding="utf-8")
-                train_state.save_state(checkpoint_dir, params=params, adam=state, rng=rng, epoch=epoch,
-                                       history=history, run=run,
+        with BLAS:      # the forward's thread policy: one BLAS thread beside minibert's own
+            for epoch in range(first_epoch + 1, recipe.epochs + 1):
+                losses = []
+                order = rng.permutation(len(train_blocks.ids))
+                for inputs, labels in masked_batches(train_blocks, order, recipe.batch_size, rng, recipe, mask_id,
+                                                     config.vocab_size):
+                    lr = lr_at(step, total, warmup, recipe.lr)
+                    result, grads = loss_and_grads(inputs, np.ones_like(inputs), np.zeros_like(inputs), weights, head,
+                                                   config, mlm_labels=labels, dropout=recipe.dropout,
+                                                   rng=rng if recipe.dropout else None)
+                    if not np.isfinite(result["mlm"]):        # before the update: the weights stay finite
+                        raise TrainingError(diverged(step + 1, epoch, f"the loss is {float(result['mlm'])}", recipe,
+                                                     checkpoint_dir))
+                    gradients = trainable(grads["encoder"], grads["mlm"], config)
+                    by_id = {id(p): g for (_, p), (_, g) in zip(params, gradients)}
+                    ordered = [by_id[id(p)] for _, p in params]
+                    if recipe.max_grad_norm:
+                        clip_by_global_norm(ordered, recipe.max_grad_norm)
+                    adamw_update([p for _, p in params], ordered, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
+                                 weight_decay=recipe.weight_decay, decay=decay)
+                    losses.append(float(result["mlm"]))
+                    step += 1
+                    report.step(epoch=epoch, step=step, loss=losses[-1], running=float(np.mean(losses)), lr=lr,
+                                epoch_end=len(losses) == steps_per_epoch)
+                if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
+                    raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
+                                                 checkpoint_dir))
+                record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+                if dev_batches is not None:
+                    record["dev_loss"] = held_out_loss(dev_batches, weights, head, config)
+                    record["dev_perplexity"] = float(np.exp(record["dev_loss"]))
+                improved = recipe.patience is None or best is None or record["dev_loss"] < best["metric"]
+                if recipe.patience is not None:
+                    if dev_batches is None:
+                        raise InputError("recipe.patience needs held-out text (dev_texts or validation_split > 0)")
+                    if improved:
+                        best = {"epoch": epoch, "metric": record["dev_loss"], "params": [p.copy() for _, p in params]}
+                    record["best_epoch"] = best["epoch"]
+                history.append(record)
+                if checkpoint_dir is not None:
+                    saved_state = dict(params=params, adam=state, rng=rng, epoch=epoch, history=history, run=run,
                                        best=None if best is None else {**best, "params": None if improved
                                                                        else best["params"]})
-            report.message(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in record.items()))
-            if on_epoch is not None:
-                on_epoch(record)
-            if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
-                report.message(f"early stopping: no lower held-out loss for {recipe.patience} epoch(s); the best "
-                               f"was epoch {best['epoch']} ({best['metric']:.4f})")
-                break
+                    if improved:    # one new folder (weights, config, tokenizer, card, state) replaces the last whole
+                        with atomic_directory(checkpoint_dir) as temporary:
+                            save_masked_lm(temporary, {**weights, "pooler": pooler}, trees["mlm"], config,
+                                           tied=heads.tied, source_dir=model.encoder_dir,
+                                           tokenizer_dir=model.tokenizer.dir)
+                            card = masked_lm_card(training, config.model_type, history, mask, str(checkpoint_dir))
+                            (temporary / "README.md").write_text(card, encoding="utf-8")
+                            train_state.save_state(temporary, **saved_state)
+                    else:
+                        train_state.save_state(checkpoint_dir, **saved_state)
+                report.message(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in record.items()))
+                if on_epoch is not None:
+                    on_epoch(record)
+                if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
+                    report.message(f"early stopping: no lower held-out loss for {recipe.patience} epoch(s); the best "
+                                   f"was epoch {best['epoch']} ({best['metric']:.4f})")
+                    break
     finally:
         report.close()
     if best is not None and best["epoch"] != history[-1]["epoch"]:
