@@ -195,8 +195,8 @@ def test_tei_routes_answer_in_teis_shapes(monkeypatch):
         assert info["max_batch_tokens"] == 16384 and info["max_client_batch_size"] == 32
         assert info["model_type"] == {"embedding": {"pooling": "mean"}}
         assert http.get("/health").status_code == 200
-        sparse = http.post("/embed_sparse", json={"inputs": "a"})
-        assert sparse.status_code == 501 and "not implemented" in sparse.json()["error"]
+        sparse = http.post("/embed_sparse", json={"inputs": "a"})       # an embedding model: no masked-LM head
+        assert sparse.status_code == 422 and "gives no sparse vectors" in sparse.json()["error"]
         text = http.get("/metrics").text
         assert 'minibert_requests_total{route="/embed",status="200"} 3' in text
         assert 'minibert_requests_total{route="/",status="200"} 1' in text
@@ -550,3 +550,19 @@ def test_sigterm_under_load_answers_every_accepted_request(dense_model, stop):
     assert any(sent < terminated[0] < done for sent, done, answer in results
                if isinstance(answer, httpx.Response))    # some were in flight at SIGTERM, and were answered
     assert "minibert serve: stopped" in "".join(lines)
+
+
+def test_embed_sparse_gives_the_models_splade_vectors_in_teis_shape():
+    """/embed_sparse on a checkpoint with its masked-LM head: per input TEI's [{"index", "value"}], the ids and
+    weights model.encode_sparse gives (SPLADE: max over tokens of log1p(relu(logits)))."""
+    model = minibert.load(str(FIXTURES / "heads" / "bert"))
+    texts = ["the cat sat on the mat", "a dog ran"]
+    want = model.encode_sparse(texts)
+    with running(model) as server, server.client() as http:
+        got = http.post("/embed_sparse", json={"inputs": texts}).json()
+        for entries, ids, weights in zip(got, want.ids, want.weights):
+            assert [e["index"] for e in entries] == ids.tolist()
+            np.testing.assert_allclose([e["value"] for e in entries], weights, rtol=1e-6)
+        too_long = http.post("/embed_sparse", json={"inputs": ["the cat " * 400]})
+        assert too_long.status_code == 413 and "set truncate" in too_long.json()["error"]
+        assert http.post("/embed_sparse", json={"inputs": ["the cat " * 400], "truncate": True}).status_code == 200

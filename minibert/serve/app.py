@@ -1,13 +1,13 @@
 """The HTTP routes: OpenAI's embeddings API and text-embeddings-inference's (TEI), answering in their shapes.
 
     POST /v1/embeddings   OpenAI           GET /v1/models
-    POST /embed (and /)  /embed_all  /rerank  /tokenize  (/embed_sparse: 501)   GET /health  /info  /metrics   TEI
+    POST /embed (and /)  /embed_all  /embed_sparse  /rerank  /tokenize   GET /health  /info  /metrics   TEI
 
 Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI's {"error", "error_type"}
 elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
 refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
 wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
---max-concurrent-requests, 501 /embed_sparse.
+--max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head.
 """
 
 import asyncio
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..errors import InputError
+from ..errors import InputError, ModelFileError
 from .batcher import Batcher
 from .engine import Engine, TooLong, cut_dimensions, tokens_of
 from .metrics import Metrics
@@ -164,7 +164,7 @@ class Server:
     """What the routes share: the engine, the batcher, the metrics, the limits."""
 
     def __init__(self, model, limits, reranker=None, model_id=None, log=None):
-        self.engine, self.limits, self.reranker = Engine(model), limits, reranker
+        self.engine, self.limits, self.reranker, self.model = Engine(model), limits, reranker, model
         self.model_id = model_id or default_model_id(model)
         self.metrics = Metrics()
         self.batcher = Batcher(self.engine.forward, limits.max_batch_tokens, self.metrics, limits.threads)
@@ -299,8 +299,30 @@ async def tei_embed_all(request, server):
     return await json_reply(lambda: [tokens.tolist() for tokens in outputs])
 
 
-async def tei_embed_sparse(request):
-    raise ApiError(501, "sparse vectors (SPLADE) are not implemented by minibert yet; use /embed", "unsupported")
+@inference
+async def tei_embed_sparse(request, server):
+    """SPLADE vectors from the model's masked-LM head (model.encode_sparse), in TEI's shape: per input the
+    non-zero [{"index": token id, "value": weight}], ids ascending. Run beside the batches, one at a time."""
+    body = await read_json(request, server.limits.max_body_bytes)
+    kind, texts, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    if kind != "texts":
+        raise ApiError(422, "embed_sparse takes texts, not token ids", "invalid", "inputs")
+    truncate = option(body, "truncate", bool, server.limits.auto_truncate)
+
+    def sparse():
+        with server.rerank_lock:
+            try:
+                if not truncate and server.model.tokenize(texts).truncated.any():
+                    raise TooLong(f"an input has more than the model's {server.model.tokenizer.max_length} tokens; "
+                                  "set truncate")
+                return server.model.encode_sparse(texts, batch_size=len(texts))
+            except ModelFileError as e:          # no masked-LM head in this checkpoint
+                raise ApiError(422, f"this model gives no sparse vectors: {e}", "unsupported") from None
+            except (TooLong, InputError) as e:
+                raise refusal(e, "inputs") from None
+    vectors = await run_in_threadpool(sparse)
+    return await json_reply(lambda: [[{"index": int(i), "value": float(w)} for i, w in zip(ids, weights)]
+                                     for ids, weights in zip(vectors.ids, vectors.weights)])
 
 
 @inference
