@@ -137,18 +137,27 @@ class ProcessPool:
         return [w.pid for w in self.workers]
 
     def next_result(self, doing):
-        """The next message from a worker; a MiniBertError when a worker died instead of answering."""
+        """The next message from a worker; a MiniBertError when a worker died, even if the others could go on:
+        a pool that lost a worker is broken (a chunk it held would never come back), so it is reported at once."""
         while True:
             try:
-                return self.results.get(timeout=POLL_SECONDS)
+                message = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                dead = [w for w in self.workers if w.exitcode is not None]
-                if dead:
-                    code = dead[0].exitcode
-                    why = ("killed by a signal: out of memory?" if code < 0 else
-                           "its error is printed above; a script needs `if __name__ == \"__main__\":` for spawn")
-                    raise MiniBertError(f"worker process {dead[0].pid} exited with code {code} while {doing} ({why}); "
-                                        "the pool is closed")
+                message = None
+            if message is not None and message[0] == "failed":
+                return message                  # the worker's own error says more than its exit code
+            self.raise_if_a_worker_died(doing)
+            if message is not None:
+                return message
+
+    def raise_if_a_worker_died(self, doing):
+        dead = [w for w in self.workers if w.exitcode is not None]
+        if dead:
+            code = dead[0].exitcode
+            why = ("killed by a signal: out of memory?" if code < 0 else
+                   "its error is printed above; a script needs `if __name__ == \"__main__\":` for spawn")
+            raise MiniBertError(f"worker process {dead[0].pid} exited with code {code} while {doing} ({why}); "
+                                "the pool is closed")
 
     def encode(self, texts, text_pairs=None, *, chunk_size=None, progress=None, **options):
         """model.encode(texts, **options) over the workers: the per-text results in input order, an array
