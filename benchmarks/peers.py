@@ -132,6 +132,56 @@ def export_onnx(source, path):
     os.replace(partial, path)
 
 
+def export_fastembed_directory(source, directory):
+    """The directory fastembed's TextEmbedding(..., specific_model_path=) loads: model.onnx with the last
+    hidden state as its one output (as the hub's Qdrant/all-MiniLM-L6-v2-onnx has; fastembed pools output 0)
+    beside the checkpoint's tokenizer and config files. Kept in `directory`; made once, with torch."""
+    import shutil
+
+    import torch
+    import transformers
+    if os.path.exists(os.path.join(directory, "model.onnx")):
+        return directory
+    model = transformers.AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state        # [B, T, H]
+
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in inputs)
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*inputs, "last_hidden_state")}
+    os.makedirs(directory, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copy(os.path.join(source, name), directory)
+    # fastembed truncates at the stricter of tokenizer_config's model_max_length and max_length: 512 in this
+    # checkpoint's files (and the hub's), where sentence-transformers and minibert cut at the recipe's 256.
+    # Given 256 too, fastembed does the same work as the others, never more.
+    settings = os.path.join(source, "sentence_bert_config.json")
+    if os.path.exists(settings):
+        import json
+        with open(settings) as f:
+            max_length = json.load(f).get("max_seq_length")
+        with open(os.path.join(directory, "tokenizer_config.json")) as f:
+            tokenizer_config = json.load(f)
+        tokenizer_config["max_length"] = max_length
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(tokenizer_config, f, indent=2)
+    partial = os.path.join(directory, "model.onnx.partial")
+    with torch.no_grad():
+        torch.onnx.export(LastHiddenState(model), example, partial, input_names=list(inputs),
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=ONNX_OPSET,
+                          dynamo=False)
+    os.replace(partial, os.path.join(directory, "model.onnx"))
+    return directory
+
+
 def onnxruntime_session(source, threads):
     """An InferenceSession with default options (graph optimizations: all) and `threads` intra-op threads."""
     try:
