@@ -110,6 +110,6 @@ def read_sparse_rows(d, manifest, names):
         ids = np.asarray(indices[a:a + step + 1], dtype=np.int64)
         falls = np.flatnonzero(np.diff(ids) <= 0) + a + 1            # only where a new text starts
         if ids.min() < 0 or ids.max() >= vocab or not np.isin(falls, indptr).all():
-            raise damaged(d, f"{names[-1]}: vocabulary ids outside 0..{vocab - 1} "
-                             "or not ascending within a text")
+            raise damaged(d, f"{names[min(1, len(names) - 1)]}: vocabulary ids outside 0..{vocab - 1} or not "
+                             "ascending within a text")
     return indptr, indices, values, texts

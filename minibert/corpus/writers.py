@@ -259,11 +259,11 @@ class GrowingNpy:
                 with open(self.path, "rb") as f:
                     np.lib.format.read_magic(f)
                     _, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    size = os.fstat(f.fileno()).st_size
+                    header, size = f.tell(), os.fstat(f.fileno()).st_size
             except (OSError, ValueError) as e:
                 raise InputError(f"{self.path}: the entries of the interrupted run cannot be read ({e}); "
                                  "pass --overwrite to start again") from None
-            if dtype != self.dtype or f.tell() != self.header or size < needed:
+            if dtype != self.dtype or header != self.header or size < needed:
                 raise InputError(f"{self.path}: holds {dtype} and {size} bytes, not the {entries} {self.dtype} "
                                  "entries the interrupted run recorded; pass --overwrite to start again")
         self.f = open(self.path, "r+b")
