@@ -150,6 +150,29 @@ def test_a_torn_write_on_a_full_disk_is_cut_off_by_resume(splade32, tmp_path, mo
     assert_identical(loaded(tmp_path / "full"), loaded(tmp_path / "whole"))
 
 
+def test_a_failure_while_finishing_the_files_is_finished_by_resume(splade64, tmp_path, monkeypatch):
+    """The indices and values files get their final length in their headers at the end, then each is renamed:
+    a run cut between two renames is finished by --resume with the bytes of an uninterrupted run."""
+    extract_module.extract(splade64, CORPUS, tmp_path / "whole", sparse=True)
+    real = writers.finalise
+
+    def second_fails(out, name):
+        second_fails.n += 1
+        if second_fails.n == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(out, name)
+    second_fails.n = 0
+    monkeypatch.setattr(writers, "finalise", second_fails)
+    with pytest.raises(MiniBertError, match="cannot write after 9 of 9 rows .* --resume to finish"):
+        extract_module.extract(splade64, CORPUS, tmp_path / "cut", sparse=True)
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [
+        "progress.json", "sparse_indices.npy.partial", "sparse_indptr.npy", "sparse_values.npy.partial"]
+    monkeypatch.setattr(writers, "finalise", real)
+    manifest = extract_module.extract(splade64, CORPUS, tmp_path / "cut", sparse=True, resume=True)
+    for name in manifest["files"]:
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
 def test_resume_refuses_other_splade_settings(splade32, tmp_path, monkeypatch):
     monkeypatch.setattr(extract_module, "CHUNK", 2)
     real = type(splade32).encode_sparse
