@@ -385,9 +385,9 @@ def edit_manifest(d, change):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r.__setitem__("indices", r["indices"][:-1]), "are not two lists of as many ints and numbers"),
-    (lambda r: r.__setitem__("indices", [1.5] + r["indices"][1:]), "are not two lists of as many ints"),
-    (lambda r: r.__setitem__("values", ["1"] + r["values"][1:]), "are not two lists of as many ints"),
+    (lambda r: r.__setitem__("indices", r["indices"][:-1]), "are not two lists of as many ids .ints. and weights"),
+    (lambda r: r.__setitem__("indices", [1.5] + r["indices"][1:]), "are not two lists of as many ids"),
+    (lambda r: r.__setitem__("values", ["1"] + r["values"][1:]), "are not two lists of as many ids"),
     (lambda r: r.pop("values"), r"not row 1 with text, indices, values"),
     (lambda r: r.__setitem__("indices", sorted(r["indices"], reverse=True)), "not ascending within a text"),
 ])

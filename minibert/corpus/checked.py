@@ -60,24 +60,22 @@ def check_npy_header(d, name, f, size, dtype, leading, row_shape):
                              f"({'truncated' if size < needed else 'trailing bytes'})")
 
 
-
 def jsonl_records(d, name, count, keys):
-    """The count records of an extraction's jsonl file, each an object holding row n's "index", a str "text"
-    and `keys`."""
-    records = []
+    """The count records of an extraction's jsonl file, one at a time, each an object holding row n's "index",
+    a str "text" and `keys`."""
+    n = 0
     with open_regular(member(d, name), InputError, f"the extraction's {name}") as f:
         for n, line in enumerate(f, 1):
             try:
                 record = json.loads(line)
             except ValueError as e:
                 raise damaged(d, f"{name}:{n}: not a JSON record ({e})") from None
-            if not (isinstance(record, dict) and set(keys) <= set(record) and isinstance(record["text"], str)
+            if not (isinstance(record, dict) and set(keys) <= set(record) and isinstance(record.get("text"), str)
                     and record.get("index") == n - 1):
                 raise damaged(d, f"{name}:{n}: not row {n - 1} with {', '.join(keys)}")
-            records.append(record)
-    if len(records) != count:
-        raise damaged(d, f"{name} holds {len(records)} rows, but the manifest says {count}")
-    return records
+            yield record
+    if n != count:
+        raise damaged(d, f"{name} holds {n} rows, but the manifest says {count}")
 
 
 def read_sparse_rows(d, manifest, names):
@@ -91,19 +89,20 @@ def read_sparse_rows(d, manifest, names):
         indices = np.load(checked_npy(d, names[1], np.int32, (int(indptr[-1]),)), mmap_mode="r")
         values = np.load(checked_npy(d, names[2], dtype, (int(indptr[-1]),)), mmap_mode="r")
     else:
-        records = jsonl_records(d, names[0], count, ("text", "indices", "values"))
-        rows, texts = [(record["indices"], record["values"]) for record in records], [r["text"] for r in records]
-        for n, (ids, weights) in enumerate(rows, 1):
-            if not (isinstance(ids, list) and isinstance(weights, list) and len(ids) == len(weights)
-                    and all(type(i) is int for i in ids) and all(type(w) in (int, float) for w in weights)):
-                raise damaged(d, f"{names[0]}:{n}: 'indices' and 'values' are not two lists of as many ints "
-                                 "and numbers")
-        try:
-            indices = np.array([i for ids, _ in rows for i in ids], dtype=np.int64)
-        except OverflowError:
-            raise damaged(d, f"{names[0]}: vocabulary ids beyond int64") from None
-        values = np.array([w for _, weights in rows for w in weights], dtype=dtype)
-        indptr = np.cumsum([0] + [len(ids) for ids, _ in rows], dtype=np.int64)
+        ids, weights, texts = [], [], []
+        for n, record in enumerate(jsonl_records(d, names[0], count, ("text", "indices", "values")), 1):
+            row_ids, row_weights = record["indices"], record["values"]
+            if not (isinstance(row_ids, list) and isinstance(row_weights, list) and len(row_ids) == len(row_weights)
+                    and all(type(i) is int and 0 <= i < 2 ** 31 for i in row_ids)
+                    and all(type(w) in (int, float) for w in row_weights)):
+                raise damaged(d, f"{names[0]}:{n}: 'indices' and 'values' are not two lists of as many ids (ints) "
+                                 "and weights (numbers)")
+            ids.append(np.array(row_ids, dtype=np.int32))
+            weights.append(np.array(row_weights, dtype=dtype))
+            texts.append(record["text"])
+        indptr = np.cumsum([0] + [len(row) for row in ids], dtype=np.int64)                 # [N + 1]
+        indices = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)              # [nnz]
+        values = np.concatenate(weights) if weights else np.zeros(0, dtype=dtype)          # [nnz]
     vocab = manifest["sparse"]["vocab_size"]
     step = 1 << 22
     for a in range(0, len(indices), step):             # ids in range and ascending within each text

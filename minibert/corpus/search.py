@@ -170,7 +170,6 @@ class Index:
         return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i]) for i, s in zip(row_i, row_s)]
                 for row_i, row_s in zip(indices, scores)]
 
-
     def sparse_queries(self, model, queries):
         """The queries' SPLADE vectors, made as the corpus's were: the model must apply the recorded settings."""
         from dataclasses import asdict
