@@ -22,24 +22,31 @@ def cmd_extract(args):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
         raise MiniBertError("--whiten scales the PCA components of --reduce pca:K: pass --reduce too")
+    if args.sparse:
+        check_sparse_flags(args)
     check_output_folder(args.out)
     texts = open_corpus(args.input, args.field)       # streamed: read again chunk by chunk, never held whole
     some_texts(texts, args.input)      # nothing to read is a mistake (as embed - and predict say), not an empty folder
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
-    model = minibert.load(args.model, backend=args.backend) if args.engine == "local" else None
+    load = minibert.load_sparse if args.sparse else minibert.load     # load_sparse: a SparseEncoder's settings
+    model = load(args.model, backend=args.backend) if args.engine == "local" else None
     check_lengths(args, model)
     if args.reduce and model is None:      # the local engine's extract checks --reduce before any work
         check_reduce_rows(args, texts)
     options = {**encoding_options(args), "fmt": args.format, "dtype": args.dtype, "overwrite": args.overwrite,
                "resume": args.resume, "source_file": args.input, "field": args.field, "reduce": args.reduce,
                "whiten": args.whiten, "progress": None if not args.quiet else False}
+    if args.sparse:        # extract refuses the dense options given; these are the defaults of the flags
+        options = {**{k: v for k, v in options.items() if k not in ("layers", "whiten")}, "sparse": True}
     if args.engine == "ray":
         from ..corpus.ray_data import extract as extract_on_ray
         manifest = extract_on_ray(texts, args.out, model=args.model, backend=args.backend, address=args.address,
                                   workers=args.workers, cpus_per_worker=args.cpus_per_worker, **options)
     else:
         manifest = extract(model, texts, args.out, **options)
-    print(f"wrote {manifest['count']} texts x {manifest['row_shape']} ({args.format}, {args.dtype}) "
+    what = (f"SPLADE vectors over a vocabulary of {manifest['row_shape'][0]}" if args.sparse else
+            f"texts x {manifest['row_shape']}")
+    print(f"wrote {manifest['count']} {what} ({args.format}, {args.dtype}) "
           f"to {args.out}: {', '.join(f for f in manifest['files'] if f not in ('pca.npz', 'reduced.npy'))}")
     if args.reduce:                                    # done by extract, under its lock
         kept = manifest["reduce"]
@@ -56,7 +63,8 @@ def add_extract(sub):
                               "  cat corpus.txt | minibert extract - --out vecs --pooling none\n"
                               "  minibert extract corpus.txt --out vecs --layers all --resume"
                               "   # after an interruption\n"
-                              "  minibert extract corpus.parquet --out vecs --engine ray --address auto --workers 8")
+                              "  minibert extract corpus.parquet --out vecs --engine ray --address auto --workers 8\n"
+                              "  minibert extract corpus.txt --out splade --sparse --model SPLADE_DIR")
     p.add_argument("input", help=".txt (a text per line), .jsonl, .csv, .tsv, .parquet, or - for standard input")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--field", default="text", help="JSON field or CSV/TSV/Parquet column holding the text")
@@ -69,6 +77,9 @@ def add_extract(sub):
     p.add_argument("--reduce", metavar="pca:K", default=None,
                    help="also fit PCA with K components on the vectors; stores pca.npz and reduced.npy")
     p.add_argument("--whiten", action="store_true", help="with --reduce: scale each component to unit variance")
+    p.add_argument("--sparse", action="store_true", help="SPLADE vectors from the masked-LM head (a ...ForMaskedLM "
+                   "checkpoint or a SparseEncoder directory), as compressed rows: sparse_indptr.npy, "
+                   "sparse_indices.npy, sparse_values.npy (or sparse.jsonl with --format jsonl)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="ray: encode on a Ray cluster's actors (needs `pip install 'minibert-numpy[ray]'`)")
     p.add_argument("--address", default=None, help="with --engine ray: auto, HOST:6379 or ray://HOST:10001 "
@@ -78,6 +89,24 @@ def add_extract(sub):
     p.add_argument("--cpus-per-worker", type=float, default=1, help="with --engine ray: CPUs (threads) per actor")
     add_encoding_arguments(p)
     p.set_defaults(run=cmd_extract)
+
+
+def check_sparse_flags(args):
+    """--sparse, before the corpus or the model is read: the flags that shape dense vectors, and the engine
+    and formats that have no sparse output, are refused by their names."""
+    dense = [flag for flag, given in (("--layers", args.layers != "-1"), ("--combine", args.combine),
+                                      ("--pooling", args.pooling), ("--normalize", args.normalize is not None),
+                                      ("--window", args.window), ("--stride", args.stride),
+                                      ("--reduce", args.reduce), ("--whiten", args.whiten)) if given]
+    if dense:
+        raise MiniBertError(f"--sparse gives one SPLADE vector per text from the masked-LM head; {', '.join(dense)} "
+                            "shape dense vectors: leave them out")
+    if args.format not in ("npy", "jsonl"):
+        raise MiniBertError(f"--sparse writes --format npy (sparse_indptr.npy, sparse_indices.npy, sparse_values.npy)"
+                            f" or jsonl (sparse.jsonl), not {args.format}")
+    if args.engine == "ray":
+        from ..corpus.ray_data import refuse_sparse
+        refuse_sparse()
 
 
 def check_reduce_rows(args, texts):
@@ -180,7 +209,8 @@ def cmd_search(args):
     import minibert
     from ..corpus.search import Index, format_hits
     index = Index(args.index, layer=args.layer, reduced=args.reduced, texts_file=args.texts, field=args.field)
-    model = minibert.load(args.model, backend=args.backend) if args.model else index.load_model(backend=args.backend)
+    load = minibert.load_sparse if index.sparse else minibert.load     # load_sparse: a SparseEncoder's settings
+    model = load(args.model, backend=args.backend) if args.model else index.load_model(backend=args.backend)
     results = index.search(model, args.queries, args.k)
     missing = (f"texts not found: {index.manifest.get('input')} is gone or changed; pass --texts FILE to show them"
                if index.texts is None else None)
@@ -198,11 +228,11 @@ def cmd_search(args):
 
 
 def add_search(sub):
-    p = sub.add_parser("search", help="cosine top-k over a `minibert extract` directory",
+    p = sub.add_parser("search", help="cosine top-k over a `minibert extract` directory (dot product for --sparse)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  minibert search vecs 'a cheap flight to Rome' -k 5\n"
                               "  minibert search vecs 'query one' 'query two' --layer 4 --texts corpus.txt")
-    p.add_argument("index", help="directory written by minibert extract (pooled vectors)")
+    p.add_argument("index", help="directory written by minibert extract (pooled vectors, or SPLADE vectors)")
     p.add_argument("queries", nargs="+")
     p.add_argument("-k", type=int_at_least(1), default=10, help="hits per query")
     p.add_argument("--layer", type=int, default=None, help="which extracted layer to search when several were kept")

@@ -1,8 +1,8 @@
 """The extraction run: a corpus encoded to files chunk by chunk, with bounded memory, one run per directory.
 
     texts (minibert.corpus.readers) -> encode CHUNK texts -> a writer (minibert.corpus.writers: npy, npz,
-    safetensors, jsonl, token-level npy) -> progress.json after every chunk is on disk -> manifest.json last
-    (minibert.corpus.store) -> --reduce (reduce)
+    safetensors, jsonl, token-level npy; SPLADE vectors as compressed rows or jsonl) -> progress.json after
+    every chunk is on disk -> manifest.json last (minibert.corpus.store) -> --reduce (reduce)
 
 This module holds the run itself: options checked, the job recorded, chunks encoded and handed to a writer,
 the manifest written. The lock, the resume state and SIGTERM are minibert.corpus.resume; what the directory
@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from . import reduce as reduction  # called through the module, so a replaced reduce_extraction is the one run
 from . import resume as resumable  # the lock taken through the module, so a replaced directory_lock is the one held
-from ..embed.encode import FIRST_ROW, tokenize_texts
+from ..embed.encode import FIRST_ROW, check_lengths, tokenize_texts
 from ..errors import InputError, MiniBertError
 from ..progress import RowProgress
 from .readers import TextFile, sha256_of
@@ -32,12 +32,13 @@ from .resume import (disk_errors, prepare_directory, recipe_fingerprint, save_pr
                      texts_sha256, tokenizer_fingerprint, weights_fingerprint)
 from .store import PROGRESS, finalise, write_durably
 from ..tokenizer import as_text_list
-from .writers import JsonlWriter, PooledWriter, TokenWriter
+from .writers import JsonlWriter, PooledWriter, SparseJsonlWriter, SparseWriter, TokenWriter
 
 if TYPE_CHECKING:
     from ..api import Layers, Model, PathLike
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
+SPARSE_FORMATS = ("npy", "jsonl")
 CHUNK = 4096            # texts tokenized and encoded per step: bounds memory whatever the corpus size
 
 
@@ -49,13 +50,15 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
             overwrite: bool = False, resume: bool = False, source_file: Optional["PathLike"] = None,
             field: Optional[str] = None, progress: Union[bool, Callable[[int, int], None], None] = None,
             encode_range: Optional[Callable[..., Any]] = None, engine: Optional[str] = None,
-            reduce: Optional[str] = None, whiten: bool = False) -> dict:
+            reduce: Optional[str] = None, whiten: bool = False, sparse: bool = False) -> dict:
     """Encode `texts` into files under out_dir; returns the manifest dict.
 
     texts: a list of str, or a readers.TextFile (open_corpus), which is read chunk by chunk and records its
     own path, field and the sha256 of the bytes read. For a list, source_file and field only go into the
     manifest (source_file's sha256 is taken at the end: the caller vouches that the list is that file).
     reduce="pca:K" (whiten): fit PCA on the result, under the same lock, as reduce.reduce_extraction does.
+    sparse=True: SPLADE vectors from the masked-LM head, model.encode_sparse's (settings from load_sparse,
+    recorded in the manifest's "sparse"), written as compressed rows (npy) or jsonl; see check_sparse.
 
     encode_range(start, stop), when given, must return what encode would for texts[start:stop]; it is
     called with increasing, non-overlapping ranges (another engine, e.g. Ray, serves them). `engine` is
@@ -77,6 +80,9 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
         raise InputError("token-level output (pooling none) is written as npy (flat tokens + offsets)")
     if overwrite and resume:
         raise InputError("--overwrite discards an earlier run and --resume continues it: pass one of them")
+    if sparse:
+        check_sparse(fmt, dtype, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
+                     window=window, stride=stride, reduce=reduce, whiten=whiten or None)
     if not isinstance(texts, TextFile):
         texts = as_text_list(texts, "texts")
     dtype = np.dtype(model.dtype).name if dtype is None else dtype      # as encode: the model's own by default
@@ -91,6 +97,9 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
                 report.advance(start + len(chunk) * rows // total)
         first = FIRST_ROW.set(start if N > CHUNK else None)      # several chunks: warnings name the input's rows
         try:
+            if sparse:                                   # encode checks these itself; encode_sparse cuts
+                check_lengths(max_length, None, None, batch_size, model.tokenizer.max_length)
+                return model.encode_sparse(chunk, batch_size=batch_size or 32, max_length=max_length)
             return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                                 batch_size=batch_size, max_length=max_length, window=window, stride=stride,
                                 progress=batch_done, dtype=dtype)
@@ -105,7 +114,7 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
         warnings.simplefilter("ignore")
         probe = encode_chunk(["x"])        # the output's shape per text; also checks every option up front
     token_level = pooling == "none"
-    row_shape = tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
+    row_shape = (probe.vocab_size,) if sparse else tuple(probe[0].shape[1:] if token_level else probe.shape[1:])
     if reduce is not None:
         rows = N               # token rows are at least as many as texts: count them only where K needs it
         if token_level and reduction.parse_reduce(reduce) > N - 1:
@@ -122,14 +131,18 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
            "layers": layers, "combine": combine, "pooling": pooling, "normalize": normalize, "dtype": dtype,
            "format": fmt, "batch_size": batch_size, "max_length": max_length, "window": window, "stride": stride,
            "minibert_version": __version__}
+    if sparse:                         # what shapes a SPLADE vector: its settings; the dense recipe does not apply
+        job.update(recipe=None, sparse=sparse_record(model, max_length))
     job = json.loads(json.dumps(job, default=lambda v: v.item() if hasattr(v, "item") else str(v)))  # as saved
     with resumable.directory_lock(out, N):
         with disk_errors(out, 0, N):
             finished, done = prepare_directory(out, job, overwrite=overwrite, resume=resume)
         if finished:                                    # resume of a job that had already finished
             return add_reduction(out, finished, reduce, whiten)
-        writer: Union[TokenWriter, JsonlWriter, PooledWriter]
-        if token_level:
+        writer: Union[TokenWriter, JsonlWriter, PooledWriter, SparseWriter]
+        if sparse:
+            writer = SparseJsonlWriter(out, texts) if fmt == "jsonl" else SparseWriter(out, N, dtype)
+        elif token_level:
             writer = TokenWriter(out, N, row_shape, dtype, token_counts(model, texts, max_length, window))
         elif fmt == "jsonl":
             writer = JsonlWriter(out, texts)
@@ -175,11 +188,37 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
             "engine": engine or {"name": "local"}, "files": files, "job": job,
             "resumed_at": done["resumed_at"], "complete": True,
         }
+        if sparse:                     # one SPLADE vector per text: the dense options do not apply
+            for key in ("layers", "combine", "pooling", "normalize", "window", "stride", "recipe"):
+                del manifest[key]
+            manifest["sparse"] = job["sparse"]
         with disk_errors(out, N, N):
             write_durably(out / "manifest.json.partial", json.dumps(manifest, indent=2))
             finalise(out, "manifest.json")
             (out / PROGRESS).unlink(missing_ok=True)
         return add_reduction(out, manifest, reduce, whiten)
+
+
+def check_sparse(fmt, dtype, **dense):
+    """sparse=True: refuse the options that shape dense vectors, formats without a sparse layout, and float16
+    (whose cast would turn the smallest weights into zeros that are not there)."""
+    given = [name for name, value in dense.items() if value is not None and not (name == "layers" and value == -1)]
+    if given:
+        raise InputError(f"sparse vectors are one SPLADE vector per text from the masked-LM head; {', '.join(given)} "
+                         "shape dense vectors: leave them out")
+    if fmt not in SPARSE_FORMATS:
+        raise InputError(f"sparse vectors are written as npy (sparse_indptr.npy, sparse_indices.npy, "
+                         f"sparse_values.npy) or jsonl (sparse.jsonl), not {fmt}: choose one of those formats")
+    if dtype not in (None, "float32", "float64"):
+        raise InputError(f"sparse weights are stored as float32 or float64, not {dtype}")
+
+
+def sparse_record(model, max_length):
+    """The manifest's "sparse": the vocabulary and the SPLADE settings encode_sparse applied (max_length the
+    token limit in force)."""
+    from dataclasses import asdict
+    from ..embed.sparse import applied_settings
+    return {"vocab_size": model.config.vocab_size, **asdict(applied_settings(model, max_length=max_length))}
 
 
 def resolved(path):

@@ -315,6 +315,8 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
     """
     import minibert
     from . import extract as local
+    if options.get("sparse"):
+        refuse_sparse()
     require_ray()
     if not (isinstance(cpus_per_worker, (int, float)) and cpus_per_worker > 0):
         raise InputError(f"cpus_per_worker must be a positive number, found {cpus_per_worker!r}")
@@ -374,6 +376,12 @@ def extract(texts, out_dir, *, model=None, backend="cpu", address=None, workers=
         if state["started"]:
             import ray
             ray.shutdown()
+
+
+def refuse_sparse():
+    """The actors return dense blocks (an embedding column of equal rows); SPLADE rows differ in length."""
+    raise InputError("--engine ray extracts dense vectors only; extract SPLADE vectors (--sparse, sparse=True) "
+                     "with the local engine: leave out --engine ray")
 
 
 def configure_data_context(progress):

@@ -4,6 +4,8 @@
            time, each row divided by its norm -> cosine = query . row
     query: encoded with the settings in DIR/manifest.json (layers, combine, pooling, max_length, window),
            so query and corpus vectors come from the same layer and pooling
+    sparse: an `extract --sparse` directory's SPLADE rows are scored by the dot product with the query's
+           SPLADE vector (SPLADE's score, as SparseEncoder.similarity), encoded with the recorded settings
     texts: the manifest's input file (an absolute path, read with the manifest's field, checked against its
            sha256), the vectors.jsonl texts, or --texts FILE
     model: --model, else the manifest's model directory, else its hub id and commit from the local hub
@@ -26,7 +28,7 @@ CHUNK = 65536
 @dataclass
 class Hit:
     index: int                  # row of the extraction (line of the input, counting from 0)
-    score: float                # cosine similarity
+    score: float                # cosine similarity (SPLADE vectors: their dot product)
     text: Optional[str]         # the input text, when the input file can be read back
 
 
@@ -82,7 +84,11 @@ class Index:
         self.directory = Path(directory)
         self.embeddings = emb = load_embeddings(directory)
         self.manifest = emb.manifest
-        if emb.vectors is None:
+        self.sparse = emb.indptr is not None
+        if self.sparse and (layer is not None or reduced):
+            raise InputError(f"{directory} holds SPLADE vectors (extract --sparse): one vector per text, no layers "
+                             "and no PCA reduction; leave out --layer and --reduced")
+        if emb.vectors is None and not self.sparse:
             raise InputError(f"{directory} holds token-level vectors (pooling none); search needs one vector "
                              "per text: extract with --pooling mean (or cls, max)")
         self.reduced = reduced
@@ -95,10 +101,11 @@ class Index:
         so its word never makes search download a repository (--model ID does, the user's choice)."""
         import minibert
         source, hub = self.manifest.get("model_source"), self.manifest.get("model_hub")
+        load = minibert.load_sparse if self.sparse else minibert.load    # load_sparse: a SparseEncoder's settings
         if source and Path(source).is_dir():
-            return minibert.load(source, backend=backend)
+            return load(source, backend=backend)
         if hub:
-            return minibert.load(cached_snapshot(self.directory, hub), backend=backend)
+            return load(cached_snapshot(self.directory, hub), backend=backend)
         # Not a directory here: a model_source such as "org/name" would be a hub download on a manifest's word.
         raise InputError(f"{self.directory} was extracted with the model {source}, which is not a directory here; "
                          "pass --model (its directory or hub id) to choose the model yourself")
@@ -150,6 +157,10 @@ class Index:
                                 f"not {model.source} (their config.json differ): load that model to search it")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, found {k!r}")
+        if self.sparse:
+            indices, scores = sparse_top_k(self.embeddings, self.sparse_queries(model, queries), k)
+            return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i])
+                     for i, s in zip(row_i, row_s)] for row_i, row_s in zip(indices, scores)]
         self.check_recipe(model)
         matrix, options = self.matrix_and_query_options(model)
         q = model.encode(queries, **options, dtype="float32")                            # [Q, D]
@@ -158,6 +169,40 @@ class Index:
         indices, scores = top_k(matrix, q, k)
         return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i]) for i, s in zip(row_i, row_s)]
                 for row_i, row_s in zip(indices, scores)]
+
+    def sparse_queries(self, model, queries):
+        """The queries' SPLADE vectors, made as the corpus's were: the model must apply the recorded settings."""
+        from dataclasses import asdict
+        from ..embed.sparse import applied_settings
+        recorded = self.manifest["sparse"]
+        now = {"vocab_size": model.config.vocab_size,
+               **asdict(applied_settings(model, max_length=recorded["max_length"]))}
+        differ = [key for key in recorded if now[key] != recorded[key]]
+        if differ:
+            raise MiniBertError(f"{self.directory} holds SPLADE vectors made with "
+                                f"{', '.join(f'{key} {recorded[key]}' for key in differ)}, but {model.source} gives "
+                                f"{', '.join(f'{key} {now[key]}' for key in differ)}: load the model the extraction "
+                                f"used ({self.manifest.get('model_source')}) with minibert.load_sparse")
+        return model.encode_sparse(queries, max_length=recorded["max_length"])
+
+
+def sparse_top_k(embeddings, queries, k):
+    """Dot-product top-k of SPLADE queries (a SparseVectors) against the compressed rows of a sparse
+    extraction, CHUNK rows at a time, in float64: (indices [Q, k'], scores [Q, k']) best first, k' = min(k, N)."""
+    indptr = embeddings.indptr
+    N = len(indptr) - 1
+    dense = np.asarray(queries.to_dense(), dtype=np.float64).reshape(len(queries), -1)     # [Q, V]
+    scores = np.zeros((len(dense), N))                                                     # [Q, N]
+    for start in range(0, N, CHUNK):
+        stop = min(start + CHUNK, N)
+        a, b = int(indptr[start]), int(indptr[stop])
+        ids = np.asarray(embeddings.indices[a:b], dtype=np.int64)                         # [e] entries
+        values = np.asarray(embeddings.values[a:b], dtype=np.float64)                     # [e]
+        text = np.repeat(np.arange(stop - start), np.diff(indptr[start:stop + 1]))        # [e] each entry's row
+        for q, query in enumerate(dense):
+            scores[q, start:stop] = np.bincount(text, weights=values * query[ids], minlength=stop - start)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, N)]                      # [Q, k']
+    return order, np.take_along_axis(scores, order, axis=1)
 
 
 def cached_snapshot(directory, hub):

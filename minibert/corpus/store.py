@@ -6,13 +6,15 @@ Output directory (written by minibert.corpus.extract; pca.npz and reduced.npy by
     vectors.npy              [N, D] (or [N, L, D]) pooled vectors, written chunk by chunk         (npy)
     tokens.npy, offsets.npy  token-level output without padding: rows offsets[i]:offsets[i+1]  (npy)
     vectors.npz | vectors-00000.safetensors ... | vectors.jsonl                                 (other formats)
+    sparse_indptr.npy, sparse_indices.npy, sparse_values.npy | sparse.jsonl   SPLADE vectors (extract --sparse)
     pca.npz, reduced.npy     the PCA projection and the corpus projected (--reduce pca:K)
     progress.json            while a run is unfinished: rows done and the job they belong to (written first)
     extract.lock             while a run holds the directory: its pid, host and start time
 Every file is written under a ".partial" name and renamed only when complete (finalise), manifest last.
 `import minibert` loads this module (for load_embeddings), not the extraction machinery.
 
-A directory is read back only as far as it checks out (read_manifest, checked_npy): every manifest key is
+A directory is read back only as far as it checks out (read_manifest here, then minibert.corpus.checked's
+checks of each file: checked_npy, jsonl_records, read_sparse_rows): every manifest key is
 known and of its type and range; every file it lists is one of the names above, a regular file inside the
 directory (no path, no symlink out of it, no FIFO); every array's dtype, shape and byte size match the
 manifest before it is mapped. Anything else is one InputError naming the directory and what is wrong.
@@ -30,13 +32,15 @@ from typing import Union
 import numpy as np
 
 from ..errors import InputError, MiniBertError
-from ..files import SETTINGS_LIMIT, open_regular, read_limited, regular_size
+from ..files import SETTINGS_LIMIT, open_regular, read_limited
+from .checked import check_npy_header, checked_npy, damaged, jsonl_records, member, read_sparse_rows
 
 PROGRESS = "progress.json"
 LOCK = "extract.lock"
 # Every name minibert writes in an output directory: these, and only these, does --overwrite delete.
 OWN_FILE = re.compile(r"(manifest\.json|progress\.json|vectors\.(npy|npz|jsonl)|vectors-\d{5}\.safetensors|tokens\.npy|"
-                      r"offsets\.npy|pca\.npz|reduced\.npy)(\.partial)?(\.tmp)?|" + re.escape(LOCK))
+                      r"offsets\.npy|pca\.npz|reduced\.npy|sparse_(indptr|indices|values)\.npy|sparse\.jsonl)"
+                      r"(\.partial)?(\.tmp)?|" + re.escape(LOCK))
 
 
 def read_json_file(path):
@@ -125,9 +129,20 @@ class Embeddings:
     offsets: object = None       # [N + 1]: text i's tokens are tokens[offsets[i]:offsets[i + 1]]
     texts: list = None           # for jsonl output
     directory: str = None        # where it was read from
+    indptr: object = None        # [N + 1] SPLADE vectors: text i's entries are indptr[i]:indptr[i + 1] of
+    indices: object = None       # [nnz] int32 its vocabulary ids, ascending, and
+    values: object = None        # [nnz] their weights
 
     def token_vectors(self, i):
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def sparse(self):
+        """The SPLADE vectors (extract --sparse) as model.encode_sparse returns them: a SparseVectors."""
+        from ..embed.sparse import SparseVectors
+        if self.indptr is None:
+            raise MiniBertError(f"{self.directory}: this extraction holds dense vectors (.vectors), not sparse ones")
+        return SparseVectors.from_rows(self.indptr, self.indices, self.values, self.manifest["sparse"]["vocab_size"])
 
     def project(self, vectors):
         """Apply the PCA stored by `extract --reduce pca:K` to new vectors [..., D] -> [..., K]."""
@@ -151,6 +166,8 @@ def read_embeddings(directory):
     manifest = read_manifest(d)
     fmt, files, count = manifest["format"], manifest["files"], manifest["count"]
     dtype, row_shape = manifest["dtype"], manifest.get("row_shape")
+    if "sparse" in manifest:
+        return read_sparse(d, manifest)
     if fmt == "npy" and "tokens.npy" in files:
         offsets = np.load(checked_npy(d, "offsets.npy", np.int64, (count + 1,)))
         total = int(offsets[-1]) if len(offsets) else 0
@@ -183,16 +200,12 @@ def read_embeddings(directory):
 
 # The files an extraction lists: bare names minibert writes, nothing else (no path, so nothing outside).
 LISTED = re.compile(r"vectors\.(npy|npz|jsonl)|vectors-\d{5}\.safetensors|tokens\.npy|offsets\.npy|"
-                    r"pca\.npz|reduced\.npy")
+                    r"pca\.npz|reduced\.npy|sparse_(indptr|indices|values)\.npy|sparse\.jsonl")
 DTYPES = ("float16", "float32", "float64")
 FORMAT_FILES = {"npy": "vectors.npy or tokens.npy and offsets.npy", "npz": "vectors.npz",
                 "safetensors": "vectors-NNNNN.safetensors shards", "jsonl": "vectors.jsonl"}
 SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64"}
 SHARD_ROWS = 65536      # rows per safetensors shard, as extract writes them
-
-
-def damaged(d, what):
-    return InputError(f"{d}: {what}; the extraction directory is damaged or was edited: extract it again")
 
 
 def count_(v, low=0):
@@ -265,7 +278,16 @@ MANIFEST = {
     "resumed_at": (lambda v: isinstance(v, list) and all(count_(x) for x in v), "a list of ints >= 0"),
     "complete": (lambda v: isinstance(v, bool), "true or false"),
     "reduce": (optional(is_dict), "null or an object"),
+    "sparse": (is_dict, "an object"),
 }
+SPARSE = {
+    "vocab_size": (lambda v: count_(v, 1) and v < 2 ** 31, "an int from 1 to 2**31 - 1"),
+    "pooling": (is_str, "a string"),
+    "activation": (is_str, "a string"),
+    "max_active_dims": (optional(lambda v: count_(v, 1)), "null or an int >= 1"),
+    "max_length": (optional(count_), "null or an int >= 0"),
+}
+SPARSE_FILES = {"npy": ["sparse_indptr.npy", "sparse_indices.npy", "sparse_values.npy"], "jsonl": ["sparse.jsonl"]}
 REQUIRED = ("format", "count", "dtype", "files", "complete")
 REDUCE = {
     "method": (lambda v: v == "pca", '"pca"'),
@@ -319,59 +341,22 @@ def read_manifest(d):
               if fmt == "safetensors" else None)
     expected = {"npy": (["vectors.npy"], ["tokens.npy", "offsets.npy"]), "npz": (["vectors.npz"],),
                 "safetensors": (shards,), "jsonl": (["vectors.jsonl"],)}[fmt]
-    reduce = manifest.get("reduce")
+    reduce, layout = manifest.get("reduce"), FORMAT_FILES[fmt]
+    if "sparse" in manifest:
+        check_fields(d, manifest["sparse"], SPARSE, tuple(SPARSE), "manifest.json 'sparse'")
+        expected = [SPARSE_FILES[fmt]] if fmt in SPARSE_FILES and reduce is None else []   # no PCA of sparse rows
+        layout = "sparse: " + " and ".join(" ".join(names) for names in SPARSE_FILES.values())
+        if manifest.get("row_shape") != [manifest["sparse"]["vocab_size"]]:
+            raise damaged(d, "manifest.json: 'row_shape' is not [the 'sparse' record's vocab_size]")
     if reduce is not None:
         check_fields(d, reduce, REDUCE, tuple(REDUCE), "manifest.json 'reduce'")
         if reduce["fitted_on"] == "vectors" and reduce["rows"] != count:
             raise damaged(d, f"manifest.json: 'reduce' was fitted on {reduce['rows']} rows, but 'count' is {count}")
     data = [name for name in files if name not in ("pca.npz", "reduced.npy")]
     if data not in expected or (reduce is not None) != ({"pca.npz", "reduced.npy"} <= set(files)):
-        raise damaged(d, f"manifest.json: 'files' {files} do not match format {fmt!r} ({FORMAT_FILES[fmt]}, "
+        raise damaged(d, f"manifest.json: 'files' {files} do not match format {fmt!r} ({layout}, "
                          "and pca.npz, reduced.npy exactly when 'reduce' is there)")
     return manifest
-
-
-def member(d, name):
-    """d/name, a regular file that is really in d (a symlink out of it refused); InputError otherwise."""
-    path = d / name
-    if path.is_symlink() and path.resolve().parent != d.resolve():
-        raise damaged(d, f"{name} is a link to {os.readlink(path)}, outside the directory")
-    if regular_size(path, InputError, f"the extraction's {name}") is None:
-        raise damaged(d, f"{name} is listed in manifest.json but missing")
-    return path
-
-
-def checked_npy(d, name, dtype, leading, row_shape=None):
-    """d/name after checking its .npy header against the manifest: dtype, shape (leading + row_shape; a
-    None row_shape takes the file's) and its size in bytes, before anything maps it."""
-    path = member(d, name)
-    try:
-        with open_regular(path, InputError, f"the extraction's {name}") as f:
-            size = os.fstat(f.fileno()).st_size
-            check_npy_header(d, name, f, size, dtype, leading, row_shape)
-    except (OSError, ValueError, EOFError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise damaged(d, f"{name} is not a readable .npy file ({type(e).__name__}: {e})") from None
-    return path
-
-
-def check_npy_header(d, name, f, size, dtype, leading, row_shape):
-    """The header of an open .npy stream against the manifest; `size` the file's bytes (None: not checked)."""
-    version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0), (3, 0)):
-        raise damaged(d, f"{name}: unknown .npy version {version}")
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, found = read(f)
-    want = tuple(leading) + (tuple(row_shape) if row_shape is not None else tuple(shape[len(leading):]))
-    if found != np.dtype(dtype) or fortran or tuple(shape) != want:
-        raise damaged(d, f"{name} holds {'Fortran-order ' if fortran else ''}{found} {list(shape)[:8]}, but the "
-                         f"manifest says {np.dtype(dtype)} {list(want)}")
-    if size is not None:
-        needed = f.tell() + int(np.prod(want, dtype=object)) * np.dtype(dtype).itemsize
-        if size != needed:
-            raise damaged(d, f"{name} holds {size:,} bytes where its {list(want)} rows need {needed:,} "
-                             f"({'truncated' if size < needed else 'trailing bytes'})")
 
 
 def read_shards(d, files, dtype, count, row_shape):
@@ -408,23 +393,23 @@ def read_shards(d, files, dtype, count, row_shape):
 
 
 def read_jsonl(d, manifest, dtype, count, row_shape):
-    path, vectors, texts = member(d, "vectors.jsonl"), [], []
-    with open_regular(path, InputError, "the extraction's vectors.jsonl") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                vector = np.array(record["vector"], dtype=dtype)
-                text = record["text"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise damaged(d, f"vectors.jsonl:{n}: not a record with a text and a vector ({e})") from None
-            if not isinstance(text, str) or record.get("index") != n - 1 or (
-                    row_shape is not None and list(vector.shape) != list(row_shape)):
-                raise damaged(d, f"vectors.jsonl:{n}: not row {n - 1} with a text and a {row_shape} vector")
-            vectors.append(vector)
-            texts.append(text)
-    if len(vectors) != count:
-        raise damaged(d, f"vectors.jsonl holds {len(vectors)} rows, but the manifest says {count}")
+    vectors, texts = [], []
+    for n, record in enumerate(jsonl_records(d, "vectors.jsonl", count, ("text", "vector")), 1):
+        try:
+            vector = np.array(record["vector"], dtype=dtype)
+        except (ValueError, TypeError) as e:
+            raise damaged(d, f"vectors.jsonl:{n}: not a record with a text and a vector ({e})") from None
+        if row_shape is not None and list(vector.shape) != list(row_shape):
+            raise damaged(d, f"vectors.jsonl:{n}: not row {n - 1} with a text and a {row_shape} vector")
+        vectors.append(vector)
+        texts.append(record["text"])
     return Embeddings(manifest, vectors=np.array(vectors, dtype=dtype), texts=texts)
+
+
+def read_sparse(d, manifest):
+    """SPLADE vectors: the compressed rows (npy, memory-mapped) or sparse.jsonl, each row checked."""
+    indptr, indices, values, texts = read_sparse_rows(d, manifest, SPARSE_FILES[manifest["format"]])
+    return Embeddings(manifest, indptr=indptr, indices=indices, values=values, texts=texts)
 
 
 def load_projection(directory, manifest):

@@ -4,6 +4,10 @@
                    or safetensors shards of SHARD_ROWS rows
     TokenWriter    token-level npy: tokens.npy [total tokens, ...] filled text by text, offsets.npy [N + 1] last
     JsonlWriter    vectors.jsonl, a line per text
+    SparseWriter   SPLADE vectors (extract --sparse) as compressed rows: sparse_indptr.npy [N + 1] int64,
+                   sparse_indices.npy [nnz] int32 (vocabulary ids, ascending per text), sparse_values.npy [nnz];
+                   text i holds entries indptr[i]:indptr[i + 1]
+    SparseJsonlWriter  sparse.jsonl, a line per text: {"index", "text", "indices", "values"}
 
 Each has open(done) (fresh, or continuing an interrupted run from the state position() returned),
 write(start, rows), sync() (fsync: progress.json is saved only after), close() and finish() (the final names,
@@ -11,6 +15,7 @@ through store.finalise). The run that drives them is minibert.corpus.extract.
 """
 
 import errno
+import io
 import json
 import os
 
@@ -173,9 +178,11 @@ class JsonlWriter:
     """vectors.jsonl.partial, a line per text appended in order; progress records its length in bytes, and a
     resumed run cuts off whatever an interrupted write left after it."""
 
+    name = "vectors.jsonl"
+
     def __init__(self, out, texts):
         self.out, self.texts = out, texts
-        self.path = out / "vectors.jsonl.partial"
+        self.path = out / f"{self.name}.partial"
         self.f = None
 
     def open(self, done):
@@ -190,10 +197,13 @@ class JsonlWriter:
         self.f.truncate(state["bytes"])
         self.f.seek(state["bytes"])
 
+    def records(self, start, vectors):
+        for i, v in enumerate(vectors):
+            yield {"index": start + i, "text": self.texts[start + i],
+                   "vector": np.asarray(v, dtype=np.float64).tolist()}
+
     def write(self, start, vectors):
-        lines = "".join(json.dumps({"index": start + i, "text": self.texts[start + i],
-                                    "vector": np.asarray(v, dtype=np.float64).tolist()}) + "\n"
-                        for i, v in enumerate(vectors))
+        lines = "".join(json.dumps(record) + "\n" for record in self.records(start, vectors))
         write_rows(self.f, self.f.tell(), lines.encode("utf-8"))
 
     def sync(self):
@@ -209,4 +219,122 @@ class JsonlWriter:
             self.f = None
 
     def finish(self):
-        return [finalise(self.out, "vectors.jsonl")]
+        return [finalise(self.out, self.name)]
+
+
+class SparseJsonlWriter(JsonlWriter):
+    """sparse.jsonl: per text its non-zero vocabulary ids, ascending, and their weights (float64 in JSON, so a
+    float32 weight reads back as itself)."""
+
+    name = "sparse.jsonl"
+
+    def records(self, start, vectors):
+        for i, (ids, weights) in enumerate(zip(vectors.ids, vectors.weights)):
+            yield {"index": start + i, "text": self.texts[start + i], "indices": ids.tolist(),
+                   "values": np.asarray(weights, dtype=np.float64).tolist()}
+
+
+class GrowingNpy:
+    """A 1-D .npy file whose length is known only at the end: entries written after a header that NumPy pads
+    so that any length fits in it, and finish() writes the final length into that header in place."""
+
+    def __init__(self, path, dtype):
+        self.path, self.dtype, self.f = path, np.dtype(dtype), None
+        self.header = len(self.header_bytes(0))
+
+    def header_bytes(self, length):
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (length,)})
+        return buffer.getvalue()
+
+    def open(self, entries):
+        """entries None: a fresh file; else continue after that many entries, cutting what follows them."""
+        if entries is None:
+            with open(self.path, "wb") as f:
+                f.write(self.header_bytes(0))
+        else:
+            needed = self.header + entries * self.dtype.itemsize
+            try:
+                with open(self.path, "rb") as f:
+                    np.lib.format.read_magic(f)
+                    _, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    header, size = f.tell(), os.fstat(f.fileno()).st_size
+            except (OSError, ValueError) as e:
+                raise InputError(f"{self.path}: the entries of the interrupted run cannot be read ({e}); "
+                                 "pass --overwrite to start again") from None
+            if dtype != self.dtype or header != self.header or size < needed:
+                raise InputError(f"{self.path}: holds {dtype} and {size} bytes, not the {entries} {self.dtype} "
+                                 "entries the interrupted run recorded; pass --overwrite to start again")
+        self.f = open(self.path, "r+b")
+        self.f.truncate(self.header + (entries or 0) * self.dtype.itemsize)
+
+    def write(self, entry, array):
+        write_rows(self.f, self.header + entry * self.dtype.itemsize,
+                   np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+
+    def sync(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+    def set_length(self, length):
+        with open(self.path, "r+b") as f:
+            f.write(self.header_bytes(length))           # the same size as the header it replaces
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class SparseWriter:
+    """Compressed rows: each chunk's ids and weights appended to sparse_indices/sparse_values.npy.partial, its
+    row ends written into sparse_indptr.npy.partial (laid out for N + 1 entries); progress records the entries
+    written, and a resumed run cuts off whatever an interrupted write left after them."""
+
+    NAMES = ("sparse_indptr.npy", "sparse_indices.npy", "sparse_values.npy")
+
+    def __init__(self, out, N, dtype):
+        self.out, self.entries = out, 0
+        self.indptr = NpyFile(out / "sparse_indptr.npy.partial", (N + 1,), np.int64)
+        self.indices = GrowingNpy(out / "sparse_indices.npy.partial", np.int32)
+        self.values = GrowingNpy(out / "sparse_values.npy.partial", dtype)
+
+    def open(self, done):
+        state = done["writer"]
+        self.entries = None if state is None else state["entries"]
+        self.indptr.open(fresh=state is None)
+        self.indices.open(self.entries)
+        self.values.open(self.entries)
+        if state is None:
+            self.indptr.write(0, np.zeros(1, dtype=np.int64))
+            self.entries = 0
+
+    def write(self, start, vectors):
+        ends = self.entries + np.cumsum([len(ids) for ids in vectors.ids], dtype=np.int64)      # [n]
+        if len(ends) and ends[-1] > self.entries:
+            self.indices.write(self.entries, np.concatenate(vectors.ids))
+            self.values.write(self.entries, np.concatenate(vectors.weights))
+        self.indptr.write(start + 1, ends)
+        self.entries = int(ends[-1]) if len(ends) else self.entries
+
+    def sync(self):
+        for f in (self.indices, self.values, self.indptr):
+            f.sync()
+
+    def position(self):
+        return {"file": self.indices.path.name, "entries": self.entries}
+
+    def close(self):
+        for f in (self.indices, self.values, self.indptr):
+            f.close()
+
+    def finish(self):
+        indptr = self.indptr.path if self.indptr.path.exists() else self.out / self.NAMES[0]
+        entries = int(np.load(indptr, mmap_mode="r")[-1])
+        for f in (self.indices, self.values):
+            if f.path.exists():                  # else a resumed run: the last one had renamed it already
+                f.set_length(entries)
+        return [finalise(self.out, name) for name in self.NAMES]

@@ -45,6 +45,14 @@ class SparseVectors:
     def __len__(self):
         return len(self.ids)
 
+    @classmethod
+    def from_rows(cls, indptr, indices, values, vocab_size) -> "SparseVectors":
+        """From compressed rows as an extraction stores them (text i: indices[indptr[i]:indptr[i + 1]] and its
+        values), ids widened to int64 as encode_sparse gives them; no tokenizer."""
+        bounds = list(zip(indptr[:-1].tolist(), indptr[1:].tolist()))
+        return cls(ids=[np.asarray(indices[a:b], dtype=np.int64) for a, b in bounds],
+                   weights=[np.array(values[a:b]) for a, b in bounds], vocab_size=vocab_size, single=False)
+
     def to_dense(self) -> np.ndarray:
         """[N, V] (or [V] for one str) with zeros where no weight is stored."""
         dtype = self.weights[0].dtype if self.weights else np.float32
@@ -58,6 +66,9 @@ class SparseVectors:
         SparseEncoder.decode gives them."""
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise InputError(f"top_k must be a positive int or None, found {top_k!r}")
+        if self.tokenizer is None:
+            raise InputError("these sparse vectors carry no tokenizer (read back from an extraction): set "
+                             "`.tokenizer = model.tokenizer` of the model that made them, then decode")
         decoded = []
         for ids, weights in zip(self.ids, self.weights):
             order = np.argsort(-weights, kind="stable")[:top_k]
@@ -83,25 +94,33 @@ def keep_largest(weights, k):
     return kept
 
 
-def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_dims=None, pooling=None,
-                  activation=None) -> SparseVectors:
-    from ..heads import mlm_logits
+def applied_settings(model, *, max_length=None, max_active_dims=None, pooling=None,
+                     activation=None) -> SpladeSettings:
+    """The settings encode_sparse applies: the model's (load_sparse) or the defaults, with each given override;
+    max_length becomes the token limit texts are cut to (None: the tokenizer's own)."""
     settings = model.__dict__.get("splade_settings") or SpladeSettings()
     settings = replace(settings, **{key: value for key, value in (("pooling", pooling), ("activation", activation),
                                                                   ("max_active_dims", max_active_dims))
                                     if value is not None})
     check_settings(settings, "encode_sparse")
+    limit = max_length or settings.max_length
+    return replace(settings, max_length=None if limit is None else min(limit, model.tokenizer.max_length))
+
+
+def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_dims=None, pooling=None,
+                  activation=None) -> SparseVectors:
+    from ..heads import mlm_logits
+    settings = applied_settings(model, max_length=max_length, max_active_dims=max_active_dims, pooling=pooling,
+                                activation=activation)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, found {batch_size!r}")
     single = isinstance(texts, str)
     texts = [texts] if single else texts
     heads = model.heads
     heads.require("mlm")
-    limit = max_length or settings.max_length
-    limit = None if limit is None else min(limit, model.tokenizer.max_length)
     ids, weights = [], []
     for start in range(0, len(texts), batch_size):
-        batch = model.tokenize(texts[start:start + batch_size], max_length=limit)
+        batch = model.tokenize(texts[start:start + batch_size], max_length=settings.max_length)
         hidden = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).last_hidden_state
         for b in range(len(batch.input_ids)):
             real = batch.attention_mask[b] == 1                                           # [T]
