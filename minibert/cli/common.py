@@ -67,6 +67,16 @@ def parse_layers(text):
     return values[0] if len(values) == 1 else values
 
 
+def refuse_dense_flags(args, *extra):
+    """--sparse: the encoding flags that shape dense vectors (and `extra` (flag, given) pairs) refused by name."""
+    dense = [flag for flag, given in (("--layers", args.layers != "-1"), ("--combine", args.combine),
+                                      ("--pooling", args.pooling), ("--normalize", args.normalize is not None),
+                                      ("--window", args.window), ("--stride", args.stride), *extra) if given]
+    if dense:
+        raise MiniBertError(f"--sparse gives one SPLADE vector per text from the masked-LM head; {', '.join(dense)} "
+                            "shape dense vectors: leave them out")
+
+
 def check_lengths(args, model=None):
     """--max-length, --window and --stride, against the model when it is given, before any text is encoded."""
     limit = model.tokenizer.max_length if model is not None else math.inf

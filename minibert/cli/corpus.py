@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import MiniBertError
 from .common import (POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments, check_lengths,
-                     check_writable, encoding_options, int_at_least, parse_layers, print_json, writing)
+                     check_writable, encoding_options, int_at_least, parse_layers, print_json, refuse_dense_flags,
+                     writing)
 
 
 def cmd_extract(args):
@@ -94,13 +95,7 @@ def add_extract(sub):
 def check_sparse_flags(args):
     """--sparse, before the corpus or the model is read: the flags that shape dense vectors, and the engine
     and formats that have no sparse output, are refused by their names."""
-    dense = [flag for flag, given in (("--layers", args.layers != "-1"), ("--combine", args.combine),
-                                      ("--pooling", args.pooling), ("--normalize", args.normalize is not None),
-                                      ("--window", args.window), ("--stride", args.stride),
-                                      ("--reduce", args.reduce), ("--whiten", args.whiten)) if given]
-    if dense:
-        raise MiniBertError(f"--sparse gives one SPLADE vector per text from the masked-LM head; {', '.join(dense)} "
-                            "shape dense vectors: leave them out")
+    refuse_dense_flags(args, ("--reduce", args.reduce), ("--whiten", args.whiten))
     if args.format not in ("npy", "jsonl"):
         raise MiniBertError(f"--sparse writes --format npy (sparse_indptr.npy, sparse_indices.npy, sparse_values.npy)"
                             f" or jsonl (sparse.jsonl), not {args.format}")

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import MiniBertError
 from .common import (DEMO_TEXTS, POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments,
-                     check_lengths, check_writable, encoding_options, print_json, texts_from_arguments)
+                     check_lengths, check_writable, encoding_options, print_json, refuse_dense_flags,
+                     texts_from_arguments)
 
 
 def cmd_demo(args):
@@ -61,12 +62,7 @@ def embed_sparse(args):
     """--sparse: SPLADE vectors from the masked-LM head (minibert.load_sparse: a SparseEncoder directory's
     settings, else max pooling of log1p(relu(logits))); per text its non-zero vocabulary ids and weights."""
     import minibert
-    dense_only = [flag for flag, value in (("--layers", args.layers != "-1"), ("--combine", args.combine),
-                                            ("--pooling", args.pooling), ("--normalize", args.normalize is not None),
-                                            ("--window", args.window), ("--stride", args.stride)) if value]
-    if dense_only:
-        raise MiniBertError(f"--sparse gives one SPLADE vector per text from the masked-LM head; "
-                            f"{', '.join(dense_only)} shape dense vectors: leave them out")
+    refuse_dense_flags(args)
     model = minibert.load_sparse(args.model, backend=args.backend)
     check_lengths(args, model)
     vectors = model.encode_sparse(args.texts, batch_size=args.batch_size or 32, max_length=args.max_length)
