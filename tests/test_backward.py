@@ -419,6 +419,18 @@ def test_regression_grads_match_torch_autograd_live(name, loss):
 
 
 @pytest.mark.reference
+def test_grad_report_of_the_regression_task(capsys):
+    pytest.importorskip("torch")
+    from minibert.cli import main
+    assert main(["parity", str(FAMILIES / "electra"), "--grad", "--task", "regression", "--loss", "bce"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("regression (bce), 43 parameters") and lines[-1].split()[0] == "head"
+    assert all(float(line.split()[1]) <= GRAD_TOL for line in lines[1:])
+    assert main(["parity", str(FAMILIES / "electra"), "--grad", "--loss", "bce"]) == 1
+    assert "--loss bce is the regression task's loss" in capsys.readouterr().err
+
+
+@pytest.mark.reference
 def test_grad_report_names_every_block():
     pytest.importorskip("torch")
     from minibert.train.grad_parity import grad_report

@@ -104,6 +104,13 @@ def test_a_cross_encoders_stored_activation_is_replaced_by_the_objectives(tmp_pa
     assert json.loads((out / "config.json").read_text())["problem_type"] == "regression"
 
 
+def test_a_one_output_model_points_to_its_scores_not_label_probabilities(tmp_path):
+    out = finetune(str(FAMILIES / "bert_cased"), scored_pairs(8), task="regression",
+                   recipe=TrainingRecipe(epochs=1, batch_size=4)).save(tmp_path / "scorer")
+    with pytest.raises(InputError, match=r"load_cross_encoder\(directory\).predict\(pairs\) gives its scores"):
+        load_classifier(out).predict(["a cat"], ["a dog"])
+
+
 def test_resaving_a_loaded_regression_model_keeps_its_objective(tmp_path):
     out = finetune(str(FAMILIES / "bert_cased"), scored_pairs(8, unit=True), task="regression", loss="bce",
                    recipe=TrainingRecipe(epochs=1, batch_size=4)).save(tmp_path / "a")

@@ -107,7 +107,9 @@ class Classifier:
         if len(self.labels) == 1 or self.problem_type in ("regression", "multi_label_classification"):
             raise InputError(f"this classifier's outputs are {'one score' if len(self.labels) == 1 else 'scores'} "
                              f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
-                             "use logits(texts) (apply a sigmoid for multi-label probabilities)")
+                             "use logits(texts) (apply a sigmoid for multi-label probabilities)"
+                             + ("; minibert.load_cross_encoder(directory).predict(pairs) gives its scores as "
+                                "sentence-transformers' CrossEncoder does" if len(self.labels) == 1 else ""))
         # A str is one text (as in encode), never a sequence of one-character texts.
         logits = cast(np.ndarray, self.logits(as_text_list(texts, "texts"),   # a sequence task's: one [N, K]
                                               None if text_pairs is None else as_text_list(text_pairs, "text_pairs")))

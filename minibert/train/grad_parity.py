@@ -151,6 +151,9 @@ def worst_per_block(rows):
 def grad_report(model_dir, task="sequence", seed=0, loss=None):
     """Lines for `minibert parity --grad`: the worst parameter of each block, minibert against torch
     autograd in float64 on example_batch (needs torch and transformers). loss: regression's, mse or bce."""
+    if loss is not None and task != "regression":      # else a --loss that changed nothing
+        from ..errors import InputError
+        raise InputError(f"--loss {loss} is the regression task's loss; --task {task} trains with cross-entropy")
     config = read_config(os.path.join(str(model_dir), "config.json"))
     ids, mask, types = example_batch(config, seed=seed)
     labels = example_labels(mask, task, seed=seed, loss=loss)
