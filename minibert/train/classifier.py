@@ -60,7 +60,8 @@ class Classifier:
     tokenizer: Any                   # a minibert.tokenizer.Tokenizer
     source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
-    history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
+    # per epoch: {"epoch", "train_loss", "dev_accuracy"?} (regression: "dev_mse", "dev_pearson", "dev_spearman"?)
+    history: list = field(default_factory=list)
     problem_type: Optional[str] = None            # config.json's: transformers' or finetune's regression objective
     training: Optional[dict] = None               # finetune's run (train.model_card): saves write a README.md
     # sentence-transformers' activation a save stores (train.objectives.SAVED_AS); None keeps the source's

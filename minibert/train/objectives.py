@@ -1,13 +1,13 @@
 """What a one-output model trains toward and how its dev set is scored: the loss on the output, forward above
 backward, `loss_and_grads` for every objective, and the correlations sentence-transformers reports.
 
-    objective  task                 loss on the output z [B] and labels y [B]     as the references train it
+    objective      task             loss on the output z [B] and labels y [B]       as the references train it
     cross_entropy  sequence, token  softmax cross-entropy (backprop.loss_and_grads) transformers' single label
-    mse        regression           mean (z - y)^2 on the raw output               transformers' problem_type
-                                                                                   "regression" (MSELoss)
-    bce        regression, y in     mean -(y log s + (1 - y) log(1 - s)),          sentence-transformers'
-               [0, 1]               s = sigmoid(z), computed from z                BinaryCrossEntropyLoss
-                                                                                   (BCEWithLogitsLoss)
+    mse            regression       mean (z - y)^2 on the raw output                transformers' problem_type
+                                                                                    "regression" (MSELoss)
+    bce            regression,      mean -(y log s + (1 - y) log(1 - s)),           sentence-transformers'
+                   y in [0, 1]      s = sigmoid(z), computed from z                 BinaryCrossEntropyLoss
+                                                                                    (BCEWithLogitsLoss)
 
 A saved model says which it is where both references read it (SAVED_AS): config.json's problem_type, which
 transformers trains it on again with (one output and "multi_label_classification" is BCEWithLogitsLoss), and
