@@ -341,21 +341,27 @@ GRAD_TOL = 1e-8      # issue 18's bound, float64; measured worst is printed by m
 GOLDEN_FILES = sorted(GRAD_GOLDENS.glob("*.npz"))
 
 
+# One family per sequence-head style (make_grad_goldens.REGRESSION_FAMILIES): the loss and head are what is new.
+REGRESSION_FAMILIES = ("bert_cased", "roberta", "distilbert", "electra")
+
+
 def test_grad_goldens_cover_every_family_and_task():
     assert {p.stem for p in GOLDEN_FILES} == {f"{name}_{task}" for name in FAMILY_NAMES
-                                              for task in ("sequence", "token")}
+                                              for task in ("sequence", "token")} | \
+        {f"{name}_regression-{loss}" for name in REGRESSION_FAMILIES for loss in ("mse", "bce")}
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
 def test_grads_match_torch_autograd(path):
     from minibert.train.grad_parity import compare_grads, minibert_grads
-    family, task = path.stem.rsplit("_", 1)
+    family, case = path.stem.rsplit("_", 1)
+    task, _, loss = case.partition("-")       # regression-mse: the one-output model and its loss
     with np.load(path) as data:
         golden = {key: data[key] for key in data.files}
     params = {key[len("param/"):]: value for key, value in golden.items() if key.startswith("param/")}
     reference = {"grads": {key[len("grad/"):]: value for key, value in golden.items() if key.startswith("grad/")}}
     ours = minibert_grads(FAMILIES / family, task, golden["input_ids"], golden["attention_mask"],
-                          golden["token_type_ids"], golden["labels"], params)
+                          golden["token_type_ids"], golden["labels"], params, loss=loss or None)
     assert abs(ours["loss"] - float(golden["loss"])) <= 1e-12 * abs(float(golden["loss"]))
     np.testing.assert_allclose(ours["logits"], golden["logits"], rtol=0, atol=1e-12)
     rows = compare_grads(ours, reference)
@@ -386,6 +392,42 @@ def test_grads_match_torch_autograd_live(name, task):
     assert len(rows) == len(reference["grads"]) > 0
     bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
     assert not bad, bad
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", FAMILY_NAMES + ["all-MiniLM-L6-v2"])
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_regression_grads_match_torch_autograd_live(name, loss):
+    """finetune's one-output objectives against transformers' num_labels=1 model: problem_type "regression"
+    (MSELoss) and "multi_label_classification" (BCEWithLogitsLoss, sentence-transformers' BinaryCrossEntropyLoss)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from minibert.api import default_model_dir
+    from minibert.train.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
+                                            reference_grads)
+    model_dir = default_model_dir() if name == "all-MiniLM-L6-v2" else FAMILIES / name
+    config = read_config(model_dir / "config.json")
+    ids, mask, types = example_batch(config, seed=3)
+    labels = example_labels(mask, "regression", seed=3, loss=loss)
+    reference = reference_grads(model_dir, "regression", ids, mask, types, labels, seed=3, loss=loss)
+    ours = minibert_grads(model_dir, "regression", ids, mask, types, labels, reference["params"], loss=loss)
+    assert abs(ours["loss"] - reference["loss"]) <= 1e-12 * abs(reference["loss"])
+    rows = compare_grads(ours, reference)
+    assert len(rows) == len(reference["grads"]) > 0
+    bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
+    assert not bad, bad
+
+
+@pytest.mark.reference
+def test_grad_report_of_the_regression_task(capsys):
+    pytest.importorskip("torch")
+    from minibert.cli import main
+    assert main(["parity", str(FAMILIES / "electra"), "--grad", "--task", "regression", "--loss", "bce"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("regression (bce), 43 parameters") and lines[-1].split()[0] == "head"
+    assert all(float(line.split()[1]) <= GRAD_TOL for line in lines[1:])
+    assert main(["parity", str(FAMILIES / "electra"), "--grad", "--loss", "bce"]) == 1
+    assert "--loss bce is the regression task's loss" in capsys.readouterr().err
 
 
 @pytest.mark.reference

@@ -111,7 +111,7 @@ def cmd_parity(args):
         return
     if args.grad:                           # the backward pass against torch autograd, float64
         from ..train.grad_parity import grad_report
-        print("\n".join(grad_report(model.source, args.task)))
+        print("\n".join(grad_report(model.source, args.task, loss=args.loss)))
         return
     texts = args.text or DEMO_TEXTS
     rows = (compare_ops if args.ops else compare)(model, texts)
@@ -146,8 +146,10 @@ def add_parity(sub):
                    "GELU, ...) through forward hooks and name the first one above tolerance")
     p.add_argument("--grad", action="store_true", help="compare the fine-tuning gradients of every parameter "
                    "with torch autograd (float64) and print the worst per block")
-    p.add_argument("--task", choices=["sequence", "token", "pretraining"], default="sequence",
-                   help="the head --grad puts on top; pretraining: the checkpoint's own MLM (and NSP/SOP) heads")
+    p.add_argument("--task", choices=["sequence", "token", "regression", "pretraining"], default="sequence",
+                   help="the head --grad puts on top (regression: one output); pretraining: the checkpoint's own "
+                        "MLM (and NSP/SOP) heads")
+    p.add_argument("--loss", choices=["mse", "bce"], default=None, help="--task regression's loss (default mse)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parity)
 

@@ -1,17 +1,20 @@
 """The `finetune` and `predict` commands, each `add_X(sub)` beside its `cmd_X(args)`. `add_commands(sub)` adds
 them to minibert's command parser (a group of cli.GROUPS); `python -m minibert.cli.train ...` runs them alone.
 
-    minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C] [--task sequence|token]
-                      [--model M] [--epochs N] [--lr X] [--batch-size B] [--max-length L] [--seed S] [--dev FILE]
-                      [--patience N] [--dataset NAME] [--resume]
+    minibert finetune TRAIN --label-col C --out DIR [--text-col C] [--pair-col C]
+                      [--task sequence|token|regression] [--loss mse|bce] [--model M] [--epochs N] [--lr X]
+                      [--batch-size B] [--max-length L] [--seed S] [--dev FILE] [--patience N] [--dataset NAME]
+                      [--resume]
     minibert predict DIR INPUT [--text-col C] [--pair-col C] [--out FILE]
 
 TRAIN and --dev: .csv, .tsv or .jsonl with a text column (and a pair column) and a label column for
---task sequence; CoNLL (one "word ... label" line per token, blank lines between sentences) for --task
-token. The checkpoint is written to --out after every epoch (with --patience: after every epoch that is
+--task sequence; the same with a number as the label for --task regression (one output, trained with --loss
+mse, or bce for scores in [0, 1]); CoNLL (one "word ... label" line per token, blank lines between sentences)
+for --task token. The checkpoint is written to --out after every epoch (with --patience: after every epoch that is
 the best so far), and beside it the state --resume continues from, so an interrupted run keeps its model
 and can go on. Progress goes to stderr: a bar on a terminal, a line every 10 seconds otherwise. predict
-writes one JSON line per input text, read as extract reads it (minibert.corpus.readers: a blank .txt line is an
+writes one JSON line per input text (a one-output model: its score, as CrossEncoder.predict gives it, and
+the raw logit), read as extract reads it (minibert.corpus.readers: a blank .txt line is an
 empty text; - is standard input).
 """
 
@@ -35,6 +38,8 @@ def read_examples(path, args):
                              "between sentences), not .csv/.tsv/.jsonl")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
+    if args.task == "regression":
+        return read_scored(path, args)
     if args.pair_col:
         texts, pairs, labels = read_labelled(path, args.text_col, args.label_col, args.pair_col)
         return Examples(texts=texts, labels=labels, text_pairs=pairs)
@@ -42,16 +47,49 @@ def read_examples(path, args):
     return Examples(texts=texts, labels=labels)
 
 
+def read_scored(path, args):
+    """Regression examples: a text (and pair) column and a number as the label, a JSON number or a string
+    that reads as one; anything else refused naming the file, line and value."""
+    from ..corpus.readers import MISSING, read_table
+    from ..train.data import Examples, score_problem
+    fields = [args.text_col, args.label_col] + ([args.pair_col] if args.pair_col else [])
+    texts, pairs, labels = [], [], []
+    for number, (text, label, *pair) in read_table(path, fields, "labelled data"):
+        text, *pair = ["" if v is MISSING and not str(path).lower().endswith(".jsonl") else v for v in [text, *pair]]
+        if not all(isinstance(v, str) for v in [text, *pair]):
+            raise InputError(f"{path}:{number}: needs a string field {args.text_col!r}"
+                             f"{f' and {args.pair_col!r}' if args.pair_col else ''} (choose with --text-col / "
+                             "--pair-col)")
+        value = label
+        if isinstance(label, str):
+            try:
+                value = float(label.strip())
+            except ValueError:
+                pass
+        problem = "missing" if label is MISSING else score_problem(value, args.loss == "bce")
+        if problem:
+            raise InputError(f"{path}:{number}: the label {'' if label is MISSING else json.dumps(label)[:40] + ' '}"
+                             f"is {problem.replace('a str, ', '')}; --task regression needs a number per example"
+                             + ("" if label is MISSING or not isinstance(label, str) else " (such as 0.75)"))
+        texts.append(text)
+        pairs.extend(pair)
+        labels.append(float(value))
+    if not texts:
+        raise InputError(f"{path}: no examples")
+    return Examples(texts=texts, labels=labels, text_pairs=pairs if args.pair_col else None)
+
+
 def cmd_finetune(args):
-    from ..train.finetune import TrainingRecipe, check_recipe, finetune
+    from ..train.finetune import TrainingRecipe, check_recipe, check_task, finetune
     recipe = TrainingRecipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed, dtype=args.dtype, patience=args.patience)
     check_recipe(recipe)            # every option before the data is read and the model loads
+    check_task(args.task, args.loss)
     train = read_examples(args.train, args)
     dev = read_examples(args.dev, args) if args.dev else None
     finished = []
     try:
-        finetune(args.model, train, task=args.task, dev=dev, recipe=recipe, progress=sys.stderr,
+        finetune(args.model, train, task=args.task, loss=args.loss, dev=dev, recipe=recipe, progress=sys.stderr,
                  checkpoint_dir=args.out, resume=args.resume, on_epoch=finished.append, datasets=args.dataset,
                  command=reproducing_command(args))
     except KeyboardInterrupt:
@@ -68,18 +106,23 @@ def cmd_finetune(args):
 def reproducing_command(args):
     """The finetune command line with every setting spelled out (defaults too), for the model card."""
     from .common import spelled_out
-    return spelled_out("finetune", [args.train], args, ["--out", "--task", "--model", "--text-col", "--pair-col",
-                                                        "--label-col", "--dev", "--epochs", "--lr", "--batch-size",
-                                                        "--max-length", "--seed", "--dtype", "--patience",
-                                                        "--dataset"])
+    return spelled_out("finetune", [args.train], args, ["--out", "--task", "--loss", "--model", "--text-col",
+                                                        "--pair-col", "--label-col", "--dev", "--epochs", "--lr",
+                                                        "--batch-size", "--max-length", "--seed", "--dtype",
+                                                        "--patience", "--dataset"])
 
 
 def add_finetune(sub):
-    p = sub.add_parser("finetune", help="fine-tune a classifier (sequence or token) and save a Hugging Face checkpoint",
+    p = sub.add_parser("finetune", help="fine-tune a classifier (sequence or token) or a one-output model "
+                       "(regression) and save a Hugging Face checkpoint",
                        epilog="example: minibert finetune train.csv --text-col sentence --label-col label --out clf")
     p.add_argument("train", help="training data: .csv/.tsv/.jsonl (sequence) or CoNLL (token)")
     p.add_argument("--out", required=True, help="checkpoint directory, rewritten after every epoch")
-    p.add_argument("--task", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--task", choices=["sequence", "token", "regression"], default="sequence",
+                   help="regression: one output per text (or pair) trained on a numeric label")
+    p.add_argument("--loss", choices=["mse", "bce"], default=None,
+                   help="--task regression's objective: mse (default; the raw output, CrossEncoder's Identity) or "
+                        "bce (labels in [0, 1], BCE with logits, CrossEncoder's Sigmoid)")
     p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
     p.add_argument("--text-col", default="text")
     p.add_argument("--pair-col", default=None, help="second text of a sentence pair")
@@ -92,7 +135,8 @@ def add_finetune(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--patience", type=int, default=None,
-                   help="stop when the --dev accuracy has not improved for N epochs; --out keeps the best epoch")
+                   help="stop when the --dev accuracy (regression: Spearman) has not improved for N epochs; --out "
+                        "keeps the best epoch")
     p.add_argument("--dataset", action="append", default=None, metavar="NAME",
                    help="a hub dataset id the data comes from, for the model card (README.md); repeatable")
     p.add_argument("--resume", action="store_true",
@@ -116,8 +160,17 @@ def check_predictions_out(out, args):
                           "elsewhere")
 
 
-def prediction_lines(classifier, texts, pairs):
-    """One JSON line per text (the whole prediction is computed first: an error leaves no half output)."""
+def prediction_lines(classifier, texts, pairs, model_dir):
+    """One JSON line per text (the whole prediction is computed first: an error leaves no half output). A
+    one-output model: "score" as CrossEncoder.predict gives it (its stored activation applied) and "logit"."""
+    if classifier.task == "sequence" and len(classifier.labels) == 1:
+        from ..train.crossencoder import ACTIVATIONS, stored_activation
+        activation, _ = stored_activation(model_dir, model_dir, 1)
+        logits = classifier.logits(texts, pairs)[:, 0]                                     # [N]
+        return [json.dumps({"text": texts[i], **({"pair": pairs[i]} if pairs else {}),
+                            "score": round(float(score), 6), "logit": round(float(logit), 6),
+                            "activation": activation}, ensure_ascii=False, allow_nan=False)
+                for i, (score, logit) in enumerate(zip(ACTIVATIONS[activation](logits), logits))]
     if classifier.task == "sequence":
         probs = classifier.predict_proba(texts, pairs)
         return [json.dumps({"text": texts[i], **({"pair": pairs[i]} if pairs else {}),
@@ -137,7 +190,7 @@ def cmd_predict(args):
     from ..corpus.readers import read_text_pairs
     texts, pairs = read_text_pairs(args.input, args.text_col, args.pair_col)     # the cheap check first
     classifier = load_classifier(args.model_dir)
-    lines = prediction_lines(classifier, texts, pairs)
+    lines = prediction_lines(classifier, texts, pairs, Path(args.model_dir))
     if args.out is None:
         for line in lines:
             print(line)

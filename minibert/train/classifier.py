@@ -34,6 +34,9 @@ OUTPUT_MARK = "minibert_classifier.json"
 # reads only beside a modules.json: a save of a cross-encoder keeps the three files its CrossEncoder reads.
 CROSS_ENCODER_SETTINGS = "config_sentence_transformers.json"
 CROSS_ENCODER_FILES = (CROSS_ENCODER_SETTINGS, "modules.json", "sentence_bert_config.json")
+# The dotted paths sentence-transformers writes for a cross-encoder's activation (train.crossencoder.ACTIVATIONS).
+TORCH_PATHS = {"Identity": "torch.nn.modules.linear.Identity", "Sigmoid": "torch.nn.modules.activation.Sigmoid",
+               "Tanh": "torch.nn.modules.activation.Tanh", "ReLU": "torch.nn.modules.activation.ReLU"}
 
 
 def init_head(config, task, num_labels, rng, dtype):
@@ -57,9 +60,12 @@ class Classifier:
     tokenizer: Any                   # a minibert.tokenizer.Tokenizer
     source: str                      # the directory config.json came from (a sentence-transformers 0_Transformer/)
     max_length: Optional[int] = None
-    history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "dev_accuracy"?}
-    problem_type: Optional[str] = None            # config.json's, for a classifier transformers trained
+    # per epoch: {"epoch", "train_loss", "dev_accuracy"?} (regression: "dev_mse", "dev_pearson", "dev_spearman"?)
+    history: list = field(default_factory=list)
+    problem_type: Optional[str] = None            # config.json's: transformers' or finetune's regression objective
     training: Optional[dict] = None               # finetune's run (train.model_card): saves write a README.md
+    # sentence-transformers' activation a save stores (train.objectives.SAVED_AS); None keeps the source's
+    activation: Optional[str] = None
 
     def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
@@ -102,7 +108,9 @@ class Classifier:
         if len(self.labels) == 1 or self.problem_type in ("regression", "multi_label_classification"):
             raise InputError(f"this classifier's outputs are {'one score' if len(self.labels) == 1 else 'scores'} "
                              f"(problem_type {self.problem_type!r}), not one label among {len(self.labels)}; "
-                             "use logits(texts) (apply a sigmoid for multi-label probabilities)")
+                             "use logits(texts) (apply a sigmoid for multi-label probabilities)"
+                             + ("; minibert.load_cross_encoder(directory).predict(pairs) gives its scores as "
+                                "sentence-transformers' CrossEncoder does" if len(self.labels) == 1 else ""))
         # A str is one text (as in encode), never a sequence of one-character texts.
         logits = cast(np.ndarray, self.logits(as_text_list(texts, "texts"),   # a sequence task's: one [N, K]
                                               None if text_pairs is None else as_text_list(text_pairs, "text_pairs")))
@@ -183,7 +191,17 @@ class Classifier:
         # default from v5) load them in half precision, with other predictions.
         for key in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
             raw[key] = "float32"
-        raw.pop("problem_type", None)      # a source cross-encoder's "regression" is not what this one is
+        # A source cross-encoder's "regression" is not what a new classifier is; finetune's regression says its own.
+        if self.problem_type is None:
+            raw.pop("problem_type", None)
+        else:
+            raw["problem_type"] = self.problem_type
+        if self.activation is not None:      # read by CrossEncoder when no copied setting below names one
+            st = raw.get("sentence_transformers")
+            raw["sentence_transformers"] = {**(st if isinstance(st, dict) else {}),
+                                            "activation_fn": TORCH_PATHS[self.activation]}
+            if "sbert_ce_default_activation_function" in raw:       # sentence-transformers before 4
+                raw["sbert_ce_default_activation_function"] = TORCH_PATHS[self.activation]
         raw["id2label"] = {str(i): label for i, label in enumerate(self.labels)}
         raw["label2id"] = {label: i for i, label in enumerate(self.labels)}
         (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
@@ -196,6 +214,11 @@ class Classifier:
             for name in CROSS_ENCODER_FILES:
                 if (Path(self.source) / name).is_file():
                     shutil.copyfile(Path(self.source) / name, directory / name)
+            if self.activation is not None:   # sentence-transformers 6 reads this file first: it must say ours
+                settings = json.loads((directory / CROSS_ENCODER_SETTINGS).read_text(encoding="utf-8"))
+                settings["activation_fn"] = TORCH_PATHS[self.activation]
+                (directory / CROSS_ENCODER_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n",
+                                                                encoding="utf-8")
         if self.training is not None:       # a run of finetune: its model card, as the Hub shows one
             from .model_card import classifier_card
             (directory / "README.md").write_text(classifier_card(self, str(final or directory)), encoding="utf-8")

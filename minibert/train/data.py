@@ -17,7 +17,8 @@ from ..kernels.reference import IGNORE_INDEX
 @dataclass
 class Examples:
     """Labelled data. Sequence task: texts (and text_pairs) with one label each. Token task: texts are
-    lists of words and labels lists of per-word labels."""
+    lists of words and labels lists of per-word labels. Regression task: texts (and text_pairs) with one
+    number each."""
     texts: list
     labels: list
     text_pairs: Optional[list] = None
@@ -51,10 +52,12 @@ def first_piece_labels(words, word_labels, offsets, word_ids, label2id):
 
 
 def tokenize_examples(tokenizer, examples, task, label2id, max_length):
-    """All examples as padded-per-example arrays: list of (ids [n], types [n], labels scalar or [n])."""
-    if task == "sequence":
+    """All examples as padded-per-example arrays: list of (ids [n], types [n], labels scalar or [n]).
+    Regression: the label is the number itself (label2id unused)."""
+    if task in ("sequence", "regression"):
         batch = tokenizer(examples.texts, examples.text_pairs, max_length=max_length)
-        labels = [label2id[label] for label in examples.labels]
+        labels = (list(examples.labels) if task == "regression"
+                  else [label2id[label] for label in examples.labels])
     else:
         texts = [" ".join(words) for words in examples.texts]
         batch = tokenizer(texts, max_length=max_length)
@@ -74,17 +77,18 @@ def length_buckets(lengths, batch_size, rng):
 
 
 def collate(items, pad_id, task):
-    """A list of (ids, types, labels) -> input_ids, attention_mask, token_type_ids [B, T], labels [B] or [B, T]."""
+    """A list of (ids, types, labels) -> input_ids, attention_mask, token_type_ids [B, T], labels [B] or [B, T]
+    (regression: [B] float64, cast to the weights' dtype by the loss)."""
     B, T = len(items), max(len(ids) for ids, _, _ in items)
     input_ids: np.ndarray = np.full((B, T), pad_id, dtype=np.int64)             # [B, T]
     mask: np.ndarray = np.zeros((B, T), dtype=np.int64)                         # [B, T]
     types: np.ndarray = np.zeros((B, T), dtype=np.int64)                        # [B, T]
-    labels: np.ndarray = (np.zeros(B, dtype=np.int64) if task == "sequence"
-                          else np.full((B, T), IGNORE_INDEX, dtype=np.int64))   # [B] or [B, T]
+    labels: np.ndarray = (np.full((B, T), IGNORE_INDEX, dtype=np.int64) if task == "token"
+                          else np.zeros(B, dtype=np.float64 if task == "regression" else np.int64))   # [B, T] or [B]
     for b, (ids, tt, label) in enumerate(items):
         n = len(ids)
         input_ids[b, :n], mask[b, :n], types[b, :n] = ids, 1, tt
-        if task == "sequence":
+        if task != "token":
             labels[b] = label
         else:
             labels[b, :n] = label
@@ -120,6 +124,32 @@ def checked_labels(labels, what):
     return out
 
 
+def score_problem(value, unit):
+    """Why `value` cannot be a regression label (None when it can): not a real number, NaN or infinite, or
+    for BCE (unit) outside [0, 1]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return f"a {type(value).__name__}, not a number"
+    if not np.isfinite(value):
+        return "not a finite number"
+    if unit and not 0 <= value <= 1:
+        return "outside [0, 1], where --loss bce's labels (probabilities) lie"
+    return None
+
+
+def checked_scores(labels, what, unit=False):
+    """Regression labels as Python floats, each checked (score_problem), refused naming the example."""
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+        raise InputError(f"{what}: labels must be a list (or array) of numbers, found {type(labels).__name__}")
+    out = []
+    for i, label in enumerate(labels):
+        problem = score_problem(python_value(label), unit)
+        if problem:
+            raise InputError(f"{what}: label {i} is {python_value(label)!r:.40}, {problem}; the regression task "
+                             "needs one number per example")
+        out.append(float(label))
+    return out
+
+
 def checked_texts(texts, what, words=False):
     """Texts (words=True: lists of words) as a list of Python str, refusing anything else by position."""
     if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
@@ -135,8 +165,9 @@ def checked_texts(texts, what, words=False):
     return out
 
 
-def checked_examples(examples, task, what):
-    """`examples` with Python lists throughout (NumPy arrays and scalars converted), checked up front."""
+def checked_examples(examples, task, what, objective=None):
+    """`examples` with Python lists throughout (NumPy arrays and scalars converted), checked up front.
+    objective: the regression task's ("mse" or "bce": labels in [0, 1])."""
     if not isinstance(examples, Examples):
         raise InputError(f"{what}: give an Examples(texts=..., labels=...), found {type(examples).__name__}")
     texts = checked_texts(examples.texts, f"{what} texts", words=task == "token")
@@ -152,6 +183,8 @@ def checked_examples(examples, task, what):
         for tags in per_sentence:
             labels.append(flat[start:start + len(tags)])
             start += len(tags)
+    elif task == "regression":
+        labels = checked_scores(examples.labels, f"{what} labels", unit=objective == "bce")
     else:
         labels = checked_labels(examples.labels, f"{what} labels")
     checked = Examples(texts=texts, labels=labels, text_pairs=pairs)

@@ -1,5 +1,6 @@
-"""Fine-tuning without torch: the training loop. Each step is `backprop.loss_and_grads`, clipping and
-`optimizer.adamw_update` on length-bucketed batches (train.data); after each epoch the dev accuracy, early
+"""Fine-tuning without torch: the training loop. Each step is `objectives.loss_and_grads` (backprop's
+cross-entropy, or a one-output model's MSE or BCE), clipping and `optimizer.adamw_update` on length-bucketed
+batches (train.data); after each epoch the dev accuracy (or MSE, Pearson and Spearman for regression), early
 stopping, and the checkpoint plus the state an interrupted run resumes from (train.state).
 
 The recipe is the one transformers' examples use for BertForSequenceClassification / ForTokenClassification
@@ -19,9 +20,10 @@ from ..backends.threads import BLAS
 from ..errors import InputError, TrainingError
 from ..files import atomic_directory
 from ..kernels.reference import IGNORE_INDEX
-from .backprop import TASKS, loss_and_grads
+from .backprop import TASKS
 from .classifier import Classifier, check_output_directory, new_classifier
 from .data import Examples, checked_examples, checked_labels, collate, length_buckets, tokenize_examples
+from .objectives import BEST_SCORE_METRIC, LOSSES, SAVED_AS, improves, loss_and_grads, score_metrics
 from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 
 
@@ -40,7 +42,8 @@ class TrainingRecipe:
     max_length: Optional[int] = None  # tokens per example (default: the model's limit)
     seed: int = 0                    # head initialisation, batch order and dropout masks
     dtype: str = "float32"           # "float32" or "float64" for weights, activations and optimizer state
-    patience: Optional[int] = None   # stop when the dev accuracy has not improved for this many epochs
+    patience: Optional[int] = None   # stop when the dev accuracy (regression: Spearman) has not improved for
+                                     # this many epochs
 
 
 def is_number(x):
@@ -75,12 +78,46 @@ def check_recipe(recipe):
                              ">= 0; adam_eps > 0; warmup_ratio in [0, 1]; dropout and betas in [0, 1))")
 
 
+FINETUNE_TASKS = TASKS + ("regression",)
+
+
+def check_task(task, loss):
+    """The task and its loss -> the objective (objectives.py): cross_entropy for sequence and token, loss
+    ("mse" by default, or "bce") for regression."""
+    if task not in FINETUNE_TASKS:
+        raise InputError(f"task must be one of {FINETUNE_TASKS}, found {task!r}")
+    if task != "regression":
+        if loss not in (None, "cross_entropy"):
+            raise InputError(f"loss {loss!r}: the {task} task trains with cross-entropy; loss= (--loss) chooses "
+                             f"the regression task's objective, one of {LOSSES}")
+        return "cross_entropy"
+    if loss is None:
+        return "mse"
+    if loss not in LOSSES:
+        raise InputError(f"loss must be one of {LOSSES} for the regression task, found {loss!r}")
+    return loss
+
+
+def check_dev_scores(dev):
+    """A regression dev set whose labels are all equal has no Pearson or Spearman correlation to report."""
+    if len(set(dev.labels)) < 2:
+        raise InputError(f"dev: every label is {dev.labels[0]!r}; Pearson and Spearman correlations need labels "
+                         "that differ (give a dev set with at least two different scores)")
+
+
 def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Optional[Examples] = None,
              recipe: TrainingRecipe = TrainingRecipe(), labels: Optional[Sequence[Any]] = None,
              progress: Optional[TextIO] = None, on_epoch: Optional[Callable[[Classifier], Any]] = None,
              checkpoint_dir: Union[str, "os.PathLike[str]", None] = None, resume: bool = False,
-             datasets: Optional[Sequence[str]] = None, command: Optional[str] = None) -> Classifier:
+             datasets: Optional[Sequence[str]] = None, command: Optional[str] = None,
+             loss: Optional[str] = None) -> Classifier:
     """Fine-tune `model` (a minibert.Model, or a directory / None for minibert.load) on `train` (Examples).
+
+    task: "sequence" (a label per text or pair), "token" (a label per word) or "regression" (a number per
+    text or pair: a sequence head with one output). loss, regression only (objectives.py): "mse" (default;
+    transformers' problem_type "regression", saved with sentence-transformers' Identity activation) or "bce"
+    (labels in [0, 1], sentence-transformers' BinaryCrossEntropyLoss, saved with Sigmoid). Regression records
+    the dev MSE, Pearson and Spearman of the activated scores, and patience watches Spearman.
 
     labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
     loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history. progress: a
@@ -103,8 +140,7 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     from ..api import Model, load
     from ..checkpoint.default_model import DEFAULT_MODEL_HUB_ID
     from .model_card import check_run_names, run_description
-    if task not in TASKS:
-        raise InputError(f"task must be one of {TASKS}, found {task!r}")
+    objective = check_task(task, loss)
     check_recipe(recipe)
     if recipe.patience is not None and dev is None:
         raise InputError(f"recipe.patience {recipe.patience}: early stopping needs a dev set (dev=, --dev) and "
@@ -112,24 +148,15 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     check_run_names(datasets, command)
     if resume and checkpoint_dir is None:
         raise InputError("resume needs the checkpoint directory of the run to continue (checkpoint_dir=, --out)")
-    train = checked_examples(train, task, "train")
+    train = checked_examples(train, task, "train", objective)
     if dev is not None:
-        dev = checked_examples(dev, task, "dev")
-
-    def flat(examples):
-        return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
-    labels = sorted(set(flat(train)), key=str) if labels is None else checked_labels(labels, "labels")
-    if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
-        raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=)")
-    if len(set(labels)) != len(labels):
-        raise InputError(f"labels {labels} name a class twice")
-    label2id = {label: i for i, label in enumerate(labels)}
-    # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
-    for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):
-        unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
-        if unknown:
-            raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
-                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
+        dev = checked_examples(dev, task, "dev", objective)
+    if task == "regression":
+        labels, label2id = check_output_name(labels), {}
+        if dev is not None:
+            check_dev_scores(dev)
+    else:
+        labels, label2id = class_labels(train, dev, task, labels)
     if checkpoint_dir is not None:       # now, not when the first epoch's checkpoint is written
         local = [model] if isinstance(model, (str, os.PathLike)) and Path(model).exists() else []
         check_output_directory(checkpoint_dir, local)
@@ -141,7 +168,9 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     if checkpoint_dir is not None:       # a hub id or the bundled model: its folder is known once loaded
         check_output_directory(checkpoint_dir, [model.source, model.encoder_dir])
     rng = np.random.default_rng(recipe.seed)
-    classifier = new_classifier(model, task, labels, recipe, rng)
+    classifier = new_classifier(model, "token" if task == "token" else "sequence", labels, recipe, rng)
+    if task == "regression":
+        classifier.problem_type, classifier.activation = SAVED_AS[objective]
     classifier.training = run_description(base_model=base_model, source=model.source, recipe=recipe,
                                           datasets=datasets, command=command, pairs=train.text_pairs is not None)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
@@ -152,8 +181,10 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     run = None
     if checkpoint_dir is not None:
         dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
-        run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items)
+        run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items,
+                                       loss=objective if task == "regression" else None)
     best: Any = None                             # {"epoch", "metric", "params"} of the best epoch so far
+    watched = BEST_SCORE_METRIC if task == "regression" else "dev_accuracy"   # what patience compares
     state, first_epoch = {}, 0                   # AdamW's state, the last finished epoch
     if resume:
         state, first_epoch, best = resume_run(checkpoint_dir, run, recipe, classifier, params, rng)
@@ -166,24 +197,25 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
                 for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
                     lr = lr_at(step, total, warmup, recipe.lr)
                     try:
-                        loss = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe, lr,
-                                          rng)
+                        value = train_step(classifier, [items[i] for i in batch_indices], params, state, recipe,
+                                           lr, rng, objective)
                     except TrainingError as e:
                         raise TrainingError(diverged(step + 1, epoch, e, recipe, checkpoint_dir)) from None
-                    losses.append(loss)
+                    losses.append(value)
                     step += 1
-                    report.step(epoch=epoch, step=step, loss=loss, running=float(np.mean(losses)), lr=lr,
+                    report.step(epoch=epoch, step=step, loss=value, running=float(np.mean(losses)), lr=lr,
                                 epoch_end=len(losses) == steps_per_epoch)
                 if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
                     raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
                                                  checkpoint_dir))
                 record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
                 if dev is not None:
-                    record["dev_accuracy"] = accuracy(classifier, dev)
-                improved = recipe.patience is None or best is None or record["dev_accuracy"] > best["metric"]
+                    record.update(score_metrics(scores(classifier, dev), dev.labels) if task == "regression"
+                                  else {"dev_accuracy": accuracy(classifier, dev)})
+                improved = recipe.patience is None or best is None or improves(record[watched], best["metric"])
                 if recipe.patience is not None:
                     if improved:
-                        best = {"epoch": epoch, "metric": record["dev_accuracy"],
+                        best = {"epoch": epoch, "metric": record[watched],
                                 "params": [p.copy() for _, p in params]}
                     record["best_epoch"] = best["epoch"]
                 classifier.history.append(record)
@@ -198,7 +230,8 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
                 if on_epoch is not None:
                     on_epoch(classifier)
                 if recipe.patience is not None and epoch - best["epoch"] >= recipe.patience:
-                    report.message(f"early stopping: no better dev accuracy for {recipe.patience} epoch(s); the "
+                    report.message(f"early stopping: no better {watched.replace('_', ' ')} for {recipe.patience} "
+                                   f"epoch(s); the "
                                    f"best was epoch {best['epoch']} ({best['metric']:.4f})")
                     break
     finally:
@@ -207,6 +240,45 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
         for (_, p), value in zip(params, best["params"]):
             p[...] = value
     return classifier
+
+
+def class_labels(train, dev, task, labels):
+    """(labels in id order, label -> id) of a classifier: labels= checked, or train's sorted; every train
+    and dev label must be one of them."""
+    def flat(examples):
+        return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
+    labels = sorted(set(flat(train)), key=str) if labels is None else checked_labels(labels, "labels")
+    if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
+        raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=), "
+                         "and a model with one output is task='regression' (--task regression)")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels {labels} name a class twice")
+    label2id = {label: i for i, label in enumerate(labels)}
+    # Checked before training: a dev label the head has no class for would otherwise fail after an epoch.
+    for what, examples in (("train", train), ("dev", dev or Examples(texts=[], labels=[]))):
+        unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
+        if unknown:
+            raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
+                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
+    return labels, label2id
+
+
+def check_output_name(labels):
+    """A regression model's one output: named LABEL_0 as transformers and sentence-transformers name it, or
+    by labels= (one name)."""
+    if labels is None:
+        return ["LABEL_0"]
+    labels = checked_labels(labels, "labels")
+    if len(labels) != 1:
+        raise InputError(f"labels {labels}: a regression model has one output; give one name or none")
+    return labels
+
+
+def scores(classifier, examples):
+    """The scores CrossEncoder.predict gives: the one output with the stored activation applied [N]."""
+    from .crossencoder import ACTIVATIONS
+    logits = classifier.logits(examples.texts, examples.text_pairs)                     # [N, 1]
+    return ACTIVATIONS[classifier.activation or "Identity"](logits)[:, 0]
 
 
 def accuracy(classifier, examples):
@@ -264,13 +336,15 @@ def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
     return saved["adam"], saved["epoch"], best
 
 
-def train_step(classifier, batch_items, params, state, recipe, lr, rng):
+def train_step(classifier, batch_items, params, state, recipe, lr, rng, objective="cross_entropy"):
     """One optimizer step on a list of tokenized examples; returns the batch's loss."""
-    ids, mask, types, labels = collate(batch_items, classifier.config.pad_token_id, classifier.task)
+    ids, mask, types, labels = collate(batch_items, classifier.config.pad_token_id,
+                                       "regression" if objective in LOSSES else classifier.task)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):     # checked below: one clear error
         loss, _, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, classifier.weights,
                                                             classifier.head, classifier.config,
-                                                            task=classifier.task, dropout=recipe.dropout,
+                                                            task=classifier.task, objective=objective,
+                                                            dropout=recipe.dropout,
                                                             rng=rng if recipe.dropout else None)
     grads_by_id = {id(p): g for (_, p), (_, g) in zip(trainable(classifier.weights, classifier.head, classifier.config),
                                                       trainable(weights_grads, head_grads, classifier.config))}

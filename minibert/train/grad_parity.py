@@ -2,7 +2,10 @@
 
 `reference_grads` runs transformers' ForSequenceClassification / ForTokenClassification model on a batch
 and returns its loss, logits, the head parameters it initialised and every parameter's gradient, under
-transformers' names; tests/fixtures/make_grad_goldens.py stores that as goldens. `compare_grads` runs
+transformers' names. Task "regression" is the sequence model with one output and the loss finetune trains
+it on (train.objectives): loss "mse" is transformers' problem_type "regression" (MSELoss), "bce" its
+"multi_label_classification" (BCEWithLogitsLoss, sentence-transformers' BinaryCrossEntropyLoss).
+tests/fixtures/make_grad_goldens.py stores that as goldens. `compare_grads` runs
 minibert's backprop on the same weights and inputs and gives one row per parameter, and `worst_per_block`
 the worst of each block (embeddings, layer.i, pooler, head), as `minibert parity --grad` prints it.
 Relative error of a tensor: max |ours - theirs| / max |theirs|, the denominator floored at 1e-6 of the
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backprop import loss_and_grads
+from .objectives import SAVED_AS, loss_and_grads
 from ..checkpoint.config import read_config
 from .hf_checkpoint import tensors_from_tree, tree_from_tensors
 from ..checkpoint.weights import load_weights
@@ -38,9 +41,12 @@ def example_batch(config, seed=0, B=3, T=7):
     return ids, mask, types
 
 
-def example_labels(mask, task, seed=0):
-    """Sequence: one label per row [B]; token: one per real token [B, T], -100 on padding and [CLS]."""
+def example_labels(mask, task, seed=0, loss=None):
+    """Sequence: one label per row [B]; token: one per real token [B, T], -100 on padding and [CLS];
+    regression: one float per row [B], in [0, 5] as STS scores for mse, in [0, 1] for bce."""
     rng = np.random.default_rng(seed + 1)
+    if task == "regression":
+        return rng.uniform(0, 1 if loss == "bce" else 5, mask.shape[0])              # [B]
     if task == "sequence":
         return rng.integers(0, NUM_LABELS, mask.shape[0])                      # [B]
     labels = rng.integers(0, NUM_LABELS, mask.shape)                           # [B, T]
@@ -49,20 +55,25 @@ def example_labels(mask, task, seed=0):
     return labels
 
 
-def reference_grads(model_dir, task, ids, mask, types, labels, seed=0):
+def reference_grads(model_dir, task, ids, mask, types, labels, seed=0, loss=None):
     """transformers' task model in float64, dropout off (eval), head initialised by torch.manual_seed(seed).
     Returns {"loss", "logits", "params": {name: array} (head and pooler), "grads": {name: array}}."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
     auto = {"sequence": transformers.AutoModelForSequenceClassification,
+            "regression": transformers.AutoModelForSequenceClassification,
             "token": transformers.AutoModelForTokenClassification}[task]
     torch.manual_seed(seed)
-    model = auto.from_pretrained(str(model_dir), num_labels=NUM_LABELS, attn_implementation="eager")
+    options = ({"num_labels": 1, "problem_type": SAVED_AS[loss or "mse"][0]} if task == "regression"
+               else {"num_labels": NUM_LABELS})
+    model = auto.from_pretrained(str(model_dir), **options, attn_implementation="eager")
     model = model.double().eval()
     config = read_config(os.path.join(str(model_dir), "config.json"))
-    inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-              "labels": torch.from_numpy(np.asarray(labels))}
+    target = torch.from_numpy(np.asarray(labels))
+    if task == "regression" and loss == "bce":       # BCEWithLogitsLoss takes labels shaped as the logits
+        target = target[:, None]
+    inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": target}
     if config.token_type_embeddings:
         inputs["token_type_ids"] = torch.from_numpy(types)
     out = model(**inputs)
@@ -74,17 +85,19 @@ def reference_grads(model_dir, task, ids, mask, types, labels, seed=0):
             "grads": {name: p.grad.numpy().copy() for name, p in named.items() if p.grad is not None}}
 
 
-def minibert_grads(model_dir, task, ids, mask, types, labels, params):
+def minibert_grads(model_dir, task, ids, mask, types, labels, params, loss=None):
     """minibert's loss, logits and gradients (float64) under transformers' names, for the same weights:
     the checkpoint's encoder plus `params` (the head and any pooler the reference initialised)."""
     model_dir = Path(model_dir)
     config = read_config(model_dir / "config.json")
     template = load_weights(model_dir, config, np.float64)
-    weights, head = tree_from_tensors(params, config, task=task, dtype=np.float64, template=template)
-    loss, logits, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, weights, head, config,
-                                                             task=task)
-    grads = tensors_from_tree(weights_grads, config, task=task, head=head_grads)
-    return {"loss": float(loss), "logits": logits, "grads": grads}
+    model_task = "token" if task == "token" else "sequence"
+    weights, head = tree_from_tensors(params, config, task=model_task, dtype=np.float64, template=template)
+    objective = (loss or "mse") if task == "regression" else "cross_entropy"
+    value, logits, weights_grads, head_grads = loss_and_grads(ids, mask, types, labels, weights, head, config,
+                                                              task=model_task, objective=objective)
+    grads = tensors_from_tree(weights_grads, config, task=model_task, head=head_grads)
+    return {"loss": float(value), "logits": logits, "grads": grads}
 
 
 ZERO_FLOOR = 1e-6     # share of the model's largest gradient below which a tensor's gradient counts as zero
@@ -135,14 +148,19 @@ def worst_per_block(rows):
     return worst
 
 
-def grad_report(model_dir, task="sequence", seed=0):
+def grad_report(model_dir, task="sequence", seed=0, loss=None):
     """Lines for `minibert parity --grad`: the worst parameter of each block, minibert against torch
-    autograd in float64 on example_batch (needs torch and transformers)."""
+    autograd in float64 on example_batch (needs torch and transformers). loss: regression's, mse or bce."""
+    if loss is not None and task != "regression":      # else a --loss that changed nothing
+        from ..errors import InputError
+        raise InputError(f"--loss {loss} is the regression task's loss; --task {task} trains with cross-entropy")
     config = read_config(os.path.join(str(model_dir), "config.json"))
     ids, mask, types = example_batch(config, seed=seed)
-    labels = example_labels(mask, task, seed=seed)
-    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=seed)
-    rows = compare_grads(minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"]), reference)
-    lines = [f"{task} classification, {len(rows)} parameters, float64, relative error per block (worst parameter):"]
+    labels = example_labels(mask, task, seed=seed, loss=loss)
+    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=seed, loss=loss)
+    rows = compare_grads(minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"], loss=loss),
+                         reference)
+    what = f"regression ({loss or 'mse'})" if task == "regression" else f"{task} classification"
+    lines = [f"{what}, {len(rows)} parameters, float64, relative error per block (worst parameter):"]
     lines += [f"  {block:28s} {error:.2e}  {name}" for block, (name, error) in worst_per_block(rows).items()]
     return lines

@@ -7,7 +7,8 @@ huggingface_hub's metadata_load read), then Markdown.
     pipeline_tag  text-classification, token-classification (finetune) or fill-mask (pretrain)
     tags          minibert, the model family, the pipeline tag
     datasets      the names given (datasets=, --dataset), when any
-    metrics       accuracy (finetune's dev set) or perplexity (pretrain's held-out text), when scored
+    metrics       accuracy (finetune's dev set; regression: mse, pearsonr, spearmanr) or perplexity
+                  (pretrain's held-out text), when scored
 
 The body: what was trained, the recipe, the numbers of each epoch, the command (or call) that reproduces the
 run, and how to load the directory with minibert and with transformers.
@@ -23,6 +24,8 @@ AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "token": "Auto
                 "mlm": "AutoModelForMaskedLM"}
 # (history key, column heading, the Hub's metric id or None)
 COLUMNS = (("train_loss", "train loss", None), ("dev_accuracy", "dev accuracy", "accuracy"),
+           ("dev_mse", "dev MSE", "mse"), ("dev_pearson", "dev Pearson", "pearsonr"),
+           ("dev_spearman", "dev Spearman", "spearmanr"),
            ("dev_loss", "held-out loss", None), ("dev_perplexity", "held-out perplexity", "perplexity"))
 
 
@@ -99,8 +102,38 @@ def card(*, training: dict, task: str, model_type: str, history: list, directory
     return front_matter(training, task, model_type, history) + "\n" + "\n".join(body)
 
 
+# A regression model's objective, as its card describes it: (finetune's loss, what the training minimised)
+OBJECTIVES = {"regression": ("mse", "the mean squared error of its raw output (transformers' problem_type "
+                             "\"regression\"); CrossEncoder applies Identity, so its scores are the predicted values"),
+              "multi_label_classification": ("bce", "the binary cross-entropy of sigmoid(output) against scores in "
+                                             "[0, 1] (sentence-transformers' BinaryCrossEntropyLoss); CrossEncoder "
+                                             "applies Sigmoid, so its scores are those probabilities")}
+
+
+def regression_card(classifier, directory: str) -> str:
+    """README.md for a one-output model finetune trained (task "regression"), saved in `directory`."""
+    training = classifier.training
+    base = training["base_model"] or training["source"]
+    loss, objective = OBJECTIVES[classifier.problem_type]
+    scored = any("dev_spearman" in record for record in classifier.history)
+    texts = '["first text"], ["second text"]' if training["pairs"] else '["a text"]'
+    pairs = '[("first text", "second text")]' if training["pairs"] else '[("a text", "")]'
+    return card(
+        training=training, task="sequence", model_type=classifier.config.model_type, history=classifier.history,
+        directory=directory, best="dev Spearman correlation", texts=texts,
+        about=f"A model with one output (a score per {'pair' if training['pairs'] else 'text'}) trained on "
+              f"{objective}. It loads in sentence-transformers' `CrossEncoder({directory!r})`, whose `predict` "
+              "gives the same scores as minibert's.",
+        call=("from minibert.train.finetune import TrainingRecipe, finetune\n"
+              f"model = finetune({base!r}, train, task='regression', loss={loss!r}"
+              f"{', dev=dev' if scored else ''}, recipe={training['recipe']!r})\nmodel.save({directory!r})"),
+        use=(f"scorer = minibert.load_cross_encoder({directory!r})\nprint(scorer.predict({pairs}))"))
+
+
 def classifier_card(classifier, directory: str) -> str:
     """README.md for a Classifier finetune trained (classifier.training set), saved in `directory`."""
+    if len(classifier.labels) == 1 and classifier.problem_type in OBJECTIVES:
+        return regression_card(classifier, directory)
     training, task = classifier.training, classifier.task
     base = training["base_model"] or training["source"]
     scored = any("dev_accuracy" in record for record in classifier.history)

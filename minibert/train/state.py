@@ -29,18 +29,22 @@ FORMAT = 1
 
 
 def data_digest(items):
-    """sha256 of the tokenized examples (ids, token types, labels), in order."""
+    """sha256 of the tokenized examples (ids, token types, labels), in order. Regression labels are hashed as
+    float64 (as int64 they would be cut: 0.25 and 0.75 would be the same data)."""
     digest = hashlib.sha256()
     for ids, types, labels in items:
-        for array in (ids, types, np.asarray(labels)):
-            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        labels = np.asarray(labels)
+        for array in (ids, types, labels):
+            kind = np.float64 if array is labels and array.dtype.kind == "f" else np.int64
+            digest.update(np.ascontiguousarray(array, dtype=kind).tobytes())
             digest.update(b"|")
     return digest.hexdigest()
 
 
-def describe_run(recipe, task, labels, source, train_items, dev_items):
-    """The settings that make two runs the same run (JSON-ready)."""
-    return {"recipe": json.loads(json.dumps(asdict(recipe))), "task": task, "labels": [str(x) for x in labels],
+def describe_run(recipe, task, labels, source, train_items, dev_items, loss=None):
+    """The settings that make two runs the same run (JSON-ready); loss: the regression task's objective."""
+    return {**({"loss": loss} if loss else {}), "recipe": json.loads(json.dumps(asdict(recipe))), "task": task,
+            "labels": [str(x) for x in labels],
             # resolved: the same folder named relatively, then absolutely, is the same model
             "model": str(Path(source).resolve()) if Path(source).exists() else str(source),
             "train": data_digest(train_items),
