@@ -312,3 +312,23 @@ def test_live_without_modules_json_cross_encoder_ignores_config_sentence_transfo
     want = reference.predict(MAKER.PAIRS, batch_size=3, convert_to_tensor=True).numpy()
     got = quiet(cross_encoder(folder, dtype="float64").predict, MAKER.PAIRS, batch_size=3)
     assert np.abs(got - want).max() < 1e-12, np.abs(got - want).max()
+
+
+def test_a_cross_encoder_directory_loads_as_its_encoder_and_starts_a_finetune(tmp_path):
+    """sentence-transformers 6 saves a CrossEncoder with a modules.json listing its Transformer alone: minibert.load
+    reads it as the encoder (its length and casing, pooled as a plain checkpoint), so `finetune --model` starts from
+    a cross-encoder; it was refused for want of a Pooling module."""
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
+    model = minibert.load(FIXTURES / "ce_identity", dtype="float64")
+    assert model.recipe.kind == "transformers" and model.recipe.pooling == "mean"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (plain / name).write_bytes((FIXTURES / "ce_identity" / name).read_bytes())
+    np.testing.assert_array_equal(model.encode(["a cat", "two dogs"]),
+                                  minibert.load(plain, dtype="float64").encode(["a cat", "two dogs"]))
+    texts = (["a cat sat", "rain falls", "the dog ran", "sun shines"], ["a cat", "snow", "a dog", "moon"])
+    classifier = finetune(model, Examples(texts[0], [1, 0, 1, 0], texts[1]),
+                          recipe=TrainingRecipe(epochs=1, batch_size=2))
+    assert classifier.logits(*texts).shape == (4, 2)

@@ -174,7 +174,9 @@ def read_recipe(model_dir: Path) -> Recipe:
                               "without modules.json")
         seen.append(kind)
     if "Pooling" not in seen:
-        raise ConfigError(f"{model_dir / 'modules.json'}: no Pooling module; minibert's sentence vectors need one")
+        # A Transformer alone (what sentence-transformers 6 writes for a CrossEncoder): the encoder with its
+        # length and casing, pooled as a plain checkpoint is; `finetune --model` starts from it.
+        settings["kind"] = Recipe.kind
     if dense:
         take("dense", tuple(dense), "modules.json")
     return Recipe(**settings, sources=MappingProxyType(sources), files=files_read(model_dir, modules))
