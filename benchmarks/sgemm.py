@@ -8,13 +8,15 @@ C = A @ W for A [rows, K], W [K, N] float32 (row-major, C preallocated as minibe
 and activation are minibert's own epilogue kernel whatever the library, so they are not timed), on the
 projection shapes of MiniLM / BERT-base / BERT-large: (K, N) = (H, H), (H, 4H), (4H, H) for H 384, 768, 1024.
 
-Candidates (each in a process of its own, so that one library's spinning thread pool cannot slow the
-next; rounds interleave them, and the table shows the median over rounds of each round's median):
+Candidates (rounds interleave them, and the table shows the median over rounds of each round's median;
+one-thread calls of the first four share a process and take turns measurement by measurement, every
+other case has a process of its own, so that one library's spinning thread pool cannot slow the next):
   numpy        NumPy's bundled OpenBLAS (np.matmul with out=)
   openblas-new the `scipy-openblas32` wheel's newer OpenBLAS, cblas_sgemm through ctypes
   mkl          the `mkl` wheel's libmkl_rt, cblas_sgemm
   mkl-packed   the same, W packed once (cblas_sgemm_pack) and cblas_sgemm_compute per call
-  onednn       the `onednn` wheel's libdnnl, dnnl_sgemm (its TBB pool: held to one thread by CPU affinity)
+  onednn       the `onednn` wheel's libdnnl, dnnl_sgemm (its TBB pool: held to one thread by CPU affinity
+               at threads "1"; at "2x1" nothing holds a call to one thread, so its pieces may share both)
   torch        torch.mm(out=) from --torch-python, the yardstick
 --coretype X adds "numpy[X]" and "openblas-new[X]" (OPENBLAS_CORETYPE=X); --mkl-isa X adds "mkl[X]" and
 "mkl-packed[X]" (MKL_ENABLE_INSTRUCTIONS=X: MKL caps its code path at X, and ignores an X the CPU lacks).
@@ -36,7 +38,6 @@ MKL_VERBOSE's line and the kernel library MKL loads (the code path it takes on t
 
 import argparse
 import ctypes
-import glob
 import json
 import os
 import platform
@@ -69,10 +70,6 @@ def parse_args():
 
 
 # ---------------------------------------------------------------- worker: one candidate, one thread setting
-
-def site_packages(prefix):
-    return glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages"))[0]
-
 
 def make_numpy(threads):
     import numpy as np
@@ -186,7 +183,7 @@ def versions(base):
     out = {}
     if base in ("numpy",):
         from threadpoolctl import threadpool_info
-        info = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        info = [i for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
         out = {"blas": [(i["internal_api"], i["version"], i.get("architecture")) for i in info]}
     elif base == "openblas-new":
         import scipy_openblas32
@@ -344,6 +341,9 @@ def main():
         return report_file(args)
     if args.torch_python is None and "torch" in args.candidates:
         args.candidates.remove("torch")
+    args.venv = os.path.abspath(args.venv)                   # the workers run in /tmp
+    if args.torch_python:
+        args.torch_python = os.path.abspath(args.torch_python)
     record = {"machine": machine(args.venv), "rows": args.rows, "rounds": args.rounds}
     print(json.dumps(record["machine"], indent=1), flush=True)
     cands = candidates(args)
