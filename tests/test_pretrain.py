@@ -222,7 +222,8 @@ def test_pretraining_never_writes_over_the_model_or_a_folder_it_did_not_write(tm
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match=r"holds files minibert did not write \(notes.txt\)"):
+    with pytest.raises(OutputError, match=r"holds files minibert did not write \(notes.txt\); pretraining "
+                       "replaces its output directory whole"):
         pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=mine)
     assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     out = tmp_path / "mlm"
@@ -239,3 +240,46 @@ def test_a_diverged_pretraining_run_stops_naming_the_step_and_saves_nothing(tmp_
         pretrain(str(HEADS_DIR / "bert"), CORPUS * 3,
                  recipe=PretrainRecipe(epochs=2, **{**FAST, "lr": 1e10}), checkpoint_dir=out)
     assert not out.exists()
+
+
+def test_pretraining_finetuning_and_extraction_never_replace_each_others_output(tmp_path, capsys):
+    """--out holding another kind of minibert output is refused before training, naming what it holds; the
+    same kind is replaced as before (test above)."""
+    from minibert import OutputError
+    from minibert.corpus.extract import extract
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
+    mlm, clf, vectors = tmp_path / "mlm", tmp_path / "clf", tmp_path / "vectors"
+    pretrain(str(HEADS_DIR / "roberta"), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=mlm)
+    examples = Examples(texts=["good", "bad", "fine", "awful"], labels=[1, 0, 1, 0])
+    classifier = finetune(str(HEADS_DIR / "bert"), examples, recipe=TrainingRecipe(epochs=1, batch_size=2),
+                          checkpoint_dir=clf)
+    extract(minibert.load(str(HEADS_DIR / "bert"), backend="numpy"), CORPUS[:4], vectors, progress=False)
+    before = {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (mlm, clf, vectors)}
+
+    def trained(record):
+        pytest.fail("trained before refusing")
+    for target, held in ((mlm, "a masked-LM checkpoint of a minibert pretraining run"),
+                         (vectors, "a minibert extraction")):
+        with pytest.raises(OutputError, match=f"{target.name}: holds {held}.*a classifier replaces its output "
+                                              f"directory whole.*choose another output directory, or delete"):
+            finetune(str(HEADS_DIR / "bert"), examples, recipe=TrainingRecipe(epochs=1, batch_size=2),
+                     checkpoint_dir=target, on_epoch=trained)
+        with pytest.raises(OutputError, match=f"holds {held}"):
+            classifier.save(target)
+    for target, held in ((clf, "a classifier minibert fine-tuned"), (vectors, "a minibert extraction")):
+        with pytest.raises(OutputError, match=f"{target.name}: holds {held}.*pretraining replaces its output "
+                                              "directory whole"):
+            pretrain(str(HEADS_DIR / "bert"), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=target,
+                     on_epoch=trained)
+    code = cli_main(["finetune", str(write_labelled(tmp_path)), "--model", str(HEADS_DIR / "bert"), "--out", str(mlm),
+                     "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "holds a masked-LM checkpoint" in err and "epoch" not in err, err
+    assert {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (mlm, clf, vectors)} == before
+
+
+def write_labelled(folder):
+    path = folder / "labelled.csv"
+    path.write_text("text,label\ngood,1\nbad,0\nfine,1\nawful,0\n", encoding="utf-8")
+    return path

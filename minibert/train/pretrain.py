@@ -305,12 +305,13 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
         model = load(model, backend="numpy", dtype=recipe.dtype)
     config, heads = model.config, model.heads
     heads.require("mlm")
+    if checkpoint_dir is not None:       # the model's folder, another kind of output, a folder minibert did not write
+        check_output_directory(checkpoint_dir, [model.source, getattr(model.tokenizer, "dir", model.source)],
+                               kind="pretraining")
     train_texts, held_texts = split_documents(texts, dev_texts, recipe.validation_split)
     block = recipe.max_length or model.tokenizer.max_length
     train_blocks = group_texts(model.tokenizer, train_texts, block)
     dev_blocks = group_texts(model.tokenizer, held_texts, block) if held_texts else None
-    if checkpoint_dir is not None:       # the model's folder, or a folder minibert did not write, is refused now
-        check_output_directory(checkpoint_dir, [model.source, getattr(model.tokenizer, "dir", model.source)])
     dtype = np.dtype(recipe.dtype).type
     trees = copy_tree({"encoder": model.weights, "mlm": heads.mlm}, dtype)   # the tied decoder stays the word table
     pooler = trees["encoder"]["pooler"]
