@@ -283,3 +283,56 @@ def write_labelled(folder):
     path = folder / "labelled.csv"
     path.write_text("text,label\ngood,1\nbad,0\nfine,1\nawful,0\n", encoding="utf-8")
     return path
+
+
+def test_a_str_is_one_document_and_the_recipe_must_be_a_pretrain_recipe(bert):
+    from minibert.train.pretrain import split_documents
+    document = "Paris is the capital of France. " * 30
+    assert split_documents(document, None, 0) == ([document], [])
+    with pytest.raises(InputError, match="the corpus has 1 document"):      # not 960 one-character documents
+        pretrain(bert, document, recipe=PretrainRecipe(epochs=1, **FAST))
+    recipe = PretrainRecipe(epochs=1, **FAST)
+    as_str = pretrain(bert, CORPUS, recipe=recipe, dev_texts=document)
+    as_list = pretrain(bert, CORPUS, recipe=recipe, dev_texts=[document])
+    assert as_str.history == as_list.history
+    with pytest.raises(InputError, match="recipe must be a PretrainRecipe .* found dict"):
+        pretrain(bert, CORPUS, recipe={"epochs": 1})
+
+
+def test_the_held_out_split_takes_one_block_at_least_and_says_when_the_corpus_is_too_short(bert, tmp_path, capsys):
+    """5% of 40 five-token documents is 10 tokens, less than a block of 16: the held-out part grows to 4
+    documents (one block) and the run goes on; too few tokens for both is refused saying so."""
+    recipe = PretrainRecipe(epochs=1, batch_size=4, max_length=16)
+    result = pretrain(bert, ["Hello world!"] * 40, recipe=recipe)
+    assert len(bert.tokenize("Hello world!").input_ids[0]) == 5
+    assert result.history[0]["epoch"] == 0 and np.isfinite(result.history[1]["dev_loss"])
+    with pytest.raises(InputError, match="the corpus less the first 4 document.s. held out for the perplexity report "
+                                         "holds 5 tokens, fewer than one block of 16"):
+        pretrain(bert, ["Hello world!"] * 5, recipe=recipe)
+    with pytest.raises(InputError, match="the corpus holds 15 tokens: too few for one block of 16 held out"):
+        pretrain(bert, ["Hello world!"] * 3, recipe=recipe)
+    with pytest.raises(InputError, match=r"the held-out text \(dev_texts, --dev\) holds 5 tokens, fewer than one "
+                                         "block of 16"):
+        pretrain(bert, ["Hello world!"] * 40, recipe=recipe, dev_texts=["Hello world!"])
+    # one document: the advice works where the user is (the command line has --validation-split)
+    (tmp_path / "one.txt").write_text("Paris is the capital of France. " * 10 + "\n", encoding="utf-8")
+    command = ["pretrain", str(tmp_path / "one.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+               str(tmp_path / "out"), "--epochs", "1", "--max-length", "16"]
+    assert cli_main(command) == 1
+    assert "--validation-split 0" in capsys.readouterr().err
+    assert cli_main(command + ["--validation-split", "0"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_an_empty_dev_set_is_refused_not_silently_skipped(bert, tmp_path, capsys):
+    for empty in ([], [""], "  "):
+        with pytest.raises(InputError, match="dev_texts .--dev. holds no text"):
+            pretrain(bert, CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), dev_texts=empty)
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    code = cli_main(["pretrain", str(tmp_path / "corpus.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+                     str(tmp_path / "out"), "--max-length", "24", "--dev", str(tmp_path / "empty.txt")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"--dev {tmp_path / 'empty.txt'}: no documents" in err and "epoch" not in err, err
+    assert not (tmp_path / "out").exists()
+
