@@ -336,3 +336,13 @@ def test_an_empty_dev_set_is_refused_not_silently_skipped(bert, tmp_path, capsys
     assert code == 1 and f"--dev {tmp_path / 'empty.txt'}: no documents" in err and "epoch" not in err, err
     assert not (tmp_path / "out").exists()
 
+
+
+def test_resume_refuses_a_run_that_stopped_early(tmp_path):
+    recipe = PretrainRecipe(epochs=6, batch_size=4, max_length=24, lr=0.05, validation_split=0.1, patience=1, seed=0)
+    first = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm")
+    assert first.history[-1]["epoch"] < 6                  # it did stop early
+    saved = (tmp_path / "mlm" / "model.safetensors").read_bytes()
+    with pytest.raises(InputError, match=f"has finished .epoch {first.history[-1]['epoch']} of 6, stopped early."):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm", resume=True)
+    assert (tmp_path / "mlm" / "model.safetensors").read_bytes() == saved

@@ -268,9 +268,11 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     state, first_epoch, best, history = {}, 0, None, []
     if resume:
         saved = train_state.load_state(checkpoint_dir, params, run)
-        if saved["epoch"] >= recipe.epochs:
+        stopped = (recipe.patience is not None and saved["best"] is not None     # as finetune's: early stopping ends it
+                   and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
+        if saved["epoch"] >= recipe.epochs or stopped:
             raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
-                             f"{recipe.epochs}); nothing to resume")
+                             f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
         for (_, p), value in zip(params, saved["params"]):
             p[...] = value
         rng.bit_generator.state = saved["rng_state"]
