@@ -337,7 +337,6 @@ def test_an_empty_dev_set_is_refused_not_silently_skipped(bert, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-
 def test_resume_refuses_a_run_that_stopped_early(tmp_path):
     recipe = PretrainRecipe(epochs=6, batch_size=4, max_length=24, lr=0.05, validation_split=0.1, patience=1, seed=0)
     first = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm")
@@ -346,3 +345,31 @@ def test_resume_refuses_a_run_that_stopped_early(tmp_path):
     with pytest.raises(InputError, match=f"has finished .epoch {first.history[-1]['epoch']} of 6, stopped early."):
         pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm", resume=True)
     assert (tmp_path / "mlm" / "model.safetensors").read_bytes() == saved
+
+
+def test_ctrl_c_during_pretrain_says_what_was_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from minibert.train import pretrain as pretraining
+    real = pretraining.loss_and_grads
+    calls = []
+
+    def interrupted_in_epoch(epoch):
+        def loss_and_grads(*args, **kwargs):
+            calls.append("train" if "dropout" in kwargs else "held out")    # the held-out loss has no dropout
+            if calls[-1] == "train" and calls.count("held out") == epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return loss_and_grads
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS * 2) + "\n", encoding="utf-8")
+    command = ["pretrain", str(tmp_path / "corpus.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+               str(tmp_path / "mlm"), "--epochs", "2", "--max-length", "24", "--batch-size", "4"]
+    monkeypatch.setattr(pretraining, "loss_and_grads", interrupted_in_epoch(1))
+    assert cli_main(command) == 130
+    assert "minibert: interrupted: no epoch had finished; nothing saved" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(pretraining, "loss_and_grads", interrupted_in_epoch(2))
+    assert cli_main(command) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted: {tmp_path / 'mlm'} holds the last finished epoch's model" in err
+            and "run the same command with --resume" in err), err
+    monkeypatch.setattr(pretraining, "loss_and_grads", real)
+    assert cli_main(command + ["--resume"]) == 0, capsys.readouterr().err

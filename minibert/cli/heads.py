@@ -16,6 +16,7 @@ epoch's held-out loss and perplexity go to stderr.
 
 import json
 import sys
+from pathlib import Path
 
 from .common import add_model_arguments, int_at_least, spelled_out
 
@@ -57,6 +58,7 @@ def documents(path, field):
 def cmd_pretrain(args):
     from ..errors import InputError
     from ..train.pretrain import PretrainRecipe, pretrain
+    from ..train.state import STATE_FILE
     texts = documents(args.corpus, args.field)
     dev = documents(args.dev, args.field) if args.dev else None
     if dev == []:           # an empty --dev would turn the held-out evaluation off without a word
@@ -66,12 +68,22 @@ def cmd_pretrain(args):
                             mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask,
                             validation_split=args.validation_split, seed=args.seed, dtype=args.dtype,
                             patience=args.patience)
-    pretrain(args.model, texts, recipe=recipe, dev_texts=dev, progress=sys.stderr, checkpoint_dir=args.out,
-             resume=args.resume, datasets=args.dataset,
-             command=spelled_out("pretrain", [args.corpus], args, [
-                 "--model", "--out", "--field", "--dev", "--epochs", "--lr", "--batch-size", "--max-length",
-                 "--mlm-probability", "--whole-word-mask", "--validation-split", "--seed", "--dtype", "--patience",
-                 "--dataset"]))
+    finished = []
+    try:
+        pretrain(args.model, texts, recipe=recipe, dev_texts=dev, progress=sys.stderr, checkpoint_dir=args.out,
+                 resume=args.resume, datasets=args.dataset, on_epoch=finished.append,
+                 command=spelled_out("pretrain", [args.corpus], args, [
+                     "--model", "--out", "--field", "--dev", "--epochs", "--lr", "--batch-size", "--max-length",
+                     "--mlm-probability", "--whole-word-mask", "--validation-split", "--seed", "--dtype",
+                     "--patience", "--dataset"]))
+    except KeyboardInterrupt:
+        # As finetune's: resumable only from this run's own state, one it wrote or the one it resumed from.
+        saved = bool(finished) or (args.resume and (Path(args.out) / STATE_FILE).is_file())
+        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
+        untouched = f" ({args.out} is as it was)" if Path(args.out).exists() else ""
+        raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert fill-mask TEXT --model {args.out} uses "
+                                "it); run the same command with --resume to continue after the last finished epoch"
+                                if saved else f"no epoch had finished; nothing saved{untouched}") from None
 
 
 def add_pretrain(sub):
