@@ -302,6 +302,8 @@ def test_a_str_is_one_document_and_the_recipe_must_be_a_pretrain_recipe(bert):
 def test_the_held_out_split_takes_one_block_at_least_and_says_when_the_corpus_is_too_short(bert, tmp_path, capsys):
     """5% of 40 five-token documents is 10 tokens, less than a block of 16: the held-out part grows to 4
     documents (one block) and the run goes on; too few tokens for both is refused saying so."""
+    import io
+    progress = io.StringIO()
     recipe = PretrainRecipe(epochs=1, batch_size=4, max_length=16)
     result = pretrain(bert, ["Hello world!"] * 40, recipe=recipe)
     assert len(bert.tokenize("Hello world!").input_ids[0]) == 5
@@ -311,6 +313,10 @@ def test_the_held_out_split_takes_one_block_at_least_and_says_when_the_corpus_is
         pretrain(bert, ["Hello world!"] * 5, recipe=recipe)
     with pytest.raises(InputError, match="the corpus holds 15 tokens: too few for one block of 16 held out"):
         pretrain(bert, ["Hello world!"] * 3, recipe=recipe)
+    with pytest.raises(InputError, match=r"recipe.patience \(--patience\) needs held-out text"):
+        pretrain(bert, CORPUS, recipe=PretrainRecipe(epochs=1, patience=1, **{**FAST, "validation_split": 0}),
+                 progress=progress)
+    assert "step" not in progress.getvalue()                # refused before training, not after an epoch
     with pytest.raises(InputError, match=r"the held-out text \(dev_texts, --dev\) holds 5 tokens, fewer than one "
                                          "block of 16"):
         pretrain(bert, ["Hello world!"] * 40, recipe=recipe, dev_texts=["Hello world!"])

@@ -118,8 +118,8 @@ def widen_held_out(tokenizer, texts, held, block_size):
     tokens, taken = 0, 0
     for start in range(0, len(texts), 256):
         for e in encode_batch(tokenizer.backend, texts[start:start + 256], None):
-            if taken >= held and tokens >= block_size:
-                return texts[taken:], texts[:taken]
+            if tokens >= block_size:        # one block reached: the usual split, or just past it
+                return texts[max(taken, held):], texts[:max(taken, held)]
             tokens, taken = tokens + len(e.ids), taken + 1
     raise InputError(f"the corpus holds {tokens} tokens: too few for one block of {block_size} held out for the "
                      f"perplexity report and blocks to train on; give more text, a smaller max_length "

@@ -244,6 +244,9 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     dev_blocks = (group_texts(model.tokenizer, held_texts, block, what="the held-out text (dev_texts, --dev)",
                               advice="give more held-out text or a smaller max_length (--max-length)")
                   if held_texts else None)
+    if recipe.patience is not None and dev_blocks is None:      # before training, not after its first epoch
+        raise InputError("recipe.patience (--patience) needs held-out text: dev_texts= (--dev FILE), or "
+                         "validation_split > 0 (--validation-split)")
     dtype = np.dtype(recipe.dtype).type
     trees = copy_tree({"encoder": model.weights, "mlm": heads.mlm}, dtype)   # the tied decoder stays the word table
     pooler = trees["encoder"]["pooler"]
@@ -320,8 +323,6 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
                     record["dev_perplexity"] = float(np.exp(record["dev_loss"]))
                 improved = recipe.patience is None or best is None or record["dev_loss"] < best["metric"]
                 if recipe.patience is not None:
-                    if dev_batches is None:
-                        raise InputError("recipe.patience needs held-out text (dev_texts or validation_split > 0)")
                     if improved:
                         best = {"epoch": epoch, "metric": record["dev_loss"], "params": [p.copy() for _, p in params]}
                     record["best_epoch"] = best["epoch"]
