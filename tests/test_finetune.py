@@ -285,6 +285,11 @@ def test_recipe_numbers_out_of_range_are_refused(setting):
         finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe=TrainingRecipe(**setting))
 
 
+def test_a_recipe_that_is_not_a_training_recipe_is_refused():
+    with pytest.raises(InputError, match="recipe must be a TrainingRecipe .* found dict"):
+        finetune(str(FAMILIES / "bert_cased"), pair_task(4), recipe={"epochs": 1})
+
+
 def test_predicting_on_truncated_texts_warns():
     """Found by a user: tag silently gave no words past the model's token limit (and predict saw only a long
     text's start), where encode warns."""

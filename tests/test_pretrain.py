@@ -222,7 +222,8 @@ def test_pretraining_never_writes_over_the_model_or_a_folder_it_did_not_write(tm
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match=r"holds files minibert did not write \(notes.txt\)"):
+    with pytest.raises(OutputError, match=r"holds files minibert did not write \(notes.txt\); pretraining "
+                       "replaces its output directory whole"):
         pretrain(str(model), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=mine)
     assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     out = tmp_path / "mlm"
@@ -239,3 +240,142 @@ def test_a_diverged_pretraining_run_stops_naming_the_step_and_saves_nothing(tmp_
         pretrain(str(HEADS_DIR / "bert"), CORPUS * 3,
                  recipe=PretrainRecipe(epochs=2, **{**FAST, "lr": 1e10}), checkpoint_dir=out)
     assert not out.exists()
+
+
+def test_pretraining_finetuning_and_extraction_never_replace_each_others_output(tmp_path, capsys):
+    """--out holding another kind of minibert output is refused before training, naming what it holds; the
+    same kind is replaced as before (test above)."""
+    from minibert import OutputError
+    from minibert.corpus.extract import extract
+    from minibert.train.data import Examples
+    from minibert.train.finetune import TrainingRecipe, finetune
+    mlm, clf, vectors = tmp_path / "mlm", tmp_path / "clf", tmp_path / "vectors"
+    pretrain(str(HEADS_DIR / "roberta"), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=mlm)
+    examples = Examples(texts=["good", "bad", "fine", "awful"], labels=[1, 0, 1, 0])
+    classifier = finetune(str(HEADS_DIR / "bert"), examples, recipe=TrainingRecipe(epochs=1, batch_size=2),
+                          checkpoint_dir=clf)
+    extract(minibert.load(str(HEADS_DIR / "bert"), backend="numpy"), CORPUS[:4], vectors, progress=False)
+    before = {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (mlm, clf, vectors)}
+
+    def trained(record):
+        pytest.fail("trained before refusing")
+    for target, held in ((mlm, "a masked-LM checkpoint of a minibert pretraining run"),
+                         (vectors, "a minibert extraction")):
+        with pytest.raises(OutputError, match=f"{target.name}: holds {held}.*a classifier replaces its output "
+                                              f"directory whole.*choose another output directory, or delete"):
+            finetune(str(HEADS_DIR / "bert"), examples, recipe=TrainingRecipe(epochs=1, batch_size=2),
+                     checkpoint_dir=target, on_epoch=trained)
+        with pytest.raises(OutputError, match=f"holds {held}"):
+            classifier.save(target)
+    for target, held in ((clf, "a classifier minibert fine-tuned"), (vectors, "a minibert extraction")):
+        with pytest.raises(OutputError, match=f"{target.name}: holds {held}.*pretraining replaces its output "
+                                              "directory whole"):
+            pretrain(str(HEADS_DIR / "bert"), CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), checkpoint_dir=target,
+                     on_epoch=trained)
+    code = cli_main(["finetune", str(write_labelled(tmp_path)), "--model", str(HEADS_DIR / "bert"), "--out", str(mlm),
+                     "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "holds a masked-LM checkpoint" in err and "epoch" not in err, err
+    assert {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (mlm, clf, vectors)} == before
+
+
+def write_labelled(folder):
+    path = folder / "labelled.csv"
+    path.write_text("text,label\ngood,1\nbad,0\nfine,1\nawful,0\n", encoding="utf-8")
+    return path
+
+
+def test_a_str_is_one_document_and_the_recipe_must_be_a_pretrain_recipe(bert):
+    from minibert.train.pretrain import split_documents
+    document = "Paris is the capital of France. " * 30
+    assert split_documents(document, None, 0) == ([document], [])
+    with pytest.raises(InputError, match="the corpus has 1 document"):      # not 960 one-character documents
+        pretrain(bert, document, recipe=PretrainRecipe(epochs=1, **FAST))
+    recipe = PretrainRecipe(epochs=1, **FAST)
+    as_str = pretrain(bert, CORPUS, recipe=recipe, dev_texts=document)
+    as_list = pretrain(bert, CORPUS, recipe=recipe, dev_texts=[document])
+    assert as_str.history == as_list.history
+    with pytest.raises(InputError, match="recipe must be a PretrainRecipe .* found dict"):
+        pretrain(bert, CORPUS, recipe={"epochs": 1})
+
+
+def test_the_held_out_split_takes_one_block_at_least_and_says_when_the_corpus_is_too_short(bert, tmp_path, capsys):
+    """5% of 40 five-token documents is 10 tokens, less than a block of 16: the held-out part grows to 4
+    documents (one block) and the run goes on; too few tokens for both is refused saying so."""
+    import io
+    progress = io.StringIO()
+    recipe = PretrainRecipe(epochs=1, batch_size=4, max_length=16)
+    result = pretrain(bert, ["Hello world!"] * 40, recipe=recipe)
+    assert len(bert.tokenize("Hello world!").input_ids[0]) == 5
+    assert result.history[0]["epoch"] == 0 and np.isfinite(result.history[1]["dev_loss"])
+    with pytest.raises(InputError, match="the corpus less the first 4 document.s. held out for the perplexity report "
+                                         "holds 5 tokens, fewer than one block of 16"):
+        pretrain(bert, ["Hello world!"] * 5, recipe=recipe)
+    with pytest.raises(InputError, match="the corpus holds 15 tokens: too few for one block of 16 held out"):
+        pretrain(bert, ["Hello world!"] * 3, recipe=recipe)
+    with pytest.raises(InputError, match=r"recipe.patience \(--patience\) needs held-out text"):
+        pretrain(bert, CORPUS, recipe=PretrainRecipe(epochs=1, patience=1, **{**FAST, "validation_split": 0}),
+                 progress=progress)
+    assert "step" not in progress.getvalue()                # refused before training, not after an epoch
+    with pytest.raises(InputError, match=r"the held-out text \(dev_texts, --dev\) holds 5 tokens, fewer than one "
+                                         "block of 16"):
+        pretrain(bert, ["Hello world!"] * 40, recipe=recipe, dev_texts=["Hello world!"])
+    # one document: the advice works where the user is (the command line has --validation-split)
+    (tmp_path / "one.txt").write_text("Paris is the capital of France. " * 10 + "\n", encoding="utf-8")
+    command = ["pretrain", str(tmp_path / "one.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+               str(tmp_path / "out"), "--epochs", "1", "--max-length", "16"]
+    assert cli_main(command) == 1
+    assert "--validation-split 0" in capsys.readouterr().err
+    assert cli_main(command + ["--validation-split", "0"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_an_empty_dev_set_is_refused_not_silently_skipped(bert, tmp_path, capsys):
+    for empty in ([], [""], "  "):
+        with pytest.raises(InputError, match="dev_texts .--dev. holds no text"):
+            pretrain(bert, CORPUS, recipe=PretrainRecipe(epochs=1, **FAST), dev_texts=empty)
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    code = cli_main(["pretrain", str(tmp_path / "corpus.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+                     str(tmp_path / "out"), "--max-length", "24", "--dev", str(tmp_path / "empty.txt")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"--dev {tmp_path / 'empty.txt'}: no documents" in err and "epoch" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_a_run_that_stopped_early(tmp_path):
+    recipe = PretrainRecipe(epochs=6, batch_size=4, max_length=24, lr=0.05, validation_split=0.1, patience=1, seed=0)
+    first = pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm")
+    assert first.history[-1]["epoch"] < 6                  # it did stop early
+    saved = (tmp_path / "mlm" / "model.safetensors").read_bytes()
+    with pytest.raises(InputError, match=f"has finished .epoch {first.history[-1]['epoch']} of 6, stopped early."):
+        pretrain(str(HEADS_DIR / "bert"), CORPUS * 2, recipe=recipe, checkpoint_dir=tmp_path / "mlm", resume=True)
+    assert (tmp_path / "mlm" / "model.safetensors").read_bytes() == saved
+
+
+def test_ctrl_c_during_pretrain_says_what_was_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from minibert.train import pretrain as pretraining
+    real = pretraining.loss_and_grads
+    calls = []
+
+    def interrupted_in_epoch(epoch):
+        def loss_and_grads(*args, **kwargs):
+            calls.append("train" if "dropout" in kwargs else "held out")    # the held-out loss has no dropout
+            if calls[-1] == "train" and calls.count("held out") == epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return loss_and_grads
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS * 2) + "\n", encoding="utf-8")
+    command = ["pretrain", str(tmp_path / "corpus.txt"), "--model", str(HEADS_DIR / "bert"), "--out",
+               str(tmp_path / "mlm"), "--epochs", "2", "--max-length", "24", "--batch-size", "4"]
+    monkeypatch.setattr(pretraining, "loss_and_grads", interrupted_in_epoch(1))
+    assert cli_main(command) == 130
+    assert "minibert: interrupted: no epoch had finished; nothing saved" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(pretraining, "loss_and_grads", interrupted_in_epoch(2))
+    assert cli_main(command) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted: {tmp_path / 'mlm'} holds the last finished epoch's model" in err
+            and "run the same command with --resume" in err), err
+    monkeypatch.setattr(pretraining, "loss_and_grads", real)
+    assert cli_main(command + ["--resume"]) == 0, capsys.readouterr().err

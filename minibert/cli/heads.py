@@ -3,8 +3,8 @@ them to minibert's command parser (a group of cli.GROUPS).
 
     minibert fill-mask TEXT [TEXT ...] [--model M] [--top-k 5] [--targets T [T ...]] [--json]
     minibert pretrain CORPUS --model M --out DIR [--field F] [--dev FILE] [--epochs --lr --batch-size
-                      --max-length --mlm-probability 0.15 --whole-word-mask --seed --dtype --resume --patience
-                      --dataset NAME]
+                      --max-length --mlm-probability 0.15 --whole-word-mask --validation-split 0.05 --seed
+                      --dtype --resume --patience --dataset NAME]
 
 Each TEXT holds the model's own mask token ([MASK], <mask>, ...) once or more. Plain output: per mask, one
 line per candidate (score, token, the filled-in text); --json: what transformers' pipeline("fill-mask")
@@ -16,6 +16,7 @@ epoch's held-out loss and perplexity go to stderr.
 
 import json
 import sys
+from pathlib import Path
 
 from .common import add_model_arguments, int_at_least, spelled_out
 
@@ -55,17 +56,34 @@ def documents(path, field):
 
 
 def cmd_pretrain(args):
+    from ..errors import InputError
     from ..train.pretrain import PretrainRecipe, pretrain
+    from ..train.state import STATE_FILE
     texts = documents(args.corpus, args.field)
     dev = documents(args.dev, args.field) if args.dev else None
+    if dev == []:           # an empty --dev would turn the held-out evaluation off without a word
+        raise InputError(f"--dev {args.dev}: no documents (the file is empty or its lines are blank); give "
+                         "held-out text, or leave out --dev to hold out the first documents of the corpus")
     recipe = PretrainRecipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                             mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask,
-                            seed=args.seed, dtype=args.dtype, patience=args.patience)
-    pretrain(args.model, texts, recipe=recipe, dev_texts=dev, progress=sys.stderr, checkpoint_dir=args.out,
-             resume=args.resume, datasets=args.dataset,
-             command=spelled_out("pretrain", [args.corpus], args, [
-                 "--model", "--out", "--field", "--dev", "--epochs", "--lr", "--batch-size", "--max-length",
-                 "--mlm-probability", "--whole-word-mask", "--seed", "--dtype", "--patience", "--dataset"]))
+                            validation_split=args.validation_split, seed=args.seed, dtype=args.dtype,
+                            patience=args.patience)
+    finished = []
+    try:
+        pretrain(args.model, texts, recipe=recipe, dev_texts=dev, progress=sys.stderr, checkpoint_dir=args.out,
+                 resume=args.resume, datasets=args.dataset, on_epoch=finished.append,
+                 command=spelled_out("pretrain", [args.corpus], args, [
+                     "--model", "--out", "--field", "--dev", "--epochs", "--lr", "--batch-size", "--max-length",
+                     "--mlm-probability", "--whole-word-mask", "--validation-split", "--seed", "--dtype",
+                     "--patience", "--dataset"]))
+    except KeyboardInterrupt:
+        # As finetune's: resumable only from this run's own state, one it wrote or the one it resumed from.
+        saved = bool(finished) or (args.resume and (Path(args.out) / STATE_FILE).is_file())
+        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
+        untouched = f" ({args.out} is as it was)" if Path(args.out).exists() else ""
+        raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert fill-mask TEXT --model {args.out} uses "
+                                "it); run the same command with --resume to continue after the last finished epoch"
+                                if saved else f"no epoch had finished; nothing saved{untouched}") from None
 
 
 def add_pretrain(sub):
@@ -75,13 +93,16 @@ def add_pretrain(sub):
     p.add_argument("--model", default=None, help="a checkpoint with its masked-LM head (directory or hub id)")
     p.add_argument("--out", required=True, help="checkpoint directory, rewritten after every epoch")
     p.add_argument("--field", default="text", help="the text field of .jsonl/.csv/.tsv/.parquet rows")
-    p.add_argument("--dev", default=None, help="held-out documents (default: the first 5%% of the corpus)")
+    p.add_argument("--dev", default=None,
+                   help="held-out documents (default: the first --validation-split of the corpus)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=None, help="block size in tokens (default: the model's limit)")
     p.add_argument("--mlm-probability", type=float, default=0.15)
     p.add_argument("--whole-word-mask", action="store_true", help="mask whole words, all their pieces at once")
+    p.add_argument("--validation-split", type=float, default=0.05,
+                   help="share of the documents held out without --dev (widened to one block at least; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--patience", type=int, default=None,

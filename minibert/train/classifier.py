@@ -27,8 +27,8 @@ from .state import STATE_FILE
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
-# Written into every classifier directory: a directory holding it (or a training state) is minibert's own
-# output, replaced whole by the next save; any other non-empty directory is refused as an output.
+# Written into every classifier directory: a directory holding it (or finetune's training state) is minibert's
+# own classifier, replaced whole by the next save; any other non-empty directory is refused as its output.
 OUTPUT_MARK = "minibert_classifier.json"
 # sentence-transformers 6 keeps a cross-encoder's activation_fn in config_sentence_transformers.json, which it
 # reads only beside a modules.json: a save of a cross-encoder keeps the three files its CrossEncoder reads.
@@ -240,20 +240,52 @@ def cross_encoder_settings(source: Path) -> bool:
     return isinstance(raw, dict) and (raw.get("model_type") == "CrossEncoder" or "activation_fn" in raw)
 
 
-def is_own_output(directory):
-    """Whether `directory` is a classifier directory minibert wrote (its mark, or a training state)."""
-    return any((Path(directory) / name).is_file() for name in (OUTPUT_MARK, STATE_FILE))
+# What each kind of minibert output directory holds, and what writes one, for the refusal to mix them.
+OUTPUT_KINDS = {"classifier": ("a classifier minibert fine-tuned (finetune, Classifier.save)",
+                               "a classifier replaces its output directory whole"),
+                "pretraining": ("a masked-LM checkpoint of a minibert pretraining run (pretrain)",
+                                "pretraining replaces its output directory whole after every epoch"),
+                "extraction": ("a minibert extraction (extract's manifest.json and vectors)", None)}
 
 
-def check_output_directory(directory, sources, *, resaving=False):
-    """Refuse, before any work, a classifier output that would destroy what the user owns: the source model
-    (or a directory inside it or holding it), a file, or a non-empty directory minibert did not write.
+def output_kind(directory):
+    """Which minibert output `directory` holds: "classifier" (its mark, or finetune's training state),
+    "pretraining" (pretrain's training state, or with it unreadable a ...ForMaskedLM config.json beside it),
+    "extraction" (extract's manifest, progress or lock), or None."""
+    from ..corpus.store import LOCK, PROGRESS
+    from .state import saved_task
+    directory = Path(directory)
+    if (directory / OUTPUT_MARK).is_file():
+        return "classifier"
+    if (directory / STATE_FILE).is_file():
+        task = saved_task(directory)
+        if task is None:
+            try:
+                task = "mlm" if any(str(a).endswith("ForMaskedLM") for a in json.loads(
+                    (directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []) else None
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+                pass
+        return "pretraining" if task == "mlm" else "classifier"
+    if any((directory / name).is_file() for name in ("manifest.json", PROGRESS, LOCK)):
+        return "extraction"
+    return None
+
+
+def is_own_output(directory, kind="classifier"):
+    """Whether `directory` is an output of this kind minibert wrote (output_kind)."""
+    return output_kind(directory) == kind
+
+
+def check_output_directory(directory, sources, *, resaving=False, kind="classifier"):
+    """Refuse, before any work, an output of `kind` (a key of OUTPUT_KINDS: classifier, pretraining) that would
+    destroy what the user owns: the source model (or a directory inside it or holding it), a file, another
+    kind of minibert output, or a non-empty directory minibert did not write.
     resaving: a classifier loaded from its own minibert directory may be saved back there."""
     directory = Path(directory)
     target = directory.resolve()
     for source in sources:
         source = Path(source).resolve()
-        if target == source and resaving and is_own_output(directory):
+        if target == source and resaving and is_own_output(directory, kind):
             continue
         if target == source or source in target.parents or target in source.parents:
             where = ("is" if target == source else "is inside" if source in target.parents else "holds")
@@ -261,12 +293,17 @@ def check_output_directory(directory, sources, *, resaving=False):
                               "there would replace the model's own files: choose another output directory")
     if directory.exists() and not directory.is_dir():
         raise OutputError(f"{directory}: exists and is not a directory; choose another output directory")
-    if directory.is_dir() and not is_own_output(directory):
-        entries = sorted(os.listdir(directory))
+    if directory.is_dir():
+        held = output_kind(directory)
+        if held is not None and held != kind:
+            raise OutputError(f"{directory}: holds {OUTPUT_KINDS[held][0]}; {OUTPUT_KINDS[kind][1]}, which would "
+                              f"destroy it: choose another output directory, or delete {directory} first if it "
+                              "is no longer needed")
+        entries = sorted(os.listdir(directory)) if held is None else []
         if entries:
             raise OutputError(f"{directory}: holds files minibert did not write ({', '.join(entries[:3])}"
-                              f"{', ...' if len(entries) > 3 else ''}); a classifier replaces its output directory "
-                              "whole: choose a new or empty directory")
+                              f"{', ...' if len(entries) > 3 else ''}); {OUTPUT_KINDS[kind][1]}: choose a new "
+                              "or empty directory")
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

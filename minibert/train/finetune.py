@@ -58,6 +58,9 @@ def check_recipe(recipe):
     """Every recipe value checked before the model loads: a bad one would train nothing and save nothing
     (epochs 0), divide by zero (batch_size 0), give NaN losses and a checkpoint of them (a negative
     batch_size), or a NumPy traceback after loading (seed -1)."""
+    if not isinstance(recipe, TrainingRecipe):         # a dict raised AttributeError
+        raise InputError(f"recipe must be a TrainingRecipe (minibert.train.finetune.TrainingRecipe(epochs=..., ...)), "
+                         f"found {type(recipe).__name__}")
     if recipe.dtype not in ("float32", "float64"):
         raise InputError(f"recipe.dtype must be 'float32' or 'float64', found {recipe.dtype!r}")
     for name, ok in (("epochs", is_count(recipe.epochs, 1)), ("batch_size", is_count(recipe.batch_size, 1)),

@@ -5,9 +5,10 @@
     L = L_MLM + L_NSP                                 transformers' BertForPreTraining / AlbertForPreTraining .loss
 
 The encoder runs through backprop.encoder_forward / encoder_backward; the heads through
-kernels/reference_layers.py. A tied decoder is the word embedding table itself, and its gradient buffer is the
-word table's (zeros_like_tree shares buffers where the weights share arrays), so the table collects both the
-lookup's and the decoder's contributions, as torch autograd does.
+kernels/reference_layers.py; the corpus's blocks and their masking are train/blocks.py. A tied decoder is the
+word embedding table itself, and its gradient buffer is the word table's (zeros_like_tree shares buffers where
+the weights share arrays), so the table collects both the lookup's and the decoder's contributions, as torch
+autograd does.
 
 Axes: B batch, T tokens, H hidden, N labelled tokens, V vocabulary.
 """
@@ -20,6 +21,8 @@ from typing import Optional
 import numpy as np
 
 from .backprop import encoder_backward, encoder_forward
+from .blocks import (HOLD_OUT_ADVICE, Blocks, check_block_size, group_texts, mask_tokens, split_documents,
+                     widen_held_out)
 from ..checkpoint.families import family_of
 from ..errors import InputError
 from ..kernels.reference import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
@@ -82,76 +85,6 @@ def grads_by_name(grads, heads, config) -> dict:
                 node = node[key]
             out.update(split_arranged(node, theirs, arrangement))
     return out
-
-
-# ---- the data: blocks of tokens and their masking -------------------------------------------------------------
-
-@dataclass
-class Blocks:
-    """A corpus as run_mlm.py's group_texts makes it: every document tokenized with its special tokens, all of
-    them concatenated, cut into blocks of block_size tokens (the tail shorter than a block dropped)."""
-    ids: np.ndarray         # [N, block_size] int64
-    special: np.ndarray     # [N, block_size] bool: tokens the tokenizer added ([CLS], [SEP], <s>, ...)
-    words: np.ndarray       # [N, block_size] int64: a word number unique in the corpus, -1 for special tokens
-
-
-def group_texts(tokenizer, texts, block_size) -> Blocks:
-    """Tokenize texts (each with its special tokens, no truncation) and cut the concatenation into blocks."""
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or not 2 <= block_size <= tokenizer.max_length:
-        raise InputError(f"max_length (the block size) must be an int from 2 to the model's {tokenizer.max_length} "
-                         f"positions, found {block_size!r}")
-    from ..tokenizer import as_text_list, encode_batch
-    texts = as_text_list(texts, "texts")
-    ids, special, words, next_word = [], [], [], 0
-    for start in range(0, len(texts), 1024):
-        # Not tokenizer(): a document longer than the model's positions is normal here, the blocks cut it.
-        for e in encode_batch(tokenizer.backend, texts[start:start + 1024], None):
-            word = np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int64)
-            ids.append(np.array(e.ids, dtype=np.int64))
-            special.append(np.array([s is None for s in e.sequence_ids], dtype=bool))
-            words.append(np.where(word >= 0, word + next_word, -1))
-            next_word += int(word.max(initial=-1)) + 1
-    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-    usable = len(flat) // block_size * block_size
-    if usable == 0:
-        raise InputError(f"the corpus holds {len(flat)} tokens, fewer than one block of {block_size}; give more "
-                         "text or a smaller max_length")
-    def blocks(parts):
-        return np.concatenate(parts)[:usable].reshape(-1, block_size)
-    return Blocks(ids=blocks(ids).astype(np.int64), special=blocks(special), words=blocks(words).astype(np.int64))
-
-
-def mask_tokens(ids, special, rng, *, mask_id, vocab_size, mlm_probability=0.15, words=None):
-    """(inputs, labels) as transformers' DataCollatorForLanguageModeling masks a batch: each token that is not
-    special is chosen with probability mlm_probability (labels: its id; -100 for the others), and of the chosen
-    80% become the mask token, 10% a random id, 10% stay. words ([B, T] word numbers): whole-word masking as
-    DataCollatorForWholeWordMask: per row, words in random order are chosen whole until about
-    mlm_probability of the row's tokens are, a word that would overshoot skipped; then 80/10/10 per token."""
-    ids = np.asarray(ids)
-    if words is None:
-        chosen = (rng.random(ids.shape) < mlm_probability) & ~special                    # [B, T]
-    else:
-        chosen = np.zeros(ids.shape, dtype=bool)
-        for b in range(ids.shape[0]):
-            row_words = words[b][~special[b]]
-            order = rng.permutation(np.unique(row_words))
-            target = max(1, int(round(len(row_words) * mlm_probability)))
-            covered = 0
-            for word in order:
-                pieces = (words[b] == word) & ~special[b]
-                count = int(pieces.sum())
-                if covered + count > target:
-                    continue
-                chosen[b] |= pieces
-                covered += count
-                if covered >= target:
-                    break
-    labels = np.where(chosen, ids, IGNORE_INDEX)                                         # [B, T]
-    replaced = chosen & (rng.random(ids.shape) < 0.8)                                    # [B, T]
-    randomized = chosen & ~replaced & (rng.random(ids.shape) < 0.5)                      # [B, T]
-    inputs = np.where(replaced, mask_id, ids)
-    inputs = np.where(randomized, rng.integers(0, vocab_size, ids.shape), inputs)
-    return inputs.astype(np.int64), labels.astype(np.int64)
 
 
 # ---- a masked-LM checkpoint transformers loads -------------------------------------------------------------
@@ -224,6 +157,9 @@ class PretrainResult:
 
 
 def check_recipe(recipe: PretrainRecipe) -> None:
+    if not isinstance(recipe, PretrainRecipe):
+        raise InputError(f"recipe must be a PretrainRecipe (minibert.train.pretrain.PretrainRecipe(epochs=..., ...)), "
+                         f"found {type(recipe).__name__}")
     for name, ok in (("epochs", isinstance(recipe.epochs, int) and recipe.epochs >= 1),
                      ("batch_size", isinstance(recipe.batch_size, int) and recipe.batch_size >= 1),
                      ("lr", np.isfinite(recipe.lr) and recipe.lr >= 0), ("warmup_ratio", 0 <= recipe.warmup_ratio <= 1),
@@ -238,18 +174,6 @@ def check_recipe(recipe: PretrainRecipe) -> None:
             raise InputError(f"recipe.{name} {getattr(recipe, name)!r} is out of range (epochs, batch_size, patience: "
                              "ints >= 1; lr, weight_decay, max_grad_norm >= 0; warmup_ratio in [0, 1]; dropout, "
                              "validation_split in [0, 1); mlm_probability in (0, 1); dtype float32 or float64)")
-
-
-def split_documents(texts, dev_texts, share):
-    """(train texts, held-out texts): dev_texts when given, else the first `share` of the documents."""
-    texts = list(texts)
-    if dev_texts is not None:
-        return texts, list(dev_texts)
-    held = int(np.ceil(share * len(texts))) if share else 0
-    if share and (held == 0 or held >= len(texts)):
-        raise InputError(f"the corpus has {len(texts)} document(s): too few to hold out {share:.0%} of them for "
-                         "the perplexity report; give more lines, a dev file, or validation_split 0")
-    return texts[held:], texts[:held]
 
 
 def masked_batches(blocks: Blocks, order, batch_size, rng, recipe, mask_id, vocab_size):
@@ -305,12 +229,24 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
         model = load(model, backend="numpy", dtype=recipe.dtype)
     config, heads = model.config, model.heads
     heads.require("mlm")
+    if checkpoint_dir is not None:       # the model's folder, another kind of output, a folder minibert did not write
+        check_output_directory(checkpoint_dir, [model.source, getattr(model.tokenizer, "dir", model.source)],
+                               kind="pretraining")
     train_texts, held_texts = split_documents(texts, dev_texts, recipe.validation_split)
     block = recipe.max_length or model.tokenizer.max_length
-    train_blocks = group_texts(model.tokenizer, train_texts, block)
-    dev_blocks = group_texts(model.tokenizer, held_texts, block) if held_texts else None
-    if checkpoint_dir is not None:       # the model's folder, or a folder minibert did not write, is refused now
-        check_output_directory(checkpoint_dir, [model.source, getattr(model.tokenizer, "dir", model.source)])
+    check_block_size(model.tokenizer, block)
+    if dev_texts is None and held_texts:
+        train_texts, held_texts = widen_held_out(model.tokenizer, held_texts + train_texts, len(held_texts), block)
+    train_blocks = group_texts(model.tokenizer, train_texts, block, **(dict(
+        what=f"the corpus less the first {len(held_texts)} document(s) held out for the perplexity report",
+        advice=f"give more text, a smaller max_length (--max-length), {HOLD_OUT_ADVICE}")
+        if held_texts and dev_texts is None else {}))
+    dev_blocks = (group_texts(model.tokenizer, held_texts, block, what="the held-out text (dev_texts, --dev)",
+                              advice="give more held-out text or a smaller max_length (--max-length)")
+                  if held_texts else None)
+    if recipe.patience is not None and dev_blocks is None:      # before training, not after its first epoch
+        raise InputError("recipe.patience (--patience) needs held-out text: dev_texts= (--dev FILE), or "
+                         "validation_split > 0 (--validation-split)")
     dtype = np.dtype(recipe.dtype).type
     trees = copy_tree({"encoder": model.weights, "mlm": heads.mlm}, dtype)   # the tied decoder stays the word table
     pooler = trees["encoder"]["pooler"]
@@ -335,9 +271,11 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     state, first_epoch, best, history = {}, 0, None, []
     if resume:
         saved = train_state.load_state(checkpoint_dir, params, run)
-        if saved["epoch"] >= recipe.epochs:
+        stopped = (recipe.patience is not None and saved["best"] is not None     # as finetune's: early stopping ends it
+                   and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
+        if saved["epoch"] >= recipe.epochs or stopped:
             raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
-                             f"{recipe.epochs}); nothing to resume")
+                             f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
         for (_, p), value in zip(params, saved["params"]):
             p[...] = value
         rng.bit_generator.state = saved["rng_state"]
@@ -385,8 +323,6 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
                     record["dev_perplexity"] = float(np.exp(record["dev_loss"]))
                 improved = recipe.patience is None or best is None or record["dev_loss"] < best["metric"]
                 if recipe.patience is not None:
-                    if dev_batches is None:
-                        raise InputError("recipe.patience needs held-out text (dev_texts or validation_split > 0)")
                     if improved:
                         best = {"epoch": epoch, "metric": record["dev_loss"], "params": [p.copy() for _, p in params]}
                     record["best_epoch"] = best["epoch"]

@@ -110,6 +110,17 @@ def load_state(directory, params, run):
             "history": meta["history"], "best": best}
 
 
+def saved_task(directory):
+    """The task of the run whose state `directory` holds ("mlm" for pretrain, else finetune's task), or None
+    when there is no state or it cannot be read (only its meta record is read)."""
+    try:
+        with np.load(Path(directory) / STATE_FILE, allow_pickle=False) as data:
+            run = json.loads(str(data["meta"])).get("run")
+        return run.get("task") if isinstance(run, dict) else None
+    except (OSError, ValueError, KeyError, AttributeError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def run_differences(saved, current):
     """'recipe.lr 0.001 then, 0.002 now' for each setting that differs."""
     out = []
