@@ -23,13 +23,14 @@ Axes: N pairs, K labels.
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError, InputError, ModelFileError, warn_caller
 
 # The activations a cross-encoder is saved with, by torch class name (the last part of the dotted path).
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Identity": lambda x: x,
     "Sigmoid": lambda x: sigmoid(x),
     "Tanh": np.tanh,
