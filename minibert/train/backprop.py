@@ -1,11 +1,12 @@
 """The encoder and the classification heads, forward and backward, unfused, in plain NumPy, for training.
 
-The embeddings and each encoder layer are the unfused pair of kernels/reference_layers.py (the same layer the
-walkthrough and the fused-path tests read); this module strings them into minibert/model.py's encoder and adds
-the heads and the loss. Each forward returns what its backward needs (`saved`), and each backward sits right
-after its forward, taking the gradient of the output first. Gradients are added into a tree shaped like the
-weights (`zeros_like_tree`), so a set of layer weights used by several layers (ALBERT) collects the gradient
-of every use, as llm.c accumulates into named buffers. MPNet's
+The embeddings and each encoder layer compute kernels/reference_layers.py's unfused pair (the same layer the
+walkthrough and the fused-path tests read), arranged for speed (layer_forward / layer_backward below; tests
+compare the two); this module strings them into minibert/model.py's encoder and adds the heads and the loss.
+Each forward returns what its backward needs (`saved`), and each backward sits right after its forward,
+taking the gradient of the output first. Gradients go into a tree shaped like the weights (`empty_grads`):
+a weight's first gradient is stored there and later ones added, so a set of layer weights used by several
+layers (ALBERT) collects the gradient of every use, as llm.c accumulates into named buffers. MPNet's
 relative position bias table is gathered once into a [1, NH, T, T] bias that every layer adds to its
 scores; its gradient is every layer's d(bias), summed, scattered back onto the table rows.
 
@@ -26,15 +27,15 @@ Heads (a dict of linear weights, `head`) follow each family's transformers class
 
 import numpy as np
 
-from ..kernels.reference import (activation_backward, activation_forward, cross_entropy_backward,
-                                cross_entropy_forward, dropout_backward, dropout_forward, linear_backward,
+from ..kernels.reference import (activation_backward, activation_forward, attention_backward, attention_forward,
+                                cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
+                                embed_backward, layer_norm_backward, layer_norm_forward, linear_backward,
                                 linear_forward, relative_position_bias_backward, relative_position_bias_forward)
-from ..kernels.reference_layers import (READERS_ONLY, add_linear_grads, embeddings_backward, embeddings_forward,
-                                       encoder_layer_backward, encoder_layer_forward)
+from ..kernels.reference_layers import embeddings_forward
 from ..checkpoint.config import RELATIVE_MAX_DISTANCE
 from ..checkpoint.families import FAMILIES
 from ..model import additive_mask, make_position_ids
-from ..tree import zeros_like_tree
+from ..tree import map_tree
 
 TASKS = ("sequence", "token")
 
@@ -44,6 +45,161 @@ TASKS = ("sequence", "token")
 # before the residual add (DistilBERT's TransformerBlock adds it as it is).
 SEQUENCE_HEADS = {model_type: family.sequence_head for model_type, family in FAMILIES.items()}
 ATTENTION_OUTPUT_DROPOUT = {model_type: family.attention_output_dropout for model_type, family in FAMILIES.items()}
+
+
+# ---- gradients: written where first computed, added where a weight is used again -------------------------
+
+def empty_grads(tree):
+    """A tree shaped like `tree` (sharing its shared dicts: ALBERT's layers) with None at every array: a
+    gradient is stored where it is first computed (add_grad) instead of added into a zeroed buffer, which
+    saves a zeroing and an addition over every parameter each step (91 MB for MiniLM)."""
+    return map_tree(tree, lambda array: None)
+
+
+def add_grad(grads, name, value):
+    """grads[name] += value; value itself where nothing is there yet (a fresh array the grads then own)."""
+    if grads[name] is None:
+        grads[name] = value
+    else:
+        grads[name] += value
+
+
+def add_linear_grads(grads, dw, db):
+    add_grad(grads, "w", dw)
+    add_grad(grads, "b", db)
+
+
+def finish_grads(grads, tree, seen=None):
+    """Zeros where a parameter got no gradient (the pooler under a token head); an array found at several
+    places of `tree` gets one gradient, the sum of its places', as zeros_like_tree's shared buffer would."""
+    seen = {} if seen is None else seen                      # id(weight array) -> its gradient
+    pairs = (tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ())
+    for key, value in pairs:
+        if isinstance(value, np.ndarray):
+            grad = grads[key] if grads[key] is not None else np.zeros(value.shape, dtype=value.dtype)
+            first = seen.setdefault(id(value), grad)
+            if first is not grad:
+                first += grad
+            grads[key] = first
+        else:
+            finish_grads(grads[key], value, seen)
+    return grads
+
+
+# ---- the embeddings and one encoder layer, as reference_layers.py's, fused for training ------------------------
+# The same layer and the same dropout draws as reference_layers.encoder_layer_forward / _backward (tests compare
+# them), arranged for speed: every projection one 2-D matmul over the B*T rows (1.5x faster than NumPy's stack of
+# per-text matmuls), GELU and its derivative one Numba pass each (kernels/cpu_backward.py), the GELU's erf
+# evaluated once, in the forward, and kept for the backward; weight gradients stored, not added into zeros.
+
+def linear_rows(x, w, b):
+    """x [B, T, C_in] -> x @ w + b [B, T, C_out], as one matmul over the B*T rows."""
+    y = x.reshape(-1, x.shape[-1]) @ w                                                  # [B*T, C_out]
+    y += b
+    return y.reshape(*x.shape[:-1], w.shape[1])                                         # [B, T, C_out]
+
+
+def gelu_keeping_cdf(x):
+    """x [...] (contiguous) -> (gelu(x), 1 + erf(x / sqrt 2)), kernels/cpu_backward.gelu_forward."""
+    from ..kernels import cpu_backward
+    dtype = x.dtype.type
+    y, s = np.empty_like(x), np.empty_like(x)
+    cpu_backward.gelu_forward(x.reshape(-1), y.reshape(-1), s.reshape(-1), dtype(0.5), dtype(1.0),
+                              np.sqrt(2.0).astype(x.dtype))
+    return y, s
+
+
+# In float32, exp(-x^2 / 2) below e**-60 (|x| > 10.95) is taken as 0: what it adds is under 1e-26 of dy, and
+# such products are subnormal numbers, each 100 times slower to compute than a normal one (pre-activations
+# that far out are common: the backward's GELU took 6.6 ms a layer instead of 0.8 ms on a WNUT batch).
+GELU_EXPONENT_FLOOR = {np.dtype(np.float32): -60.0, np.dtype(np.float64): -np.inf}
+
+
+def gelu_backward(dy, x, s):
+    """dy [...] -> dx [...], kernels/cpu_backward.gelu_backward (into a new array: written over dy, the loop
+    would not vectorise, LLVM's overlap check failing, and would take 8x as long)."""
+    from ..kernels import cpu_backward
+    dtype = x.dtype.type
+    dx = np.empty_like(dy)                                                              # [...]
+    cpu_backward.gelu_backward(dy.reshape(-1), x.reshape(-1), s.reshape(-1), dx.reshape(-1), dtype(0.5),
+                               dtype(-0.5), np.sqrt(2.0 * np.pi).astype(x.dtype),
+                               dtype(GELU_EXPONENT_FLOOR[x.dtype]), dtype(0.0))
+    return dx
+
+
+def layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
+                  activation, eps, dropout, drop_attention_output, rng):
+    """x [B, T, H] -> [B, T, H], and what layer_backward needs (reference_layers.encoder_layer_forward's
+    arguments and names)."""
+    H = x.shape[-1]
+    fused = linear_rows(x, qkv["w"], qkv["b"])                                          # [B, T, 3H]
+    q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]                    # 3 x [B, T, H]
+    context, attention = attention_forward(q, k, v, mask_bias, num_heads, dropout, rng,
+                                           position_bias)                               # [B, T, H]
+    projected = linear_rows(context, attn_out["w"], attn_out["b"])                      # [B, T, H]
+    projected_dropped, projected_scale = dropout_forward(
+        projected, dropout if drop_attention_output else 0.0, rng)                      # [B, T, H]
+    residual1 = x + projected_dropped                                                   # [B, T, H]
+    attended, ln1 = layer_norm_forward(residual1, attn_ln["g"], attn_ln["b"], eps)       # [B, T, H]
+    pre_activation = linear_rows(attended, ffn_in["w"], ffn_in["b"])                    # [B, T, I]
+    if activation == "gelu":
+        intermediate, cdf = gelu_keeping_cdf(pre_activation)                            # 2 x [B, T, I]
+    else:
+        intermediate, cdf = activation_forward(pre_activation, activation)[0], None     # [B, T, I]
+    ffn = linear_rows(intermediate, ffn_out["w"], ffn_out["b"])                         # [B, T, H]
+    ffn_dropped, ffn_scale = dropout_forward(ffn, dropout, rng)                          # [B, T, H]
+    residual2 = attended + ffn_dropped                                                  # [B, T, H]
+    out, ln2 = layer_norm_forward(residual2, ffn_ln["g"], ffn_ln["b"], eps)              # [B, T, H]
+    return out, {"x": x, "query": q, "key": k, "value": v, "attention": attention, "attention.context": context,
+                 "projected_scale": projected_scale, "residual1": residual1, "ln1": ln1,
+                 "attention.layer_norm": attended, "pre_activation": pre_activation, "gelu_cdf": cdf,
+                 "ffn.intermediate": intermediate, "ffn_scale": ffn_scale, "residual2": residual2, "ln2": ln2}
+
+
+def layer_backward(dout, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
+                   activation, saved, grads):
+    """dout [B, T, H] -> (dx [B, T, H], dposition_bias [1, NH, T, T] or None); weight gradients into grads
+    (add_grad). reference_layers.encoder_layer_backward's steps."""
+    s = saved
+    dresidual2, dg, db = layer_norm_backward(dout, s["residual2"], ffn_ln["g"], s["ln2"])  # [B, T, H]
+    add_grad(grads["ffn_ln"], "g", dg)
+    add_grad(grads["ffn_ln"], "b", db)
+    dffn = dropout_backward(dresidual2, s["ffn_scale"])                                 # [B, T, H]
+    dintermediate, dw, db = linear_backward(dffn, s["ffn.intermediate"], ffn_out["w"])    # [B, T, I]
+    add_linear_grads(grads["ffn_out"], dw, db)
+    if s["gelu_cdf"] is not None:
+        dpre = gelu_backward(dintermediate, s["pre_activation"], s["gelu_cdf"])          # [B, T, I]
+    else:
+        dpre = activation_backward(dintermediate, s["pre_activation"], activation)      # [B, T, I]
+    dattended_ffn, dw, db = linear_backward(dpre, s["attention.layer_norm"], ffn_in["w"])   # [B, T, H]
+    add_linear_grads(grads["ffn_in"], dw, db)
+    dattended = dresidual2 + dattended_ffn               # the residual path and the feed-forward path
+    dresidual1, dg, db = layer_norm_backward(dattended, s["residual1"], attn_ln["g"], s["ln1"])   # [B, T, H]
+    add_grad(grads["attn_ln"], "g", dg)
+    add_grad(grads["attn_ln"], "b", db)
+    dprojected = dropout_backward(dresidual1, s["projected_scale"])                     # [B, T, H]
+    dcontext, dw, db = linear_backward(dprojected, s["attention.context"], attn_out["w"])   # [B, T, H]
+    add_linear_grads(grads["attn_out"], dw, db)
+    dq, dk, dv, dposition_bias = attention_backward(dcontext, s["query"], s["key"], s["value"], mask_bias,
+                                                    num_heads, position_bias, s["attention"])   # 3 x [B, T, H]
+    dfused = np.concatenate([dq, dk, dv], axis=-1)                                      # [B, T, 3H]
+    dx_attention, dw, db = linear_backward(dfused, s["x"], qkv["w"])                      # [B, T, H]
+    add_linear_grads(grads["qkv"], dw, db)
+    dx_attention += dresidual1                           # the residual path and the attention path
+    return dx_attention, dposition_bias
+
+
+def embeddings_backward(dout, input_ids, position_ids, token_type_ids, *, word, position, token_type, ln, saved,
+                        grads):
+    """dout [B, T, E] -> gradients into grads (add_grad); reference_layers.embeddings_backward's steps."""
+    dnormed = dropout_backward(dout, saved["scale"])                                            # [B, T, E]
+    dsummed, dg, db = layer_norm_backward(dnormed, saved["summed"], ln["g"], saved["layer_norm"])   # [B, T, E]
+    add_grad(grads["ln"], "g", dg)
+    add_grad(grads["ln"], "b", db)
+    for name, grad in zip(("word", "position", "token_type"),
+                          embed_backward(dsummed, input_ids, position_ids, token_type_ids, word, position,
+                                         token_type)):
+        add_grad(grads, name, grad)
 
 
 # ---- the whole encoder -------------------------------------------------------------------------------------
@@ -67,33 +223,33 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
         x, _ = linear_forward(x, projection["w"], projection["b"])                      # [B, T, H]
     saved_layers = []
     for layer_weights in weights["layers"]:
-        x, saved = encoder_layer_forward(x, mask_bias, position_bias, **layer_weights,
-                                         num_heads=config.num_attention_heads, activation=config.hidden_act,
-                                         eps=config.layer_norm_eps, dropout=dropout,
-                                         drop_attention_output=ATTENTION_OUTPUT_DROPOUT[config.model_type], rng=rng)
+        x, saved = layer_forward(x, mask_bias, position_bias, **layer_weights, num_heads=config.num_attention_heads,
+                                 activation=config.hidden_act, eps=config.layer_norm_eps, dropout=dropout,
+                                 drop_attention_output=ATTENTION_OUTPUT_DROPOUT[config.model_type], rng=rng)
         if keep_activations:
-            saved_layers.append({name: value for name, value in saved.items() if name not in READERS_ONLY})
+            saved_layers.append(saved)
     return x, {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
                "mask_bias": mask_bias, "position_bias": position_bias, "embeddings": saved_embeddings,
                "projection_input": projection_input, "layers": saved_layers}
 
 
 def encoder_backward(dout, saved, weights, config, grads):
-    """dout [B, T, H] (gradient of the last hidden state) -> every encoder gradient added into grads."""
+    """dout [B, T, H] (gradient of the last hidden state) -> every encoder gradient added into grads (a tree
+    shaped like weights: zeros, or empty_grads' Nones, which the first gradient of each weight replaces)."""
     dx = dout                                                                           # [B, T, H]
     position_bias = saved["position_bias"]                                              # [1, NH, T, T] or None
     dposition_bias = None if position_bias is None else np.zeros_like(position_bias)    # [1, NH, T, T]
     for layer_weights, layer_grads, layer_saved in reversed(list(zip(weights["layers"], grads["layers"],
                                                                       saved["layers"]))):
-        dx, dlayer_bias = encoder_layer_backward(dx, saved["mask_bias"], position_bias, **layer_weights,
-                                                 num_heads=config.num_attention_heads, activation=config.hidden_act,
-                                                 saved=layer_saved, grads=layer_grads)   # [B, T, H]
+        dx, dlayer_bias = layer_backward(dx, saved["mask_bias"], position_bias, **layer_weights,
+                                         num_heads=config.num_attention_heads, activation=config.hidden_act,
+                                         saved=layer_saved, grads=layer_grads)           # [B, T, H]
         if dposition_bias is not None:
             dposition_bias += dlayer_bias                # one bias for every layer: it collects each use
     if dposition_bias is not None:
-        grads["relative_attention_bias"]["table"] += relative_position_bias_backward(
+        add_grad(grads["relative_attention_bias"], "table", relative_position_bias_backward(
             dposition_bias, weights["relative_attention_bias"]["table"], position_bias.shape[-1],
-            config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE)                 # [buckets, NH]
+            config.relative_attention_num_buckets, RELATIVE_MAX_DISTANCE))                # [buckets, NH]
     if weights.get("embedding_projection") is not None:
         dx, dw, db = linear_backward(dx, saved["projection_input"], weights["embedding_projection"]["w"])   # [B, T, E]
         add_linear_grads(grads["embedding_projection"], dw, db)
@@ -175,7 +331,7 @@ def classifier_forward(input_ids, attention_mask, token_type_ids, weights, head,
 
 def classifier_backward(dlogits, saved, weights, head, config, *, task):
     """dlogits -> (gradient tree shaped like weights, gradient tree shaped like head)."""
-    weights_grads, head_grads = zeros_like_tree(weights), zeros_like_tree(head)
+    weights_grads, head_grads = empty_grads(weights), empty_grads(head)
     if task == "sequence":
         dhidden = sequence_head_backward(dlogits, saved["head"], saved["hidden"], weights, head,
                                          SEQUENCE_HEADS[config.model_type], weights_grads=weights_grads,
@@ -183,7 +339,7 @@ def classifier_backward(dlogits, saved, weights, head, config, *, task):
     else:
         dhidden = token_head_backward(dlogits, saved["head"], saved["hidden"], head, head_grads=head_grads)
     encoder_backward(dhidden, saved["encoder"], weights, config, weights_grads)
-    return weights_grads, head_grads
+    return finish_grads(weights_grads, weights), finish_grads(head_grads, head)
 
 
 def loss_and_grads(input_ids, attention_mask, token_type_ids, labels, weights, head, config, *, task,
