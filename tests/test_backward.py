@@ -429,8 +429,10 @@ def test_gelu_kernels_match_the_reference(rng, dtype):
     np.testing.assert_array_equal(dx[far], dy[far] * (np.float32(0.5) * s[far]))
 
 
-def fused_and_unfused_layer(config, weights, dtype, activation, rng):
-    """(fused, unfused): each (out, dx, dposition_bias, grads) of one layer with dropout 0.1, the same seed."""
+def fused_and_unfused_layer(config, weights, dtype, activation, rng, first_token_only=False):
+    """(fused, unfused): each (out, dx, dposition_bias, grads) of one layer with dropout 0.1, the same seed.
+    first_token_only: the fused layer's output is the first token's alone, the unfused layer's output
+    gradient zero on the other tokens."""
     from minibert.kernels.reference_layers import encoder_layer_backward, encoder_layer_forward
     from minibert.model import additive_mask
     from minibert.train.backprop import empty_grads, finish_grads, layer_backward, layer_forward
@@ -439,31 +441,38 @@ def fused_and_unfused_layer(config, weights, dtype, activation, rng):
     ids, mask, _ = tiny_batch(config, np.random.default_rng(1))
     x = rng.standard_normal((*ids.shape, config.hidden_size)).astype(dtype)      # [B, T, H]
     dout = rng.standard_normal(x.shape).astype(dtype)                            # [B, T, H]
+    if first_token_only:
+        dout[:, 1:] = 0
     T, NH = ids.shape[1], config.num_attention_heads
     bias = rng.standard_normal((1, NH, T, T)).astype(dtype) if config.model_type == "mpnet" else None
     runs = []
     for forward, backward, grads in ((layer_forward, layer_backward, empty_grads(layer)),
                                      (encoder_layer_forward, encoder_layer_backward, zeros_like_tree(layer))):
+        fused = forward is layer_forward
         out, saved = forward(x, additive_mask(mask, dtype), bias, **layer, num_heads=NH, activation=activation,
                              eps=config.layer_norm_eps, dropout=0.1, drop_attention_output=True,
-                             rng=np.random.default_rng(7))
-        dx, dbias = backward(dout, additive_mask(mask, dtype), bias, **layer, num_heads=NH, activation=activation,
-                             saved=saved, grads=grads)
-        runs.append((out, dx, dbias, dict(flat_params(finish_grads(grads, layer) if forward is layer_forward
-                                                      else grads))))
-    return runs
+                             rng=np.random.default_rng(7), **({"first_token_only": True} if fused and first_token_only
+                                                            else {}))
+        dx, dbias = backward(dout[:, :out.shape[1]], additive_mask(mask, dtype), bias, **layer, num_heads=NH,
+                             activation=activation, saved=saved, grads=grads)
+        runs.append((out, dx, dbias, dict(flat_params(finish_grads(grads, layer) if fused else grads))))
+    (out, *rest), unfused = runs
+    return (out, *rest), (unfused[0][:, :out.shape[1]], *unfused[1:])       # the unfused output's rows compared
 
 
-@pytest.mark.parametrize("name,activation", [("bert_cased", "gelu"), ("mpnet", "gelu"), ("bert_cased", "gelu_new")])
+@pytest.mark.parametrize("name,activation,first", [("bert_cased", "gelu", False), ("mpnet", "gelu", False),
+                                                   ("bert_cased", "gelu_new", False), ("bert_cased", "gelu", True),
+                                                   ("mpnet", "gelu", True)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fused_training_layer_computes_the_unfused_layer(name, activation, dtype):
-    """backprop.layer_forward / layer_backward (2-D matmuls, Numba GELU, gradients stored where first computed)
-    against reference_layers' unfused pair, dropout on: the same masks, and numbers that differ only by the
-    matmuls' summation order (BLAS blocks a 2-D product differently from a stack of per-text ones) and, in
-    float32, the fast erf and exp."""
+def test_fused_training_layer_computes_the_unfused_layer(name, activation, first, dtype):
+    """backprop.layer_forward / layer_backward (2-D matmuls, Numba GELU, gradients stored where first computed,
+    and with first_token_only the first token's output alone) against reference_layers' unfused pair, dropout
+    on: the same masks, and numbers that differ only by the matmuls' summation order (BLAS blocks a 2-D product
+    differently from a stack of per-text ones) and, in float32, the fast erf and exp."""
     config, weights = family_model(name)
     (out, dx, dbias, grads), (want_out, want_dx, want_dbias, want_grads) = fused_and_unfused_layer(
-        config, weights, dtype, activation, np.random.default_rng(3))
+        config, weights, dtype, activation, np.random.default_rng(3), first_token_only=first)
+    assert out.shape == want_out.shape == (want_dx.shape[0], 1 if first else want_dx.shape[1], want_dx.shape[2])
     tol = 4e-15 if dtype == np.float64 else 2e-6               # measured: 6.0e-16 and 4.7e-7
     assert rel_err(out, want_out) < tol and rel_err(dx, want_dx) < tol
     assert (dbias is None) == (want_dbias is None) and (dbias is None or rel_err(dbias, want_dbias) < tol)

@@ -130,29 +130,44 @@ def gelu_backward(dy, x, s):
     return dx
 
 
+def dropout_rows(x, p, rng, T):
+    """dropout_forward of x [B, R, C], the first R of T rows: the draws for all T rows are made (and the
+    first R used), so the random stream and the masks are those of the whole [B, T, C] array's dropout."""
+    if x.shape[1] == T or p == 0 or rng is None:
+        return dropout_forward(x, p, rng)                                               # [B, T, C]
+    keep = rng.random((x.shape[0], T, x.shape[2]))[:, :x.shape[1]] >= p                  # [B, R, C] bool
+    scale = keep.astype(x.dtype) / x.dtype.type(1.0 - p)                                 # [B, R, C]
+    return x * scale, scale                                                             # [B, R, C]
+
+
 def layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
-                  activation, eps, dropout, drop_attention_output, rng):
+                  activation, eps, dropout, drop_attention_output, rng, first_token_only=False):
     """x [B, T, H] -> [B, T, H], and what layer_backward needs (reference_layers.encoder_layer_forward's
-    arguments and names)."""
-    H = x.shape[-1]
+    arguments and names). first_token_only: the output of the first token alone, [B, 1, H], for a sequence
+    head on the last layer: every token's keys and values, then the attention output, the feed-forward
+    block and their dropouts (the same draws) on one row per text instead of T (3/4 of the layer's work)."""
+    B, T, H = x.shape
     fused = linear_rows(x, qkv["w"], qkv["b"])                                          # [B, T, 3H]
     q, k, v = fused[..., :H], fused[..., H:2 * H], fused[..., 2 * H:]                    # 3 x [B, T, H]
     context, attention = attention_forward(q, k, v, mask_bias, num_heads, dropout, rng,
                                            position_bias)                               # [B, T, H]
-    projected = linear_rows(context, attn_out["w"], attn_out["b"])                      # [B, T, H]
-    projected_dropped, projected_scale = dropout_forward(
-        projected, dropout if drop_attention_output else 0.0, rng)                      # [B, T, H]
-    residual1 = x + projected_dropped                                                   # [B, T, H]
-    attended, ln1 = layer_norm_forward(residual1, attn_ln["g"], attn_ln["b"], eps)       # [B, T, H]
-    pre_activation = linear_rows(attended, ffn_in["w"], ffn_in["b"])                    # [B, T, I]
+    rows = x[:, :1] if first_token_only else x          # [B, R, H]: the rows whose output is wanted, R 1 or T
+    if first_token_only:
+        context = np.ascontiguousarray(context[:, :1])                                  # [B, 1, H]
+    projected = linear_rows(context, attn_out["w"], attn_out["b"])                      # [B, R, H]
+    projected_dropped, projected_scale = dropout_rows(
+        projected, dropout if drop_attention_output else 0.0, rng, T)                   # [B, R, H]
+    residual1 = rows + projected_dropped                                                # [B, R, H]
+    attended, ln1 = layer_norm_forward(residual1, attn_ln["g"], attn_ln["b"], eps)       # [B, R, H]
+    pre_activation = linear_rows(attended, ffn_in["w"], ffn_in["b"])                    # [B, R, I]
     if activation == "gelu":
-        intermediate, cdf = gelu_keeping_cdf(pre_activation)                            # 2 x [B, T, I]
+        intermediate, cdf = gelu_keeping_cdf(pre_activation)                            # 2 x [B, R, I]
     else:
-        intermediate, cdf = activation_forward(pre_activation, activation)[0], None     # [B, T, I]
-    ffn = linear_rows(intermediate, ffn_out["w"], ffn_out["b"])                         # [B, T, H]
-    ffn_dropped, ffn_scale = dropout_forward(ffn, dropout, rng)                          # [B, T, H]
-    residual2 = attended + ffn_dropped                                                  # [B, T, H]
-    out, ln2 = layer_norm_forward(residual2, ffn_ln["g"], ffn_ln["b"], eps)              # [B, T, H]
+        intermediate, cdf = activation_forward(pre_activation, activation)[0], None     # [B, R, I]
+    ffn = linear_rows(intermediate, ffn_out["w"], ffn_out["b"])                         # [B, R, H]
+    ffn_dropped, ffn_scale = dropout_rows(ffn, dropout, rng, T)                          # [B, R, H]
+    residual2 = attended + ffn_dropped                                                  # [B, R, H]
+    out, ln2 = layer_norm_forward(residual2, ffn_ln["g"], ffn_ln["b"], eps)              # [B, R, H]
     return out, {"x": x, "query": q, "key": k, "value": v, "attention": attention, "attention.context": context,
                  "projected_scale": projected_scale, "residual1": residual1, "ln1": ln1,
                  "attention.layer_norm": attended, "pre_activation": pre_activation, "gelu_cdf": cdf,
@@ -161,8 +176,8 @@ def layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in
 
 def layer_backward(dout, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
                    activation, saved, grads):
-    """dout [B, T, H] -> (dx [B, T, H], dposition_bias [1, NH, T, T] or None); weight gradients into grads
-    (add_grad). reference_layers.encoder_layer_backward's steps."""
+    """dout [B, R, H] (R = T, or 1 after first_token_only) -> (dx [B, T, H], dposition_bias [1, NH, T, T] or
+    None); weight gradients into grads (add_grad). reference_layers.encoder_layer_backward's steps."""
     s = saved
     dresidual2, dg, db = layer_norm_backward(dout, s["residual2"], ffn_ln["g"], s["ln2"])  # [B, T, H]
     add_grad(grads["ffn_ln"], "g", dg)
@@ -181,14 +196,17 @@ def layer_backward(dout, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ff
     add_grad(grads["attn_ln"], "g", dg)
     add_grad(grads["attn_ln"], "b", db)
     dprojected = dropout_backward(dresidual1, s["projected_scale"])                     # [B, T, H]
-    dcontext, dw, db = linear_backward(dprojected, s["attention.context"], attn_out["w"])   # [B, T, H]
+    dcontext, dw, db = linear_backward(dprojected, s["attention.context"], attn_out["w"])   # [B, R, H]
     add_linear_grads(grads["attn_out"], dw, db)
+    if dcontext.shape[1] != s["x"].shape[1]:             # first_token_only: the other tokens' context is unread
+        dcontext = np.concatenate([dcontext, np.zeros((dcontext.shape[0], s["x"].shape[1] - dcontext.shape[1],
+                                                       dcontext.shape[2]), dtype=dcontext.dtype)], axis=1)
     dq, dk, dv, dposition_bias = attention_backward(dcontext, s["query"], s["key"], s["value"], mask_bias,
                                                     num_heads, position_bias, s["attention"])   # 3 x [B, T, H]
     dfused = np.concatenate([dq, dk, dv], axis=-1)                                      # [B, T, 3H]
     dx_attention, dw, db = linear_backward(dfused, s["x"], qkv["w"])                      # [B, T, H]
     add_linear_grads(grads["qkv"], dw, db)
-    dx_attention += dresidual1                           # the residual path and the attention path
+    dx_attention[:, :dresidual1.shape[1]] += dresidual1  # the residual path and the attention path
     return dx_attention, dposition_bias
 
 
@@ -208,10 +226,11 @@ def embeddings_backward(dout, input_ids, position_ids, token_type_ids, *, word, 
 # ---- the whole encoder -------------------------------------------------------------------------------------
 
 def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, *, dropout, rng,
-                    keep_activations=True):
+                    keep_activations=True, first_token_only=False):
     """ids [B, T] -> last hidden state [B, T, H] and, per step, what the backward needs. keep_activations
     False (prediction): each layer's activations are let go once the next layer has its input, so memory
-    holds one layer's, not every layer's; there is then no backward."""
+    holds one layer's, not every layer's; there is then no backward. first_token_only: the last hidden
+    state of the first token alone, [B, 1, H] (layer_forward's: what a sequence head reads)."""
     position_ids = make_position_ids(input_ids, config)                                 # [B, T]
     mask_bias = additive_mask(attention_mask, weights["embeddings"]["word"].dtype)       # [B, T]
     relative = weights.get("relative_attention_bias")
@@ -225,10 +244,11 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
         projection = weights["embedding_projection"]
         x, _ = linear_forward(x, projection["w"], projection["b"])                      # [B, T, H]
     saved_layers = []
-    for layer_weights in weights["layers"]:
+    for i, layer_weights in enumerate(weights["layers"]):
         x, saved = layer_forward(x, mask_bias, position_bias, **layer_weights, num_heads=config.num_attention_heads,
                                  activation=config.hidden_act, eps=config.layer_norm_eps, dropout=dropout,
-                                 drop_attention_output=ATTENTION_OUTPUT_DROPOUT[config.model_type], rng=rng)
+                                 drop_attention_output=ATTENTION_OUTPUT_DROPOUT[config.model_type], rng=rng,
+                                 first_token_only=first_token_only and i == len(weights["layers"]) - 1)
         if keep_activations:
             saved_layers.append(saved)
     return x, {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
@@ -237,7 +257,7 @@ def encoder_forward(input_ids, attention_mask, token_type_ids, weights, config, 
 
 
 def encoder_backward(dout, saved, weights, config, grads):
-    """dout [B, T, H] (gradient of the last hidden state) -> every encoder gradient added into grads (a tree
+    """dout [B, T or 1, H] (gradient of the last hidden state) -> every encoder gradient added into grads (a tree
     shaped like weights: zeros, or empty_grads' Nones, which the first gradient of each weight replaces)."""
     dx = dout                                                                           # [B, T, H]
     position_bias = saved["position_bias"]                                              # [1, NH, T, T] or None
@@ -263,7 +283,7 @@ def encoder_backward(dout, saved, weights, config, grads):
 # ---- heads -------------------------------------------------------------------------------------------------
 
 def sequence_head_forward(hidden, weights, head, style, *, dropout, rng):
-    """hidden [B, T, H] -> logits [B, K] from the first token, by the family's SequenceHead style."""
+    """hidden [B, T or 1, H] -> logits [B, K] from the first token, by the family's SequenceHead style."""
     steps = {}
     x = hidden[:, 0]                                                                     # [B, H]
     if style.pooler:
@@ -282,7 +302,7 @@ def sequence_head_forward(hidden, weights, head, style, *, dropout, rng):
 
 
 def sequence_head_backward(dlogits, steps, hidden, weights, head, style, *, weights_grads, head_grads):
-    """dlogits [B, K] -> dhidden [B, T, H] (non-zero on the first token only)."""
+    """dlogits [B, K] -> dhidden shaped like hidden (non-zero on the first token only)."""
     dx, dw, db = linear_backward(dlogits, steps["out_input"], head["out"]["w"])           # [B, H]
     add_linear_grads(head_grads["out"], dw, db)
     dx = dropout_backward(dx, steps["out_input_scale"])                                 # [B, H]
@@ -342,8 +362,8 @@ def classifier_forward(input_ids, attention_mask, token_type_ids, weights, head,
     dropout: the probability for every dropout (0, or rng None: evaluation). keep_activations False: for
     prediction, holding one layer's activations at a time (see encoder_forward)."""
     hidden, saved_encoder = encoder_forward(input_ids, attention_mask, token_type_ids, weights, config,
-                                            dropout=dropout, rng=rng,
-                                            keep_activations=keep_activations)           # [B, T, H]
+                                            dropout=dropout, rng=rng, keep_activations=keep_activations,
+                                            first_token_only=task == "sequence")         # [B, T or 1, H]
     if task == "sequence":
         logits, steps = sequence_head_forward(hidden, weights, head, SEQUENCE_HEADS[config.model_type],
                                               dropout=dropout, rng=rng)                 # [B, K]
