@@ -374,6 +374,7 @@ def classifier_forward(input_ids, attention_mask, token_type_ids, weights, head,
 
 def classifier_backward(dlogits, saved, weights, head, config, *, task):
     """dlogits -> (gradient tree shaped like weights, gradient tree shaped like head)."""
+    keep_freed_memory()                  # a training step: the next one reuses this one's memory
     weights_grads, head_grads = empty_grads(weights), empty_grads(head)
     if task == "sequence":
         dhidden = sequence_head_backward(dlogits, saved["head"], saved["hidden"], weights, head,
@@ -389,7 +390,6 @@ def loss_and_grads(input_ids, attention_mask, token_type_ids, labels, weights, h
                    dropout=0.0, rng=None):
     """Mean cross-entropy over the labelled examples (sequence: labels [B]; token: labels [B, T], -100 where
     a token does not count) and the gradient of every parameter: (loss, logits, weights_grads, head_grads)."""
-    keep_freed_memory()
     logits, saved = classifier_forward(input_ids, attention_mask, token_type_ids, weights, head, config,
                                        task=task, dropout=dropout, rng=rng)
     K = logits.shape[-1]
