@@ -1,4 +1,5 @@
-"""The encoder and the classification heads, forward and backward, unfused, in plain NumPy, for training.
+"""The encoder and the classification heads, forward and backward, for training: NumPy, BLAS matmuls, and Numba
+kernels where NumPy's passes cost the time (kernels/cpu_backward.py).
 
 The embeddings and each encoder layer compute kernels/reference_layers.py's unfused pair (the same layer the
 walkthrough and the fused-path tests read), arranged for speed (layer_forward / layer_backward below; tests
@@ -103,7 +104,7 @@ def linear_rows(x, w, b):
 
 
 def gelu_keeping_cdf(x):
-    """x [...] (contiguous) -> (gelu(x), 1 + erf(x / sqrt 2)), kernels/cpu_backward.gelu_forward."""
+    """x [...] -> (gelu(x), 1 + erf(x / sqrt 2)), kernels/cpu_backward.gelu_forward."""
     from ..kernels import cpu_backward
     dtype = x.dtype.type
     y, s = np.empty_like(x), np.empty_like(x)
@@ -142,8 +143,8 @@ def dropout_rows(x, p, rng, T):
 
 def layer_forward(x, mask_bias, position_bias, *, qkv, attn_out, attn_ln, ffn_in, ffn_out, ffn_ln, num_heads,
                   activation, eps, dropout, drop_attention_output, rng, first_token_only=False):
-    """x [B, T, H] -> [B, T, H], and what layer_backward needs (reference_layers.encoder_layer_forward's
-    arguments and names). first_token_only: the output of the first token alone, [B, 1, H], for a sequence
+    """x [B, T, H] -> [B, R, H] (R = T), and what layer_backward needs (reference_layers.encoder_layer_forward's
+    arguments and names). first_token_only: the output of the first token alone (R = 1), for a sequence
     head on the last layer: every token's keys and values, then the attention output, the feed-forward
     block and their dropouts (the same draws) on one row per text instead of T (3/4 of the layer's work)."""
     B, T, H = x.shape
