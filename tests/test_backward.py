@@ -2,6 +2,9 @@
 against the model's encoder, and every parameter's gradient against torch autograd (goldens written by
 tests/fixtures/make_grad_goldens.py, float64)."""
 
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -439,3 +442,140 @@ def test_grad_report_names_every_block():
     assert blocks == ["embeddings", "embedding_hidden_mapping_in", "albert_layer_groups.0",
                       "albert_layer_groups.1", "pooler", "head"], lines
     assert all(float(line.split()[1]) <= GRAD_TOL for line in lines[1:])
+
+
+# ---- the fused training layer and its kernels against the unfused specification ---------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gelu_kernels_match_the_reference(rng, dtype):
+    """kernels/cpu_backward's GELU forward and backward against reference.gelu_forward_keeping_cdf /
+    gelu_backward_from_cdf (and those against gelu / activation_backward, which they restate): float64 bit for
+    bit; float32 within the fast erf's 1e-7 and exp's ulp, and 0.5 s dy exactly where exp(-x^2 / 2) < e**-60."""
+    from minibert.train.backprop import gelu_backward, gelu_keeping_cdf
+    x = np.concatenate([rng.standard_normal(5000) * 3, [0.0, -10.9, -11.0, 11.0, 15.0, -40.0]]).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y_ref, s_ref = rb.gelu_forward_keeping_cdf(x)
+    dx_ref = rb.gelu_backward_from_cdf(dy, x, s_ref)
+    np.testing.assert_array_equal(y_ref, rb.activation_forward(x, "gelu")[0])
+    np.testing.assert_array_equal(dx_ref, rb.activation_backward(dy, x, "gelu"))
+    y, s = gelu_keeping_cdf(x)
+    dx = gelu_backward(dy, x, s)
+    if dtype == np.float64:
+        for got, want in ((y, y_ref), (s, s_ref), (dx, dx_ref)):
+            np.testing.assert_array_equal(got, want)
+        return
+    assert np.abs(s - s_ref).max() <= 2.4e-7                           # 1e-7 of erf, + the ulp of 1 + erf
+    assert np.abs(y - y_ref).max() <= 2.4e-7 * 0.5 * np.abs(x).max()
+    assert np.abs(dx - dx_ref).max() <= 3e-7 * np.abs(dy).max()
+    far = np.abs(x) > 10.95
+    np.testing.assert_array_equal(dx[far], dy[far] * (np.float32(0.5) * s[far]))
+
+
+def fused_and_unfused_layer(config, weights, dtype, activation, rng, first_token_only=False):
+    """(fused, unfused): each (out, dx, dposition_bias, grads) of one layer with dropout 0.1, the same seed.
+    first_token_only: the fused layer's output is the first token's alone, the unfused layer's output
+    gradient zero on the other tokens."""
+    from minibert.kernels.reference_layers import encoder_layer_backward, encoder_layer_forward
+    from minibert.model import additive_mask
+    from minibert.train.backprop import empty_grads, finish_grads, layer_backward, layer_forward
+    from minibert.tree import copy_tree, zeros_like_tree
+    layer = copy_tree(weights["layers"][0], dtype)
+    ids, mask, _ = tiny_batch(config, np.random.default_rng(1))
+    x = rng.standard_normal((*ids.shape, config.hidden_size)).astype(dtype)      # [B, T, H]
+    dout = rng.standard_normal(x.shape).astype(dtype)                            # [B, T, H]
+    if first_token_only:
+        dout[:, 1:] = 0
+    T, NH = ids.shape[1], config.num_attention_heads
+    bias = rng.standard_normal((1, NH, T, T)).astype(dtype) if config.model_type == "mpnet" else None
+    runs = []
+    for forward, backward, grads in ((layer_forward, layer_backward, empty_grads(layer)),
+                                     (encoder_layer_forward, encoder_layer_backward, zeros_like_tree(layer))):
+        fused = forward is layer_forward
+        out, saved = forward(x, additive_mask(mask, dtype), bias, **layer, num_heads=NH, activation=activation,
+                             eps=config.layer_norm_eps, dropout=0.1, drop_attention_output=True,
+                             rng=np.random.default_rng(7), **({"first_token_only": True} if fused and first_token_only
+                                                            else {}))
+        dx, dbias = backward(dout[:, :out.shape[1]], additive_mask(mask, dtype), bias, **layer, num_heads=NH,
+                             activation=activation, saved=saved, grads=grads)
+        runs.append((out, dx, dbias, dict(flat_params(finish_grads(grads, layer) if fused else grads))))
+    (out, *rest), unfused = runs
+    return (out, *rest), (unfused[0][:, :out.shape[1]], *unfused[1:])       # the unfused output's rows compared
+
+
+@pytest.mark.parametrize("name,activation,first", [("bert_cased", "gelu", False), ("mpnet", "gelu", False),
+                                                   ("bert_cased", "gelu_new", False), ("bert_cased", "gelu", True),
+                                                   ("mpnet", "gelu", True)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_training_layer_computes_the_unfused_layer(name, activation, first, dtype):
+    """backprop.layer_forward / layer_backward (2-D matmuls, Numba GELU, gradients stored where first computed,
+    and with first_token_only the first token's output alone) against reference_layers' unfused pair, dropout
+    on: the same masks, and numbers that differ only by the matmuls' summation order (BLAS blocks a 2-D product
+    differently from a stack of per-text ones) and, in float32, the fast erf and exp."""
+    config, weights = family_model(name)
+    (out, dx, dbias, grads), (want_out, want_dx, want_dbias, want_grads) = fused_and_unfused_layer(
+        config, weights, dtype, activation, np.random.default_rng(3), first_token_only=first)
+    assert out.shape == want_out.shape == (want_dx.shape[0], 1 if first else want_dx.shape[1], want_dx.shape[2])
+    tol = 4e-15 if dtype == np.float64 else 2e-6               # measured: 6.0e-16 and 4.7e-7
+    assert rel_err(out, want_out) < tol and rel_err(dx, want_dx) < tol
+    assert (dbias is None) == (want_dbias is None) and (dbias is None or rel_err(dbias, want_dbias) < tol)
+    assert grads.keys() == want_grads.keys()
+    for key, grad in grads.items():
+        assert grad.dtype == dtype and rel_err(grad, want_grads[key]) < tol, key
+
+
+def test_finish_grads_fills_zeros_and_merges_an_array_used_twice():
+    from minibert.train.backprop import add_grad, empty_grads, finish_grads
+    shared = np.ones(3)
+    tree = {"a": {"w": shared, "b": np.ones(2)}, "layers": [{"w": shared}], "absent": None}
+    grads = empty_grads(tree)
+    add_grad(grads["a"], "w", np.full(3, 2.0))
+    add_grad(grads["layers"][0], "w", np.full(3, 5.0))
+    finish_grads(grads, tree)
+    np.testing.assert_array_equal(grads["a"]["w"], np.full(3, 7.0))
+    assert grads["layers"][0]["w"] is grads["a"]["w"]                 # one gradient, as one parameter
+    np.testing.assert_array_equal(grads["a"]["b"], np.zeros(2))
+    assert grads["absent"] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_adamw_kernel_matches_the_numpy_steps_bit_for_bit(dtype):
+    """Arrays long enough for the SIMD body of the loop, and an odd tail: the kernel's arithmetic is the NumPy
+    update's, in the same order (the vectorised division and square root are IEEE's, like the scalar ones)."""
+    from minibert.train.optimizer import adamw_update
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(1037).astype(dtype), rng.standard_normal((33, 65)).astype(dtype)]
+    runs = []
+    for fused in (False, True):
+        params, state, draws = [p.copy() for p in start], {}, np.random.default_rng(1)
+        for _ in range(3):
+            grads = [draws.standard_normal(p.shape).astype(dtype) for p in params]
+            adamw_update(params, grads, state, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                         decay=[True, False], fused=fused)
+        runs.append(params + state["m"] + state["v"])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+MEMORY_ROUNDS = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from minibert.train.backprop import keep_freed_memory
+    assert keep_freed_memory()
+faults = []
+for _ in range(3):                       # a step's pattern: many activations of a few MB, all freed at its end
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    arrays = [np.ones(400_000, dtype=np.float32) for _ in range(40)]     # 40 x 1.6 MB
+    del arrays
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's settings are glibc's")
+def test_keep_freed_memory_lets_the_next_step_reuse_pages():
+    """A second step's arrays reuse the first's pages instead of faulting fresh ones in (glibc by default
+    returns the freed top of the heap: about 390 faults per 1.6 MB array)."""
+    faults = {how: int(subprocess.run([sys.executable, "-c", MEMORY_ROUNDS, how], capture_output=True, text=True,
+                                      check=True).stdout) for how in ("default", "keep")}
+    assert faults["default"] > 5000 and faults["keep"] < 200, faults
