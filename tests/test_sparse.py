@@ -122,3 +122,24 @@ def test_embed_sparse_refuses_dense_options_and_a_checkpoint_without_the_mlm_hea
     encoder_only = Path(__file__).parent / "fixtures" / "families" / "albert"
     assert cli_main(["embed", "a cat", "--sparse", "--model", str(encoder_only)]) == 1
     assert "no masked-LM head" in capsys.readouterr().err
+
+
+def test_encode_sparse_refuses_bad_texts_and_max_length_as_encode_does():
+    model = minibert.load_sparse(str(HEADS_DIR / "splade"))
+    with pytest.raises(InputError, match="texts must be a str or a list of str, found NoneType"):
+        model.encode_sparse(None)
+    for bad in (0, 1, "8", 2.5, True):
+        with pytest.raises(InputError, match="max_length must be an int of at least 2"):
+            model.encode_sparse(["a"], max_length=bad)
+
+
+def test_encode_sparse_warns_of_truncated_texts_with_encodes_warning():
+    """A text over the SPLADE length limit is cut, and said to be, as encode says it; there was no warning."""
+    model = minibert.load_sparse(str(HEADS_DIR / "splade"))
+    limit = model.splade_settings.max_length or model.tokenizer.max_length
+    with pytest.warns(UserWarning, match=f"1 of 2 texts were longer than {limit} tokens and were truncated; "
+                      "split long texts into passages"):
+        model.encode_sparse(["word " * 300, "short"])
+    with pytest.warns(UserWarning, match="1 of 1 texts were longer than 8 tokens and were truncated; pass "
+                      "max_length="):
+        model.encode_sparse(["word " * 300], max_length=8)

@@ -201,13 +201,13 @@ def rows_of(tokenized, first_index):
     return "" if first_index is None else f" (rows {first_index}-{first_index + len(tokenized) - 1})"
 
 
-def warn_truncated(model, tokenized, max_length, first_index=None):
-    """max_length: the limit the texts were cut to (resolved: an int)."""
+def warn_truncated(model, tokenized, max_length, first_index=None,
+                   hint="pass window= (and stride=) to cover long texts whole"):
+    """max_length: the limit the texts were cut to (resolved: an int); hint: what the caller can do about it."""
     cut = sum(t.truncated for t in tokenized)
     if cut:
         warn_caller(f"minibert: {cut} of {len(tokenized)} texts{rows_of(tokenized, first_index)} were longer than "
-                    f"{max_length} tokens and were truncated; "
-                    "pass window= (and stride=) to cover long texts whole")
+                    f"{max_length} tokens and were truncated; {hint}")
 
 
 def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
@@ -398,9 +398,7 @@ def check_lengths(max_length, window, stride, batch_size, limit, max_batch_token
     """Every length option, before any text is tokenized: max_length, window, stride, batch_size and
     max_batch_tokens."""
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
-            raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), "
-                             f"found {max_length!r}")
+        check_max_length(max_length)
         if max_length > limit:
             raise InputError(f"max_length {max_length} exceeds the model's {limit} positions; "
                              "use window= (and stride=) for longer texts")
@@ -408,6 +406,11 @@ def check_lengths(max_length, window, stride, batch_size, limit, max_batch_token
             raise InputError("max_length and window cannot be combined: max_length cuts each text to its first "
                              "tokens, window covers the whole text; pass one of them")
     check_batching(batch_size, window, stride, limit, max_batch_tokens)
+
+
+def check_max_length(max_length):
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
+        raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), found {max_length!r}")
 
 
 def is_count(value):
