@@ -406,3 +406,10 @@ def test_a_dense_extraction_has_no_sparse_vectors(splade64, tmp_path):
     extract_module.extract(splade64, CORPUS, tmp_path / "out")
     with pytest.raises(MiniBertError, match=r"holds dense vectors \(\.vectors\), not sparse ones"):
         minibert.load_embeddings(tmp_path / "out").sparse
+
+
+def test_search_of_no_sparse_queries_is_empty_and_of_none_refused(splade64, tmp_path):
+    extract_module.extract(splade64, CORPUS, tmp_path / "sp", sparse=True)
+    assert minibert.search(splade64, tmp_path / "sp", [], k=1) == []
+    with pytest.raises(InputError, match="queries must be a str or a list of str"):
+        minibert.search(splade64, tmp_path / "sp", None, k=1)

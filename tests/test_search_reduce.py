@@ -594,3 +594,11 @@ def test_a_manifest_model_source_that_is_no_directory_is_never_fetched(folder, m
     with pytest.raises(InputError, match="extracted with the model someone/else, which is not a directory here; "
                                          "pass --model"):
         search.Index(directory).load_model()
+
+
+def test_search_of_no_queries_is_empty_and_of_none_refused(model, corpus_file, tmp_path):
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out, source_file=str(corpus_file))
+    assert minibert.search(model, out, [], k=3) == []
+    with pytest.raises(InputError, match="queries must be a str or a list of str, found NoneType"):
+        minibert.search(model, out, None)
