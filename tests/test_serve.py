@@ -588,3 +588,18 @@ def test_embed_sparse_reads_truncation_direction_and_prompt_name_as_embed_does()
             dense = http.post("/embed", json={"inputs": ["x"], **body})
             assert sparse.status_code == dense.status_code == 422
             assert sparse.json() == dense.json()
+
+
+def test_a_sparse_encoder_directory_serves_embed_sparse_with_its_own_splade_settings():
+    """A SparseEncoder directory (it was refused): /embed_sparse gives load_sparse's vectors (sum pooling,
+    log1p_relu, max_active_dims from the directory), /embed refuses with a pointer to /embed_sparse."""
+    source = str(FIXTURES / "heads" / "splade_sum")
+    want = minibert.load_sparse(source).encode_sparse(["the cat sat on the mat", "a dog ran"])
+    with running(minibert.load(source)) as server, server.client() as http:
+        got = http.post("/embed_sparse", json={"inputs": ["the cat sat on the mat", "a dog ran"]}).json()
+        for entries, ids, weights in zip(got, want.ids, want.weights):
+            assert [e["index"] for e in entries] == ids.tolist()
+            np.testing.assert_allclose([e["value"] for e in entries], weights, rtol=1e-6)
+        dense = http.post("/embed", json={"inputs": ["a"]})
+        assert dense.status_code == 422 and "/embed_sparse" in dense.json()["error"]
+        assert http.post("/tokenize", json={"inputs": ["a"]}).status_code == 200

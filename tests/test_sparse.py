@@ -143,3 +143,41 @@ def test_encode_sparse_warns_of_truncated_texts_with_encodes_warning():
     with pytest.warns(UserWarning, match="1 of 1 texts were longer than 8 tokens and were truncated; pass "
                       "max_length="):
         model.encode_sparse(["word " * 300], max_length=8)
+
+
+@pytest.mark.parametrize("name", ["splade", "splade_sum"])
+def test_load_reads_a_sparse_encoder_directory_as_its_encoder_with_its_splade_settings(name):
+    """minibert.load of a SparseEncoder directory (it refused SpladePooling): the encoder and MLM head, with
+    encode_sparse following the directory's settings exactly as load_sparse's."""
+    loaded, sparse = minibert.load(str(HEADS_DIR / name)), minibert.load_sparse(str(HEADS_DIR / name))
+    assert loaded.splade_settings == sparse.splade_settings
+    texts = ["the cat sat on the mat", "Paris is the capital of France."]
+    got, want = loaded.encode_sparse(texts), sparse.encode_sparse(texts)
+    for a, b, x, y in zip(got.ids, want.ids, got.weights, want.weights):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(x, y)
+    assert loaded.fill_mask("the cat [MASK] on the mat") == sparse.fill_mask("the cat [MASK] on the mat")
+
+
+def test_dense_encode_of_a_sparse_encoder_is_refused_unless_a_pooling_is_named():
+    """A SparseEncoder has no dense recipe: encode without pooling= names encode_sparse rather than give a
+    mean-pooled vector sentence-transformers never gives for it; a named pooling pools its token vectors."""
+    model = minibert.load(str(HEADS_DIR / "splade"))
+    with pytest.raises(InputError, match="is a SparseEncoder .* use encode_sparse"):
+        model.encode(["hi"])
+    sparse = minibert.load_sparse(str(HEADS_DIR / "splade"))     # its pool's workers loaded it (they refused)
+    with sparse.start_multi_process_pool(1) as pool:
+        np.testing.assert_allclose(sparse.encode(["hi", "the cat"], pooling="cls", pool=pool),
+                                   sparse.encode(["hi", "the cat"], pooling="cls"), atol=2e-6)
+        with pytest.raises(InputError, match="is a SparseEncoder"):
+            sparse.encode(["hi"], pool=pool)
+
+
+def test_fill_mask_and_inspect_commands_take_a_sparse_encoder_directory(capsys):
+    from minibert.cli import main
+    main(["fill-mask", "the cat [MASK] on the mat", "--model", str(HEADS_DIR / "splade")])
+    want = minibert.load(str(HEADS_DIR / "splade")).fill_mask("the cat [MASK] on the mat")
+    assert want[0]["token_str"] in capsys.readouterr().out
+    main(["inspect", str(HEADS_DIR / "splade")])
+    out = capsys.readouterr().out
+    assert "sentence-transformers SparseEncoder" in out and "SpladePooling" in out

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool)
-from .recipe import encode_settings, prepare_texts, prompt_length
+from .recipe import check_dense, encode_settings, prepare_texts, prompt_length
 from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -161,6 +161,7 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     texts = as_text_list(texts, "texts")
     check_lengths(max_length, window, stride, batch_size,
                   model.tokenizer.max_length, max_batch_tokens)   # the caller's, before the recipe's
+    check_dense(model, pooling)
     recipe = encode_settings(model, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
                              prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length

@@ -475,7 +475,7 @@ def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=
     async def lifespan(app):
         server.batcher.start()
         # One small batch before listening: Numba compiles its kernels on first use (seconds), not on a client's.
-        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"]))
+        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"], layer=-1))
         try:
             yield
         finally:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..embed.pooling import apply_dense, l2_normalize, pool
-from ..embed.recipe import encode_settings, prepare_texts, prompt_length
+from ..embed.recipe import check_dense, encode_settings, prepare_texts, prompt_length
 from ..embed.sparse import SparseVectors, applied_settings, sparse_batch
 from ..tokenizer import encode_batch
 
@@ -57,6 +57,8 @@ class Engine:
                   limit=None):
         """Texts -> Rows as encode tokenizes them; an input over the limit (None: the recipe's) is a TooLong
         naming it, unless truncate (direction "left" keeps a text's end, as TEI's truncation_direction Left)."""
+        if layer is None:
+            check_dense(self.model, None)
         settings = self.settings(normalize, prompt_name, pooling=None if layer is None else "none")
         want = Want(layer=layer, normalize=settings.normalize,
                     skip=prompt_length(self.model, settings) if layer is None else 0)
@@ -98,6 +100,8 @@ class Engine:
     def id_rows(self, sequences, *, normalize=None, layer=None, what="input", nested=True):
         """Lists of token ids, taken as the whole input (special tokens included, as model.tokenize gives them)
         -> Rows; an id outside the vocabulary or a sequence over the limit is an InputError naming its place."""
+        if layer is None:
+            check_dense(self.model, None)
         settings = self.settings(normalize, None, pooling=None if layer is None else "none")
         vocab = self.model.config.vocab_size
         rows = []
