@@ -103,6 +103,11 @@ class ProcessPool:
         processes = (os.cpu_count() or 1) if processes is None else processes
         if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 1:
             raise InputError(f"processes must be an int >= 1, found {processes!r}")
+        if threads_per_process is not None and (isinstance(threads_per_process, bool) or
+                                                not isinstance(threads_per_process, (int, np.integer))
+                                                or threads_per_process < 1):
+            raise InputError(f"threads_per_process must be an int >= 1 or None (the cores shared out), found "
+                             f"{threads_per_process!r}")
         threads = threads_per_process or max(1, thread_count() // processes)
         context = multiprocessing.get_context("spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
