@@ -602,3 +602,16 @@ def test_search_of_no_queries_is_empty_and_of_none_refused(model, corpus_file, t
     assert minibert.search(model, out, [], k=3) == []
     with pytest.raises(InputError, match="queries must be a str or a list of str, found NoneType"):
         minibert.search(model, out, None)
+
+
+def test_search_of_an_extraction_from_a_list_or_stdin_says_its_texts_were_not_recorded(model, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Row numbers only, said as it is: no file was recorded (it read "None is gone or changed", "- is gone")."""
+    import io
+    extract(model, CORPUS, tmp_path / "listed")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(CORPUS).encode("utf-8"))))
+    assert main(["extract", "-", "--out", str(tmp_path / "piped"), "--quiet"]) == 0
+    capsys.readouterr()
+    for name, made in (("listed", "a list of texts"), ("piped", "standard input")):
+        assert main(["search", str(tmp_path / name), CORPUS[0], "-k", "1"]) == 0
+        assert f"(texts not recorded: the extraction was made from {made}; pass --texts FILE" in capsys.readouterr().out
