@@ -442,3 +442,11 @@ def test_resuming_a_sparse_extraction_without_sparse_says_so(tmp_path, monkeypat
     if complete:
         with pytest.raises(InputError, match="made without --sparse .*; resume it without --sparse"):
             extract_module.extract(model, CORPUS, tmp_path / "dense", sparse=True, resume=True)
+
+
+def test_a_sparse_extraction_warns_of_truncated_texts_naming_their_rows(splade64, tmp_path, monkeypatch):
+    """As a dense extraction does: chunk by chunk, the warning names the input's rows (it gave none at all)."""
+    monkeypatch.setattr(extract_module, "CHUNK", 4)
+    texts = CORPUS[:5] + ["word " * 300] + CORPUS[5:]
+    with pytest.warns(UserWarning, match=r"1 of 4 texts \(rows 4-7\) were longer than 64 tokens and were truncated"):
+        extract_module.extract(splade64, texts, tmp_path / "sp", sparse=True)

@@ -111,7 +111,7 @@ def applied_settings(model, *, max_length=None, max_active_dims=None, pooling=No
 
 def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_dims=None, pooling=None,
                   activation=None) -> SparseVectors:
-    from .encode import check_max_length, warn_truncated
+    from .encode import FIRST_ROW, check_max_length, warn_truncated
     if max_length is not None:
         check_max_length(max_length)
     settings = applied_settings(model, max_length=max_length, max_active_dims=max_active_dims, pooling=pooling,
@@ -132,7 +132,7 @@ def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_di
             weights.append(row_weights)
     limit, most = settings.max_length or model.tokenizer.max_length, model.tokenizer.max_length
     # SPLADE pools no windows: the caller can raise max_length to the model's limit, or split the texts
-    warn_truncated(model, cut, limit, hint=f"pass max_length= (up to {most}) to keep more of each text"
+    warn_truncated(model, cut, limit, FIRST_ROW.get(), hint=f"pass max_length= (up to {most}) to keep more of each text"
                    if limit < most else "split long texts into passages to cover them whole")
     return SparseVectors(ids=ids, weights=weights, vocab_size=model.config.vocab_size, single=single,
                          tokenizer=model.tokenizer)
