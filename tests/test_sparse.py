@@ -181,3 +181,17 @@ def test_fill_mask_and_inspect_commands_take_a_sparse_encoder_directory(capsys):
     main(["inspect", str(HEADS_DIR / "splade")])
     out = capsys.readouterr().out
     assert "sentence-transformers SparseEncoder" in out and "SpladePooling" in out
+
+
+def test_encode_sparse_lower_cases_texts_when_the_transformer_module_says(tmp_path):
+    """sentence_bert_config.json's do_lower_case applies to a SparseEncoder's texts as to any Transformer
+    module's (encode_sparse ignored it; the server's /embed_sparse, reading the recipe, applied it)."""
+    target = tmp_path / "splade"
+    shutil.copytree(HEADS_DIR / "splade", target)
+    config = json.loads((target / "sentence_bert_config.json").read_text())
+    (target / "sentence_bert_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
+    lowered, cased = minibert.load_sparse(str(target)), minibert.load_sparse(str(HEADS_DIR / "splade"))
+    got, want = lowered.encode_sparse(["Hello World"]), cased.encode_sparse(["hello world"])
+    np.testing.assert_array_equal(got.ids[0], want.ids[0])
+    np.testing.assert_array_equal(got.weights[0], want.weights[0])
+    assert not np.array_equal(cased.encode_sparse(["Hello World"]).ids[0], want.ids[0])

@@ -121,6 +121,8 @@ def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_di
     single = isinstance(texts, str)
     texts = [texts] if single else texts
     texts = as_text_list(texts, "texts")
+    if model.recipe.do_lower_case:            # the Transformer module's do_lower_case, as for encode
+        texts = [text.lower() for text in texts]
     model.heads.require("mlm")
     ids, weights, cut = [], [], []
     for start in range(0, len(texts), batch_size):
