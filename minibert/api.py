@@ -13,7 +13,7 @@ from .checkpoint.config import read_config
 from .errors import InputError, warn_caller
 from .model import (INTERNALS, capture_name, encoder, encoder_layers, make_position_ids, pack, packed_encoder_layers,
                     unpack)
-from .embed.recipe import Recipe, read_recipe, resolve_max_length
+from .embed.recipe import SPARSE_ENCODER, Recipe, read_recipe, resolve_max_length
 from .embed.surface import SentenceTransformersSurface
 from .tokenizer import Tokenizer
 from .files import sha256_of_file
@@ -59,6 +59,9 @@ def load(source: Optional[PathLike] = None, *, backend: str = "cpu", dtype: DTyp
     model_dir = resolve_source(source, {"revision": revision, "token": token, "cache_dir": cache_dir})
     recipe = read_recipe(model_dir)                    # sentence-transformers' modules, if any
     model = load_directory(model_dir, recipe, ops, np_dtype, backend)
+    if recipe.kind == SPARSE_ENCODER:        # encode_sparse follows the directory's settings, as load_sparse's
+        from .embed.sparse import read_splade_settings
+        model.splade_settings = read_splade_settings(model_dir)[1]
     if truncate_dim is not None:
         model.truncate_dim = truncate_dim
     return model
@@ -72,8 +75,8 @@ def load_sparse(source: Optional[PathLike] = None, *, backend: str = "cpu", dtyp
     if not (model_dir / "modules.json").is_file():
         model, settings = load_directory(model_dir, read_recipe(model_dir), ops, np_dtype, backend), SpladeSettings()
     else:
-        transformer, settings = read_splade_settings(model_dir)   # load's recipe reader refuses SpladePooling
-        model = load_directory(model_dir, Recipe(transformer_path=transformer), ops, np_dtype, backend)
+        settings = read_splade_settings(model_dir)[1]     # refuses a directory that is not a SparseEncoder
+        model = load_directory(model_dir, read_recipe(model_dir), ops, np_dtype, backend)
     model.splade_settings = settings
     return model
 

@@ -253,7 +253,11 @@ def fill_mask(model, texts, top_k=5, targets=None):
     heads = model.heads
     heads.require("mlm")
     token, token_id = mask_token(model.tokenizer, model.config)
-    batch = model.tokenize(texts, truncation=False)
+    batch = model.tokenize(texts)
+    if batch.truncated.any():           # the pipeline reads a text whole: no truncation or window to suggest
+        i = int(np.argmax(batch.truncated))
+        raise InputError(f"texts[{i}] has more than the model's {model.tokenizer.max_length} tokens; fill-mask "
+                         "reads a text whole: shorten it to the words around its mask")
     masks = batch.input_ids == token_id                                      # [B, T]
     for i, count in enumerate(masks.sum(axis=1)):
         if count == 0:

@@ -194,7 +194,7 @@ def test_rerank_command_prints_the_ranking(tmp_path, capsys, monkeypatch):
     assert [r["corpus_id"] for r in ranked] == want["rank_corpus_id"].tolist()
     assert [r["rank"] for r in ranked] == list(range(1, 8))
     assert ranked[0]["line"] == 7 and ranked[0]["text"] == MAKER.DOCUMENTS[5]     # the blank line 4 skipped
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(MAKER.DOCUMENTS)))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(MAKER.DOCUMENTS).encode("utf-8"))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["rerank", MAKER.QUERY, "-", "--model", str(FIXTURES / "ce_one_label"), "--top-k", "2"]) == 0
@@ -203,6 +203,24 @@ def test_rerank_command_prints_the_ranking(tmp_path, capsys, monkeypatch):
     assert abs(float(lines[0].split()[1]) - want["rank_score"][0]) < GOLDEN_TOL
     assert main(["rerank", "q", str(tmp_path / "missing.txt"), "--model", str(FIXTURES / "ce_one_label")]) == 1
     assert "passage file not found" in capsys.readouterr().err
+
+
+def test_rerank_names_the_line_of_bad_utf8_a_directory_and_an_undecodable_query(tmp_path, capsys):
+    """The passages are read by corpus/readers.py: bad UTF-8 names file, line and byte (it said "of a block
+    read"), a directory is said to be one (it was "not found"); a query of undecodable bytes (surrogates in
+    argv) is named as the query, not texts[0]."""
+    from minibert.cli import main
+    model = str(FIXTURES / "ce_one_label")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("first passage\ncaf\u00e9 au lait\n".encode("latin-1"))
+    assert main(["rerank", "q", str(latin), "--model", model]) == 1
+    assert f"{latin}:2: not valid UTF-8 at byte 17 of the file" in capsys.readouterr().err
+    assert main(["rerank", "q", str(tmp_path), "--model", model]) == 1
+    assert f"{tmp_path} is a directory, not a passage file" in capsys.readouterr().err
+    passages = tmp_path / "passages.txt"
+    passages.write_text("one\ntwo\n")
+    assert main(["rerank", "caf\udce9", str(passages), "--model", model]) == 1
+    assert "the query is not valid UTF-8 text (character 3" in capsys.readouterr().err
 
 
 def test_a_classifier_saved_by_minibert_loads_as_a_cross_encoder(tmp_path):

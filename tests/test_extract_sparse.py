@@ -196,7 +196,7 @@ def test_resume_refuses_other_splade_settings(splade32, tmp_path, monkeypatch):
         extract_module.extract(fewer, CORPUS, tmp_path, sparse=True, resume=True)
     with pytest.raises(InputError, match=r"another job \(format was 'npy', now 'jsonl'"):
         extract_module.extract(splade32, CORPUS, tmp_path, sparse=True, fmt="jsonl", resume=True)
-    with pytest.raises(InputError, match=r"another job \(recipe was None"):          # a dense run of the same texts
+    with pytest.raises(InputError, match="is a SparseEncoder"):          # a dense run of the same texts
         extract_module.extract(splade32, CORPUS, tmp_path, resume=True)
     assert extract_module.extract(splade32, CORPUS, tmp_path, sparse=True, resume=True)["resumed_at"] == [2]
 
@@ -403,6 +403,50 @@ def test_a_damaged_sparse_jsonl_is_one_clear_error(splade64, tmp_path, edit, mes
 
 
 def test_a_dense_extraction_has_no_sparse_vectors(splade64, tmp_path):
-    extract_module.extract(splade64, CORPUS, tmp_path / "out")
+    extract_module.extract(splade64, CORPUS, tmp_path / "out", pooling="mean")   # a SparseEncoder: named
     with pytest.raises(MiniBertError, match=r"holds dense vectors \(\.vectors\), not sparse ones"):
         minibert.load_embeddings(tmp_path / "out").sparse
+
+
+def test_search_of_no_sparse_queries_is_empty_and_of_none_refused(splade64, tmp_path):
+    extract_module.extract(splade64, CORPUS, tmp_path / "sp", sparse=True)
+    assert minibert.search(splade64, tmp_path / "sp", [], k=1) == []
+    with pytest.raises(InputError, match="queries must be a str or a list of str"):
+        minibert.search(splade64, tmp_path / "sp", None, k=1)
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_resuming_a_sparse_extraction_without_sparse_says_so(tmp_path, monkeypatch, complete):
+    """A sparse extraction resumed dense (and a dense one resumed --sparse) is refused in those words; it was a
+    list of every setting that differs (recipe, sparse, ...)."""
+    model = minibert.load_sparse(str(HEADS_DIR / "bert"))              # a plain MLM checkpoint: dense runs too
+    if complete:
+        extract_module.extract(model, CORPUS, tmp_path / "sp", sparse=True)
+        extract_module.extract(model, CORPUS, tmp_path / "dense")
+    else:
+        monkeypatch.setattr(extract_module, "CHUNK", 2)
+        real = type(model).encode_sparse
+        calls = []
+
+        def interrupt_second(self, texts, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(self, texts, **kwargs)
+        monkeypatch.setattr(type(model), "encode_sparse", interrupt_second)
+        with pytest.raises(KeyboardInterrupt):
+            extract_module.extract(model, CORPUS, tmp_path / "sp", sparse=True)
+        monkeypatch.setattr(type(model), "encode_sparse", real)
+    with pytest.raises(InputError, match="this extraction was made with --sparse .*; resume it with --sparse"):
+        extract_module.extract(model, CORPUS, tmp_path / "sp", resume=True)
+    if complete:
+        with pytest.raises(InputError, match="made without --sparse .*; resume it without --sparse"):
+            extract_module.extract(model, CORPUS, tmp_path / "dense", sparse=True, resume=True)
+
+
+def test_a_sparse_extraction_warns_of_truncated_texts_naming_their_rows(splade64, tmp_path, monkeypatch):
+    """As a dense extraction does: chunk by chunk, the warning names the input's rows (it gave none at all)."""
+    monkeypatch.setattr(extract_module, "CHUNK", 4)
+    texts = CORPUS[:5] + ["word " * 300] + CORPUS[5:]
+    with pytest.warns(UserWarning, match=r"1 of 4 texts \(rows 4-7\) were longer than 64 tokens and were truncated"):
+        extract_module.extract(splade64, texts, tmp_path / "sp", sparse=True)

@@ -292,3 +292,15 @@ def test_fill_mask_command_refuses_a_text_without_mask(capsys):
     code = cli_main(["fill-mask", "Paris is the capital.", "--model", str(HEADS_DIR / "bert")])
     assert code == 1
     assert "has no mask token '[MASK]'" in capsys.readouterr().err
+
+
+def test_fill_mask_on_a_text_over_the_limit_gives_a_hint_it_can_follow(capsys):
+    """fill-mask has no truncation or window: the refusal says to shorten the text (it suggested
+    "keep truncation=True or use window/stride", options neither fill_mask nor the command has)."""
+    long = "word " * 300 + "[MASK]"
+    with pytest.raises(InputError, match="texts\\[0\\] has more than the model's 64 tokens; fill-mask reads a "
+                                         "text whole: shorten it"):
+        minibert.load(str(HEADS_DIR / "bert")).fill_mask(long)
+    assert cli_main(["fill-mask", long, "--model", str(HEADS_DIR / "bert")]) == 1
+    err = capsys.readouterr().err
+    assert "shorten it" in err and "truncation" not in err and "window" not in err

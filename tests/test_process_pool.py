@@ -147,3 +147,10 @@ def test_bad_pool_use_is_refused(model, pool):
         other = minibert.load(str(FIXTURES / "surface_dot"))
     with pytest.raises(InputError, match="not this model"):
         other.encode(TEXTS, pool=pool)
+
+
+def test_threads_per_process_that_is_not_a_count_is_refused_here(model):
+    """0 was taken as "not given", -1 and 2.5 failed in the worker, "x" too: each is refused in the caller."""
+    for bad in (0, -1, 2.5, "x", True):
+        with pytest.raises(InputError, match="threads_per_process must be an int >= 1"):
+            model.start_multi_process_pool(1, threads_per_process=bad)

@@ -594,3 +594,24 @@ def test_a_manifest_model_source_that_is_no_directory_is_never_fetched(folder, m
     with pytest.raises(InputError, match="extracted with the model someone/else, which is not a directory here; "
                                          "pass --model"):
         search.Index(directory).load_model()
+
+
+def test_search_of_no_queries_is_empty_and_of_none_refused(model, corpus_file, tmp_path):
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out, source_file=str(corpus_file))
+    assert minibert.search(model, out, [], k=3) == []
+    with pytest.raises(InputError, match="queries must be a str or a list of str, found NoneType"):
+        minibert.search(model, out, None)
+
+
+def test_search_of_an_extraction_from_a_list_or_stdin_says_its_texts_were_not_recorded(model, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Row numbers only, said as it is: no file was recorded (it read "None is gone or changed", "- is gone")."""
+    import io
+    extract(model, CORPUS, tmp_path / "listed")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(CORPUS).encode("utf-8"))))
+    assert main(["extract", "-", "--out", str(tmp_path / "piped"), "--quiet"]) == 0
+    capsys.readouterr()
+    for name, made in (("listed", "a list of texts"), ("piped", "standard input")):
+        assert main(["search", str(tmp_path / name), CORPUS[0], "-k", "1"]) == 0
+        assert f"(texts not recorded: the extraction was made from {made}; pass --texts FILE" in capsys.readouterr().out

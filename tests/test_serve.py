@@ -566,3 +566,40 @@ def test_embed_sparse_gives_the_models_splade_vectors_in_teis_shape():
         too_long = http.post("/embed_sparse", json={"inputs": ["the cat " * 400]})
         assert too_long.status_code == 413 and "set truncate" in too_long.json()["error"]
         assert http.post("/embed_sparse", json={"inputs": ["the cat " * 400], "truncate": True}).status_code == 200
+
+
+def test_embed_sparse_reads_truncation_direction_and_prompt_name_as_embed_does():
+    """/embed_sparse with truncation_direction Left keeps a long text's end (the SPLADE vector of that end
+    alone), and refuses a bad direction or an unknown prompt_name with /embed's 422: both were ignored."""
+    model = minibert.load(str(FIXTURES / "heads" / "bert"))
+    L = model.tokenizer.max_length
+    # "the", "on" and "world" are one token each: the tail is the long text's last L - 2 tokens
+    long, tail = "on " * 40 + "the " * (L + 20) + "world", "the " * (L - 3) + "world"
+    want = model.encode_sparse([tail])
+    with running(model) as server, server.client() as http:
+        left = http.post("/embed_sparse", json={"inputs": [long], "truncate": True, "truncation_direction": "Left"})
+        right = http.post("/embed_sparse", json={"inputs": [long], "truncate": True}).json()
+        assert left.status_code == 200 and left.json() != right
+        [entries] = left.json()
+        assert [e["index"] for e in entries] == want.ids[0].tolist()
+        np.testing.assert_allclose([e["value"] for e in entries], want.weights[0], rtol=1e-6)
+        for body in ({"truncation_direction": "Sideways"}, {"prompt_name": "nope"}):
+            sparse = http.post("/embed_sparse", json={"inputs": ["x"], **body})
+            dense = http.post("/embed", json={"inputs": ["x"], **body})
+            assert sparse.status_code == dense.status_code == 422
+            assert sparse.json() == dense.json()
+
+
+def test_a_sparse_encoder_directory_serves_embed_sparse_with_its_own_splade_settings():
+    """A SparseEncoder directory (it was refused): /embed_sparse gives load_sparse's vectors (sum pooling,
+    log1p_relu, max_active_dims from the directory), /embed refuses with a pointer to /embed_sparse."""
+    source = str(FIXTURES / "heads" / "splade_sum")
+    want = minibert.load_sparse(source).encode_sparse(["the cat sat on the mat", "a dog ran"])
+    with running(minibert.load(source)) as server, server.client() as http:
+        got = http.post("/embed_sparse", json={"inputs": ["the cat sat on the mat", "a dog ran"]}).json()
+        for entries, ids, weights in zip(got, want.ids, want.weights):
+            assert [e["index"] for e in entries] == ids.tolist()
+            np.testing.assert_allclose([e["value"] for e in entries], weights, rtol=1e-6)
+        dense = http.post("/embed", json={"inputs": ["a"]})
+        assert dense.status_code == 422 and "/embed_sparse" in dense.json()["error"]
+        assert http.post("/tokenize", json={"inputs": ["a"]}).status_code == 200

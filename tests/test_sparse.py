@@ -122,3 +122,76 @@ def test_embed_sparse_refuses_dense_options_and_a_checkpoint_without_the_mlm_hea
     encoder_only = Path(__file__).parent / "fixtures" / "families" / "albert"
     assert cli_main(["embed", "a cat", "--sparse", "--model", str(encoder_only)]) == 1
     assert "no masked-LM head" in capsys.readouterr().err
+
+
+def test_encode_sparse_refuses_bad_texts_and_max_length_as_encode_does():
+    model = minibert.load_sparse(str(HEADS_DIR / "splade"))
+    with pytest.raises(InputError, match="texts must be a str or a list of str, found NoneType"):
+        model.encode_sparse(None)
+    for bad in (0, 1, "8", 2.5, True):
+        with pytest.raises(InputError, match="max_length must be an int of at least 2"):
+            model.encode_sparse(["a"], max_length=bad)
+
+
+def test_encode_sparse_warns_of_truncated_texts_with_encodes_warning():
+    """A text over the SPLADE length limit is cut, and said to be, as encode says it; there was no warning."""
+    model = minibert.load_sparse(str(HEADS_DIR / "splade"))
+    limit = model.splade_settings.max_length or model.tokenizer.max_length
+    with pytest.warns(UserWarning, match=f"1 of 2 texts were longer than {limit} tokens and were truncated; "
+                      "split long texts into passages"):
+        model.encode_sparse(["word " * 300, "short"])
+    with pytest.warns(UserWarning, match="1 of 1 texts were longer than 8 tokens and were truncated; pass "
+                      "max_length="):
+        model.encode_sparse(["word " * 300], max_length=8)
+
+
+@pytest.mark.parametrize("name", ["splade", "splade_sum"])
+def test_load_reads_a_sparse_encoder_directory_as_its_encoder_with_its_splade_settings(name):
+    """minibert.load of a SparseEncoder directory (it refused SpladePooling): the encoder and MLM head, with
+    encode_sparse following the directory's settings exactly as load_sparse's."""
+    loaded, sparse = minibert.load(str(HEADS_DIR / name)), minibert.load_sparse(str(HEADS_DIR / name))
+    assert loaded.splade_settings == sparse.splade_settings
+    texts = ["the cat sat on the mat", "Paris is the capital of France."]
+    got, want = loaded.encode_sparse(texts), sparse.encode_sparse(texts)
+    for a, b, x, y in zip(got.ids, want.ids, got.weights, want.weights):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(x, y)
+    assert loaded.fill_mask("the cat [MASK] on the mat") == sparse.fill_mask("the cat [MASK] on the mat")
+
+
+def test_dense_encode_of_a_sparse_encoder_is_refused_unless_a_pooling_is_named():
+    """A SparseEncoder has no dense recipe: encode without pooling= names encode_sparse rather than give a
+    mean-pooled vector sentence-transformers never gives for it; a named pooling pools its token vectors."""
+    model = minibert.load(str(HEADS_DIR / "splade"))
+    with pytest.raises(InputError, match="is a SparseEncoder .* use encode_sparse"):
+        model.encode(["hi"])
+    sparse = minibert.load_sparse(str(HEADS_DIR / "splade"))     # its pool's workers loaded it (they refused)
+    with sparse.start_multi_process_pool(1) as pool:
+        np.testing.assert_allclose(sparse.encode(["hi", "the cat"], pooling="cls", pool=pool),
+                                   sparse.encode(["hi", "the cat"], pooling="cls"), atol=2e-6)
+        with pytest.raises(InputError, match="is a SparseEncoder"):
+            sparse.encode(["hi"], pool=pool)
+
+
+def test_fill_mask_and_inspect_commands_take_a_sparse_encoder_directory(capsys):
+    from minibert.cli import main
+    main(["fill-mask", "the cat [MASK] on the mat", "--model", str(HEADS_DIR / "splade")])
+    want = minibert.load(str(HEADS_DIR / "splade")).fill_mask("the cat [MASK] on the mat")
+    assert want[0]["token_str"] in capsys.readouterr().out
+    main(["inspect", str(HEADS_DIR / "splade")])
+    out = capsys.readouterr().out
+    assert "sentence-transformers SparseEncoder" in out and "SpladePooling" in out
+
+
+def test_encode_sparse_lower_cases_texts_when_the_transformer_module_says(tmp_path):
+    """sentence_bert_config.json's do_lower_case applies to a SparseEncoder's texts as to any Transformer
+    module's (encode_sparse ignored it; the server's /embed_sparse, reading the recipe, applied it)."""
+    target = tmp_path / "splade"
+    shutil.copytree(HEADS_DIR / "splade", target)
+    config = json.loads((target / "sentence_bert_config.json").read_text())
+    (target / "sentence_bert_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
+    lowered, cased = minibert.load_sparse(str(target)), minibert.load_sparse(str(HEADS_DIR / "splade"))
+    got, want = lowered.encode_sparse(["Hello World"]), cased.encode_sparse(["hello world"])
+    np.testing.assert_array_equal(got.ids[0], want.ids[0])
+    np.testing.assert_array_equal(got.weights[0], want.weights[0])
+    assert not np.array_equal(cased.encode_sparse(["Hello World"]).ids[0], want.ids[0])

@@ -232,3 +232,14 @@ def test_live_quantize_embeddings_equals_sentence_transformers_on_many_vectors()
         ranges = np.vstack([vectors.min(0) - 0.1, vectors.max(0)]).astype(np.float64)
         np.testing.assert_array_equal(minibert.quantize_embeddings(vectors, precision, ranges=ranges),
                                       quantize_embeddings(vectors, precision=precision, ranges=ranges))
+
+
+def test_packed_precisions_of_no_vectors_are_empty_arrays_of_their_shape():
+    """binary/ubinary of zero vectors: [0, ceil(D / 8)] in their dtype, as int8 gives [0, D]; packbits'
+    empty result could not be reshaped (a raw ValueError)."""
+    model = load("surface_query_document")
+    D = model.get_sentence_embedding_dimension()
+    for precision, dtype in (("ubinary", np.uint8), ("binary", np.int8)):
+        for got in (model.encode([], precision=precision),
+                    minibert.quantize_embeddings(np.zeros((0, D), np.float32), precision)):
+            assert got.shape == (0, (D + 7) // 8) and got.dtype == dtype

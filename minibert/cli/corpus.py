@@ -200,6 +200,15 @@ def add_probe(sub):
     p.set_defaults(run=cmd_probe)
 
 
+def texts_missing(source):
+    """Why the hits show no texts: an extraction made from a list or standard input recorded no file to read."""
+    if source is None:
+        return "texts not recorded: the extraction was made from a list of texts; pass --texts FILE to show them"
+    if source == "-":
+        return "texts not recorded: the extraction was made from standard input; pass --texts FILE to show them"
+    return f"texts not found: {source} is gone or changed; pass --texts FILE to show them"
+
+
 def cmd_search(args):
     import minibert
     from ..corpus.search import Index, format_hits
@@ -207,8 +216,7 @@ def cmd_search(args):
     load = minibert.load_sparse if index.sparse else minibert.load     # load_sparse: a SparseEncoder's settings
     model = load(args.model, backend=args.backend) if args.model else index.load_model(backend=args.backend)
     results = index.search(model, args.queries, args.k)
-    missing = (f"texts not found: {index.manifest.get('input')} is gone or changed; pass --texts FILE to show them"
-               if index.texts is None else None)
+    missing = None if index.texts is not None else texts_missing(index.manifest.get("input"))
     if args.json:
         print_json([{"query": query, "hits": [{"rank": rank, **dataclasses.asdict(hit)}
                                               for rank, hit in enumerate(hits, 1)]}

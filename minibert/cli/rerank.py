@@ -9,7 +9,6 @@ corpus_id counted from 0 over the passages (as sentence-transformers' rank) and 
 """
 
 import json
-import sys
 
 from ..errors import InputError
 from .common import int_at_least
@@ -17,14 +16,8 @@ from .common import int_at_least
 
 def read_passages(path):
     """(passages, their line numbers) from a file or standard input ('-'), one passage per non-blank line."""
-    if path == "-":
-        content = sys.stdin.read()
-    else:
-        from pathlib import Path
-        if not Path(path).is_file():
-            raise InputError(f"{path}: passage file not found")
-        content = Path(path).read_text(encoding="utf-8-sig")
-    rows = [(n, line.rstrip("\r")) for n, line in enumerate(content.split("\n"), 1) if line.strip()]
+    from ..corpus.readers import read_lines
+    rows = [(n, line) for n, line in read_lines(path, "passage file") if line.strip()]
     if not rows:
         raise InputError(f"{'standard input' if path == '-' else path}: no passages (one per line) to rerank")
     return [text for _, text in rows], [n for n, _ in rows]
@@ -32,6 +25,11 @@ def read_passages(path):
 
 def cmd_rerank(args):
     from ..train.crossencoder import load_cross_encoder
+    try:
+        args.query.encode("utf-8")
+    except UnicodeEncodeError as e:              # bytes the locale could not decode: Python keeps them as surrogates
+        raise InputError(f"the query is not valid UTF-8 text (character {e.start} is an undecodable byte); pass "
+                         "it UTF-8 encoded") from None
     passages, lines = read_passages(args.file)
     model = load_cross_encoder(args.model, max_length=args.max_length)
     ranked = model.rank(args.query, passages, top_k=args.top_k, return_documents=True, batch_size=args.batch_size)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from ..embed.recipe import SPARSE_ENCODER
 from ..errors import MiniBertError
 
 INSTALL = "pip install 'minibert-numpy[serve]'"
@@ -117,6 +118,10 @@ def startup_line(server, host, port, keyed):
     recipe = model.recipe
     shown = (f"{engine.pooling}" + "".join(f"+dense({d.path})" for d in recipe.dense)
              + ("+normalize" if recipe.normalize else ""))
+    splade = model.splade_settings
+    if recipe.kind == SPARSE_ENCODER:           # its vectors are /embed_sparse's, with the directory's settings
+        shown = (f"splade({splade.pooling},{splade.activation}"
+                 + (f",max_active_dims={splade.max_active_dims}" if splade.max_active_dims else "") + ")")
     return (f"minibert serve: listening on http://{host}:{port} model={server.model_id} ({model.source}) "
             f"backend={model.backend} threads={limits.threads or 'all'} dtype={model.dtype.__name__} "
             f"recipe={shown} dim={engine.dimension} "

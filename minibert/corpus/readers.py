@@ -287,13 +287,37 @@ def spooled_stdin():
     return spool
 
 
+def check_file(path, what="input file"):
+    """A path that is no file refused: a directory said to be one, anything else not found."""
+    if Path(path).is_dir():
+        raise InputError(f"{path} is a directory, not a{'n' if what[0] in 'aeiou' else ''} {what}; name a file in it")
+    if not Path(path).is_file():
+        raise InputError(f"{path}: {what} not found")
+
+
 def open_texts(path, field="text"):
     """A TextFile for a path, or for "-" (standard input, read as .txt, copied to a temporary file as it is read)."""
     if path == "-":
         return TextFile("stdin.txt", field, name="-", spool=spooled_stdin())
-    if not Path(path).is_file():
-        raise InputError(f"{path}: input file not found")
+    check_file(path)
     return TextFile(path, field)
+
+
+def read_lines(path, what="input file"):
+    """[(line number, text)] of every line of a file, or of standard input ("-"), read as .txt whatever the
+    suffix (rerank's passages: one per line); invalid UTF-8 is refused naming the line and byte."""
+    if path == "-":
+        name, f = "standard input", spooled_stdin()
+    else:
+        check_file(path, what)
+        name, f = path, open_file(path, path)
+    with f:
+        lines = Lines(f, 0, None, 0)
+        found = []
+        for offset, number, raw in lines:
+            found.append((number, without_newline(decode(name, offset, number, raw))))
+            lines.take()                              # nothing to hash: the lines need not be kept
+    return found
 
 
 def read_texts(path, field="text"):

@@ -94,6 +94,16 @@ def describe_holder(text):
         return "a run that is just starting"
 
 
+def refuse_other_kind(out, saved, job):
+    """A sparse extraction resumed as a dense one, or the other way: said in those words, not as the list of
+    every setting the two kinds record differently."""
+    was, now = bool((saved or {}).get("sparse")), bool(job.get("sparse"))
+    if was != now:
+        made = "with --sparse (SPLADE vectors)" if was else "without --sparse (dense vectors)"
+        raise InputError(f"cannot resume the extraction in {out}: this extraction was made {made}; resume it "
+                         f"{'with' if was else 'without'} --sparse, or pass --overwrite to start again")
+
+
 def prepare_directory(out, job, *, overwrite, resume):
     """Decide where this run starts: (None, {"rows": first row to encode, "writer": writer state or None for a
     fresh start, "resumed_at": [...]}), or (manifest, None) when resuming a job that already finished.
@@ -117,6 +127,7 @@ def prepare_directory(out, job, *, overwrite, resume):
             manifest = read_json_file(manifest_path)
             if manifest.get("complete") and manifest.get("job") == job:
                 return manifest, None
+            refuse_other_kind(out, manifest.get("job"), job)
             difference = job_difference(manifest.get("job"), job)
             raise InputError(f"{out} already holds a complete extraction of another job{difference}; "
                              "pass --overwrite to replace it or choose another --out")
@@ -130,6 +141,7 @@ def prepare_directory(out, job, *, overwrite, resume):
     if resume and progress_path.exists():
         saved = read_json_file(progress_path)
         if saved.get("job") != job:
+            refuse_other_kind(out, saved.get("job"), job)
             raise InputError(f"cannot resume the extraction in {out}: it was started for another job"
                              f"{job_difference(saved.get('job'), job)}; run it with the same input, model and "
                              "options, or pass --overwrite to start again")

@@ -157,6 +157,8 @@ class Index:
                                 f"not {model.source} (their config.json differ): load that model to search it")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, found {k!r}")
+        if not queries:
+            return []
         if self.sparse:
             indices, scores = sparse_top_k(self.embeddings, self.sparse_queries(model, queries), k)
             return [[Hit(int(i), float(s), None if self.texts is None else self.texts[i])
@@ -222,9 +224,10 @@ def shown(recipe, keys):
 
 def search(model, directory, queries, *, k=10, layer=None, reduced=False, texts_file=None, field=None):
     """Model.search: a query string gives a list of Hit; a list of queries gives a list of such lists."""
+    from ..tokenizer import as_text_list
     single = isinstance(queries, str)
     hits = Index(directory, layer=layer, reduced=reduced, texts_file=texts_file, field=field).search(
-        model, [queries] if single else list(queries), k)
+        model, as_text_list(queries, "queries"), k)
     return hits[0] if single else hits
 
 

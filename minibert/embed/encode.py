@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool)
-from .recipe import encode_settings, prepare_texts, prompt_length
+from .recipe import check_dense, encode_settings, prepare_texts, prompt_length
 from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -161,6 +161,7 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     texts = as_text_list(texts, "texts")
     check_lengths(max_length, window, stride, batch_size,
                   model.tokenizer.max_length, max_batch_tokens)   # the caller's, before the recipe's
+    check_dense(model, pooling)
     recipe = encode_settings(model, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers,
                              prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
@@ -201,13 +202,13 @@ def rows_of(tokenized, first_index):
     return "" if first_index is None else f" (rows {first_index}-{first_index + len(tokenized) - 1})"
 
 
-def warn_truncated(model, tokenized, max_length, first_index=None):
-    """max_length: the limit the texts were cut to (resolved: an int)."""
+def warn_truncated(model, tokenized, max_length, first_index=None,
+                   hint="pass window= (and stride=) to cover long texts whole"):
+    """max_length: the limit the texts were cut to (resolved: an int); hint: what the caller can do about it."""
     cut = sum(t.truncated for t in tokenized)
     if cut:
         warn_caller(f"minibert: {cut} of {len(tokenized)} texts{rows_of(tokenized, first_index)} were longer than "
-                    f"{max_length} tokens and were truncated; "
-                    "pass window= (and stride=) to cover long texts whole")
+                    f"{max_length} tokens and were truncated; {hint}")
 
 
 def warn_unknown(model, tokenized, threshold=0.5, first_index=None):
@@ -398,9 +399,7 @@ def check_lengths(max_length, window, stride, batch_size, limit, max_batch_token
     """Every length option, before any text is tokenized: max_length, window, stride, batch_size and
     max_batch_tokens."""
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
-            raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), "
-                             f"found {max_length!r}")
+        check_max_length(max_length)
         if max_length > limit:
             raise InputError(f"max_length {max_length} exceeds the model's {limit} positions; "
                              "use window= (and stride=) for longer texts")
@@ -408,6 +407,11 @@ def check_lengths(max_length, window, stride, batch_size, limit, max_batch_token
             raise InputError("max_length and window cannot be combined: max_length cuts each text to its first "
                              "tokens, window covers the whole text; pass one of them")
     check_batching(batch_size, window, stride, limit, max_batch_tokens)
+
+
+def check_max_length(max_length):
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 2 <= max_length:
+        raise InputError(f"max_length must be an int of at least 2 (room for the special tokens), found {max_length!r}")
 
 
 def is_count(value):

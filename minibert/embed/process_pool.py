@@ -32,6 +32,7 @@ import numpy as np
 from .. import errors
 from ..errors import InputError, MiniBertError
 from .encode import FIRST_ROW, encode, progress_bar
+from .recipe import check_dense
 
 POLL_SECONDS = 0.2          # how often a waiting parent checks that its workers are alive
 JOIN_SECONDS = 5            # how long close() waits for a worker to finish before terminating it
@@ -102,6 +103,11 @@ class ProcessPool:
         processes = (os.cpu_count() or 1) if processes is None else processes
         if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 1:
             raise InputError(f"processes must be an int >= 1, found {processes!r}")
+        if threads_per_process is not None and (isinstance(threads_per_process, bool) or
+                                                not isinstance(threads_per_process, (int, np.integer))
+                                                or threads_per_process < 1):
+            raise InputError(f"threads_per_process must be an int >= 1 or None (the cores shared out), found "
+                             f"{threads_per_process!r}")
         threads = threads_per_process or max(1, thread_count() // processes)
         context = multiprocessing.get_context("spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
@@ -229,6 +235,7 @@ def encode_in_pool(model, pool, texts, text_pairs, chunk_size, progress, capture
         raise InputError(f"this pool holds {pool.spec['source']}, not this model ({model.source})")
     if capture is not None:
         raise InputError("capture= is not supported with pool=: encode without the pool to capture internals")
+    check_dense(model, options.get("pooling"))          # here, not in every worker
     texts = as_text_list(texts, "texts")
     if text_pairs is not None:
         text_pairs = as_text_list(text_pairs, "text_pairs")

@@ -36,7 +36,7 @@ def quantize_embeddings(embeddings, precision, *, ranges=None, calibration_embed
     if precision == "float32":
         return embeddings.astype(np.float32)
     if precision in ("binary", "ubinary"):
-        packed = np.packbits(embeddings > 0, axis=-1).reshape(N, -1)        # [N, ceil(D/8)] uint8
+        packed = np.packbits(embeddings > 0, axis=-1).reshape(N, (D + 7) // 8)    # [N, ceil(D/8)] uint8
         return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
     if N == 0:
         return np.zeros((0, D), dtype=np.int8 if precision == "int8" else np.uint8)

@@ -35,6 +35,8 @@ POOLING_NAMES = {p.mode: p.name for p in POOLINGS.values() if p.mode}
 # Dense's activation_function is a dotted torch class name; the last part names the function.
 DENSE_ACTIVATIONS = ("Identity", "Tanh", "ReLU", "Sigmoid", "GELU", "SiLU")
 DEFAULT_SOURCE = "minibert default"
+# A SparseEncoder directory (Transformer then SpladePooling) loads as its encoder; its vectors are encode_sparse's.
+SPARSE_ENCODER = "sentence-transformers SparseEncoder"
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +59,8 @@ class Recipe:
     None for max_length means the tokenizer's own limit. `sources` maps each setting name to the file
     it was read from, or "minibert default".
     """
-    kind: str = "transformers"                    # "sentence-transformers" when modules.json is present
+    kind: str = "transformers"                    # "sentence-transformers" when modules.json is present,
+                                                  # SPARSE_ENCODER for a SparseEncoder's (SpladePooling)
     transformer_path: str = ""                    # the encoder's folder ("" or e.g. "0_Transformer")
     pooling: str = "mean"
     include_prompt: bool = True                   # False: prompt tokens are left out of the pooling
@@ -93,6 +96,8 @@ class Recipe:
         dense = ", ".join(f"{d.path} {d.weight.shape[1]}->{d.weight.shape[0]} {d.activation}" for d in self.dense)
         shown = {"transformer_path": self.transformer_path or ".", "max_length": self.max_length or "tokenizer's limit",
                  "dense": dense or "none", "prompts": dict(self.prompts) or "none"}
+        if self.kind == SPARSE_ENCODER:
+            shown["pooling"] = "none of its own (SpladePooling: encode_sparse; encode needs pooling=)"
         names = [f.name for f in fields(self) if f.name not in ("sources", "files")]
         return [(name, shown.get(name, getattr(self, name)), self.source_of(name)) for name in names]
 
@@ -153,6 +158,10 @@ def read_recipe(model_dir: Path) -> Recipe:
     transformer = modules[0][1]
     take("transformer_path", transformer, "modules.json")
     read_transformer_settings(model_dir, transformer, take)
+    if kinds[1:] == ["SpladePooling"]:
+        # Its SPLADE settings are embed/sparse.py's to read (load attaches them); encode_sparse uses no prompts.
+        settings["kind"] = SPARSE_ENCODER
+        return Recipe(**settings, sources=MappingProxyType(sources), files=files_read(model_dir, modules))
     read_prompts(model_dir, take)
     dense, seen = [], []
     for kind, folder in modules[1:]:
@@ -363,6 +372,15 @@ def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, pr
     return EncodeSettings(pooling=pooling, normalize=bool(normalize), max_length=resolve_max_length(model, max_length),
                           layers=chosen, single_layer=single, dense=recipe.dense if sentence_vector else (),
                           prompt=prompt or "", include_prompt=recipe.include_prompt, lower=recipe.do_lower_case)
+
+
+def check_dense(model, pooling) -> None:
+    """A SparseEncoder's vectors are sparse: encode with its own recipe (no pooling named) would give a pooled
+    dense vector sentence-transformers never gives for it, so it is refused, pointing to encode_sparse."""
+    if model.recipe.kind == SPARSE_ENCODER and pooling is None:
+        raise InputError(f"{model.source} is a SparseEncoder (modules.json: Transformer, SpladePooling): its "
+                         "vectors are sparse; use encode_sparse (embed --sparse, extract --sparse, the server's "
+                         "/embed_sparse), or name a pooling (pooling=, --pooling) to pool its token vectors")
 
 
 def applied_recipe(model, layers, pooling, normalize, max_length):

@@ -14,11 +14,13 @@ Axes: N texts, T tokens, n a text's real tokens, V vocabulary.
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..tokenizer import as_text_list
 
 POOLINGS = ("max", "sum")
 ACTIVATIONS = ("relu", "log1p_relu")
@@ -109,29 +111,50 @@ def applied_settings(model, *, max_length=None, max_active_dims=None, pooling=No
 
 def encode_sparse(model, texts, *, batch_size=32, max_length=None, max_active_dims=None, pooling=None,
                   activation=None) -> SparseVectors:
-    from ..heads import mlm_logits
+    from .encode import FIRST_ROW, check_max_length, warn_truncated
+    if max_length is not None:
+        check_max_length(max_length)
     settings = applied_settings(model, max_length=max_length, max_active_dims=max_active_dims, pooling=pooling,
                                 activation=activation)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, found {batch_size!r}")
     single = isinstance(texts, str)
     texts = [texts] if single else texts
-    heads = model.heads
-    heads.require("mlm")
-    ids, weights = [], []
+    texts = as_text_list(texts, "texts")
+    if model.recipe.do_lower_case:            # the Transformer module's do_lower_case, as for encode
+        texts = [text.lower() for text in texts]
+    model.heads.require("mlm")
+    ids, weights, cut = [], [], []
     for start in range(0, len(texts), batch_size):
         batch = model.tokenize(texts[start:start + batch_size], max_length=settings.max_length)
-        hidden = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).last_hidden_state
-        for b in range(len(batch.input_ids)):
-            real = batch.attention_mask[b] == 1                                           # [T]
-            pooled = splade_pool(mlm_logits(hidden[b][real], heads), pooling=settings.pooling,
-                                 activation=settings.activation)                          # [V]
-            pooled = keep_largest(pooled, settings.max_active_dims)
-            nonzero = np.flatnonzero(pooled)
-            ids.append(nonzero.astype(np.int64))
-            weights.append(pooled[nonzero])
+        cut += [SimpleNamespace(truncated=bool(t)) for t in batch.truncated]
+        for row_ids, row_weights in sparse_batch(model, batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                                 settings):
+            ids.append(row_ids)
+            weights.append(row_weights)
+    limit, most = settings.max_length or model.tokenizer.max_length, model.tokenizer.max_length
+    # SPLADE pools no windows: the caller can raise max_length to the model's limit, or split the texts
+    warn_truncated(model, cut, limit, FIRST_ROW.get(), hint=f"pass max_length= (up to {most}) to keep more of each text"
+                   if limit < most else "split long texts into passages to cover them whole")
     return SparseVectors(ids=ids, weights=weights, vocab_size=model.config.vocab_size, single=single,
                          tokenizer=model.tokenizer)
+
+
+def sparse_batch(model, input_ids, attention_mask, token_type_ids, settings: SpladeSettings):
+    """One padded batch [B, T] -> per row (ids [nnz] ascending, weights [nnz]) of its SPLADE vector."""
+    from ..heads import mlm_logits
+    heads = model.heads
+    heads.require("mlm")
+    hidden = model.forward(input_ids, attention_mask, token_type_ids).last_hidden_state     # [B, T, H]
+    out = []
+    for b in range(len(input_ids)):
+        real = np.asarray(attention_mask[b]) == 1                                          # [T]
+        pooled = splade_pool(mlm_logits(hidden[b][real], heads), pooling=settings.pooling,
+                             activation=settings.activation)                               # [V]
+        pooled = keep_largest(pooled, settings.max_active_dims)
+        nonzero = np.flatnonzero(pooled)
+        out.append((nonzero.astype(np.int64), pooled[nonzero]))
+    return out
 
 
 def check_settings(settings: SpladeSettings, where: str) -> None:

@@ -307,15 +307,12 @@ async def tei_embed_sparse(request, server):
     kind, texts, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     if kind != "texts":
         raise ApiError(422, "embed_sparse takes texts, not token ids", "invalid", "inputs")
-    truncate = option(body, "truncate", bool, server.limits.auto_truncate)
+    options = tei_options(body, server)       # truncate, truncation_direction, prompt_name: as /embed reads them
 
     def sparse():
         with server.rerank_lock:
             try:
-                if not truncate and server.model.tokenize(texts).truncated.any():
-                    raise TooLong(f"an input has more than the model's {server.model.tokenizer.max_length} tokens; "
-                                  "set truncate")
-                return server.model.encode_sparse(texts, batch_size=len(texts))
+                return server.engine.sparse(texts, **options)
             except ModelFileError as e:          # no masked-LM head in this checkpoint
                 raise ApiError(422, f"this model gives no sparse vectors: {e}", "unsupported") from None
             except (TooLong, InputError) as e:
@@ -478,7 +475,7 @@ def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=
     async def lifespan(app):
         server.batcher.start()
         # One small batch before listening: Numba compiles its kernels on first use (seconds), not on a client's.
-        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"]))
+        await run_in_threadpool(server.engine.forward, server.engine.text_rows(["warm up"], layer=-1))
         try:
             yield
         finally:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..embed.pooling import apply_dense, l2_normalize, pool
-from ..embed.recipe import encode_settings, prepare_texts, prompt_length
+from ..embed.recipe import check_dense, encode_settings, prepare_texts, prompt_length
+from ..embed.sparse import SparseVectors, applied_settings, sparse_batch
 from ..tokenizer import encode_batch
 
 
@@ -52,14 +53,17 @@ class Engine:
         return encode_settings(self.model, pooling=pooling, normalize=normalize, max_length=None, layers=-1,
                                prompt=None, prompt_name=prompt_name)
 
-    def text_rows(self, texts, *, normalize=None, prompt_name=None, truncate=False, direction="right", layer=None):
-        """Texts -> Rows as encode tokenizes them; an input over the limit is a TooLong naming it, unless
-        truncate (direction "left" keeps a text's end, as TEI's truncation_direction Left)."""
+    def text_rows(self, texts, *, normalize=None, prompt_name=None, truncate=False, direction="right", layer=None,
+                  limit=None):
+        """Texts -> Rows as encode tokenizes them; an input over the limit (None: the recipe's) is a TooLong
+        naming it, unless truncate (direction "left" keeps a text's end, as TEI's truncation_direction Left)."""
+        if layer is None:
+            check_dense(self.model, None)
         settings = self.settings(normalize, prompt_name, pooling=None if layer is None else "none")
         want = Want(layer=layer, normalize=settings.normalize,
                     skip=prompt_length(self.model, settings) if layer is None else 0)
         prepared = prepare_texts(settings, texts)
-        limit = self.max_input_length
+        limit = limit or self.max_input_length
         one_type = self.model.tokenizer.single_segment        # as encode: RoBERTa-style models keep type 0
         cut = limit if direction == "right" else None         # encode's truncation; the left cut is made below
         rows = []
@@ -76,9 +80,28 @@ class Engine:
             rows.append(Row(ids, types, want))
         return rows
 
+    def sparse(self, texts, *, prompt_name=None, truncate=False, direction="right"):
+        """Texts -> their SPLADE vectors (SparseVectors) with the model's settings, tokenized as text_rows does
+        (the prompt, the cut to the SPLADE length limit from either end); a ModelFileError without an MLM head."""
+        settings = applied_settings(self.model)
+        self.model.heads.require("mlm")
+        rows = self.text_rows(texts, prompt_name=prompt_name, truncate=truncate, direction=direction, layer=-1,
+                              limit=settings.max_length or self.model.tokenizer.max_length)
+        T = max(len(row.ids) for row in rows)
+        ids = np.full((len(rows), T), self.model.config.pad_token_id, dtype=np.int64)  # [B, T]
+        mask = np.zeros((len(rows), T), dtype=np.int64)                                 # [B, T]
+        types = np.zeros((len(rows), T), dtype=np.int64)                                # [B, T]
+        for b, row in enumerate(rows):
+            ids[b, :len(row.ids)], mask[b, :len(row.ids)], types[b, :len(row.ids)] = row.ids, 1, row.types
+        found = sparse_batch(self.model, ids, mask, types, settings)
+        return SparseVectors(ids=[i for i, _ in found], weights=[w for _, w in found],
+                             vocab_size=self.model.config.vocab_size, single=False)
+
     def id_rows(self, sequences, *, normalize=None, layer=None, what="input", nested=True):
         """Lists of token ids, taken as the whole input (special tokens included, as model.tokenize gives them)
         -> Rows; an id outside the vocabulary or a sequence over the limit is an InputError naming its place."""
+        if layer is None:
+            check_dense(self.model, None)
         settings = self.settings(normalize, None, pooling=None if layer is None else "none")
         vocab = self.model.config.vocab_size
         rows = []
