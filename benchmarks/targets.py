@@ -218,7 +218,7 @@ def encode_job(args, source, report, scratch):
     if not args.fastembed_python:
         print("  fastembed: NOT RUN (no --fastembed-python: a venv with `pip install fastembed`)")
     report["encode"] = {}
-    for workload in WORKLOADS:
+    for workload in args.workloads.split(","):
         def spec_for(library, r):
             save = os.path.join(scratch, f"{workload}-{library}.npy") if r == 0 else None
             return python_for(args, library), {"job": "encode", "library": library, "workload": workload,
@@ -280,6 +280,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--jobs", default="forward,encode,cold")
+    p.add_argument("--workloads", default="short,docstring", help="encode's workloads")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5, help="timed forwards in each process")
     p.add_argument("--passes", type=int, default=2, help="timed encodes of the sentences in each process")
@@ -294,6 +295,10 @@ def main():
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS) or set(args.jobs.split(",")) - {"forward", "encode",
+                                                                                               "cold"}
+    if unknown:
+        p.error(f"unknown workload or job {sorted(unknown)}: workloads {list(WORKLOADS)}, jobs forward, encode, cold")
     source = args.model or subprocess.run(
         [args.minibert_python, "-c", "import minibert; print(minibert.api.resolve_source(None))"],
         capture_output=True, text=True, check=True, cwd=tempfile.gettempdir()).stdout.strip()
