@@ -154,3 +154,17 @@ def test_threads_per_process_that_is_not_a_count_is_refused_here(model):
     for bad in (0, -1, 2.5, "x", True):
         with pytest.raises(InputError, match="threads_per_process must be an int >= 1"):
             model.start_multi_process_pool(1, threads_per_process=bad)
+
+
+def test_a_worker_that_cannot_load_the_model_raises_its_own_error(tmp_path):
+    """The worker sends its error and ends at once: the caller gets that error, never just "exited with code 0"
+    (the pool reads what a dead worker sent before it reports the death)."""
+    import shutil
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL, copy)
+    model = minibert.load(copy)
+    (copy / "model.safetensors").unlink()          # the workers read the files; the parent already has them
+    for _ in range(3):
+        with pytest.raises(MiniBertError, match="while a worker process loaded the model") as caught:
+            model.start_multi_process_pool(2)
+        assert "exited with code" not in str(caught.value)

@@ -152,18 +152,28 @@ class ProcessPool:
                 message = None
             if message is not None and message[0] == "failed":
                 return message                  # the worker's own error says more than its exit code
-            self.raise_if_a_worker_died(doing)
+            dead = [w for w in self.workers if w.exitcode is not None]
+            if dead:
+                last = self.last_words()        # an error it sent as it ended may still be on its way
+                if last is not None and last[0] == "failed":
+                    return last
+                self.raise_dead(dead, doing)
             if message is not None:
                 return message
 
-    def raise_if_a_worker_died(self, doing):
-        dead = [w for w in self.workers if w.exitcode is not None]
-        if dead:
-            code = dead[0].exitcode
-            why = ("killed by a signal: out of memory?" if code < 0 else
-                   "its error is printed above; a script needs `if __name__ == \"__main__\":` for spawn")
-            raise MiniBertError(f"worker process {dead[0].pid} exited with code {code} while {doing} ({why}); "
-                                "the pool is closed")
+    def last_words(self):
+        try:
+            return self.results.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            return None
+
+    @staticmethod
+    def raise_dead(dead, doing):
+        code = dead[0].exitcode
+        why = ("killed by a signal: out of memory?" if code < 0 else
+               "its error is printed above; a script needs `if __name__ == \"__main__\":` for spawn")
+        raise MiniBertError(f"worker process {dead[0].pid} exited with code {code} while {doing} ({why}); "
+                            "the pool is closed")
 
     def encode(self, texts, text_pairs=None, *, chunk_size=None, progress=None, **options):
         """model.encode(texts, **options) over the workers: the per-text results in input order, an array
