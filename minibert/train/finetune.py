@@ -323,19 +323,9 @@ def resume_run(checkpoint_dir, run, recipe, classifier, params, rng):
     """Put the run saved in checkpoint_dir back: parameters (in place, so shared arrays stay shared), the
     generator's state and the history. Returns (AdamW's state, the last finished epoch, the best epoch or None)."""
     from . import state as train_state
-    saved = train_state.load_state(checkpoint_dir, params, run)
-    stopped = (recipe.patience is not None and saved["best"] is not None
-               and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
-    if saved["epoch"] >= recipe.epochs or stopped:
-        raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
-                         f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
-    for (_, p), value in zip(params, saved["params"]):
-        p[...] = value
-    rng.bit_generator.state = saved["rng_state"]
+    saved = train_state.restore_unfinished(checkpoint_dir, params, run, recipe, rng)
     classifier.history = saved["history"]
     best = saved["best"]
-    if best is not None and best["params"] is None:       # the last finished epoch was the best one
-        best["params"] = [p.copy() for _, p in params]
     return saved["adam"], saved["epoch"], best
 
 

@@ -270,18 +270,8 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
         run = train_state.describe_run(recipe, "mlm", [], model.source, items(train_blocks), items(dev_blocks))
     state, first_epoch, best, history = {}, 0, None, []
     if resume:
-        saved = train_state.load_state(checkpoint_dir, params, run)
-        stopped = (recipe.patience is not None and saved["best"] is not None     # as finetune's: early stopping ends it
-                   and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
-        if saved["epoch"] >= recipe.epochs or stopped:
-            raise InputError(f"{checkpoint_dir}: the run saved there has finished (epoch {saved['epoch']} of "
-                             f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
-        for (_, p), value in zip(params, saved["params"]):
-            p[...] = value
-        rng.bit_generator.state = saved["rng_state"]
+        saved = train_state.restore_unfinished(checkpoint_dir, params, run, recipe, rng)
         state, first_epoch, history, best = saved["adam"], saved["epoch"], saved["history"], saved["best"]
-        if best is not None and best["params"] is None:
-            best["params"] = [p.copy() for _, p in params]
     step = first_epoch * steps_per_epoch
     report = progress_report.reporter(progress, total, recipe.epochs, initial=step)
     decay = [decays(name) for name, _ in params]

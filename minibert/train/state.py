@@ -110,6 +110,26 @@ def load_state(directory, params, run):
             "history": meta["history"], "best": best}
 
 
+def restore_unfinished(directory, params, run, recipe, rng):
+    """--resume for finetune and pretrain: the state saved in directory put back (parameters in place, so
+    shared arrays stay shared; the generator's state; the best epoch's parameters when that epoch was the last
+    finished one), after refusing a run that has finished (every epoch done, or stopped early by patience).
+    Returns load_state's dict."""
+    saved = load_state(directory, params, run)
+    stopped = (recipe.patience is not None and saved["best"] is not None
+               and saved["epoch"] - saved["best"]["epoch"] >= recipe.patience)
+    if saved["epoch"] >= recipe.epochs or stopped:
+        raise InputError(f"{directory}: the run saved there has finished (epoch {saved['epoch']} of "
+                         f"{recipe.epochs}{', stopped early' if stopped else ''}); nothing to resume")
+    for (_, p), value in zip(params, saved["params"]):
+        p[...] = value
+    rng.bit_generator.state = saved["rng_state"]
+    best = saved["best"]
+    if best is not None and best["params"] is None:       # the last finished epoch was the best one
+        best["params"] = [p.copy() for _, p in params]
+    return saved
+
+
 def saved_task(directory):
     """The task of the run whose state `directory` holds ("mlm" for pretrain, else finetune's task), or None
     when there is no state or it cannot be read (only its meta record is read)."""
