@@ -42,7 +42,21 @@ def preallocate(f, size):
                 raise
 
 
-class NpyFile:
+class OpenNpy:
+    """A .npy file held open for writing in place (self.f), made durable by sync and closed by close."""
+    f = None
+
+    def sync(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+class NpyFile(OpenNpy):
     """A .npy file of a known shape written piece by piece with ordinary writes (not a memory map, whose
     writes to a full disk end the process with SIGBUS instead of raising)."""
 
@@ -75,15 +89,6 @@ class NpyFile:
     def write(self, row, array):
         array = np.ascontiguousarray(array, dtype=self.dtype)
         write_rows(self.f, self.header + row * self.row_bytes, array.tobytes())
-
-    def sync(self):
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None
 
 
 class PooledWriter:
@@ -234,7 +239,7 @@ class SparseJsonlWriter(JsonlWriter):
                    "values": np.asarray(weights, dtype=np.float64).tolist()}
 
 
-class GrowingNpy:
+class GrowingNpy(OpenNpy):
     """A 1-D .npy file whose length is known only at the end: entries written after a header that NumPy pads
     so that any length fits in it, and finish() writes the final length into that header in place."""
 
@@ -273,14 +278,6 @@ class GrowingNpy:
         write_rows(self.f, self.header + entry * self.dtype.itemsize,
                    np.ascontiguousarray(array, dtype=self.dtype).tobytes())
 
-    def sync(self):
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None
 
     def set_length(self, length):
         with open(self.path, "r+b") as f:
