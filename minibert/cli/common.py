@@ -136,6 +136,18 @@ def texts_from_arguments(texts):
     return some_texts(read_texts("-"), "-")
 
 
+def interrupted_training(args, finished, use):
+    """The KeyboardInterrupt message of finetune and pretrain. Resumable only from this run's own state: one
+    this command wrote (an epoch finished), or the one it resumed from; a new run into an --out holding an
+    older run's state has neither (--resume would be refused). use: how to use the saved model."""
+    from ..train.state import STATE_FILE
+    if finished or (args.resume and (Path(args.out) / STATE_FILE).is_file()):
+        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
+        return (f"{args.out} holds {which} model ({use} uses it); run the same command with --resume to continue "
+                "after the last finished epoch")
+    return "no epoch had finished; nothing saved" + (f" ({args.out} is as it was)" if Path(args.out).exists() else "")
+
+
 def spelled_out(command, positionals, args, flags):
     """`minibert COMMAND POSITIONALS --flag value ...` with every flag's value in args (defaults too; a repeated
     flag once per value, a switch when on), shell-quoted: the line that reproduces a run, for its model card."""

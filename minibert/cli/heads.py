@@ -16,9 +16,8 @@ epoch's held-out loss and perplexity go to stderr.
 
 import json
 import sys
-from pathlib import Path
 
-from .common import add_model_arguments, int_at_least, spelled_out
+from .common import add_model_arguments, int_at_least, interrupted_training, spelled_out
 
 
 def cmd_fill_mask(args):
@@ -58,7 +57,6 @@ def documents(path, field):
 def cmd_pretrain(args):
     from ..errors import InputError
     from ..train.pretrain import PretrainRecipe, pretrain
-    from ..train.state import STATE_FILE
     texts = documents(args.corpus, args.field)
     dev = documents(args.dev, args.field) if args.dev else None
     if dev == []:           # an empty --dev would turn the held-out evaluation off without a word
@@ -77,13 +75,8 @@ def cmd_pretrain(args):
                      "--mlm-probability", "--whole-word-mask", "--validation-split", "--seed", "--dtype",
                      "--patience", "--dataset"]))
     except KeyboardInterrupt:
-        # As finetune's: resumable only from this run's own state, one it wrote or the one it resumed from.
-        saved = bool(finished) or (args.resume and (Path(args.out) / STATE_FILE).is_file())
-        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
-        untouched = f" ({args.out} is as it was)" if Path(args.out).exists() else ""
-        raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert fill-mask TEXT --model {args.out} uses "
-                                "it); run the same command with --resume to continue after the last finished epoch"
-                                if saved else f"no epoch had finished; nothing saved{untouched}") from None
+        raise KeyboardInterrupt(interrupted_training(args, finished, f"minibert fill-mask TEXT --model {args.out}")) \
+            from None
 
 
 def add_pretrain(sub):

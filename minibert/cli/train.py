@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import InputError, MiniBertError, OutputError
 from ..files import atomic_file
-from ..train.state import STATE_FILE
+from .common import interrupted_training
 
 
 def read_examples(path, args):
@@ -93,14 +93,7 @@ def cmd_finetune(args):
                  checkpoint_dir=args.out, resume=args.resume, on_epoch=finished.append, datasets=args.dataset,
                  command=reproducing_command(args))
     except KeyboardInterrupt:
-        # Resumable only from this run's own state: one this command wrote, or the one it resumed from.
-        # A new run into an --out holding an older run's state has neither (--resume would be refused).
-        saved = bool(finished) or (args.resume and (Path(args.out) / STATE_FILE).is_file())
-        which = "the best finished epoch's" if args.patience is not None else "the last finished epoch's"
-        untouched = f" ({args.out} is as it was)" if Path(args.out).exists() else ""
-        raise KeyboardInterrupt(f"{args.out} holds {which} model (minibert predict {args.out} INPUT uses it); "
-                                "run the same command with --resume to continue after the last finished epoch"
-                                if saved else f"no epoch had finished; nothing saved{untouched}") from None
+        raise KeyboardInterrupt(interrupted_training(args, finished, f"minibert predict {args.out} INPUT")) from None
 
 
 def reproducing_command(args):
