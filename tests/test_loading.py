@@ -811,3 +811,29 @@ def test_fuzzed_model_files_raise_minibert_errors_never_crash_or_hang(request):
     # tokenizers and the tiny models loaded) peaks near 0.9 GB.
     assert report["peak_rss_mib"] < 1500, report["peak_rss_mib"]
     assert report["seconds"] < 240
+
+
+@pytest.mark.parametrize("settings", [{"do_lower_case": False}, {"do_lower_case": False, "strip_accents": True},
+                                      {"do_lower_case": False, "tokenize_chinese_chars": False}])
+def test_tokenizer_config_overrides_the_bert_normalizer_of_tokenizer_json(tmp_path, settings):
+    """tokenizer_config.json's casing, accent and CJK settings win over the BertNormalizer stored in
+    tokenizer.json, as in transformers: the ids equal those of the stored tokenizer with its normalizer
+    replaced by hand, and differ from the stored one's."""
+    from tokenizers import Tokenizer as HFTokenizer, normalizers
+
+    from minibert.checkpoint.config import read_config
+    from minibert.checkpoint.default_model import default_model_dir
+    from minibert.tokenizer import Tokenizer
+    source = default_model_dir()
+    for name in ("config.json", "tokenizer.json", "special_tokens_map.json"):
+        shutil.copy(source / name, tmp_path / name)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    text = "Héllo Wörld 東京 café"
+    ours = Tokenizer(tmp_path, read_config(tmp_path / "config.json"))([text]).input_ids[0].tolist()
+    by_hand = HFTokenizer.from_file(str(source / "tokenizer.json"))
+    by_hand.no_padding()                 # the stored file pads to 128; minibert pads itself
+    stored = by_hand.encode(text).ids
+    by_hand.normalizer = normalizers.BertNormalizer(
+        clean_text=True, lowercase=settings.get("do_lower_case", True), strip_accents=settings.get("strip_accents"),
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True))
+    assert ours == by_hand.encode(text).ids != stored
