@@ -39,7 +39,9 @@ included; interleaved passes, medians; the smallest cosine between each peer's v
 model and embed one sentence; seconds from launch until the vector exists (interpreter start included)
 and until the process exited (Python's final garbage collection of Numba's many objects adds 0.15-0.25 s),
 and each process's peak RSS (its own VmHWM, read by the child at the end). minibert with a warm Numba cache, minibert
-with an empty NUMBA_CACHE_DIR (the first start ever), and transformers.
+with an empty NUMBA_CACHE_DIR (the first start ever), and transformers, all with Python's bytecode caches as a
+default Python writes them (PYTHONDONTWRITEBYTECODE removed from the children's environment: with it set and
+an editable install, every start compiles minibert's modules from source, 0.05-0.08 s more here).
 
 --rss: a fresh process encodes one random batch with every layer returned and reports its peak RSS,
 against the bound 1.5 x (returned activations + weights); also the peak less what the process held once
@@ -356,14 +358,16 @@ print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2, "
 
 
 def fresh_process_rusage(code, env=None, python=None):
-    """Run `code` in a new interpreter, reaped with os.wait4 to read that child's own ru_maxrss.
+    """Run `code` in a new interpreter, reaped with os.wait4 to read that child's own ru_maxrss; `env` adds to
+    this process's environment (a None value removes the variable).
 
     Returns (wall seconds from launch to exit, peak RSS in MiB, the JSON its last line printed, with
     "ready_s" added: seconds from launch to the moment it printed, when it reports "ready_at")."""
     launched, t = time.time(), time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        merged = {**os.environ, **(env or {})}
         child = subprocess.Popen([python or sys.executable, "-c", code], stdout=out, stderr=err,
-                                 env={**os.environ, **(env or {})})
+                                 env={key: value for key, value in merged.items() if value is not None})
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -379,21 +383,29 @@ def fresh_process_rusage(code, env=None, python=None):
     return wall, peak, info
 
 
+# Python's default: compiled bytecode (.pyc) is written on first import and read after, and pip writes it at
+# install. An environment that sets PYTHONDONTWRITEBYTECODE (some containers, this project's sandboxes) with an
+# editable install compiles minibert's modules from source at every start instead, which is not what users time.
+WITH_BYTECODE = {"PYTHONDONTWRITEBYTECODE": None}
+
+
 def cold_start(source, have_reference):
     code = COLD_MINIBERT.format(source=source)
     starts = args.starts
     results = {}
-    fresh_process_rusage(code, python=args.python)                   # make sure the cache is warm
-    results["minibert (warm Numba cache)"] = [fresh_process_rusage(code, python=args.python) for _ in range(starts)]
+    fresh_process_rusage(code, WITH_BYTECODE, python=args.python)     # warm Numba's cache, write the .pyc files
+    results["minibert (warm Numba cache)"] = [fresh_process_rusage(code, WITH_BYTECODE, python=args.python)
+                                              for _ in range(starts)]
     first, fresh_dirs = [], []
     for _ in range(max(1, min(2, starts))):
         fresh_dirs.append(tempfile.mkdtemp(prefix="minibert-numba-cache-"))
-        first.append(fresh_process_rusage(code, {"NUMBA_CACHE_DIR": fresh_dirs[-1]}, python=args.python))
+        first.append(fresh_process_rusage(code, {"NUMBA_CACHE_DIR": fresh_dirs[-1], **WITH_BYTECODE},
+                                          python=args.python))
     results["minibert (first start, empty cache)"] = first
     if have_reference:
         code = COLD_TRANSFORMERS.format(source=source, threads=args.threads)
-        fresh_process_rusage(code)
-        results["transformers"] = [fresh_process_rusage(code) for _ in range(starts)]
+        fresh_process_rusage(code, WITH_BYTECODE)
+        results["transformers"] = [fresh_process_rusage(code, WITH_BYTECODE) for _ in range(starts)]
     for d in fresh_dirs:
         import shutil
         shutil.rmtree(d, ignore_errors=True)
