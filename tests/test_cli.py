@@ -521,3 +521,21 @@ def test_demo_cosines_follow_the_models_recipe(capsys, case):
     pairs = [(0, 1), (0, 2), (1, 2)]
     np.testing.assert_allclose(printed, [vectors[i] @ vectors[j] for i, j in pairs], atol=5e-5)   # printed to 4 places
     assert max(abs(p - mean[i] @ mean[j]) for p, (i, j) in zip(printed, pairs)) > 0.01
+
+
+def test_parity_judges_differences_relative_to_the_tensors_largest_value(monkeypatch, capsys):
+    """A float32 difference of 1.2e-4 on values near 190 is 8 ulp (one float32 ulp there is 1.5e-5) and passes
+    the default 1e-4; the same difference on values within [-1, 1] fails it, named as the first operation."""
+    from minibert.analysis import parity
+    big = parity.difference(np.array([[190.0 + 1.2e-4, -3.0]]), np.array([[190.0, -3.0]]))
+    assert big["max_abs"] == pytest.approx(1.2e-4) and big["reference_max"] == 190.0
+    assert big["scaled"] == pytest.approx(1.2e-4 / 190)
+    small = parity.difference(np.array([[0.5 + 1.2e-4]]), np.array([[0.5]]))
+    assert small["scaled"] == pytest.approx(1.2e-4)                   # below 1: the absolute difference
+    rows = [("layer1.ffn.output", big)]
+    monkeypatch.setattr(parity, "compare", lambda model, texts: rows)
+    assert main(["parity", "--text", "x"]) == 0
+    assert "OK: every tensor within 1.0e-04" in capsys.readouterr().out
+    rows.append(("layer1.output", small))
+    assert main(["parity", "--text", "x"]) == 1
+    assert "first operation above it: layer1.output" in capsys.readouterr().err
