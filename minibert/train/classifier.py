@@ -18,7 +18,7 @@ import numpy as np
 from ..backends.threads import BLAS
 from ..checkpoint.config import read_config
 from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
-from ..errors import InputError, ModelFileError, OutputError
+from ..errors import ConfigError, InputError, ModelFileError, OutputError
 from ..files import atomic_directory
 from ..tree import copy_tree
 from .backprop import SEQUENCE_HEADS, classifier_forward
@@ -396,9 +396,28 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
                              f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
     if head["out"]["w"].shape[1] != len(labels):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
+    # A sentence-transformers cross-encoder's own limit: CrossEncoder cuts its pairs there, so predict, the
+    # server's /rerank and rank must too (the tokenizer's model_max_length is often longer).
+    saved = saved_max_length(directory)
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
                       tokenizer=Tokenizer(directory, config), source=str(directory),
+                      max_length=min(saved, config.max_tokens) if saved else None,
                       problem_type=raw.get("problem_type"))
+
+
+def saved_max_length(folder: Path) -> Optional[int]:
+    """sentence_bert_config.json's max_seq_length in `folder`, None when it names none."""
+    settings = Path(folder) / "sentence_bert_config.json"
+    if not settings.is_file():
+        return None
+    try:
+        raw = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{settings}: not readable JSON ({e})") from None
+    value = raw.get("max_seq_length") if isinstance(raw, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 3):
+        raise ConfigError(f"{settings}: max_seq_length must be an int >= 3, found {value!r}")
+    return value
 
 
 def new_classifier(model, task, labels, recipe, rng):

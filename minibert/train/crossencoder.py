@@ -195,11 +195,8 @@ def transformer_module(model_dir):
             raise ModelFileError(f"{modules}: a cross-encoder minibert runs is one Transformer module (a sequence "
                                  f"classifier); found {[e.get('type') for e in entries if isinstance(e, dict)]}")
         folder = model_dir / str(found[0].get("path") or "")
-    settings = folder / "sentence_bert_config.json"
-    max_length = read_json(settings).get("max_seq_length") if settings.is_file() else None
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
-        raise ConfigError(f"{settings}: max_seq_length must be an int >= 3, found {max_length!r}")
-    return folder, max_length
+    from .classifier import saved_max_length
+    return folder, saved_max_length(folder)
 
 
 def load_cross_encoder(source, *, dtype="float32", max_length=None, activation_fn=None):

@@ -1,0 +1,92 @@
+"""What a user's and an attacker's pass over serving, reranking and classifiers found, each a test that failed
+before its fix: cross-encoders' own token limit on every path, the API key and the listening address checked
+at start, refusals that name the request's own fields.
+
+Models: the tiny fixtures (st_max_dense_normalize: 32 tokens; ce_one_label, ce_three_labels: 24 tokens).
+Servers run under Starlette's test client (no socket) or, for the command, on 127.0.0.1 and always stopped.
+"""
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+import minibert
+
+DENSE = FIXTURES / "st_max_dense_normalize"
+PAIRS = [("cat", "a cat sat on the mat with a dog"), ("cat", "dog"),
+         ("cat", "cat cat cat cat cat cat cat cat cat cat")]
+
+
+def with_max_seq_length(tmp_path, case, limit):
+    """A copy of a sentence-transformers 6 cross-encoder fixture whose sentence_bert_config.json says
+    max_seq_length = limit (below its tokenizer's 24), as cross-encoder/ms-marco-* save theirs."""
+    directory = shutil.copytree(FIXTURES / case, tmp_path / case)
+    settings = directory / "sentence_bert_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "max_seq_length": limit}))
+    return directory
+
+
+def quiet(function, *args, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the truncation warning: what is measured is the scores
+        return function(*args, **options)
+
+
+# ---- a cross-encoder's max_seq_length on every path ---------------------------------------------------------
+
+def test_load_classifier_cuts_pairs_at_the_cross_encoders_max_seq_length(tmp_path):
+    """Before: load_classifier read the tokenizer's 24 and ignored sentence_bert_config.json's 12, so predict
+    and predict_proba scored long pairs on tokens CrossEncoder never reads (0.085 apart on these pairs)."""
+    directory = with_max_seq_length(tmp_path, "ce_one_label", 12)
+    cross = minibert.load_cross_encoder(directory)
+    classifier = minibert.load_classifier(directory)
+    assert classifier.max_length == cross.max_length == 12
+    want = quiet(cross.predict, PAIRS)
+    logits = quiet(classifier.logits, [q for q, _ in PAIRS], [p for _, p in PAIRS])[:, 0].astype(np.float64)
+    assert np.abs(1 / (1 + np.exp(-logits)) - want).max() <= 1e-6
+    three = with_max_seq_length(tmp_path, "ce_three_labels", 12)
+    np.testing.assert_allclose(quiet(minibert.load_classifier(three).predict_proba, [q for q, _ in PAIRS],
+                                     [p for _, p in PAIRS]),
+                               quiet(minibert.load_cross_encoder(three).predict, PAIRS, apply_softmax=True),
+                               rtol=0, atol=1e-6)
+
+
+def test_a_bad_max_seq_length_is_refused_by_load_classifier_too(tmp_path):
+    directory = with_max_seq_length(tmp_path, "ce_one_label", 2)
+    with pytest.raises(minibert.errors.ConfigError, match="max_seq_length must be an int >= 3, found 2"):
+        minibert.load_classifier(directory)
+
+
+def test_rerank_route_scores_as_the_cross_encoder_with_its_max_seq_length(tmp_path):
+    """Before: /rerank (the reranker loaded with load_classifier) scored the pairs at 24 tokens: scores 0.085
+    from CrossEncoder's, and a pair over 12 tokens was not refused without truncate."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    directory = with_max_seq_length(tmp_path, "ce_one_label", 12)
+    want = quiet(minibert.load_cross_encoder(directory).predict, PAIRS)
+    app = create_app(minibert.load(DENSE), reranker=minibert.load_classifier(directory), log=lambda line: None)
+    texts = [p for _, p in PAIRS]
+    with TestClient(app) as client:
+        refused = client.post("/rerank", json={"query": "cat", "texts": texts})
+        assert refused.status_code == 413 and "12 tokens" in refused.json()["error"]
+        ranked = quiet(client.post, "/rerank", json={"query": "cat", "texts": texts, "truncate": True}).json()
+    got = np.zeros(len(texts))
+    got[[r["index"] for r in ranked]] = [r["score"] for r in ranked]
+    assert np.abs(got - want).max() <= 1e-6
+
+
+def test_predict_command_scores_as_the_cross_encoder_with_its_max_seq_length(tmp_path, capsys):
+    from minibert.cli import train as train_cli
+    directory = with_max_seq_length(tmp_path, "ce_one_label", 12)
+    want = quiet(minibert.load_cross_encoder(directory).predict, PAIRS)
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps({"text": q, "pair": p}) + "\n" for q, p in PAIRS))
+    assert quiet(train_cli.main, ["predict", str(directory), str(rows), "--pair-col", "pair"]) == 0
+    got = [json.loads(line)["score"] for line in capsys.readouterr().out.splitlines()]
+    assert np.abs(np.array(got) - want).max() <= 1e-6          # rounded to 6 digits by predict
+
