@@ -15,6 +15,7 @@ import pytest
 from conftest import FIXTURES
 
 import minibert
+from minibert.errors import InputError
 
 DENSE = FIXTURES / "st_max_dense_normalize"
 PAIRS = [("cat", "a cat sat on the mat with a dog"), ("cat", "dog"),
@@ -90,3 +91,12 @@ def test_predict_command_scores_as_the_cross_encoder_with_its_max_seq_length(tmp
     got = [json.loads(line)["score"] for line in capsys.readouterr().out.splitlines()]
     assert np.abs(np.array(got) - want).max() <= 1e-6          # rounded to 6 digits by predict
 
+
+@pytest.mark.parametrize("documents", [{"a cat", "a dog"}, {"a cat": 1}], ids=["set", "dict"])
+def test_rank_refuses_documents_without_an_order(documents):
+    """Before: a set or dict was scored, then return_documents raised a raw TypeError or KeyError (corpus_id
+    indexes the documents)."""
+    cross = minibert.load_cross_encoder(FIXTURES / "ce_one_label")
+    with pytest.raises(InputError, match=f"documents must be a list of str, found {type(documents).__name__}"):
+        cross.rank("cat", documents, return_documents=True)
+    assert [r["corpus_id"] for r in cross.rank("cat", ("a cat", "a dog"))] != []      # a tuple is a list

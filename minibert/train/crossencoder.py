@@ -154,7 +154,8 @@ class CrossEncoder:
                              "use predict(pairs)")
         if not isinstance(query, str):
             raise InputError(f"query must be a str, found {type(query).__name__}")
-        if isinstance(documents, str) or not hasattr(documents, "__len__"):
+        # A set or dict has a length but no order: corpus_id would index nothing (a raw TypeError or KeyError).
+        if not isinstance(documents, (list, tuple, np.ndarray)):
             raise InputError(f"documents must be a list of str, found {type(documents).__name__}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
             raise InputError(f"top_k must be None or an int >= 0, found {top_k!r}")
