@@ -100,3 +100,47 @@ def test_rank_refuses_documents_without_an_order(documents):
     with pytest.raises(InputError, match=f"documents must be a list of str, found {type(documents).__name__}"):
         cross.rank("cat", documents, return_documents=True)
     assert [r["corpus_id"] for r in cross.rank("cat", ("a cat", "a dog"))] != []      # a tuple is a list
+
+
+# ---- the serve command's API key and address ------------------------------------------------------------------
+
+class NotListening:
+    """uvicorn.Server's stand-in: the command runs up to listening and stops there (nothing is bound)."""
+
+    def __init__(self, config, state, keyed):
+        self.started = True
+
+    def run(self):
+        pass
+
+
+@pytest.mark.parametrize("key", ["", "two words", "clé", " padded "])
+def test_an_api_key_no_client_can_send_is_refused_at_start(key, capsys, monkeypatch):
+    """Before: --api-key '' started a server saying api_key=required that let every 'Authorization: Bearer'
+    through; a key with spaces or 'clé' started one that answered 401 to the very key it was given."""
+    pytest.importorskip("uvicorn")
+    from minibert.cli import main
+    from minibert.cli import serve as serve_cli
+    monkeypatch.setattr(serve_cli, "make_server_class", lambda: NotListening)    # never a real server
+    assert main(["serve", str(DENSE), "--port", "0", "--api-key", key]) == 1
+    assert "a key must be one or more printable ASCII characters without spaces" in capsys.readouterr().err
+    pytest.importorskip("starlette")
+    from minibert.serve.app import create_app
+    with pytest.raises(InputError, match="printable ASCII"):
+        create_app(minibert.load(DENSE), api_key=key)
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("::", None, True),
+                                               ("192.168.1.5", None, True), ("0.0.0.0", "k3y", False),
+                                               ("127.0.0.1", None, False), ("localhost", None, False),
+                                               ("::1", None, False)])
+def test_a_server_open_beyond_loopback_without_a_key_warns(host, key, warned, capsys, monkeypatch):
+    """Before: --host 0.0.0.0 without a key served the model to the whole network without a word."""
+    pytest.importorskip("uvicorn")
+    from minibert.cli import main
+    from minibert.cli import serve as serve_cli
+    monkeypatch.setattr(serve_cli, "make_server_class", lambda: NotListening)
+    monkeypatch.delenv("MINIBERT_API_KEY", raising=False)
+    assert main(["serve", str(DENSE), "--host", host, "--port", "0", *(["--api-key", key] if key else [])]) == 0
+    err = capsys.readouterr().err
+    assert ("no --api-key is set: anyone who reaches the port can use the server" in err) is warned, err

@@ -462,6 +462,16 @@ class FrontDoor:
         return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
 
 
+def check_api_key(api_key):
+    """A key a client can send: an empty one made every 'Authorization: Bearer' pass, and one with spaces or
+    characters outside printable ASCII could never match (HTTP strips a header's spaces and carries bytes)."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key or not all("!" <= c <= "~" for c in api_key):
+        raise InputError(f"--api-key {api_key!r}: a key must be one or more printable ASCII characters without "
+                         "spaces (it travels in the header 'Authorization: Bearer KEY')")
+
+
 def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=None, log=None):
     """The ASGI application serving `model` (and a one-output cross-encoder `reranker` on /rerank). The batcher
     starts with the application's lifespan and, at shutdown, finishes every request it was given."""
@@ -469,6 +479,7 @@ def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=
     if reranker is not None and (reranker.task != "sequence" or len(reranker.labels) != 1):
         raise InputError(f"--reranker {reranker.source}: a reranker is a cross-encoder with one output (a score); "
                          f"this classifier has {len(reranker.labels)} {reranker.task} outputs")
+    check_api_key(api_key)
     server = Server(model, limits, reranker=reranker, model_id=model_id, log=log)
 
     @contextlib.asynccontextmanager
