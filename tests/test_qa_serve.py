@@ -144,3 +144,25 @@ def test_a_server_open_beyond_loopback_without_a_key_warns(host, key, warned, ca
     assert main(["serve", str(DENSE), "--host", host, "--port", "0", *(["--api-key", key] if key else [])]) == 0
     err = capsys.readouterr().err
     assert ("no --api-key is set: anyone who reaches the port can use the server" in err) is warned, err
+
+
+# ---- refusals that name the request's own fields --------------------------------------------------------------
+
+def test_a_long_text_refusal_names_the_routes_field_and_its_remedy():
+    """Before: every route said 'inputs[0] ... shorten it or set truncate': OpenAI's route has `input` and no
+    truncate field (only the server's --auto-truncate cuts there), and one string is no list."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    long = "cat " * 100
+    with TestClient(create_app(minibert.load(DENSE), log=lambda line: None)) as client:
+        openai_error = client.post("/v1/embeddings", json={"input": ["a", long]})
+        assert openai_error.status_code == 413
+        assert openai_error.json()["error"]["message"] == (
+            "input[1] has more than the model's 32 tokens; shorten it, or start the server with --auto-truncate "
+            "(OpenAI's API has no truncate field)")
+        assert client.post("/v1/embeddings", json={"input": long}).json()["error"]["message"].startswith(
+            "input has more than")
+        assert client.post("/embed", json={"inputs": long}).json()["error"] == \
+            "inputs has more than the model's 32 tokens; shorten it or set truncate"
+        assert client.post("/embed_all", json={"inputs": ["a", long]}).json()["error"].startswith("inputs[1] has")

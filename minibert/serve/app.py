@@ -181,12 +181,13 @@ class Server:
 
     async def rows(self, inputs, *, param, layer=None, normalize=None, **options):
         """Parsed inputs -> the engine's rows (texts tokenized in a worker thread: a long text never holds the
-        event loop); the engine's refusals as ApiErrors."""
+        event loop); the engine's refusals as ApiErrors naming the request's field."""
         kind, values, nested = inputs
         try:
             if kind == "ids":
                 return self.engine.id_rows(values, normalize=normalize, layer=layer, what=param, nested=nested)
-            return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer, **options)
+            return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer,
+                                           what=param, nested=nested, **options)
         except TooLong as e:
             raise refusal(e, param) from None
         except InputError as e:        # an id outside the vocabulary is a 400 on every route, as a malformed id
@@ -252,7 +253,10 @@ async def openai_embeddings(request, server):
     option(body, "model", str)                      # any name: the server serves one model
     option(body, "user", str)
     inputs = parse_inputs(body.get("input"), "input", server.limits.max_client_batch_size)
-    rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate)
+    # OpenAI's API has no truncate field: the server's flag is the only way to have long texts cut.
+    rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate,
+                             remedy="shorten it, or start the server with --auto-truncate (OpenAI's API has no "
+                             "truncate field)")
     vectors = await server.embed(rows)
     tokens = sum(len(row.ids) for row in rows)
     return await json_reply(lambda: {

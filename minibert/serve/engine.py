@@ -54,9 +54,10 @@ class Engine:
                                prompt=None, prompt_name=prompt_name)
 
     def text_rows(self, texts, *, normalize=None, prompt_name=None, truncate=False, direction="right", layer=None,
-                  limit=None):
+                  limit=None, what="inputs", nested=True, remedy="shorten it or set truncate"):
         """Texts -> Rows as encode tokenizes them; an input over the limit (None: the recipe's) is a TooLong
-        naming it, unless truncate (direction "left" keeps a text's end, as TEI's truncation_direction Left)."""
+        naming it (what[i], or what for one text) and saying `remedy`, unless truncate (direction "left" keeps
+        a text's end, as TEI's truncation_direction Left)."""
         if layer is None:
             check_dense(self.model, None)
         settings = self.settings(normalize, prompt_name, pooling=None if layer is None else "none")
@@ -71,7 +72,8 @@ class Engine:
             ids, types = np.array(e.ids, dtype=np.int64), np.array(e.type_ids, dtype=np.int64) * (not one_type)
             if e.overflowing or len(ids) > limit:
                 if not truncate:
-                    raise TooLong(f"inputs[{i}] has more than the model's {limit} tokens; shorten it or set truncate")
+                    raise TooLong(f"{f'{what}[{i}]' if nested else what} has more than the model's {limit} "
+                                  f"tokens; {remedy}")
                 if len(ids) > limit:        # left: the leading special tokens, then the text's end and its closing ones
                     special = np.array(e.special_tokens_mask, dtype=bool)
                     lead = int(np.argmax(~special)) if (~special).any() else 0
