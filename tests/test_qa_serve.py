@@ -166,3 +166,26 @@ def test_a_long_text_refusal_names_the_routes_field_and_its_remedy():
         assert client.post("/embed", json={"inputs": long}).json()["error"] == \
             "inputs has more than the model's 32 tokens; shorten it or set truncate"
         assert client.post("/embed_all", json={"inputs": ["a", long]}).json()["error"].startswith("inputs[1] has")
+
+
+# ---- the vectors -----------------------------------------------------------------------------------------------
+
+def test_left_truncation_pools_the_texts_tokens_when_the_prompt_is_cut():
+    """A recipe that leaves its prompt out of the pooling (st_prompt_excluded: 'hello cat: ', 4 tokens with
+    [CLS]) and truncation_direction Left: the cut takes the prompt, so only [CLS] is left out. Before: the
+    first 3 tokens of the text's end were left out instead (0.024 from these numbers)."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    from minibert.tokenizer import encode_batch
+    model = minibert.load(FIXTURES / "st_prompt_excluded")
+    text = "the cat sat on the mat " * 20
+    with TestClient(create_app(model, log=lambda line: None)) as client:
+        got = client.post("/embed", json={"inputs": text, "prompt_name": "query", "truncate": True,
+                                          "truncation_direction": "Left"}).json()[0]
+        limit = client.get("/info").json()["max_input_length"]
+    [whole] = encode_batch(model.tokenizer.backend, ["hello cat: " + text], None)
+    ids = np.array([whole.ids[:1] + whole.ids[len(whole.ids) - (limit - 1):]])                  # [1, limit]
+    hidden = model.forward(ids, np.ones_like(ids), np.zeros_like(ids)).last_hidden_state[0]       # [limit, H]
+    want = hidden[1:].astype(np.float64).mean(axis=0)                                            # mean, no [CLS]
+    assert np.abs(np.array(got) - want / np.linalg.norm(want)).max() <= 1e-6

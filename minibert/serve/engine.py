@@ -6,7 +6,7 @@ Every import of minibert's internals is in this module, so that a move of recipe
 touches one place here. Shapes: B rows in a batch, T tokens (padded), H hidden.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,8 +77,14 @@ class Engine:
                 if len(ids) > limit:        # left: the leading special tokens, then the text's end and its closing ones
                     special = np.array(e.special_tokens_mask, dtype=bool)
                     lead = int(np.argmax(~special)) if (~special).any() else 0
-                    keep = np.r_[0:lead, len(ids) - (limit - lead):len(ids)]
+                    start = len(ids) - (limit - lead)
+                    keep = np.r_[0:lead, start:len(ids)]
                     ids, types = ids[keep], types[keep]
+                    # The cut takes the prompt (at the text's start) with it: the pooling leaves out the leading
+                    # special tokens and what is left of the prompt, never the text's own tokens.
+                    skip = min(want.skip, lead) + max(0, want.skip - max(start, lead))
+                    rows.append(Row(ids, types, replace(want, skip=skip)))
+                    continue
             rows.append(Row(ids, types, want))
         return rows
 
