@@ -8,6 +8,7 @@ Servers run under Starlette's test client (no socket) or, for the command, on 12
 
 import json
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -189,3 +190,25 @@ def test_left_truncation_pools_the_texts_tokens_when_the_prompt_is_cut():
     hidden = model.forward(ids, np.ones_like(ids), np.zeros_like(ids)).last_hidden_state[0]       # [limit, H]
     want = hidden[1:].astype(np.float64).mean(axis=0)                                            # mean, no [CLS]
     assert np.abs(np.array(got) - want / np.linalg.norm(want)).max() <= 1e-6
+
+
+# ---- slow clients ----------------------------------------------------------------------------------------------
+
+def test_a_client_slow_to_send_its_body_holds_no_slot():
+    """--max-concurrent-requests counts requests running the model. Before: a client that sent its headers
+    and then its body slowly (or never) held a slot from the first byte, so that a few idle connections
+    answered every real client 429."""
+    import socket
+    pytest.importorskip("uvicorn")
+    from test_serve import running
+    from minibert.serve.app import Limits
+    with running(minibert.load(DENSE), Limits(max_concurrent_requests=1)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inputs\": ")           # 11 of its 100 bytes, then nothing
+            time.sleep(0.5)                                   # its route is reading the body by now
+            with server.client() as http:
+                answered = http.post("/embed", json={"inputs": "a cat"})
+                assert answered.status_code == 200, answered.text
+                assert "minibert_requests_in_flight 0" in http.get("/metrics").text

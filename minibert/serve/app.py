@@ -217,15 +217,21 @@ def default_model_id(model):
 
 
 def inference(handler):
-    """A route that runs the model: counted against --max-concurrent-requests, refused with 429 past it."""
+    """A route that runs the model, given its JSON body: counted against --max-concurrent-requests once the
+    body has arrived (a client slow to send it holds no slot), refused with 429 past the limit."""
     async def route(request):
         server = request.app.state.server
-        if server.metrics.in_flight >= server.limits.max_concurrent_requests:
-            raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests} "
-                           "requests (--max-concurrent-requests); retry shortly", "overloaded")
+
+        def refuse_when_full():
+            if server.metrics.in_flight >= server.limits.max_concurrent_requests:
+                raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests}"
+                               " requests (--max-concurrent-requests); retry shortly", "overloaded")
+        refuse_when_full()                        # before reading: an overloaded server reads no more bodies
+        body = await read_json(request, server.limits.max_body_bytes)
+        refuse_when_full()
         server.metrics.in_flight += 1             # only the event loop's thread changes it
         try:
-            return await handler(request, server)
+            return await handler(body, server)
         finally:
             server.metrics.in_flight -= 1
     return route
@@ -246,8 +252,7 @@ def vector_json(vector, encoding_format):
 
 
 @inference
-async def openai_embeddings(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def openai_embeddings(body, server):
     encoding_format = option(body, "encoding_format", str, "float", choices=("float", "base64"))
     dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
     option(body, "model", str)                      # any name: the server serves one model
@@ -279,8 +284,7 @@ def tei_options(body, server):
 
 
 @inference
-async def tei_embed(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_embed(body, server):
     normalize = option(body, "normalize", bool)
     dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
     options = tei_options(body, server)
@@ -292,8 +296,7 @@ async def tei_embed(request, server):
 
 
 @inference
-async def tei_embed_all(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_embed_all(body, server):
     L = server.engine.num_layers
     layer = option(body, "layers", int, -1, low=-(L + 1), high=L)
     options = tei_options(body, server)
@@ -304,10 +307,9 @@ async def tei_embed_all(request, server):
 
 
 @inference
-async def tei_embed_sparse(request, server):
+async def tei_embed_sparse(body, server):
     """SPLADE vectors from the model's masked-LM head (model.encode_sparse), in TEI's shape: per input the
     non-zero [{"index": token id, "value": weight}], ids ascending. Run beside the batches, one at a time."""
-    body = await read_json(request, server.limits.max_body_bytes)
     kind, texts, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     if kind != "texts":
         raise ApiError(422, "embed_sparse takes texts, not token ids", "invalid", "inputs")
@@ -327,8 +329,7 @@ async def tei_embed_sparse(request, server):
 
 
 @inference
-async def tei_rerank(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_rerank(body, server):
     if server.reranker is None:
         raise ApiError(422, "this server has no reranker; start it with --reranker DIR (a cross-encoder)", "invalid")
     query = option(body, "query", str)
@@ -355,8 +356,7 @@ async def tei_rerank(request, server):
 
 
 @inference
-async def tei_tokenize(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_tokenize(body, server):
     add_special_tokens = option(body, "add_special_tokens", bool, True)
     prompt_name = option(body, "prompt_name", str)
     kind, values, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
