@@ -212,3 +212,23 @@ def test_a_client_slow_to_send_its_body_holds_no_slot():
                 answered = http.post("/embed", json={"inputs": "a cat"})
                 assert answered.status_code == 200, answered.text
                 assert "minibert_requests_in_flight 0" in http.get("/metrics").text
+
+
+def test_serve_reads_a_reranker_as_rerank_reads_it(tmp_path, capsys, monkeypatch):
+    """A sentence-transformers cross-encoder whose modules.json keeps the classifier in 0_Transformer/: the
+    rerank command scores with it. Before: serve --reranker refused it ('config.json not found')."""
+    pytest.importorskip("uvicorn")
+    from minibert.cli import main
+    from minibert.cli import serve as serve_cli
+    directory = tmp_path / "ce"
+    shutil.copytree(FIXTURES / "ce_one_label", directory / "0_Transformer")
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        (directory / "0_Transformer" / name).rename(directory / name)
+    modules = json.loads((directory / "modules.json").read_text())
+    (directory / "modules.json").write_text(json.dumps([{**modules[0], "path": "0_Transformer"}]))
+    seen = []
+    monkeypatch.setattr(serve_cli, "make_server_class",
+                        lambda: lambda config, state, keyed: seen.append(state) or NotListening(config, state, keyed))
+    assert main(["serve", str(DENSE), "--port", "0", "--reranker", str(directory)]) == 0, capsys.readouterr().err
+    logit = seen[0].reranker.logits(["cat"], ["a cat"])[0, 0]
+    assert abs(1 / (1 + np.exp(-logit)) - minibert.load_cross_encoder(directory).predict(("cat", "a cat"))) <= 1e-7

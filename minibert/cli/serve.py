@@ -90,7 +90,8 @@ def cmd_serve(args):
     check_api_key(api_key)                  # before the model loads: seconds of work for a refusal
     import minibert
     model = minibert.load(args.model, backend=args.backend, dtype=args.dtype)
-    reranker = minibert.load_classifier(args.reranker) if args.reranker else None
+    # As `minibert rerank` reads it: a sentence-transformers save may keep its classifier in a subfolder.
+    reranker = minibert.load_cross_encoder(args.reranker).classifier if args.reranker else None
     limits = Limits(max_batch_tokens=args.max_batch_tokens, max_client_batch_size=args.max_client_batch_size,
                     max_concurrent_requests=args.max_concurrent_requests, max_body_bytes=args.max_body_bytes,
                     threads=args.threads, auto_truncate=args.auto_truncate)
