@@ -232,3 +232,38 @@ def test_serve_reads_a_reranker_as_rerank_reads_it(tmp_path, capsys, monkeypatch
     assert main(["serve", str(DENSE), "--port", "0", "--reranker", str(directory)]) == 0, capsys.readouterr().err
     logit = seen[0].reranker.logits(["cat"], ["a cat"])[0, 0]
     assert abs(1 / (1 + np.exp(-logit)) - minibert.load_cross_encoder(directory).predict(("cat", "a cat"))) <= 1e-7
+
+
+def test_a_request_cut_by_the_graceful_timeout_gets_a_503_and_logs_no_traceback(caplog):
+    """Before: a request still running when --graceful-timeout passed (here a body never sent whole) ended in
+    'Exception in ASGI application' and a 40-line CancelledError traceback in the server's log."""
+    import logging
+    import socket
+    import threading
+    uvicorn = pytest.importorskip("uvicorn")
+    from minibert.serve.app import create_app
+    app = create_app(minibert.load(DENSE), log=lambda line: None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with caplog.at_level(logging.ERROR), socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inputs\": ")
+            time.sleep(0.3)
+            server.should_exit = True
+            thread.join(15)
+            answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"stopped before this request finished" in answer
+        assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive(), "the server did not stop"

@@ -7,7 +7,8 @@ Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI
 elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
 refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
 wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
---max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head.
+--max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head, 503 a request still
+running when --graceful-timeout ends a shutdown.
 """
 
 import asyncio
@@ -59,6 +60,7 @@ KINDS = {"invalid": ("invalid_request_error", None, "validation"),
          "not_found": ("invalid_request_error", "not_found", "not_found"),
          "overloaded": ("requests", "rate_limit_exceeded", "overloaded"),
          "unsupported": ("invalid_request_error", "not_implemented", "backend"),
+         "stopping": ("server_error", "service_unavailable", "backend"),
          "server": ("server_error", None, "backend")}
 
 
@@ -437,11 +439,12 @@ class FrontDoor:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status, path = time.perf_counter(), [500], scope["path"]
+        start, status, path, started = time.perf_counter(), [500], scope["path"], []
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started.append(True)
             await send(message)
         try:
             if self.api_key is not None and path != "/health" and not self.authorized(scope):
@@ -451,6 +454,13 @@ class FrontDoor:
                 await error_response(error, path)(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when --graceful-timeout has passed: the client hears a 503 (when
+            # nothing was sent yet), the log one access line, not a traceback per request.
+            if not started:
+                error = ApiError(503, "the server stopped before this request finished (--graceful-timeout); "
+                                 "retry", "stopping")
+                await error_response(error, path)(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - start
             route = path if path in KNOWN else "other"
