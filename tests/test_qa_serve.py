@@ -267,3 +267,14 @@ def test_a_request_cut_by_the_graceful_timeout_gets_a_503_and_logs_no_traceback(
         server.should_exit = True
         thread.join(30)
         assert not thread.is_alive(), "the server did not stop"
+
+
+def test_rerank_command_on_a_several_label_model_points_to_a_command(tmp_path, capsys):
+    """Before: 'rank needs a one-label cross-encoder ...: use predict(pairs)', a Python method, to a user of
+    the command line."""
+    from minibert.cli import main
+    passages = tmp_path / "passages.txt"
+    passages.write_text("a cat\na dog\n")
+    assert main(["rerank", "cat", str(passages), "--model", str(FIXTURES / "ce_three_labels")]) == 1
+    err = capsys.readouterr().err
+    assert "this one has 3 labels" in err and "score the pairs with minibert predict" in err, err
