@@ -278,3 +278,18 @@ def test_rerank_command_on_a_several_label_model_points_to_a_command(tmp_path, c
     assert main(["rerank", "cat", str(passages), "--model", str(FIXTURES / "ce_three_labels")]) == 1
     err = capsys.readouterr().err
     assert "this one has 3 labels" in err and "score the pairs with minibert predict" in err, err
+
+
+def test_rerank_with_truncate_writes_no_warning_to_the_servers_log():
+    """Before: each /rerank with truncate: true whose pairs were cut printed Python's UserWarning, located in
+    anyio's thread pool, to the server's stderr: the client asked for the cut."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    app = create_app(minibert.load(DENSE), reranker=minibert.load_classifier(FIXTURES / "ce_one_label"),
+                     log=lambda line: None)
+    with TestClient(app) as client, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = client.post("/rerank", json={"query": "cat", "texts": ["cat " * 40, "dog"], "truncate": True})
+    assert answer.status_code == 200 and len(answer.json()) == 2
+    assert not [w for w in caught if "truncated" in str(w.message)], [str(w.message) for w in caught]

@@ -205,7 +205,8 @@ class Server:
                     i = int(np.argmax(batch.truncated))
                     raise TooLong(f"the pair (query, texts[{i}]) has more than the reranker's "
                                   f"{classifier.max_length or classifier.tokenizer.max_length} tokens; set truncate")
-                return classifier.logits([query] * len(texts), texts, batch_size=len(texts))
+                # The request asked for the cut: a warning would be a line in the server's log per request.
+                return classifier.logits([query] * len(texts), texts, batch_size=len(texts), warn=False)
             except InputError as e:
                 raise refusal(e, "texts") from None
 

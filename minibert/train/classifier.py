@@ -68,8 +68,9 @@ class Classifier:
     activation: Optional[str] = None
 
     def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
-               batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
-        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
+               batch_size: int = 32, warn: bool = True) -> Union[np.ndarray, List[np.ndarray]]:
+        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included). warn=False: no
+        truncation warning (a caller that asked for the cut, such as the server's /rerank with truncate)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out, cut = [], 0
@@ -91,7 +92,7 @@ class Classifier:
                     out.append(logits)
                 else:
                     out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
-        if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
+        if cut and warn:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
             from ..errors import warn_caller
             warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
                         f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
