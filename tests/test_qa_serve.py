@@ -293,3 +293,37 @@ def test_rerank_with_truncate_writes_no_warning_to_the_servers_log():
         answer = client.post("/rerank", json={"query": "cat", "texts": ["cat " * 40, "dog"], "truncate": True})
     assert answer.status_code == 200 and len(answer.json()) == 2
     assert not [w for w in caught if "truncated" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_body_without_end_is_refused_while_it_is_still_sent():
+    """Before: a chunked body over --max-body-bytes was read to its end before the 413, so one that never ends
+    kept the server reading (and the connection open) for as long as the client sent."""
+    import socket
+    pytest.importorskip("uvicorn")
+    from test_serve import running
+    from minibert.serve.app import Limits
+    with running(minibert.load(DENSE), Limits(max_body_bytes=1000)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as endless:
+            endless.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n")
+            endless.settimeout(0.05)
+            answer = b""
+            for _ in range(400):                           # 400 KiB at most, 400 times the limit
+                try:
+                    endless.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+                    answer += endless.recv(4096)
+                except (socket.timeout, TimeoutError):
+                    continue
+                except OSError:                            # closed by the server after its answer
+                    break
+                if answer:
+                    break
+            endless.settimeout(5)
+            while answer and not answer.endswith(b"}"):          # the rest of the JSON answer
+                more = endless.recv(4096)
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"over the server's limit of 1000 bytes" in answer

@@ -86,15 +86,19 @@ def refusal(e: InputError, param="input") -> ApiError:
 # ---- request bodies ----------------------------------------------------------------------------------------
 
 async def read_json(request, limit):
-    """The body as a JSON object, refused past `limit` bytes (read to its end, kept only up to the limit, so
-    that the client always hears the 413)."""
+    """The body as a JSON object, refused past `limit` bytes: read on (kept only up to the limit) so that a
+    client still sending hears the 413 rather than a reset connection, but at most `limit` bytes more, so that
+    a body without end (chunked) does not keep the server reading it forever."""
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
-    body = bytearray()
+    body, read = bytearray(), 0
     async for chunk in request.stream():
+        read += len(chunk)
         if not over:
             body += chunk
             over = len(body) > limit
+        if read > 2 * limit:
+            break                           # the connection closes after the 413: the rest is never read
     if over:
         raise ApiError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
                        "too_large")
