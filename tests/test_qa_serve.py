@@ -327,3 +327,17 @@ def test_a_body_without_end_is_refused_while_it_is_still_sent():
                 answer += more
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert b"over the server's limit of 1000 bytes" in answer
+
+
+def test_token_ids_with_a_prompt_name_are_refused():
+    """Before: prompt_name with token ids was dropped without a word: the vector of the ids alone, 0.22 from
+    the text's with its prompt on st_prompt_excluded."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    with TestClient(create_app(minibert.load(FIXTURES / "st_prompt_excluded"), log=lambda line: None)) as client:
+        refused = client.post("/embed", json={"inputs": [2, 47, 36, 3], "prompt_name": "query"})
+        assert refused.status_code == 422 and refused.json()["error"].startswith("prompt_name applies to texts")
+        assert client.post("/embed", json={"inputs": [2, 47, 36, 3]}).status_code == 200
+        long = client.post("/embed", json={"inputs": [2] + [47] * 40 + [3], "truncate": True})
+        assert long.status_code == 413 and "token ids are never truncated" in long.json()["error"]

@@ -189,6 +189,9 @@ class Server:
         """Parsed inputs -> the engine's rows (texts tokenized in a worker thread: a long text never holds the
         event loop); the engine's refusals as ApiErrors naming the request's field."""
         kind, values, nested = inputs
+        if kind == "ids" and options.get("prompt_name") is not None:     # ignoring it gave other vectors silently
+            raise ApiError(422, "prompt_name applies to texts; token ids are the whole input as sent: send the "
+                           "text, or put the prompt's ids in the sequence", "invalid", "prompt_name")
         try:
             if kind == "ids":
                 return self.engine.id_rows(values, normalize=normalize, layer=layer, what=param, nested=nested)

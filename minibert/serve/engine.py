@@ -123,7 +123,7 @@ class Engine:
                                      f"(integers 0..{vocab - 1})")
             if len(sequence) > self.max_input_length:
                 raise TooLong(f"{where} has {len(sequence)} token ids, more than the model's "
-                              f"{self.max_input_length}")
+                              f"{self.max_input_length} (token ids are never truncated)")
             rows.append(Row(np.array(sequence, dtype=np.int64), np.zeros(len(sequence), dtype=np.int64),
                             Want(layer=layer, normalize=settings.normalize)))
         return rows
