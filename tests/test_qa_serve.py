@@ -341,3 +341,26 @@ def test_token_ids_with_a_prompt_name_are_refused():
         assert client.post("/embed", json={"inputs": [2, 47, 36, 3]}).status_code == 200
         long = client.post("/embed", json={"inputs": [2] + [47] * 40 + [3], "truncate": True})
         assert long.status_code == 413 and "token ids are never truncated" in long.json()["error"]
+
+
+def test_answers_do_not_show_the_servers_directories(tmp_path):
+    """Before: /info's reranker and /embed_sparse's 422 gave the absolute directories on the server's disk to
+    any client (without a key, anyone who reaches the port)."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    reranker = shutil.copytree(FIXTURES / "ce_one_label", tmp_path / "secret_place" / "my_reranker")
+    model_dir = shutil.copytree(DENSE, tmp_path / "secret_place" / "my_model")
+    app = create_app(minibert.load(model_dir), reranker=minibert.load_classifier(reranker), log=lambda line: None)
+    with TestClient(app) as client:
+        info = client.get("/info")
+        sparse = client.post("/embed_sparse", json={"inputs": "a cat"})
+    assert info.json()["reranker"] == "my_reranker"
+    assert sparse.status_code == 422 and "no masked-LM head" in sparse.json()["error"]
+    for answer in (info, sparse):
+        assert "secret_place" not in answer.text, answer.text
+    sparse_encoder = shutil.copytree(FIXTURES / "heads" / "splade", tmp_path / "secret_place" / "my_splade")
+    with TestClient(create_app(minibert.load(sparse_encoder), log=lambda line: None)) as client:
+        dense = client.post("/embed", json={"inputs": "a cat"})
+    assert dense.status_code == 422 and "my_splade is a SparseEncoder" in dense.json()["error"]
+    assert "secret_place" not in dense.text, dense.text

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
@@ -219,7 +220,6 @@ class Server:
 
 
 def default_model_id(model):
-    from pathlib import Path
     if model.origin:
         return model.origin["hub_id"]
     name = Path(model.source).name
@@ -401,7 +401,8 @@ async def info(request):
                          "version": __version__, "sha": None, "docker_label": None,
                          "backend": model.backend, "threads": limits.threads, "dimensions": server.engine.dimension,
                          "recipe": recipe,
-                         "reranker": server.reranker.source if server.reranker is not None else None})
+                         # its folder's name: clients need not learn the server's file system
+                         "reranker": Path(server.reranker.source).name if server.reranker is not None else None})
 
 
 async def metrics(request):
@@ -418,8 +419,20 @@ ROUTES = [Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
 KNOWN = {route.path for route in ROUTES}
 
 
+def without_directories(server, message):
+    """A message for clients: the model's and the reranker's directories on the server's disk shown by their
+    names (any client, without a key anyone who reaches the port, need not learn the server's file system)."""
+    sources = [server.model.source, server.model.encoder_dir] + (
+        [server.reranker.source] if server.reranker is not None else [])
+    for source in sorted({str(Path(s)) for s in sources if s}, key=len, reverse=True):   # longest first
+        message = message.replace(source, Path(source).name)
+    return message
+
+
 async def api_error(request, e):
-    return error_response(e, request.url.path)
+    server = request.app.state.server
+    return error_response(ApiError(e.status, without_directories(server, e.message), e.kind, e.param),
+                          request.url.path)
 
 
 async def http_error(request, e):
@@ -433,8 +446,9 @@ async def http_error(request, e):
 
 async def server_error(request, e):
     """A fault of the server (not of the request): one line to the client, the traceback to the log."""
-    return error_response(ApiError(500, f"the server failed on this request ({type(e).__name__}: {e})", "server"),
-                          request.url.path)
+    message = without_directories(request.app.state.server, f"the server failed on this request "
+                                  f"({type(e).__name__}: {e})")
+    return error_response(ApiError(500, message, "server"), request.url.path)
 
 
 class FrontDoor:
