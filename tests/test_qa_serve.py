@@ -364,3 +364,25 @@ def test_answers_do_not_show_the_servers_directories(tmp_path):
         dense = client.post("/embed", json={"inputs": "a cat"})
     assert dense.status_code == 422 and "my_splade is a SparseEncoder" in dense.json()["error"]
     assert "secret_place" not in dense.text, dense.text
+
+
+def test_a_client_gone_before_its_body_ended_logs_one_line_not_a_traceback(caplog):
+    """Before: a client that closed its connection partway through its body (or after 'Expect: 100-continue')
+    left starlette's ClientDisconnect traceback, as a fault of the server, in the log."""
+    import logging
+    import socket
+    pytest.importorskip("uvicorn")
+    from test_serve import running
+    with caplog.at_level(logging.ERROR), running(minibert.load(DENSE)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as gone:
+            gone.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inputs\": ")
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not any('"path": "/embed"' in line for line in server.log) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert any('"path": "/embed", "status": 400' in line for line in server.log), server.log
+        with server.client() as http:
+            assert http.post("/embed", json={"inputs": "a cat"}).status_code == 200
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

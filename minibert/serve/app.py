@@ -25,6 +25,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -93,13 +94,16 @@ async def read_json(request, limit):
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
     body, read = bytearray(), 0
-    async for chunk in request.stream():
-        read += len(chunk)
-        if not over:
-            body += chunk
-            over = len(body) > limit
-        if read > 2 * limit:
-            break                           # the connection closes after the 413: the rest is never read
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if not over:
+                body += chunk
+                over = len(body) > limit
+            if read > 2 * limit:
+                break                       # the connection closes after the 413: the rest is never read
+    except ClientDisconnect:                # the client's doing, not a fault of the server: no traceback
+        raise ApiError(400, "the client closed the connection before its request body ended", "invalid") from None
     if over:
         raise ApiError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
                        "too_large")
