@@ -386,3 +386,17 @@ def test_a_client_gone_before_its_body_ended_logs_one_line_not_a_traceback(caplo
         with server.client() as http:
             assert http.post("/embed", json={"inputs": "a cat"}).status_code == 200
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+def test_several_authorization_headers_are_refused():
+    """Before: the last Authorization header counted: 'Bearer wrong' then 'Bearer KEY' passed, the other
+    order did not."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+    from minibert.serve.app import create_app
+    with TestClient(create_app(minibert.load(DENSE), api_key="k3y", log=lambda line: None)) as client:
+        for keys in (["wrong", "k3y"], ["k3y", "wrong"], ["k3y", "k3y"]):
+            headers = [("authorization", f"Bearer {key}") for key in keys]
+            answer = client.post("/embed", json={"inputs": "a"}, headers=headers)
+            assert answer.status_code == 401 and answer.json()["error"].startswith("several Authorization"), keys
+        assert client.post("/embed", json={"inputs": "a"}, headers={"Authorization": "Bearer k3y"}).status_code == 200

@@ -474,9 +474,10 @@ class FrontDoor:
             await send(message)
         try:
             if self.api_key is not None and path != "/health" and not self.authorized(scope):
-                given = any(name == b"authorization" for name, _ in scope["headers"])
-                error = ApiError(401, "wrong API key" if given else "missing API key: send the header "
-                                 "'Authorization: Bearer KEY'", "unauthorized")
+                given = sum(name == b"authorization" for name, _ in scope["headers"])
+                error = ApiError(401, "wrong API key" if given == 1 else "missing API key: send the header "
+                                 "'Authorization: Bearer KEY'" if not given else "several Authorization headers: "
+                                 "send one, 'Authorization: Bearer KEY'", "unauthorized")
                 await error_response(error, path)(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
@@ -497,7 +498,12 @@ class FrontDoor:
                                         "path": path, "status": status[0], "ms": round(seconds * 1000, 2)}))
 
     def authorized(self, scope):
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        """One Authorization header holding the key: with several, which one counts would depend on the order
+        a client or proxy wrote them (the last one did: a wrong key then the right one passed)."""
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(headers) != 1:
+            return False
+        header = headers[0].decode("latin-1")
         scheme, _, key = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
 
