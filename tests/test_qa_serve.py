@@ -1,6 +1,7 @@
 """What a user's and an attacker's pass over serving, reranking and classifiers found, each a test that failed
-before its fix: cross-encoders' own token limit on every path, the API key and the listening address checked
-at start, refusals that name the request's own fields.
+before its fix: a cross-encoder's own token limit on every path, the API key and the listening address checked
+at start, refusals that name the request's own fields, a cut prompt's pooling, slow, endless and vanishing
+clients, shutdown past --graceful-timeout, and answers that keep the server's directories to itself.
 
 Models: the tiny fixtures (st_max_dense_normalize: 32 tokens; ce_one_label, ce_three_labels: 24 tokens).
 Servers run under Starlette's test client (no socket) or, for the command, on 127.0.0.1 and always stopped.
