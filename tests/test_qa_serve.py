@@ -168,6 +168,9 @@ def test_a_long_text_refusal_names_the_routes_field_and_its_remedy():
         assert client.post("/embed", json={"inputs": long}).json()["error"] == \
             "inputs has more than the model's 32 tokens; shorten it or set truncate"
         assert client.post("/embed_all", json={"inputs": ["a", long]}).json()["error"].startswith("inputs[1] has")
+    with TestClient(create_app(minibert.load(FIXTURES / "heads" / "bert"), log=lambda line: None)) as client:
+        assert client.post("/embed_sparse", json={"inputs": "cat " * 600}).json()["error"].startswith(
+            "inputs has more than")
 
 
 # ---- the vectors -----------------------------------------------------------------------------------------------

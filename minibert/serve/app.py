@@ -324,7 +324,7 @@ async def tei_embed_all(body, server):
 async def tei_embed_sparse(body, server):
     """SPLADE vectors from the model's masked-LM head (model.encode_sparse), in TEI's shape: per input the
     non-zero [{"index": token id, "value": weight}], ids ascending. Run beside the batches, one at a time."""
-    kind, texts, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    kind, texts, nested = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     if kind != "texts":
         raise ApiError(422, "embed_sparse takes texts, not token ids", "invalid", "inputs")
     options = tei_options(body, server)       # truncate, truncation_direction, prompt_name: as /embed reads them
@@ -332,7 +332,7 @@ async def tei_embed_sparse(body, server):
     def sparse():
         with server.rerank_lock:
             try:
-                return server.engine.sparse(texts, **options)
+                return server.engine.sparse(texts, nested=nested, **options)
             except ModelFileError as e:          # no masked-LM head in this checkpoint
                 raise ApiError(422, f"this model gives no sparse vectors: {e}", "unsupported") from None
             except (TooLong, InputError) as e:

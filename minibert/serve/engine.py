@@ -88,13 +88,13 @@ class Engine:
             rows.append(Row(ids, types, want))
         return rows
 
-    def sparse(self, texts, *, prompt_name=None, truncate=False, direction="right"):
+    def sparse(self, texts, *, prompt_name=None, truncate=False, direction="right", nested=True):
         """Texts -> their SPLADE vectors (SparseVectors) with the model's settings, tokenized as text_rows does
         (the prompt, the cut to the SPLADE length limit from either end); a ModelFileError without an MLM head."""
         settings = applied_settings(self.model)
         self.model.heads.require("mlm")
         rows = self.text_rows(texts, prompt_name=prompt_name, truncate=truncate, direction=direction, layer=-1,
-                              limit=settings.max_length or self.model.tokenizer.max_length)
+                              limit=settings.max_length or self.model.tokenizer.max_length, nested=nested)
         T = max(len(row.ids) for row in rows)
         ids = np.full((len(rows), T), self.model.config.pad_token_id, dtype=np.int64)  # [B, T]
         mask = np.zeros((len(rows), T), dtype=np.int64)                                 # [B, T]
