@@ -32,6 +32,10 @@ def cmd_rerank(args):
                          "it UTF-8 encoded") from None
     passages, lines = read_passages(args.file)
     model = load_cross_encoder(args.model, max_length=args.max_length)
+    if model.num_labels != 1:             # rank's own refusal points to a Python method, not to a command
+        raise InputError(f"{args.model}: rerank needs a cross-encoder with one output (a score); this one has "
+                         f"{model.num_labels} labels {model.classifier.labels}: score the pairs with "
+                         f"minibert predict {args.model} PAIRS.jsonl --pair-col COLUMN")
     ranked = model.rank(args.query, passages, top_k=args.top_k, return_documents=True, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([{"rank": rank, "corpus_id": r["corpus_id"], "line": lines[r["corpus_id"]],

@@ -83,19 +83,25 @@ def add_serve(sub):
 def cmd_serve(args):
     try:
         import uvicorn
-        from ..serve.app import Limits, create_app
+        from ..serve.app import Limits, check_api_key, create_app
     except ImportError as e:
         raise MiniBertError(f"minibert serve needs the serve extra ({e.name} is missing): {INSTALL}") from None
+    api_key = args.api_key if args.api_key is not None else (os.environ.get("MINIBERT_API_KEY") or None)
+    check_api_key(api_key)                  # before the model loads: seconds of work for a refusal
     import minibert
     model = minibert.load(args.model, backend=args.backend, dtype=args.dtype)
-    reranker = minibert.load_classifier(args.reranker) if args.reranker else None
+    # As `minibert rerank` reads it: a sentence-transformers save may keep its classifier in a subfolder.
+    reranker = minibert.load_cross_encoder(args.reranker).classifier if args.reranker else None
     limits = Limits(max_batch_tokens=args.max_batch_tokens, max_client_batch_size=args.max_client_batch_size,
                     max_concurrent_requests=args.max_concurrent_requests, max_body_bytes=args.max_body_bytes,
                     threads=args.threads, auto_truncate=args.auto_truncate)
-    api_key = args.api_key if args.api_key is not None else (os.environ.get("MINIBERT_API_KEY") or None)
     app = create_app(model, limits, reranker=reranker, api_key=api_key, model_id=args.model_id)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=args.graceful_timeout)
+    if api_key is None and not is_loopback(args.host):
+        print(f"minibert serve: warning: --host {args.host} listens beyond this machine and no --api-key is set: "
+              "anyone who reaches the port can use the server (set --api-key or $MINIBERT_API_KEY)",
+              file=sys.stderr, flush=True)
     server = make_server_class()(config, app.server, api_key is not None)
     # uvicorn handles SIGTERM/SIGINT while it runs (stop accepting, drain, shut down) and then raises the signal
     # again with the handlers it found: these, so that a drained shutdown exits 0 instead of dying by the signal.
@@ -111,6 +117,17 @@ def cmd_serve(args):
         raise MiniBertError(f"could not serve on {args.host}:{args.port} (the line above says why: an address in use "
                             "needs another --port)")
     print("minibert serve: stopped", file=sys.stderr, flush=True)
+
+
+def is_loopback(host):
+    """Whether `host` listens on this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:                  # a name: it may resolve to any interface
+        return False
 
 
 def startup_line(server, host, port, keyed):

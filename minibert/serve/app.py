@@ -7,7 +7,8 @@ Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI
 elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
 refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
 wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
---max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head.
+--max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head, 503 a request still
+running when --graceful-timeout ends a shutdown.
 """
 
 import asyncio
@@ -18,11 +19,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -59,6 +62,7 @@ KINDS = {"invalid": ("invalid_request_error", None, "validation"),
          "not_found": ("invalid_request_error", "not_found", "not_found"),
          "overloaded": ("requests", "rate_limit_exceeded", "overloaded"),
          "unsupported": ("invalid_request_error", "not_implemented", "backend"),
+         "stopping": ("server_error", "service_unavailable", "backend"),
          "server": ("server_error", None, "backend")}
 
 
@@ -84,15 +88,22 @@ def refusal(e: InputError, param="input") -> ApiError:
 # ---- request bodies ----------------------------------------------------------------------------------------
 
 async def read_json(request, limit):
-    """The body as a JSON object, refused past `limit` bytes (read to its end, kept only up to the limit, so
-    that the client always hears the 413)."""
+    """The body as a JSON object, refused past `limit` bytes: read on (kept only up to the limit) so that a
+    client still sending hears the 413 rather than a reset connection, but at most `limit` bytes more, so that
+    a body without end (chunked) does not keep the server reading it forever."""
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
-    body = bytearray()
-    async for chunk in request.stream():
-        if not over:
-            body += chunk
-            over = len(body) > limit
+    body, read = bytearray(), 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if not over:
+                body += chunk
+                over = len(body) > limit
+            if read > 2 * limit:
+                break                       # the connection closes after the 413: the rest is never read
+    except ClientDisconnect:                # the client's doing, not a fault of the server: no traceback
+        raise ApiError(400, "the client closed the connection before its request body ended", "invalid") from None
     if over:
         raise ApiError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
                        "too_large")
@@ -181,12 +192,16 @@ class Server:
 
     async def rows(self, inputs, *, param, layer=None, normalize=None, **options):
         """Parsed inputs -> the engine's rows (texts tokenized in a worker thread: a long text never holds the
-        event loop); the engine's refusals as ApiErrors."""
+        event loop); the engine's refusals as ApiErrors naming the request's field."""
         kind, values, nested = inputs
+        if kind == "ids" and options.get("prompt_name") is not None:     # ignoring it gave other vectors silently
+            raise ApiError(422, "prompt_name applies to texts; token ids are the whole input as sent: send the "
+                           "text, or put the prompt's ids in the sequence", "invalid", "prompt_name")
         try:
             if kind == "ids":
                 return self.engine.id_rows(values, normalize=normalize, layer=layer, what=param, nested=nested)
-            return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer, **options)
+            return await run_in_threadpool(self.engine.text_rows, values, normalize=normalize, layer=layer,
+                                           what=param, nested=nested, **options)
         except TooLong as e:
             raise refusal(e, param) from None
         except InputError as e:        # an id outside the vocabulary is a 400 on every route, as a malformed id
@@ -202,13 +217,13 @@ class Server:
                     i = int(np.argmax(batch.truncated))
                     raise TooLong(f"the pair (query, texts[{i}]) has more than the reranker's "
                                   f"{classifier.max_length or classifier.tokenizer.max_length} tokens; set truncate")
-                return classifier.logits([query] * len(texts), texts, batch_size=len(texts))
+                # The request asked for the cut: a warning would be a line in the server's log per request.
+                return classifier.logits([query] * len(texts), texts, batch_size=len(texts), warn=False)
             except InputError as e:
                 raise refusal(e, "texts") from None
 
 
 def default_model_id(model):
-    from pathlib import Path
     if model.origin:
         return model.origin["hub_id"]
     name = Path(model.source).name
@@ -216,15 +231,21 @@ def default_model_id(model):
 
 
 def inference(handler):
-    """A route that runs the model: counted against --max-concurrent-requests, refused with 429 past it."""
+    """A route that runs the model, given its JSON body: counted against --max-concurrent-requests once the
+    body has arrived (a client slow to send it holds no slot), refused with 429 past the limit."""
     async def route(request):
         server = request.app.state.server
-        if server.metrics.in_flight >= server.limits.max_concurrent_requests:
-            raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests} "
-                           "requests (--max-concurrent-requests); retry shortly", "overloaded")
+
+        def refuse_when_full():
+            if server.metrics.in_flight >= server.limits.max_concurrent_requests:
+                raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests}"
+                               " requests (--max-concurrent-requests); retry shortly", "overloaded")
+        refuse_when_full()                        # before reading: an overloaded server reads no more bodies
+        body = await read_json(request, server.limits.max_body_bytes)
+        refuse_when_full()
         server.metrics.in_flight += 1             # only the event loop's thread changes it
         try:
-            return await handler(request, server)
+            return await handler(body, server)
         finally:
             server.metrics.in_flight -= 1
     return route
@@ -245,14 +266,16 @@ def vector_json(vector, encoding_format):
 
 
 @inference
-async def openai_embeddings(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def openai_embeddings(body, server):
     encoding_format = option(body, "encoding_format", str, "float", choices=("float", "base64"))
     dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
     option(body, "model", str)                      # any name: the server serves one model
     option(body, "user", str)
     inputs = parse_inputs(body.get("input"), "input", server.limits.max_client_batch_size)
-    rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate)
+    # OpenAI's API has no truncate field: the server's flag is the only way to have long texts cut.
+    rows = await server.rows(inputs, param="input", truncate=server.limits.auto_truncate,
+                             remedy="shorten it, or start the server with --auto-truncate (OpenAI's API has no "
+                             "truncate field)")
     vectors = await server.embed(rows)
     tokens = sum(len(row.ids) for row in rows)
     return await json_reply(lambda: {
@@ -275,8 +298,7 @@ def tei_options(body, server):
 
 
 @inference
-async def tei_embed(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_embed(body, server):
     normalize = option(body, "normalize", bool)
     dimensions = option(body, "dimensions", int, None, low=1, high=server.engine.dimension)
     options = tei_options(body, server)
@@ -288,8 +310,7 @@ async def tei_embed(request, server):
 
 
 @inference
-async def tei_embed_all(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_embed_all(body, server):
     L = server.engine.num_layers
     layer = option(body, "layers", int, -1, low=-(L + 1), high=L)
     options = tei_options(body, server)
@@ -300,11 +321,10 @@ async def tei_embed_all(request, server):
 
 
 @inference
-async def tei_embed_sparse(request, server):
+async def tei_embed_sparse(body, server):
     """SPLADE vectors from the model's masked-LM head (model.encode_sparse), in TEI's shape: per input the
     non-zero [{"index": token id, "value": weight}], ids ascending. Run beside the batches, one at a time."""
-    body = await read_json(request, server.limits.max_body_bytes)
-    kind, texts, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
+    kind, texts, nested = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
     if kind != "texts":
         raise ApiError(422, "embed_sparse takes texts, not token ids", "invalid", "inputs")
     options = tei_options(body, server)       # truncate, truncation_direction, prompt_name: as /embed reads them
@@ -312,7 +332,7 @@ async def tei_embed_sparse(request, server):
     def sparse():
         with server.rerank_lock:
             try:
-                return server.engine.sparse(texts, **options)
+                return server.engine.sparse(texts, nested=nested, **options)
             except ModelFileError as e:          # no masked-LM head in this checkpoint
                 raise ApiError(422, f"this model gives no sparse vectors: {e}", "unsupported") from None
             except (TooLong, InputError) as e:
@@ -323,8 +343,7 @@ async def tei_embed_sparse(request, server):
 
 
 @inference
-async def tei_rerank(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_rerank(body, server):
     if server.reranker is None:
         raise ApiError(422, "this server has no reranker; start it with --reranker DIR (a cross-encoder)", "invalid")
     query = option(body, "query", str)
@@ -351,8 +370,7 @@ async def tei_rerank(request, server):
 
 
 @inference
-async def tei_tokenize(request, server):
-    body = await read_json(request, server.limits.max_body_bytes)
+async def tei_tokenize(body, server):
     add_special_tokens = option(body, "add_special_tokens", bool, True)
     prompt_name = option(body, "prompt_name", str)
     kind, values, _ = parse_inputs(body.get("inputs"), "inputs", server.limits.max_client_batch_size)
@@ -387,7 +405,8 @@ async def info(request):
                          "version": __version__, "sha": None, "docker_label": None,
                          "backend": model.backend, "threads": limits.threads, "dimensions": server.engine.dimension,
                          "recipe": recipe,
-                         "reranker": server.reranker.source if server.reranker is not None else None})
+                         # its folder's name: clients need not learn the server's file system
+                         "reranker": Path(server.reranker.source).name if server.reranker is not None else None})
 
 
 async def metrics(request):
@@ -404,8 +423,20 @@ ROUTES = [Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
 KNOWN = {route.path for route in ROUTES}
 
 
+def without_directories(server, message):
+    """A message for clients: the model's and the reranker's directories on the server's disk shown by their
+    names (any client, without a key anyone who reaches the port, need not learn the server's file system)."""
+    sources = [server.model.source, server.model.encoder_dir] + (
+        [server.reranker.source] if server.reranker is not None else [])
+    for source in sorted({str(Path(s)) for s in sources if s}, key=len, reverse=True):   # longest first
+        message = message.replace(source, Path(source).name)
+    return message
+
+
 async def api_error(request, e):
-    return error_response(e, request.url.path)
+    server = request.app.state.server
+    return error_response(ApiError(e.status, without_directories(server, e.message), e.kind, e.param),
+                          request.url.path)
 
 
 async def http_error(request, e):
@@ -419,8 +450,9 @@ async def http_error(request, e):
 
 async def server_error(request, e):
     """A fault of the server (not of the request): one line to the client, the traceback to the log."""
-    return error_response(ApiError(500, f"the server failed on this request ({type(e).__name__}: {e})", "server"),
-                          request.url.path)
+    message = without_directories(request.app.state.server, f"the server failed on this request "
+                                  f"({type(e).__name__}: {e})")
+    return error_response(ApiError(500, message, "server"), request.url.path)
 
 
 class FrontDoor:
@@ -433,20 +465,29 @@ class FrontDoor:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status, path = time.perf_counter(), [500], scope["path"]
+        start, status, path, started = time.perf_counter(), [500], scope["path"], []
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started.append(True)
             await send(message)
         try:
             if self.api_key is not None and path != "/health" and not self.authorized(scope):
-                given = any(name == b"authorization" for name, _ in scope["headers"])
-                error = ApiError(401, "wrong API key" if given else "missing API key: send the header "
-                                 "'Authorization: Bearer KEY'", "unauthorized")
+                given = sum(name == b"authorization" for name, _ in scope["headers"])
+                error = ApiError(401, "wrong API key" if given == 1 else "missing API key: send the header "
+                                 "'Authorization: Bearer KEY'" if not given else "several Authorization headers: "
+                                 "send one, 'Authorization: Bearer KEY'", "unauthorized")
                 await error_response(error, path)(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when --graceful-timeout has passed: the client hears a 503 (when
+            # nothing was sent yet), the log one access line, not a traceback per request.
+            if not started:
+                error = ApiError(503, "the server stopped before this request finished (--graceful-timeout); "
+                                 "retry", "stopping")
+                await error_response(error, path)(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - start
             route = path if path in KNOWN else "other"
@@ -457,9 +498,24 @@ class FrontDoor:
                                         "path": path, "status": status[0], "ms": round(seconds * 1000, 2)}))
 
     def authorized(self, scope):
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        """One Authorization header holding the key: with several, which one counts would depend on the order
+        a client or proxy wrote them (the last one did: a wrong key then the right one passed)."""
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(headers) != 1:
+            return False
+        header = headers[0].decode("latin-1")
         scheme, _, key = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
+
+
+def check_api_key(api_key):
+    """A key a client can send: an empty one made every 'Authorization: Bearer' pass, and one with spaces or
+    characters outside printable ASCII could never match (HTTP strips a header's spaces and carries bytes)."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key or not all("!" <= c <= "~" for c in api_key):
+        raise InputError(f"--api-key {api_key!r}: a key must be one or more printable ASCII characters without "
+                         "spaces (it travels in the header 'Authorization: Bearer KEY')")
 
 
 def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=None, log=None):
@@ -469,6 +525,7 @@ def create_app(model, limits=Limits(), *, reranker=None, api_key=None, model_id=
     if reranker is not None and (reranker.task != "sequence" or len(reranker.labels) != 1):
         raise InputError(f"--reranker {reranker.source}: a reranker is a cross-encoder with one output (a score); "
                          f"this classifier has {len(reranker.labels)} {reranker.task} outputs")
+    check_api_key(api_key)
     server = Server(model, limits, reranker=reranker, model_id=model_id, log=log)
 
     @contextlib.asynccontextmanager

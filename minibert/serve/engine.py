@@ -6,7 +6,7 @@ Every import of minibert's internals is in this module, so that a move of recipe
 touches one place here. Shapes: B rows in a batch, T tokens (padded), H hidden.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,9 +54,10 @@ class Engine:
                                prompt=None, prompt_name=prompt_name)
 
     def text_rows(self, texts, *, normalize=None, prompt_name=None, truncate=False, direction="right", layer=None,
-                  limit=None):
+                  limit=None, what="inputs", nested=True, remedy="shorten it or set truncate"):
         """Texts -> Rows as encode tokenizes them; an input over the limit (None: the recipe's) is a TooLong
-        naming it, unless truncate (direction "left" keeps a text's end, as TEI's truncation_direction Left)."""
+        naming it (what[i], or what for one text) and saying `remedy`, unless truncate (direction "left" keeps
+        a text's end, as TEI's truncation_direction Left)."""
         if layer is None:
             check_dense(self.model, None)
         settings = self.settings(normalize, prompt_name, pooling=None if layer is None else "none")
@@ -71,22 +72,29 @@ class Engine:
             ids, types = np.array(e.ids, dtype=np.int64), np.array(e.type_ids, dtype=np.int64) * (not one_type)
             if e.overflowing or len(ids) > limit:
                 if not truncate:
-                    raise TooLong(f"inputs[{i}] has more than the model's {limit} tokens; shorten it or set truncate")
+                    raise TooLong(f"{f'{what}[{i}]' if nested else what} has more than the model's {limit} "
+                                  f"tokens; {remedy}")
                 if len(ids) > limit:        # left: the leading special tokens, then the text's end and its closing ones
                     special = np.array(e.special_tokens_mask, dtype=bool)
                     lead = int(np.argmax(~special)) if (~special).any() else 0
-                    keep = np.r_[0:lead, len(ids) - (limit - lead):len(ids)]
+                    start = len(ids) - (limit - lead)
+                    keep = np.r_[0:lead, start:len(ids)]
                     ids, types = ids[keep], types[keep]
+                    # The cut takes the prompt (at the text's start) with it: the pooling leaves out the leading
+                    # special tokens and what is left of the prompt, never the text's own tokens.
+                    skip = min(want.skip, lead) + max(0, want.skip - max(start, lead))
+                    rows.append(Row(ids, types, replace(want, skip=skip)))
+                    continue
             rows.append(Row(ids, types, want))
         return rows
 
-    def sparse(self, texts, *, prompt_name=None, truncate=False, direction="right"):
+    def sparse(self, texts, *, prompt_name=None, truncate=False, direction="right", nested=True):
         """Texts -> their SPLADE vectors (SparseVectors) with the model's settings, tokenized as text_rows does
         (the prompt, the cut to the SPLADE length limit from either end); a ModelFileError without an MLM head."""
         settings = applied_settings(self.model)
         self.model.heads.require("mlm")
         rows = self.text_rows(texts, prompt_name=prompt_name, truncate=truncate, direction=direction, layer=-1,
-                              limit=settings.max_length or self.model.tokenizer.max_length)
+                              limit=settings.max_length or self.model.tokenizer.max_length, nested=nested)
         T = max(len(row.ids) for row in rows)
         ids = np.full((len(rows), T), self.model.config.pad_token_id, dtype=np.int64)  # [B, T]
         mask = np.zeros((len(rows), T), dtype=np.int64)                                 # [B, T]
@@ -115,7 +123,7 @@ class Engine:
                                      f"(integers 0..{vocab - 1})")
             if len(sequence) > self.max_input_length:
                 raise TooLong(f"{where} has {len(sequence)} token ids, more than the model's "
-                              f"{self.max_input_length}")
+                              f"{self.max_input_length} (token ids are never truncated)")
             rows.append(Row(np.array(sequence, dtype=np.int64), np.zeros(len(sequence), dtype=np.int64),
                             Want(layer=layer, normalize=settings.normalize)))
         return rows

@@ -18,7 +18,7 @@ import numpy as np
 from ..backends.threads import BLAS
 from ..checkpoint.config import read_config
 from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
-from ..errors import InputError, ModelFileError, OutputError
+from ..errors import ConfigError, InputError, ModelFileError, OutputError
 from ..files import atomic_directory
 from ..tree import copy_tree
 from .backprop import SEQUENCE_HEADS, classifier_forward
@@ -68,8 +68,9 @@ class Classifier:
     activation: Optional[str] = None
 
     def logits(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
-               batch_size: int = 32) -> Union[np.ndarray, List[np.ndarray]]:
-        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included)."""
+               batch_size: int = 32, warn: bool = True) -> Union[np.ndarray, List[np.ndarray]]:
+        """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included). warn=False: no
+        truncation warning (a caller that asked for the cut, such as the server's /rerank with truncate)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out, cut = [], 0
@@ -91,7 +92,7 @@ class Classifier:
                     out.append(logits)
                 else:
                     out += [logits[b, :n] for b, n in enumerate(batch.attention_mask.sum(axis=1))]
-        if cut:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
+        if cut and warn:       # as encode warns: a prediction from a text's start, or words (tag) left without a label
             from ..errors import warn_caller
             warn_caller(f"minibert: {cut} of {len(texts)} texts were longer than "
                         f"{self.max_length or self.tokenizer.max_length} tokens and were truncated"
@@ -396,9 +397,28 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
                              f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
     if head["out"]["w"].shape[1] != len(labels):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
+    # A sentence-transformers cross-encoder's own limit: CrossEncoder cuts its pairs there, so predict, the
+    # server's /rerank and rank must too (the tokenizer's model_max_length is often longer).
+    saved = saved_max_length(directory)
     return Classifier(config=config, weights=weights, head=head, task=task, labels=labels,
                       tokenizer=Tokenizer(directory, config), source=str(directory),
+                      max_length=min(saved, config.max_tokens) if saved else None,
                       problem_type=raw.get("problem_type"))
+
+
+def saved_max_length(folder: Path) -> Optional[int]:
+    """sentence_bert_config.json's max_seq_length in `folder`, None when it names none."""
+    settings = Path(folder) / "sentence_bert_config.json"
+    if not settings.is_file():
+        return None
+    try:
+        raw = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(f"{settings}: not readable JSON ({e})") from None
+    value = raw.get("max_seq_length") if isinstance(raw, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 3):
+        raise ConfigError(f"{settings}: max_seq_length must be an int >= 3, found {value!r}")
+    return value
 
 
 def new_classifier(model, task, labels, recipe, rng):

@@ -154,7 +154,8 @@ class CrossEncoder:
                              "use predict(pairs)")
         if not isinstance(query, str):
             raise InputError(f"query must be a str, found {type(query).__name__}")
-        if isinstance(documents, str) or not hasattr(documents, "__len__"):
+        # A set or dict has a length but no order: corpus_id would index nothing (a raw TypeError or KeyError).
+        if not isinstance(documents, (list, tuple, np.ndarray)):
             raise InputError(f"documents must be a list of str, found {type(documents).__name__}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
             raise InputError(f"top_k must be None or an int >= 0, found {top_k!r}")
@@ -195,11 +196,8 @@ def transformer_module(model_dir):
             raise ModelFileError(f"{modules}: a cross-encoder minibert runs is one Transformer module (a sequence "
                                  f"classifier); found {[e.get('type') for e in entries if isinstance(e, dict)]}")
         folder = model_dir / str(found[0].get("path") or "")
-    settings = folder / "sentence_bert_config.json"
-    max_length = read_json(settings).get("max_seq_length") if settings.is_file() else None
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
-        raise ConfigError(f"{settings}: max_seq_length must be an int >= 3, found {max_length!r}")
-    return folder, max_length
+    from .classifier import saved_max_length
+    return folder, saved_max_length(folder)
 
 
 def load_cross_encoder(source, *, dtype="float32", max_length=None, activation_fn=None):
