@@ -404,3 +404,32 @@ def test_several_authorization_headers_are_refused():
             answer = client.post("/embed", json={"inputs": "a"}, headers=headers)
             assert answer.status_code == 401 and answer.json()["error"].startswith("several Authorization"), keys
         assert client.post("/embed", json={"inputs": "a"}, headers={"Authorization": "Bearer k3y"}).status_code == 200
+
+
+def test_a_body_slower_than_the_body_timeout_is_answered_408_and_the_connection_closed():
+    """A client that declares a body and sends it a few bytes at a time (or never) is answered 408 once
+    --body-timeout has passed, instead of holding its connection, and the server's memory for it, for as long as
+    it likes; a body that arrives in time is served as before."""
+    import socket
+    pytest.importorskip("uvicorn")
+    from test_serve import running
+    from minibert.serve.app import Limits
+    with running(minibert.load(DENSE), Limits(body_timeout=0.5)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inputs\"")
+            started = time.monotonic()
+            answer = b""
+            while True:                                    # bounded by the socket's 10 s timeout
+                more = slow.recv(4096)
+                if not more:                               # closed by the server after its answer
+                    break
+                answer += more
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 0.5 s (--body-timeout)" in answer
+        assert 0.4 < waited < 3                           # closed with the answer, not at keep-alive's end
+        httpx = pytest.importorskip("httpx")
+        reply = httpx.post(server.url + "/embed", json={"inputs": "in time"}, timeout=30)
+        assert reply.status_code == 200 and len(reply.json()[0]) == 12

@@ -3,7 +3,7 @@ imported only when it runs, so the rest of minibert never needs the `serve` extr
 
     minibert serve [MODEL] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--reranker DIR]
                    [--max-batch-tokens N] [--max-client-batch-size N] [--max-concurrent-requests N]
-                   [--max-body-bytes N] [--auto-truncate] [--threads N] [--graceful-timeout S]
+                   [--max-body-bytes N] [--body-timeout S] [--auto-truncate] [--threads N] [--graceful-timeout S]
 
 SIGTERM or SIGINT: stop accepting, answer the requests already accepted (up to --graceful-timeout seconds),
 exit 0.
@@ -71,6 +71,8 @@ def add_serve(sub):
                    help="requests answered at once; more get 429 (default 512)")
     p.add_argument("--max-body-bytes", metavar="N", type=positive, default=2_000_000,
                    help="request body limit (default 2 MB)")
+    p.add_argument("--body-timeout", metavar="S", type=positive, default=60,
+                   help="seconds a request's body may take to arrive; slower gets 408 (default 60)")
     p.add_argument("--auto-truncate", action="store_true", help="truncate inputs over the model's limit when a "
                    "request does not say (OpenAI's route never says); default: refuse them (413)")
     p.add_argument("--threads", metavar="N", type=positive, default=None,
@@ -94,7 +96,7 @@ def cmd_serve(args):
     reranker = minibert.load_cross_encoder(args.reranker).classifier if args.reranker else None
     limits = Limits(max_batch_tokens=args.max_batch_tokens, max_client_batch_size=args.max_client_batch_size,
                     max_concurrent_requests=args.max_concurrent_requests, max_body_bytes=args.max_body_bytes,
-                    threads=args.threads, auto_truncate=args.auto_truncate)
+                    body_timeout=args.body_timeout, threads=args.threads, auto_truncate=args.auto_truncate)
     app = create_app(model, limits, reranker=reranker, api_key=api_key, model_id=args.model_id)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=args.graceful_timeout)
@@ -145,7 +147,8 @@ def startup_line(server, host, port, keyed):
             f"max_input_length={engine.max_input_length} max_batch_tokens={limits.max_batch_tokens} "
             f"max_client_batch_size={limits.max_client_batch_size} "
             f"max_concurrent_requests={limits.max_concurrent_requests} max_body_bytes={limits.max_body_bytes} "
-            f"auto_truncate={limits.auto_truncate} api_key={'required' if keyed else 'none'}"
+            f"body_timeout={limits.body_timeout:g} auto_truncate={limits.auto_truncate} "
+            f"api_key={'required' if keyed else 'none'}"
             + (f" reranker={server.reranker.source}" if server.reranker is not None else ""))
 
 

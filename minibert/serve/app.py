@@ -6,9 +6,9 @@
 Errors: OpenAI's {"error": {"message", "type", "param", "code"}} under /v1/, TEI's {"error", "error_type"}
 elsewhere, never a traceback. Status codes: 400 malformed JSON, empty input or a bad token id (and every
 refusal under /v1/, as OpenAI), 422 a wrong field on TEI's routes (as its JSON extractor), 401 missing or
-wrong key, 404 unknown route, 405 wrong method, 413 body, client batch or input over a limit, 429 past
---max-concurrent-requests, 422 /embed_sparse on a model without a masked-LM head, 503 a request still
-running when --graceful-timeout ends a shutdown.
+wrong key, 404 unknown route, 405 wrong method, 408 a body slower than --body-timeout, 413 body, client
+batch or input over a limit, 429 past --max-concurrent-requests, 422 /embed_sparse on a model without a
+masked-LM head, 503 a request still running when --graceful-timeout ends a shutdown.
 """
 
 import asyncio
@@ -41,6 +41,7 @@ class Limits:
     max_client_batch_size: int = 32
     max_concurrent_requests: int = 512
     max_body_bytes: int = 2_000_000
+    body_timeout: float = 60.0             # seconds a request's body may take to arrive (408 after)
     threads: object = None                 # compute threads for the forward pass; None: NUMBA_NUM_THREADS (every core)
     auto_truncate: bool = False            # truncate over-long texts when a request does not say (OpenAI's route)
 
@@ -117,7 +118,7 @@ def inference(handler):
                 raise ApiError(429, f"the server is answering its limit of {server.limits.max_concurrent_requests}"
                                " requests (--max-concurrent-requests); retry shortly", "overloaded")
         refuse_when_full()                        # before reading: an overloaded server reads no more bodies
-        body = await read_json(request, server.limits.max_body_bytes)
+        body = await read_json(request, server.limits.max_body_bytes, server.limits.body_timeout)
         refuse_when_full()
         server.metrics.in_flight += 1             # only the event loop's thread changes it
         try:

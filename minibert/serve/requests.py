@@ -2,6 +2,7 @@
 checked against their JSON types, inputs as texts or token ids, and ApiError answered as OpenAI's or TEI's
 error object."""
 
+import asyncio
 import json
 
 from starlette.requests import ClientDisconnect
@@ -24,6 +25,7 @@ KINDS = {"invalid": ("invalid_request_error", None, "validation"),
          "invalid_json": ("invalid_request_error", "invalid_json", "validation"),
          "empty": ("invalid_request_error", "empty_input", "empty"),
          "too_large": ("invalid_request_error", "payload_too_large", "validation"),
+         "timeout": ("invalid_request_error", "request_timeout", "validation"),
          "unauthorized": ("invalid_request_error", "invalid_api_key", "unauthorized"),
          "not_found": ("invalid_request_error", "not_found", "not_found"),
          "overloaded": ("requests", "rate_limit_exceeded", "overloaded"),
@@ -41,7 +43,8 @@ def error_response(error: ApiError, path: str) -> JSONResponse:
         body = {"error": {"message": error.message, "type": openai_type, "param": error.param, "code": code}}
     else:
         body = {"error": error.message, "error_type": tei_type}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # 408: the rest of a late body is never read, so the connection closes at once (not at keep-alive's end).
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Connection": "close"} if status == 408 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -53,10 +56,27 @@ def refusal(e: InputError, param="input") -> ApiError:
 
 # ---- request bodies ----------------------------------------------------------------------------------------
 
-async def read_json(request, limit):
+async def read_json(request, limit, seconds):
     """The body as a JSON object, refused past `limit` bytes: read on (kept only up to the limit) so that a
     client still sending hears the 413 rather than a reset connection, but at most `limit` bytes more, so that
-    a body without end (chunked) does not keep the server reading it forever."""
+    a body without end (chunked) does not keep the server reading it forever; and refused (408) when it has
+    not all arrived within `seconds`, so that a client sending a byte a minute does not hold its connection
+    (and the server's memory for it) for as long as it likes."""
+    try:
+        body = await asyncio.wait_for(read_body(request, limit), seconds)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {seconds:g} s (--body-timeout)",
+                       "timeout") from None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, f"the request body must be a JSON object, found {type(value).__name__}", "invalid")
+    return value
+
+
+async def read_body(request, limit):
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
     body, read = bytearray(), 0
@@ -73,13 +93,7 @@ async def read_json(request, limit):
     if over:
         raise ApiError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
                        "too_large")
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from None
-    if not isinstance(value, dict):
-        raise ApiError(422, f"the request body must be a JSON object, found {type(value).__name__}", "invalid")
-    return value
+    return bytes(body)
 
 
 def option(body, name, kind, default=None, choices=None, low=None, high=None):
