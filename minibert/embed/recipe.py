@@ -348,6 +348,14 @@ def resolve_max_length(model, max_length=None) -> int:
     return model.tokenizer.max_length
 
 
+def check_flag(value, name):
+    """A yes/no option: True, False (a NumPy bool too) or None (the recipe's), as a Python bool or None. A
+    string such as "False" is refused: its truth would silently turn the option on."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise InputError(f"{name} must be True, False or None (the model's recipe), found {value!r}")
+
+
 def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, prompt_name) -> EncodeSettings:
     """Options given explicitly win; the model's recipe fills in the rest.
 
@@ -357,6 +365,7 @@ def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, pr
     """
     recipe, num_layers = model.recipe, model.config.num_hidden_layers
     chosen, single = resolve_layer_choice(layers, num_layers)
+    normalize = check_flag(normalize, "normalize")
     pooling = recipe.pooling if pooling is None else pooling
     sentence_vector = single and chosen == [num_layers] and pooling != "none"
     normalize = (recipe.normalize and sentence_vector) if normalize is None else normalize

@@ -1,0 +1,38 @@
+"""Faults found by a user's and an attacker's pass over the embedding surface (encode, encode_words, the
+embed/similarity/extract commands), each pinned here: what was accepted or said before, what happens now."""
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+import minibert
+from minibert.errors import InputError
+
+BERT = FIXTURES / "families" / "bert_cased"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return minibert.load(BERT)
+
+
+@pytest.mark.parametrize("value", [np.True_, True])
+def test_a_numpy_true_normalize_renormalises_after_truncate_dim(model, value):
+    # np.True_ was not `is True`: the vectors were normalised before the cut and not after (norms 0.53, 0.59)
+    vectors = model.encode(["a cat", "dog"], truncate_dim=8, normalize=value)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"normalize": "False"}, {"normalize": 1}, {"normalize_embeddings": "no"}])
+def test_encode_refuses_a_normalize_that_is_no_bool(model, options):
+    # "False" is truthy: it silently normalised
+    name = next(iter(options))
+    with pytest.raises(InputError, match=f"{name} must be True, False or None"):
+        model.encode("a cat", **options)
+
+
+def test_encode_words_refuses_a_normalize_that_is_no_bool(model):
+    with pytest.raises(InputError, match="normalize must be True, False or None"):
+        model.encode_words(["a cat"], normalize="no")
+    vectors = model.encode_words(["a cat"], normalize=np.True_)[0].vectors
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
