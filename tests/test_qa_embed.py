@@ -36,3 +36,15 @@ def test_encode_words_refuses_a_normalize_that_is_no_bool(model):
         model.encode_words(["a cat"], normalize="no")
     vectors = model.encode_words(["a cat"], normalize=np.True_)[0].vectors
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["roberta", "bert_cased", "xlm_roberta", "mpnet"])
+def test_encode_words_on_a_text_gives_no_blank_words_whatever_the_tokenizer(family):
+    # byte-level BPE made each run of spaces a word: roberta gave ['', 'Hello', '', 'wörld', 'x', ''] here
+    family_model = minibert.load(FIXTURES / "families" / family)
+    text = "  Hello   wörld x  "
+    [found] = family_model.encode_words([text])
+    assert found.words == ["Hello", "wörld", "x"]
+    assert [text[s:e] for s, e in found.spans] == found.words
+    assert found.vectors.shape[0] == 3 and found.has_pieces.all()
+    assert family_model.encode_words(["   "])[0].vectors.shape[0] == 0

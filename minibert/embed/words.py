@@ -59,9 +59,13 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
             starts = np.cumsum([0] + [len(w) + 1 for w in words])                    # [W + 1]
             spans = np.stack([starts[:-1], starts[:-1] + [len(w) for w in words]], axis=-1)   # [W, 2]
         else:
-            vectors, has_pieces = found, np.ones(len(word_index), dtype=bool)
             spans = np.array([[tok.offsets[tok.word_ids == w][0, 0], tok.offsets[tok.word_ids == w][-1, 1]]
-                              for w in word_index], dtype=np.int64)
+                              for w in word_index], dtype=np.int64).reshape(-1, 2)        # [W', 2]
+            # byte-level BPE makes a run of spaces a pre-token of its own ("a  b": a, Ġ, Ġb), its span empty
+            # (offsets trimmed) or blank: no word of the text
+            kept = np.array([inputs[i][s:e].strip() != "" for s, e in spans], dtype=bool)   # [W']
+            vectors, spans = found[kept], spans[kept]
+            has_pieces = np.ones(len(spans), dtype=bool)
             words = [inputs[i][s:e] for s, e in spans]
         results.append(WordVectors(words=list(words), spans=spans.astype(np.int64).reshape(-1, 2),
                                    vectors=finish(vectors, single, combine, normalize, out_dtype),
