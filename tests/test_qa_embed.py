@@ -48,3 +48,25 @@ def test_encode_words_on_a_text_gives_no_blank_words_whatever_the_tokenizer(fami
     assert [text[s:e] for s, e in found.spans] == found.words
     assert found.vectors.shape[0] == 3 and found.has_pieces.all()
     assert family_model.encode_words(["   "])[0].vectors.shape[0] == 0
+
+
+def test_int8_ranges_from_one_calibration_vector_are_refused(model):
+    # every value was its own start: all -128, without a word (one vector of the batch itself was refused)
+    with pytest.raises(InputError, match="cannot come from 1 vector"):
+        model.encode(["a cat", "a dog"], precision="int8", calibration_embeddings=np.ones((1, 32), np.float32))
+
+
+@pytest.mark.parametrize("where", ["embeddings", "calibration_embeddings", "ranges"])
+def test_int8_quantization_refuses_non_finite_values(where):
+    # a NaN made every step NaN, cast to 0: quantized vectors of zeros, without a word
+    vectors = np.array([[0.5, 1.0], [0.0, 2.0], [0.2, 1.5]], dtype=np.float32)
+    options = {}
+    if where == "embeddings":
+        vectors[1, 0] = np.nan
+        options["calibration_embeddings"] = np.array([[0.0, 0.0], [1.0, 2.0]], dtype=np.float32)
+    elif where == "calibration_embeddings":
+        options[where] = np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32)
+    else:
+        options[where] = np.array([[0.0, 0.0], [1.0, np.inf]], dtype=np.float32)
+    with pytest.raises(InputError, match=f"{where} hold 1 non-finite value"):
+        minibert.quantize_embeddings(vectors, "int8", **options)
