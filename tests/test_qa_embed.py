@@ -70,3 +70,25 @@ def test_int8_quantization_refuses_non_finite_values(where):
         options[where] = np.array([[0.0, 0.0], [1.0, np.inf]], dtype=np.float32)
     with pytest.raises(InputError, match=f"{where} hold 1 non-finite value"):
         minibert.quantize_embeddings(vectors, "int8", **options)
+
+
+def test_text_pairs_with_window_is_refused_for_what_it_is(model):
+    # the message was "text_pairs needs one text per text (found 1 for 1) and no window=", as if the count were off
+    with pytest.raises(InputError, match="text_pairs with window= is not supported") as refused:
+        model.encode(["a cat"], text_pairs=["a dog"], window=16)
+    assert "found 1 for 1" not in str(refused.value)
+
+
+def test_stride_true_is_refused(model):
+    # True was taken as an overlap of 1 token
+    with pytest.raises(InputError, match="stride"):
+        model.encode(["word " * 100], window=16, stride=True)
+
+
+@pytest.mark.parametrize("options", [{"progress": "yes"}, {"show_progress_bar": "no"}])
+def test_a_progress_that_is_no_bool_or_callable_is_refused(model, options):
+    # show_progress_bar="no" was true: it showed the bar
+    with pytest.raises(InputError, match="progress .show_progress_bar. must be True, False, None"):
+        model.encode(["a cat"], **options)
+    with pytest.raises(InputError, match="progress .show_progress_bar. must be"):
+        model.encode_words(["a cat"], progress="yes")

@@ -5,8 +5,8 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from ..tokenizer import as_text_list, encode_batch
-from .encode import (WordVectors, check_lengths, finish, output_dtype, run, tokenize_texts, warn_truncated,
-                     warn_unknown)
+from .encode import (WordVectors, check_lengths, check_progress, finish, output_dtype, run, tokenize_texts,
+                     warn_truncated, warn_unknown)
 from .pooling import check_options, pool_words, resolve_layer_choice
 from .recipe import check_flag
 
@@ -34,6 +34,7 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
     else:
         inputs = as_text_list(texts_or_words, "texts")
     normalize = check_flag(normalize, "normalize")
+    check_progress(progress)
     if not isinstance(prefix_space, bool):
         raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
     check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length, max_batch_tokens)
