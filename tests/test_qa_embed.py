@@ -92,3 +92,24 @@ def test_a_progress_that_is_no_bool_or_callable_is_refused(model, options):
         model.encode(["a cat"], **options)
     with pytest.raises(InputError, match="progress .show_progress_bar. must be"):
         model.encode_words(["a cat"], progress="yes")
+
+
+def cli_error(capsys, argv):
+    """The CLI run in-process: its one 'minibert: error:' line (exit status 1)."""
+    from minibert.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("minibert: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["similarity", "--matrix", "{texts}", "a cat"], "two texts, or --matrix FILE"),    # 'a cat' was ignored
+    (["similarity", "a cat", "a dog", "--layer", "1"], "--layer picks the layer of --matrix"),   # every layer shown
+    (["similarity", "--matrix", "{empty}"], "no texts in"),                      # an empty matrix, exit status 0
+])
+def test_similarity_refuses_what_it_would_ignore(tmp_path, capsys, argv, said):
+    (tmp_path / "texts.txt").write_text("a cat\na dog\n")
+    (tmp_path / "empty.txt").write_text("")
+    argv = [a.format(texts=tmp_path / "texts.txt", empty=tmp_path / "empty.txt") for a in argv]
+    assert said in cli_error(capsys, argv + ["--model", str(BERT)])
