@@ -113,3 +113,12 @@ def test_similarity_refuses_what_it_would_ignore(tmp_path, capsys, argv, said):
     (tmp_path / "empty.txt").write_text("")
     argv = [a.format(texts=tmp_path / "texts.txt", empty=tmp_path / "empty.txt") for a in argv]
     assert said in cli_error(capsys, argv + ["--model", str(BERT)])
+
+
+def test_resuming_with_changed_texts_says_the_texts_differ_and_marks_the_cut():
+    # it said "(texts_sha256 was '83f8dadc839bdfdfcd18a080352ba5cd6212c40, now '87ed168e...)": each checksum
+    # cut bare, its quote left open, and nothing said what the checksum is of
+    from minibert.corpus.resume import job_difference
+    said = job_difference({"texts_sha256": "8" * 64, "pooling": None}, {"texts_sha256": "7" * 64, "pooling": None})
+    assert said == f" (texts_sha256 was '{'8' * 36}..., now '{'7' * 36}...: the input's texts differ)"
+    assert job_difference({"pooling": None}, {"pooling": "cls"}) == " (pooling was None, now 'cls')"
