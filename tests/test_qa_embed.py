@@ -122,3 +122,23 @@ def test_resuming_with_changed_texts_says_the_texts_differ_and_marks_the_cut():
     said = job_difference({"texts_sha256": "8" * 64, "pooling": None}, {"texts_sha256": "7" * 64, "pooling": None})
     assert said == f" (texts_sha256 was '{'8' * 36}..., now '{'7' * 36}...: the input's texts differ)"
     assert job_difference({"pooling": None}, {"pooling": "cls"}) == " (pooling was None, now 'cls')"
+
+
+@pytest.mark.parametrize("command", ["extract", "similarity"])
+def test_a_field_named_for_a_txt_file_is_refused(tmp_path, capsys, command):
+    # JSON Lines saved as .txt: --field body was ignored and each raw JSON line embedded as the text
+    data = tmp_path / "data.txt"
+    data.write_text('{"body": "a cat"}\n{"body": "a dog"}\n')
+    argv = (["extract", str(data), "--out", str(tmp_path / "out")] if command == "extract"
+            else ["similarity", "--matrix", str(data)])
+    err = cli_error(capsys, argv + ["--field", "body", "--model", str(BERT)])
+    assert "--field body names a JSON field or a column" in err and "read as .txt" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_field_still_defaults_to_text_for_csv(tmp_path, capsys):
+    from minibert.cli import main
+    data = tmp_path / "data.csv"
+    data.write_text("id,text\n1,a cat\n2,a dog\n")
+    assert main(["extract", str(data), "--out", str(tmp_path / "out"), "--model", str(BERT), "--quiet"]) == 0
+    assert minibert.load_embeddings(tmp_path / "out").manifest["field"] == "text"

@@ -18,7 +18,7 @@ from .common import (POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model
 def cmd_extract(args):
     import minibert
     from ..corpus.extract import extract
-    from ..corpus.readers import open_corpus, some_texts
+    from ..corpus.readers import field_for, open_corpus, some_texts
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:
@@ -26,6 +26,7 @@ def cmd_extract(args):
     if args.sparse:
         check_sparse_flags(args)
     check_output_folder(args.out)
+    args.field = field_for(args.input, args.field)
     texts = open_corpus(args.input, args.field)       # streamed: read again chunk by chunk, never held whole
     some_texts(texts, args.input)      # nothing to read is a mistake (as embed - and predict say), not an empty folder
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
@@ -68,7 +69,8 @@ def add_extract(sub):
                               "  minibert extract corpus.txt --out splade --sparse --model SPLADE_DIR")
     p.add_argument("input", help=".txt (a text per line), .jsonl, .csv, .tsv, .parquet, or - for standard input")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--field", default="text", help="JSON field or CSV/TSV/Parquet column holding the text")
+    p.add_argument("--field", default=None, help="JSON field or CSV/TSV/Parquet column holding the text "
+                   "(default: text)")
     p.add_argument("--format", default="npy", choices=["npy", "npz", "safetensors", "jsonl"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing extraction in --out")

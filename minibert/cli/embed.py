@@ -106,10 +106,11 @@ def cmd_similarity(args):
     model = minibert.load(args.model, backend=args.backend)
     args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
-        from ..corpus.readers import read_texts, some_texts
+        from ..corpus.readers import field_for, read_texts, some_texts
         from ..embed.pooling import resolve_layers
         from ..corpus.search import format_matrix, similarity_matrix
-        texts = some_texts(read_texts(args.matrix, args.field), args.matrix)     # an empty file: no 0 x 0 matrix
+        texts = read_texts(args.matrix, field_for(args.matrix, args.field))
+        some_texts(texts, args.matrix)                                  # an empty file: no 0 x 0 matrix
         args.layer = -1 if args.layer is None else args.layer
         [chosen] = resolve_layers(args.layer, model.config.num_hidden_layers)
         layer = layer_label(chosen)
@@ -158,7 +159,8 @@ def add_similarity(sub):
     p.add_argument("--matrix", metavar="FILE", default=None,
                    help="print the similarity matrix of the texts in FILE "
                         "(.txt a line each, .jsonl/.csv/.tsv with --field)")
-    p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text (with --matrix)")
+    p.add_argument("--field", default=None, help="JSON field or CSV/TSV column holding the text (with --matrix; "
+                   "default: text)")
     p.add_argument("--layer", type=int, default=None, help="layer for --matrix (0 = embeddings, -1 = last, the "
                    "default)")
     add_model_arguments(p)

@@ -320,6 +320,18 @@ def read_lines(path, what="input file"):
     return found
 
 
+def field_for(path, field):
+    """The field or column to read (`field`, else "text"); a field named for a .txt file or standard input, whose
+    lines are the texts, is refused: a .jsonl saved as .txt would be embedded as raw JSON, its field unread."""
+    if field is not None and path != "-" and Path(path).suffix.lower() == ".parquet":
+        return field
+    if field is not None and (path == "-" or kind_of(path) == ".txt"):
+        where = "standard input" if path == "-" else f"{path} (read as .txt: a text per line)"
+        raise InputError(f"--field {field} names a JSON field or a column, but {where} has none; rename a "
+                         "JSON Lines file to .jsonl (a CSV to .csv, .tsv), or leave --field out")
+    return "text" if field is None else field
+
+
 def read_texts(path, field="text"):
     """Texts from .txt (a line each), .jsonl (a field), .csv/.tsv/.parquet (a column), or '-' for stdin, as a
     list (see this module's docstring for how each format is read)."""
