@@ -142,3 +142,13 @@ def test_the_field_still_defaults_to_text_for_csv(tmp_path, capsys):
     data.write_text("id,text\n1,a cat\n2,a dog\n")
     assert main(["extract", str(data), "--out", str(tmp_path / "out"), "--model", str(BERT), "--quiet"]) == 0
     assert minibert.load_embeddings(tmp_path / "out").manifest["field"] == "text"
+
+
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_a_text_column_named_twice_is_refused(tmp_path, suffix, sep):
+    # the first was read, silently, whichever held the texts
+    from minibert.corpus.readers import read_texts
+    data = tmp_path / f"data{suffix}"
+    data.write_text(sep.join(["text", "id", "text"]) + "\n" + sep.join(["", "1", "a cat"]) + "\n")
+    with pytest.raises(InputError, match=r"names column 'text' 2 times \(columns \[1, 3\]\)"):
+        read_texts(str(data))

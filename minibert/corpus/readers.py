@@ -165,6 +165,9 @@ def csv_records(path, lines, header):
 def header_column(path, names, field):
     if field not in names:
         raise InputError(f"{path}: no column {field!r}; columns are {names} (choose one with --field)")
+    if names.count(field) > 1:                 # which one holds the texts is anyone's guess
+        raise InputError(f"{path}: the header names column {field!r} {names.count(field)} times (columns "
+                         f"{[i + 1 for i, name in enumerate(names) if name == field]}); rename all but one")
     return names.index(field)
 
 
