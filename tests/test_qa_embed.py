@@ -1,6 +1,8 @@
 """Faults found by a user's and an attacker's pass over the embedding surface (encode, encode_words, the
 embed/similarity/extract commands), each pinned here: what was accepted or said before, what happens now."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import FIXTURES
@@ -152,3 +154,17 @@ def test_a_text_column_named_twice_is_refused(tmp_path, suffix, sep):
     data.write_text(sep.join(["text", "id", "text"]) + "\n" + sep.join(["", "1", "a cat"]) + "\n")
     with pytest.raises(InputError, match=r"names column 'text' 2 times \(columns \[1, 3\]\)"):
         read_texts(str(data))
+
+
+@pytest.mark.parametrize("fixture", ["st_prompt_excluded", "st_mean_normalize"])
+def test_a_prompt_that_fills_max_length_is_warned(fixture):
+    # every text was cut whole and all got one vector, without a word but the truncation count
+    st_model = minibert.load(FIXTURES / fixture)
+    prompt = "a b c d e f g h i j "
+    with pytest.warns(UserWarning, match="no token of any text reaches the model"):
+        vectors = st_model.encode(["hi", "hello there"], prompt=prompt, max_length=12)
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # room for a text token: no warning
+        vectors = st_model.encode(["hi", "there"], prompt=prompt, max_length=13)
+    assert not np.array_equal(vectors[0], vectors[1])

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool)
-from .recipe import check_dense, encode_settings, prepare_texts, prompt_length
+from .recipe import check_dense, check_prompt_room, encode_settings, prepare_texts, prompt_length
 from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -167,6 +167,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
                              prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
     check_options(pooling, combine)
+    if window is None:
+        check_prompt_room(model, recipe)
     texts, skip = prepare_texts(recipe, texts), prompt_length(model, recipe)
     if skip and window is not None:
         raise InputError("window= with a prompt left out of the pooling (include_prompt false) is not supported")

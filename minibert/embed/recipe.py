@@ -418,3 +418,18 @@ def prompt_length(model, settings: EncodeSettings) -> int:
     from ..tokenizer import encode_batch
     [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), settings.max_length)
     return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)
+
+
+def check_prompt_room(model, settings: EncodeSettings) -> None:
+    """One warning when the prompt with its special tokens fills max_length: truncation then cuts every text
+    whole, and every text gets the same vector (sentence-transformers gives it too, without a word)."""
+    if not settings.prompt:
+        return
+    from ..errors import warn_caller
+    from ..tokenizer import encode_batch
+    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), None)
+    if len(alone.ids) >= settings.max_length:
+        shown = settings.prompt if len(settings.prompt) <= 40 else settings.prompt[:37] + "..."
+        warn_caller(f"minibert: the prompt {shown!r} takes {len(alone.ids)} tokens with the special "
+                    f"tokens, max_length is {settings.max_length}: no token of any text reaches the model, and "
+                    "every text gets the same vector; shorten the prompt or raise max_length")
