@@ -168,3 +168,9 @@ def test_a_prompt_that_fills_max_length_is_warned(fixture):
         warnings.simplefilter("error")              # room for a text token: no warning
         vectors = st_model.encode(["hi", "there"], prompt=prompt, max_length=13)
     assert not np.array_equal(vectors[0], vectors[1])
+
+
+@pytest.mark.parametrize("texts", [["a cat", "-"], ["-", "-"]])
+def test_embed_refuses_a_dash_among_other_texts(capsys, texts):
+    # `embed 'a cat' -` embedded the text "-" and never read standard input
+    assert "must be the only text" in cli_error(capsys, ["embed", *texts, "--model", str(BERT)])

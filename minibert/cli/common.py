@@ -130,6 +130,9 @@ def print_json(value):
 
 def texts_from_arguments(texts):
     """TEXT... as given, or one text per line of standard input for a lone `-` (an empty stdin is an error)."""
+    if "-" in texts and len(texts) > 1:      # it was embedded as the text "-", standard input unread
+        raise MiniBertError(f"- reads the texts from standard input and must be the only text, found {len(texts)} "
+                            "texts with it; put every text on standard input, or none there")
     if texts != ["-"]:
         return texts
     from ..corpus.readers import read_texts, some_texts
