@@ -174,3 +174,12 @@ def test_a_prompt_that_fills_max_length_is_warned(fixture):
 def test_embed_refuses_a_dash_among_other_texts(capsys, texts):
     # `embed 'a cat' -` embedded the text "-" and never read standard input
     assert "must be the only text" in cli_error(capsys, ["embed", *texts, "--model", str(BERT)])
+
+
+def test_a_lone_surrogate_escaped_in_jsonl_is_named_by_file_and_line(tmp_path):
+    # JSON may spell "\ud800"; the refusal came from encode and named texts[1], not the file's line 2
+    from minibert.corpus.readers import read_texts
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "ok"}\n{"text": "bad \\ud800 here"}\n')
+    with pytest.raises(InputError, match=r"data.jsonl:2: field 'text' holds a lone surrogate '\\ud800' at character 4"):
+        read_texts(str(data))

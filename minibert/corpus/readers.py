@@ -126,10 +126,22 @@ def text_records(path, lines, field, header):
         elif kind == ".jsonl":
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
-            yield offset, number, record[field]
+            yield offset, number, valid_unicode(path, number, field, record[field])
         else:
             [column] = columns_of(path, header, [field])
             yield offset, number, record[column] if column < len(record) else ""
+
+
+def valid_unicode(path, number, field, text):
+    """A JSON string may spell a lone surrogate ("\\ud800"), which no UTF-8 file can hold: refused here, where
+    the file and line are known (encode would name only texts[i])."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{path}:{number}: field {field!r} holds a lone surrogate {text[e.start]!r} at character "
+                         f"{e.start} (a JSON \\u escape of half a UTF-16 pair), which is not valid Unicode text; "
+                         "repair the line") from None
+    return text
 
 
 def columns_of(path, header, fields):
