@@ -183,3 +183,10 @@ def test_a_lone_surrogate_escaped_in_jsonl_is_named_by_file_and_line(tmp_path):
     data.write_text('{"text": "ok"}\n{"text": "bad \\ud800 here"}\n')
     with pytest.raises(InputError, match=r"data.jsonl:2: field 'text' holds a lone surrogate '\\ud800' at character 4"):
         read_texts(str(data))
+
+
+def test_a_generator_of_texts_is_refused_with_what_to_write(model):
+    with pytest.raises(InputError, match=r"found generator \(pass list\(texts\) to read it whole\)"):
+        model.encode(text for text in ["a cat", "a dog"])
+    with pytest.raises(InputError, match="found dict$"):                      # no list() hint where it misleads
+        model.encode({"a": 1})
