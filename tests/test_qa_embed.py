@@ -190,3 +190,13 @@ def test_a_generator_of_texts_is_refused_with_what_to_write(model):
         model.encode(text for text in ["a cat", "a dog"])
     with pytest.raises(InputError, match="found dict$"):                      # no list() hint where it misleads
         model.encode({"a": 1})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_similarity_refuses_non_finite_vectors(model, bad):
+    # the row scored NaN against everything, without a word
+    a = np.array([[1.0, 0.0], [0.5, bad]])
+    with pytest.raises(InputError, match=r"similarity: a holds 1 non-finite value\(s\) \(NaN/Inf\), first in row 1"):
+        model.similarity(a, np.ones((2, 2)))
+    with pytest.raises(InputError, match="b holds 1 non-finite"):
+        model.similarity_pairwise(np.ones((2, 2)), a)
