@@ -11,14 +11,14 @@ from pathlib import Path
 
 from ..errors import MiniBertError
 from .common import (POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments, check_lengths,
-                     check_writable, encoding_options, int_at_least, parse_layers, print_json, refuse_dense_flags,
-                     writing)
+                     check_writable, encoding_options, field_for, int_at_least, parse_layers, print_json,
+                     refuse_dense_flags, writing)
 
 
 def cmd_extract(args):
     import minibert
     from ..corpus.extract import extract
-    from ..corpus.readers import field_for, open_corpus, some_texts
+    from ..corpus.readers import open_corpus, some_texts
     if args.engine == "local" and (args.address is not None or args.workers is not None):
         raise MiniBertError("--address and --workers are options of --engine ray")
     if args.whiten and not args.reduce:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import MiniBertError
 from .common import (DEMO_TEXTS, POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments,
-                     check_lengths, check_writable, encoding_options, print_json, refuse_dense_flags,
+                     check_lengths, check_writable, encoding_options, field_for, print_json, refuse_dense_flags,
                      texts_from_arguments)
 
 
@@ -106,7 +106,7 @@ def cmd_similarity(args):
     model = minibert.load(args.model, backend=args.backend)
     args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
-        from ..corpus.readers import field_for, read_texts, some_texts
+        from ..corpus.readers import read_texts, some_texts
         from ..embed.pooling import resolve_layers
         from ..corpus.search import format_matrix, similarity_matrix
         texts = read_texts(args.matrix, field_for(args.matrix, args.field))

@@ -126,22 +126,16 @@ def text_records(path, lines, field, header):
         elif kind == ".jsonl":
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
-            yield offset, number, valid_unicode(path, number, field, record[field])
+            try:
+                record[field].encode("utf-8")            # a JSON escape may spell a lone surrogate ("\\ud800")
+            except UnicodeEncodeError as e:
+                raise InputError(f"{path}:{number}: field {field!r} holds a lone surrogate {record[field][e.start]!r} "
+                                 f"at character {e.start} (a JSON \\u escape of half a UTF-16 pair), not valid "
+                                 "Unicode: repair it") from None
+            yield offset, number, record[field]
         else:
             [column] = columns_of(path, header, [field])
             yield offset, number, record[column] if column < len(record) else ""
-
-
-def valid_unicode(path, number, field, text):
-    """A JSON string may spell a lone surrogate ("\\ud800"), which no UTF-8 file can hold: refused here, where
-    the file and line are known (encode would name only texts[i])."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(f"{path}:{number}: field {field!r} holds a lone surrogate {text[e.start]!r} at character "
-                         f"{e.start} (a JSON \\u escape of half a UTF-16 pair), which is not valid Unicode text; "
-                         "repair the line") from None
-    return text
 
 
 def columns_of(path, header, fields):
@@ -179,7 +173,7 @@ def header_column(path, names, field):
         raise InputError(f"{path}: no column {field!r}; columns are {names} (choose one with --field)")
     if names.count(field) > 1:                 # which one holds the texts is anyone's guess
         raise InputError(f"{path}: the header names column {field!r} {names.count(field)} times (columns "
-                         f"{[i + 1 for i, name in enumerate(names) if name == field]}); rename all but one")
+                         f"{[i + 1 for i, n in enumerate(names) if n == field]}); rename all but one")
     return names.index(field)
 
 
@@ -333,18 +327,6 @@ def read_lines(path, what="input file"):
             found.append((number, without_newline(decode(name, offset, number, raw))))
             lines.take()                              # nothing to hash: the lines need not be kept
     return found
-
-
-def field_for(path, field):
-    """The field or column to read (`field`, else "text"); a field named for a .txt file or standard input, whose
-    lines are the texts, is refused: a .jsonl saved as .txt would be embedded as raw JSON, its field unread."""
-    if field is not None and path != "-" and Path(path).suffix.lower() == ".parquet":
-        return field
-    if field is not None and (path == "-" or kind_of(path) == ".txt"):
-        where = "standard input" if path == "-" else f"{path} (read as .txt: a text per line)"
-        raise InputError(f"--field {field} names a JSON field or a column, but {where} has none; rename a "
-                         "JSON Lines file to .jsonl (a CSV to .csv, .tsv), or leave --field out")
-    return "text" if field is None else field
 
 
 def read_texts(path, field="text"):
