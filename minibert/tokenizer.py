@@ -240,7 +240,9 @@ def as_text_list(texts, what: str) -> list:
     if isinstance(texts, np.ndarray) and texts.ndim == 1:
         texts = texts.tolist()
     if not isinstance(texts, (list, tuple)):
-        raise InputError(f"{what} must be a str or a list of str, found {type(texts).__name__}")
+        iterable = hasattr(texts, "__iter__") and not isinstance(texts, (bytes, dict, np.ndarray))
+        raise InputError(f"{what} must be a str or a list of str, found {type(texts).__name__}"
+                         + (f" (pass list({what}) to read it whole)" if iterable else ""))
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             hint = {bytes: "decode it first (b.decode('utf-8'))", list: "pass pre-split words to encode_words",

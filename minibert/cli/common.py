@@ -128,8 +128,22 @@ def print_json(value):
     print(json.dumps(value))
 
 
+def field_for(path, field):
+    """--field (default "text"); refused for a .txt file or standard input, whose lines are the texts: a .jsonl
+    saved as .txt was embedded as raw JSON, its field unread."""
+    tabular = path != "-" and Path(path).suffix.lower() in (".jsonl", ".csv", ".tsv", ".parquet")
+    if field is not None and not tabular:
+        where = "standard input" if path == "-" else f"{path} (read as .txt: a text per line)"
+        raise MiniBertError(f"--field {field} names a JSON field or a column, but {where} has none; rename a "
+                            "JSON Lines file to .jsonl (a CSV to .csv, .tsv), or leave --field out")
+    return "text" if field is None else field
+
+
 def texts_from_arguments(texts):
     """TEXT... as given, or one text per line of standard input for a lone `-` (an empty stdin is an error)."""
+    if "-" in texts and len(texts) > 1:      # it was embedded as the text "-", standard input unread
+        raise MiniBertError(f"- reads the texts from standard input and must be the only text, found {len(texts)} "
+                            "texts with it; put every text on standard input, or none there")
     if texts != ["-"]:
         return texts
     from ..corpus.readers import read_texts, some_texts

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..errors import MiniBertError
 from .common import (POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments, check_lengths,
-                     check_writable, encoding_options, int_at_least, parse_layers, print_json, refuse_dense_flags,
-                     writing)
+                     check_writable, encoding_options, field_for, int_at_least, parse_layers, print_json,
+                     refuse_dense_flags, writing)
 
 
 def cmd_extract(args):
@@ -26,6 +26,7 @@ def cmd_extract(args):
     if args.sparse:
         check_sparse_flags(args)
     check_output_folder(args.out)
+    args.field = field_for(args.input, args.field)
     texts = open_corpus(args.input, args.field)       # streamed: read again chunk by chunk, never held whole
     some_texts(texts, args.input)      # nothing to read is a mistake (as embed - and predict say), not an empty folder
     # The Ray engine loads the model on its workers (the path may exist only there): check what needs no model.
@@ -68,7 +69,8 @@ def add_extract(sub):
                               "  minibert extract corpus.txt --out splade --sparse --model SPLADE_DIR")
     p.add_argument("input", help=".txt (a text per line), .jsonl, .csv, .tsv, .parquet, or - for standard input")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--field", default="text", help="JSON field or CSV/TSV/Parquet column holding the text")
+    p.add_argument("--field", default=None, help="JSON field or CSV/TSV/Parquet column holding the text "
+                   "(default: text)")
     p.add_argument("--format", default="npy", choices=["npy", "npz", "safetensors", "jsonl"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing extraction in --out")

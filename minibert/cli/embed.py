@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import MiniBertError
 from .common import (DEMO_TEXTS, POOLINGS, RECIPE_DEFAULT, add_encoding_arguments, add_model_arguments,
-                     check_lengths, check_writable, encoding_options, print_json, refuse_dense_flags,
+                     check_lengths, check_writable, encoding_options, field_for, print_json, refuse_dense_flags,
                      texts_from_arguments)
 
 
@@ -92,8 +92,10 @@ def add_embed(sub):
 
 def cmd_similarity(args):
     import minibert
-    if (args.matrix is None) == (args.text_b is None):
+    if (args.matrix is None) == (args.text_b is None) or (args.matrix is not None and args.text_a is not None):
         raise MiniBertError("similarity takes two texts, or --matrix FILE (a list of texts)")
+    if args.matrix is None and args.layer is not None:       # the two-text form shows every layer
+        raise MiniBertError("--layer picks the layer of --matrix; two texts are compared at every layer")
     if args.out is not None and (args.matrix is None or not args.out.endswith((".npy", ".csv"))):
         raise MiniBertError("--out writes the --matrix result: give --matrix and a FILE ending in .npy or .csv")
     if args.out is not None:
@@ -104,10 +106,12 @@ def cmd_similarity(args):
     model = minibert.load(args.model, backend=args.backend)
     args.pooling = args.pooling or model.recipe.pooling
     if args.matrix is not None:
-        from ..corpus.readers import read_texts
+        from ..corpus.readers import read_texts, some_texts
         from ..embed.pooling import resolve_layers
         from ..corpus.search import format_matrix, similarity_matrix
-        texts = read_texts(args.matrix, args.field)
+        texts = read_texts(args.matrix, field_for(args.matrix, args.field))
+        some_texts(texts, args.matrix)                                  # an empty file: no 0 x 0 matrix
+        args.layer = -1 if args.layer is None else args.layer
         [chosen] = resolve_layers(args.layer, model.config.num_hidden_layers)
         layer = layer_label(chosen)
         if head_label(model) and chosen == model.config.num_hidden_layers:     # encode adds the head there
@@ -155,8 +159,10 @@ def add_similarity(sub):
     p.add_argument("--matrix", metavar="FILE", default=None,
                    help="print the similarity matrix of the texts in FILE "
                         "(.txt a line each, .jsonl/.csv/.tsv with --field)")
-    p.add_argument("--field", default="text", help="JSON field or CSV/TSV column holding the text (with --matrix)")
-    p.add_argument("--layer", type=int, default=-1, help="layer for --matrix (0 = embeddings, -1 = last)")
+    p.add_argument("--field", default=None, help="JSON field or CSV/TSV column holding the text (with --matrix; "
+                   "default: text)")
+    p.add_argument("--layer", type=int, default=None, help="layer for --matrix (0 = embeddings, -1 = last, the "
+                   "default)")
     add_model_arguments(p)
     p.add_argument("--pooling", default=None, choices=POOLINGS, help=RECIPE_DEFAULT)
     p.add_argument("--json", action="store_true", help="machine-readable output")

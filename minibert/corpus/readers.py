@@ -34,6 +34,7 @@ BOM = b"\xef\xbb\xbf"
 # csv refuses fields over 128 KiB by default; a text of any length is a legitimate field. 2**31 - 1 fits
 # the C long the limit is stored in on every platform (sys.maxsize overflows it on Windows).
 CSV_FIELD_LIMIT = 2 ** 31 - 1
+SURROGATE = re.compile("[\ud800-\udfff]")       # half a UTF-16 pair: no UTF-8 file holds one, a JSON escape can
 
 
 class Lines:
@@ -126,6 +127,9 @@ def text_records(path, lines, field, header):
         elif kind == ".jsonl":
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
+            if bad := SURROGATE.search(record[field]):         # a JSON escape may spell one ("\\ud800")
+                raise InputError(f"{path}:{number}: field {field!r} holds a lone surrogate {bad.group()!r} at "
+                                 f"character {bad.start()} (a JSON \\u escape), not valid Unicode: repair it")
             yield offset, number, record[field]
         else:
             [column] = columns_of(path, header, [field])
@@ -139,23 +143,25 @@ def columns_of(path, header, fields):
     return header["columns"]
 
 
-def allow_large_csv_fields():
-    """The csv module refuses fields over 128 KiB by default; a corpus or labelled file may hold longer texts."""
-    if csv.field_size_limit() < CSV_FIELD_LIMIT:
-        csv.field_size_limit(CSV_FIELD_LIMIT)
-
-
 def csv_records(path, lines, header):
-    allow_large_csv_fields()
-    reader = csv.reader(decode(path, offset, number, raw) for offset, number, raw in lines)
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))   # 128 KiB by default; texts may be longer
+    reader, last = csv.reader(decode(path, offset, number, raw) for offset, number, raw in lines), (0, 1 << 62)
     while True:
         start, number = lines.position, lines.number + 1         # where the next record begins
         try:
             row = next(reader)
-        except StopIteration:
+        except StopIteration:      # a quote never closed makes the rest of the file one field: strict mode says so
+            if lines.number > last[1] and lines.f.seek(last[0]) >= 0:
+                try:
+                    list(csv.reader(lines.f.read(lines.position - last[0]).decode().splitlines(True), strict=True))
+                except csv.Error as e:
+                    if "end of data" in str(e):
+                        raise InputError(f"{path}:{last[1]}: a quote opened in this record is never closed: the rest "
+                                         "of the file would be one text; close it (or double it: \"\")") from None
             return
         except csv.Error as e:
             raise InputError(f"{path}:{lines.number}: not valid CSV ({e})") from None
+        last = (start, number)
         if "names" not in header:
             header["names"] = row
         elif row:                                                 # [] is a blank line
@@ -165,6 +171,8 @@ def csv_records(path, lines, header):
 def header_column(path, names, field):
     if field not in names:
         raise InputError(f"{path}: no column {field!r}; columns are {names} (choose one with --field)")
+    if names.count(field) > 1:                 # which one holds the texts is anyone's guess
+        raise InputError(f"{path}: the header names column {field!r} {names.count(field)} times; rename all but one")
     return names.index(field)
 
 

@@ -171,8 +171,15 @@ def job_difference(old, new):
             changed.append((key, was, now))
     if not changed:
         return ""
-    shown = [f"{key} was {was!r:.40}, now {now!r:.40}" for key, was, now in changed[:3]]
+    shown = [f"{key} was {shortened(was)}, now {shortened(now)}"
+             + (": the input's texts differ" if key == "texts_sha256" else "") for key, was, now in changed[:3]]
     return " (" + "; ".join(shown) + ")"
+
+
+def shortened(value, width=40):
+    """repr(value), cut to `width` characters with "..." where cut (a bare cut left a quote open)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def save_progress(out, job, done):

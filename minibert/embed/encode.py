@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from .pooling import (POOLINGS, apply_dense, check_options, combine_layers, l2_normalize, pool)
-from .recipe import check_dense, encode_settings, prepare_texts, prompt_length
+from .recipe import check_dense, check_prompt_room, encode_settings, prepare_texts, prompt_length
 from ..tokenizer import as_text_list, encode_batch
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -159,6 +159,7 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     Options left as None come from the checkpoint's recipe (minibert.embed.recipe): pooling, normalize,
     max_length, prompt; the recipe's Dense modules apply to its sentence vector."""
     texts = as_text_list(texts, "texts")
+    check_progress(progress)
     check_lengths(max_length, window, stride, batch_size,
                   model.tokenizer.max_length, max_batch_tokens)   # the caller's, before the recipe's
     check_dense(model, pooling)
@@ -166,6 +167,8 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
                              prompt=prompt, prompt_name=prompt_name)
     pooling, normalize, max_length = recipe.pooling, recipe.normalize, recipe.max_length
     check_options(pooling, combine)
+    if window is None:
+        check_prompt_room(model, recipe)
     texts, skip = prepare_texts(recipe, texts), prompt_length(model, recipe)
     if skip and window is not None:
         raise InputError("window= with a prompt left out of the pooling (include_prompt false) is not supported")
@@ -175,9 +178,10 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
     request = model.capture_request(capture)          # a bad capture is refused before any text is tokenized
     if text_pairs is not None:
         text_pairs = as_text_list(text_pairs, "text_pairs")
-        if len(text_pairs) != len(texts) or window is not None:
-            raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)}) "
-                             "and no window=")
+        if len(text_pairs) != len(texts):
+            raise InputError(f"text_pairs needs one text per text (found {len(text_pairs)} for {len(texts)})")
+        if window is not None:
+            raise InputError("text_pairs with window= is not supported: a pair is encoded whole, up to max_length")
         if recipe.lower:                            # as sentence-transformers: both texts of a pair
             text_pairs = [t.lower() for t in text_pairs]
     tokenized = tokenize_texts(model, texts, max_length, window, pairs=text_pairs)
@@ -371,6 +375,13 @@ def progress_bar(batches, progress, total_rows):
     return tqdm(batches, desc="minibert", unit="batch")
 
 
+def check_progress(progress):
+    """progress: None, a bool or a callable; a string such as "no" was true and showed the bar."""
+    if not (progress is None or callable(progress) or isinstance(progress, (bool, np.bool_))):
+        raise InputError(f"progress (show_progress_bar) must be True, False, None (a bar on a terminal for large "
+                         f"inputs) or a callable progress(done, total), found {progress!r}")
+
+
 def report_batches(batches, progress, total_rows):
     done = 0
     for first, last in batches:
@@ -427,7 +438,8 @@ def check_batching(batch_size, window, stride, limit, max_batch_tokens=None):
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 8 <= window <= limit:
             raise InputError(f"window must be an int between 8 and the model's {limit} tokens, found {window!r}")
-        if stride is not None and (not isinstance(stride, (int, np.integer)) or not 0 <= stride <= window // 2):
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
+                                   or not 0 <= stride <= window // 2):
             raise InputError(f"stride (the overlap between windows) must be between 0 and window // 2 = "
                              f"{window // 2}, found {stride!r}")
     elif stride is not None:

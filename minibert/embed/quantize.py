@@ -40,6 +40,7 @@ def quantize_embeddings(embeddings, precision, *, ranges=None, calibration_embed
         return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
     if N == 0:
         return np.zeros((0, D), dtype=np.int8 if precision == "int8" else np.uint8)
+    finite(embeddings, "embeddings")
     ranges = int8_ranges(embeddings, ranges, calibration_embeddings)        # [2, D]
     ranges = ranges.astype(np.float32, copy=False)     # as sentence-transformers 6.3: steps in float32
     starts = ranges[0, :]
@@ -61,18 +62,31 @@ def int8_ranges(embeddings, ranges, calibration_embeddings):
         if ranges.shape != (2, D) or ranges.dtype.kind != "f":
             raise InputError(f"ranges must be a float array [2, {D}] (per dimension the start and the end), "
                              f"found {ranges.dtype} {ranges.shape}")
-        return ranges
+        return finite(ranges, "ranges")
     source = embeddings if calibration_embeddings is None else as_matrix(calibration_embeddings,
                                                                           "calibration_embeddings")
     if source.shape[1] != D:
         raise InputError(f"calibration_embeddings have {source.shape[1]} dimensions, the vectors {D}")
-    if len(source) == 0 or (calibration_embeddings is None and len(source) == 1):
+    if len(source) < 2:               # one calibration vector too: each dimension's start is its end
+        given = "calibration_embeddings= with more vectors" if calibration_embeddings is not None else \
+            "calibration_embeddings="
         raise InputError(f"int8/uint8 ranges cannot come from {len(source)} vector(s) (every value would be its "
-                         "own start): pass calibration_embeddings= (vectors like those you will quantize) or ranges=")
+                         f"own start): pass {given} (vectors like those you will quantize) or ranges=")
+    if calibration_embeddings is not None:
+        finite(source, "calibration_embeddings")
     if calibration_embeddings is None and len(source) < 100:
         warn_caller(f"minibert: int8/uint8 ranges taken from the {len(source)} vectors being quantized; ranges from "
                     "more vectors (calibration_embeddings= or ranges=) give steps that hold across batches")
     return np.vstack((np.min(source, axis=0), np.max(source, axis=0)))
+
+
+def finite(array, what):
+    """NaN or Inf in a range makes every step NaN, which casts to 0 (or anything) without a word."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise InputError(f"{what} hold {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}: int8/uint8 ranges need finite numbers")
+    return array
 
 
 def as_matrix(array, what):

@@ -348,6 +348,14 @@ def resolve_max_length(model, max_length=None) -> int:
     return model.tokenizer.max_length
 
 
+def check_flag(value, name):
+    """A yes/no option: True, False (a NumPy bool too) or None (the recipe's), as a Python bool or None. A
+    string such as "False" is refused: its truth would silently turn the option on."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise InputError(f"{name} must be True, False or None (the model's recipe), found {value!r}")
+
+
 def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, prompt_name) -> EncodeSettings:
     """Options given explicitly win; the model's recipe fills in the rest.
 
@@ -357,6 +365,7 @@ def encode_settings(model, *, pooling, normalize, max_length, layers, prompt, pr
     """
     recipe, num_layers = model.recipe, model.config.num_hidden_layers
     chosen, single = resolve_layer_choice(layers, num_layers)
+    normalize = check_flag(normalize, "normalize")
     pooling = recipe.pooling if pooling is None else pooling
     sentence_vector = single and chosen == [num_layers] and pooling != "none"
     normalize = (recipe.normalize and sentence_vector) if normalize is None else normalize
@@ -409,3 +418,18 @@ def prompt_length(model, settings: EncodeSettings) -> int:
     from ..tokenizer import encode_batch
     [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), settings.max_length)
     return len(alone.ids) - (alone.special_tokens_mask[-1] if alone.ids else 0)
+
+
+def check_prompt_room(model, settings: EncodeSettings) -> None:
+    """One warning when the prompt with its special tokens fills max_length: truncation then cuts every text
+    whole, and every text gets the same vector (sentence-transformers gives it too, without a word)."""
+    if not settings.prompt:
+        return
+    from ..errors import warn_caller
+    from ..tokenizer import encode_batch
+    [alone] = encode_batch(model.tokenizer.backend, prepare_texts(settings, [""]), None)
+    if len(alone.ids) >= settings.max_length:
+        shown = settings.prompt if len(settings.prompt) <= 40 else settings.prompt[:37] + "..."
+        warn_caller(f"minibert: the prompt {shown!r} takes {len(alone.ids)} tokens with the special "
+                    f"tokens, max_length is {settings.max_length}: no token of any text reaches the model, and "
+                    "every text gets the same vector; shorten the prompt or raise max_length")

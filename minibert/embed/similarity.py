@@ -105,6 +105,10 @@ def as_rows(x, what):
         x = x[None, :]
     if x.ndim != 2:
         raise InputError(f"similarity: {what} must be vectors [N, D] or one vector [D], found shape {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():                        # a NaN/Inf row scores NaN against every row, without a word
+        raise InputError(f"similarity: {what} holds {int(bad.sum())} non-finite value(s) (NaN/Inf), first in row "
+                         f"{int(np.argwhere(bad)[0][0])}")
     return x
 
 

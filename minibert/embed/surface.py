@@ -90,6 +90,9 @@ def encode_with_options(model, texts, *, normalize, progress, pooling, capture, 
     from .truncate import cut_width, truncate_vectors
     given, as_list = translate({"normalize": normalize, "progress": progress, "pooling": pooling},
                                sentence_transformers_options)
+    from .recipe import check_flag
+    given["normalize"] = check_flag(given["normalize"], "normalize_embeddings" if "normalize_embeddings" in
+                                    sentence_transformers_options else "normalize")   # np.True_ renormalises too
     pooling = given["pooling"]
     cut = cut_width(model, truncate_dim, pooling, capture, layers)
     renormalize = cut is not None and given["normalize"] is True

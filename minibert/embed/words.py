@@ -5,9 +5,10 @@ import numpy as np
 
 from ..errors import InputError, warn_caller
 from ..tokenizer import as_text_list, encode_batch
-from .encode import (WordVectors, check_lengths, finish, output_dtype, run, tokenize_texts, warn_truncated,
-                     warn_unknown)
+from .encode import (WordVectors, check_lengths, check_progress, finish, output_dtype, run, tokenize_texts,
+                     warn_truncated, warn_unknown)
 from .pooling import check_options, pool_words, resolve_layer_choice
+from .recipe import check_flag
 
 
 def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="first", normalize=False,
@@ -32,6 +33,8 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
         inputs = [list(words) for words in texts_or_words]
     else:
         inputs = as_text_list(texts_or_words, "texts")
+    normalize = check_flag(normalize, "normalize")
+    check_progress(progress)
     if not isinstance(prefix_space, bool):
         raise InputError(f"prefix_space must be True or False, found {prefix_space!r}")
     check_lengths(max_length, window, stride, batch_size, model.tokenizer.max_length, max_batch_tokens)
@@ -57,9 +60,13 @@ def encode_words(model, texts_or_words, *, layers=-1, combine=None, subword="fir
             starts = np.cumsum([0] + [len(w) + 1 for w in words])                    # [W + 1]
             spans = np.stack([starts[:-1], starts[:-1] + [len(w) for w in words]], axis=-1)   # [W, 2]
         else:
-            vectors, has_pieces = found, np.ones(len(word_index), dtype=bool)
             spans = np.array([[tok.offsets[tok.word_ids == w][0, 0], tok.offsets[tok.word_ids == w][-1, 1]]
-                              for w in word_index], dtype=np.int64)
+                              for w in word_index], dtype=np.int64).reshape(-1, 2)        # [W', 2]
+            # byte-level BPE makes a run of spaces a pre-token of its own ("a  b": a, Ġ, Ġb), its span empty
+            # (offsets trimmed) or blank: no word of the text
+            kept = np.array([inputs[i][s:e].strip() != "" for s, e in spans], dtype=bool)   # [W']
+            vectors, spans = found[kept], spans[kept]
+            has_pieces = np.ones(len(spans), dtype=bool)
             words = [inputs[i][s:e] for s, e in spans]
         results.append(WordVectors(words=list(words), spans=spans.astype(np.int64).reshape(-1, 2),
                                    vectors=finish(vectors, single, combine, normalize, out_dtype),
