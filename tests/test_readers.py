@@ -250,3 +250,14 @@ def test_extract_with_nothing_to_read_is_refused_like_embed_and_predict(tmp_path
         (tmp_path / "empty.txt").write_text("")
     assert main(["extract", path, "--out", str(tmp_path / "out")]) == 1
     assert "no texts in" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
+def test_a_missing_column_is_named_without_another_commands_flag(tmp_path, suffix):
+    """The readers serve extract (--field), predict (--text-col, --pair-col), finetune and probe (--text-col,
+    --label-col): a missing column's message named --field whichever command read it."""
+    path = tmp_path / f"data{suffix}"
+    path.write_text("text\tp\ncat\tdog\n" if suffix == ".tsv" else '{"text": "cat", "p": "dog"}\n')
+    with pytest.raises(InputError) as caught:
+        readers.read_text_pairs(str(path), pair_col="pair")
+    assert "'pair'" in str(caught.value) and "--field" not in str(caught.value)

@@ -126,7 +126,7 @@ def text_records(path, lines, field, header):
             yield offset, number, record
         elif kind == ".jsonl":
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise InputError(f"{path}:{number}: no string field {field!r} (choose it with --field)")
+                raise InputError(f"{path}:{number}: no string field {field!r} (name the field that holds it)")
             if bad := SURROGATE.search(record[field]):         # a JSON escape may spell one ("\\ud800")
                 raise InputError(f"{path}:{number}: field {field!r} holds a lone surrogate {bad.group()!r} at "
                                  f"character {bad.start()} (a JSON \\u escape), not valid Unicode: repair it")
@@ -170,7 +170,7 @@ def csv_records(path, lines, header):
 
 def header_column(path, names, field):
     if field not in names:
-        raise InputError(f"{path}: no column {field!r}; columns are {names} (choose one with --field)")
+        raise InputError(f"{path}: no column {field!r}; columns are {names} (name one of them)")
     if names.count(field) > 1:                 # which one holds the texts is anyone's guess
         raise InputError(f"{path}: the header names column {field!r} {names.count(field)} times; rename all but one")
     return names.index(field)
@@ -356,7 +356,7 @@ def read_parquet_texts(path, field):
     try:
         schema = pq.read_schema(path)
         if field not in schema.names:
-            raise InputError(f"{path}: no column {field!r}; columns are {schema.names} (choose one with --field)")
+            raise InputError(f"{path}: no column {field!r}; columns are {schema.names} (name one of them)")
         column = pq.read_table(path, columns=[field]).column(field)
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"{path}: cannot read as Parquet ({e})") from None
