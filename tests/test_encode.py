@@ -408,6 +408,22 @@ def test_encode_returns_the_dtype_the_model_was_loaded_with(model_for):
     assert model_for("cpu").encode(TEXTS).dtype == np.float32
 
 
+def test_float16_values_beyond_its_range_are_refused_not_returned_as_inf():
+    """A hidden state over 65504 became inf in a float16 result without a word (extract already refused it)."""
+    model = minibert.load(backend="cpu")
+    model.weights["layers"][-1]["ffn_ln"]["g"] *= 1e5                 # the last layer's outputs reach ~1e6
+    model.weights["layers"][-1]["ffn_out"]["w"] *= 1e5                # and its FFN output before the LayerNorm
+    wide = model.encode(TEXTS[:2], normalize=False)
+    assert np.abs(wide).max() > 65504 and np.isfinite(wide).all()
+    with pytest.raises(InputError, match=r"values exceed float16's range \(\|x\| > 65504, the largest here"):
+        model.encode(TEXTS[:2], normalize=False, dtype="float16")
+    with pytest.raises(InputError, match="exceed float16's range"):
+        model.encode(TEXTS[:2], normalize=False, dtype="float16", capture="layer6.ffn.output")
+    with pytest.raises(InputError, match="exceed float16's range"):
+        model.encode_words(["a cat"], dtype="float16")
+    assert np.isfinite(model.encode(TEXTS[:2], dtype="float16")).all()      # unit vectors fit
+
+
 def test_extract_writes_the_dtype_the_model_was_loaded_with(tmp_path, model_for):
     from minibert.corpus.extract import extract
     model64 = model_for("cpu", "float64")

@@ -197,7 +197,7 @@ def encode(model, texts, *, layers=-1, combine=None, pooling=None, normalize=Non
         vectors = finish(per_layer, recipe.single_layer, combine, normalize, out_dtype, dense=recipe.dense)
     if capture is None:
         return vectors
-    return EncodeResult(vectors, request.keyed({name: [v.astype(out_dtype) for v in values]
+    return EncodeResult(vectors, request.keyed({name: [to_output(v, out_dtype) for v in values]
                                                 for name, values in captured.items()}))
 
 
@@ -349,7 +349,20 @@ def finish(stacked, single_layer, combine, normalize, out_dtype, dense=()):
     out = apply_dense(out, dense)
     if normalize:
         out = l2_normalize(out)
-    return out.astype(out_dtype)
+    return to_output(out, out_dtype)
+
+
+def to_output(array, out_dtype):
+    """array cast to the dtype asked for; float16 holds |x| <= 65504 and makes anything larger inf, which is
+    refused (as extract refuses it) rather than returned as if it were a number."""
+    cast = array.astype(out_dtype)
+    if out_dtype == np.float16 and np.isinf(cast).any():
+        lost = int((np.isinf(cast) & np.isfinite(array)).sum())
+        if lost:
+            raise InputError(f"{lost} values exceed float16's range (|x| > 65504, the largest here "
+                             f"{float(np.abs(array[np.isfinite(array)]).max()):.4g}) and would be inf: "
+                             "ask for dtype='float32'")
+    return cast
 
 
 def pad(rows, pad_id):
