@@ -110,6 +110,18 @@ def test_top_k_equals_brute_force_across_chunks(monkeypatch):
     assert search.top_k(matrix[:4], queries, 10)[0].shape == (3, 4)      # k larger than the index
 
 
+def test_search_refuses_an_extraction_holding_nan_naming_the_row(model, corpus_file, tmp_path):
+    """A NaN row scored NaN against every query and ranked anywhere among the hits; now it is named."""
+    out = tmp_path / "vecs"
+    extract(model, CORPUS, out, source_file=str(corpus_file))
+    vectors = np.load(out / "vectors.npy", mmap_mode="r+")
+    vectors[2, 5] = np.nan
+    vectors.flush()
+    del vectors
+    with pytest.raises(MiniBertError, match=r"row 2 of the extraction holds NaN or inf \(1 such rows"):
+        minibert.search(model, out, CORPUS[0], k=3)
+
+
 def test_model_search_over_an_extraction(model, corpus_file, tmp_path):
     out = tmp_path / "vecs"
     extract(model, CORPUS, out, layers=[0, 2, -1], source_file=str(corpus_file))
