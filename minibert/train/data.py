@@ -5,6 +5,7 @@ into padded arrays.
 Axes: B batch, T tokens, N examples, W words.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -122,6 +123,19 @@ def checked_labels(labels, what):
         raise InputError(f"{what}: labels mix types ({', '.join(f'{k} at {i}' for k, i in kinds.items())}); they "
                          "would be different classes that print alike: give every label the same type")
     return out
+
+
+def label_order(labels):
+    """Distinct labels in id order: numbers, and strings that spell integers (a CSV column of class ids), by
+    value, so id i is label i as transformers' recipes and datasets number them (sorted as strings, "10"
+    came before "2" and a transformers user reading argmax as the label got another class); others as
+    strings. labels: checked_labels' output (one type)."""
+    distinct = set(labels)
+    if all(isinstance(x, (int, float)) for x in distinct):
+        return sorted(distinct)
+    if all(isinstance(x, str) and re.fullmatch(r"[+-]?[0-9]+", x.strip()) for x in distinct):
+        return sorted(distinct, key=lambda x: (int(x), x))     # "1" and "01" both kept, in a fixed order
+    return sorted(distinct, key=str)
 
 
 def score_problem(value, unit):

@@ -22,7 +22,8 @@ from ..files import atomic_directory
 from ..kernels.reference import IGNORE_INDEX
 from .backprop import TASKS
 from .classifier import Classifier, check_output_directory, new_classifier
-from .data import Examples, checked_examples, checked_labels, collate, length_buckets, tokenize_examples
+from .data import (Examples, checked_examples, checked_labels, collate, label_order, length_buckets,
+                   tokenize_examples)
 from .objectives import BEST_SCORE_METRIC, LOSSES, SAVED_AS, improves, loss_and_grads, score_metrics
 from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 
@@ -122,10 +123,10 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     (labels in [0, 1], sentence-transformers' BinaryCrossEntropyLoss, saved with Sigmoid). Regression records
     the dev MSE, Pearson and Spearman of the activated scores, and patience watches Spearman.
 
-    labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
-    loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history. progress: a
-    stream (e.g. sys.stderr) for a bar with the running loss when it is a terminal, a line every 10 seconds
-    otherwise (minibert.progress), and a line per epoch; or None.
+    labels: the label names in id order (default: train's labels sorted, numbers by value:
+    data.label_order). Each epoch's mean training loss, and the dev accuracy when `dev` is given, go to the
+    returned Classifier's history. progress: a stream (e.g. sys.stderr) for a bar with the running loss when
+    it is a terminal, a line every 10 seconds otherwise (minibert.progress), and a line per epoch; or None.
     on_epoch: called with the Classifier after each epoch.
 
     checkpoint_dir: after each epoch the checkpoint (Classifier.save) is written there, and beside it the
@@ -250,7 +251,7 @@ def class_labels(train, dev, task, labels):
     and dev label must be one of them."""
     def flat(examples):
         return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
-    labels = sorted(set(flat(train)), key=str) if labels is None else checked_labels(labels, "labels")
+    labels = label_order(flat(train)) if labels is None else checked_labels(labels, "labels")
     if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
         raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=), "
                          "and a model with one output is task='regression' (--task regression)")
