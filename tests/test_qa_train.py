@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import minibert
+from minibert.errors import InputError
 from minibert.train.data import Examples
 from minibert.train.finetune import TrainingRecipe, finetune
 
@@ -29,3 +30,31 @@ def test_class_ids_are_the_numeric_labels(tmp_path, kind):
 def test_words_labels_still_sort_as_strings():
     clf = finetune(BERT, Examples(texts=["a", "b", "c"], labels=["b", "B", "a"]), recipe=QUICK)
     assert clf.labels == ["B", "a", "b"]
+
+
+def test_token_task_refuses_text_pairs():
+    with pytest.raises(InputError, match="text_pairs are not read"):
+        finetune(BERT, Examples(texts=[["a"], ["c"]], text_pairs=["b", "d"], labels=[["X"], ["Y"]]),
+                 task="token", recipe=QUICK)
+
+
+@pytest.mark.parametrize("pairs_in", ["train", "dev"])
+def test_dev_must_have_pairs_as_train_has(pairs_in):
+    def examples(with_pairs):
+        return Examples(texts=["a", "b"], text_pairs=["c", "d"] if with_pairs else None, labels=["x", "y"])
+    with pytest.raises(InputError, match="give both sets pairs, or neither"):
+        finetune(BERT, examples(pairs_in == "train"), dev=examples(pairs_in == "dev"), recipe=QUICK)
+
+
+def test_token_task_refuses_a_train_set_whose_labels_are_all_cut():
+    # max_length 2 keeps only [CLS] [SEP]: the loss was 0.0 with no word counted, and the run "trained"
+    with pytest.raises(InputError, match="train: no word keeps a label within max_length 2"):
+        finetune(BERT, Examples(texts=[["a"], ["b"]], labels=[["X"], ["Y"]]), task="token",
+                 recipe=TrainingRecipe(epochs=1, max_length=2))
+
+
+def test_token_task_refuses_a_dev_set_with_no_word_to_score():
+    # words the tokenizer makes no pieces of: the dev accuracy was 0.0 with no word counted
+    with pytest.raises(InputError, match="dev: no word keeps a label"):
+        finetune(BERT, Examples(texts=[["a"], ["b"]], labels=[["X"], ["Y"]]),
+                 dev=Examples(texts=[["\u200b"], ["\x00"]], labels=[["X"], ["Y"]]), task="token", recipe=QUICK)

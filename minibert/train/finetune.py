@@ -22,8 +22,8 @@ from ..files import atomic_directory
 from ..kernels.reference import IGNORE_INDEX
 from .backprop import TASKS
 from .classifier import Classifier, check_output_directory, new_classifier
-from .data import (Examples, checked_examples, checked_labels, collate, label_order, length_buckets,
-                   tokenize_examples)
+from .data import (Examples, check_labelled_tokens, checked_examples, checked_labels, collate, label_order,
+                   length_buckets, tokenize_examples)
 from .objectives import BEST_SCORE_METRIC, LOSSES, SAVED_AS, improves, loss_and_grads, score_metrics
 from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 
@@ -155,6 +155,10 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     train = checked_examples(train, task, "train", objective)
     if dev is not None:
         dev = checked_examples(dev, task, "dev", objective)
+    if dev is not None and (dev.text_pairs is None) != (train.text_pairs is None):
+        # scored on another input than it was trained on, the dev metric describes no use of the model
+        raise InputError(f"train {'has' if train.text_pairs is not None else 'has no'} text_pairs but dev "
+                         f"{'has' if dev.text_pairs is not None else 'has none'}; give both sets pairs, or neither")
     if task == "regression":
         labels, label2id = check_output_name(labels), {}
         if dev is not None:
@@ -178,13 +182,17 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     classifier.training = run_description(base_model=base_model, source=model.source, recipe=recipe,
                                           datasets=datasets, command=command, pairs=train.text_pairs is not None)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
+    dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
+    if task == "token":
+        check_labelled_tokens(items, "train", recipe.max_length or model.tokenizer.max_length)
+        if dev_items is not None:
+            check_labelled_tokens(dev_items, "dev", recipe.max_length or model.tokenizer.max_length)
     steps_per_epoch = -(-len(items) // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = int(np.ceil(recipe.warmup_ratio * total))
     params = trainable(classifier.weights, classifier.head, config)
     run = None
     if checkpoint_dir is not None:
-        dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
         run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items,
                                        loss=objective if task == "regression" else None)
     best: Any = None                             # {"epoch", "metric", "params"} of the best epoch so far
