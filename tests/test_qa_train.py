@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import minibert
+from minibert.analysis.probe import probe_sentences, sentence_probe_folds
 from minibert.errors import InputError
 from minibert.train.data import Examples
 from minibert.train.finetune import TrainingRecipe, finetune
@@ -58,3 +59,18 @@ def test_token_task_refuses_a_dev_set_with_no_word_to_score():
     with pytest.raises(InputError, match="dev: no word keeps a label"):
         finetune(BERT, Examples(texts=[["a"], ["b"]], labels=[["X"], ["Y"]]),
                  dev=Examples(texts=[["\u200b"], ["\x00"]], labels=[["X"], ["Y"]]), task="token", recipe=QUICK)
+
+
+def test_probe_refuses_labels_no_two_texts_share():
+    # a column of scores: every fold was scored on labels its probe never saw, 0.000 on every layer
+    with pytest.raises(InputError, match="no probe is ever trained on the label"):
+        sentence_probe_folds([i * 0.37 for i in range(12)])
+
+
+def test_probe_notes_texts_whose_label_no_other_fold_holds():
+    model = minibert.load(BERT)
+    texts = [f"text {i}" for i in range(11)]
+    result = probe_sentences(model, texts, ["a", "b"] * 5 + ["c"], layers=[0], folds=2)
+    assert result.notes == ["1 text(s) have a label no other fold holds, so their fold's probe never saw it and "
+                            "scores them wrong"]
+    assert probe_sentences(model, texts[:10], ["a", "b"] * 5, layers=[0], folds=2).notes == []
