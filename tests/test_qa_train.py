@@ -4,9 +4,11 @@ and give numbers that meant something else."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import minibert
+from minibert.analysis import walkthrough
 from minibert.analysis.probe import probe_sentences, sentence_probe_folds
 from minibert.errors import InputError
 from minibert.train.data import Examples
@@ -74,3 +76,25 @@ def test_probe_notes_texts_whose_label_no_other_fold_holds():
     assert result.notes == ["1 text(s) have a label no other fold holds, so their fold's probe never saw it and "
                             "scores them wrong"]
     assert probe_sentences(model, texts[:10], ["a", "b"] * 5, layers=[0], folds=2).notes == []
+
+
+HEADS_BERT = Path(__file__).parent / "fixtures" / "heads" / "bert"
+
+
+def test_walkthrough_of_an_empty_text_has_no_nan_step():
+    # no real token: the MLM loss was a mean of nothing, NaN beside minibert's 0, and the summary said 0.0e+00
+    _, _, steps = walkthrough.walkthrough(minibert.load(HEADS_BERT, backend="numpy"), "")
+    assert "MLM loss" not in [s.name for s in steps] and "NSP loss" in [s.name for s in steps]
+    assert all(np.isfinite(s.max_diff) for s in steps)
+
+
+def test_walkthrough_summary_names_a_nan_difference():
+    model = minibert.load(HEADS_BERT, backend="numpy")
+    steps = [walkthrough.Step("fine", "", "", np.zeros(2), np.full(2, 1e-3)),
+             walkthrough.Step("broken", "", "", np.array([np.nan]), np.zeros(1))]
+    assert list(walkthrough.report([], np.zeros(0, int), steps, model))[-1] == "\nlargest difference: nan (broken)"
+
+
+def test_walkthrough_command_prints_one_line_for_a_missing_model(capsys, tmp_path):
+    assert walkthrough.main(["x", "--model", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"minibert: error: {tmp_path / 'nowhere'}: no such model directory\n"
