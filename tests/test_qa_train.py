@@ -2,6 +2,7 @@
 and give numbers that meant something else."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,13 @@ def test_walkthrough_summary_names_a_nan_difference():
 def test_walkthrough_command_prints_one_line_for_a_missing_model(capsys, tmp_path):
     assert walkthrough.main(["x", "--model", str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err == f"minibert: error: {tmp_path / 'nowhere'}: no such model directory\n"
+
+
+def test_next_sentence_warns_when_a_pair_is_cut():
+    # the probability of a cut pair (its second text perhaps gone) came back without a word
+    model = minibert.load(HEADS_BERT)
+    with pytest.warns(UserWarning, match="1 of 2 pairs were longer than 64 tokens and were truncated"):
+        model.next_sentence(["a", "word " * 40], ["b", "other " * 40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.next_sentence("a cat", "a dog")
