@@ -109,3 +109,10 @@ def test_next_sentence_warns_when_a_pair_is_cut():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.next_sentence("a cat", "a dog")
+
+
+@pytest.mark.parametrize("name", ["", "  ", "my data"])
+def test_blank_or_spaced_dataset_names_are_refused_before_training(name):
+    # they went into the model card's metadata (datasets: [""]) and its text ("trained ... on .")
+    with pytest.raises(InputError, match="is not a dataset id"):
+        finetune(BERT, Examples(texts=["a", "b"], labels=["x", "y"]), datasets=[name], recipe=QUICK)
