@@ -2,16 +2,18 @@
 and give numbers that meant something else."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 import minibert
 from minibert.analysis import walkthrough
 from minibert.analysis.probe import probe_sentences, sentence_probe_folds
-from minibert.errors import InputError
+from minibert.errors import InputError, ModelFileError
 from minibert.train.data import Examples
 from minibert.train.finetune import TrainingRecipe, finetune
 
@@ -116,3 +118,45 @@ def test_blank_or_spaced_dataset_names_are_refused_before_training(name):
     # they went into the model card's metadata (datasets: [""]) and its text ("trained ... on .")
     with pytest.raises(InputError, match="is not a dataset id"):
         finetune(BERT, Examples(texts=["a", "b"], labels=["x", "y"]), datasets=[name], recipe=QUICK)
+
+
+@pytest.fixture(scope="module")
+def saved_classifiers(tmp_path_factory):
+    """A BERT sequence classifier and an XLM-R one (whose head has a dense layer), saved once."""
+    root = tmp_path_factory.mktemp("classifiers")
+    train = Examples(texts=["a", "b"], labels=["x", "y"])
+    finetune(BERT, train, recipe=QUICK).save(root / "bert")
+    finetune(BERT.parent / "xlm_roberta", train, recipe=QUICK).save(root / "xlmr")
+    return root
+
+
+def damaged(saved_classifiers, tmp_path, name, edit):
+    directory = tmp_path / name
+    shutil.copytree(saved_classifiers / name, directory)
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors")
+    return directory
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    # each was a raw KeyError or a NumPy broadcasting error (at the first predict) before
+    ("bert", lambda t: t.pop("classifier.bias"), r"missing \['classifier.bias'\], unexpected \[\]"),
+    ("xlmr", lambda t: t.pop("classifier.dense.weight"), r"missing \['classifier.dense.weight'\], unexpected \[\]"),
+    ("bert", lambda t: t.update({"classifier.bias": np.zeros(5, np.float32)}), r"out.b \(5,\), not \(2,\)"),
+    ("xlmr", lambda t: t.update({"classifier.dense.bias": np.zeros(3, np.float32)}), r"dense.b \(3,\), not"),
+    ("bert", lambda t: t.update({"classifier.weight": t["classifier.weight"].astype(np.int32)}),
+     r"\['classifier.weight'\] stored, but not as floating-point numbers"),
+])
+def test_damaged_classifier_heads_are_named(saved_classifiers, tmp_path, name, edit, message):
+    with pytest.raises(ModelFileError, match=message):
+        minibert.load_classifier(damaged(saved_classifiers, tmp_path, name, edit))
+
+
+def test_an_unexpected_pooler_is_not_reported_missing(saved_classifiers, tmp_path):
+    directory = tmp_path / "bert"
+    shutil.copytree(saved_classifiers / "bert", directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "architectures": ["BertForTokenClassification"]}))
+    with pytest.raises(ModelFileError, match=r"missing \[\], unexpected \['bert.pooler"):
+        minibert.load_classifier(directory)

@@ -384,19 +384,27 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
                                       template=empty_weights(config, np_dtype))
     expected = set(tensors_from_tree(weights, config, task=task, head=head))
     expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
-    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
-                                   head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
+    fresh = init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)   # the shapes a head has
+    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task, head=fresh))
     if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
         needed |= {n for n in expected if "pooler" in n}
     if config.sinusoidal_positions:
         needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
-    missing, unexpected = sorted(needed - stored), sorted(stored - expected)
-    if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
-                                 and weights["pooler"] is None):
+    # a head tensor without its pair is missing its pair, not unexpected; an integer one is not a weight
+    missing, unexpected = sorted(needed - set(tensors)), sorted(stored - expected - needed)
+    no_pooler = task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None
+    if missing or unexpected or no_pooler:
+        integer = [name for name in missing if name in stored]
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
-                             f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
+                             f"{missing[:5] or ('pooler' if no_pooler else [])}, unexpected {unexpected[:5]}"
+                             + (f" ({integer[:3]} stored, but not as floating-point numbers)" if integer else ""))
     if head["out"]["w"].shape[1] != len(labels):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
+    wrong = [f"{part}.{key} {head[part][key].shape}, not {fresh[part][key].shape}" for part in fresh
+             for key in ("w", "b") if head[part][key].shape != fresh[part][key].shape]
+    if wrong:       # a bias of the wrong length broadcast into a NumPy error at the first predict
+        raise ModelFileError(f"{directory}: the classifier head's tensors have the wrong shape "
+                             f"({'; '.join(wrong)}, as [in, out] / [out]): the checkpoint is damaged")
     # A sentence-transformers cross-encoder's own limit: CrossEncoder cuts its pairs there, so predict, the
     # server's /rerank and rank must too (the tokenizer's model_max_length is often longer).
     saved = saved_max_length(directory)
