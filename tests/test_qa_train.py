@@ -160,3 +160,13 @@ def test_an_unexpected_pooler_is_not_reported_missing(saved_classifiers, tmp_pat
     (directory / "config.json").write_text(json.dumps({**config, "architectures": ["BertForTokenClassification"]}))
     with pytest.raises(ModelFileError, match=r"missing \[\], unexpected \['bert.pooler"):
         minibert.load_classifier(directory)
+
+
+@pytest.mark.parametrize("key, shape", [("bert.encoder.layer.0.attention.self.query.weight", (3, 3)),
+                                        ("bert.embeddings.word_embeddings.weight", (10, 32)),
+                                        ("bert.embeddings.LayerNorm.weight", (7,))])
+def test_encoder_tensors_of_the_wrong_shape_are_named(saved_classifiers, tmp_path, key, shape):
+    # minibert.load refused them; load_classifier gave a NumPy error (or an IndexError at predict)
+    directory = damaged(saved_classifiers, tmp_path, "bert", lambda t: t.update({key: np.zeros(shape, np.float32)}))
+    with pytest.raises(ModelFileError, match=rf"1 encoder tensor\(s\) have the wrong shape \({key} \({shape[0]},"):
+        minibert.load_classifier(directory)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backends.threads import BLAS
 from ..checkpoint.config import read_config
+from ..checkpoint.families import family_of
 from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
 from ..errors import ConfigError, InputError, ModelFileError, OutputError
 from ..files import atomic_directory
@@ -380,12 +381,21 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
     stored = set(checkpoint.names())
     tensors = {name: checkpoint.read(name, np_dtype) for name in stored
                if checkpoint.location[name][1] in ("F16", "BF16", "F32", "F64")}   # not integer buffers (position_ids)
+    fresh = init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)   # the shapes a head has
+    shapes = {name: t.shape for name, t in tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
+                                                             head=fresh).items()}
+    head_tensors = {module + end for module in family_of(config).head_names[task].values()
+                    for end in (".weight", ".bias")}     # checked after: a class count or shape of their own
+    wrong = [f"{name} {tensors[name].shape}, the config implies {shape}" for name, shape in sorted(shapes.items())
+             if name in tensors and name not in head_tensors and tensors[name].shape != shape]
+    if wrong:       # as load refuses them; here they were NumPy errors while arranging, or at the first predict
+        raise ModelFileError(f"{directory}: {len(wrong)} encoder tensor(s) have the wrong shape "
+                             f"({'; '.join(wrong[:3])}) - does config.json belong to this checkpoint?")
     weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
                                       template=empty_weights(config, np_dtype))
     expected = set(tensors_from_tree(weights, config, task=task, head=head))
     expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
-    fresh = init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)   # the shapes a head has
-    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task, head=fresh))
+    needed = set(shapes)
     if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
         needed |= {n for n in expected if "pooler" in n}
     if config.sinusoidal_positions:
