@@ -170,3 +170,10 @@ def test_encoder_tensors_of_the_wrong_shape_are_named(saved_classifiers, tmp_pat
     directory = damaged(saved_classifiers, tmp_path, "bert", lambda t: t.update({key: np.zeros(shape, np.float32)}))
     with pytest.raises(ModelFileError, match=rf"1 encoder tensor\(s\) have the wrong shape \({key} \({shape[0]},"):
         minibert.load_classifier(directory)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_classifier_logits_refuses_a_batch_size_that_is_not_a_positive_int(saved_classifiers, batch_size):
+    # 0 was range()'s raw ValueError; -1 an empty loop and a NumPy error joining nothing
+    with pytest.raises(InputError, match="batch_size must be a positive int"):
+        minibert.load_classifier(saved_classifiers / "bert").logits(["a", "b"], batch_size=batch_size)

@@ -72,6 +72,8 @@ class Classifier:
                batch_size: int = 32, warn: bool = True) -> Union[np.ndarray, List[np.ndarray]]:
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included). warn=False: no
         truncation warning (a caller that asked for the cut, such as the server's /rerank with truncate)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, found {batch_size!r}")   # range() would raise
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out, cut = [], 0
