@@ -177,3 +177,13 @@ def test_classifier_logits_refuses_a_batch_size_that_is_not_a_positive_int(saved
     # 0 was range()'s raw ValueError; -1 an empty loop and a NumPy error joining nothing
     with pytest.raises(InputError, match="batch_size must be a positive int"):
         minibert.load_classifier(saved_classifiers / "bert").logits(["a", "b"], batch_size=batch_size)
+
+
+def test_a_dev_label_train_lacks_is_refused_with_advice_the_command_line_can_follow(tmp_path, capsys):
+    # the advice was finetune(labels=...) alone, which `minibert finetune` has no option for
+    from minibert.cli import main
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
+    (tmp_path / "dev.csv").write_text("text,label\na,x\nb,z\n")
+    assert main(["finetune", str(tmp_path / "train.csv"), "--dev", str(tmp_path / "dev.csv"), "--model", str(BERT),
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "put examples of them in the training data" in capsys.readouterr().err

@@ -271,7 +271,9 @@ def class_labels(train, dev, task, labels):
         unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
         if unknown:
             raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
-                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
+                             + ("; the classifier could never predict them: give every label to "
+                                "finetune(labels=...), or (minibert finetune has no such option) put examples of "
+                                "them in the training data" if what == "dev" else ""))
     return labels, label2id
 
 
