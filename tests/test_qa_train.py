@@ -187,3 +187,23 @@ def test_a_dev_label_train_lacks_is_refused_with_advice_the_command_line_can_fol
     assert main(["finetune", str(tmp_path / "train.csv"), "--dev", str(tmp_path / "dev.csv"), "--model", str(BERT),
                  "--out", str(tmp_path / "out")]) == 1
     assert "put examples of them in the training data" in capsys.readouterr().err
+
+
+def test_pretrain_train_loss_leaves_out_batches_that_masked_nothing(monkeypatch):
+    # a batch whose draw masked no token has a loss of 0 (NaN in torch): averaged in, with small blocks
+    # and batches it pulled the epoch's train_loss down (6.73 where the batches that had a loss gave 7.42)
+    from minibert.train import pretrain as module
+    seen, original = [], module.loss_and_grads
+
+    def recording(*args, mlm_labels, **kwargs):
+        losses, grads = original(*args, mlm_labels=mlm_labels, **kwargs)
+        if "dropout" in kwargs:                        # a training step, not the held-out loss
+            seen.append((float(losses["mlm"]), bool((mlm_labels != -100).any())))
+        return losses, grads
+    monkeypatch.setattr(module, "loss_and_grads", recording)
+    corpus = (HEADS_BERT.parent / "corpus.txt").read_text().splitlines()
+    result = module.pretrain(str(HEADS_BERT), corpus, recipe=module.PretrainRecipe(
+        epochs=1, batch_size=1, max_length=3, validation_split=0.0))
+    assert any(not masked for _, masked in seen) and any(masked for _, masked in seen)
+    assert result.history[-1]["train_loss"] == pytest.approx(np.mean([loss for loss, masked in seen if masked]),
+                                                             rel=1e-12)
