@@ -207,3 +207,20 @@ def test_pretrain_train_loss_leaves_out_batches_that_masked_nothing(monkeypatch)
     assert any(not masked for _, masked in seen) and any(masked for _, masked in seen)
     assert result.history[-1]["train_loss"] == pytest.approx(np.mean([loss for loss, masked in seen if masked]),
                                                              rel=1e-12)
+
+
+def test_token_train_loss_leaves_out_batches_without_a_labelled_word(monkeypatch):
+    # a sentence of words without pieces alone in its batch has a loss of 0: averaged in, it pulled train_loss down
+    from minibert.train import finetune as module
+    seen, original = [], module.train_step
+
+    def recording(classifier, batch_items, *args, **kwargs):
+        value = original(classifier, batch_items, *args, **kwargs)
+        seen.append((value, any((labels != -100).any() for _, _, labels in batch_items)))
+        return value
+    monkeypatch.setattr(module, "train_step", recording)
+    train = Examples(texts=[["Anna", "saw"], ["\u200b"], ["Bob", "ran"], ["\x00", "\u200b"]],
+                     labels=[["B", "O"], ["O"], ["B", "O"], ["O", "O"]])
+    clf = module.finetune(BERT, train, task="token", recipe=TrainingRecipe(epochs=1, batch_size=1, max_length=8))
+    assert [masked for _, masked in seen].count(False) == 2
+    assert clf.history[0]["train_loss"] == pytest.approx(np.mean([v for v, masked in seen if masked]), rel=1e-12)

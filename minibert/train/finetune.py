@@ -205,7 +205,7 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     try:
         with BLAS:      # the forward's thread policy: one BLAS thread (an epoch ran 6-10x slower on a busy machine)
             for epoch in range(first_epoch + 1, recipe.epochs + 1):
-                losses = []
+                losses, done = [], 0
                 for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
                     lr = lr_at(step, total, warmup, recipe.lr)
                     try:
@@ -213,10 +213,14 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
                                            lr, rng, objective)
                     except TrainingError as e:
                         raise TrainingError(diverged(step + 1, epoch, e, recipe, checkpoint_dir)) from None
-                    losses.append(value)
-                    step += 1
-                    report.step(epoch=epoch, step=step, loss=value, running=float(np.mean(losses)), lr=lr,
-                                epoch_end=len(losses) == steps_per_epoch)
+                    # a token batch whose labelled words were all cut has no loss (0 here, NaN in torch): averaged
+                    # in, it pulled train_loss down
+                    if task != "token" or any((items[i][2] != IGNORE_INDEX).any() for i in batch_indices):
+                        losses.append(value)
+                    step, done = step + 1, done + 1
+                    report.step(epoch=epoch, step=step, loss=value,
+                                running=float(np.mean(losses)) if losses else float("nan"), lr=lr,
+                                epoch_end=done == steps_per_epoch)
                 if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
                     raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
                                                  checkpoint_dir))
