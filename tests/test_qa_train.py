@@ -224,3 +224,14 @@ def test_token_train_loss_leaves_out_batches_without_a_labelled_word(monkeypatch
     clf = module.finetune(BERT, train, task="token", recipe=TrainingRecipe(epochs=1, batch_size=1, max_length=8))
     assert [masked for _, masked in seen].count(False) == 2
     assert clf.history[0]["train_loss"] == pytest.approx(np.mean([v for v, masked in seen if masked]), rel=1e-12)
+
+
+def test_predict_with_a_token_classifier_refuses_a_pair_column(tmp_path, capsys):
+    # the pair column went unread: the words of the first text alone were tagged, without a word
+    from minibert.cli import main
+    finetune(BERT, Examples(texts=[["Anna", "saw"]], labels=[["B", "O"]]), task="token", recipe=QUICK).save(
+        tmp_path / "ner")
+    (tmp_path / "pairs.csv").write_text("a,b\nthe cat,a dog\n")
+    assert main(["predict", str(tmp_path / "ner"), str(tmp_path / "pairs.csv"), "--text-col", "a",
+                 "--pair-col", "b"]) == 1
+    assert "a token classifier tags the words of one text; --pair-col is not read" in capsys.readouterr().err
