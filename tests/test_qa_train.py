@@ -235,3 +235,11 @@ def test_predict_with_a_token_classifier_refuses_a_pair_column(tmp_path, capsys)
     assert main(["predict", str(tmp_path / "ner"), str(tmp_path / "pairs.csv"), "--text-col", "a",
                  "--pair-col", "b"]) == 1
     assert "a token classifier tags the words of one text; --pair-col is not read" in capsys.readouterr().err
+
+
+def test_finetune_token_task_refuses_a_pair_column(tmp_path, capsys):
+    from minibert.cli import main
+    (tmp_path / "train.conll").write_text("Anna B\nsaw O\n\n")
+    assert main(["finetune", str(tmp_path / "train.conll"), "--task", "token", "--pair-col", "b", "--model",
+                 str(BERT), "--out", str(tmp_path / "out")]) == 1
+    assert "--pair-col is not read" in capsys.readouterr().err and not (tmp_path / "out").exists()

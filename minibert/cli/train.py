@@ -36,6 +36,9 @@ def read_examples(path, args):
         if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
             raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
                              "between sentences), not .csv/.tsv/.jsonl")
+        if args.pair_col:       # CoNLL has no columns to name: it went unread
+            raise InputError("--task token reads one sentence per CoNLL block; --pair-col is not read (leave it "
+                             "out)")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
     if args.task == "regression":
