@@ -173,6 +173,10 @@ def next_sentence(model, first, second):
     """Probability that `second` follows `first`: the softmax of the next-sentence logits, class 0, as
     BertForNextSentencePrediction; a float for two strs, an array [N] for two lists."""
     probs = reference.softmax_forward(model_nsp_logits(model, first, second))[0][:, 0]   # [N]
+    cut = int(model.tokenize(first, second).truncated.sum())
+    if cut:     # as encode and predict warn: the probability is of the cut pair, its second text maybe gone
+        warn_caller(f"minibert: {cut} of {len(probs)} pairs were longer than {model.tokenizer.max_length} tokens "
+                    "and were truncated; the probability is the cut pair's")
     return float(probs[0]) if isinstance(first, str) else probs
 
 

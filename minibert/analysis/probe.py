@@ -36,6 +36,18 @@ def check_labels(labels, fold_of, folds, unit="examples"):
         if len(train) < 2:
             raise InputError(f"with {folds} folds, fold {k}'s training part holds only the label "
                              f"{str(train[0])!r}: give each label more {unit}, or use fewer --folds")
+    if unseen_in_training(labels, fold_of, folds) == len(labels):
+        # each label on one example (a column of scores or ids): no fold's probe ever saw the label it is
+        # scored on, so every layer would score 0 and the table would say nothing about the layers
+        raise InputError(f"every one of the {len(labels)} {unit} has a label that no other {unit[:-1]} has "
+                         f"({len(classes)} labels), so no probe is ever trained on the label it is scored on: "
+                         "a probe classifies: give labels that several examples share")
+
+
+def unseen_in_training(labels, fold_of, folds):
+    """How many examples have a label absent from their fold's training part (always scored wrong)."""
+    labels, fold_of = np.asarray(labels), np.asarray(fold_of)
+    return int(sum(np.isin(labels[fold_of == k], labels[fold_of != k], invert=True).sum() for k in range(folds)))
 
 
 
@@ -198,7 +210,11 @@ def probe_sentences(model, texts, labels, *, layers="all", pooling=None, folds=5
     rows = [LayerScore(layer, *cross_validate(vectors[:, i], y, folds=folds, l2=l2, fold_of=fold_of))
             for i, layer in enumerate(chosen)]
     classes, counts = np.unique(y, return_counts=True)
-    return ProbeResult("sentence", rows, float(counts.max() / counts.sum()), len(texts), classes.tolist(), folds)
+    unseen = unseen_in_training(y, fold_of, folds)
+    notes = [f"{unseen} text(s) have a label no other fold holds, so their fold's probe never saw it and "
+             "scores them wrong"] if unseen else []
+    return ProbeResult("sentence", rows, float(counts.max() / counts.sum()), len(texts), classes.tolist(), folds,
+                       notes)
 
 
 def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds=5, l2=1e-2, seed=0, batch_size=None):
@@ -239,4 +255,8 @@ def probe_tokens(model, sentences, tags, *, layers="all", subword="first", folds
         rows.append(LayerScore(layer, float(np.mean(accs)), float(np.std(accs)), float(np.mean(f1s))))
     classes, counts = np.unique(y, return_counts=True)
     notes = [f"{dropped} word(s) produced no tokenizer pieces and were left out"] if dropped else []
+    unseen = unseen_in_training(y, fold_of, folds)
+    if unseen:
+        notes.append(f"{unseen} word(s) have a label no other fold holds, so their fold's probe never saw it "
+                     "and scores them wrong")
     return ProbeResult("token", rows, float(counts.max() / counts.sum()), len(y), classes.tolist(), folds, notes)

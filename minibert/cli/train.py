@@ -36,6 +36,9 @@ def read_examples(path, args):
         if Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl"):   # read as CoNLL, a JSON line is two "words"
             raise InputError(f"{path}: --task token reads CoNLL (one 'word ... label' line per token, blank lines "
                              "between sentences), not .csv/.tsv/.jsonl")
+        if args.pair_col:       # CoNLL has no columns to name: it went unread
+            raise InputError("--task token reads one sentence per CoNLL block; --pair-col is not read (leave it "
+                             "out)")
         sentences, tags = read_conll(path)
         return Examples(texts=sentences, labels=tags)
     if args.task == "regression":
@@ -171,6 +174,9 @@ def prediction_lines(classifier, texts, pairs, model_dir):
                             "probabilities": {label: round(float(p), 6) for label, p in zip(classifier.labels, row)}},
                            ensure_ascii=False, allow_nan=False)
                 for i, row in enumerate(probs)]
+    if pairs is not None:       # tag reads one text: the pair column went unread without a word
+        raise InputError(f"{model_dir}: a token classifier tags the words of one text; --pair-col is not read "
+                         "(leave it out, or join the two columns into one text)")
     return [json.dumps({"text": text, "words": [{"word": w, "label": label, "start": s, "end": e}
                                                 for w, label, (s, e) in words]}, ensure_ascii=False)
             for text, words in zip(texts, classifier.tag(texts))]

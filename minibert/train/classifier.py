@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backends.threads import BLAS
 from ..checkpoint.config import read_config
+from ..checkpoint.families import family_of
 from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
 from ..errors import ConfigError, InputError, ModelFileError, OutputError
 from ..files import atomic_directory
@@ -71,6 +72,8 @@ class Classifier:
                batch_size: int = 32, warn: bool = True) -> Union[np.ndarray, List[np.ndarray]]:
         """Sequence: [N, K]. Token: a list of [n_tokens, K] per text (special tokens included). warn=False: no
         truncation warning (a caller that asked for the cut, such as the server's /rerank with truncate)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, found {batch_size!r}")   # range() would raise
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=self.head["out"]["w"].dtype) if self.task == "sequence" else []
         out, cut = [], 0
@@ -380,23 +383,40 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
     stored = set(checkpoint.names())
     tensors = {name: checkpoint.read(name, np_dtype) for name in stored
                if checkpoint.location[name][1] in ("F16", "BF16", "F32", "F64")}   # not integer buffers (position_ids)
+    fresh = init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)   # the shapes a head has
+    shapes = {name: t.shape for name, t in tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
+                                                             head=fresh).items()}
+    head_tensors = {module + end for module in family_of(config).head_names[task].values()
+                    for end in (".weight", ".bias")}     # checked after: a class count or shape of their own
+    wrong = [f"{name} {tensors[name].shape}, the config implies {shape}" for name, shape in sorted(shapes.items())
+             if name in tensors and name not in head_tensors and tensors[name].shape != shape]
+    if wrong:       # as load refuses them; here they were NumPy errors while arranging, or at the first predict
+        raise ModelFileError(f"{directory}: {len(wrong)} encoder tensor(s) have the wrong shape "
+                             f"({'; '.join(wrong[:3])}) - does config.json belong to this checkpoint?")
     weights, head = tree_from_tensors(tensors, config, task=task, dtype=np_dtype,
                                       template=empty_weights(config, np_dtype))
     expected = set(tensors_from_tree(weights, config, task=task, head=head))
     expected |= {n for n in stored if n.endswith(("position_ids", "token_type_ids"))}   # buffers
-    needed = set(tensors_from_tree(empty_weights(config, np_dtype), config, task=task,
-                                   head=init_head(config, task, len(labels), np.random.default_rng(0), np_dtype)))
+    needed = set(shapes)
     if SEQUENCE_HEADS[config.model_type].pooler and task == "sequence":
         needed |= {n for n in expected if "pooler" in n}
     if config.sinusoidal_positions:
         needed = {n for n in needed if not n.endswith("position_embeddings.weight")}
-    missing, unexpected = sorted(needed - stored), sorted(stored - expected)
-    if missing or unexpected or (task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler
-                                 and weights["pooler"] is None):
+    # a head tensor without its pair is missing its pair, not unexpected; an integer one is not a weight
+    missing, unexpected = sorted(needed - set(tensors)), sorted(stored - expected - needed)
+    no_pooler = task == "sequence" and SEQUENCE_HEADS[config.model_type].pooler and weights["pooler"] is None
+    if missing or unexpected or no_pooler:
+        integer = [name for name in missing if name in stored]
         raise ModelFileError(f"{directory}: the checkpoint does not match a {arch}: missing "
-                             f"{missing[:5] or 'pooler'}, unexpected {unexpected[:5]}")
+                             f"{missing[:5] or ('pooler' if no_pooler else [])}, unexpected {unexpected[:5]}"
+                             + (f" ({integer[:3]} stored, but not as floating-point numbers)" if integer else ""))
     if head["out"]["w"].shape[1] != len(labels):
         raise ModelFileError(f"{directory}: the head predicts {head['out']['w'].shape[1]} classes but {named}")
+    wrong = [f"{part}.{key} {head[part][key].shape}, not {fresh[part][key].shape}" for part in fresh
+             for key in ("w", "b") if head[part][key].shape != fresh[part][key].shape]
+    if wrong:       # a bias of the wrong length broadcast into a NumPy error at the first predict
+        raise ModelFileError(f"{directory}: the classifier head's tensors have the wrong shape "
+                             f"({'; '.join(wrong)}, as [in, out] / [out]): the checkpoint is damaged")
     # A sentence-transformers cross-encoder's own limit: CrossEncoder cuts its pairs there, so predict, the
     # server's /rerank and rank must too (the tokenizer's model_max_length is often longer).
     saved = saved_max_length(directory)

@@ -5,6 +5,7 @@ into padded arrays.
 Axes: B batch, T tokens, N examples, W words.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -68,6 +69,15 @@ def tokenize_examples(tokenizer, examples, task, label2id, max_length):
     return [(batch.input_ids[i, :n], batch.token_type_ids[i, :n], labels[i]) for i, n in enumerate(lengths)]
 
 
+def check_labelled_tokens(items, what, max_length):
+    """A token-task set in which no word keeps its label (every labelled piece cut by max_length, or every
+    word without pieces) trains on a loss of 0, or scores a dev accuracy of 0, without a word counted."""
+    if not any((labels != IGNORE_INDEX).any() for _, _, labels in items):
+        raise InputError(f"{what}: no word keeps a label within max_length {max_length} tokens (each "
+                         "sentence's labelled words are cut off, or have no tokenizer pieces); raise max_length "
+                         "or give words the tokenizer can read")
+
+
 def length_buckets(lengths, batch_size, rng):
     """Batches of example indices: examples sorted by length (ties in a seeded random order) and cut into
     batches of similar length, so little padding is computed; the batches come in a seeded random order."""
@@ -122,6 +132,19 @@ def checked_labels(labels, what):
         raise InputError(f"{what}: labels mix types ({', '.join(f'{k} at {i}' for k, i in kinds.items())}); they "
                          "would be different classes that print alike: give every label the same type")
     return out
+
+
+def label_order(labels):
+    """Distinct labels in id order: numbers, and strings that spell integers (a CSV column of class ids), by
+    value, so id i is label i as transformers' recipes and datasets number them (sorted as strings, "10"
+    came before "2" and a transformers user reading argmax as the label got another class); others as
+    strings. labels: checked_labels' output (one type)."""
+    distinct = set(labels)
+    if all(isinstance(x, (int, float)) for x in distinct):
+        return sorted(distinct)
+    if all(isinstance(x, str) and re.fullmatch(r"[+-]?[0-9]+", x.strip()) for x in distinct):
+        return sorted(distinct, key=lambda x: (int(x), x))     # "1" and "01" both kept, in a fixed order
+    return sorted(distinct, key=str)
 
 
 def score_problem(value, unit):
@@ -199,6 +222,9 @@ def check_examples(examples, task, what):
     if examples.text_pairs is not None and len(examples.text_pairs) != len(examples.texts):
         raise InputError(f"{what}: {len(examples.text_pairs)} pair texts for {len(examples.texts)} texts")
     if task == "token":
+        if examples.text_pairs is not None:     # tokenize_examples reads the words alone: pairs went unread
+            raise InputError(f"{what}: the token task labels the words of one text; text_pairs are not read "
+                             "(join the two texts' words into one sentence, or use the sequence task)")
         for i, (words, tags) in enumerate(zip(examples.texts, examples.labels)):
             if isinstance(words, str) or len(words) != len(tags):
                 raise InputError(f"{what}: sentence {i} must be a list of words with one label per word "

@@ -22,7 +22,8 @@ from ..files import atomic_directory
 from ..kernels.reference import IGNORE_INDEX
 from .backprop import TASKS
 from .classifier import Classifier, check_output_directory, new_classifier
-from .data import Examples, checked_examples, checked_labels, collate, length_buckets, tokenize_examples
+from .data import (Examples, check_labelled_tokens, checked_examples, checked_labels, collate, label_order,
+                   length_buckets, tokenize_examples)
 from .objectives import BEST_SCORE_METRIC, LOSSES, SAVED_AS, improves, loss_and_grads, score_metrics
 from .optimizer import adamw_update, clip_by_global_norm, decays, lr_at, trainable
 
@@ -122,10 +123,10 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     (labels in [0, 1], sentence-transformers' BinaryCrossEntropyLoss, saved with Sigmoid). Regression records
     the dev MSE, Pearson and Spearman of the activated scores, and patience watches Spearman.
 
-    labels: the label names in id order (default: sorted labels of train). Each epoch's mean training
-    loss, and the dev accuracy when `dev` is given, go to the returned Classifier's history. progress: a
-    stream (e.g. sys.stderr) for a bar with the running loss when it is a terminal, a line every 10 seconds
-    otherwise (minibert.progress), and a line per epoch; or None.
+    labels: the label names in id order (default: train's labels sorted, numbers by value:
+    data.label_order). Each epoch's mean training loss, and the dev accuracy when `dev` is given, go to the
+    returned Classifier's history. progress: a stream (e.g. sys.stderr) for a bar with the running loss when
+    it is a terminal, a line every 10 seconds otherwise (minibert.progress), and a line per epoch; or None.
     on_epoch: called with the Classifier after each epoch.
 
     checkpoint_dir: after each epoch the checkpoint (Classifier.save) is written there, and beside it the
@@ -154,6 +155,10 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     train = checked_examples(train, task, "train", objective)
     if dev is not None:
         dev = checked_examples(dev, task, "dev", objective)
+    if dev is not None and (dev.text_pairs is None) != (train.text_pairs is None):
+        # scored on another input than it was trained on, the dev metric describes no use of the model
+        raise InputError(f"train {'has' if train.text_pairs is not None else 'has no'} text_pairs but dev "
+                         f"{'has' if dev.text_pairs is not None else 'has none'}; give both sets pairs, or neither")
     if task == "regression":
         labels, label2id = check_output_name(labels), {}
         if dev is not None:
@@ -177,13 +182,17 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     classifier.training = run_description(base_model=base_model, source=model.source, recipe=recipe,
                                           datasets=datasets, command=command, pairs=train.text_pairs is not None)
     items = tokenize_examples(model.tokenizer, train, task, label2id, recipe.max_length)
+    dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
+    if task == "token":
+        check_labelled_tokens(items, "train", recipe.max_length or model.tokenizer.max_length)
+        if dev_items is not None:
+            check_labelled_tokens(dev_items, "dev", recipe.max_length or model.tokenizer.max_length)
     steps_per_epoch = -(-len(items) // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = int(np.ceil(recipe.warmup_ratio * total))
     params = trainable(classifier.weights, classifier.head, config)
     run = None
     if checkpoint_dir is not None:
-        dev_items = None if dev is None else tokenize_examples(model.tokenizer, dev, task, label2id, recipe.max_length)
         run = train_state.describe_run(recipe, task, labels, model.source, items, dev_items,
                                        loss=objective if task == "regression" else None)
     best: Any = None                             # {"epoch", "metric", "params"} of the best epoch so far
@@ -196,7 +205,7 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
     try:
         with BLAS:      # the forward's thread policy: one BLAS thread (an epoch ran 6-10x slower on a busy machine)
             for epoch in range(first_epoch + 1, recipe.epochs + 1):
-                losses = []
+                losses, done = [], 0
                 for batch_indices in length_buckets([len(item[0]) for item in items], recipe.batch_size, rng):
                     lr = lr_at(step, total, warmup, recipe.lr)
                     try:
@@ -204,10 +213,14 @@ def finetune(model: Any, train: Examples, *, task: str = "sequence", dev: Option
                                            lr, rng, objective)
                     except TrainingError as e:
                         raise TrainingError(diverged(step + 1, epoch, e, recipe, checkpoint_dir)) from None
-                    losses.append(value)
-                    step += 1
-                    report.step(epoch=epoch, step=step, loss=value, running=float(np.mean(losses)), lr=lr,
-                                epoch_end=len(losses) == steps_per_epoch)
+                    # a token batch whose labelled words were all cut has no loss (0 here, NaN in torch): averaged
+                    # in, it pulled train_loss down
+                    if task != "token" or any((items[i][2] != IGNORE_INDEX).any() for i in batch_indices):
+                        losses.append(value)
+                    step, done = step + 1, done + 1
+                    report.step(epoch=epoch, step=step, loss=value,
+                                running=float(np.mean(losses)) if losses else float("nan"), lr=lr,
+                                epoch_end=done == steps_per_epoch)
                 if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
                     raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
                                                  checkpoint_dir))
@@ -250,7 +263,7 @@ def class_labels(train, dev, task, labels):
     and dev label must be one of them."""
     def flat(examples):
         return [label for tags in examples.labels for label in tags] if task == "token" else list(examples.labels)
-    labels = sorted(set(flat(train)), key=str) if labels is None else checked_labels(labels, "labels")
+    labels = label_order(flat(train)) if labels is None else checked_labels(labels, "labels")
     if len(labels) < 2:      # a softmax over one class: loss 0 from the start, nothing to learn
         raise InputError(f"train has one label ({labels}); a classifier needs at least two (or pass labels=), "
                          "and a model with one output is task='regression' (--task regression)")
@@ -262,7 +275,9 @@ def class_labels(train, dev, task, labels):
         unknown = sorted({str(label) for label in flat(examples) if label not in label2id})
         if unknown:
             raise InputError(f"{what} has label(s) {', '.join(unknown[:5])} not in labels {labels}"
-                             + ("; give every label to finetune(labels=...)" if what == "dev" else ""))
+                             + ("; the classifier could never predict them: give every label to "
+                                "finetune(labels=...), or (minibert finetune has no such option) put examples of "
+                                "them in the training data" if what == "dev" else ""))
     return labels, label2id
 
 

@@ -88,6 +88,8 @@ def tensors_from_tree(weights, config, *, task, head=None, prefix=None):
             out.update(split_arranged(leaf(weights["layers"][layer_index], ours), theirs, arrangement))
     out = {prefix + name: tensor for name, tensor in out.items()}
     for part, module in family_of(config).head_names[task].items() if head else ():
+        if part not in head:          # a damaged checkpoint's partial head: the caller names what is missing
+            continue
         out[module + ".weight"] = np.ascontiguousarray(head[part]["w"].T)
         out[module + ".bias"] = np.ascontiguousarray(head[part]["b"])
     return out
@@ -139,7 +141,7 @@ def tree_from_tensors(tensors, config, *, task, dtype, template):
     weights["layers"] = [sets[g] for g in weight_set_of_layer(config)]
     head = {}
     for part, module in family_of(config).head_names[task].items():
-        if module + ".weight" in tensors:
+        if module + ".weight" in tensors and module + ".bias" in tensors:     # else reported missing by the caller
             head[part] = {"w": np.ascontiguousarray(tensors[module + ".weight"].T).astype(dtype),
                           "b": tensors[module + ".bias"].astype(dtype)}
     return weights, head

@@ -42,6 +42,10 @@ def check_run_names(datasets: Any, command: Any) -> None:
     from ..errors import InputError
     if datasets is not None and (isinstance(datasets, str) or not all(isinstance(d, str) for d in datasets)):
         raise InputError(f"datasets must be a list of names (str), found {datasets!r}")
+    for name in datasets or []:
+        if not name.strip() or any(c.isspace() for c in name):     # a Hub dataset id has neither
+            raise InputError(f"datasets: {name!r} is not a dataset id (a Hub id such as 'glue' or 'org/name' has "
+                             "no spaces and is not blank); the model card's metadata would name no dataset")
     if command is not None and not isinstance(command, str):
         raise InputError(f"command must be a str (the command line that reproduces the run), found {command!r}")
 

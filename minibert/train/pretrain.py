@@ -282,7 +282,7 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
     try:
         with BLAS:      # the forward's thread policy: one BLAS thread beside minibert's own
             for epoch in range(first_epoch + 1, recipe.epochs + 1):
-                losses = []
+                losses, done = [], 0
                 order = rng.permutation(len(train_blocks.ids))
                 for inputs, labels in masked_batches(train_blocks, order, recipe.batch_size, rng, recipe, mask_id,
                                                      config.vocab_size):
@@ -300,14 +300,16 @@ def pretrain(model, texts, *, recipe=PretrainRecipe(), dev_texts=None, progress=
                         clip_by_global_norm(ordered, recipe.max_grad_norm)
                     adamw_update([p for _, p in params], ordered, state, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
                                  weight_decay=recipe.weight_decay, decay=decay)
-                    losses.append(float(result["mlm"]))
-                    step += 1
-                    report.step(epoch=epoch, step=step, loss=losses[-1], running=float(np.mean(losses)), lr=lr,
-                                epoch_end=len(losses) == steps_per_epoch)
+                    if (labels != IGNORE_INDEX).any():   # a draw that masked no token has no loss (0 here, NaN in
+                        losses.append(float(result["mlm"]))   # torch): averaged in, it pulled train_loss down
+                    step, done = step + 1, done + 1
+                    report.step(epoch=epoch, step=step, loss=float(result["mlm"]),
+                                running=float(np.mean(losses)) if losses else float("nan"), lr=lr,
+                                epoch_end=done == steps_per_epoch)
                 if not all(np.isfinite(p).all() for _, p in params):     # finite steps can still overflow
                     raise TrainingError(diverged(step, epoch, "a weight is no longer a finite number", recipe,
                                                  checkpoint_dir))
-                record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+                record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
                 if dev_batches is not None:
                     record["dev_loss"] = held_out_loss(dev_batches, weights, head, config)
                     record["dev_perplexity"] = float(np.exp(record["dev_loss"]))
