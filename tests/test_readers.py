@@ -261,3 +261,16 @@ def test_a_missing_column_is_named_without_another_commands_flag(tmp_path, suffi
     with pytest.raises(InputError) as caught:
         readers.read_text_pairs(str(path), pair_col="pair")
     assert "'pair'" in str(caught.value) and "--field" not in str(caught.value)
+
+
+def test_a_path_that_is_no_regular_file_is_not_called_missing():
+    """/dev/null (or a FIFO) exists: 'input file not found' sent users looking for a file that was there."""
+    with pytest.raises(InputError, match="/dev/null: input file is no regular file"):
+        readers.read_text_pairs("/dev/null")
+
+
+def test_conll_given_as_labelled_data_points_to_the_token_task(tmp_path):
+    path = tmp_path / "a.conll"
+    path.write_text("EU B-ORG\n")
+    with pytest.raises(InputError, match=r"CoNLL token data: \.conll, with --task token"):
+        readers.read_table(str(path), ["text", "label"], "labelled data")

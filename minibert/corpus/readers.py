@@ -299,8 +299,8 @@ def check_file(path, what="input file"):
     """A path that is no file refused: a directory said to be one, anything else not found."""
     if Path(path).is_dir():
         raise InputError(f"{path} is a directory, not a{'n' if what[0] in 'aeiou' else ''} {what}; name a file in it")
-    if not Path(path).is_file():
-        raise InputError(f"{path}: {what} not found")
+    if not Path(path).is_file():          # /dev/null, a FIFO: there, but no file to read texts from
+        raise InputError(f"{path}: {what} {'is no regular file' if Path(path).exists() else 'not found'}")
 
 
 def open_texts(path, field="text"):
@@ -404,7 +404,7 @@ def read_table(path, fields, what):
     """[(line number, [value per field])] of a .jsonl/.csv/.tsv file, read with the rules of `records`: JSON
     values as parsed (MISSING when absent), csv/tsv fields as strings (MISSING in a short row)."""
     if path == "-" or kind_of(path) == ".txt":
-        raise InputError(f"{path}: {what} must be .csv, .tsv or .jsonl (CoNLL token data: .conll)")
+        raise InputError(f"{path}: {what} must be .csv, .tsv or .jsonl (CoNLL token data: .conll, with --task token)")
     if not Path(path).is_file():
         raise InputError(f"{path}: input file not found")
     rows, header = [], {}
