@@ -102,7 +102,7 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
                 return model.encode_sparse(chunk, batch_size=batch_size or 32, max_length=max_length)
             return model.encode(chunk, layers=layers, combine=combine, pooling=pooling, normalize=normalize,
                                 batch_size=batch_size, max_length=max_length, window=window, stride=stride,
-                                progress=batch_done, dtype=dtype)
+                                progress=batch_done, dtype=None if dtype == "float16" else dtype)   # cast on write
         finally:
             FIRST_ROW.reset(first)
 
@@ -250,7 +250,8 @@ def refuse_overflow(block, dtype, start, saved):
     """float16 holds |x| <= 65504 and turns anything larger into inf: refuse such rows rather than write inf."""
     if dtype != "float16":
         return
-    per_text = [int(np.isinf(v).sum()) for v in block]            # block: [n, ...] or n arrays [tokens, ...]
+    with np.errstate(over="ignore"):                              # block: [n, ...] or n arrays [tokens, ...]
+        per_text = [int(np.isinf(np.asarray(v).astype(np.float16)).sum()) for v in block]
     bad = [i for i, count in enumerate(per_text) if count]
     if bad:
         raise MiniBertError(f"{sum(per_text)} values of {len(bad)} texts among texts {start}..{start + len(block) - 1} "
