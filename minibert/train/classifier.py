@@ -20,6 +20,7 @@ from ..checkpoint.config import read_config
 from ..checkpoint.families import family_of
 from ..checkpoint.weights import sinusoidal_positions, weight_set_of_layer
 from ..errors import ConfigError, InputError, ModelFileError, OutputError
+from .. import files
 from ..files import atomic_directory
 from ..tree import copy_tree
 from .backprop import SEQUENCE_HEADS, classifier_forward
@@ -234,14 +235,18 @@ class Classifier:
 def cross_encoder_settings(source: Path) -> bool:
     """Whether `source` holds a sentence-transformers cross-encoder's settings (its activation_fn) that a save
     keeps. An embedding model's file of that name (prompts, similarity) does not describe a classifier."""
-    path = source / CROSS_ENCODER_SETTINGS
-    if not path.is_file():
-        return False
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelFileError(f"{path}: not readable JSON ({e}); fix or remove it before saving") from None
+    raw = settings_json(source / CROSS_ENCODER_SETTINGS)
     return isinstance(raw, dict) and (raw.get("model_type") == "CrossEncoder" or "activation_fn" in raw)
+
+
+def settings_json(path: Path) -> Any:
+    """A sentence-transformers settings file's JSON (bounded in size, a regular file); None where it is absent."""
+    if not path.is_file():
+        return None
+    try:
+        return files.read_json(path, files.SETTINGS_LIMIT, ModelFileError, path.name)
+    except FileNotFoundError:        # removed since the check
+        return None
 
 
 # What each kind of minibert output directory holds, and what writes one, for the refusal to mix them.
@@ -429,12 +434,7 @@ def load_classifier(directory: Union[str, "os.PathLike[str]"], *, dtype: str = "
 def saved_max_length(folder: Path) -> Optional[int]:
     """sentence_bert_config.json's max_seq_length in `folder`, None when it names none."""
     settings = Path(folder) / "sentence_bert_config.json"
-    if not settings.is_file():
-        return None
-    try:
-        raw = json.loads(settings.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelFileError(f"{settings}: not readable JSON ({e})") from None
+    raw = settings_json(settings)
     value = raw.get("max_seq_length") if isinstance(raw, dict) else None
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 3):
         raise ConfigError(f"{settings}: max_seq_length must be an int >= 3, found {value!r}")
