@@ -200,26 +200,26 @@ import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import minibert.api, minibert.corpus.extract
 minibert.corpus.extract.CHUNK = 4
-real = minibert.api.Model.encode
+method = sys.argv[1]                      # encode, or encode_sparse for --sparse
+real = getattr(minibert.api.Model, method)
 calls = []
 def slow(self, texts, **kwargs):          # the probe and 3 chunks, then one that waits for the signal
     calls.append(len(texts))
-    delay = float(sys.argv[1])            # 0: no waiting at all (the resumed run)
+    delay = float(sys.argv[2])            # 0: no waiting at all (the resumed run)
     time.sleep(delay if delay == 0 or len(calls) <= 4 else 600)
     return real(self, texts, **kwargs)
-minibert.api.Model.encode = slow
+setattr(minibert.api.Model, method, slow)
 from minibert.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_killed_extraction_resumes_without_losing_or_duplicating_rows(tiny_model, tmp_path, monkeypatch, sig):
-    texts = [f"the cat sat on the mat {' '.join(['dog'] * (i % 7))}" for i in range(120)]
-    corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
-    corpus.write_text("\n".join(texts) + "\n")
-    args = ["extract", str(corpus), "--out", str(out), "--model", tiny_model.source, "--quiet", "--format", "jsonl"]
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, "0.04", *args], stderr=subprocess.PIPE, text=True)
+def killed_midway(args, sig, method="encode"):
+    """`minibert *args` in a child whose `method` stalls after the probe and 3 chunks, sent `sig` once 12 rows
+    are on disk: (its exit code, its stderr, the rows progress.json counts)."""
+    out = Path(args[args.index("--out") + 1])
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, method, "0.04", *args], stderr=subprocess.PIPE,
+                             text=True)
     deadline = time.time() + 120
     while time.time() < deadline:                 # wait until a few chunks are on disk
         try:
@@ -230,17 +230,30 @@ def test_killed_extraction_resumes_without_losing_or_duplicating_rows(tiny_model
         time.sleep(0.02)
     child.send_signal(sig)
     _, err = child.communicate(timeout=120)
-    assert child.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], err
+    return child.returncode, err, json.loads((out / "progress.json").read_text())["rows"]
+
+
+def resume_killed(args, method="encode"):
+    resumed = subprocess.run([sys.executable, "-c", KILLED_RUN, method, "0", *args, "--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_killed_extraction_resumes_without_losing_or_duplicating_rows(tiny_model, tmp_path, monkeypatch, sig):
+    texts = [f"the cat sat on the mat {' '.join(['dog'] * (i % 7))}" for i in range(120)]
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
+    corpus.write_text("\n".join(texts) + "\n")
+    args = ["extract", str(corpus), "--out", str(out), "--model", tiny_model.source, "--quiet", "--format", "jsonl"]
+    returncode, err, done = killed_midway(args, sig)
+    assert returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], err
     if sig != signal.SIGKILL:
         word = "interrupted" if sig == signal.SIGINT else "terminated"
         assert err.startswith(f"minibert: {word}: ") and err.count("\n") == 1, err
         assert "rows are saved in" in err and "--resume" in err
-    done = json.loads((out / "progress.json").read_text())["rows"]
     assert 12 <= done < 120
     assert_nothing_looks_complete(out)
-    resumed = subprocess.run([sys.executable, "-c", KILLED_RUN, "0", *args, "--resume"], capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    resume_killed(args)
     monkeypatch.setattr(extract_module, "CHUNK", 4)
     extract_module.extract(tiny_model, texts, tmp_path / "whole", fmt="jsonl")
     lines = (out / "vectors.jsonl").read_text().splitlines()

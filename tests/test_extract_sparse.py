@@ -5,9 +5,6 @@ dense extractions are, searched by dot product, and refused where they have no m
 import errno
 import json
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from minibert.corpus import extract as extract_module
 from minibert.corpus import ray_data, writers
 from minibert.embed.sparse import SparseVectors
 from minibert.errors import InputError, MiniBertError, ModelFileError
+from test_extract_resume import killed_midway, resume_killed
 
 HEADS_DIR = Path(__file__).parent / "fixtures" / "heads"
 SPLADE = str(HEADS_DIR / "splade")                 # SparseEncoder: max pooling, relu
@@ -201,47 +199,16 @@ def test_resume_refuses_other_splade_settings(splade32, tmp_path, monkeypatch):
     assert extract_module.extract(splade32, CORPUS, tmp_path, sparse=True, resume=True)["resumed_at"] == [2]
 
 
-KILLED_RUN = """
-import signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)      # as an interactive user's minibert has it
-import minibert.api, minibert.corpus.extract
-minibert.corpus.extract.CHUNK = 4
-real = minibert.api.Model.encode_sparse
-calls = []
-def slow(self, texts, **kwargs):          # the probe and 3 chunks, then one that waits for the signal
-    calls.append(len(texts))
-    delay = float(sys.argv[1])            # 0: no waiting at all (the resumed run)
-    time.sleep(delay if delay == 0 or len(calls) <= 4 else 600)
-    return real(self, texts, **kwargs)
-minibert.api.Model.encode_sparse = slow
-from minibert.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_sparse_extraction_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, sig):
     texts = [f"the cat sat on the mat {' '.join(['dog'] * (i % 7))}" for i in range(60)]
     corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
     corpus.write_text("\n".join(texts) + "\n")
     args = ["extract", str(corpus), "--out", str(out), "--model", SPLADE, "--quiet", "--sparse"]
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, "0.04", *args], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:                      # wait until a few chunks are on disk
-        try:
-            if json.loads((out / "progress.json").read_text())["rows"] >= 12:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    child.send_signal(sig)
-    _, err = child.communicate(timeout=120)
-    assert child.returncode == {signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], err
-    done = json.loads((out / "progress.json").read_text())["rows"]
+    returncode, err, done = killed_midway(args, sig, "encode_sparse")
+    assert returncode == {signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], err
     assert 12 <= done < 60 and not (out / "manifest.json").exists()
-    resumed = subprocess.run([sys.executable, "-c", KILLED_RUN, "0", *args, "--resume"], capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    resume_killed(args, "encode_sparse")
     monkeypatch.setattr(extract_module, "CHUNK", 4)
     model = minibert.load_sparse(SPLADE, backend="cpu")
     extract_module.extract(model, texts, tmp_path / "whole", sparse=True)
