@@ -379,19 +379,25 @@ def test_grads_match_torch_autograd(path):
 @pytest.mark.reference
 @pytest.mark.parametrize("name", FAMILY_NAMES + ["all-MiniLM-L6-v2"])
 @pytest.mark.parametrize("task", ["sequence", "token"])
-def test_grads_match_torch_autograd_live(name, task):
+def grads_against_torch(name, task, loss=None):
+    """minibert's and transformers' float64 loss and gradients on one example batch of a fixture family (or the
+    default model): (ours, reference, rows of compare_grads)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from minibert.api import default_model_dir
     from minibert.train.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
-                                      reference_grads)
+                                            reference_grads)
     model_dir = default_model_dir() if name == "all-MiniLM-L6-v2" else FAMILIES / name
     config = read_config(model_dir / "config.json")
     ids, mask, types = example_batch(config, seed=3)
-    labels = example_labels(mask, task, seed=3)
-    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=3)
-    ours = minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"])
-    rows = compare_grads(ours, reference)
+    labels = example_labels(mask, task, seed=3, loss=loss)
+    reference = reference_grads(model_dir, task, ids, mask, types, labels, seed=3, loss=loss)
+    ours = minibert_grads(model_dir, task, ids, mask, types, labels, reference["params"], loss=loss)
+    return ours, reference, compare_grads(ours, reference)
+
+
+def test_grads_match_torch_autograd_live(name, task):
+    ours, reference, rows = grads_against_torch(name, task)
     assert len(rows) == len(reference["grads"]) > 0
     bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
     assert not bad, bad
@@ -403,19 +409,8 @@ def test_grads_match_torch_autograd_live(name, task):
 def test_regression_grads_match_torch_autograd_live(name, loss):
     """finetune's one-output objectives against transformers' num_labels=1 model: problem_type "regression"
     (MSELoss) and "multi_label_classification" (BCEWithLogitsLoss, sentence-transformers' BinaryCrossEntropyLoss)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from minibert.api import default_model_dir
-    from minibert.train.grad_parity import (compare_grads, example_batch, example_labels, minibert_grads,
-                                            reference_grads)
-    model_dir = default_model_dir() if name == "all-MiniLM-L6-v2" else FAMILIES / name
-    config = read_config(model_dir / "config.json")
-    ids, mask, types = example_batch(config, seed=3)
-    labels = example_labels(mask, "regression", seed=3, loss=loss)
-    reference = reference_grads(model_dir, "regression", ids, mask, types, labels, seed=3, loss=loss)
-    ours = minibert_grads(model_dir, "regression", ids, mask, types, labels, reference["params"], loss=loss)
+    ours, reference, rows = grads_against_torch(name, "regression", loss)
     assert abs(ours["loss"] - reference["loss"]) <= 1e-12 * abs(reference["loss"])
-    rows = compare_grads(ours, reference)
     assert len(rows) == len(reference["grads"]) > 0
     bad = [(n, e) for n, e, _ in rows if not e <= GRAD_TOL]
     assert not bad, bad
