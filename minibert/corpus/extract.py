@@ -157,7 +157,7 @@ def extract(model: "Model", texts: Union[Sequence[str], TextFile], out_dir: "Pat
                     for start in range(done["rows"], N, CHUNK):
                         stop = min(start + CHUNK, N)
                         block = encode_range(start, stop)              # its own errors pass through unchanged
-                        refuse_overflow(block, dtype, start, done["rows"])
+                        block = as_stored(block, dtype, start, done["rows"])
                         with disk_errors(out, done["rows"], N):
                             writer.write(start, block)
                             writer.sync()
@@ -246,18 +246,21 @@ def add_reduction(out, manifest, spec, whiten):
                             "--resume to add the reduction") from None
 
 
-def refuse_overflow(block, dtype, start, saved):
-    """float16 holds |x| <= 65504 and turns anything larger into inf: refuse such rows rather than write inf."""
+def as_stored(block, dtype, start, saved):
+    """The block in the dtype written: float16 (a cast here, once) holds |x| <= 65504 and turns anything larger
+    into inf, so rows with such values are refused rather than written as inf."""
     if dtype != "float16":
-        return
+        return block
     with np.errstate(over="ignore"):                              # block: [n, ...] or n arrays [tokens, ...]
-        per_text = [int(np.isinf(np.asarray(v).astype(np.float16)).sum()) for v in block]
+        cast = block.astype(np.float16) if isinstance(block, np.ndarray) else [v.astype(np.float16) for v in block]
+    per_text = [int(np.isinf(v).sum()) for v in cast]
     bad = [i for i, count in enumerate(per_text) if count]
     if bad:
         raise MiniBertError(f"{sum(per_text)} values of {len(bad)} texts among texts {start}..{start + len(block) - 1} "
                             f"(the first: text {start + bad[0]}) exceed float16's range (|x| > 65504) and would be "
                             f"written as inf; none of them was written ({saved} rows before them are saved): "
                             "extract with --dtype float32 (and --overwrite)")
+    return cast
 
 
 def token_counts(model, texts, max_length, window):
