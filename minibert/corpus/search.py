@@ -43,13 +43,14 @@ def top_k(matrix, queries, k):
     best = np.zeros((len(q), 0), dtype=np.float32)
     for start in range(0, N, CHUNK):
         block = np.asarray(matrix[start:start + CHUNK], dtype=np.float32)             # [b, D]
-        damaged = ~np.isfinite(block).all(axis=1)                                      # [b]
-        if damaged.any():       # a NaN row would score NaN against every query and rank anywhere
+        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
+        fresh = q @ block.T                                                           # [Q, b]
+        damaged = np.isnan(fresh).any(axis=0)      # a row holding NaN or inf scores NaN against every query  [b]
+        if damaged.any():                           # and would rank anywhere among the hits
             raise MiniBertError(f"row {start + int(np.argmax(damaged))} of the extraction holds NaN or inf "
                                 f"({int(damaged.sum())} such rows among rows {start}..{start + len(block) - 1}): "
                                 "the vectors file is damaged; extract again")
-        block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
-        scores = np.concatenate([best, q @ block.T], axis=1)                          # [Q, k + b]
+        scores = np.concatenate([best, fresh], axis=1)                                # [Q, k + b]
         idx = np.concatenate([best_idx, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))],
                              axis=1)
         keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else \
