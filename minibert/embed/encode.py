@@ -355,7 +355,8 @@ def finish(stacked, single_layer, combine, normalize, out_dtype, dense=()):
 def to_output(array, out_dtype):
     """array cast to the dtype asked for; float16 holds |x| <= 65504 and makes anything larger inf, which is
     refused (as extract refuses it) rather than returned as if it were a number."""
-    cast = array.astype(out_dtype)
+    with np.errstate(over="ignore"):                  # said below, once, as an error
+        cast = array.astype(out_dtype)
     if out_dtype == np.float16 and np.isinf(cast).any():
         lost = int((np.isinf(cast) & np.isfinite(array)).sum())
         if lost:
